@@ -1,0 +1,303 @@
+/* runtime.c: the runtime object on a uv_loop_t; implements tulua.h. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "runtime.h"
+
+void tulua_config_init(tulua_config *cfg) {
+  memset(cfg, 0, sizeof *cfg);
+  cfg->open_stdlibs = 1;
+}
+
+static void set_errmsg(tulua_runtime *rt, const char *msg) {
+  free(rt->errmsg);
+  rt->errmsg = strdup(msg ? msg : "unknown error");
+}
+
+/* Takes the error on top of the state into errmsg and pops it. */
+static int lua_fail(tulua_runtime *rt) {
+  lua_State *L = rt->L;
+  const char *msg = lua_tostring(L, -1);
+  set_errmsg(rt, msg ? msg : "(error object is not a string)");
+  lua_pop(L, 1);
+  return TULUA_ELUA;
+}
+
+const char *tulua_errmsg(tulua_runtime *rt) {
+  return rt->errmsg ? rt->errmsg : "";
+}
+
+lua_State *tulua_state(tulua_runtime *rt) {
+  return rt->L;
+}
+
+uv_loop_t *tulua_loop(tulua_runtime *rt) {
+  return rt->loop;
+}
+
+int tulua_uncaught_errors(tulua_runtime *rt) {
+  return rt->uncaught;
+}
+
+static int open_libs(lua_State *L) {
+  tulua_runtime *rt = lua_touserdata(L, 1);
+  static const luaL_Reg mods[] = {{"tulua", luaopen_tulua},
+                                  {"tulua.timer", luaopen_tulua_timer},
+                                  {"tulua.fs", luaopen_tulua_fs},
+                                  {NULL, NULL}};
+  if (rt->cfg.open_stdlibs) luaL_openlibs(L);
+  tulua__open_coro(L);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  for (const luaL_Reg *m = mods; m->name; m++) {
+    lua_pushcfunction(L, m->func);
+    lua_setfield(L, -2, m->name);
+  }
+  return 0;
+}
+
+int tulua_open(tulua_runtime **out, const tulua_config *cfg) {
+  int rc;
+  *out = NULL;
+  tulua_runtime *rt = calloc(1, sizeof *rt);
+  if (rt == NULL) return UV_ENOMEM;
+  if (cfg)
+    rt->cfg = *cfg;
+  else
+    tulua_config_init(&rt->cfg);
+  if (rt->cfg.loop) {
+    rt->loop = rt->cfg.loop;
+  } else {
+    rc = uv_loop_init(&rt->own_loop);
+    if (rc < 0) {
+      free(rt);
+      return rc;
+    }
+    rt->loop = &rt->own_loop;
+    rt->owns_loop = 1;
+  }
+  rt->L = luaL_newstate();
+  if (rt->L == NULL || (rc = tulua__sched_init(rt)) < 0) {
+    rc = rt->L == NULL ? UV_ENOMEM : rc;
+    tulua_close(rt);
+    return rc;
+  }
+  lua_pushcfunction(rt->L, open_libs);
+  lua_pushlightuserdata(rt->L, rt);
+  if (lua_pcall(rt->L, 1, 0, 0) != LUA_OK) {
+    tulua_close(rt);
+    return UV_ENOMEM;
+  }
+  *out = rt;
+  return 0;
+}
+
+static void count_close_cb(uv_handle_t *h) {
+  int *pending = h->data;
+  (*pending)--;
+}
+
+static void close_stray_cb(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+void tulua_close(tulua_runtime *rt) {
+  if (rt == NULL) return;
+  if (rt->L) {
+    tulua__sched_shutdown(rt);
+    lua_close(rt->L); /* __gc closes the handles Lua objects own */
+    rt->L = NULL;
+  }
+  /* the scheduler's own handles are embedded in rt: wait for their close
+   * callbacks before freeing it */
+  int pending = 0;
+  uv_handle_t *own[] = {(uv_handle_t *)&rt->check, (uv_handle_t *)&rt->idle,
+                        (uv_handle_t *)&rt->timer, (uv_handle_t *)&rt->async};
+  for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) {
+    if (own[i]->loop == NULL || uv_is_closing(own[i])) continue;
+    own[i]->data = &pending;
+    pending++;
+    uv_close(own[i], count_close_cb);
+  }
+  if (rt->owns_loop) {
+    uv_run(rt->loop, UV_RUN_DEFAULT);
+    uv_walk(rt->loop, close_stray_cb, NULL);
+    uv_run(rt->loop, UV_RUN_DEFAULT);
+    uv_loop_close(rt->loop);
+  } else {
+    while (pending > 0)
+      uv_run(rt->loop, UV_RUN_NOWAIT);
+  }
+  free(rt->ready);
+  free(rt->heap);
+  free(rt->errmsg);
+  free(rt);
+}
+
+static int preload(lua_State *L) {
+  const char *name = lua_touserdata(L, 1);
+  lua_CFunction open = (lua_CFunction)(uintptr_t)lua_touserdata(L, 2);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, open);
+  lua_setfield(L, -2, name);
+  return 0;
+}
+
+int tulua_preload(tulua_runtime *rt, const char *name, lua_CFunction open) {
+  lua_State *L = rt->L;
+  lua_pushcfunction(L, preload);
+  lua_pushlightuserdata(L, (void *)name);
+  lua_pushlightuserdata(L, (void *)(uintptr_t)open);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) return lua_fail(rt);
+  return 0;
+}
+
+int tulua_load_string(tulua_runtime *rt, const char *code, size_t len,
+                      const char *chunkname) {
+  if (luaL_loadbufferx(rt->L, code, len, chunkname, NULL) != LUA_OK)
+    return lua_fail(rt);
+  return 0;
+}
+
+static int load_file(lua_State *L) {
+  const char *path = lua_touserdata(L, 1);
+  if (luaL_loadfile(L, path) != LUA_OK) return lua_error(L);
+  return 1;
+}
+
+int tulua_load_file(tulua_runtime *rt, const char *path) {
+  lua_State *L = rt->L;
+  lua_pushcfunction(L, load_file);
+  lua_pushlightuserdata(L, (void *)path);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) return lua_fail(rt);
+  return 0;
+}
+
+static int spawn_protected(lua_State *L) {
+  int main = (int)lua_toboolean(L, lua_upvalueindex(1));
+  int nargs = lua_gettop(L) - 1;
+  if (main)
+    tulua__spawn_main(L, nargs);
+  else
+    tulua__spawn(L, nargs);
+  return 1;
+}
+
+/* Spawns the function and nargs arguments on top of the stack; leaves the
+ * Task there. Returns the task or NULL (errmsg set, all popped). */
+static tulua__task *spawn(tulua_runtime *rt, int nargs, int main) {
+  lua_State *L = rt->L;
+  lua_pushboolean(L, main);
+  lua_pushcclosure(L, spawn_protected, 1);
+  lua_insert(L, -(nargs + 2));
+  if (lua_pcall(L, nargs + 1, 1, 0) != LUA_OK) {
+    lua_fail(rt);
+    return NULL;
+  }
+  return lua_touserdata(L, -1);
+}
+
+int tulua_spawn(tulua_runtime *rt, int nargs) {
+  if (spawn(rt, nargs, 0) == NULL) return TULUA_ELUA;
+  lua_pop(rt->L, 1);
+  return 0;
+}
+
+static int push_outcome(lua_State *L) {
+  tulua__task *t = lua_touserdata(L, 1);
+  return tulua__task_push_outcome(L, t);
+}
+
+int tulua_call(tulua_runtime *rt, int nargs, int nresults) {
+  lua_State *L = rt->L;
+  if (rt->in_drain) {
+    lua_pop(L, nargs + 1);
+    set_errmsg(rt, "tulua_call: called from inside a task");
+    lua_pushstring(L, rt->errmsg);
+    return LUA_ERRRUN;
+  }
+  tulua__task *t = spawn(rt, nargs, 1);
+  if (t == NULL) {
+    lua_pushstring(L, rt->errmsg);
+    return LUA_ERRMEM;
+  }
+  int base = lua_gettop(L); /* the Task */
+  tulua__task *outer = rt->call_task;
+  rt->call_task = t;
+  while (!tulua__task_done(t)) {
+    if (uv_run(rt->loop, UV_RUN_ONCE) == 0 && !tulua__task_done(t) &&
+        rt->ready_len == 0 && rt->jobs == NULL)
+      break;
+  }
+  rt->call_task = outer;
+  rt->interrupt_pending = 0;
+  rt->cancel_pending = 0;
+  if (!tulua__task_done(t)) {
+    luaL_traceback(L, tulua__task_thread(t),
+                   "deadlock: the task waits for something that will never "
+                   "happen",
+                   0);
+    lua_remove(L, base);
+    return LUA_ERRRUN;
+  }
+  lua_pushcfunction(L, push_outcome);
+  lua_pushlightuserdata(L, t);
+  int st = lua_pcall(L, 1, nresults, 0);
+  if (st != LUA_OK && lua_type(L, -1) != LUA_TSTRING) {
+    /* a cancellation: its text */
+    const char *msg = luaL_tolstring(L, -1, NULL);
+    lua_pushstring(L, msg);
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+  }
+  lua_remove(L, base);
+  return st;
+}
+
+int tulua_run(tulua_runtime *rt) {
+  if (rt->in_drain) {
+    set_errmsg(rt, "tulua_run: called from inside a task");
+    return TULUA_ESTATE;
+  }
+  while (uv_run(rt->loop, UV_RUN_DEFAULT) != 0 || rt->ready_len > 0) {
+  }
+  return 0;
+}
+
+int tulua_step(tulua_runtime *rt, double budget) {
+  if (rt->in_drain) {
+    set_errmsg(rt, "tulua_step: called from inside a task");
+    return TULUA_ESTATE;
+  }
+  rt->budget = budget;
+  uv_run(rt->loop, UV_RUN_NOWAIT);
+  rt->budget = 0;
+  return uv_loop_alive(rt->loop) || rt->ready_len > 0 || rt->jobs != NULL;
+}
+
+double tulua_next_deadline(tulua_runtime *rt) {
+  if (rt->ready_len > 0 || rt->jobs != NULL) return 0;
+  int ms = uv_backend_timeout(rt->loop);
+  return ms < 0 ? -1.0 : ms / 1000.0;
+}
+
+int tulua_wakeup(tulua_runtime *rt) {
+  return uv_async_send(&rt->async);
+}
+
+int tulua_interrupt(tulua_runtime *rt) {
+  if (rt->interrupt_pending) return 1;
+  rt->interrupt_pending = 1;
+  lua_State *co = (lua_State *)rt->running;
+  if (co != NULL) {
+    lua_sethook(co, tulua__interrupt_hook,
+                LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT, 1);
+  } else {
+    rt->cancel_pending = 1;
+    uv_async_send(&rt->async);
+  }
+  return 0;
+}

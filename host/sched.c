@@ -1,0 +1,896 @@
+/* sched.c: tasks (coroutines) run by libuv check/idle/timer handles; backs
+ * the Task type and tulua.spawn/sleep of the 'tulua' module.
+ *
+ * Ownership: a Task is a full userdata whose block is the tulua__task, with
+ * its thread as user value. While the task is unfinished the runtime's live
+ * table anchors it; once finished, it lives as long as Lua refers to it. The
+ * ready ring, the sleep heap and waiters hold plain pointers, valid because
+ * only unfinished (anchored) tasks are ever in them. */
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "runtime.h"
+
+#define TASK_MT  "tulua.task"
+#define ERROR_MT "tulua.error"
+
+enum {
+  T_READY, /* queued to run */
+  T_NEW, /* queued to run for the first time */
+  T_RUNNING, /* resumed right now (or a coroutine of it is) */
+  T_WAITING, /* suspended in tulua__wait */
+  T_DONE, /* returned: its results are on its thread's stack */
+  T_FAILED, /* raised: error and traceback on its thread's stack */
+  T_CANCELLED
+};
+
+struct tulua__task {
+  lua_State *co;
+  tulua_runtime *rt;
+  tulua__waiter *w; /* the wait in progress, or NULL */
+  tulua__waiter *joiners; /* tasks waiting in join() for this one */
+  tulua__waiter self_w; /* for waits that need no op: sleep and join */
+  uint64_t deadline; /* sleeping: loop time (ms) to wake up at */
+  uint64_t seq; /* sleeping: FIFO order among equal deadlines */
+  size_t heap_idx; /* sleeping: position in the heap */
+  tulua__task *joining; /* in join(): the task waited for */
+  int ref; /* in the live table while unfinished */
+  int nres; /* T_DONE: results on the thread's stack */
+  unsigned char state;
+  unsigned char cancelling; /* cancel() asked; raised at the next wait */
+  unsigned char woken_by_cancel;
+  unsigned char observed; /* someone joined or got the result/error */
+  unsigned char is_call; /* tulua_call's task: errors go to the caller */
+  unsigned char interrupted; /* cancelled by an interrupt (Ctrl-C) */
+};
+
+/* The extra space of a task's thread points at its task, tagged with bit 0;
+ * every other thread of the state holds the untagged runtime pointer (new
+ * threads copy it from the main thread). */
+static void **xspace(lua_State *L) {
+  return (void **)lua_getextraspace(L);
+}
+
+tulua__task *tulua__task_of(lua_State *co) {
+  uintptr_t p = (uintptr_t)*xspace(co);
+  return (p & 1u) ? (tulua__task *)(p & ~(uintptr_t)1) : NULL;
+}
+
+tulua_runtime *tulua__runtime(lua_State *L) {
+  uintptr_t p = (uintptr_t)*xspace(L);
+  if (p & 1u) return ((tulua__task *)(p & ~(uintptr_t)1))->rt;
+  return (tulua_runtime *)(p & ~(uintptr_t)3); /* coro.c's WAITING tag */
+}
+
+uv_loop_t *tulua__loop(lua_State *L) {
+  return tulua__runtime(L)->loop;
+}
+
+tulua__task *tulua__current(tulua_runtime *rt) {
+  return rt->current;
+}
+
+uint64_t tulua__now_ns(tulua_runtime *rt) {
+  (void)rt;
+  return uv_hrtime();
+}
+
+/* ---- error objects ---- */
+
+void tulua__push_error(lua_State *L, const char *code, const char *msg) {
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, code);
+  lua_setfield(L, -2, "code");
+  lua_pushstring(L, msg);
+  lua_setfield(L, -2, "message");
+  luaL_setmetatable(L, ERROR_MT);
+}
+
+void tulua__push_cancelled(lua_State *L, const char *msg) {
+  tulua__push_error(L, "ECANCELED", msg ? msg : "task cancelled");
+}
+
+/* Returns 1 if the value at idx is a cancellation error object. */
+static int is_cancel_error(lua_State *L, int idx) {
+  int yes = 0;
+  if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) return 0;
+  luaL_getmetatable(L, ERROR_MT);
+  if (lua_rawequal(L, -1, -2)) {
+    lua_getfield(L, idx, "code");
+    yes = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "ECANCELED") == 0;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return yes;
+}
+
+static int error_tostring(lua_State *L) {
+  lua_getfield(L, 1, "message");
+  if (!lua_isstring(L, -1)) {
+    lua_pop(L, 1);
+    lua_getfield(L, 1, "code");
+  }
+  lua_pushstring(L, luaL_optstring(L, -1, "error"));
+  return 1;
+}
+
+/* ---- the ready ring ---- */
+
+static int ready_grow(tulua_runtime *rt) {
+  size_t ncap = rt->ready_cap ? rt->ready_cap * 2 : 256;
+  tulua__task **n = malloc(ncap * sizeof *n);
+  if (n == NULL) return UV_ENOMEM;
+  for (size_t i = 0; i < rt->ready_len; i++)
+    n[i] = rt->ready[(rt->ready_head + i) % rt->ready_cap];
+  free(rt->ready);
+  rt->ready = n;
+  rt->ready_cap = ncap;
+  rt->ready_head = 0;
+  return 0;
+}
+
+static void idle_cb(uv_idle_t *h) { /* only keeps the poll from blocking */
+  (void)h;
+}
+
+/* Queues t to run at the next drain. Calls no Lua API. The ring grows
+ * before it is full (see reserve_ready), so this cannot fail. */
+static void make_ready(tulua__task *t, unsigned char state) {
+  tulua_runtime *rt = t->rt;
+  assert(rt->ready_len < rt->ready_cap);
+  rt->ready[(rt->ready_head + rt->ready_len) % rt->ready_cap] = t;
+  rt->ready_len++;
+  t->state = state;
+  if (!uv_is_active((uv_handle_t *)&rt->idle))
+    uv_idle_start(&rt->idle, idle_cb);
+}
+
+/* Every unfinished task may need one slot: keep room for all of them, so
+ * that waking from a libuv callback never allocates. */
+static int reserve_ready(tulua_runtime *rt) {
+  if ((size_t)rt->ntasks + 1 < rt->ready_cap) return 0;
+  return ready_grow(rt);
+}
+
+/* ---- the sleep heap: (deadline, seq) ascending ---- */
+
+static int heap_less(const tulua__task *a, const tulua__task *b) {
+  return a->deadline < b->deadline ||
+         (a->deadline == b->deadline && a->seq < b->seq);
+}
+
+static void heap_set(tulua_runtime *rt, size_t i, tulua__task *t) {
+  rt->heap[i] = t;
+  t->heap_idx = i;
+}
+
+static void heap_up(tulua_runtime *rt, size_t i) {
+  tulua__task *t = rt->heap[i];
+  while (i > 0) {
+    size_t p = (i - 1) / 2;
+    if (!heap_less(t, rt->heap[p])) break;
+    heap_set(rt, i, rt->heap[p]);
+    i = p;
+  }
+  heap_set(rt, i, t);
+}
+
+static void heap_down(tulua_runtime *rt, size_t i) {
+  tulua__task *t = rt->heap[i];
+  for (;;) {
+    size_t c = 2 * i + 1;
+    if (c >= rt->heap_len) break;
+    if (c + 1 < rt->heap_len && heap_less(rt->heap[c + 1], rt->heap[c])) c++;
+    if (!heap_less(rt->heap[c], t)) break;
+    heap_set(rt, i, rt->heap[c]);
+    i = c;
+  }
+  heap_set(rt, i, t);
+}
+
+static void heap_remove(tulua_runtime *rt, tulua__task *t) {
+  size_t i = t->heap_idx;
+  tulua__task *last = rt->heap[--rt->heap_len];
+  if (i == rt->heap_len) return;
+  heap_set(rt, i, last);
+  if (i > 0 && heap_less(last, rt->heap[(i - 1) / 2]))
+    heap_up(rt, i);
+  else
+    heap_down(rt, i);
+}
+
+static void timer_cb(uv_timer_t *h);
+
+/* Points the loop's timer at the earliest sleeper, or stops it. */
+static void arm_timer(tulua_runtime *rt) {
+  if (rt->heap_len == 0) {
+    uv_timer_stop(&rt->timer);
+    return;
+  }
+  uint64_t now = uv_now(rt->loop), due = rt->heap[0]->deadline;
+  uv_timer_start(&rt->timer, timer_cb, due > now ? due - now : 0, 0);
+}
+
+static void timer_cb(uv_timer_t *h) { /* no Lua API here */
+  tulua_runtime *rt = h->data;
+  uint64_t now = uv_now(rt->loop);
+  while (rt->heap_len > 0 && rt->heap[0]->deadline <= now) {
+    tulua__task *t = rt->heap[0];
+    heap_remove(rt, t);
+    tulua__wake(&t->self_w);
+  }
+  arm_timer(rt);
+}
+
+/* ---- waiting ---- */
+
+static void raise_cancelled(lua_State *L, tulua__task *t) {
+  tulua__push_cancelled(L, t->interrupted ? "interrupted!" : NULL);
+  t->interrupted = 0;
+  lua_error(L);
+}
+
+void tulua__check_wait(lua_State *L, const char *op) {
+  tulua_runtime *rt = tulua__runtime(L);
+  tulua__task *t = rt->current;
+  if (t == NULL || rt->depth == 0)
+    luaL_error(L, "attempt to wait in '%s' outside a task", op);
+  if (rt->chain[rt->depth - 1] != L)
+    luaL_error(L,
+               "attempt to wait in '%s' inside a coroutine not resumed "
+               "by coroutine.resume",
+               op);
+  for (int i = 0; i < rt->depth; i++)
+    if (!lua_isyieldable(rt->chain[i]))
+      luaL_error(L,
+                 "attempt to wait in '%s' inside a function called from C "
+                 "that cannot yield (such as a 'table.sort' comparator or a "
+                 "'string.gsub' callback)",
+                 op);
+  if (t->cancelling) {
+    t->cancelling = 0;
+    raise_cancelled(L, t);
+  }
+}
+
+/* The continuation of every wait: the task was resumed by the drain. */
+static int wait_k(lua_State *L, int status, lua_KContext ctx) {
+  tulua__waiter *w = (tulua__waiter *)ctx;
+  tulua__task *t = tulua__runtime(L)->current;
+  (void)status;
+  if (t->woken_by_cancel) { /* w is the op's: its callback frees it */
+    t->woken_by_cancel = 0;
+    t->cancelling = 0;
+    raise_cancelled(L, t);
+  }
+  int top = lua_gettop(L);
+  int n = w->deliver(L, w->ud); /* frees the op */
+  if (t->cancelling) { /* cancelled after the wake: drop results */
+    t->cancelling = 0;
+    lua_settop(L, top);
+    raise_cancelled(L, t);
+  }
+  return n;
+}
+
+int tulua__wait(lua_State *L, tulua__waiter *w, tulua__deliver_fn deliver,
+                tulua__cancel_fn cancel, void *ud) {
+  tulua_runtime *rt = tulua__runtime(L);
+  tulua__task *t = rt->current;
+  w->task = t;
+  w->deliver = deliver;
+  w->cancel = cancel;
+  w->ud = ud;
+  t->w = w;
+  t->state = T_WAITING;
+  rt->wait_mark = 1;
+  return lua_yieldk(L, 0, (lua_KContext)w, wait_k);
+}
+
+int tulua__wake(tulua__waiter *w) {
+  tulua__task *t = w->task;
+  if (t == NULL) return 0;
+  w->task = NULL;
+  t->w = NULL;
+  make_ready(t, T_READY);
+  return 1;
+}
+
+/* Stops t's wait: the op's cancel hook runs, its callback will find the
+ * waiter gone, and t resumes with the cancellation error. */
+static void cancel_wait(tulua__task *t) {
+  tulua__waiter *w = t->w;
+  w->task = NULL;
+  t->w = NULL;
+  if (w->cancel) w->cancel(w->ud);
+  t->woken_by_cancel = 1;
+  make_ready(t, T_READY);
+}
+
+/* ---- sleep ---- */
+
+static int sleep_deliver(lua_State *L, void *ud) {
+  (void)L;
+  (void)ud;
+  return 0;
+}
+
+static void sleep_cancel(void *ud) {
+  tulua__task *t = ud;
+  heap_remove(t->rt, t);
+  arm_timer(t->rt);
+}
+
+int tulua__sleep(lua_State *L) {
+  lua_Number s = luaL_checknumber(L, 1);
+  luaL_argcheck(L, s >= 0 && s == s, 1, "negative or NaN duration");
+  tulua__check_wait(L, "tulua.sleep");
+  tulua_runtime *rt = tulua__runtime(L);
+  tulua__task *t = rt->current;
+  if (s == 0) { /* yield to the loop: run again after the next poll */
+    tulua__waiter *w = &t->self_w;
+    w->deliver = sleep_deliver;
+    make_ready(t, T_READY); /* cancel() sees a ready task, not a wait */
+    rt->wait_mark = 1;
+    return lua_yieldk(L, 0, (lua_KContext)w, wait_k);
+  }
+  lua_Number ms = s * 1000.0;
+  if (ms > 9.0e15) ms = 9.0e15; /* about 285,000 years: forever */
+  uint64_t d = (uint64_t)ms;
+  if ((lua_Number)d < ms) d++; /* never wake early */
+  if (rt->heap_len == rt->heap_cap) {
+    size_t ncap = rt->heap_cap ? rt->heap_cap * 2 : 64;
+    tulua__task **n = realloc(rt->heap, ncap * sizeof *n);
+    if (n == NULL) return luaL_error(L, "not enough memory");
+    rt->heap = n;
+    rt->heap_cap = ncap;
+  }
+  uv_update_time(rt->loop);
+  t->deadline = uv_now(rt->loop) + d;
+  t->seq = rt->seq++;
+  rt->heap[rt->heap_len] = t;
+  heap_up(rt, rt->heap_len++);
+  if (rt->heap[0] == t) arm_timer(rt);
+  return tulua__wait(L, &t->self_w, sleep_deliver, sleep_cancel, t);
+}
+
+/* ---- tasks ---- */
+
+static tulua__task *check_task(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, TASK_MT);
+}
+
+/* Pushes the live table. [-0, +1, -] */
+static void push_live(lua_State *L, tulua_runtime *rt) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->live_ref);
+}
+
+/* The bottom function of tulua_call's task: a C frame, so that tracebacks
+ * end in "[C]: in ?" exactly as in lua.c. */
+static int trampoline_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L);
+}
+
+static int trampoline(lua_State *L) {
+  lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, trampoline_k);
+  return trampoline_k(L, LUA_OK, 0);
+}
+
+static tulua__task *new_task(lua_State *L, int nargs, int via_trampoline) {
+  tulua_runtime *rt = tulua__runtime(L);
+  if (reserve_ready(rt) < 0) luaL_error(L, "not enough memory");
+  int fidx = lua_gettop(L) - nargs;
+  tulua__task *t = lua_newuserdatauv(L, sizeof *t, 1);
+  memset(t, 0, sizeof *t);
+  t->rt = rt;
+  t->ref = LUA_NOREF;
+  luaL_setmetatable(L, TASK_MT);
+  lua_State *co = lua_newthread(L);
+  t->co = co;
+  lua_setiuservalue(L, -2, 1);
+  /* stack: fn args... task */
+  lua_insert(L, fidx); /* task fn args... */
+  if (via_trampoline) {
+    lua_pushcfunction(co, trampoline);
+  }
+  lua_xmove(L, co, nargs + 1);
+  push_live(L, rt);
+  lua_pushvalue(L, fidx);
+  t->ref = luaL_ref(L, -2);
+  lua_pop(L, 1);
+  *xspace(co) = (void *)((uintptr_t)t | 1u);
+  rt->ntasks++;
+  make_ready(t, T_NEW);
+  return t; /* the Task is on top of L */
+}
+
+void tulua__spawn(lua_State *L, int nargs) {
+  new_task(L, nargs, 0);
+}
+
+tulua__task *tulua__spawn_main(lua_State *L, int nargs) {
+  tulua__task *t = new_task(L, nargs, 1);
+  t->is_call = 1;
+  t->observed = 1;
+  return t;
+}
+
+/* Removes t from the live table: from now on Lua references keep it. */
+static void unanchor(lua_State *L, tulua__task *t) {
+  tulua_runtime *rt = t->rt;
+  push_live(L, rt);
+  luaL_unref(L, -1, t->ref);
+  lua_pop(L, 1);
+  t->ref = LUA_NOREF;
+  rt->ntasks--;
+}
+
+static void wake_joiners(tulua__task *t) {
+  tulua__waiter *w = t->joiners;
+  t->joiners = NULL;
+  while (w != NULL) {
+    tulua__waiter *next = w->next;
+    w->next = NULL;
+    tulua__wake(w);
+    w = next;
+  }
+}
+
+/* Formats the error on top of L for a report: a string gets a traceback of
+ * co; an object with __tostring gives that string; anything else becomes
+ * "(error object is a X value)" with a traceback, as lua.c does. Replaces
+ * the error with the text. [-1, +1, m] */
+static void format_error(lua_State *L, lua_State *co) {
+  const char *msg = lua_tostring(L, -1);
+  if (msg == NULL || lua_type(L, -1) != LUA_TSTRING) {
+    if (luaL_callmeta(L, -1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) {
+      lua_remove(L, -2);
+      return;
+    }
+    msg = lua_pushfstring(L, "(error object is a %s value)",
+                          luaL_typename(L, -1));
+    lua_remove(L, -2);
+  }
+  luaL_traceback(L, co, msg, 0);
+  lua_remove(L, -2);
+}
+
+/* Reports t's error (on top of t->co, traceback below it) through on_error.
+ * Runs on the main state, inside the drain's protected call. */
+static void report(lua_State *L, tulua__task *t) {
+  tulua_runtime *rt = t->rt;
+  rt->uncaught++;
+  if (rt->cfg.on_error == NULL) return;
+  lua_pushvalue(t->co, 2);
+  lua_xmove(t->co, L, 1);
+  rt->cfg.on_error(rt, lua_tostring(L, -1), rt->cfg.userdata);
+  lua_pop(L, 1);
+}
+
+/* Finishes t after lua_resume returned status with nres results. Runs on
+ * the main state L inside the drain's protected call. */
+static void finish(lua_State *L, tulua__task *t, int status, int nres) {
+  lua_State *co = t->co;
+  int raised = status != LUA_OK; /* the thread holds frames to close */
+  if (status == LUA_OK && t->cancelling) { /* cancelled as it returned */
+    lua_settop(co, 0);
+    tulua__push_cancelled(co, NULL);
+    status = LUA_ERRRUN;
+  }
+  if (status == LUA_OK) {
+    t->state = T_DONE;
+    t->nres = nres;
+    int top = lua_gettop(co); /* keep only the results on the thread */
+    if (top > nres) {
+      lua_rotate(co, 1, nres);
+      lua_settop(co, nres);
+    }
+  } else {
+    /* Build the report text while the frames are still there, then close
+     * the thread's to-be-closed variables, which may replace the error. */
+    int cancelled = is_cancel_error(co, -1);
+    if (raised) {
+      if (!cancelled) {
+        lua_pushvalue(co, -1);
+        lua_xmove(co, L, 1);
+        format_error(L, co);
+      }
+      lua_resetthread(co);
+      if (cancelled && !is_cancel_error(co, -1)) {
+        cancelled = 0;
+        lua_pushvalue(co, -1);
+        lua_xmove(co, L, 1);
+        format_error(L, co);
+      }
+    }
+    lua_rotate(co, 1, 1); /* co: err */
+    lua_settop(co, 1);
+    if (cancelled) {
+      t->state = T_CANCELLED;
+    } else {
+      t->state = T_FAILED;
+      lua_xmove(L, co, 1); /* co: err text */
+    }
+  }
+  wake_joiners(t);
+  unanchor(L, t);
+  if (t->state == T_FAILED && !t->observed) report(L, t);
+}
+
+/* Resumes t once. Runs on the main state inside the drain's protected
+ * call. */
+static void run_task(lua_State *L, tulua__task *t) {
+  tulua_runtime *rt = t->rt;
+  lua_State *co = t->co;
+  int nres, status;
+  if (t->state == T_NEW && t->cancelling) { /* cancelled before it ran */
+    lua_settop(co, 0);
+    tulua__push_cancelled(co, NULL);
+    finish(L, t, LUA_ERRRUN, 0);
+    return;
+  }
+  int nargs = t->state == T_NEW ? lua_gettop(co) - 1 : 0;
+  t->state = T_RUNNING;
+  rt->current = t;
+  rt->chain[0] = co;
+  rt->depth = 1;
+  rt->running = co;
+  status = lua_resume(co, L, nargs, &nres);
+  rt->running = NULL;
+  rt->depth = 0;
+  rt->current = NULL;
+  if (rt->interrupt_pending && !rt->cancel_pending) {
+    /* the interrupt came as the Lua code stopped running: cancel the main
+     * task instead (the hook left behind clears itself) */
+    rt->cancel_pending = 1;
+    uv_async_send(&rt->async);
+  }
+  if (status == LUA_YIELD) {
+    if (rt->wait_mark) {
+      rt->wait_mark = 0;
+      lua_pop(co, nres);
+      return;
+    }
+    /* a C module yielded a task's thread: nothing will ever resume it */
+    lua_pop(co, nres);
+    lua_pushliteral(co, "attempt to yield from outside a coroutine");
+    status = LUA_ERRRUN;
+    finish(L, t, status, 0);
+    return;
+  }
+  finish(L, t, status, nres);
+}
+
+/* Runs posted jobs, then the tasks that were ready when the drain began:
+ * tasks that become ready meanwhile run at the next iteration, after the
+ * loop has polled for I/O. */
+static int drain(lua_State *L) {
+  tulua_runtime *rt = lua_touserdata(L, 1);
+  while (rt->jobs != NULL) {
+    tulua__job *j = rt->jobs;
+    rt->jobs = j->next;
+    if (rt->jobs == NULL) rt->jobs_tail = NULL;
+    j->next = NULL;
+    j->posted = 0;
+    j->run(L, j);
+  }
+  size_t n = rt->ready_len;
+  uint64_t stop =
+      rt->budget > 0 ? uv_hrtime() + (uint64_t)(rt->budget * 1e9) : UINT64_MAX;
+  while (n-- > 0) {
+    tulua__task *t = rt->ready[rt->ready_head];
+    rt->ready_head = (rt->ready_head + 1) % rt->ready_cap;
+    rt->ready_len--;
+    run_task(L, t);
+    lua_settop(L, 1);
+    if (stop != UINT64_MAX && uv_hrtime() >= stop) break;
+  }
+  return 0;
+}
+
+static void check_cb(uv_check_t *h) {
+  tulua_runtime *rt = h->data;
+  lua_State *L = rt->L;
+  if (rt->in_drain) return;
+  rt->in_drain = 1;
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, drain);
+  lua_pushlightuserdata(L, rt);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    /* only memory errors get here: report and go on */
+    rt->uncaught++;
+    if (rt->cfg.on_error)
+      rt->cfg.on_error(rt, lua_tostring(L, -1), rt->cfg.userdata);
+    rt->running = NULL;
+    rt->depth = 0;
+    rt->current = NULL;
+  }
+  lua_settop(L, top);
+  rt->in_drain = 0;
+  if (rt->ready_len == 0 && rt->jobs == NULL) uv_idle_stop(&rt->idle);
+}
+
+static int cancel_task(tulua__task *t);
+
+static void async_cb(uv_async_t *h) {
+  tulua_runtime *rt = h->data;
+  if (rt->cancel_pending) {
+    rt->cancel_pending = 0;
+    rt->interrupt_pending = 0;
+    tulua__task *t = rt->call_task;
+    if (t != NULL && !tulua__task_done(t)) {
+      t->interrupted = 1;
+      cancel_task(t);
+    }
+  }
+}
+
+void tulua__post(tulua_runtime *rt, tulua__job *job) {
+  if (job->posted) return;
+  job->posted = 1;
+  job->next = NULL;
+  if (rt->jobs_tail)
+    rt->jobs_tail->next = job;
+  else
+    rt->jobs = job;
+  rt->jobs_tail = job;
+  if (!uv_is_active((uv_handle_t *)&rt->idle))
+    uv_idle_start(&rt->idle, idle_cb);
+}
+
+lua_State *tulua__task_thread(tulua__task *t) {
+  return t->co;
+}
+
+void tulua__unpost(tulua_runtime *rt, tulua__job *job) {
+  if (!job->posted) return;
+  tulua__job **p = &rt->jobs, *prev = NULL;
+  while (*p != job) {
+    prev = *p;
+    p = &(*p)->next;
+  }
+  *p = job->next;
+  if (rt->jobs_tail == job) rt->jobs_tail = prev;
+  job->next = NULL;
+  job->posted = 0;
+}
+
+int tulua__task_done(tulua__task *t) {
+  return t->state >= T_DONE;
+}
+
+/* Asks t to stop: a waiting task resumes with the cancellation error, a
+ * ready or running one gets it at its next wait, a new one never runs.
+ * Returns 0 if t had finished already. */
+static int cancel_task(tulua__task *t) {
+  if (tulua__task_done(t)) return 0;
+  if (t->state == T_WAITING && t->w != NULL)
+    cancel_wait(t);
+  else
+    t->cancelling = 1;
+  return 1;
+}
+
+/* ---- Task methods ---- */
+
+/* Pushes the outcome of a finished task: its results, or raises its error
+ * (the text with its traceback) or its cancellation. */
+int tulua__task_push_outcome(lua_State *L, tulua__task *t) {
+  lua_State *co = t->co;
+  t->observed = 1;
+  if (t->state == T_DONE) {
+    luaL_checkstack(L, t->nres, "too many results");
+    for (int i = 1; i <= t->nres; i++)
+      lua_pushvalue(co, i);
+    lua_xmove(co, L, t->nres);
+    return t->nres;
+  }
+  if (t->state == T_CANCELLED) {
+    lua_pushvalue(co, 1);
+    lua_xmove(co, L, 1);
+    return lua_error(L);
+  }
+  /* failed: a string error is raised with the task's traceback attached;
+   * any other error object is raised as it is */
+  lua_pushvalue(co, lua_type(co, 1) == LUA_TSTRING ? 2 : 1);
+  lua_xmove(co, L, 1);
+  return lua_error(L);
+}
+
+static int join_deliver(lua_State *L, void *ud) {
+  tulua__task *me = ud;
+  tulua__task *target = me->joining;
+  me->joining = NULL;
+  return tulua__task_push_outcome(L, target);
+}
+
+static void join_cancel(void *ud) {
+  tulua__task *me = ud;
+  tulua__waiter **p = &me->joining->joiners;
+  while (*p != NULL && *p != &me->self_w)
+    p = &(*p)->next;
+  if (*p != NULL) *p = me->self_w.next;
+  me->self_w.next = NULL;
+  me->joining = NULL;
+}
+
+static int task_join(lua_State *L) {
+  tulua__task *t = check_task(L, 1);
+  if (tulua__task_done(t)) return tulua__task_push_outcome(L, t);
+  tulua__check_wait(L, "join");
+  tulua_runtime *rt = tulua__runtime(L);
+  tulua__task *me = rt->current;
+  if (me == t) return luaL_error(L, "a task cannot join itself");
+  t->observed = 1;
+  tulua__waiter *w = &me->self_w;
+  w->next = t->joiners;
+  t->joiners = w;
+  me->joining = t;
+  lua_settop(L, 1); /* the target stays referenced while we wait */
+  return tulua__wait(L, w, join_deliver, join_cancel, me);
+}
+
+static int task_cancel(lua_State *L) {
+  tulua__task *t = check_task(L, 1);
+  lua_pushboolean(L, cancel_task(t));
+  return 1;
+}
+
+static int task_done(lua_State *L) {
+  lua_pushboolean(L, tulua__task_done(check_task(L, 1)));
+  return 1;
+}
+
+static int task_cancelled(lua_State *L) {
+  lua_pushboolean(L, check_task(L, 1)->state == T_CANCELLED);
+  return 1;
+}
+
+static int task_result(lua_State *L) {
+  tulua__task *t = check_task(L, 1);
+  if (!tulua__task_done(t))
+    return luaL_error(L, "attempt to get the result of an unfinished task");
+  return tulua__task_push_outcome(L, t);
+}
+
+static const char *const state_names[] = {
+    "ready", "ready", "running", "waiting", "done", "failed", "cancelled"};
+
+static int task_status(lua_State *L) {
+  lua_pushstring(L, state_names[check_task(L, 1)->state]);
+  return 1;
+}
+
+static int task_tostring(lua_State *L) {
+  tulua__task *t = check_task(L, 1);
+  lua_pushfstring(L, "Task (%s): %p", state_names[t->state], (void *)t);
+  return 1;
+}
+
+static int task_gc(lua_State *L) {
+  tulua__task *t = check_task(L, 1);
+  /* the thread may outlive its Task (coroutine.running() kept it): make it
+   * an ordinary thread again */
+  *xspace(t->co) = t->rt;
+  return 0;
+}
+
+/* ---- the module ---- */
+
+static int l_spawn(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  tulua__spawn(L, lua_gettop(L) - 1);
+  return 1;
+}
+
+static int l_current(lua_State *L) {
+  tulua__task *t = tulua__runtime(L)->current;
+  if (t == NULL) return 0;
+  push_live(L, t->rt);
+  lua_rawgeti(L, -1, t->ref);
+  return 1;
+}
+
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
+  return 1;
+}
+
+static const luaL_Reg task_methods[] = {{"join", task_join},
+                                        {"cancel", task_cancel},
+                                        {"done", task_done},
+                                        {"cancelled", task_cancelled},
+                                        {"result", task_result},
+                                        {"status", task_status},
+                                        {NULL, NULL}};
+
+int luaopen_tulua(lua_State *L) {
+  static const luaL_Reg funcs[] = {{"spawn", l_spawn},
+                                   {"sleep", tulua__sleep},
+                                   {"now", l_now},
+                                   {"current", l_current},
+                                   {NULL, NULL}};
+  luaL_newlib(L, funcs);
+  luaL_requiref(L, "tulua.timer", luaopen_tulua_timer, 0);
+  lua_setfield(L, -2, "timer");
+  return 1;
+}
+
+/* Creates the metatables and the live table. Runs in tulua_open. */
+static int sched_open(lua_State *L) {
+  tulua_runtime *rt = lua_touserdata(L, 1);
+  luaL_newmetatable(L, TASK_MT);
+  luaL_newlib(L, task_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, task_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, task_gc);
+  lua_setfield(L, -2, "__gc");
+  luaL_newmetatable(L, ERROR_MT);
+  lua_pushcfunction(L, error_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_newtable(L);
+  rt->live_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+int tulua__sched_init(tulua_runtime *rt) {
+  lua_State *L = rt->L;
+  *xspace(L) = rt;
+  uv_check_init(rt->loop, &rt->check);
+  uv_idle_init(rt->loop, &rt->idle);
+  uv_timer_init(rt->loop, &rt->timer);
+  int rc = uv_async_init(rt->loop, &rt->async, async_cb);
+  if (rc < 0) return rc;
+  rt->check.data = rt->idle.data = rt->timer.data = rt->async.data = rt;
+  uv_check_start(&rt->check, check_cb);
+  uv_unref((uv_handle_t *)&rt->check);
+  uv_unref((uv_handle_t *)&rt->async);
+  rt->live_ref = LUA_NOREF;
+  lua_pushcfunction(L, sched_open);
+  lua_pushlightuserdata(L, rt);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return UV_ENOMEM;
+  }
+  return 0;
+}
+
+/* Detaches every unfinished task from what it waits on, so that no late
+ * callback touches a task after lua_close. Each op's callback then finds
+ * its waiter gone and frees the op. */
+void tulua__interrupt_hook(lua_State *L, lua_Debug *ar) {
+  tulua_runtime *rt = tulua__runtime(L);
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  if (!rt->interrupt_pending || rt->cancel_pending) return; /* stale */
+  rt->interrupt_pending = 0;
+  luaL_error(L, "interrupted!");
+}
+
+void tulua__sched_shutdown(tulua_runtime *rt) {
+  lua_State *L = rt->L;
+  if (rt->live_ref != LUA_NOREF) {
+    push_live(L, rt);
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+      tulua__task *t = lua_touserdata(L, -1);
+      if (t != NULL && t->w != NULL) {
+        tulua__waiter *w = t->w;
+        w->task = NULL;
+        t->w = NULL;
+        if (w->cancel) w->cancel(w->ud);
+      }
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  rt->ready_len = 0;
+  rt->heap_len = 0;
+}

@@ -1,0 +1,104 @@
+/* sched.h: the scheduler's internal API (tasks, wait, wake, cancel), used by
+ * host/ and bindings/. Nothing here is public: see tulua.h for that. */
+#ifndef TULUA_SCHED_H
+#define TULUA_SCHED_H
+
+#include <stdint.h>
+#include <lua.h>
+#include <uv.h>
+
+#include "tulua.h"
+
+typedef struct tulua__task tulua__task;
+
+/* Runs in the task once the wait is over and turns the recorded result into
+ * Lua values; returns how many it pushed. It runs exactly once for every
+ * waiter that was woken, and frees the operation before pushing. */
+typedef int (*tulua__deliver_fn)(lua_State *L, void *ud);
+
+/* Asks libuv to stop the operation (uv_cancel, uv_read_stop, uv_close).
+ * Frees nothing: the operation's callback still comes and frees it. */
+typedef void (*tulua__cancel_fn)(void *ud);
+
+/* Links an operation to the task that waits on it. Embedded in the op. */
+typedef struct tulua__waiter {
+  tulua__task *task; /* NULL once the task stopped waiting (cancelled) */
+  tulua__deliver_fn deliver;
+  tulua__cancel_fn cancel;
+  void *ud;
+  struct tulua__waiter *next; /* in a list of waiters, e.g. a task's joiners */
+} tulua__waiter;
+
+/* A piece of C work that must run with Lua available (a libuv callback may
+ * not touch Lua): posted from a callback, run at the next drain under
+ * lua_pcall. Embedded in its owner; posted at most once at a time. */
+typedef struct tulua__job {
+  void (*run)(lua_State *L, struct tulua__job *job);
+  struct tulua__job *next;
+  int posted;
+} tulua__job;
+
+/* Posts job to run at the next drain (no Lua API: callable from a libuv
+ * callback); a job already posted is left where it is. */
+void tulua__post(tulua_runtime *rt, tulua__job *job);
+
+/* Takes a posted job back (its owner is being freed). */
+void tulua__unpost(tulua_runtime *rt, tulua__job *job);
+
+/* Returns the runtime that owns L (any thread of its state). */
+tulua_runtime *tulua__runtime(lua_State *L);
+
+/* Returns the loop of L's runtime. */
+uv_loop_t *tulua__loop(lua_State *L);
+
+/* Raises unless L may wait here: outside a task ("attempt to wait in 'op'
+ * outside a task"), across a C-call boundary, or when the task has been
+ * cancelled (the cancellation error). Call it after checking arguments and
+ * before allocating anything. */
+void tulua__check_wait(lua_State *L, const char *op);
+
+/* Suspends the current task until tulua__wake(w); then deliver(L, ud) runs
+ * in the task and its results are the results of the waiting function. If
+ * the task is cancelled first, cancel(ud) runs, w->task becomes NULL and the
+ * task resumes with the cancellation error. Use as a tail call:
+ * `return tulua__wait(L, &op->w, deliver, cancel, op);`. cancel may be NULL
+ * when the operation cannot be stopped (it still must free itself). */
+int tulua__wait(lua_State *L, tulua__waiter *w, tulua__deliver_fn deliver,
+                tulua__cancel_fn cancel, void *ud);
+
+/* Wakes the task waiting on w, from a libuv callback (calls no Lua API).
+ * Returns 1 if a task will run deliver, 0 if the waiter is gone and the
+ * caller must free the operation itself. */
+int tulua__wake(tulua__waiter *w);
+
+/* Pushes the cancellation error object (code "ECANCELED"). [-0, +1, m] */
+void tulua__push_cancelled(lua_State *L, const char *msg);
+
+/* Pushes an error object {code=, message=} with the shared metatable
+ * 'tulua.error' (its __tostring returns the message). [-0, +1, m] */
+void tulua__push_error(lua_State *L, const char *code, const char *msg);
+
+/* Starts fn (at stack index idx, with the nargs values above it, all popped)
+ * as a new task and pushes its Task object. Raises only on memory errors.
+ * [-(nargs+1), +1, m] */
+void tulua__spawn(lua_State *L, int nargs);
+
+/* Returns the task whose thread is co, or NULL for any other thread. */
+tulua__task *tulua__task_of(lua_State *co);
+
+/* Returns the task currently running Lua code, or NULL. */
+tulua__task *tulua__current(tulua_runtime *rt);
+
+/* The core module 'tulua' and the forwarding coroutine library (coro.c). */
+int luaopen_tulua(lua_State *L);
+void tulua__open_coro(lua_State *L);
+
+/* The binding modules, preloaded by the runtime. */
+int luaopen_tulua_timer(lua_State *L);
+int luaopen_tulua_fs(lua_State *L);
+
+/* Timers of the scheduler: sleep(s) for the current task, and the time. */
+int tulua__sleep(lua_State *L);
+uint64_t tulua__now_ns(tulua_runtime *rt);
+
+#endif
