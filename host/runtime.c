@@ -131,7 +131,7 @@ void tulua_close(tulua_runtime *rt) {
     while (pending > 0)
       uv_run(rt->loop, UV_RUN_NOWAIT);
   }
-  free(rt->ready);
+
   free(rt->heap);
   free(rt->errmsg);
   free(rt);

@@ -20,10 +20,10 @@ struct tulua_runtime {
   tulua_config cfg;
   char *errmsg;
 
-  /* Tasks ready to run: a ring of task pointers. A task is in it at most
+  /* Tasks ready to run, linked through the tasks. A task is in it at most
    * once (its state says READY). */
-  tulua__task **ready;
-  size_t ready_cap, ready_head, ready_len;
+  tulua__task *ready_head, *ready_tail;
+  size_t ready_len;
 
   /* Sleeping tasks: a binary min-heap on (deadline, seq). */
   tulua__task **heap;

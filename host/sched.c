@@ -34,18 +34,19 @@ struct tulua__task {
   tulua__waiter *w; /* the wait in progress, or NULL */
   tulua__waiter *joiners; /* tasks waiting in join() for this one */
   tulua__waiter self_w; /* for waits that need no op: sleep and join */
-  uint64_t deadline; /* sleeping: loop time (ms) to wake up at */
-  uint64_t seq; /* sleeping: FIFO order among equal deadlines */
-  size_t heap_idx; /* sleeping: position in the heap */
-  tulua__task *joining; /* in join(): the task waited for */
+  tulua__task *next_ready; /* in the ready list */
+  /* sleeping: the loop time (ms) to wake up at, shifted left by SEQ_BITS,
+   * with a sequence number below it so that equal deadlines wake FIFO */
+  uint64_t key;
+  uint32_t heap_idx; /* sleeping: position in the heap */
   int ref; /* in the live table while unfinished */
   int nres; /* T_DONE: results on the thread's stack */
-  unsigned char state;
-  unsigned char cancelling; /* cancel() asked; raised at the next wait */
-  unsigned char woken_by_cancel;
-  unsigned char observed; /* someone joined or got the result/error */
-  unsigned char is_call; /* tulua_call's task: errors go to the caller */
-  unsigned char interrupted; /* cancelled by an interrupt (Ctrl-C) */
+  unsigned state : 3;
+  unsigned cancelling : 1; /* cancel() asked; raised at the next wait */
+  unsigned woken_by_cancel : 1;
+  unsigned observed : 1; /* someone joined or got the result/error */
+  unsigned is_call : 1; /* tulua_call's task: errors go to the caller */
+  unsigned interrupted : 1; /* cancelled by an interrupt (Ctrl-C) */
 };
 
 /* The extra space of a task's thread points at its task, tagged with bit 0;
@@ -97,6 +98,7 @@ void tulua__push_cancelled(lua_State *L, const char *msg) {
 /* Returns 1 if the value at idx is a cancellation error object. */
 static int is_cancel_error(lua_State *L, int idx) {
   int yes = 0;
+  idx = lua_absindex(L, idx); /* the metatables go on top of the stack */
   if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) return 0;
   luaL_getmetatable(L, ERROR_MT);
   if (lua_rawequal(L, -1, -2)) {
@@ -118,54 +120,44 @@ static int error_tostring(lua_State *L) {
   return 1;
 }
 
-/* ---- the ready ring ---- */
-
-static int ready_grow(tulua_runtime *rt) {
-  size_t ncap = rt->ready_cap ? rt->ready_cap * 2 : 256;
-  tulua__task **n = malloc(ncap * sizeof *n);
-  if (n == NULL) return UV_ENOMEM;
-  for (size_t i = 0; i < rt->ready_len; i++)
-    n[i] = rt->ready[(rt->ready_head + i) % rt->ready_cap];
-  free(rt->ready);
-  rt->ready = n;
-  rt->ready_cap = ncap;
-  rt->ready_head = 0;
-  return 0;
-}
+/* ---- the ready list ---- */
 
 static void idle_cb(uv_idle_t *h) { /* only keeps the poll from blocking */
   (void)h;
 }
 
-/* Queues t to run at the next drain. Calls no Lua API. The ring grows
- * before it is full (see reserve_ready), so this cannot fail. */
-static void make_ready(tulua__task *t, unsigned char state) {
+/* Queues t to run at the next drain. Calls no Lua API, never fails: the
+ * list is intrusive. */
+static void make_ready(tulua__task *t, unsigned state) {
   tulua_runtime *rt = t->rt;
-  assert(rt->ready_len < rt->ready_cap);
-  rt->ready[(rt->ready_head + rt->ready_len) % rt->ready_cap] = t;
+  t->next_ready = NULL;
+  if (rt->ready_tail)
+    rt->ready_tail->next_ready = t;
+  else
+    rt->ready_head = t;
+  rt->ready_tail = t;
   rt->ready_len++;
   t->state = state;
   if (!uv_is_active((uv_handle_t *)&rt->idle))
     uv_idle_start(&rt->idle, idle_cb);
 }
 
-/* Every unfinished task may need one slot: keep room for all of them, so
- * that waking from a libuv callback never allocates. */
-static int reserve_ready(tulua_runtime *rt) {
-  if ((size_t)rt->ntasks + 1 < rt->ready_cap) return 0;
-  return ready_grow(rt);
-}
-
 /* ---- the sleep heap: (deadline, seq) ascending ---- */
 
+#define SEQ_BITS     20
+#define MAX_SLEEP_MS ((uint64_t)1 << (62 - SEQ_BITS)) /* 139 years */
+
+static uint64_t deadline_of(const tulua__task *t) {
+  return t->key >> SEQ_BITS;
+}
+
 static int heap_less(const tulua__task *a, const tulua__task *b) {
-  return a->deadline < b->deadline ||
-         (a->deadline == b->deadline && a->seq < b->seq);
+  return a->key < b->key;
 }
 
 static void heap_set(tulua_runtime *rt, size_t i, tulua__task *t) {
   rt->heap[i] = t;
-  t->heap_idx = i;
+  t->heap_idx = (uint32_t)i;
 }
 
 static void heap_up(tulua_runtime *rt, size_t i) {
@@ -211,14 +203,14 @@ static void arm_timer(tulua_runtime *rt) {
     uv_timer_stop(&rt->timer);
     return;
   }
-  uint64_t now = uv_now(rt->loop), due = rt->heap[0]->deadline;
+  uint64_t now = uv_now(rt->loop), due = deadline_of(rt->heap[0]);
   uv_timer_start(&rt->timer, timer_cb, due > now ? due - now : 0, 0);
 }
 
 static void timer_cb(uv_timer_t *h) { /* no Lua API here */
   tulua_runtime *rt = h->data;
   uint64_t now = uv_now(rt->loop);
-  while (rt->heap_len > 0 && rt->heap[0]->deadline <= now) {
+  while (rt->heap_len > 0 && deadline_of(rt->heap[0]) <= now) {
     tulua__task *t = rt->heap[0];
     heap_remove(rt, t);
     tulua__wake(&t->self_w);
@@ -339,7 +331,7 @@ int tulua__sleep(lua_State *L) {
     return lua_yieldk(L, 0, (lua_KContext)w, wait_k);
   }
   lua_Number ms = s * 1000.0;
-  if (ms > 9.0e15) ms = 9.0e15; /* about 285,000 years: forever */
+  if (ms > (lua_Number)MAX_SLEEP_MS) ms = (lua_Number)MAX_SLEEP_MS;
   uint64_t d = (uint64_t)ms;
   if ((lua_Number)d < ms) d++; /* never wake early */
   if (rt->heap_len == rt->heap_cap) {
@@ -350,8 +342,10 @@ int tulua__sleep(lua_State *L) {
     rt->heap_cap = ncap;
   }
   uv_update_time(rt->loop);
-  t->deadline = uv_now(rt->loop) + d;
-  t->seq = rt->seq++;
+  /* the sequence wraps after 2^SEQ_BITS sleeps: FIFO holds among sleeps
+   * started less than a million sleeps apart */
+  t->key = ((uv_now(rt->loop) + d) << SEQ_BITS) |
+           (rt->seq++ & (((uint64_t)1 << SEQ_BITS) - 1));
   rt->heap[rt->heap_len] = t;
   heap_up(rt, rt->heap_len++);
   if (rt->heap[0] == t) arm_timer(rt);
@@ -384,7 +378,7 @@ static int trampoline(lua_State *L) {
 
 static tulua__task *new_task(lua_State *L, int nargs, int via_trampoline) {
   tulua_runtime *rt = tulua__runtime(L);
-  if (reserve_ready(rt) < 0) luaL_error(L, "not enough memory");
+
   int fidx = lua_gettop(L) - nargs;
   tulua__task *t = lua_newuserdatauv(L, sizeof *t, 1);
   memset(t, 0, sizeof *t);
@@ -530,9 +524,10 @@ static void run_task(lua_State *L, tulua__task *t) {
   lua_State *co = t->co;
   int nres, status;
   if (t->state == T_NEW && t->cancelling) { /* cancelled before it ran */
+    /* no frames to close (a reset would drop the error): finish sees
+     * cancelling and ends the task with the cancellation error */
     lua_settop(co, 0);
-    tulua__push_cancelled(co, NULL);
-    finish(L, t, LUA_ERRRUN, 0);
+    finish(L, t, LUA_OK, 0);
     return;
   }
   int nargs = t->state == T_NEW ? lua_gettop(co) - 1 : 0;
@@ -580,16 +575,31 @@ static int drain(lua_State *L) {
     j->posted = 0;
     j->run(L, j);
   }
-  size_t n = rt->ready_len;
+  /* take the list: what becomes ready meanwhile waits for the next drain */
+  tulua__task *next = rt->ready_head;
+  rt->ready_head = rt->ready_tail = NULL;
+  rt->ready_len = 0;
   uint64_t stop =
       rt->budget > 0 ? uv_hrtime() + (uint64_t)(rt->budget * 1e9) : UINT64_MAX;
-  while (n-- > 0) {
-    tulua__task *t = rt->ready[rt->ready_head];
-    rt->ready_head = (rt->ready_head + 1) % rt->ready_cap;
-    rt->ready_len--;
+  while (next != NULL) {
+    tulua__task *t = next;
+    next = t->next_ready;
     run_task(L, t);
     lua_settop(L, 1);
-    if (stop != UINT64_MAX && uv_hrtime() >= stop) break;
+    if (next != NULL && stop != UINT64_MAX && uv_hrtime() >= stop) {
+      /* out of budget: the rest goes first at the next drain */
+      tulua__task *last = next;
+      size_t n = 1;
+      while (last->next_ready != NULL) {
+        last = last->next_ready;
+        n++;
+      }
+      last->next_ready = rt->ready_head;
+      if (rt->ready_head == NULL) rt->ready_tail = last;
+      rt->ready_head = next;
+      rt->ready_len += n;
+      break;
+    }
   }
   return 0;
 }
@@ -704,20 +714,21 @@ int tulua__task_push_outcome(lua_State *L, tulua__task *t) {
 }
 
 static int join_deliver(lua_State *L, void *ud) {
-  tulua__task *me = ud;
-  tulua__task *target = me->joining;
-  me->joining = NULL;
-  return tulua__task_push_outcome(L, target);
+  return tulua__task_push_outcome(L, ud);
 }
 
+/* Unlinks the cancelled joiner: the one waiter in the list that has no
+ * task any more (cancel_wait clears it before calling this). */
 static void join_cancel(void *ud) {
-  tulua__task *me = ud;
-  tulua__waiter **p = &me->joining->joiners;
-  while (*p != NULL && *p != &me->self_w)
+  tulua__task *target = ud;
+  tulua__waiter **p = &target->joiners;
+  while (*p != NULL && (*p)->task != NULL)
     p = &(*p)->next;
-  if (*p != NULL) *p = me->self_w.next;
-  me->self_w.next = NULL;
-  me->joining = NULL;
+  if (*p != NULL) {
+    tulua__waiter *w = *p;
+    *p = w->next;
+    w->next = NULL;
+  }
 }
 
 static int task_join(lua_State *L) {
@@ -731,9 +742,8 @@ static int task_join(lua_State *L) {
   tulua__waiter *w = &me->self_w;
   w->next = t->joiners;
   t->joiners = w;
-  me->joining = t;
   lua_settop(L, 1); /* the target stays referenced while we wait */
-  return tulua__wait(L, w, join_deliver, join_cancel, me);
+  return tulua__wait(L, w, join_deliver, join_cancel, t);
 }
 
 static int task_cancel(lua_State *L) {
@@ -891,6 +901,7 @@ void tulua__sched_shutdown(tulua_runtime *rt) {
     }
     lua_pop(L, 1);
   }
+  rt->ready_head = rt->ready_tail = NULL;
   rt->ready_len = 0;
   rt->heap_len = 0;
 }
