@@ -1,0 +1,485 @@
+-- The tulua command line against Debian's lua5.4, option by option: both run
+-- the same arguments, environment and input, and must give the same stdout,
+-- stderr and exit status. Both are started as "lua" through a symlink, so
+-- that messages carry the same program name. TULUA names the binary under
+-- test (default: build/tulua).
+
+local function shell_quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+local function read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write_file(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+end
+
+local function capture(cmd)
+  local p = assert(io.popen(cmd))
+  local s = p:read("a")
+  p:close()
+  return (s:gsub("\n$", ""))
+end
+
+local function absolute(path)
+  if path:sub(1, 1) == "/" then return path end
+  return capture("pwd") .. "/" .. path
+end
+
+local TULUA = absolute(os.getenv("TULUA") or "build/tulua")
+local LUA54 = capture("command -v lua5.4")
+
+-- Variables that would change what either binary does; each run starts
+-- without them and sets what its test needs.
+local CLEAN_ENV = "env -u LUA_INIT -u LUA_INIT_5_4 -u LUA_PATH -u LUA_PATH_5_4 -u LUA_CPATH -u LUA_CPATH_5_4"
+-- GNU readline (in lua5.4) echoes plain lines the same way for any TERM but
+-- scrolls long ones on a dumb terminal; no user inputrc either.
+local READLINE_ENV = "TERM=xterm INPUTRC=/dev/null"
+
+describe("tulua command line", function()
+  local dir
+
+  setup(function()
+    dir = capture("mktemp -d")
+    assert(os.execute("mkdir " .. dir .. "/ref " .. dir .. "/tulua"))
+    assert(os.execute("ln -s " .. shell_quote(LUA54) .. " " .. dir .. "/ref/lua"))
+    assert(os.execute("ln -s " .. shell_quote(TULUA) .. " " .. dir .. "/tulua/lua"))
+  end)
+
+  teardown(function()
+    os.execute("rm -rf " .. shell_quote(dir))
+  end)
+
+  local function write(name, text)
+    write_file(dir .. "/" .. name, text)
+  end
+
+  -- Runs `lua args...` in the temp dir, where lua is lua5.4 ("ref") or
+  -- tulua ("tulua"). opts.env: "NAME=value ..." for the environment;
+  -- opts.stdin: the input (default: empty, not a terminal).
+  -- Returns {status=, stdout=, stderr=}; a death by signal N is 128 + N.
+  local function run(which, args, opts)
+    opts = opts or {}
+    local words = {}
+    for i, a in ipairs(args) do
+      words[i] = shell_quote(a)
+    end
+    local input = "/dev/null"
+    if opts.stdin then
+      write("stdin.txt", opts.stdin)
+      input = "stdin.txt"
+    end
+    local cmd = string.format("cd %s && %s %s PATH=%s/%s:\"$PATH\" lua %s < %s > out.txt 2> err.txt",
+      shell_quote(dir), CLEAN_ENV, opts.env or "", shell_quote(dir), which, table.concat(words, " "), input)
+    local _, how, code = os.execute(cmd)
+    return {
+      status = how == "signal" and 128 + code or code,
+      stdout = read_file(dir .. "/out.txt"),
+      stderr = read_file(dir .. "/err.txt"),
+    }
+  end
+
+  -- Asserts that tulua does what lua5.4 does; returns what it did.
+  local function same(args, opts)
+    local want = run("ref", args, opts)
+    local got = run("tulua", args, opts)
+    assert.are.same(want, got)
+    return got
+  end
+
+  local function same_repl(input, args)
+    return same(args or {"-i"}, {stdin = input, env = READLINE_ENV})
+  end
+
+  local USAGE = [==[
+usage: lua [options] [script [args]]
+Available options are:
+  -e stat   execute string 'stat'
+  -i        enter interactive mode after executing 'script'
+  -l mod    require library 'mod' into global 'mod'
+  -l g=mod  require library 'mod' into global 'g'
+  -v        show version information
+  -E        ignore environment variables
+  -W        turn warnings on
+  --        stop handling options
+  -         stop handling options and execute stdin
+]==]
+
+  describe("options", function()
+    it("runs a script with its arguments in ... and in arg, negative indices included", function()
+      write("args.lua", "print(...)\nfor i = -3, #arg do print(i, arg[i]) end\n")
+      local r = same({"-W", "args.lua", "a", "b c"})
+      assert.are.same("a\tb c\n-3\tnil\n-2\tlua\n-1\t-W\n0\targs.lua\n1\ta\n2\tb c\n", r.stdout)
+    end)
+
+    it("puts the program and the options in arg when there is no script", function()
+      same({"-e", "for i = -1, #arg do print(i, arg[i]) end", "-W"})
+    end)
+
+    it("runs -e chunks and -l modules in their order", function()
+      write("mymod.lua", "print('loading mymod', ...)\nreturn {n = 42}\n")
+      local r = same({"-e", "x = 1", "-lmymod", "-e", "print(x, mymod.n)", "-l", "m2=mymod", "-eprint(m2 == mymod)"})
+      assert.are.same("loading mymod\tmymod\t./mymod.lua\n1\t42\ntrue\n", r.stdout)
+    end)
+
+    it("keeps the whole name in the global for -l without '='", function()
+      write("a-b.lua", "return {x = 1}\n")
+      same({"-l", "a-b", "-e", "print(rawget(_G, 'a'), rawget(_G, 'a-b').x)"})
+    end)
+
+    it("shows the usage for an unknown option, -h and --help included", function()
+      for _, opt in ipairs({"-h", "--help", "-x", "-ix", "-vx", "-Ex", "-Wx", "--x"}) do
+        local r = same({opt, "-e", "print(1)"})
+        assert.are.same({1, "", "lua: unrecognized option '" .. opt .. "'\n" .. USAGE}, {r.status, r.stdout, r.stderr})
+      end
+    end)
+
+    it("shows the usage when -e or -l has no argument", function()
+      local cases = {{{"-e"}, "-e"}, {{"-l"}, "-l"}, {{"-e", "-i"}, "-e"}, {{"-l", "-"}, "-l"}, {{"-v", "-e"}, "-e"}}
+      for _, case in ipairs(cases) do
+        local r = same(case[1])
+        assert.are.same({1, "", "lua: '" .. case[2] .. "' needs argument\n" .. USAGE}, {r.status, r.stdout, r.stderr})
+      end
+    end)
+
+    it("prints Lua's copyright line for -v, alone or before a script", function()
+      write("hello.lua", "print('hello')\n")
+      local r = same({"-v"})
+      assert.are.same("Lua 5.4.4  Copyright (C) 1994-2022 Lua.org, PUC-Rio\n", r.stdout)
+      same({"-v", "hello.lua"})
+      same({"-v", "-v", "-e", "print(1)"})
+    end)
+
+    it("runs stdin for '-', with the arguments that follow", function()
+      same({"-", "x", "y"}, {stdin = "print(...) print(arg[0])\n"})
+      same({"-e", "print(1)", "-"}, {stdin = "print(2)\n"})
+    end)
+
+    it("stops handling options at '--'", function()
+      write("opt.lua", "print(...)\n")
+      same({"--", "opt.lua", "-e", "x"})
+      local r = same({"--", "-"})
+      assert.are.same("lua: cannot open -: No such file or directory\n", r.stderr)
+    end)
+
+    it("runs stdin as a script when there are no arguments and stdin is no terminal", function()
+      local r = same({}, {stdin = "print('from stdin', ...)\n"})
+      assert.are.same("from stdin\n", r.stdout)
+    end)
+
+    it("exits with status 0 when stdin run without '-' fails, as lua5.4 does", function()
+      local r = same({}, {stdin = "error('x')\n"})
+      assert.are.same(0, r.status)
+      r = same({"-"}, {stdin = "error('x')\n"})
+      assert.are.same(1, r.status)
+    end)
+
+    it("turns warnings on with -W, in order with -e", function()
+      local r = same({"-e", "warn('a')", "-W", "-e", "warn('b')", "-e", "warn('@off') warn('c')"})
+      assert.are.same("Lua warning: b\n", r.stderr)
+    end)
+
+    it("skips a first line that starts with '#'", function()
+      write("shebang.lua", "#!/usr/bin/env lua5.4\nprint(debug.getinfo(1, 'l').currentline)\n")
+      same({"shebang.lua"})
+    end)
+
+    it("uses Lua's own io.stdout and io.stderr", function()
+      same({"-e", "print(io.type(io.stdout), getmetatable(io.stdout).__name) io.stdout:write('a'):write('b\\n')"
+        .. " io.stderr:write('to stderr\\n') print(io.stdout == io.output())"})
+    end)
+  end)
+
+  describe("environment", function()
+    it("runs LUA_INIT before -e", function()
+      same({"-e", "print(2)"}, {env = "LUA_INIT='print(1)'"})
+    end)
+
+    it("prefers LUA_INIT_5_4 to LUA_INIT", function()
+      local r = same({"-e", "print(2)"}, {env = "LUA_INIT_5_4='print(54)' LUA_INIT='print(1)'"})
+      assert.are.same("54\n2\n", r.stdout)
+    end)
+
+    it("runs the file named by LUA_INIT=@file", function()
+      write("init.lua", "print('init file')\n")
+      same({"-e", "print(2)"}, {env = "LUA_INIT=@init.lua"})
+      local r = same({"-e", "print(2)"}, {env = "LUA_INIT=@missing.lua"})
+      assert.are.same({1, ""}, {r.status, r.stdout})
+    end)
+
+    it("stops when LUA_INIT fails, and names the chunk after the variable", function()
+      same({"-e", "print(2)"}, {env = "LUA_INIT='error(\"init\")'"})
+      same({"-e", "print(2)"}, {env = "LUA_INIT_5_4='x ='"})
+    end)
+
+    it("ignores LUA_INIT and LUA_PATH under -E, and sets LUA_NOENV", function()
+      local r = same({"-E", "-e", "print(package.path) print(package.cpath)"
+        .. " print(debug.getregistry().LUA_NOENV)"},
+        {env = "LUA_INIT='print(1)' LUA_PATH='x/?.lua' LUA_CPATH_5_4='y/?.so'"})
+      assert.are.same("true", r.stdout:match("([^\n]*)\n$"))
+    end)
+
+    it("builds package.path and cpath as lua5.4 does", function()
+      same({"-e", "print(package.path) print(package.cpath)"})
+      same({"-e", "print(package.path) print(package.cpath)"}, {env = "LUA_PATH='x/?.lua;;' LUA_CPATH='y/?.so'"})
+      same({"-e", "print(package.path) print(package.cpath)"}, {env = "LUA_PATH_5_4='z/?.lua' LUA_PATH='x/?.lua'"})
+    end)
+
+    it("loads C modules that are not linked against liblua (lfs)", function()
+      local r = same({"-l", "lfs", "-e", "print(lfs._VERSION, type(lfs.currentdir()))"})
+      assert.are.same({0, "LuaFileSystem 1.8.0\tstring\n"}, {r.status, r.stdout})
+    end)
+  end)
+
+  describe("errors", function()
+    it("reports an error in the script with lua5.4's traceback", function()
+      write("err.lua", "local function f()\n  error('x')\nend\nf()\n")
+      local r = same({"err.lua"})
+      assert.are.same({1, "lua: err.lua:2: x\nstack traceback:\n\t[C]: in function 'error'\n"
+        .. "\terr.lua:2: in local 'f'\n\terr.lua:4: in main chunk\n\t[C]: in ?\n"}, {r.status, r.stderr})
+    end)
+
+    it("reports non-string error objects as lua5.4 does", function()
+      local objects = {"{}", "nil", "", "42", "true", "'x', 0", "coroutine.create(print)",
+        "setmetatable({}, {__tostring = function() return 'custom' end})",
+        "setmetatable({}, {__tostring = function() return 1 end})"}
+      for _, obj in ipairs(objects) do
+        same({"-e", "error(" .. obj .. ")"})
+      end
+    end)
+
+    it("reports a syntax error in the script", function()
+      write("syntax.lua", "x = = 1\n")
+      local r = same({"syntax.lua"})
+      assert.are.same("lua: syntax.lua:1: unexpected symbol near '='\n", r.stderr)
+    end)
+
+    it("reports a missing script", function()
+      local r = same({"nonexist.lua"})
+      assert.are.same({1, "lua: cannot open nonexist.lua: No such file or directory\n"}, {r.status, r.stderr})
+    end)
+
+    it("reports an error in -e and runs nothing after it", function()
+      local r = same({"-e", "print(1)", "-e", "error('in e')", "-e", "print(3)"})
+      assert.are.same("1\n", r.stdout)
+      same({"-e", "x ="})
+    end)
+
+    it("reports a module that -l cannot find or that fails", function()
+      same({"-l", "nomod"})
+      write("badmod.lua", "error('bad module')\n")
+      same({"-l", "badmod", "-e", "print(1)"})
+    end)
+
+    it("reports an 'arg' that is no table when the script starts", function()
+      write("hello.lua", "print('hello')\n")
+      local r = same({"-e", "arg = 1", "hello.lua"})
+      assert.are.same("lua: 'arg' is not a table\n", r.stderr)
+    end)
+
+    it("skips the middle of a deep traceback as lua5.4 does", function()
+      for _, depth in ipairs({8, 18, 19, 20, 21, 22, 30}) do
+        same({"-e", "local function f(n) if n == 0 then error('deep') end return (f(n - 1)) end f(" .. depth .. ")"})
+        same({"-e", "local function f(n) if n == 0 then error('deep') end return f(n - 1) end f(" .. depth .. ")"})
+      end
+    end)
+
+    it("reports a stack overflow at the same depth", function()
+      write("overflow.lua", "local function f(n) return 1 + f(n + 1) end\nf(1)\n")
+      same({"overflow.lua"})
+    end)
+
+    it("reports errors inside coroutines and to-be-closed variables", function()
+      same({"-e", "coroutine.wrap(function() error('in co') end)()"})
+      same({"-e", "print(coroutine.resume(coroutine.create(function() local x; return x.y end)))"})
+      same({"-e", "local x <close> = setmetatable({}, {__close = function() print('closed') end}) error('e')"})
+    end)
+  end)
+
+  describe("exit status", function()
+    it("is the status os.exit gives, with stdout flushed", function()
+      for _, call in ipairs({"os.exit()", "os.exit(3)", "os.exit(true)", "os.exit(false)", "os.exit(4, true)"}) do
+        local r = same({"-e", "io.write('buffered') " .. call})
+        assert.are.same("buffered", r.stdout)
+      end
+    end)
+
+    it("is 0 after a script that ran to its end", function()
+      assert.are.same(0, same({"-e", "return 1, 2"}).status)
+    end)
+  end)
+
+  describe("interactive mode", function()
+    it("echoes prompts and lines when stdin is no terminal, as lua5.4 with readline does", function()
+      local r = same_repl('x=1\nprint(x+1)\n1+1\nfor i=1,2 do\nprint(i)\nend\nerror("boom")\n')
+      assert.are.same("Lua 5.4.4  Copyright (C) 1994-2022 Lua.org, PUC-Rio\n"
+        .. "> x=1\n> print(x+1)\n2\n> 1+1\n2\n> for i=1,2 do\n>> print(i)\n>> end\n1\n2\n"
+        .. '> error("boom")\n> \n', r.stdout)
+      assert.are.same("stdin:1: boom\nstack traceback:\n\t[C]: in function 'error'\n"
+        .. "\tstdin:1: in main chunk\n\t[C]: in ?\n", r.stderr)
+      assert.are.same(0, r.status)
+    end)
+
+    it("prints the values of expressions and of '=' lines", function()
+      same_repl("=1+2\nreturn 4, nil, 5\nreturn nil\nreturn\n'a' .. 'b'\nlocal x = 1\nx\n")
+    end)
+
+    it("takes empty lines, '\\r' line ends and a last line without its end", function()
+      same_repl("print(1)\n\n\r\nprint(2)\rprint(3)")
+    end)
+
+    it("reports an incomplete chunk at the end of the input as lua5.4 does", function()
+      same_repl("for i=1,2 do\n")
+      same_repl("_PROMPT2 = '++'\nfor i = 1, 2 do\n")
+      same_repl("x = [[\nabc")
+    end)
+
+    it("uses _PROMPT and _PROMPT2 through tostring", function()
+      same_repl("_PROMPT = 42\n_PROMPT2 = '..'\nfor i = 1, 2 do\nend\n")
+      same_repl("_PROMPT = setmetatable({}, {__tostring = function() return 'T ' end})\n1\n")
+    end)
+
+    it("ends with status 1 when the prompt's __tostring fails", function()
+      same_repl("_PROMPT = setmetatable({}, {__tostring = function() error('bad') end})\n1\n")
+    end)
+
+    it("reports errors and error objects without the program name", function()
+      same_repl("error({})\nerror()\nerror(setmetatable({}, {__tostring = function() return 'E' end}))\n"
+        .. "x = = 2\nlocal function f(n) return 1 + f(n + 1) end f(1)\n")
+    end)
+
+    it("reports an error of print", function()
+      same_repl("print = function() error('p') end\n1\nprint = nil\n2\n")
+    end)
+
+    it("leaves the input after a line to io.read", function()
+      same_repl("x = io.read()\nhello\nprint(x)\n")
+    end)
+
+    it("runs after the script, -e and -v", function()
+      write("vars.lua", "y = ...\n")
+      same_repl("print(x, y)\n", {"-e", "x = 5", "-i", "vars.lua", "arg1"})
+      same_repl("print(1)\n", {"-v", "-i"})
+      same_repl("print(1)\n", {"-i", "-"})
+    end)
+
+    it("runs each line as a task that may wait", function()
+      local r = run("tulua", {"-i", "-l", "tulua"}, {stdin = "t = tulua.now()\ntulua.sleep(0.05)\n"
+        .. "tulua.now() - t >= 0.045\ntulua.spawn(function() tulua.sleep(0.01) print('spawned') end):join()\n"})
+      assert.are.same({0, "Lua 5.4.4  Copyright (C) 1994-2022 Lua.org, PUC-Rio\n> t = tulua.now()\n"
+        .. "> tulua.sleep(0.05)\n> tulua.now() - t >= 0.045\ntrue\n"
+        .. "> tulua.spawn(function() tulua.sleep(0.01) print('spawned') end):join()\nspawned\n> \n", ""},
+        {r.status, r.stdout, r.stderr})
+    end)
+  end)
+
+  describe("tasks", function()
+    it("runs the loop after the script until no task is left", function()
+      local r = run("tulua", {"-e", "local t = require 'tulua' t.spawn(function() t.sleep(0.02) print('task') end)"
+        .. " print('main')"})
+      assert.are.same({0, "main\ntask\n", ""}, {r.status, r.stdout, r.stderr})
+    end)
+
+    it("prints an uncaught task error with the program name and exits with status 1", function()
+      local r = run("tulua", {"-e", "local t = require 'tulua' t.spawn(function() error('in task') end)"
+        .. " t.sleep(0.02) print('main')"})
+      assert.are.same({1, "main\n", "lua: (command line):1: in task\nstack traceback:\n\t[C]: in function 'error'\n"
+        .. "\t(command line):1: in function <(command line):1>\n"}, {r.status, r.stdout, r.stderr})
+    end)
+
+    it("exits with os.exit's status from a spawned task, with stdout flushed", function()
+      for _, case in ipairs({{"7", 7}, {"true", 0}, {"false", 1}, {"3, true", 3}}) do
+        local r = run("tulua", {"-e", "local t = require 'tulua' t.spawn(function() t.sleep(0.01) io.write('out')"
+          .. " os.exit(" .. case[1] .. ") end) io.write('main ')"})
+        assert.are.same({case[2], "main out", ""}, {r.status, r.stdout, r.stderr})
+      end
+    end)
+  end)
+
+  describe("--version", function()
+    it("prints tulua's, libuv's and Lua's versions", function()
+      local r = run("tulua", {"--version"})
+      local uv = capture("pkg-config --modversion libuv")
+      assert.are.same({0, "tulua 0.1.0\nlibuv " .. uv .. "\nLua 5.4.4  Copyright (C) 1994-2022 Lua.org, PUC-Rio\n", ""},
+        {r.status, r.stdout, r.stderr})
+    end)
+  end)
+
+  describe("Ctrl-C", function()
+    -- Starts `lua script` in the background, waits (at most 5 s) until it
+    -- printed "ready", sends it `signals` SIGINTs 0.2 s apart and waits for
+    -- it (a watchdog kills it after 10 s). Returns {status=, stdout=, stderr=}.
+    local function interrupt(which, script, signals)
+      write("sig.lua", script)
+      local cmd = string.format([[
+cd %s && PATH=%s/%s:"$PATH"
+lua sig.lua > out.txt 2> err.txt < /dev/null & pid=$!
+(sleep 10; kill -9 $pid) 2> /dev/null & dog=$!
+i=0; while [ $i -lt 100 ] && ! grep -q ready out.txt; do sleep 0.05; i=$((i+1)); done
+n=0; while [ $n -lt %d ]; do kill -INT $pid; sleep 0.2; n=$((n+1)); done
+wait $pid; rc=$?; kill $dog 2> /dev/null; exit $rc]], shell_quote(dir), shell_quote(dir), which, signals)
+      local _, _, code = os.execute(cmd)
+      return {status = code, stdout = read_file(dir .. "/out.txt"), stderr = read_file(dir .. "/err.txt")}
+    end
+
+    local READY = "print('ready') io.stdout:flush()\n"
+
+    it("interrupts running Lua code with 'interrupted!' as lua5.4 does", function()
+      local script = READY .. "local x = 0\nwhile true do x = x + 1 end\n"
+      local want = interrupt("ref", script, 1)
+      assert.are.same({1, "ready\n", "lua: interrupted!\nstack traceback:\n\tsig.lua:3: in main chunk\n\t[C]: in ?\n"},
+        {want.status, want.stdout, want.stderr})
+      assert.are.same(want, interrupt("tulua", script, 1))
+    end)
+
+    it("lets pcall catch the interrupt of running code", function()
+      local script = READY .. "print(pcall(function() while true do end end))\n"
+      local want = interrupt("ref", script, 1)
+      assert.are.same(want, interrupt("tulua", script, 1))
+    end)
+
+    it("ends the process on a second Ctrl-C while the first is pending", function()
+      -- find runs for seconds in C, where no hook can stop it
+      local script = "local s = string.rep('a', 1e5)\n" .. READY .. "print(s:find('.-b'))\n"
+      local want = interrupt("ref", script, 2)
+      assert.are.same({130, "ready\n", ""}, {want.status, want.stdout, want.stderr})
+      assert.are.same(want, interrupt("tulua", script, 2))
+    end)
+
+    it("cancels the waiting main task, which pcall catches", function()
+      local r = interrupt("tulua", "local t = require 'tulua'\n" .. READY
+        .. "local ok, err = pcall(t.sleep, 10) print(ok, err, err.code)\n", 1)
+      assert.are.same({0, "ready\nfalse\tinterrupted!\tECANCELED\n", ""}, {r.status, r.stdout, r.stderr})
+    end)
+
+    it("reports an interrupted wait of the main task", function()
+      local r = interrupt("tulua", "local t = require 'tulua'\n" .. READY .. "t.sleep(10)\n", 1)
+      assert.are.same({1, "ready\n", "lua: interrupted!\n"}, {r.status, r.stdout, r.stderr})
+    end)
+
+    it("interrupts a task that runs Lua code after the script", function()
+      local r = interrupt("tulua", "local t = require 'tulua'\n"
+        .. "t.spawn(function() t.sleep(0.01) " .. READY .. "while true do end end)\n", 1)
+      assert.are.same({1, "ready\n", "lua: interrupted!\nstack traceback:\n\tsig.lua:3: in function <sig.lua:2>\n"},
+        {r.status, r.stdout, r.stderr})
+    end)
+
+        it("cancels the tasks that wait after the script, reporting each", function()
+      local r = interrupt("tulua", "local t = require 'tulua'\nt.spawn(function() t.sleep(10) end)\n" .. READY, 1)
+      assert.are.same({1, "ready\n", "lua: interrupted!\n"}, {r.status, r.stdout, r.stderr})
+    end)
+
+    it("lets a task catch the cancellation after the script and clean up", function()
+      local r = interrupt("tulua", "local t = require 'tulua'\nt.spawn(function() "
+        .. "local ok, err = pcall(t.sleep, 10) print(ok, err.code) end)\n" .. READY, 1)
+      assert.are.same({0, "ready\nfalse\tECANCELED\n", ""}, {r.status, r.stdout, r.stderr})
+    end)
+  end)
+end)
