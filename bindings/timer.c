@@ -7,14 +7,15 @@
 #define TIMER_MT "tulua.timer"
 
 /* The box a Timer userdata points at. Freed in close_cb; while the timer is
- * active, ref anchors the userdata, whose user value holds fn and args. */
+ * active, ref anchors the userdata, whose user value holds fn and args. The
+ * userdata's pointer becomes NULL when the timer is closed, so that close(),
+ * __close and __gc may come in any order and any number of times. */
 typedef struct {
   uv_timer_t h;
   tulua__job job; /* runs fn as a task, posted by timer_cb */
   tulua_runtime *rt;
   int ref; /* registry ref of the userdata while active */
   int repeat;
-  int closed;
 } timer_box;
 
 static void close_cb(uv_handle_t *h) {
@@ -23,7 +24,7 @@ static void close_cb(uv_handle_t *h) {
 
 static timer_box *check_timer(lua_State *L) {
   timer_box **p = luaL_checkudata(L, 1, TIMER_MT);
-  if ((*p)->closed) luaL_error(L, "attempt to use a closed timer");
+  if (*p == NULL) luaL_error(L, "attempt to use a closed timer");
   return *p;
 }
 
@@ -55,9 +56,11 @@ static void timer_cb(uv_timer_t *h) { /* no Lua API here */
   tulua__post(b->rt, &b->job);
 }
 
-static void release(lua_State *L, timer_box *b) {
-  if (b->closed) return;
-  b->closed = 1;
+/* Closes the timer of the userdata p once; close_cb frees the box. */
+static void release(lua_State *L, timer_box **p) {
+  timer_box *b = *p;
+  if (b == NULL) return; /* closed already */
+  *p = NULL;
   tulua__unpost(tulua__runtime(L), &b->job);
   if (b->ref != LUA_NOREF) unanchor(L, b);
   uv_close((uv_handle_t *)&b->h, close_cb);
@@ -93,6 +96,9 @@ static int start(lua_State *L, int repeat) {
   luaL_setmetatable(L, TIMER_MT);
   lua_pushvalue(L, -1);
   b->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  /* the loop's time is that of the last poll, and tasks may have run long
+   * since: count the delay from now, as tulua.sleep does */
+  uv_update_time(tulua__loop(L));
   uv_timer_start(&b->h, timer_cb, ms, repeat ? ms : 0);
   return 1;
 }
@@ -126,17 +132,17 @@ static int timer_active(lua_State *L) {
 }
 
 static int timer_close(lua_State *L) {
-  timer_box **p = luaL_checkudata(L, 1, TIMER_MT);
-  if (*p) release(L, *p);
+  release(L, luaL_checkudata(L, 1, TIMER_MT));
   return 0;
 }
 
 static int timer_tostring(lua_State *L) {
   timer_box **p = luaL_checkudata(L, 1, TIMER_MT);
-  const char *st = *p == NULL || (*p)->closed ? "closed"
-                   : (*p)->ref != LUA_NOREF   ? "active"
-                                              : "stopped";
-  lua_pushfstring(L, "Timer (%s): %p", st, (void *)*p);
+  if (*p == NULL) /* as liolib's "file (closed)" */
+    lua_pushliteral(L, "Timer (closed)");
+  else
+    lua_pushfstring(L, "Timer (%s): %p",
+                    (*p)->ref != LUA_NOREF ? "active" : "stopped", (void *)*p);
   return 1;
 }
 

@@ -7,10 +7,15 @@
  * the inner coroutine again so that its wait completes there. Unmarked
  * yields are Lua's own. The coroutine in the middle of such a forwarded wait
  * is tagged WAITING in its extra space, so that nobody else resumes or
- * closes it meanwhile. */
+ * closes it meanwhile.
+ *
+ * Lua's 'require' runs a module's loader with lua_call, which no yield may
+ * cross; the runtime's 'require' (also here) calls it with lua_callk, so
+ * that a module's main chunk may wait while it loads. */
 #include <stdint.h>
 
 #include <lauxlib.h>
+#include <lualib.h>
 
 #include "runtime.h"
 
@@ -211,7 +216,73 @@ static int co_create(lua_State *L) {
   return 1;
 }
 
-/* Replaces the global coroutine table's functions. [-0, +0, m] */
+/* ---- require ---- */
+
+/* Pushes the loader of module name and its extra value, as Lua's own
+ * findloader: package.searchers in order, or raises "module 'x' not
+ * found:" with every searcher's message. The searchers themselves may not
+ * wait. [-0, +2, e] */
+static void find_loader(lua_State *L, const char *name) {
+  if (lua_getfield(L, lua_upvalueindex(1), "searchers") != LUA_TTABLE)
+    luaL_error(L, "'package.searchers' must be a table");
+  int searchers = lua_gettop(L);
+  lua_pushliteral(L, ""); /* the messages so far */
+  for (lua_Integer i = 1;; i++) {
+    if (lua_rawgeti(L, searchers, i) == LUA_TNIL)
+      luaL_error(L, "module '%s' not found:%s", name,
+                 lua_tostring(L, searchers + 1));
+    lua_pushstring(L, name);
+    lua_call(L, 1, 2); /* stack: searchers msg loader data */
+    if (lua_isfunction(L, -2)) return;
+    if (lua_isstring(L, -2)) {
+      lua_pop(L, 1);
+      lua_pushliteral(L, "\n\t");
+      lua_insert(L, -2);
+      lua_concat(L, 3); /* msg .. "\n\t" .. message */
+    } else {
+      lua_pop(L, 2);
+    }
+  }
+}
+
+/* After the loader returned: stack: name LOADED ... data result. */
+static int require_k(lua_State *L, int status, lua_KContext ctx) {
+  const char *name = lua_tostring(L, 1);
+  (void)status;
+  (void)ctx;
+  if (!lua_isnil(L, -1))
+    lua_setfield(L, 2, name); /* LOADED[name] = result */
+  else
+    lua_pop(L, 1);
+  if (lua_getfield(L, 2, name) == LUA_TNIL) { /* the module set no value */
+    lua_pushboolean(L, 1);
+    lua_copy(L, -1, -2);
+    lua_setfield(L, 2, name);
+  }
+  lua_rotate(L, -2, 1); /* the module's value, then the loader data */
+  return 2;
+}
+
+/* require(name) -> module, loader data: Lua's require (upvalue 1 is the
+ * package table), whose loader may wait. While a module's main chunk
+ * waits, package.loaded has no entry for it yet, as in Lua. */
+static int co_require(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  lua_settop(L, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, 2, name);
+  if (lua_toboolean(L, -1)) return 1; /* loaded already */
+  lua_pop(L, 1);
+  find_loader(L, name);
+  lua_rotate(L, -2, 1); /* stack: ... data loader */
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, -3);
+  lua_callk(L, 2, 1, 0, require_k);
+  return require_k(L, LUA_OK, 0);
+}
+
+/* Replaces the global coroutine table's functions, and the global
+ * 'require' when the package library is open. [-0, +0, m] */
 void tulua__open_coro(lua_State *L) {
   static const luaL_Reg funcs[] = {{"create", co_create},
                                    {"resume", co_resume},
@@ -231,8 +302,15 @@ void tulua__open_coro(lua_State *L) {
   } else {
     luaL_setfuncs(L, funcs, 0);
   }
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  /* without the standard libraries there is no _LOADED table yet */
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushvalue(L, -2);
   lua_setfield(L, -2, "coroutine");
+  if (lua_getfield(L, -1, LUA_LOADLIBNAME) == LUA_TTABLE) {
+    lua_pushcclosure(L, co_require, 1);
+    lua_setglobal(L, "require");
+  } else {
+    lua_pop(L, 1);
+  }
   lua_pop(L, 2);
 }

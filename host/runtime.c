@@ -211,6 +211,11 @@ static int push_outcome(lua_State *L) {
   return tulua__task_push_outcome(L, t);
 }
 
+static int to_text(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
 int tulua_call(tulua_runtime *rt, int nargs, int nresults) {
   lua_State *L = rt->L;
   if (rt->in_drain) {
@@ -246,12 +251,17 @@ int tulua_call(tulua_runtime *rt, int nargs, int nresults) {
   lua_pushcfunction(L, push_outcome);
   lua_pushlightuserdata(L, t);
   int st = lua_pcall(L, 1, nresults, 0);
-  if (st != LUA_OK && lua_type(L, -1) != LUA_TSTRING) {
-    /* a cancellation: its text */
-    const char *msg = luaL_tolstring(L, -1, NULL);
-    lua_pushstring(L, msg);
-    lua_replace(L, -3);
+  if (st != LUA_OK && lua_type(L, -1) != LUA_TSTRING &&
+      luaL_getmetafield(L, -1, "__tostring") != LUA_TNIL) {
+    /* a cancellation or another object with __tostring: its text, unless
+     * __tostring fails (then the object itself) */
     lua_pop(L, 1);
+    lua_pushcfunction(L, to_text);
+    lua_pushvalue(L, -2);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK)
+      lua_replace(L, -2);
+    else
+      lua_pop(L, 1);
   }
   lua_remove(L, base);
   return st;
@@ -280,6 +290,7 @@ int tulua_step(tulua_runtime *rt, double budget) {
 
 double tulua_next_deadline(tulua_runtime *rt) {
   if (rt->ready_len > 0 || rt->jobs != NULL) return 0;
+  if (!uv_loop_alive(rt->loop)) return -1; /* libuv's timeout would be 0 */
   int ms = uv_backend_timeout(rt->loop);
   return ms < 0 ? -1.0 : ms / 1000.0;
 }

@@ -31,6 +31,7 @@ struct tulua_runtime {
   uint64_t seq;
 
   tulua__job *jobs, *jobs_tail; /* posted jobs, run before tasks */
+  tulua__job interrupt_job; /* cancels every task (Ctrl-C in tulua_run) */
 
   uv_check_t check; /* drains the ready queue after each poll; unref'd */
   uv_idle_t idle; /* active while tasks are ready: poll must not block */

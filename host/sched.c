@@ -47,6 +47,7 @@ struct tulua__task {
   unsigned observed : 1; /* someone joined or got the result/error */
   unsigned is_call : 1; /* tulua_call's task: errors go to the caller */
   unsigned interrupted : 1; /* cancelled by an interrupt (Ctrl-C) */
+  unsigned by_interrupt : 1; /* ... during tulua_run: reported if unjoined */
 };
 
 /* The extra space of a task's thread points at its task, tagged with bit 0;
@@ -254,6 +255,7 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx) {
   tulua__waiter *w = (tulua__waiter *)ctx;
   tulua__task *t = tulua__runtime(L)->current;
   (void)status;
+  t->w = NULL;
   if (t->woken_by_cancel) { /* w is the op's: its callback frees it */
     t->woken_by_cancel = 0;
     t->cancelling = 0;
@@ -286,8 +288,7 @@ int tulua__wait(lua_State *L, tulua__waiter *w, tulua__deliver_fn deliver,
 int tulua__wake(tulua__waiter *w) {
   tulua__task *t = w->task;
   if (t == NULL) return 0;
-  w->task = NULL;
-  t->w = NULL;
+  w->task = NULL; /* t->w stays: shutdown must deliver it if t never runs */
   make_ready(t, T_READY);
   return 1;
 }
@@ -441,11 +442,16 @@ static void wake_joiners(tulua__task *t) {
  * "(error object is a X value)" with a traceback, as lua.c does. Replaces
  * the error with the text. [-1, +1, m] */
 static void format_error(lua_State *L, lua_State *co) {
-  const char *msg = lua_tostring(L, -1);
-  if (msg == NULL || lua_type(L, -1) != LUA_TSTRING) {
-    if (luaL_callmeta(L, -1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) {
-      lua_remove(L, -2);
-      return;
+  const char *msg = lua_tostring(L, -1); /* numbers too, as in lua.c */
+  if (msg == NULL) {
+    /* protected: a __tostring that raises must not abort the drain */
+    if (luaL_getmetafield(L, -1, "__tostring") != LUA_TNIL) {
+      lua_pushvalue(L, -2);
+      if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING) {
+        lua_remove(L, -2);
+        return;
+      }
+      lua_pop(L, 1); /* its error, or a result that is not a string */
     }
     msg = lua_pushfstring(L, "(error object is a %s value)",
                           luaL_typename(L, -1));
@@ -474,7 +480,8 @@ static void finish(lua_State *L, tulua__task *t, int status, int nres) {
   int raised = status != LUA_OK; /* the thread holds frames to close */
   if (status == LUA_OK && t->cancelling) { /* cancelled as it returned */
     lua_settop(co, 0);
-    tulua__push_cancelled(co, NULL);
+    tulua__push_cancelled(co, t->interrupted ? "interrupted!" : NULL);
+    t->interrupted = 0;
     status = LUA_ERRRUN;
   }
   if (status == LUA_OK) {
@@ -507,6 +514,7 @@ static void finish(lua_State *L, tulua__task *t, int status, int nres) {
     lua_settop(co, 1);
     if (cancelled) {
       t->state = T_CANCELLED;
+      if (t->by_interrupt) lua_pushliteral(co, "interrupted!"); /* report */
     } else {
       t->state = T_FAILED;
       lua_xmove(L, co, 1); /* co: err text */
@@ -514,7 +522,9 @@ static void finish(lua_State *L, tulua__task *t, int status, int nres) {
   }
   wake_joiners(t);
   unanchor(L, t);
-  if (t->state == T_FAILED && !t->observed) report(L, t);
+  if ((t->state == T_FAILED || (t->state == T_CANCELLED && t->by_interrupt)) &&
+      !t->observed)
+    report(L, t);
 }
 
 /* Resumes t once. Runs on the main state inside the drain's protected
@@ -637,8 +647,27 @@ static void async_cb(uv_async_t *h) {
     if (t != NULL && !tulua__task_done(t)) {
       t->interrupted = 1;
       cancel_task(t);
+    } else if (t == NULL) { /* tulua_run: every task is interrupted */
+      tulua__post(rt, &rt->interrupt_job);
     }
   }
+}
+
+/* Cancels every unfinished task, as an interrupt during tulua_run. */
+static void interrupt_all(lua_State *L, tulua__job *job) {
+  tulua_runtime *rt =
+      (tulua_runtime *)((char *)job - offsetof(tulua_runtime, interrupt_job));
+  push_live(L, rt);
+  lua_pushnil(L);
+  while (lua_next(L, -2) != 0) {
+    tulua__task *t = lua_touserdata(L, -1);
+    if (t != NULL && !tulua__task_done(t)) {
+      t->interrupted = t->by_interrupt = 1;
+      cancel_task(t);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
 }
 
 void tulua__post(tulua_runtime *rt, tulua__job *job) {
@@ -859,6 +888,7 @@ int tulua__sched_init(tulua_runtime *rt) {
   int rc = uv_async_init(rt->loop, &rt->async, async_cb);
   if (rc < 0) return rc;
   rt->check.data = rt->idle.data = rt->timer.data = rt->async.data = rt;
+  rt->interrupt_job.run = interrupt_all;
   uv_check_start(&rt->check, check_cb);
   uv_unref((uv_handle_t *)&rt->check);
   uv_unref((uv_handle_t *)&rt->async);
@@ -884,14 +914,29 @@ void tulua__interrupt_hook(lua_State *L, lua_Debug *ar) {
   luaL_error(L, "interrupted!");
 }
 
+static int deliver_and_drop(lua_State *L) {
+  tulua__waiter *w = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  w->deliver(L, w->ud);
+  return 0;
+}
+
 void tulua__sched_shutdown(tulua_runtime *rt) {
   lua_State *L = rt->L;
+  /* woken tasks own their op until deliver runs: run it, drop results */
+  for (tulua__task *t = rt->ready_head; t != NULL; t = t->next_ready) {
+    if (t->w == NULL || t->woken_by_cancel) continue;
+    lua_pushcfunction(L, deliver_and_drop);
+    lua_pushlightuserdata(L, t->w);
+    t->w = NULL;
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);
+  }
   if (rt->live_ref != LUA_NOREF) {
     push_live(L, rt);
     lua_pushnil(L);
     while (lua_next(L, -2) != 0) {
       tulua__task *t = lua_touserdata(L, -1);
-      if (t != NULL && t->w != NULL) {
+      if (t != NULL && t->state == T_WAITING && t->w != NULL) {
         tulua__waiter *w = t->w;
         w->task = NULL;
         t->w = NULL;

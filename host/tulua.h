@@ -115,7 +115,9 @@ int tulua_wakeup(tulua_runtime *rt);
 
 /* Asks the runtime to interrupt what it runs, as a Ctrl-C does: Lua code
  * that is running gets the error "interrupted!" at its next instruction;
- * if no Lua code runs, the task tulua_call waits for is cancelled. Returns
+ * if no Lua code runs, the task tulua_call waits for is cancelled (during
+ * tulua_run: every task), with an error whose message is "interrupted!".
+ * Returns
  * 1 if an earlier interrupt is still pending (a host ends the process on
  * a second Ctrl-C), else 0. Async-signal-safe: call it from a SIGINT
  * handler. */

@@ -1,0 +1,47 @@
+-- A short tour of tulua: tasks on one event loop, sleeping without blocking,
+-- and a file read that does not stop the other tasks.
+-- Run it with: tulua scripts/talk/tour.lua
+local tulua = require "tulua"
+local fs = require "tulua.fs"
+
+print("1. The main chunk is a task: it can sleep at the top level.")
+local t0 = tulua.now()
+tulua.sleep(0.1)
+print(string.format("   slept %.2f s", tulua.now() - t0))
+
+print("2. Tasks interleave on one thread, each time one of them waits.")
+local order = {}
+local function worker(name, delay)
+  for i = 1, 3 do
+    tulua.sleep(delay)
+    order[#order + 1] = name .. i
+  end
+  return name .. " done"
+end
+local a = tulua.spawn(worker, "a", 0.01)
+local b = tulua.spawn(worker, "b", 0.015)
+print("   " .. a:join() .. ", " .. b:join())
+print("   order: " .. table.concat(order, " "))
+
+print("3. A file read waits on libuv's thread pool; the loop keeps turning.")
+local turns, reading = 0, true
+local spinner = tulua.spawn(function()
+  while reading do tulua.sleep(0); turns = turns + 1 end
+end)
+local path = arg and arg[0] or "scripts/talk/tour.lua"
+local text = assert(fs.read_file(path))
+reading = false
+spinner:join()
+print(string.format("   read %d bytes of %s while another task ran %d times", #text, path, turns))
+
+print("4. Errors travel to whoever joins the task.")
+local failing = tulua.spawn(function() tulua.sleep(0.01); error("no luck", 0) end)
+local _, msg = pcall(failing.join, failing)
+print("   " .. msg:match("^[^\n]*"))
+
+print("5. Cancelling a waiting task wakes it with a cancellation error.")
+local sleeper = tulua.spawn(tulua.sleep, 60)
+tulua.sleep(0)
+sleeper:cancel()
+local _, err = pcall(sleeper.join, sleeper)
+print("   " .. tostring(err) .. " (code " .. err.code .. ")")

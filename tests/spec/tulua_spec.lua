@@ -1,0 +1,634 @@
+-- The core module 'tulua': tasks (spawn, Task methods, current), sleep and
+-- now. Spec bodies run in the main task, so they wait directly. Fixtures run
+-- as separate tulua processes: TULUA names the binary (default build/tulua).
+local tulua = require("tulua")
+
+local HERE = debug.getinfo(1, "S").short_src -- as error positions show it
+local FIXTURES = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/fixtures"
+
+local function shell_quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+local function read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function absolute(path)
+  if path:sub(1, 1) == "/" then return path end
+  local p = assert(io.popen("pwd"))
+  local dir = p:read("l")
+  p:close()
+  return dir .. "/" .. path
+end
+
+local TULUA = absolute(os.getenv("TULUA") or "build/tulua")
+
+-- Runs `tulua name` in the fixtures directory; returns the exit status,
+-- stdout and stderr.
+local function run_fixture(name)
+  local out, err = os.tmpname(), os.tmpname()
+  local _, _, status = os.execute(string.format("cd %s && %s %s > %s 2> %s",
+    shell_quote(FIXTURES), shell_quote(TULUA), shell_quote(name), shell_quote(out), shell_quote(err)))
+  local stdout, stderr = read_file(out), read_file(err)
+  os.remove(out)
+  os.remove(err)
+  return status, stdout, stderr
+end
+
+-- Calls fn, which must raise a string that starts with a position in this
+-- file (luaL_error's "file:line: "), and returns the rest of the message.
+local function error_of(fn)
+  local ok, err = pcall(fn)
+  assert.is_false(ok)
+  assert.are.equal("string", type(err))
+  assert.are.equal(HERE .. ":", err:sub(1, #HERE + 1))
+  local line, rest = err:sub(#HERE + 2):match("^(%d+): (.*)$")
+  assert.is_truthy(line, err)
+  return rest
+end
+
+-- Calls fn, which must raise, and returns the error value as it is.
+local function raised(fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert.is_false(ok)
+  return err
+end
+
+-- The traceback a string error raised by error() at line `line` of the
+-- function defined at line `defined` of this file gets in a task.
+local function task_traceback(msg, line, defined)
+  return string.format("%s:%d: %s\nstack traceback:\n\t[C]: in function 'error'\n\t%s:%d: in function <%s:%d>",
+    HERE, line, msg, HERE, line, HERE, defined)
+end
+
+describe("tulua", function()
+  describe("main chunk", function()
+    it("is a task, so a script may sleep at its top level", function()
+      assert.are.same({0, "slept true\nmain is a task: true\n", ""}, {run_fixture("main_sleep.lua")})
+    end)
+
+    it("runs the spec bodies in a running task", function()
+      local me = tulua.current()
+      assert.are.equal("tulua.task", getmetatable(me).__name)
+      assert.are.equal("running", me:status())
+    end)
+
+    it("lets the process run until the spawned tasks have finished", function()
+      assert.are.same({0, "main returns\ntask done\n", ""}, {run_fixture("wait_for_tasks.lua")})
+    end)
+
+    it("lets the process exit 0 after a timer pending at the end of the script ran", function()
+      assert.are.same({0, "main returns\ntimer ran: late\n", ""}, {run_fixture("pending_timer.lua")})
+    end)
+  end)
+
+  describe("spawn", function()
+    it("returns a Task that has not run yet", function()
+      local ran = false
+      local t = tulua.spawn(function() ran = true end)
+      assert.are.equal("tulua.task", getmetatable(t).__name)
+      assert.are.equal("ready", t:status())
+      assert.is_truthy(tostring(t):match("^Task %(ready%): "))
+      assert.is_false(ran)
+      t:join()
+      assert.is_true(ran)
+    end)
+
+    it("passes every argument, nils included", function()
+      local t = tulua.spawn(function(...) return select("#", ...), ... end, 1, nil, "three", nil)
+      assert.are.same({n = 5, 4, 1, nil, "three", nil}, table.pack(t:join()))
+    end)
+
+    it("raises for a value that is not a function", function()
+      assert.are.equal("bad argument #1 to 'spawn' (function expected, got number)",
+        error_of(function() tulua.spawn(42) end))
+    end)
+
+    it("runs tasks in the order they were spawned", function()
+      local order = {}
+      local tasks = {}
+      for i = 1, 5 do
+        tasks[i] = tulua.spawn(function() order[#order + 1] = i end)
+      end
+      for _, t in ipairs(tasks) do t:join() end
+      assert.are.same({1, 2, 3, 4, 5}, order)
+    end)
+
+    it("runs a task nobody refers to until its end", function()
+      local reached = {}
+      tulua.spawn(function()
+        tulua.sleep(0.01)
+        collectgarbage("collect")
+        tulua.sleep(0.01)
+        reached.yes = true
+      end)
+      collectgarbage("collect")
+      for _ = 1, 200 do
+        if reached.yes then break end
+        tulua.sleep(0.005)
+        collectgarbage("collect")
+      end
+      assert.is_true(reached.yes)
+    end)
+  end)
+
+  describe("current", function()
+    it("returns the Task that runs the calling code", function()
+      local t
+      t = tulua.spawn(function() return tulua.current() end)
+      assert.are.equal(t, (t:join()))
+    end)
+
+    it("returns a different Task in every task", function()
+      local a = tulua.spawn(tulua.current)
+      local b = tulua.spawn(tulua.current)
+      assert.are_not.equal(a:join(), b:join())
+      assert.are_not.equal(tulua.current(), (a:join()))
+    end)
+  end)
+
+  describe("Task", function()
+    describe("join", function()
+      it("returns the function's results, nils included", function()
+        local t = tulua.spawn(function()
+          tulua.sleep(0.01)
+          return 1, nil, "three", nil
+        end)
+        assert.are.same({n = 4, 1, nil, "three", nil}, table.pack(t:join()))
+      end)
+
+      it("returns no value for a function that returns nothing", function()
+        local t = tulua.spawn(function() end)
+        assert.are.equal(0, select("#", t:join()))
+      end)
+
+      it("returns the results again when joined twice", function()
+        local t = tulua.spawn(function() return "a", "b" end)
+        assert.are.same({"a", "b"}, {t:join()})
+        assert.are.same({"a", "b"}, {t:join()})
+      end)
+
+      it("waits for the task to finish", function()
+        local t0 = tulua.now()
+        local t = tulua.spawn(function() tulua.sleep(0.1) return "late" end)
+        assert.are.equal("late", t:join())
+        assert.is_true(tulua.now() - t0 >= 0.095)
+      end)
+
+      it("lets several tasks wait for the same task", function()
+        local target = tulua.spawn(function() tulua.sleep(0.02) return 7 end)
+        local a = tulua.spawn(function() return target:join() * 2 end)
+        local b = tulua.spawn(function() return target:join() * 3 end)
+        assert.are.same({14, 21}, {a:join(), b:join()})
+      end)
+
+      it("re-raises a string error with the task's traceback attached", function()
+        local defined = debug.getinfo(1, "l").currentline + 1
+        local t = tulua.spawn(function()
+          error("boom")
+        end)
+        local expected = task_traceback("boom", defined + 1, defined)
+        assert.are.equal(expected, raised(t.join, t))
+        assert.are.equal(expected, raised(t.join, t))
+      end)
+
+      it("re-raises a table error as the same object", function()
+        local e = {reason = "mine"}
+        local t = tulua.spawn(function()
+          tulua.sleep(0)
+          error(e)
+        end)
+        assert.are.equal(e, raised(t.join, t))
+      end)
+
+      it("re-raises an error object with __tostring as the same object", function()
+        local e = setmetatable({}, {__tostring = function() return "custom" end})
+        local t = tulua.spawn(function() error(e) end)
+        assert.are.equal(e, raised(t.join, t))
+      end)
+
+      it("raises when a task joins itself", function()
+        local t = tulua.spawn(function()
+          local me = tulua.current()
+          return error_of(function() me:join() end)
+        end)
+        assert.are.equal("a task cannot join itself", t:join())
+      end)
+
+      it("raises for a value that is not a Task", function()
+        local join = tulua.current().join
+        assert.are.equal("bad argument #1 to 'join' (tulua.task expected, got table)",
+          error_of(function() join({}) end))
+      end)
+    end)
+
+    describe("result", function()
+      it("raises for a task that has not finished", function()
+        local t = tulua.spawn(function() tulua.sleep(0.01) end)
+        assert.are.equal("attempt to get the result of an unfinished task", raised(t.result, t))
+        tulua.sleep(0)
+        assert.are.equal("waiting", t:status())
+        assert.are.equal("attempt to get the result of an unfinished task", raised(t.result, t))
+        t:join()
+      end)
+
+      it("returns the results of a finished task without waiting", function()
+        local t = tulua.spawn(function() return 1, nil, 3 end)
+        t:join()
+        assert.are.same({n = 3, 1, nil, 3}, table.pack(t:result()))
+      end)
+
+      it("raises the error of a failed task, with its traceback", function()
+        local defined = debug.getinfo(1, "l").currentline + 1
+        local t = tulua.spawn(function()
+          error("bad")
+        end)
+        local expected = task_traceback("bad", defined + 1, defined)
+        assert.are.equal(expected, raised(t.join, t)) -- joined: not reported
+        assert.are.equal(expected, raised(t.result, t))
+      end)
+    end)
+
+    describe("done", function()
+      it("is false until the task returned, then true", function()
+        local t = tulua.spawn(function() tulua.sleep(0.01) end)
+        assert.is_false(t:done())
+        tulua.sleep(0)
+        assert.is_false(t:done())
+        t:join()
+        assert.is_true(t:done())
+      end)
+
+      it("is true for a task that failed or was cancelled", function()
+        local failed = tulua.spawn(function() error("x") end)
+        pcall(failed.join, failed)
+        local cancelled = tulua.spawn(function() tulua.sleep(10) end)
+        cancelled:cancel()
+        pcall(cancelled.join, cancelled)
+        assert.are.same({true, true}, {failed:done(), cancelled:done()})
+      end)
+    end)
+
+    describe("status", function()
+      it("names each state of a task's life", function()
+        local t = tulua.spawn(function()
+          tulua.sleep(0.01)
+          return tulua.current():status()
+        end)
+        assert.are.equal("ready", t:status())
+        tulua.sleep(0)
+        assert.are.equal("waiting", t:status())
+        assert.are.equal("running", t:join())
+        assert.are.equal("done", t:status())
+      end)
+
+      it("is 'failed' for a task that raised", function()
+        local t = tulua.spawn(function() error("x") end)
+        pcall(t.join, t)
+        assert.are.equal("failed", t:status())
+        assert.is_false(t:cancelled())
+      end)
+    end)
+
+    describe("cancel", function()
+      it("makes a sleeping task raise a cancellation error", function()
+        local t = tulua.spawn(function() tulua.sleep(10) end)
+        tulua.sleep(0)
+        assert.are.equal("waiting", t:status())
+        assert.is_true(t:cancel())
+        local err = raised(t.join, t)
+        assert.are.equal("ECANCELED", err.code)
+        assert.are.equal("cancelled", t:status())
+        assert.is_true(t:cancelled())
+        assert.is_true(t:done())
+      end)
+
+      it("raises the cancellation error from result() too", function()
+        local t = tulua.spawn(function() tulua.sleep(10) end)
+        tulua.sleep(0)
+        t:cancel()
+        assert.are.equal("ECANCELED", raised(t.join, t).code)
+        assert.are.equal("ECANCELED", raised(t.result, t).code)
+      end)
+
+      it("stops a task that never ran: it never runs", function()
+        local ran = false
+        local t = tulua.spawn(function() ran = true end)
+        assert.is_true(t:cancel())
+        assert.are.equal("ECANCELED", raised(t.join, t).code)
+        assert.is_false(ran)
+        assert.are.equal("cancelled", t:status())
+      end)
+
+      it("returns false for a task that finished", function()
+        local done = tulua.spawn(function() return "ok" end)
+        local failed = tulua.spawn(function() error("x") end)
+        pcall(failed.join, failed)
+        done:join()
+        assert.are.same({false, false}, {done:cancel(), failed:cancel()})
+        assert.are.same({"done", "failed"}, {done:status(), failed:status()})
+        assert.are.equal("ok", done:join())
+      end)
+
+      it("lets a task that catches the cancellation clean up and return normally", function()
+        local t = tulua.spawn(function()
+          local ok, err = pcall(tulua.sleep, 10)
+          tulua.sleep(0.01) -- waiting again works after a caught cancellation
+          return "cleaned up", ok, err.code
+        end)
+        tulua.sleep(0)
+        assert.is_true(t:cancel())
+        assert.are.same({"cleaned up", false, "ECANCELED"}, {t:join()})
+        assert.are.equal("done", t:status())
+        assert.is_false(t:cancelled())
+      end)
+
+      it("closes the to-be-closed variables of the cancelled task", function()
+        local closed_with
+        local t = tulua.spawn(function()
+          local guard <close> = setmetatable({}, { -- luacheck: no unused
+            __close = function(_, err) closed_with = err end,
+          })
+          tulua.sleep(10)
+        end)
+        tulua.sleep(0)
+        t:cancel()
+        local err = raised(t.join, t)
+        assert.are.equal("ECANCELED", err.code)
+        assert.are.equal(err, closed_with)
+      end)
+
+      it("lets a task cancel itself: it gets the error at its next wait", function()
+        local steps = {}
+        local t = tulua.spawn(function()
+          steps[#steps + 1] = tulua.current():cancel()
+          steps[#steps + 1] = "still running"
+          tulua.sleep(0)
+          steps[#steps + 1] = "not reached"
+        end)
+        assert.are.equal("ECANCELED", raised(t.join, t).code)
+        assert.are.same({true, "still running"}, steps)
+        assert.are.equal("cancelled", t:status())
+      end)
+
+      it("ends a task that cancelled itself and returned without waiting as cancelled", function()
+        local t = tulua.spawn(function()
+          tulua.current():cancel()
+          return "ignored"
+        end)
+        assert.are.equal("ECANCELED", raised(t.join, t).code)
+        assert.is_true(t:cancelled())
+      end)
+
+      it("stops a task waiting in join, not the task it joins", function()
+        local target = tulua.spawn(function() tulua.sleep(0.02) return "target done" end)
+        local joiner = tulua.spawn(function() return target:join() end)
+        tulua.sleep(0)
+        joiner:cancel()
+        assert.are.equal("ECANCELED", raised(joiner.join, joiner).code)
+        assert.are.equal("target done", target:join())
+      end)
+
+      it("raises an error object that tostring turns into text", function()
+        local t = tulua.spawn(function() tulua.sleep(10) end)
+        tulua.sleep(0)
+        t:cancel()
+        local err = raised(t.join, t)
+        assert.are.equal("string", type(tostring(err)))
+        assert.are.equal("tulua.error", getmetatable(err).__name)
+      end)
+    end)
+  end)
+
+  describe("now", function()
+    it("returns seconds as a float", function()
+      local t0 = tulua.now()
+      tulua.sleep(0.1)
+      local elapsed = tulua.now() - t0
+      assert.are.equal("float", math.type(t0))
+      assert.is_true(elapsed >= 0.095, "elapsed " .. elapsed)
+      assert.is_true(elapsed < 5, "elapsed " .. elapsed)
+    end)
+
+    it("never goes back", function()
+      local last = tulua.now()
+      for _ = 1, 1000 do
+        local now = tulua.now()
+        assert.is_true(now >= last)
+        last = now
+      end
+    end)
+  end)
+
+  describe("sleep", function()
+    it("waits at least the given number of seconds", function()
+      local t0 = tulua.now()
+      tulua.sleep(0.1)
+      local elapsed = tulua.now() - t0
+      assert.is_true(elapsed >= 0.095, "elapsed " .. elapsed)
+    end)
+
+    it("returns no value", function()
+      assert.are.equal(0, select("#", tulua.sleep(0)))
+      assert.are.equal(0, select("#", tulua.sleep(0.001)))
+    end)
+
+    it("with 0 lets the other ready tasks run", function()
+      local ran = false
+      tulua.spawn(function() ran = true end)
+      tulua.sleep(0)
+      assert.is_true(ran)
+    end)
+
+    it("with 0 lets the loop run its timers", function()
+      local fired = false
+      local tm <close> = tulua.timer.after(0.001, function() fired = true end) -- luacheck: no unused
+      local t0 = tulua.now()
+      while not fired and tulua.now() - t0 < 1 do
+        tulua.sleep(0)
+      end
+      assert.is_true(fired)
+    end)
+
+    it("with 0 makes two tasks alternate in strict order", function()
+      local log = {}
+      local function worker(name)
+        for i = 1, 3 do
+          log[#log + 1] = name .. i
+          tulua.sleep(0)
+        end
+      end
+      local a, b = tulua.spawn(worker, "a"), tulua.spawn(worker, "b")
+      a:join()
+      b:join()
+      assert.are.same({"a1", "b1", "a2", "b2", "a3", "b3"}, log)
+    end)
+
+    it("wakes sleepers in the order of their deadlines", function()
+      local log = {}
+      local tasks = {}
+      for _, d in ipairs({0.06, 0.02, 0.04}) do
+        tasks[#tasks + 1] = tulua.spawn(function()
+          tulua.sleep(d)
+          log[#log + 1] = d
+        end)
+      end
+      for _, t in ipairs(tasks) do t:join() end
+      assert.are.same({0.02, 0.04, 0.06}, log)
+    end)
+
+    it("wakes sleepers with equal deadlines in the order they slept", function()
+      local log = {}
+      local tasks = {}
+      for i = 1, 5 do
+        tasks[i] = tulua.spawn(function()
+          tulua.sleep(0.02)
+          log[#log + 1] = i
+        end)
+      end
+      for _, t in ipairs(tasks) do t:join() end
+      assert.are.same({1, 2, 3, 4, 5}, log)
+    end)
+
+    it("raises for a duration that is not a number", function()
+      assert.are.equal("bad argument #1 to 'sleep' (number expected, got string)",
+        error_of(function() tulua.sleep("x") end))
+      assert.are.equal("bad argument #1 to 'sleep' (number expected, got no value)",
+        error_of(function() tulua.sleep() end))
+    end)
+
+    it("raises for a negative or NaN duration", function()
+      assert.are.equal("bad argument #1 to 'sleep' (negative or NaN duration)",
+        error_of(function() tulua.sleep(-1) end))
+      assert.are.equal("bad argument #1 to 'sleep' (negative or NaN duration)",
+        error_of(function() tulua.sleep(0 / 0) end))
+    end)
+
+    it("raises outside any task, in a finalizer run as the runtime closes", function()
+      assert.are.same({0, "false: attempt to wait in 'tulua.sleep' outside a task\n", ""},
+        {run_fixture("wait_at_exit.lua")})
+    end)
+
+    describe("inside a function called from C that cannot yield", function()
+      local MSG = "attempt to wait in 'tulua.sleep' inside a function called from C that cannot yield"
+        .. " (such as a 'table.sort' comparator or a 'string.gsub' callback)"
+
+      it("raises in a table.sort comparator", function()
+        assert.are.equal(MSG, error_of(function()
+          table.sort({3, 2, 1}, function(a, b)
+            tulua.sleep(0)
+            return a < b
+          end)
+        end))
+      end)
+
+      it("raises in a string.gsub callback", function()
+        assert.are.equal(MSG, error_of(function()
+          string.gsub("abc", "%w", function(c)
+            tulua.sleep(0)
+            return c
+          end)
+        end))
+      end)
+
+      it("raises in a __gc metamethod", function()
+        local seen
+        do
+          setmetatable({}, {__gc = function()
+            local ok, err = pcall(tulua.sleep, 0)
+            seen = {ok, err}
+          end})
+        end
+        collectgarbage("collect")
+        collectgarbage("collect")
+        assert.are.same({false, MSG}, seen)
+      end)
+    end)
+
+    describe("works", function()
+      it("inside pcall", function()
+        assert.are.same({true, "after"}, {pcall(function()
+          tulua.sleep(0.01)
+          return "after"
+        end)})
+      end)
+
+      it("inside xpcall, and its handler sees errors raised after the wait", function()
+        local ok, err = xpcall(function()
+          tulua.sleep(0.01)
+          error("late", 0)
+        end, function(m) return "handled: " .. m end)
+        assert.are.same({false, "handled: late"}, {ok, err})
+      end)
+
+      it("inside an __index function", function()
+        local t = setmetatable({}, {__index = function(_, k)
+          tulua.sleep(0.01)
+          return k .. "!"
+        end})
+        assert.are.equal("key!", t.key)
+      end)
+
+      it("inside an __add metamethod", function()
+        local mt = {}
+        mt.__add = function(a, b)
+          tulua.sleep(0.01)
+          return a.n + b
+        end
+        assert.are.equal(42, setmetatable({n = 40}, mt) + 2)
+      end)
+
+      it("inside a for-loop iterator function", function()
+        local function iter(_, i)
+          tulua.sleep(0.001)
+          if i < 3 then return i + 1 end
+        end
+        local got = {}
+        for i in iter, nil, 0 do got[#got + 1] = i end
+        assert.are.same({1, 2, 3}, got)
+      end)
+
+      it("inside a module's main chunk while require loads it", function()
+        local saved = package.path
+        package.path = FIXTURES .. "/?.lua;" .. package.path
+        local ok, m, where = pcall(require, "slow_module")
+        package.path = saved
+        package.loaded.slow_module = nil
+        assert.is_true(ok, m)
+        assert.are.equal("slow_module", m.name)
+        assert.are.equal(FIXTURES .. "/slow_module.lua", where)
+        assert.is_true(m.waited >= 0.019, "waited " .. m.waited)
+      end)
+
+      it("while other tasks run", function()
+        local other = tulua.spawn(function() return "other ran" end)
+        tulua.sleep(0.01)
+        assert.is_true(other:done())
+        assert.are.equal("other ran", other:join())
+      end)
+    end)
+  end)
+
+  describe("uncaught errors", function()
+    it("are printed on stderr at once with the traceback and make the exit status 1", function()
+      local status, stdout, stderr = run_fixture("uncaught_error.lua")
+      assert.are.equal(1, status)
+      assert.are.equal("", stdout)
+      assert.are.equal(TULUA .. ": uncaught_error.lua:6: boom\n"
+        .. "stack traceback:\n"
+        .. "\t[C]: in function 'error'\n"
+        .. "\tuncaught_error.lua:6: in function <uncaught_error.lua:5>\n"
+        .. "main goes on\n", stderr)
+    end)
+  end)
+
+  describe("os.exit in a spawned task", function()
+    it("exits with its status and flushes what io.write wrote", function()
+      assert.are.same({3, "before in task", ""}, {run_fixture("exit_from_task.lua")})
+    end)
+  end)
+end)
