@@ -4,22 +4,9 @@
 -- that messages carry the same program name. TULUA names the binary under
 -- test (default: build/tulua).
 
-local function shell_quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
+local support = require("support")
+local shell_quote, read_file, write_file = support.shell_quote, support.read_file, support.write_file
 
 local function capture(cmd)
   local p = assert(io.popen(cmd))

@@ -5,52 +5,11 @@ local tulua = require("tulua")
 local timer = require("tulua.timer")
 
 local HERE = debug.getinfo(1, "S").short_src -- as error positions show it
-local FIXTURES = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/fixtures"
-
-local function shell_quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function absolute(path)
-  if path:sub(1, 1) == "/" then return path end
-  local p = assert(io.popen("pwd"))
-  local dir = p:read("l")
-  p:close()
-  return dir .. "/" .. path
-end
-
-local TULUA = absolute(os.getenv("TULUA") or "build/tulua")
-
--- Runs `tulua name` in the fixtures directory; returns the exit status,
--- stdout and stderr.
-local function run_fixture(name)
-  local out, err = os.tmpname(), os.tmpname()
-  local _, _, status = os.execute(string.format("cd %s && %s %s > %s 2> %s",
-    shell_quote(FIXTURES), shell_quote(TULUA), shell_quote(name), shell_quote(out), shell_quote(err)))
-  local stdout, stderr = read_file(out), read_file(err)
-  os.remove(out)
-  os.remove(err)
-  return status, stdout, stderr
-end
-
--- Calls fn, which must raise a string that starts with a position in this
--- file (luaL_error's "file:line: "), and returns the rest of the message.
-local function error_of(fn)
-  local ok, err = pcall(fn)
-  assert.is_false(ok)
-  assert.are.equal("string", type(err))
-  assert.are.equal(HERE .. ":", err:sub(1, #HERE + 1))
-  local line, rest = err:sub(#HERE + 2):match("^(%d+): (.*)$")
-  assert.is_truthy(line, err)
-  return rest
-end
+package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
+local support = require("support")
+local run_fixture = support.run_fixture
+local TULUA = support.TULUA
+local error_of = support.error_in(HERE)
 
 -- Sleeps in small steps until cond() is true; false if it never became
 -- true within a second.

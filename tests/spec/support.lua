@@ -1,0 +1,69 @@
+-- Helpers shared by the specs (not a spec itself): running tulua on a
+-- fixture, reading files, and checking the position in error messages.
+-- TULUA names the binary under test (default build/tulua).
+local M = {}
+
+local SPEC_DIR = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+
+--- Quotes s for sh.
+function M.shell_quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+--- Returns the whole content of the file at path (raises if unreadable).
+function M.read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- Writes text to the file at path, replacing it.
+function M.write_file(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+end
+
+--- Returns path made absolute against the working directory.
+function M.absolute(path)
+  if path:sub(1, 1) == "/" then return path end
+  local p = assert(io.popen("pwd"))
+  local dir = p:read("l")
+  p:close()
+  return dir .. "/" .. path
+end
+
+M.TULUA = M.absolute(os.getenv("TULUA") or "build/tulua")
+M.FIXTURES = SPEC_DIR .. "/fixtures"
+
+--- Runs `tulua name` in the fixtures directory; returns the exit status,
+-- stdout and stderr.
+function M.run_fixture(name)
+  local out, err = os.tmpname(), os.tmpname()
+  local _, _, status = os.execute(string.format("cd %s && %s %s > %s 2> %s",
+    M.shell_quote(M.FIXTURES), M.shell_quote(M.TULUA), M.shell_quote(name),
+    M.shell_quote(out), M.shell_quote(err)))
+  local stdout, stderr = M.read_file(out), M.read_file(err)
+  os.remove(out)
+  os.remove(err)
+  return status, stdout, stderr
+end
+
+--- Returns a function error_of(fn): fn must raise a string that starts
+-- with a position in the file here (luaL_error's "file:line: "); error_of
+-- returns the rest of the message.
+function M.error_in(here)
+  local assert = require("luassert") -- busted's, not the global one
+  return function(fn)
+    local ok, err = pcall(fn)
+    assert.is_false(ok)
+    assert.are.equal("string", type(err))
+    assert.are.equal(here .. ":", err:sub(1, #here + 1))
+    local line, rest = err:sub(#here + 2):match("^(%d+): (.*)$")
+    assert.is_truthy(line, err)
+    return rest
+  end
+end
+
+return M
