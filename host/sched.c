@@ -72,14 +72,7 @@ uv_loop_t *tulua__loop(lua_State *L) {
   return tulua__runtime(L)->loop;
 }
 
-tulua__task *tulua__current(tulua_runtime *rt) {
-  return rt->current;
-}
 
-uint64_t tulua__now_ns(tulua_runtime *rt) {
-  (void)rt;
-  return uv_hrtime();
-}
 
 /* ---- error objects ---- */
 

@@ -86,8 +86,7 @@ void tulua__spawn(lua_State *L, int nargs);
 /* Returns the task whose thread is co, or NULL for any other thread. */
 tulua__task *tulua__task_of(lua_State *co);
 
-/* Returns the task currently running Lua code, or NULL. */
-tulua__task *tulua__current(tulua_runtime *rt);
+
 
 /* The core module 'tulua' and the forwarding coroutine library (coro.c). */
 int luaopen_tulua(lua_State *L);
@@ -97,8 +96,7 @@ void tulua__open_coro(lua_State *L);
 int luaopen_tulua_timer(lua_State *L);
 int luaopen_tulua_fs(lua_State *L);
 
-/* Timers of the scheduler: sleep(s) for the current task, and the time. */
+/* tulua.sleep(s): suspends the current task (s = 0 yields to the loop). */
 int tulua__sleep(lua_State *L);
-uint64_t tulua__now_ns(tulua_runtime *rt);
 
 #endif

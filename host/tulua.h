@@ -48,8 +48,9 @@ int tulua_open(tulua_runtime **out, const tulua_config *cfg);
 /* Closes the runtime: cancels every task, closes the Lua state (running
  * __gc and __close), closes every handle the runtime opened and, when the
  * runtime owns its loop, closes and frees the loop. A borrowed loop is left
- * open; the host must run it once more (UV_RUN_NOWAIT) so that close
- * callbacks free their memory before closing it. NULL is ignored. */
+ * open: the host must run it until it is idle (close callbacks and file
+ * operations still on libuv's thread pool free their memory then) before
+ * closing it. NULL is ignored. */
 void tulua_close(tulua_runtime *rt);
 
 /* Returns the runtime's Lua state: the host may push values and call the
