@@ -72,8 +72,6 @@ uv_loop_t *tulua__loop(lua_State *L) {
   return tulua__runtime(L)->loop;
 }
 
-
-
 /* ---- error objects ---- */
 
 void tulua__push_error(lua_State *L, const char *code, const char *msg) {

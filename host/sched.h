@@ -87,7 +87,6 @@ void tulua__spawn(lua_State *L, int nargs);
 tulua__task *tulua__task_of(lua_State *co);
 
 
-
 /* The core module 'tulua' and the forwarding coroutine library (coro.c). */
 int luaopen_tulua(lua_State *L);
 void tulua__open_coro(lua_State *L);
