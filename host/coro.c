@@ -26,7 +26,8 @@ static uintptr_t *tagp(lua_State *co) {
 }
 
 static int is_waiting(lua_State *co) {
-  return (*tagp(co) & WAITING_TAG) != 0;
+  /* the same bit means 'cancelled' on a finished task's thread */
+  return !tulua__is_task(co) && (*tagp(co) & WAITING_TAG) != 0;
 }
 
 static lua_State *getco(lua_State *L) {
@@ -42,7 +43,7 @@ static lua_State *getco(lua_State *L) {
 static int do_resume(lua_State *L, lua_State *co, int nargs, lua_KFunction k) {
   tulua_runtime *rt = tulua__runtime(L);
   int status, nres;
-  if (tulua__task_of(co) != NULL) {
+  if (tulua__is_task(co)) {
     lua_pushliteral(L, "cannot resume a task (join it instead)");
     return -1;
   }
@@ -159,6 +160,7 @@ static const char *const status_names[] = {"running", "suspended", "normal",
 
 static int status_of(lua_State *L, lua_State *co) {
   if (L == co) return 0;
+  if (tulua__task_finished(co)) return 3; /* its outcome is on its stack */
   if (is_waiting(co) || (tulua__task_of(co) && lua_status(co) == LUA_YIELD))
     return 2;
   switch (lua_status(co)) {
@@ -194,7 +196,7 @@ static int co_isyieldable(lua_State *L) {
 
 static int co_close(lua_State *L) {
   lua_State *co = getco(L);
-  if (tulua__task_of(co) != NULL)
+  if (tulua__is_task(co))
     return luaL_error(L, "cannot close a task (cancel it instead)");
   int st = status_of(L, co);
   if (st != 1 && st != 3)

@@ -1,4 +1,5 @@
 /* runtime.c: the runtime object on a uv_loop_t; implements tulua.h. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,11 +59,50 @@ static int open_libs(lua_State *L) {
   return 0;
 }
 
+/* As lauxlib's: only reached through a bug (Lua called unprotected). */
+static int panic(lua_State *L) {
+  const char *msg = lua_tostring(L, -1);
+  fprintf(stderr, "PANIC: unprotected error in call to Lua API (%s)\n",
+          msg ? msg : "error object is not a string");
+  fflush(stderr);
+  return 0;
+}
+
+/* Lua's warn(), as luaL_newstate sets it up: off until "@on", messages on
+ * stderr as "Lua warning: ..." (the CLI's -W sends "@on"). */
+static void warn(void *ud, const char *msg, int tocont) {
+  tulua_runtime *rt = ud;
+  if (rt->warn == 2) { /* the rest of a message */
+    fputs(msg, stderr);
+  } else if (!tocont && msg[0] == '@') { /* a control message */
+    if (strcmp(msg, "@on") == 0)
+      rt->warn = 1;
+    else if (strcmp(msg, "@off") == 0)
+      rt->warn = 0;
+    return;
+  } else if (rt->warn == 1) {
+    fputs("Lua warning: ", stderr);
+    fputs(msg, stderr);
+  } else {
+    return;
+  }
+  if (tocont) {
+    rt->warn = 2;
+  } else {
+    fputs("\n", stderr);
+    rt->warn = 1;
+  }
+  fflush(stderr);
+}
+
 int tulua_open(tulua_runtime **out, const tulua_config *cfg) {
   int rc;
   *out = NULL;
-  tulua_runtime *rt = calloc(1, sizeof *rt);
+  /* 16-byte aligned: threads' extra space tags its low bits (sched.c) */
+  size_t size = (sizeof(tulua_runtime) + 15) / 16 * 16;
+  tulua_runtime *rt = aligned_alloc(16, size);
   if (rt == NULL) return UV_ENOMEM;
+  memset(rt, 0, size);
   if (cfg)
     rt->cfg = *cfg;
   else
@@ -78,7 +118,11 @@ int tulua_open(tulua_runtime **out, const tulua_config *cfg) {
     rt->loop = &rt->own_loop;
     rt->owns_loop = 1;
   }
-  rt->L = luaL_newstate();
+  rt->L = lua_newstate(tulua__alloc, &rt->lua_heap);
+  if (rt->L != NULL) {
+    lua_atpanic(rt->L, panic);
+    lua_setwarnf(rt->L, warn, rt);
+  }
   if (rt->L == NULL || (rc = tulua__sched_init(rt)) < 0) {
     rc = rt->L == NULL ? UV_ENOMEM : rc;
     tulua_close(rt);
@@ -110,6 +154,7 @@ void tulua_close(tulua_runtime *rt) {
     tulua__sched_shutdown(rt);
     lua_close(rt->L); /* __gc closes the handles Lua objects own */
     rt->L = NULL;
+    tulua__heap_free(&rt->lua_heap);
   }
   /* the scheduler's own handles are embedded in rt: wait for their close
    * callbacks before freeing it */
@@ -187,8 +232,8 @@ static int spawn_protected(lua_State *L) {
 }
 
 /* Spawns the function and nargs arguments on top of the stack; leaves the
- * Task there. Returns the task or NULL (errmsg set, all popped). */
-static tulua__task *spawn(tulua_runtime *rt, int nargs, int main) {
+ * Task (its thread) there. Returns it, or NULL (errmsg set, all popped). */
+static lua_State *spawn(tulua_runtime *rt, int nargs, int main) {
   lua_State *L = rt->L;
   lua_pushboolean(L, main);
   lua_pushcclosure(L, spawn_protected, 1);
@@ -197,7 +242,7 @@ static tulua__task *spawn(tulua_runtime *rt, int nargs, int main) {
     lua_fail(rt);
     return NULL;
   }
-  return lua_touserdata(L, -1);
+  return lua_tothread(L, -1);
 }
 
 int tulua_spawn(tulua_runtime *rt, int nargs) {
@@ -207,8 +252,7 @@ int tulua_spawn(tulua_runtime *rt, int nargs) {
 }
 
 static int push_outcome(lua_State *L) {
-  tulua__task *t = lua_touserdata(L, 1);
-  return tulua__task_push_outcome(L, t);
+  return tulua__task_push_outcome(L, lua_tothread(L, 1));
 }
 
 static int to_text(lua_State *L) {
@@ -224,24 +268,24 @@ int tulua_call(tulua_runtime *rt, int nargs, int nresults) {
     lua_pushstring(L, rt->errmsg);
     return LUA_ERRRUN;
   }
-  tulua__task *t = spawn(rt, nargs, 1);
-  if (t == NULL) {
+  lua_State *co = spawn(rt, nargs, 1);
+  if (co == NULL) {
     lua_pushstring(L, rt->errmsg);
     return LUA_ERRMEM;
   }
   int base = lua_gettop(L); /* the Task */
-  tulua__task *outer = rt->call_task;
-  rt->call_task = t;
-  while (!tulua__task_done(t)) {
-    if (uv_run(rt->loop, UV_RUN_ONCE) == 0 && !tulua__task_done(t) &&
+  lua_State *outer = rt->call_co;
+  rt->call_co = co;
+  while (!tulua__task_finished(co)) {
+    if (uv_run(rt->loop, UV_RUN_ONCE) == 0 && !tulua__task_finished(co) &&
         rt->ready_len == 0 && rt->jobs == NULL)
       break;
   }
-  rt->call_task = outer;
+  rt->call_co = outer;
   rt->interrupt_pending = 0;
   rt->cancel_pending = 0;
-  if (!tulua__task_done(t)) {
-    luaL_traceback(L, tulua__task_thread(t),
+  if (!tulua__task_finished(co)) {
+    luaL_traceback(L, co,
                    "deadlock: the task waits for something that will never "
                    "happen",
                    0);
@@ -249,7 +293,7 @@ int tulua_call(tulua_runtime *rt, int nargs, int nresults) {
     return LUA_ERRRUN;
   }
   lua_pushcfunction(L, push_outcome);
-  lua_pushlightuserdata(L, t);
+  lua_pushvalue(L, base);
   int st = lua_pcall(L, 1, nresults, 0);
   if (st != LUA_OK && lua_type(L, -1) != LUA_TSTRING &&
       luaL_getmetafield(L, -1, "__tostring") != LUA_TNIL) {

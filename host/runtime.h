@@ -12,11 +12,28 @@
  * limit (LUAI_MAXCCALLS, 200) stops real programs well before this. */
 #define CHAIN_MAX 256
 
+/* alloc.c: a runtime's Lua allocator, small blocks in size classes. */
+typedef struct tulua__heap {
+  void *free[64]; /* free lists, one per 16-byte size class up to 1 KiB */
+  char *cur, *end; /* the rest of the newest page */
+  void *pages; /* every page, freed at close */
+} tulua__heap;
+
+void *tulua__alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+void tulua__heap_free(tulua__heap *h);
+/* Small blocks (n <= 1 KiB) for the runtime's own structs; no header. */
+void *tulua__heap_get(tulua__heap *h, size_t n);
+void tulua__heap_put(tulua__heap *h, void *p, size_t n);
+/* Returns the heap a small block came from. */
+tulua__heap *tulua__heap_of(const void *block);
+
 struct tulua_runtime {
   uv_loop_t *loop;
   uv_loop_t own_loop;
   int owns_loop;
   lua_State *L;
+  tulua__heap lua_heap;
+  int warn; /* warn(): 0 off, 1 on, 2 in the middle of a message */
   tulua_config cfg;
   char *errmsg;
 
@@ -49,21 +66,20 @@ struct tulua_runtime {
   int ntasks; /* unfinished tasks */
   int uncaught; /* uncaught task errors so far */
   int in_drain; /* the scheduler is resuming tasks: no nested runs */
-  tulua__task *call_task; /* the task tulua_call waits for */
+  lua_State *call_co; /* the task tulua_call waits for */
   double budget; /* tulua_step's time budget for one drain, 0: none */
 
   volatile sig_atomic_t interrupt_pending; /* tulua_interrupt not yet seen */
-  volatile sig_atomic_t cancel_pending; /* cancel call_task at next poll */
+  volatile sig_atomic_t cancel_pending; /* cancel call_co at next poll */
   volatile lua_State *running; /* thread running Lua now */
 };
 
 /* sched.c, for runtime.c */
 int tulua__sched_init(tulua_runtime *rt);
 void tulua__sched_shutdown(tulua_runtime *rt);
-int tulua__task_done(tulua__task *t);
-int tulua__task_push_outcome(lua_State *L, tulua__task *t);
-tulua__task *tulua__spawn_main(lua_State *L, int nargs);
-lua_State *tulua__task_thread(tulua__task *t);
+int tulua__task_finished(lua_State *co);
+int tulua__task_push_outcome(lua_State *L, lua_State *co);
+lua_State *tulua__spawn_main(lua_State *L, int nargs);
 void tulua__interrupt_hook(lua_State *L, lua_Debug *ar);
 
 #endif

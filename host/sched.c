@@ -1,11 +1,17 @@
 /* sched.c: tasks (coroutines) run by libuv check/idle/timer handles; backs
- * the Task type and tulua.spawn/sleep of the 'tulua' module.
+ * the Task type and tulua.spawn/sleep/current of the 'tulua' module.
  *
- * Ownership: a Task is a full userdata whose block is the tulua__task, with
- * its thread as user value. While the task is unfinished the runtime's live
- * table anchors it; once finished, it lives as long as Lua refers to it. The
- * ready ring, the sleep heap and waiters hold plain pointers, valid because
- * only unfinished (anchored) tasks are ever in them. */
+ * A Task is its own thread: every thread shares one metatable whose
+ * __index finds the Task methods for task threads (tostring shows
+ * "thread: 0x...", as for any thread; status() tells the state). An unfinished
+ * task has a 48-byte tulua__task, taken from the runtime's small-block heap (no
+ * allocation header) and pointed at by the thread's extra space; the live
+ * table anchors the thread meanwhile. When the task finishes, its outcome
+ * stays on the thread's stack, the extra space records how it ended, and
+ * the struct goes back to the heap: from then on Lua references alone keep
+ * the thread. The ready list, the sleep heap and waiters hold plain struct
+ * pointers, valid because only unfinished tasks are ever in them. This is
+ * what keeps a sleeping task within ~40 bytes of a bare coroutine. */
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,33 +21,26 @@
 
 #include "runtime.h"
 
-#define TASK_MT  "tulua.task"
 #define ERROR_MT "tulua.error"
 
 enum {
   T_READY, /* queued to run */
   T_NEW, /* queued to run for the first time */
   T_RUNNING, /* resumed right now (or a coroutine of it is) */
-  T_WAITING, /* suspended in tulua__wait */
-  T_DONE, /* returned: its results are on its thread's stack */
-  T_FAILED, /* raised: error and traceback on its thread's stack */
-  T_CANCELLED
+  T_WAITING /* suspended in a wait */
 };
 
 struct tulua__task {
   lua_State *co;
-  tulua_runtime *rt;
-  tulua__waiter *w; /* the wait in progress, or NULL */
-  tulua__waiter *joiners; /* tasks waiting in join() for this one */
-  tulua__waiter self_w; /* for waits that need no op: sleep and join */
+  tulua__waiter *w; /* the wait in progress (or to deliver), or NULL */
   tulua__task *next_ready; /* in the ready list */
+  tulua__waiter *joiners; /* join ops waiting for this task */
   /* sleeping: the loop time (ms) to wake up at, shifted left by SEQ_BITS,
    * with a sequence number below it so that equal deadlines wake FIFO */
   uint64_t key;
-  uint32_t heap_idx; /* sleeping: position in the heap */
-  int ref; /* in the live table while unfinished */
-  int nres; /* T_DONE: results on the thread's stack */
-  unsigned state : 3;
+  int ref; /* the thread's slot in the live table */
+  unsigned heap_idx : 23; /* sleeping: position in the heap */
+  unsigned state : 2;
   unsigned cancelling : 1; /* cancel() asked; raised at the next wait */
   unsigned woken_by_cancel : 1;
   unsigned observed : 1; /* someone joined or got the result/error */
@@ -50,22 +49,47 @@ struct tulua__task {
   unsigned by_interrupt : 1; /* ... during tulua_run: reported if unjoined */
 };
 
-/* The extra space of a task's thread points at its task, tagged with bit 0;
- * every other thread of the state holds the untagged runtime pointer (new
- * threads copy it from the main thread). */
-static void **xspace(lua_State *L) {
-  return (void **)lua_getextraspace(L);
+#define MAX_SLEEPERS ((size_t)1 << 23)
+
+/* The extra space of a thread:
+ * - an unfinished task's: its tulua__task, tagged X_TASK;
+ * - a finished task's: the runtime, tagged X_FINISHED and X_FAILED or
+ *   X_CANCELLED (neither: it returned);
+ * - any other thread's: the runtime (new threads copy it from the main
+ *   thread), where coro.c may set its WAITING tag (2).
+ * The runtime is 16-byte aligned, tasks come from 16-byte size classes. */
+#define X_TASK      ((uintptr_t)1)
+#define X_CANCELLED ((uintptr_t)2)
+#define X_FINISHED  ((uintptr_t)4)
+#define X_FAILED    ((uintptr_t)8)
+#define X_TAGS      ((uintptr_t)15)
+
+static uintptr_t *xspace(lua_State *L) {
+  return (uintptr_t *)lua_getextraspace(L);
+}
+
+static tulua_runtime *rt_of(const tulua__task *t) {
+  return (tulua_runtime *)((char *)tulua__heap_of(t) -
+                           offsetof(tulua_runtime, lua_heap));
 }
 
 tulua__task *tulua__task_of(lua_State *co) {
-  uintptr_t p = (uintptr_t)*xspace(co);
-  return (p & 1u) ? (tulua__task *)(p & ~(uintptr_t)1) : NULL;
+  uintptr_t p = *xspace(co);
+  return (p & X_TASK) ? (tulua__task *)(p & ~X_TASK) : NULL;
+}
+
+int tulua__is_task(lua_State *co) {
+  return (*xspace(co) & (X_TASK | X_FINISHED)) != 0;
+}
+
+int tulua__task_finished(lua_State *co) {
+  return (*xspace(co) & X_FINISHED) != 0;
 }
 
 tulua_runtime *tulua__runtime(lua_State *L) {
-  uintptr_t p = (uintptr_t)*xspace(L);
-  if (p & 1u) return ((tulua__task *)(p & ~(uintptr_t)1))->rt;
-  return (tulua_runtime *)(p & ~(uintptr_t)3); /* coro.c's WAITING tag */
+  uintptr_t p = *xspace(L);
+  if (p & X_TASK) return rt_of((tulua__task *)(p & ~X_TASK));
+  return (tulua_runtime *)(p & ~X_TAGS);
 }
 
 uv_loop_t *tulua__loop(lua_State *L) {
@@ -120,8 +144,7 @@ static void idle_cb(uv_idle_t *h) { /* only keeps the poll from blocking */
 
 /* Queues t to run at the next drain. Calls no Lua API, never fails: the
  * list is intrusive. */
-static void make_ready(tulua__task *t, unsigned state) {
-  tulua_runtime *rt = t->rt;
+static void make_ready(tulua_runtime *rt, tulua__task *t, unsigned state) {
   t->next_ready = NULL;
   if (rt->ready_tail)
     rt->ready_tail->next_ready = t;
@@ -134,7 +157,7 @@ static void make_ready(tulua__task *t, unsigned state) {
     uv_idle_start(&rt->idle, idle_cb);
 }
 
-/* ---- the sleep heap: (deadline, seq) ascending ---- */
+/* ---- the sleep heap: key ascending ---- */
 
 #define SEQ_BITS     20
 #define MAX_SLEEP_MS ((uint64_t)1 << (62 - SEQ_BITS)) /* 139 years */
@@ -149,7 +172,7 @@ static int heap_less(const tulua__task *a, const tulua__task *b) {
 
 static void heap_set(tulua_runtime *rt, size_t i, tulua__task *t) {
   rt->heap[i] = t;
-  t->heap_idx = (uint32_t)i;
+  t->heap_idx = (unsigned)i;
 }
 
 static void heap_up(tulua_runtime *rt, size_t i) {
@@ -205,7 +228,7 @@ static void timer_cb(uv_timer_t *h) { /* no Lua API here */
   while (rt->heap_len > 0 && deadline_of(rt->heap[0]) <= now) {
     tulua__task *t = rt->heap[0];
     heap_remove(rt, t);
-    tulua__wake(&t->self_w);
+    make_ready(rt, t, T_READY); /* t->w stays the sleep waiter: delivered */
   }
   arm_timer(rt);
 }
@@ -247,7 +270,7 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx) {
   tulua__task *t = tulua__runtime(L)->current;
   (void)status;
   t->w = NULL;
-  if (t->woken_by_cancel) { /* w is the op's: its callback frees it */
+  if (t->woken_by_cancel) { /* the op is not ours any more */
     t->woken_by_cancel = 0;
     t->cancelling = 0;
     raise_cancelled(L, t);
@@ -280,22 +303,11 @@ int tulua__wake(tulua__waiter *w) {
   tulua__task *t = w->task;
   if (t == NULL) return 0;
   w->task = NULL; /* t->w stays: shutdown must deliver it if t never runs */
-  make_ready(t, T_READY);
+  make_ready(rt_of(t), t, T_READY);
   return 1;
 }
 
-/* Stops t's wait: the op's cancel hook runs, its callback will find the
- * waiter gone, and t resumes with the cancellation error. */
-static void cancel_wait(tulua__task *t) {
-  tulua__waiter *w = t->w;
-  w->task = NULL;
-  t->w = NULL;
-  if (w->cancel) w->cancel(w->ud);
-  t->woken_by_cancel = 1;
-  make_ready(t, T_READY);
-}
-
-/* ---- sleep ---- */
+/* ---- sleep: the waiter of every sleep, shared and never written ---- */
 
 static int sleep_deliver(lua_State *L, void *ud) {
   (void)L;
@@ -303,10 +315,25 @@ static int sleep_deliver(lua_State *L, void *ud) {
   return 0;
 }
 
-static void sleep_cancel(void *ud) {
-  tulua__task *t = ud;
-  heap_remove(t->rt, t);
-  arm_timer(t->rt);
+static const tulua__waiter sleep_waiter = {NULL, sleep_deliver, NULL, NULL,
+                                           NULL};
+#define SLEEP_W ((tulua__waiter *)&sleep_waiter)
+
+/* Stops t's wait: the op's cancel hook runs (its callback will find the
+ * waiter gone), or the sleep leaves the heap; t resumes with the
+ * cancellation error. */
+static void cancel_wait(tulua_runtime *rt, tulua__task *t) {
+  tulua__waiter *w = t->w;
+  t->w = NULL;
+  if (w == SLEEP_W) {
+    heap_remove(rt, t);
+    arm_timer(rt);
+  } else {
+    w->task = NULL;
+    if (w->cancel) w->cancel(w->ud);
+  }
+  t->woken_by_cancel = 1;
+  make_ready(rt, t, T_READY);
 }
 
 int tulua__sleep(lua_State *L) {
@@ -316,11 +343,9 @@ int tulua__sleep(lua_State *L) {
   tulua_runtime *rt = tulua__runtime(L);
   tulua__task *t = rt->current;
   if (s == 0) { /* yield to the loop: run again after the next poll */
-    tulua__waiter *w = &t->self_w;
-    w->deliver = sleep_deliver;
-    make_ready(t, T_READY); /* cancel() sees a ready task, not a wait */
+    make_ready(rt, t, T_READY); /* cancel() sees a ready task, not a wait */
     rt->wait_mark = 1;
-    return lua_yieldk(L, 0, (lua_KContext)w, wait_k);
+    return lua_yieldk(L, 0, (lua_KContext)SLEEP_W, wait_k);
   }
   lua_Number ms = s * 1000.0;
   if (ms > (lua_Number)MAX_SLEEP_MS) ms = (lua_Number)MAX_SLEEP_MS;
@@ -328,6 +353,9 @@ int tulua__sleep(lua_State *L) {
   if ((lua_Number)d < ms) d++; /* never wake early */
   if (rt->heap_len == rt->heap_cap) {
     size_t ncap = rt->heap_cap ? rt->heap_cap * 2 : 64;
+    if (ncap > MAX_SLEEPERS) ncap = MAX_SLEEPERS;
+    if (rt->heap_len == ncap)
+      return luaL_error(L, "too many sleeping tasks (%d)", (int)ncap);
     tulua__task **n = realloc(rt->heap, ncap * sizeof *n);
     if (n == NULL) return luaL_error(L, "not enough memory");
     rt->heap = n;
@@ -341,18 +369,32 @@ int tulua__sleep(lua_State *L) {
   rt->heap[rt->heap_len] = t;
   heap_up(rt, rt->heap_len++);
   if (rt->heap[0] == t) arm_timer(rt);
-  return tulua__wait(L, &t->self_w, sleep_deliver, sleep_cancel, t);
+  t->w = SLEEP_W;
+  t->state = T_WAITING;
+  rt->wait_mark = 1;
+  return lua_yieldk(L, 0, (lua_KContext)SLEEP_W, wait_k);
 }
 
 /* ---- tasks ---- */
 
-static tulua__task *check_task(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, TASK_MT);
+/* Returns the thread at idx if it is a Task (finished or not), else
+ * raises "Task expected". */
+static lua_State *check_task(lua_State *L, int idx) {
+  lua_State *co = lua_tothread(L, idx);
+  if (co == NULL || !tulua__is_task(co)) luaL_typeerror(L, idx, "Task");
+  return co;
 }
 
 /* Pushes the live table. [-0, +1, -] */
 static void push_live(lua_State *L, tulua_runtime *rt) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->live_ref);
+}
+
+/* Pushes the thread of an unfinished task. [-0, +1, -] */
+static void push_thread(lua_State *L, tulua_runtime *rt, tulua__task *t) {
+  push_live(L, rt);
+  lua_rawgeti(L, -1, t->ref);
+  lua_remove(L, -2);
 }
 
 /* The bottom function of tulua_call's task: a C frame, so that tracebacks
@@ -368,53 +410,39 @@ static int trampoline(lua_State *L) {
   return trampoline_k(L, LUA_OK, 0);
 }
 
+/* Starts the function below nargs arguments on top of L as a task and
+ * leaves its thread (the Task) in their place. */
 static tulua__task *new_task(lua_State *L, int nargs, int via_trampoline) {
   tulua_runtime *rt = tulua__runtime(L);
-
   int fidx = lua_gettop(L) - nargs;
-  tulua__task *t = lua_newuserdatauv(L, sizeof *t, 1);
-  memset(t, 0, sizeof *t);
-  t->rt = rt;
-  t->ref = LUA_NOREF;
-  luaL_setmetatable(L, TASK_MT);
   lua_State *co = lua_newthread(L);
+  tulua__task *t = tulua__heap_get(&rt->lua_heap, sizeof *t);
+  if (t == NULL) luaL_error(L, "not enough memory");
+  memset(t, 0, sizeof *t);
   t->co = co;
-  lua_setiuservalue(L, -2, 1);
-  /* stack: fn args... task */
-  lua_insert(L, fidx); /* task fn args... */
-  if (via_trampoline) {
-    lua_pushcfunction(co, trampoline);
-  }
+  t->ref = LUA_NOREF;
+  lua_insert(L, fidx); /* co fn args... */
+  if (via_trampoline) lua_pushcfunction(co, trampoline);
   lua_xmove(L, co, nargs + 1);
   push_live(L, rt);
   lua_pushvalue(L, fidx);
   t->ref = luaL_ref(L, -2);
   lua_pop(L, 1);
-  *xspace(co) = (void *)((uintptr_t)t | 1u);
+  *xspace(co) = (uintptr_t)t | X_TASK;
   rt->ntasks++;
-  make_ready(t, T_NEW);
-  return t; /* the Task is on top of L */
+  make_ready(rt, t, T_NEW);
+  return t;
 }
 
 void tulua__spawn(lua_State *L, int nargs) {
   new_task(L, nargs, 0);
 }
 
-tulua__task *tulua__spawn_main(lua_State *L, int nargs) {
+lua_State *tulua__spawn_main(lua_State *L, int nargs) {
   tulua__task *t = new_task(L, nargs, 1);
   t->is_call = 1;
   t->observed = 1;
-  return t;
-}
-
-/* Removes t from the live table: from now on Lua references keep it. */
-static void unanchor(lua_State *L, tulua__task *t) {
-  tulua_runtime *rt = t->rt;
-  push_live(L, rt);
-  luaL_unref(L, -1, t->ref);
-  lua_pop(L, 1);
-  t->ref = LUA_NOREF;
-  rt->ntasks--;
+  return t->co;
 }
 
 static void wake_joiners(tulua__task *t) {
@@ -452,32 +480,34 @@ static void format_error(lua_State *L, lua_State *co) {
   lua_remove(L, -2);
 }
 
-/* Reports t's error (on top of t->co, traceback below it) through on_error.
- * Runs on the main state, inside the drain's protected call. */
-static void report(lua_State *L, tulua__task *t) {
-  tulua_runtime *rt = t->rt;
+/* Reports the error of a task that ended unobserved: its text is at
+ * index 2 of the finished thread co (on top of L). */
+static void report(lua_State *L, tulua_runtime *rt, lua_State *co) {
   rt->uncaught++;
   if (rt->cfg.on_error == NULL) return;
-  lua_pushvalue(t->co, 2);
-  lua_xmove(t->co, L, 1);
+  lua_pushvalue(co, 2);
+  lua_xmove(co, L, 1);
   rt->cfg.on_error(rt, lua_tostring(L, -1), rt->cfg.userdata);
   lua_pop(L, 1);
 }
 
-/* Finishes t after lua_resume returned status with nres results. Runs on
- * the main state L inside the drain's protected call. */
-static void finish(lua_State *L, tulua__task *t, int status, int nres) {
+/* Finishes t after lua_resume returned status with nres results: leaves
+ * the outcome on its thread (the results; or the error object and, for a
+ * failure, its text with the traceback), wakes its joiners, unanchors the
+ * thread and frees t. Runs on the main state L inside the drain's
+ * protected call. */
+static void finish(lua_State *L, tulua_runtime *rt, tulua__task *t, int status,
+                   int nres) {
   lua_State *co = t->co;
   int raised = status != LUA_OK; /* the thread holds frames to close */
+  uintptr_t how = X_FINISHED;
+  push_thread(L, rt, t); /* keeps co alive until the end */
   if (status == LUA_OK && t->cancelling) { /* cancelled as it returned */
     lua_settop(co, 0);
     tulua__push_cancelled(co, t->interrupted ? "interrupted!" : NULL);
-    t->interrupted = 0;
     status = LUA_ERRRUN;
   }
   if (status == LUA_OK) {
-    t->state = T_DONE;
-    t->nres = nres;
     int top = lua_gettop(co); /* keep only the results on the thread */
     if (top > nres) {
       lua_rotate(co, 1, nres);
@@ -504,31 +534,36 @@ static void finish(lua_State *L, tulua__task *t, int status, int nres) {
     lua_rotate(co, 1, 1); /* co: err */
     lua_settop(co, 1);
     if (cancelled) {
-      t->state = T_CANCELLED;
+      how |= X_CANCELLED;
       if (t->by_interrupt) lua_pushliteral(co, "interrupted!"); /* report */
     } else {
-      t->state = T_FAILED;
+      how |= X_FAILED;
       lua_xmove(L, co, 1); /* co: err text */
     }
   }
+  int unobserved = !t->observed && ((how & X_FAILED) ||
+                                    ((how & X_CANCELLED) && t->by_interrupt));
   wake_joiners(t);
-  unanchor(L, t);
-  if ((t->state == T_FAILED || (t->state == T_CANCELLED && t->by_interrupt)) &&
-      !t->observed)
-    report(L, t);
+  push_live(L, rt);
+  luaL_unref(L, -1, t->ref);
+  lua_pop(L, 1);
+  rt->ntasks--;
+  *xspace(co) = (uintptr_t)rt | how;
+  tulua__heap_put(&rt->lua_heap, t, sizeof *t);
+  if (unobserved) report(L, rt, co);
+  lua_pop(L, 1); /* co */
 }
 
 /* Resumes t once. Runs on the main state inside the drain's protected
  * call. */
-static void run_task(lua_State *L, tulua__task *t) {
-  tulua_runtime *rt = t->rt;
+static void run_task(lua_State *L, tulua_runtime *rt, tulua__task *t) {
   lua_State *co = t->co;
   int nres, status;
   if (t->state == T_NEW && t->cancelling) { /* cancelled before it ran */
     /* no frames to close (a reset would drop the error): finish sees
      * cancelling and ends the task with the cancellation error */
     lua_settop(co, 0);
-    finish(L, t, LUA_OK, 0);
+    finish(L, rt, t, LUA_OK, 0);
     return;
   }
   int nargs = t->state == T_NEW ? lua_gettop(co) - 1 : 0;
@@ -548,19 +583,17 @@ static void run_task(lua_State *L, tulua__task *t) {
     uv_async_send(&rt->async);
   }
   if (status == LUA_YIELD) {
+    lua_pop(co, nres);
     if (rt->wait_mark) {
       rt->wait_mark = 0;
-      lua_pop(co, nres);
       return;
     }
     /* a C module yielded a task's thread: nothing will ever resume it */
-    lua_pop(co, nres);
     lua_pushliteral(co, "attempt to yield from outside a coroutine");
     status = LUA_ERRRUN;
-    finish(L, t, status, 0);
-    return;
+    nres = 0;
   }
-  finish(L, t, status, nres);
+  finish(L, rt, t, status, nres);
 }
 
 /* Runs posted jobs, then the tasks that were ready when the drain began:
@@ -585,7 +618,7 @@ static int drain(lua_State *L) {
   while (next != NULL) {
     tulua__task *t = next;
     next = t->next_ready;
-    run_task(L, t);
+    run_task(L, rt, t);
     lua_settop(L, 1);
     if (next != NULL && stop != UINT64_MAX && uv_hrtime() >= stop) {
       /* out of budget: the rest goes first at the next drain */
@@ -627,19 +660,28 @@ static void check_cb(uv_check_t *h) {
   if (rt->ready_len == 0 && rt->jobs == NULL) uv_idle_stop(&rt->idle);
 }
 
-static int cancel_task(tulua__task *t);
+/* Asks t to stop: a waiting task resumes with the cancellation error, a
+ * ready or running one gets it at its next wait, a new one never runs. */
+static void cancel_task(tulua_runtime *rt, tulua__task *t) {
+  if (t->state == T_WAITING && t->w != NULL)
+    cancel_wait(rt, t);
+  else
+    t->cancelling = 1;
+}
 
 static void async_cb(uv_async_t *h) {
   tulua_runtime *rt = h->data;
   if (rt->cancel_pending) {
     rt->cancel_pending = 0;
     rt->interrupt_pending = 0;
-    tulua__task *t = rt->call_task;
-    if (t != NULL && !tulua__task_done(t)) {
-      t->interrupted = 1;
-      cancel_task(t);
-    } else if (t == NULL) { /* tulua_run: every task is interrupted */
+    if (rt->call_co == NULL) { /* tulua_run: every task is interrupted */
       tulua__post(rt, &rt->interrupt_job);
+      return;
+    }
+    tulua__task *t = tulua__task_of(rt->call_co);
+    if (t != NULL) {
+      t->interrupted = 1;
+      cancel_task(rt, t);
     }
   }
 }
@@ -651,10 +693,11 @@ static void interrupt_all(lua_State *L, tulua__job *job) {
   push_live(L, rt);
   lua_pushnil(L);
   while (lua_next(L, -2) != 0) {
-    tulua__task *t = lua_touserdata(L, -1);
-    if (t != NULL && !tulua__task_done(t)) {
+    lua_State *co = lua_tothread(L, -1); /* or luaL_ref's free list */
+    tulua__task *t = co ? tulua__task_of(co) : NULL;
+    if (t != NULL) {
       t->interrupted = t->by_interrupt = 1;
-      cancel_task(t);
+      cancel_task(rt, t);
     }
     lua_pop(L, 1);
   }
@@ -674,10 +717,6 @@ void tulua__post(tulua_runtime *rt, tulua__job *job) {
     uv_idle_start(&rt->idle, idle_cb);
 }
 
-lua_State *tulua__task_thread(tulua__task *t) {
-  return t->co;
-}
-
 void tulua__unpost(tulua_runtime *rt, tulua__job *job) {
   if (!job->posted) return;
   tulua__job **p = &rt->jobs, *prev = NULL;
@@ -691,124 +730,127 @@ void tulua__unpost(tulua_runtime *rt, tulua__job *job) {
   job->posted = 0;
 }
 
-int tulua__task_done(tulua__task *t) {
-  return t->state >= T_DONE;
-}
-
-/* Asks t to stop: a waiting task resumes with the cancellation error, a
- * ready or running one gets it at its next wait, a new one never runs.
- * Returns 0 if t had finished already. */
-static int cancel_task(tulua__task *t) {
-  if (tulua__task_done(t)) return 0;
-  if (t->state == T_WAITING && t->w != NULL)
-    cancel_wait(t);
-  else
-    t->cancelling = 1;
-  return 1;
-}
-
 /* ---- Task methods ---- */
 
-/* Pushes the outcome of a finished task: its results, or raises its error
- * (the text with its traceback) or its cancellation. */
-int tulua__task_push_outcome(lua_State *L, tulua__task *t) {
-  lua_State *co = t->co;
-  t->observed = 1;
-  if (t->state == T_DONE) {
-    luaL_checkstack(L, t->nres, "too many results");
-    for (int i = 1; i <= t->nres; i++)
+/* Pushes the outcome of the finished task co: its results, or raises its
+ * error (a string error with the task's traceback attached, any other
+ * error object as it is) or its cancellation. */
+int tulua__task_push_outcome(lua_State *L, lua_State *co) {
+  uintptr_t how = *xspace(co);
+  if (!(how & (X_FAILED | X_CANCELLED))) {
+    int n = lua_gettop(co);
+    luaL_checkstack(L, n, "too many results");
+    for (int i = 1; i <= n; i++) {
+      if (!lua_checkstack(co, 1)) luaL_error(L, "not enough memory");
       lua_pushvalue(co, i);
-    lua_xmove(co, L, t->nres);
-    return t->nres;
+      lua_xmove(co, L, 1);
+    }
+    return n;
   }
-  if (t->state == T_CANCELLED) {
-    lua_pushvalue(co, 1);
-    lua_xmove(co, L, 1);
-    return lua_error(L);
-  }
-  /* failed: a string error is raised with the task's traceback attached;
-   * any other error object is raised as it is */
-  lua_pushvalue(co, lua_type(co, 1) == LUA_TSTRING ? 2 : 1);
+  int idx = (how & X_FAILED) && lua_type(co, 1) == LUA_TSTRING ? 2 : 1;
+  if (!lua_checkstack(co, 1)) luaL_error(L, "not enough memory");
+  lua_pushvalue(co, idx);
   lua_xmove(co, L, 1);
   return lua_error(L);
 }
 
+/* A task waiting in join(): its waiter sits in the target's joiners. */
+typedef struct {
+  tulua__waiter w;
+  tulua_runtime *rt;
+  tulua__task *target; /* unfinished while the join waits */
+  lua_State *target_co; /* on the joining frame's stack: alive */
+} join_op;
+
 static int join_deliver(lua_State *L, void *ud) {
-  return tulua__task_push_outcome(L, ud);
+  join_op *op = ud;
+  lua_State *co = op->target_co;
+  tulua__heap_put(&op->rt->lua_heap, op, sizeof *op);
+  return tulua__task_push_outcome(L, co);
 }
 
-/* Unlinks the cancelled joiner: the one waiter in the list that has no
- * task any more (cancel_wait clears it before calling this). */
+/* Unlinks the cancelled joiner from the target and frees it: no libuv
+ * callback will. */
 static void join_cancel(void *ud) {
-  tulua__task *target = ud;
-  tulua__waiter **p = &target->joiners;
-  while (*p != NULL && (*p)->task != NULL)
+  join_op *op = ud;
+  tulua__waiter **p = &op->target->joiners;
+  while (*p != NULL && *p != &op->w)
     p = &(*p)->next;
-  if (*p != NULL) {
-    tulua__waiter *w = *p;
-    *p = w->next;
-    w->next = NULL;
-  }
+  if (*p != NULL) *p = op->w.next;
+  tulua__heap_put(&op->rt->lua_heap, op, sizeof *op);
 }
 
 static int task_join(lua_State *L) {
-  tulua__task *t = check_task(L, 1);
-  if (tulua__task_done(t)) return tulua__task_push_outcome(L, t);
+  lua_State *co = check_task(L, 1);
+  if (tulua__task_finished(co)) return tulua__task_push_outcome(L, co);
   tulua__check_wait(L, "join");
   tulua_runtime *rt = tulua__runtime(L);
-  tulua__task *me = rt->current;
-  if (me == t) return luaL_error(L, "a task cannot join itself");
+  tulua__task *t = tulua__task_of(co);
+  if (rt->current == t) return luaL_error(L, "a task cannot join itself");
+  join_op *op = tulua__heap_get(&rt->lua_heap, sizeof *op);
+  if (op == NULL) return luaL_error(L, "not enough memory");
+  op->rt = rt;
+  op->target = t;
+  op->target_co = co;
   t->observed = 1;
-  tulua__waiter *w = &me->self_w;
-  w->next = t->joiners;
-  t->joiners = w;
+  op->w.next = t->joiners;
+  t->joiners = &op->w;
   lua_settop(L, 1); /* the target stays referenced while we wait */
-  return tulua__wait(L, w, join_deliver, join_cancel, t);
+  return tulua__wait(L, &op->w, join_deliver, join_cancel, op);
 }
 
 static int task_cancel(lua_State *L) {
-  tulua__task *t = check_task(L, 1);
-  lua_pushboolean(L, cancel_task(t));
+  lua_State *co = check_task(L, 1);
+  tulua__task *t = tulua__task_of(co);
+  if (t != NULL) cancel_task(tulua__runtime(L), t);
+  lua_pushboolean(L, t != NULL);
   return 1;
 }
 
 static int task_done(lua_State *L) {
-  lua_pushboolean(L, tulua__task_done(check_task(L, 1)));
+  lua_pushboolean(L, tulua__task_finished(check_task(L, 1)));
   return 1;
 }
 
 static int task_cancelled(lua_State *L) {
-  lua_pushboolean(L, check_task(L, 1)->state == T_CANCELLED);
+  uintptr_t both = X_FINISHED | X_CANCELLED;
+  lua_pushboolean(L, (*xspace(check_task(L, 1)) & both) == both);
   return 1;
 }
 
 static int task_result(lua_State *L) {
-  tulua__task *t = check_task(L, 1);
-  if (!tulua__task_done(t))
+  lua_State *co = check_task(L, 1);
+  if (!tulua__task_finished(co))
     return luaL_error(L, "attempt to get the result of an unfinished task");
-  return tulua__task_push_outcome(L, t);
+  return tulua__task_push_outcome(L, co);
 }
 
-static const char *const state_names[] = {
-    "ready", "ready", "running", "waiting", "done", "failed", "cancelled"};
+static const char *status_of(lua_State *co) {
+  static const char *const unfinished[] = {"ready", "ready", "running",
+                                           "waiting"};
+  uintptr_t x = *xspace(co);
+  if (x & X_TASK) return unfinished[tulua__task_of(co)->state];
+  return (x & X_FAILED) ? "failed" : (x & X_CANCELLED) ? "cancelled" : "done";
+}
 
 static int task_status(lua_State *L) {
-  lua_pushstring(L, state_names[check_task(L, 1)->state]);
+  lua_pushstring(L, status_of(check_task(L, 1)));
   return 1;
 }
 
-static int task_tostring(lua_State *L) {
-  tulua__task *t = check_task(L, 1);
-  lua_pushfstring(L, "Task (%s): %p", state_names[t->state], (void *)t);
+/* __index of every thread: a Task's methods; indexing any other thread
+ * raises as in standard Lua. */
+static int thread_index(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  if (co == NULL || !tulua__is_task(co)) {
+    luaL_where(L, 1); /* the code that indexed */
+    lua_pushliteral(L, "attempt to index a thread value");
+    lua_concat(L, 2);
+    return lua_error(L);
+  }
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(1));
   return 1;
-}
-
-static int task_gc(lua_State *L) {
-  tulua__task *t = check_task(L, 1);
-  /* the thread may outlive its Task (coroutine.running() kept it): make it
-   * an ordinary thread again */
-  *xspace(t->co) = t->rt;
-  return 0;
 }
 
 /* ---- the module ---- */
@@ -820,10 +862,9 @@ static int l_spawn(lua_State *L) {
 }
 
 static int l_current(lua_State *L) {
-  tulua__task *t = tulua__runtime(L)->current;
-  if (t == NULL) return 0;
-  push_live(L, t->rt);
-  lua_rawgeti(L, -1, t->ref);
+  tulua_runtime *rt = tulua__runtime(L);
+  if (rt->current == NULL) return 0;
+  push_thread(L, rt, rt->current);
   return 1;
 }
 
@@ -831,14 +872,6 @@ static int l_now(lua_State *L) {
   lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
   return 1;
 }
-
-static const luaL_Reg task_methods[] = {{"join", task_join},
-                                        {"cancel", task_cancel},
-                                        {"done", task_done},
-                                        {"cancelled", task_cancelled},
-                                        {"result", task_result},
-                                        {"status", task_status},
-                                        {NULL, NULL}};
 
 int luaopen_tulua(lua_State *L) {
   static const luaL_Reg funcs[] = {{"spawn", l_spawn},
@@ -852,16 +885,26 @@ int luaopen_tulua(lua_State *L) {
   return 1;
 }
 
-/* Creates the metatables and the live table. Runs in tulua_open. */
+/* Creates the threads' metatable, the error metatable and the live table.
+ * Runs in tulua_open. */
 static int sched_open(lua_State *L) {
+  static const luaL_Reg task_methods[] = {{"join", task_join},
+                                          {"cancel", task_cancel},
+                                          {"done", task_done},
+                                          {"cancelled", task_cancelled},
+                                          {"result", task_result},
+                                          {"status", task_status},
+                                          {NULL, NULL}};
   tulua_runtime *rt = lua_touserdata(L, 1);
-  luaL_newmetatable(L, TASK_MT);
+  lua_pushthread(L);
+  /* only __index: a __tostring would change what lua.c prints for a
+   * thread raised as an error */
+  lua_createtable(L, 0, 1);
   luaL_newlib(L, task_methods);
+  lua_pushcclosure(L, thread_index, 1);
   lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, task_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pushcfunction(L, task_gc);
-  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2); /* of every thread */
+  lua_pop(L, 1);
   luaL_newmetatable(L, ERROR_MT);
   lua_pushcfunction(L, error_tostring);
   lua_setfield(L, -2, "__tostring");
@@ -872,7 +915,7 @@ static int sched_open(lua_State *L) {
 
 int tulua__sched_init(tulua_runtime *rt) {
   lua_State *L = rt->L;
-  *xspace(L) = rt;
+  *xspace(L) = (uintptr_t)rt;
   uv_check_init(rt->loop, &rt->check);
   uv_idle_init(rt->loop, &rt->idle);
   uv_timer_init(rt->loop, &rt->timer);
@@ -893,9 +936,6 @@ int tulua__sched_init(tulua_runtime *rt) {
   return 0;
 }
 
-/* Detaches every unfinished task from what it waits on, so that no late
- * callback touches a task after lua_close. Each op's callback then finds
- * its waiter gone and frees the op. */
 void tulua__interrupt_hook(lua_State *L, lua_Debug *ar) {
   tulua_runtime *rt = tulua__runtime(L);
   (void)ar;
@@ -912,9 +952,13 @@ static int deliver_and_drop(lua_State *L) {
   return 0;
 }
 
+/* Detaches every unfinished task from what it waits on, so that no late
+ * callback touches a task after lua_close: woken tasks own their op until
+ * deliver runs, so it runs now and its results are dropped; waiting ones
+ * are cancelled, and each op's callback then finds its waiter gone and
+ * frees the op. */
 void tulua__sched_shutdown(tulua_runtime *rt) {
   lua_State *L = rt->L;
-  /* woken tasks own their op until deliver runs: run it, drop results */
   for (tulua__task *t = rt->ready_head; t != NULL; t = t->next_ready) {
     if (t->w == NULL || t->woken_by_cancel) continue;
     lua_pushcfunction(L, deliver_and_drop);
@@ -926,12 +970,15 @@ void tulua__sched_shutdown(tulua_runtime *rt) {
     push_live(L, rt);
     lua_pushnil(L);
     while (lua_next(L, -2) != 0) {
-      tulua__task *t = lua_touserdata(L, -1);
+      lua_State *co = lua_tothread(L, -1); /* or luaL_ref's free list */
+      tulua__task *t = co ? tulua__task_of(co) : NULL;
       if (t != NULL && t->state == T_WAITING && t->w != NULL) {
         tulua__waiter *w = t->w;
-        w->task = NULL;
         t->w = NULL;
-        if (w->cancel) w->cancel(w->ud);
+        if (w != SLEEP_W) {
+          w->task = NULL;
+          if (w->cancel) w->cancel(w->ud);
+        }
       }
       lua_pop(L, 1);
     }

@@ -83,8 +83,12 @@ void tulua__push_error(lua_State *L, const char *code, const char *msg);
  * [-(nargs+1), +1, m] */
 void tulua__spawn(lua_State *L, int nargs);
 
-/* Returns the task whose thread is co, or NULL for any other thread. */
+/* Returns the unfinished task whose thread is co, or NULL for any other
+ * thread (a finished task's too). */
 tulua__task *tulua__task_of(lua_State *co);
+
+/* Returns 1 if co is the thread of a task, finished or not. */
+int tulua__is_task(lua_State *co);
 
 
 /* The core module 'tulua' and the forwarding coroutine library (coro.c). */
