@@ -501,7 +501,6 @@ static void finish(lua_State *L, tulua_runtime *rt, tulua__task *t, int status,
   lua_State *co = t->co;
   int raised = status != LUA_OK; /* the thread holds frames to close */
   uintptr_t how = X_FINISHED;
-  push_thread(L, rt, t); /* keeps co alive until the end */
   if (status == LUA_OK && t->cancelling) { /* cancelled as it returned */
     lua_settop(co, 0);
     tulua__push_cancelled(co, t->interrupted ? "interrupted!" : NULL);
@@ -543,15 +542,15 @@ static void finish(lua_State *L, tulua_runtime *rt, tulua__task *t, int status,
   }
   int unobserved = !t->observed && ((how & X_FAILED) ||
                                     ((how & X_CANCELLED) && t->by_interrupt));
+  int ref = t->ref;
   wake_joiners(t);
-  push_live(L, rt);
-  luaL_unref(L, -1, t->ref);
-  lua_pop(L, 1);
   rt->ntasks--;
   *xspace(co) = (uintptr_t)rt | how;
   tulua__heap_put(&rt->lua_heap, t, sizeof *t);
   if (unobserved) report(L, rt, co);
-  lua_pop(L, 1); /* co */
+  push_live(L, rt); /* last: until now the live table keeps co alive */
+  luaL_unref(L, -1, ref);
+  lua_pop(L, 1);
 }
 
 /* Resumes t once. Runs on the main state inside the drain's protected
