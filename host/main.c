@@ -533,6 +533,8 @@ int main(int argc, char **argv) {
   taskname = progname;
   tulua_config_init(&cfg);
   cfg.on_error = on_error;
+  const char *dbg = getenv("TULUA_DEBUG"); /* asyncio's PYTHONASYNCIODEBUG */
+  cfg.debug = dbg != NULL && dbg[0] != '\0' && strcmp(dbg, "0") != 0;
   if (tulua_open(&rt, &cfg) < 0) {
     l_message(argv[0], "cannot create state: not enough memory");
     return EXIT_FAILURE;

@@ -6,6 +6,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "lua_modules.h"
 #include "runtime.h"
 
 void tulua_config_init(tulua_config *cfg) {
@@ -43,6 +44,17 @@ int tulua_uncaught_errors(tulua_runtime *rt) {
   return rt->uncaught;
 }
 
+/* package.preload's loader of an embedded Lua module (upvalue: its entry
+ * in tulua__lua_modules). */
+static int load_lua_module(lua_State *L) {
+  const tulua__lua_module *m = lua_touserdata(L, lua_upvalueindex(1));
+  if (luaL_loadbufferx(L, m->source, m->len, m->chunkname, "t") != LUA_OK)
+    return lua_error(L);
+  lua_pushstring(L, m->name);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
 static int open_libs(lua_State *L) {
   tulua_runtime *rt = lua_touserdata(L, 1);
   static const luaL_Reg mods[] = {{"tulua", luaopen_tulua},
@@ -54,6 +66,11 @@ static int open_libs(lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   for (const luaL_Reg *m = mods; m->name; m++) {
     lua_pushcfunction(L, m->func);
+    lua_setfield(L, -2, m->name);
+  }
+  for (const tulua__lua_module *m = tulua__lua_modules; m->name; m++) {
+    lua_pushlightuserdata(L, (void *)m);
+    lua_pushcclosure(L, load_lua_module, 1);
     lua_setfield(L, -2, m->name);
   }
   return 0;
@@ -123,6 +140,8 @@ int tulua_open(tulua_runtime **out, const tulua_config *cfg) {
     lua_atpanic(rt->L, panic);
     lua_setwarnf(rt->L, warn, rt);
   }
+  rt->debug = rt->cfg.debug;
+  if (rt->debug) rt->warn = 1; /* its reports are warnings */
   if (rt->L == NULL || (rc = tulua__sched_init(rt)) < 0) {
     rc = rt->L == NULL ? UV_ENOMEM : rc;
     tulua_close(rt);

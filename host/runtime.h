@@ -63,6 +63,11 @@ struct tulua_runtime {
   int wait_mark; /* set by tulua__wait just before its yield */
 
   int live_ref; /* registry: table of unfinished Task objects (anchors) */
+  int extras_ref; /* registry: what a few unfinished tasks need (sched.c) */
+  int names_ref; /* registry: task names, weak keys */
+  int methods_ref; /* registry: the Task methods (tulua.Task) */
+  lua_Integer name_seq; /* the last default name given, Task-<n> */
+  int debug; /* report task steps that block the loop (asyncio debug) */
   int ntasks; /* unfinished tasks */
   int uncaught; /* uncaught task errors so far */
   int in_drain; /* the scheduler is resuming tasks: no nested runs */

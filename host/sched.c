@@ -11,8 +11,16 @@
  * the struct goes back to the heap: from then on Lua references alone keep
  * the thread. The ready list, the sleep heap and waiters hold plain struct
  * pointers, valid because only unfinished tasks are ever in them. A
- * sleeping task thus costs its coroutine plus about 80 bytes. */
+ * sleeping task thus costs its coroutine plus about 80 bytes.
+ *
+ * What few tasks need lives in the extras table, keyed by the thread, only
+ * while the task is unfinished: its done callbacks, a cancel message and
+ * the count of cancel requests (asyncio's cancelling()). The entry is the
+ * callback itself when that is all (gather and TaskGroup add one callback
+ * to each child), else a table {callbacks..., msg=, count=}. Names live in
+ * a weak-keyed table, since a finished task keeps its name. */
 #include <assert.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,7 +47,7 @@ struct tulua__task {
    * with a sequence number below it so that equal deadlines wake FIFO */
   uint64_t key;
   int ref; /* the thread's slot in the live table */
-  unsigned heap_idx : 23; /* sleeping: position in the heap */
+  unsigned heap_idx : 22; /* sleeping: position in the heap */
   unsigned state : 2;
   unsigned cancelling : 1; /* cancel() asked; raised at the next wait */
   unsigned woken_by_cancel : 1;
@@ -47,9 +55,10 @@ struct tulua__task {
   unsigned is_call : 1; /* tulua_call's task: errors go to the caller */
   unsigned interrupted : 1; /* cancelled by an interrupt (Ctrl-C) */
   unsigned by_interrupt : 1; /* ... during tulua_run: reported if unjoined */
+  unsigned has_extra : 1; /* an entry in the extras table (below) */
 };
 
-#define MAX_SLEEPERS ((size_t)1 << 23)
+#define MAX_SLEEPERS ((size_t)1 << 22)
 
 /* The extra space of a thread:
  * - an unfinished task's: its tulua__task, tagged X_TASK;
@@ -235,10 +244,64 @@ static void timer_cb(uv_timer_t *h) { /* no Lua API here */
 
 /* ---- waiting ---- */
 
+static void push_thread(lua_State *L, tulua_runtime *rt, tulua__task *t);
+static void push_name(lua_State *L, tulua_runtime *rt, int idx);
+
+/* Pushes the extras entry of the unfinished task t, or nil. [-0, +1, -] */
+static void push_extra(lua_State *L, tulua__task *t) {
+  tulua_runtime *rt = rt_of(t);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->extras_ref);
+  push_thread(L, rt, t);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+}
+
+/* Pushes the cancellation error t gets now: "interrupted!" for Ctrl-C, the
+ * message given to cancel(msg), or the default. Takes the message: the next
+ * cancellation starts afresh. [-0, +1, m] */
+static void push_cancel_error(lua_State *L, tulua__task *t) {
+  if (t->interrupted) {
+    t->interrupted = 0;
+    tulua__push_cancelled(L, "interrupted!");
+    return;
+  }
+  if (t->has_extra) {
+    push_extra(L, t);
+    if (lua_istable(L, -1) && lua_getfield(L, -1, "msg") == LUA_TSTRING) {
+      tulua__push_cancelled(L, lua_tostring(L, -1));
+      lua_pushnil(L);
+      lua_setfield(L, -4, "msg");
+      lua_replace(L, -3);
+      lua_pop(L, 1);
+      return;
+    }
+    lua_pop(L, lua_istable(L, -1) ? 2 : 1);
+  }
+  tulua__push_cancelled(L, NULL);
+}
+
 static void raise_cancelled(lua_State *L, tulua__task *t) {
-  tulua__push_cancelled(L, t->interrupted ? "interrupted!" : NULL);
-  t->interrupted = 0;
+  push_cancel_error(L, t);
   lua_error(L);
+}
+
+/* Returns 1 if a wait in L would not raise tulua__check_wait's misuse
+ * errors (a pending cancellation aside). */
+static int can_wait(lua_State *L) {
+  tulua_runtime *rt = tulua__runtime(L);
+  if (rt->current == NULL || rt->depth == 0 || rt->chain[rt->depth - 1] != L)
+    return 0;
+  for (int i = 0; i < rt->depth; i++)
+    if (!lua_isyieldable(rt->chain[i])) return 0;
+  return 1;
+}
+
+/* tulua.can_wait() -> boolean: whether the running code may wait here
+ * (false outside a task and where Lua cannot yield, e.g. in a __close
+ * that runs because of an error). */
+static int l_can_wait(lua_State *L) {
+  lua_pushboolean(L, can_wait(L));
+  return 1;
 }
 
 void tulua__check_wait(lua_State *L, const char *op) {
@@ -319,6 +382,16 @@ static const tulua__waiter sleep_waiter = {NULL, sleep_deliver, NULL, NULL,
                                            NULL};
 #define SLEEP_W ((tulua__waiter *)&sleep_waiter)
 
+/* ... and of every park(): unpark() checks that a task waits on it. */
+static const tulua__waiter park_waiter = {NULL, sleep_deliver, NULL, NULL,
+                                          NULL};
+#define PARK_W ((tulua__waiter *)&park_waiter)
+
+/* Returns 1 for the shared waiters, which no op owns. */
+static int is_static_waiter(const tulua__waiter *w) {
+  return w == SLEEP_W || w == PARK_W;
+}
+
 /* Stops t's wait: the op's cancel hook runs (its callback will find the
  * waiter gone), or the sleep leaves the heap; t resumes with the
  * cancellation error. */
@@ -328,12 +401,19 @@ static void cancel_wait(tulua_runtime *rt, tulua__task *t) {
   if (w == SLEEP_W) {
     heap_remove(rt, t);
     arm_timer(rt);
-  } else {
+  } else if (w != PARK_W) {
     w->task = NULL;
     if (w->cancel) w->cancel(w->ud);
   }
   t->woken_by_cancel = 1;
   make_ready(rt, t, T_READY);
+}
+
+/* The continuation of sleep: wait_k's checks, then sleep's extra
+ * arguments are its results (asyncio.sleep(s, result)). */
+static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
+  wait_k(L, status, ctx);
+  return lua_gettop(L) - 1;
 }
 
 int tulua__sleep(lua_State *L) {
@@ -345,7 +425,7 @@ int tulua__sleep(lua_State *L) {
   if (s == 0) { /* yield to the loop: run again after the next poll */
     make_ready(rt, t, T_READY); /* cancel() sees a ready task, not a wait */
     rt->wait_mark = 1;
-    return lua_yieldk(L, 0, (lua_KContext)SLEEP_W, wait_k);
+    return lua_yieldk(L, 0, (lua_KContext)SLEEP_W, sleep_k);
   }
   lua_Number ms = s * 1000.0;
   if (ms > (lua_Number)MAX_SLEEP_MS) ms = (lua_Number)MAX_SLEEP_MS;
@@ -372,7 +452,57 @@ int tulua__sleep(lua_State *L) {
   t->w = SLEEP_W;
   t->state = T_WAITING;
   rt->wait_mark = 1;
-  return lua_yieldk(L, 0, (lua_KContext)SLEEP_W, wait_k);
+  return lua_yieldk(L, 0, (lua_KContext)SLEEP_W, sleep_k);
+}
+
+/* ---- park/unpark: the building block of asyncio's primitives ---- */
+
+static int park_k(lua_State *L, int status, lua_KContext ctx) {
+  tulua__task *t = tulua__runtime(L)->current;
+  (void)status;
+  (void)ctx;
+  t->w = NULL;
+  if (t->woken_by_cancel || t->cancelling) {
+    t->woken_by_cancel = 0;
+    t->cancelling = 0;
+    lua_pushboolean(L, 0);
+    push_cancel_error(L, t);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* tulua.park() -> true | false, err: suspends the current task until
+ * tulua.unpark(task). A cancellation is returned, not raised, so that the
+ * caller can first undo its bookkeeping (then it must raise err). */
+static int l_park(lua_State *L) {
+  tulua_runtime *rt = tulua__runtime(L);
+  tulua__task *t = rt->current;
+  if (t != NULL && t->cancelling && rt->depth > 0 &&
+      rt->chain[rt->depth - 1] == L) {
+    t->cancelling = 0;
+    lua_pushboolean(L, 0);
+    push_cancel_error(L, t);
+    return 2;
+  }
+  tulua__check_wait(L, "tulua.park");
+  t->w = PARK_W;
+  t->state = T_WAITING;
+  rt->wait_mark = 1;
+  return lua_yieldk(L, 0, 0, park_k);
+}
+
+/* tulua.unpark(task) -> boolean: makes a task parked in tulua.park() ready;
+ * false if it is not parked (it never was, was woken or cancelled). */
+static int l_unpark(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  if (co == NULL) luaL_typeerror(L, 1, "Task");
+  tulua__task *t = tulua__task_of(co);
+  int parked = t != NULL && t->state == T_WAITING && t->w == PARK_W;
+  if (parked) make_ready(rt_of(t), t, T_READY);
+  lua_pushboolean(L, parked);
+  return 1;
 }
 
 /* ---- tasks ---- */
@@ -458,9 +588,9 @@ static void wake_joiners(tulua__task *t) {
 
 /* Formats the error on top of L for a report: a string gets a traceback of
  * co; an object with __tostring gives that string; anything else becomes
- * "(error object is a X value)" with a traceback, as lua.c does. Replaces
- * the error with the text. [-1, +1, m] */
-static void format_error(lua_State *L, lua_State *co) {
+ * "(error object is a X value)" with a traceback from level on, as lua.c
+ * does. Replaces the error with the text. [-1, +1, m] */
+static void format_error(lua_State *L, lua_State *co, int level) {
   const char *msg = lua_tostring(L, -1); /* numbers too, as in lua.c */
   if (msg == NULL) {
     /* protected: a __tostring that raises must not abort the drain */
@@ -476,7 +606,7 @@ static void format_error(lua_State *L, lua_State *co) {
                           luaL_typename(L, -1));
     lua_remove(L, -2);
   }
-  luaL_traceback(L, co, msg, 0);
+  luaL_traceback(L, co, msg, level);
   lua_remove(L, -2);
 }
 
@@ -488,6 +618,52 @@ static void report(lua_State *L, tulua_runtime *rt, lua_State *co) {
   lua_pushvalue(co, 2);
   lua_xmove(co, L, 1);
   rt->cfg.on_error(rt, lua_tostring(L, -1), rt->cfg.userdata);
+  lua_pop(L, 1);
+}
+
+/* The message handler of done callbacks: the report's text. */
+static int callback_msgh(lua_State *L) {
+  format_error(L, L, 1); /* level 1: not this handler */
+  return 1;
+}
+
+/* Calls fn(task) for a done callback (fn and the task on top of L, popped);
+ * an error in it is reported like an uncaught task error. [-2, +0, m] */
+static void call_done_callback(lua_State *L, tulua_runtime *rt) {
+  lua_pushcfunction(L, callback_msgh);
+  lua_insert(L, -3);
+  if (lua_pcall(L, 1, 0, -3) != LUA_OK) {
+    rt->uncaught++;
+    if (rt->cfg.on_error)
+      rt->cfg.on_error(rt, lua_tostring(L, -1), rt->cfg.userdata);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1); /* the message handler */
+}
+
+/* Takes the extras entry of the finished task at idx and calls its done
+ * callbacks in the order they were added. [-0, +0, m] */
+static void run_done_callbacks(lua_State *L, tulua_runtime *rt, int idx) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->extras_ref);
+  lua_pushvalue(L, idx);
+  lua_rawget(L, -2); /* stack: extras entry */
+  lua_pushvalue(L, idx);
+  lua_pushnil(L);
+  lua_rawset(L, -4);
+  if (lua_isfunction(L, -1)) {
+    lua_pushvalue(L, idx);
+    call_done_callback(L, rt);
+  } else if (lua_istable(L, -1)) {
+    lua_Integer n = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_rawgeti(L, -1, i);
+      lua_pushvalue(L, idx);
+      call_done_callback(L, rt);
+    }
+    lua_pop(L, 1);
+  } else {
+    lua_pop(L, 1);
+  }
   lua_pop(L, 1);
 }
 
@@ -520,14 +696,14 @@ static void finish(lua_State *L, tulua_runtime *rt, tulua__task *t, int status,
       if (!cancelled) {
         lua_pushvalue(co, -1);
         lua_xmove(co, L, 1);
-        format_error(L, co);
+        format_error(L, co, 0);
       }
       lua_resetthread(co);
       if (cancelled && !is_cancel_error(co, -1)) {
         cancelled = 0;
         lua_pushvalue(co, -1);
         lua_xmove(co, L, 1);
-        format_error(L, co);
+        format_error(L, co, 0);
       }
     }
     lua_rotate(co, 1, 1); /* co: err */
@@ -542,14 +718,38 @@ static void finish(lua_State *L, tulua_runtime *rt, tulua__task *t, int status,
   }
   int unobserved = !t->observed && ((how & X_FAILED) ||
                                     ((how & X_CANCELLED) && t->by_interrupt));
-  int ref = t->ref;
+  int ref = t->ref, has_extra = t->has_extra;
   wake_joiners(t);
   rt->ntasks--;
   *xspace(co) = (uintptr_t)rt | how;
   tulua__heap_put(&rt->lua_heap, t, sizeof *t);
   if (unobserved) report(L, rt, co);
-  push_live(L, rt); /* last: until now the live table keeps co alive */
-  luaL_unref(L, -1, ref);
+  push_live(L, rt);
+  lua_rawgeti(L, -1, ref);
+  luaL_unref(L, -2, ref); /* stack: live co; co stays alive on the stack */
+  if (has_extra) run_done_callbacks(L, rt, lua_gettop(L));
+  lua_pop(L, 2);
+}
+
+/* Debug mode: warns when a task's step (the thread on top of L, popped)
+ * kept the loop busy for longer than 100 ms, naming the task and showing
+ * where it stopped. [-1, +0, m] */
+static void report_slow(lua_State *L, tulua_runtime *rt, uint64_t ns,
+                        int yielded) {
+  if (ns >= 100 * 1000 * 1000) {
+    lua_State *co = lua_tothread(L, -1);
+    char secs[32];
+    snprintf(secs, sizeof secs, "%.3f", ns / 1e9);
+    push_name(L, rt, -1);
+    const char *msg = lua_pushfstring(L, "task '%s' blocked the loop for %s s",
+                                      lua_tostring(L, -1), secs);
+    if (yielded)
+      luaL_traceback(L, co, msg, 0);
+    else
+      lua_pushfstring(L, "%s (in its last step)", msg);
+    lua_warning(L, lua_tostring(L, -1), 0);
+    lua_pop(L, 3);
+  }
   lua_pop(L, 1);
 }
 
@@ -566,6 +766,11 @@ static void run_task(lua_State *L, tulua_runtime *rt, tulua__task *t) {
     return;
   }
   int nargs = t->state == T_NEW ? lua_gettop(co) - 1 : 0;
+  uint64_t t0 = 0;
+  if (rt->debug) {
+    push_thread(L, rt, t); /* for the report: t may finish */
+    t0 = uv_hrtime();
+  }
   t->state = T_RUNNING;
   rt->current = t;
   rt->chain[0] = co;
@@ -581,6 +786,7 @@ static void run_task(lua_State *L, tulua_runtime *rt, tulua__task *t) {
     rt->cancel_pending = 1;
     uv_async_send(&rt->async);
   }
+  if (t0 != 0) report_slow(L, rt, uv_hrtime() - t0, status == LUA_YIELD);
   if (status == LUA_YIELD) {
     lua_pop(co, nres);
     if (rt->wait_mark) {
@@ -798,12 +1004,195 @@ static int task_join(lua_State *L) {
   return tulua__wait(L, &op->w, join_deliver, join_cancel, op);
 }
 
+/* Sets the extras entry of the unfinished task t to the value on top of
+ * L, popping it. [-1, +0, m] */
+static void set_extra(lua_State *L, tulua__task *t) {
+  tulua_runtime *rt = rt_of(t);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->extras_ref);
+  push_thread(L, rt, t);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 2);
+  t->has_extra = 1;
+}
+
+/* Pushes the extras entry of the unfinished task t as a table, turning a
+ * lone callback (or nothing) into one. [-0, +1, m] */
+static void push_extra_table(lua_State *L, tulua__task *t) {
+  push_extra(L, t);
+  if (lua_istable(L, -1)) return;
+  lua_createtable(L, 1, 2);
+  if (!lua_isnil(L, -2)) {
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, -2, 1);
+  }
+  lua_remove(L, -2);
+  lua_pushvalue(L, -1);
+  set_extra(L, t);
+}
+
+/* Returns the count of cancel requests of t (asyncio's cancelling()). */
+static lua_Integer cancel_count(lua_State *L, tulua__task *t) {
+  lua_Integer n = 0;
+  if (t == NULL || !t->has_extra) return 0;
+  push_extra(L, t);
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "count");
+    n = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return n;
+}
+
+static void set_cancel_count(lua_State *L, tulua__task *t, lua_Integer n) {
+  push_extra_table(L, t);
+  lua_pushinteger(L, n);
+  lua_setfield(L, -2, "count");
+  lua_pop(L, 1);
+}
+
 static int task_cancel(lua_State *L) {
   lua_State *co = check_task(L, 1);
+  const char *msg = luaL_optstring(L, 2, NULL);
   tulua__task *t = tulua__task_of(co);
-  if (t != NULL) cancel_task(tulua__runtime(L), t);
+  if (t != NULL) {
+    set_cancel_count(L, t, cancel_count(L, t) + 1);
+    if (msg != NULL) {
+      push_extra_table(L, t);
+      lua_pushvalue(L, 2);
+      lua_setfield(L, -2, "msg");
+      lua_pop(L, 1);
+    }
+    cancel_task(tulua__runtime(L), t);
+  }
   lua_pushboolean(L, t != NULL);
   return 1;
+}
+
+static int task_cancelling(lua_State *L) {
+  lua_pushinteger(L, cancel_count(L, tulua__task_of(check_task(L, 1))));
+  return 1;
+}
+
+/* Withdraws one cancel request; at zero a request not yet delivered is
+ * withdrawn too (Python 3.13's uncancel). */
+static int task_uncancel(lua_State *L) {
+  tulua__task *t = tulua__task_of(check_task(L, 1));
+  lua_Integer n = cancel_count(L, t);
+  if (n > 0) {
+    set_cancel_count(L, t, --n);
+    if (n == 0) t->cancelling = 0;
+  }
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+/* Raises asyncio's InvalidStateError. */
+static int invalid_state(lua_State *L, const char *msg) {
+  tulua__push_error(L, "EINVALIDSTATE", msg);
+  return lua_error(L);
+}
+
+static int task_exception(lua_State *L) {
+  lua_State *co = check_task(L, 1);
+  uintptr_t how = *xspace(co);
+  if (!(how & X_FINISHED)) return invalid_state(L, "the task is not done");
+  if (!(how & (X_FAILED | X_CANCELLED))) return 0;
+  if (!lua_checkstack(co, 1)) luaL_error(L, "not enough memory");
+  lua_pushvalue(co, 1);
+  lua_xmove(co, L, 1);
+  if (how & X_CANCELLED) return lua_error(L);
+  return 1;
+}
+
+static int task_add_done_callback(lua_State *L) {
+  lua_State *co = check_task(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  tulua__task *t = tulua__task_of(co);
+  lua_settop(L, 2);
+  if (t == NULL) { /* finished: on the next loop turn */
+    lua_pushvalue(L, 1);
+    tulua__spawn(L, 1);
+    return 0;
+  }
+  t->observed = 1; /* the callback gets its outcome */
+  push_extra(L, t);
+  if (lua_isnil(L, -1)) {
+    lua_pushvalue(L, 2);
+    set_extra(L, t);
+  } else {
+    lua_pop(L, 1);
+    push_extra_table(L, t);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, luaL_len(L, -2) + 1);
+  }
+  return 0;
+}
+
+static int task_remove_done_callback(lua_State *L) {
+  lua_State *co = check_task(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  tulua__task *t = tulua__task_of(co);
+  lua_Integer removed = 0;
+  if (t != NULL && t->has_extra) {
+    push_extra(L, t);
+    if (lua_rawequal(L, -1, 2)) {
+      removed = 1;
+      lua_pushnil(L);
+      set_extra(L, t);
+    } else if (lua_istable(L, -1)) {
+      lua_Integer n = luaL_len(L, -1), j = 1;
+      for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        if (lua_rawequal(L, -1, 2)) {
+          lua_pop(L, 1);
+          removed++;
+          continue;
+        }
+        lua_rawseti(L, -2, j++);
+      }
+      for (; j <= n; j++) {
+        lua_pushnil(L);
+        lua_rawseti(L, -2, j);
+      }
+    }
+  }
+  lua_pushinteger(L, removed);
+  return 1;
+}
+
+/* Pushes the name of the task thread at idx; the first time, a task
+ * without one is named "Task-<n>". [-0, +1, m] */
+static void push_name(lua_State *L, tulua_runtime *rt, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->names_ref);
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, -2) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushfstring(L, "Task-%I", (LUAI_UACINT)++rt->name_seq);
+    lua_pushvalue(L, idx);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+  }
+  lua_remove(L, -2);
+}
+
+static int task_get_name(lua_State *L) {
+  check_task(L, 1);
+  push_name(L, tulua__runtime(L), 1);
+  return 1;
+}
+
+static int task_set_name(lua_State *L) {
+  check_task(L, 1);
+  luaL_checkany(L, 2);
+  tulua_runtime *rt = tulua__runtime(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->names_ref);
+  lua_pushvalue(L, 1);
+  luaL_tolstring(L, 2, NULL);
+  lua_rawset(L, -3);
+  return 0;
 }
 
 static int task_done(lua_State *L) {
@@ -820,7 +1209,7 @@ static int task_cancelled(lua_State *L) {
 static int task_result(lua_State *L) {
   lua_State *co = check_task(L, 1);
   if (!tulua__task_finished(co))
-    return luaL_error(L, "attempt to get the result of an unfinished task");
+    return invalid_state(L, "attempt to get the result of an unfinished task");
   return tulua__task_push_outcome(L, co);
 }
 
@@ -867,6 +1256,40 @@ static int l_current(lua_State *L) {
   return 1;
 }
 
+static int l_all_tasks(lua_State *L) {
+  tulua_runtime *rt = tulua__runtime(L);
+  lua_Integer n = 0;
+  lua_createtable(L, rt->ntasks, 0);
+  push_live(L, rt);
+  lua_pushnil(L);
+  while (lua_next(L, -2) != 0) {
+    lua_State *co = lua_tothread(L, -1); /* or luaL_ref's free list */
+    if (co != NULL && tulua__task_of(co) != NULL)
+      lua_rawseti(L, -4, ++n);
+    else
+      lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return 1;
+}
+
+static int l_new_error(lua_State *L) {
+  tulua__push_error(L, luaL_checkstring(L, 1), luaL_checkstring(L, 2));
+  return 1;
+}
+
+static int l_set_debug(lua_State *L) {
+  tulua_runtime *rt = tulua__runtime(L);
+  rt->debug = lua_toboolean(L, 1);
+  if (rt->debug) lua_warning(L, "@on", 0); /* the reports are warnings */
+  return 0;
+}
+
+static int l_get_debug(lua_State *L) {
+  lua_pushboolean(L, tulua__runtime(L)->debug);
+  return 1;
+}
+
 static int l_now(lua_State *L) {
   lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
   return 1;
@@ -877,8 +1300,17 @@ int luaopen_tulua(lua_State *L) {
                                    {"sleep", tulua__sleep},
                                    {"now", l_now},
                                    {"current", l_current},
+                                   {"all_tasks", l_all_tasks},
+                                   {"park", l_park},
+                                   {"can_wait", l_can_wait},
+                                   {"unpark", l_unpark},
+                                   {"new_error", l_new_error},
+                                   {"set_debug", l_set_debug},
+                                   {"get_debug", l_get_debug},
                                    {NULL, NULL}};
   luaL_newlib(L, funcs);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, tulua__runtime(L)->methods_ref);
+  lua_setfield(L, -2, "Task");
   luaL_requiref(L, "tulua.timer", luaopen_tulua_timer, 0);
   lua_setfield(L, -2, "timer");
   return 1;
@@ -887,19 +1319,29 @@ int luaopen_tulua(lua_State *L) {
 /* Creates the threads' metatable, the error metatable and the live table.
  * Runs in tulua_open. */
 static int sched_open(lua_State *L) {
-  static const luaL_Reg task_methods[] = {{"join", task_join},
-                                          {"cancel", task_cancel},
-                                          {"done", task_done},
-                                          {"cancelled", task_cancelled},
-                                          {"result", task_result},
-                                          {"status", task_status},
-                                          {NULL, NULL}};
+  static const luaL_Reg task_methods[] = {
+      {"join", task_join},
+      {"cancel", task_cancel},
+      {"done", task_done},
+      {"cancelled", task_cancelled},
+      {"result", task_result},
+      {"status", task_status},
+      {"exception", task_exception},
+      {"cancelling", task_cancelling},
+      {"uncancel", task_uncancel},
+      {"add_done_callback", task_add_done_callback},
+      {"remove_done_callback", task_remove_done_callback},
+      {"get_name", task_get_name},
+      {"set_name", task_set_name},
+      {NULL, NULL}};
   tulua_runtime *rt = lua_touserdata(L, 1);
   lua_pushthread(L);
   /* only __index: a __tostring would change what lua.c prints for a
    * thread raised as an error */
   lua_createtable(L, 0, 1);
   luaL_newlib(L, task_methods);
+  lua_pushvalue(L, -1);
+  rt->methods_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushcclosure(L, thread_index, 1);
   lua_setfield(L, -2, "__index");
   lua_setmetatable(L, -2); /* of every thread */
@@ -909,6 +1351,14 @@ static int sched_open(lua_State *L) {
   lua_setfield(L, -2, "__tostring");
   lua_newtable(L);
   rt->live_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  rt->extras_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L); /* names: weak keys, a name dies with its task */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  rt->names_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
 
@@ -974,7 +1424,7 @@ void tulua__sched_shutdown(tulua_runtime *rt) {
       if (t != NULL && t->state == T_WAITING && t->w != NULL) {
         tulua__waiter *w = t->w;
         t->w = NULL;
-        if (w != SLEEP_W) {
+        if (!is_static_waiter(w)) {
           w->task = NULL;
           if (w->cancel) w->cancel(w->ud);
         }

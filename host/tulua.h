@@ -34,6 +34,8 @@ typedef struct tulua_config {
   tulua_error_fn on_error; /* NULL: uncaught errors are only counted */
   void *userdata; /* passed back to on_error */
   int open_stdlibs; /* 1: open Lua's standard libraries (default) */
+  int debug; /* 1: warn (lua_warning) about task steps that keep the loop
+              * busy for more than 100 ms, as asyncio's debug mode */
 } tulua_config;
 
 /* Fills cfg with the defaults: own loop, no error callback, stdlibs open. */
