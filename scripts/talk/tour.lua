@@ -1,5 +1,7 @@
 -- A short tour of tulua: tasks on one event loop, sleeping without blocking,
--- and a file read that does not stop the other tasks.
+-- and a file read that does not stop the other tasks; then the scripts of the
+-- talk's second half (coroutines, asyncio, the event loop, uvloop), each run
+-- in turn by the same tulua binary.
 -- Run it with: tulua scripts/talk/tour.lua
 local tulua = require "tulua"
 local fs = require "tulua.fs"
@@ -45,3 +47,30 @@ tulua.sleep(0)
 sleeper:cancel()
 local _, err = pcall(sleeper.join, sleeper)
 print("   " .. tostring(err) .. " (code " .. err.code .. ")")
+
+print("6. The talk's second half: each script of scripts/talk, run by this same tulua.")
+-- The program is the first argument before the options: arg[-1] unless
+-- options such as -W came before the script.
+local program_index = -1
+while arg and arg[program_index - 1] ~= nil do program_index = program_index - 1 end
+local program = arg and arg[program_index] or "tulua"
+local dir = path:match("^(.*)/[^/]*$") or "."
+local talk = {
+  {"generator_coroutine.lua", "generator-based coroutines: next(c), c.send('World')"},
+  {"hello_world.lua", "async/await: hello_world"},
+  {"compute_chain.lua", "watching asyncio work: compute and print_sum"},
+  {"event_loop.lua", "the event loop: three tasks on one thread"},
+  {"uvloop.lua", "uvloop: the loop already is libuv"},
+}
+local function shell_quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+for _, script in ipairs(talk) do
+  local file = dir .. "/" .. script[1]
+  print(("\n--- %s (%s)"):format(file, script[2]))
+  -- os.execute blocks the loop while the script runs: no task is left here
+  -- to run meanwhile. Flushing first keeps the lines in order in a pipe.
+  io.stdout:flush()
+  local ok, how, code = os.execute(shell_quote(program) .. " " .. shell_quote(file))
+  if not ok then error(("%s failed: %s %s"):format(file, how, code), 0) end
+end
