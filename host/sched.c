@@ -267,7 +267,8 @@ static void push_cancel_error(lua_State *L, tulua__task *t) {
   }
   if (t->has_extra) {
     push_extra(L, t);
-    if (lua_istable(L, -1) && lua_getfield(L, -1, "msg") == LUA_TSTRING) {
+    int is_table = lua_istable(L, -1);
+    if (is_table && lua_getfield(L, -1, "msg") == LUA_TSTRING) {
       tulua__push_cancelled(L, lua_tostring(L, -1));
       lua_pushnil(L);
       lua_setfield(L, -4, "msg");
@@ -275,7 +276,7 @@ static void push_cancel_error(lua_State *L, tulua__task *t) {
       lua_pop(L, 1);
       return;
     }
-    lua_pop(L, lua_istable(L, -1) ? 2 : 1);
+    lua_pop(L, is_table ? 2 : 1); /* the entry, and msg if it was a table */
   }
   tulua__push_cancelled(L, NULL);
 }

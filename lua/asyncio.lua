@@ -50,11 +50,26 @@ function M.is_timeout(err)
   return M.is_error(err, M.TimeoutError)
 end
 
--- Raises "attempt to wait in 'name' outside a task" unless in a task.
+-- Returns the current task, or raises (at the level of the caller's
+-- caller) the runtime's misuse errors, naming the public function.
 local function need_task(name)
   local me = current()
   if me == nil then error("attempt to wait in '" .. name .. "' outside a task", 3) end
+  if not can_wait() then
+    error("attempt to wait in '" .. name .. "' inside a function called from C " ..
+      "that cannot yield (such as a 'table.sort' comparator or a 'string.gsub' callback)", 3)
+  end
   return me
+end
+
+-- Raises "bad argument #1 to 'fname' (asyncio.X expected, got ...)" unless
+-- self is an object of the class whose __name is kind (or a subclass).
+local function check_self(self, kind, fname)
+  local mt = type(self) == "table" and getmetatable(self)
+  if not (mt and mt._kind == kind) then
+    error(("bad argument #1 to '%s' (%s expected, got %s)")
+      :format(fname, kind, mt and mt.__name or type(self)), 3)
+  end
 end
 
 -- ---- waiter queues: FIFO lists of {task=, woken=, dead=} records ----
@@ -255,7 +270,8 @@ end
 
 --- Returns aw as a Task or Future (a function is started as a task).
 function M.ensure_future(aw)
-  return to_future(aw, 1, "ensure_future")
+  local f = to_future(aw, 1, "ensure_future")
+  return f
 end
 
 -- Whether a done Task/Future ended with an error or a cancellation.
@@ -875,7 +891,7 @@ function Loop:get_debug() return tulua.get_debug() end
 -- `local _ <close> = lock:acquire()`.
 local function releaser(self) self:release() end
 
-local Lock = {__close = releaser, __name = "asyncio.Lock"}
+local Lock = {__close = releaser, __name = "asyncio.Lock", _kind = "asyncio.Lock"}
 Lock.__index = Lock
 
 --- A mutual-exclusion lock for tasks (FIFO).
@@ -894,6 +910,7 @@ end
 
 --- Waits for the lock and takes it; returns the lock.
 function Lock:acquire()
+  check_self(self, "asyncio.Lock", "acquire")
   if not self._locked then
     self._locked = true
     return self
@@ -904,13 +921,14 @@ end
 
 --- Releases the lock (to the first waiter, if any).
 function Lock:release()
+  check_self(self, "asyncio.Lock", "release")
   if not self._locked then error("attempt to release an unlocked lock", 2) end
   lock_pass(self)
 end
 
 function Lock:locked() return self._locked end
 
-local Event = {__name = "asyncio.Event"}
+local Event = {__name = "asyncio.Event", _kind = "asyncio.Event"}
 Event.__index = Event
 
 --- An event flag tasks can wait for.
@@ -920,6 +938,7 @@ end
 
 --- Sets the flag and wakes every waiter.
 function Event:set()
+  check_self(self, "asyncio.Event", "set")
   if not self._set then
     self._set = true
     wq_wake_all(self._waiters)
@@ -931,12 +950,13 @@ function Event:is_set() return self._set end
 
 --- Waits until the flag is set; returns true.
 function Event:wait()
+  check_self(self, "asyncio.Event", "wait")
   if self._set then return true end
   wq_wait(self._waiters, need_task("wait"))
   return true
 end
 
-local Semaphore = {__close = releaser, __name = "asyncio.Semaphore"}
+local Semaphore = {__close = releaser, __name = "asyncio.Semaphore", _kind = "asyncio.Semaphore"}
 Semaphore.__index = Semaphore
 
 local function new_semaphore(value, bound, fname)
@@ -950,12 +970,14 @@ end
 
 --- A semaphore with `value` permits (default 1).
 function M.Semaphore(value)
-  return new_semaphore(value, false, "Semaphore")
+  local sem = new_semaphore(value, false, "Semaphore")
+  return sem
 end
 
 --- A semaphore whose release() raises when it would exceed `value`.
 function M.BoundedSemaphore(value)
-  return new_semaphore(value, true, "BoundedSemaphore")
+  local sem = new_semaphore(value, true, "BoundedSemaphore")
+  return sem
 end
 
 -- Hands a permit to the next waiter, or returns it to the count.
@@ -969,6 +991,7 @@ end
 
 --- Waits for a permit and takes it; returns the semaphore.
 function Semaphore:acquire()
+  check_self(self, "asyncio.Semaphore", "acquire")
   if self._value > 0 then -- permits are handed to waiters: none waits
     self._value = self._value - 1
     return self
@@ -979,6 +1002,7 @@ end
 
 --- Gives a permit back (to the first waiter, if any).
 function Semaphore:release()
+  check_self(self, "asyncio.Semaphore", "release")
   if self._bound and self._value >= self._bound and not wq_live(self._waiters) then
     error("BoundedSemaphore released too many times", 2)
   end
@@ -990,7 +1014,7 @@ function Semaphore:locked()
   return self._value == 0 or wq_live(self._waiters)
 end
 
-local Condition = {__close = releaser, __name = "asyncio.Condition"}
+local Condition = {__close = releaser, __name = "asyncio.Condition", _kind = "asyncio.Condition"}
 Condition.__index = Condition
 
 --- A condition variable over lock (a new Lock by default).
@@ -1001,34 +1025,57 @@ function M.Condition(lock)
   return setmetatable({_lock = lock or M.Lock(), _waiters = wq_new()}, Condition)
 end
 
-function Condition:acquire() self._lock:acquire(); return self end
-function Condition:release() self._lock:release() end
+--- Takes the condition's lock; returns the condition.
+function Condition:acquire()
+  check_self(self, "asyncio.Condition", "acquire")
+  if self._lock._locked then need_task("acquire") end
+  self._lock:acquire()
+  return self
+end
+
+--- Releases the condition's lock.
+function Condition:release()
+  check_self(self, "asyncio.Condition", "release")
+  if not self._lock._locked then error("attempt to release an unlocked lock", 2) end
+  self._lock:release()
+end
+
 function Condition:locked() return self._lock:locked() end
 
-local function cond_cancelled(self, woken)
-  if woken then self:notify(1) end -- pass the notification on
+local function note_woken(box, woken)
+  box.woken = woken
 end
 
 --- Releases the lock, waits for a notify, and takes the lock again (also
 -- when cancelled, before raising). Returns true.
 function Condition:wait()
+  check_self(self, "asyncio.Condition", "wait")
   local lock = self._lock
   if not lock._locked then error("attempt to wait on a condition whose lock is not acquired", 2) end
   local me = need_task("wait")
   lock:release()
-  local ok, err = pcall(wq_wait, self._waiters, me, cond_cancelled, self)
+  local box = {}
+  local ok, err = pcall(wq_wait, self._waiters, me, note_woken, box)
   -- take the lock back whatever happened, even through cancellations
   while true do
     local got, e = pcall(lock.acquire, lock)
     if got then break end
     ok, err = false, e
   end
-  if not ok then error(err, 0) end
+  if not ok then
+    -- notified, then cancelled: the next waiter gets the notification
+    if box.woken then wq_wake(self._waiters) end
+    error(err, 0)
+  end
   return true
 end
 
 --- Waits until predicate() is true; returns its value.
 function Condition:wait_for(predicate)
+  check_self(self, "asyncio.Condition", "wait_for")
+  if type(predicate) ~= "function" then
+    error("bad argument #1 to 'wait_for' (function expected, got " .. type(predicate) .. ")", 2)
+  end
   local r = predicate()
   while not r do
     self:wait()
@@ -1039,6 +1086,11 @@ end
 
 --- Wakes up to n (default 1) waiting tasks; the lock must be held.
 function Condition:notify(n)
+  check_self(self, "asyncio.Condition", "notify")
+  if n ~= nil and math.type(n) ~= "integer" then
+    error("bad argument #1 to 'notify' (" .. (type(n) == "number" and "number has no integer representation"
+      or "number expected, got " .. type(n)) .. ")", 2)
+  end
   if not self._lock._locked then error("attempt to notify on a condition whose lock is not acquired", 2) end
   n = n or 1
   for _ = 1, n do
@@ -1048,13 +1100,14 @@ end
 
 --- Wakes every waiting task; the lock must be held.
 function Condition:notify_all()
+  check_self(self, "asyncio.Condition", "notify_all")
   if not self._lock._locked then error("attempt to notify on a condition whose lock is not acquired", 2) end
   wq_wake_all(self._waiters)
 end
 
 -- ---- queues ----
 
-local Queue = {__name = "asyncio.Queue"}
+local Queue = {__name = "asyncio.Queue", _kind = "asyncio.Queue"}
 Queue.__index = Queue
 
 local function new_queue(mt, maxsize, fname)
@@ -1070,7 +1123,10 @@ local function new_queue(mt, maxsize, fname)
 end
 
 --- A FIFO queue (maxsize 0 or nil: unbounded).
-function M.Queue(maxsize) return new_queue(Queue, maxsize, "Queue") end
+function M.Queue(maxsize)
+  local q = new_queue(Queue, maxsize, "Queue")
+  return q
+end
 
 -- The FIFO store: a ring of items between head and tail.
 function Queue:_init() self._items, self._head, self._tail = {}, 1, 0 end
@@ -1093,7 +1149,8 @@ end
 
 --- Adds item without waiting; raises QueueFull when full.
 function Queue:put_nowait(item)
-  if item == nil then error("bad argument #1 to 'put' (value expected)", 2) end
+  check_self(self, "asyncio.Queue", "put_nowait")
+  if item == nil then error("bad argument #1 to 'put_nowait' (value expected)", 2) end
   if self:full() then error(M.QueueFull(), 2) end
   self:_put(item)
   self._unfinished = self._unfinished + 1
@@ -1111,15 +1168,17 @@ end
 
 --- Adds item, waiting while the queue is full.
 function Queue:put(item)
+  check_self(self, "asyncio.Queue", "put")
   if item == nil then error("bad argument #1 to 'put' (value expected)", 2) end
   while self:full() do
     wq_wait(self._putters, need_task("put"), putter_cancelled, self)
   end
-  self:put_nowait(item)
+  return self:put_nowait(item)
 end
 
 --- Removes and returns an item without waiting; raises QueueEmpty when empty.
 function Queue:get_nowait()
+  check_self(self, "asyncio.Queue", "get_nowait")
   if self:empty() then error(M.QueueEmpty(), 2) end
   local item = self:_get()
   wq_wake(self._putters)
@@ -1128,6 +1187,7 @@ end
 
 --- Removes and returns an item, waiting while the queue is empty.
 function Queue:get()
+  check_self(self, "asyncio.Queue", "get")
   while self:empty() do
     wq_wait(self._getters, need_task("get"), getter_cancelled, self)
   end
@@ -1136,6 +1196,7 @@ end
 
 --- Marks one item taken with get() as processed.
 function Queue:task_done()
+  check_self(self, "asyncio.Queue", "task_done")
   if self._unfinished <= 0 then error("task_done() called too many times", 2) end
   self._unfinished = self._unfinished - 1
   if self._unfinished == 0 then self._finished:set() end
@@ -1143,14 +1204,20 @@ end
 
 --- Waits until every item put has been marked done.
 function Queue:join()
-  if self._unfinished > 0 then self._finished:wait() end
+  check_self(self, "asyncio.Queue", "join")
+  if self._unfinished > 0 then
+    wq_wait(self._finished._waiters, need_task("join"))
+  end
 end
 
 local LifoQueue = setmetatable({__name = "asyncio.LifoQueue"}, {__index = Queue})
 LifoQueue.__index = LifoQueue
 
 --- A LIFO queue (a stack).
-function M.LifoQueue(maxsize) return new_queue(LifoQueue, maxsize, "LifoQueue") end
+function M.LifoQueue(maxsize)
+  local q = new_queue(LifoQueue, maxsize, "LifoQueue")
+  return q
+end
 function LifoQueue:_init() self._items = {} end
 function LifoQueue:_put(item) self._items[#self._items + 1] = item end
 function LifoQueue:_get()
@@ -1181,7 +1248,10 @@ local function less(a, b)
 end
 
 --- A queue that returns its smallest item first.
-function M.PriorityQueue(maxsize) return new_queue(PriorityQueue, maxsize, "PriorityQueue") end
+function M.PriorityQueue(maxsize)
+  local q = new_queue(PriorityQueue, maxsize, "PriorityQueue")
+  return q
+end
 function PriorityQueue:_init() self._items = {} end
 function PriorityQueue:qsize() return #self._items end
 
