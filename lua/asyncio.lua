@@ -129,7 +129,10 @@ end
 
 M.create_task = spawn
 M.sleep = tulua.sleep
-M.current_task = current
+--- Returns the running Task, or nil outside a task.
+function M.current_task()
+  return (current())
+end
 
 --- Returns the set {[task] = true} of unfinished tasks.
 function M.all_tasks()
@@ -730,9 +733,10 @@ end
 
 -- ---- asyncio.run ----
 
---- Runs fn() in the current task, then cancels the tasks it left running
--- and waits for them; returns fn's results or raises its error.
--- opts.debug = true turns debug mode on meanwhile.
+--- Runs fn() as a new task and waits for it, then cancels the tasks
+-- started meanwhile that are still running and waits for them; returns
+-- fn's results or raises its error. opts.debug = true turns debug mode on
+-- meanwhile. Cancelling the calling task (Ctrl-C) cancels fn's task.
 function M.run(fn, opts)
   if type(fn) ~= "function" then
     error("bad argument #1 to 'run' (function expected, got " .. type(fn) .. ")", 2)
@@ -741,15 +745,23 @@ function M.run(fn, opts)
   local before = M.all_tasks()
   local old_debug = tulua.get_debug()
   if opts and opts.debug then tulua.set_debug(true) end
-  local _ <close> = setmetatable({}, {__close = function()
-    local left = {}
-    for _, t in ipairs(tulua.all_tasks()) do
-      if not before[t] and t ~= me then left[#left + 1] = t; t:cancel() end
-    end
-    if #left > 0 and can_wait() then M.gather(left, {return_exceptions = true}) end
-    tulua.set_debug(old_debug)
-  end})
-  return fn()
+  local main = spawn(fn)
+  local r = pack(pcall(main.join, main))
+  if not r[1] and not main:done() then
+    -- cancelled while waiting: the cancellation goes on to fn's task
+    main:cancel()
+    wait_done(main)
+  end
+  local left = {}
+  for _, t in ipairs(tulua.all_tasks()) do
+    if not before[t] and t ~= me then left[#left + 1] = t; t:cancel() end
+  end
+  local ok, err = true, nil
+  if #left > 0 then ok, err = pcall(M.gather, left, {return_exceptions = true}) end
+  tulua.set_debug(old_debug)
+  if not ok then error(err, 0) end
+  if not r[1] then error(r[2], 0) end
+  return unpack(r, 2, r.n)
 end
 
 -- ---- the event loop object ----
@@ -835,7 +847,8 @@ function Loop:stop()
   if self._forever then wq_wake_all(self._forever) end
 end
 
-function Loop:is_running() return self._running > 0 end
+--- Whether the loop runs: always, seen from a task.
+function Loop:is_running() return self._running > 0 or current() ~= nil end
 function Loop:is_closed() return self._closed end
 
 --- Closes the loop object; raises if it is running.
