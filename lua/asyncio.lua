@@ -1121,6 +1121,7 @@ end
 -- ---- queues ----
 
 local Queue = {__name = "asyncio.Queue", _kind = "asyncio.Queue"}
+local fast_put, fast_get -- below: M.Queue's own put and get
 Queue.__index = Queue
 
 local function new_queue(mt, maxsize, fname)
@@ -1138,6 +1139,7 @@ end
 --- A FIFO queue (maxsize 0 or nil: unbounded).
 function M.Queue(maxsize)
   local q = new_queue(Queue, maxsize, "Queue")
+  q.put, q.get = fast_put(q), fast_get(q)
   return q
 end
 
@@ -1220,6 +1222,47 @@ function Queue:join()
   check_self(self, "asyncio.Queue", "join")
   if self._unfinished > 0 then
     wq_wait(self._finished._waiters, need_task("join"))
+  end
+end
+
+-- A Queue's own put and get: the same as the methods above, as closures
+-- over the queue with the ring inlined, which makes them about four times
+-- faster (tests/bench/README.md, Q1). `self ~= q` is the whole self check:
+-- any other object takes the checked method.
+function fast_put(q)
+  local generic, getters, putters, finished = Queue.put, q._getters, q._putters, q._finished
+  return function(self, item)
+    if self ~= q or item == nil then return generic(self, item) end
+    local max = q.maxsize
+    if max > 0 then
+      while q._tail - q._head + 1 >= max do
+        wq_wait(putters, need_task("put"), putter_cancelled, q)
+      end
+    end
+    local t = q._tail + 1
+    q._tail = t
+    q._items[t] = item
+    q._unfinished = q._unfinished + 1
+    finished._set = false
+    if getters.head <= getters.tail then wq_wake(getters) end
+  end
+end
+
+function fast_get(q)
+  local generic, getters, putters = Queue.get, q._getters, q._putters
+  return function(self)
+    if self ~= q then return generic(self) end
+    local h = q._head
+    while h > q._tail do
+      wq_wait(getters, need_task("get"), getter_cancelled, q)
+      h = q._head
+    end
+    local items = q._items
+    local item = items[h]
+    items[h] = nil
+    if h == q._tail then q._head, q._tail = 1, 0 else q._head = h + 1 end
+    if putters.head <= putters.tail then wq_wake(putters) end
+    return item
   end
 end
 
