@@ -246,6 +246,8 @@ static void timer_cb(uv_timer_t *h) { /* no Lua API here */
 
 static void push_thread(lua_State *L, tulua_runtime *rt, tulua__task *t);
 static void push_name(lua_State *L, tulua_runtime *rt, int idx);
+static void push_extra_table(lua_State *L, tulua__task *t);
+static void format_error(lua_State *L, lua_State *co, int level);
 
 /* Pushes the extras entry of the unfinished task t, or nil. [-0, +1, -] */
 static void push_extra(lua_State *L, tulua__task *t) {
@@ -541,9 +543,46 @@ static int trampoline(lua_State *L) {
   return trampoline_k(L, LUA_OK, 0);
 }
 
-/* Starts the function below nargs arguments on top of L as a task and
- * leaves its thread (the Task) in their place. */
-static tulua__task *new_task(lua_State *L, int nargs, int via_trampoline) {
+/* The message handler of a protected task: makes the report text while
+ * the erring frames are still there and keeps it in the task's extras
+ * (finish takes it); the error itself goes on unchanged, so that __close
+ * handlers see it. */
+static int protected_msgh(lua_State *L) {
+  tulua__task *t = tulua__runtime(L)->current;
+  lua_settop(L, 1);
+  if (t != NULL && !is_cancel_error(L, 1)) {
+    lua_pushvalue(L, 1);
+    format_error(L, L, 1); /* level 1: not this handler */
+    push_extra_table(L, t);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "report");
+    lua_settop(L, 1);
+  }
+  return 1;
+}
+
+static int protected_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
+  if (status != LUA_OK && status != LUA_YIELD) return lua_error(L);
+  return lua_gettop(L) - 1; /* the results, above the handler */
+}
+
+/* The bottom function of a protected task (tulua.spawn_protected): the
+ * task's function runs in a yieldable protected call, so an error unwinds
+ * inside the task, where Lua lets __close handlers yield (at a task's top
+ * level it would unwind in lua_resetthread, where they cannot wait). */
+static int protected_trampoline(lua_State *L) {
+  lua_pushcfunction(L, protected_msgh);
+  lua_insert(L, 1);
+  int status = lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 1, 0, protected_k);
+  return protected_k(L, status, 0);
+}
+
+enum { TRAMP_NONE, TRAMP_CALL, TRAMP_PROTECTED };
+
+/* Starts the function below nargs arguments on top of L as a task (under
+ * the given trampoline) and leaves its thread (the Task) in their place. */
+static tulua__task *new_task(lua_State *L, int nargs, int tramp) {
   tulua_runtime *rt = tulua__runtime(L);
   int fidx = lua_gettop(L) - nargs;
   lua_State *co = lua_newthread(L);
@@ -553,7 +592,9 @@ static tulua__task *new_task(lua_State *L, int nargs, int via_trampoline) {
   t->co = co;
   t->ref = LUA_NOREF;
   lua_insert(L, fidx); /* co fn args... */
-  if (via_trampoline) lua_pushcfunction(co, trampoline);
+  if (tramp != TRAMP_NONE)
+    lua_pushcfunction(co,
+                      tramp == TRAMP_CALL ? trampoline : protected_trampoline);
   lua_xmove(L, co, nargs + 1);
   push_live(L, rt);
   lua_pushvalue(L, fidx);
@@ -566,11 +607,11 @@ static tulua__task *new_task(lua_State *L, int nargs, int via_trampoline) {
 }
 
 void tulua__spawn(lua_State *L, int nargs) {
-  new_task(L, nargs, 0);
+  new_task(L, nargs, TRAMP_NONE);
 }
 
 lua_State *tulua__spawn_main(lua_State *L, int nargs) {
-  tulua__task *t = new_task(L, nargs, 1);
+  tulua__task *t = new_task(L, nargs, TRAMP_CALL);
   t->is_call = 1;
   t->observed = 1;
   return t->co;
@@ -668,6 +709,25 @@ static void run_done_callbacks(lua_State *L, tulua_runtime *rt, int idx) {
   lua_pop(L, 1);
 }
 
+/* Pushes the report text of the error on top of t's thread: the one a
+ * protected task's handler made (taking it), else one made now from the
+ * thread's frames. [-0, +1, m] */
+static void push_report(lua_State *L, tulua__task *t) {
+  if (t->has_extra) {
+    push_extra(L, t);
+    if (lua_istable(L, -1) && lua_getfield(L, -1, "report") == LUA_TSTRING) {
+      lua_pushnil(L);
+      lua_setfield(L, -3, "report");
+      lua_remove(L, -2);
+      return;
+    }
+    lua_settop(L, lua_gettop(L) - (lua_istable(L, -1) ? 2 : 1));
+  }
+  lua_pushvalue(t->co, -1);
+  lua_xmove(t->co, L, 1);
+  format_error(L, t->co, 0);
+}
+
 /* Finishes t after lua_resume returned status with nres results: leaves
  * the outcome on its thread (the results; or the error object and, for a
  * failure, its text with the traceback), wakes its joiners, unanchors the
@@ -694,17 +754,11 @@ static void finish(lua_State *L, tulua_runtime *rt, tulua__task *t, int status,
      * the thread's to-be-closed variables, which may replace the error. */
     int cancelled = is_cancel_error(co, -1);
     if (raised) {
-      if (!cancelled) {
-        lua_pushvalue(co, -1);
-        lua_xmove(co, L, 1);
-        format_error(L, co, 0);
-      }
+      if (!cancelled) push_report(L, t);
       lua_resetthread(co);
       if (cancelled && !is_cancel_error(co, -1)) {
         cancelled = 0;
-        lua_pushvalue(co, -1);
-        lua_xmove(co, L, 1);
-        format_error(L, co, 0);
+        push_report(L, t);
       }
     }
     lua_rotate(co, 1, 1); /* co: err */
@@ -1250,6 +1304,12 @@ static int l_spawn(lua_State *L) {
   return 1;
 }
 
+static int l_spawn_protected(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  new_task(L, lua_gettop(L) - 1, TRAMP_PROTECTED);
+  return 1;
+}
+
 static int l_current(lua_State *L) {
   tulua_runtime *rt = tulua__runtime(L);
   if (rt->current == NULL) return 0;
@@ -1298,6 +1358,7 @@ static int l_now(lua_State *L) {
 
 int luaopen_tulua(lua_State *L) {
   static const luaL_Reg funcs[] = {{"spawn", l_spawn},
+                                   {"spawn_protected", l_spawn_protected},
                                    {"sleep", tulua__sleep},
                                    {"now", l_now},
                                    {"current", l_current},

@@ -6,8 +6,11 @@
 -- primitives cancellation-safe.
 local tulua = require "tulua"
 
-local spawn, park, unpark, current = tulua.spawn, tulua.park, tulua.unpark,
-  tulua.current
+-- asyncio's tasks run their function in a protected call (64 bytes more a
+-- task): an error then unwinds inside the task, where a TaskGroup's or a
+-- timeout's __close may still wait.
+local spawn, park, unpark, current = tulua.spawn_protected, tulua.park,
+  tulua.unpark, tulua.current
 local can_wait, now, new_error = tulua.can_wait, tulua.now, tulua.new_error
 local after = require("tulua.timer").after
 local Task = tulua.Task

@@ -1244,7 +1244,6 @@ describe("asyncio", function()
         asyncio.sleep(10)
         reached = true
       end)
-      step(2) -- the cancelled tasks finish in the background
       assert.is_false(ok)
       assert.is_false(reached)
       assert.are.equal("EGROUP", err.code)
@@ -1273,18 +1272,59 @@ describe("asyncio", function()
       assert.are.same({true, true}, {a:cancelled(), b:cancelled()})
     end)
 
-    it("cancels the tasks when the owner is cancelled in the body", function()
-      local a
+    it("cancels the tasks when the owner is cancelled in the body, and waits for them", function()
+      local a, slow
       local owner = asyncio.create_task(function()
         local tg <close> = asyncio.TaskGroup()
         a = tg:create_task(asyncio.sleep, 10)
+        slow = tg:create_task(function()
+          pcall(asyncio.sleep, 10)
+          asyncio.sleep(0.02)
+          return "late"
+        end)
         asyncio.sleep(10)
       end)
       step(1)
       owner:cancel()
       assert.are.equal("ECANCELED", raised(owner.join, owner).code)
-      step(2) -- the cancelled tasks finish in the background
       assert.is_true(a:cancelled())
+      assert.are.equal("late", slow:result())
+    end)
+
+    it("waits for its tasks at the top level of a task that fails in the body", function()
+      local e = tulua.new_error("EFIRST", "first failed")
+      local slow
+      local owner = asyncio.create_task(function()
+        local tg <close> = asyncio.TaskGroup()
+        tg:create_task(fail_after(0.01, e))
+        slow = tg:create_task(function()
+          pcall(asyncio.sleep, 10)
+          asyncio.sleep(0.02)
+          return "late"
+        end)
+        asyncio.sleep(10)
+      end)
+      local err = raised(owner.join, owner)
+      assert.are.equal("EGROUP", err.code)
+      assert.are.same({e}, err.errors)
+      assert.are.equal("late", slow:result()) -- finished before the group raised
+    end)
+
+    it("cannot wait at the top level of a plain tulua.spawn task that fails: cancels and raises at once", function()
+      local slow
+      local owner = tulua.spawn(function()
+        local tg <close> = asyncio.TaskGroup()
+        slow = tg:create_task(function()
+          pcall(asyncio.sleep, 10)
+          asyncio.sleep(0.02)
+        end)
+        asyncio.sleep(0)
+        error("body failed", 0)
+      end)
+      local err = raised(owner.join, owner)
+      assert.are.equal("EGROUP", err.code)
+      assert.are.equal("waiting", slow:status()) -- cancelled, still cleaning up
+      slow:join()
     end)
 
     it("raises an error of the body at once in an EGROUP, and cancels the tasks", function()

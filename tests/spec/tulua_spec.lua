@@ -399,6 +399,11 @@ describe("tulua", function()
       assert.are.equal(0, select("#", tulua.sleep(0.001)))
     end)
 
+    it("returns its arguments after the duration", function()
+      assert.are.same({n = 3, "a", nil, 3}, table.pack(tulua.sleep(0, "a", nil, 3)))
+      assert.are.same({n = 1, "r"}, table.pack(tulua.sleep(0.001, "r")))
+    end)
+
     it("with 0 lets the other ready tasks run", function()
       local ran = false
       tulua.spawn(function() ran = true end)
@@ -572,6 +577,262 @@ describe("tulua", function()
         assert.is_true(other:done())
         assert.are.equal("other ran", other:join())
       end)
+    end)
+  end)
+
+  describe("park and unpark", function()
+    it("suspend a task until another unparks it", function()
+      local order = {}
+      local t = tulua.spawn(function()
+        order[#order + 1] = "parked"
+        local ok = tulua.park()
+        order[#order + 1] = "woken"
+        return ok
+      end)
+      tulua.sleep(0)
+      assert.are.equal("waiting", t:status())
+      assert.is_true(tulua.unpark(t))
+      assert.is_false(tulua.unpark(t)) -- woken already: not parked any more
+      assert.are.equal(true, t:join())
+      assert.are.same({"parked", "woken"}, order)
+    end)
+
+    it("unpark returns false for a task that is not parked", function()
+      local sleeper = tulua.spawn(tulua.sleep, 0.01)
+      assert.is_false(tulua.unpark(sleeper)) -- not started yet
+      tulua.sleep(0)
+      assert.is_false(tulua.unpark(sleeper)) -- sleeping
+      sleeper:join()
+      assert.is_false(tulua.unpark(sleeper)) -- finished
+      assert.is_false(tulua.unpark(tulua.current())) -- running
+    end)
+
+    it("park returns false and the cancellation instead of raising it", function()
+      local t = tulua.spawn(function() return tulua.park() end)
+      tulua.sleep(0)
+      t:cancel("stop it")
+      local ok, err = t:join()
+      assert.is_false(ok)
+      assert.are.equal("ECANCELED", err.code)
+      assert.are.equal("stop it", tostring(err))
+    end)
+
+    it("park returns a cancellation that came before it at once", function()
+      local t = tulua.spawn(function()
+        tulua.current():cancel()
+        return tulua.park()
+      end)
+      local ok, err = t:join()
+      assert.is_false(ok)
+      assert.are.equal("task cancelled", tostring(err))
+    end)
+
+    it("a task cancelled after its unpark gets the cancellation", function()
+      local t = tulua.spawn(function() return tulua.park() end)
+      tulua.sleep(0)
+      assert.is_true(tulua.unpark(t))
+      t:cancel()
+      local ok, err = t:join()
+      assert.is_false(ok)
+      assert.are.equal("ECANCELED", err.code)
+    end)
+
+    it("raise where a task cannot wait", function()
+      assert.are.equal("attempt to wait in 'tulua.park' inside a function called from C that cannot yield"
+        .. " (such as a 'table.sort' comparator or a 'string.gsub' callback)",
+        error_of(function() table.sort({2, 1}, function(a, b) tulua.park(); return a < b end) end))
+      assert.are.equal("bad argument #1 to 'unpark' (Task expected, got no value)",
+        error_of(function() tulua.unpark() end))
+    end)
+  end)
+
+  describe("can_wait", function()
+    it("is true in a task and false where Lua cannot yield", function()
+      assert.is_true(tulua.can_wait())
+      local inside
+      table.sort({2, 1}, function(a, b) inside = tulua.can_wait(); return a < b end)
+      assert.is_false(inside)
+    end)
+
+    it("is true in a __close run by the end of a block or by an error caught in the task", function()
+      local seen = {}
+      local function closer() return setmetatable({}, {__close = function() seen[#seen + 1] = tulua.can_wait() end}) end
+      do local _ <close> = closer() end
+      pcall(function()
+        local _ <close> = closer()
+        error("out")
+      end)
+      assert.are.same({true, true}, seen)
+    end)
+
+    it("is false in a __close run as a plain task dies of an error, true in a protected task", function()
+      local seen = {}
+      local function body()
+        local _ <close> = setmetatable({}, {__close = function() seen[#seen + 1] = tulua.can_wait() end})
+        error("dies", 0)
+      end
+      for _, spawn in ipairs({tulua.spawn, tulua.spawn_protected}) do
+        local t = spawn(body)
+        t:add_done_callback(function() end) -- handled: not reported
+        assert.are.equal("dies", raised(t.join, t):match("^[^\n]*"))
+      end
+      assert.are.same({false, true}, seen)
+    end)
+  end)
+
+  describe("spawn_protected", function()
+    it("starts a task like spawn: results, arguments and errors", function()
+      local t = tulua.spawn_protected(function(a, b) tulua.sleep(0); return a + b, nil, "x" end, 1, 2)
+      assert.are.same({n = 3, 3, nil, "x"}, table.pack(t:join()))
+      local bad = tulua.spawn_protected(function() error({code = "E"}) end)
+      assert.are.same({code = "E"}, raised(bad.join, bad))
+      assert.are.equal("bad argument #1 to 'spawn_protected' (function expected, got no value)",
+        error_of(function() tulua.spawn_protected() end))
+    end)
+
+    it("lets a __close at the task's top level wait when the task fails", function()
+      local log = {}
+      local t = tulua.spawn_protected(function()
+        local _ <close> = setmetatable({}, {__close = function(_, err)
+          tulua.sleep(0.01)
+          log[#log + 1] = "closed after " .. err
+        end})
+        error("failure", 0)
+      end)
+      assert.are.equal("failure", raised(t.join, t):match("^[^\n]*"))
+      assert.are.same({"closed after failure"}, log)
+    end)
+
+    it("keeps the traceback of the error's place in the report", function()
+      local status, stdout, stderr = run_fixture("protected_error.lua")
+      assert.are.equal(1, status)
+      assert.are.equal("", stdout)
+      assert.are.equal(TULUA .. ": protected_error.lua:6: deep\n"
+        .. "stack traceback:\n"
+        .. "\t[C]: in function 'error'\n"
+        .. "\tprotected_error.lua:6: in upvalue 'inner'\n"
+        .. "\tprotected_error.lua:10: in function <protected_error.lua:9>\n"
+        .. "\t[C]: in ?\n", stderr)
+    end)
+  end)
+
+  describe("all_tasks", function()
+    it("lists the unfinished tasks", function()
+      local a = tulua.spawn(tulua.sleep, 0.01)
+      local b = tulua.spawn(function() end)
+      local set = {}
+      for _, t in ipairs(tulua.all_tasks()) do set[t] = true end
+      assert.is_true(set[a] and set[b] and set[tulua.current()])
+      b:join()
+      set = {}
+      for _, t in ipairs(tulua.all_tasks()) do set[t] = true end
+      assert.is_nil(set[b])
+      a:join()
+    end)
+  end)
+
+  describe("new_error", function()
+    it("makes an error object like the cancellation error", function()
+      local e = tulua.new_error("EMINE", "my message")
+      assert.are.equal("EMINE", e.code)
+      assert.are.equal("my message", e.message)
+      assert.are.equal("my message", tostring(e))
+      local t = tulua.spawn(tulua.sleep, 1)
+      t:cancel()
+      local _, c = pcall(t.join, t)
+      assert.are.equal(getmetatable(c), getmetatable(e))
+    end)
+  end)
+
+  describe("Task extras", function()
+    it("tulua.Task holds the methods of every task, and a module may add one", function()
+      assert.are.equal(tulua.Task.join, tulua.current().join)
+      tulua.Task.twice = function(t) return t:get_name() .. t:get_name() end
+      local t = tulua.spawn(function() end)
+      t:set_name("x")
+      assert.are.equal("xx", t:twice())
+      tulua.Task.twice = nil
+    end)
+
+    it("exception() gives the error of a failed task, nil for one that returned", function()
+      local bad = tulua.spawn(function() error({code = "E"}) end)
+      local good = tulua.spawn(function() return 1 end)
+      bad:add_done_callback(function() end) -- handled: not reported
+      pcall(bad.join, bad)
+      good:join()
+      assert.are.same({code = "E"}, bad:exception())
+      assert.is_nil(good:exception())
+      local pending = tulua.spawn(tulua.sleep, 0.01)
+      assert.are.equal("EINVALIDSTATE", raised(pending.exception, pending).code)
+      pending:cancel()
+      pcall(pending.join, pending)
+      assert.are.equal("ECANCELED", raised(pending.exception, pending).code)
+    end)
+
+    it("cancel(msg) counts requests; uncancel withdraws them and, at 0, an undelivered cancel", function()
+      local t = tulua.spawn(function()
+        local me = tulua.current()
+        me:cancel()
+        me:cancel("twice")
+        local n = me:cancelling()
+        me:uncancel()
+        local m = me:uncancel()
+        tulua.sleep(0) -- no cancellation left to deliver
+        return n, m
+      end)
+      assert.are.same({2, 0}, {t:join()})
+      assert.are.equal(0, t:cancelling())
+    end)
+
+    it("done callbacks run in order right after the task's last step", function()
+      local log = {}
+      local t = tulua.spawn(function() tulua.sleep(0); log[#log + 1] = "end" end)
+      local other = tulua.spawn(function() tulua.sleep(0); log[#log + 1] = "other" end)
+      local function cb(name) return function(task) log[#log + 1] = name .. ":" .. task:status() end end
+      local second = cb("b")
+      t:add_done_callback(cb("a"))
+      t:add_done_callback(second)
+      t:add_done_callback(second)
+      assert.are.equal(2, t:remove_done_callback(second))
+      t:add_done_callback(second)
+      t:join()
+      other:join()
+      assert.are.same({"end", "a:done", "b:done", "other"}, log)
+    end)
+
+    it("a done callback added to a finished task runs on the next loop turn", function()
+      local t = tulua.spawn(function() end)
+      t:join()
+      local got
+      t:add_done_callback(function(task) got = task end)
+      assert.is_nil(got)
+      tulua.sleep(0)
+      tulua.sleep(0)
+      assert.are.equal(t, got)
+    end)
+
+    it("names tasks Task-<n> when first asked, or as set", function()
+      local a, b = tulua.spawn(function() end), tulua.spawn(function() end)
+      local na, nb = a:get_name(), b:get_name()
+      assert.is_truthy(na:match("^Task%-%d+$"))
+      assert.are.equal(tonumber(na:match("%d+")) + 1, tonumber(nb:match("%d+")))
+      assert.are.equal(na, a:get_name())
+      b:set_name(42)
+      assert.are.equal("42", b:get_name())
+      a:join(); b:join()
+      assert.are.equal(na, a:get_name()) -- kept after the end
+    end)
+
+    it("an error in a done callback is reported like an uncaught task error", function()
+      local status, stdout, stderr = run_fixture("callback_error.lua")
+      assert.are.equal(1, status)
+      assert.are.equal("after\n", stdout)
+      assert.are.equal(TULUA .. ": callback_error.lua:5: callback failed\n"
+        .. "stack traceback:\n"
+        .. "\t[C]: in function 'error'\n"
+        .. "\tcallback_error.lua:5: in function <callback_error.lua:5>\n"
+        .. "\t[C]: in ?\n" -- the call of the callback
+        .. "\t[C]: in ?\n", stderr) -- the drain
     end)
   end)
 
