@@ -13,6 +13,7 @@
  * for input no task runs. */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -30,6 +31,7 @@ typedef struct {
   lua_State *L;
   int base; /* the stack below is not the loop's: lua.c's index 0 */
   int echo; /* stdin is no terminal: echo the prompt and the line */
+  int edit; /* stdin and stdout are terminals: the line editor (lineedit.c) */
 } repl;
 
 /* Prints an error without the program name and pops it. */
@@ -58,6 +60,13 @@ static const char *get_prompt(lua_State *L, int firstline) {
  * returns 0, pushing nothing, at the end of the input. [-0, +(0|1), m] */
 static int read_line(repl *r, const char *prompt) {
   lua_State *L = r->L;
+  if (r->edit) {
+    char *line = tulua__edit_read(prompt);
+    if (line == NULL) return 0;
+    lua_pushstring(L, line);
+    free(line);
+    return 1;
+  }
   luaL_Buffer b;
   size_t n = 0;
   int eof = 0;
@@ -166,15 +175,70 @@ static int loadline(repl *r) {
   lua_settop(L, r->base);
   if (!pushline(r, 1)) return -1;
   if ((status = addreturn(r)) != LUA_OK) status = multiline(r);
+  if (r->edit) /* the whole chunk, also when it does not compile */
+    tulua__edit_add_history(lua_tostring(L, r->base + 1));
   lua_remove(L, r->base + 1); /* the line */
   return status;
 }
 
-/* Prints the results above base with the global print, in a task too. */
+/* The terminal REPL prints results with lua/tulua/repl.lua's show_all:
+ * tables readably, a Task with its state. */
+static const char SHOW[] =
+    "io.stdout:write(require('tulua.repl').show_all(...),"
+    " '\\n')";
+
+/* The terminal REPL's exit (Ctrl-D): background tasks are cancelled, with a
+ * second to clean up, since nothing could stop them once the prompt is
+ * gone (a server or a timer loop would keep the process alive). */
+static const char BYE[] =
+    "local tulua = require('tulua')\n"
+    "local me, left, names = tulua.current(), {}, {}\n"
+    "for _, t in ipairs(tulua.all_tasks()) do\n"
+    "  if t ~= me then left[#left + 1] = t\n"
+    "    names[#left] = t:get_name() .. ' (' .. t:status() .. ')' end\n"
+    "end\n"
+    "if #left == 0 then return end\n"
+    "io.stderr:write(('cancelling %d background task%s: %s\\n'):format(\n"
+    "  #left, #left == 1 and '' or 's', table.concat(names, ', ')))\n"
+    "for _, t in ipairs(left) do t:cancel() end\n"
+    "local deadline = tulua.now() + 1\n"
+    "for _, t in ipairs(left) do\n"
+    "  while not t:done() and tulua.now() < deadline do tulua.sleep(0.01) end\n"
+    "end\n";
+
+/* The terminal REPL's globals: tulua, fs and asyncio, unless the script
+ * (tulua -i script) took the names. Run as a task once the first prompt is
+ * up, so that loading asyncio does not delay it. */
+static const char PRELUDE[] =
+    "tulua = tulua == nil and require('tulua') or tulua\n"
+    "fs = fs == nil and require('tulua.fs') or fs\n"
+    "asyncio = asyncio == nil and require('asyncio') or asyncio\n";
+
+/* Runs one of the chunks above (nargs arguments on the stack) in a task;
+ * returns the status, with the error on the stack if it failed. */
+static int run_own(repl *r, const char *code, size_t len, int nargs) {
+  if (tulua_load_string(r->rt, code, len, "=repl") != 0) {
+    lua_pop(r->L, nargs);
+    lua_pushstring(r->L, tulua_errmsg(r->rt));
+    return LUA_ERRSYNTAX;
+  }
+  lua_insert(r->L, -(nargs + 1));
+  return tulua__docall(r->rt, nargs, 0, TULUA__CALL_PLAIN);
+}
+
+/* Prints the results above base with the global print (the terminal REPL:
+ * with show_all, and _ becomes the first), in a task too. */
 static void print_results(repl *r) {
   lua_State *L = r->L;
   int n = lua_gettop(L) - r->base;
-  if (n > 0) {
+  if (n > 0 && r->edit) {
+    lua_pushvalue(L, r->base + 1);
+    lua_setglobal(L, "_");
+    if (run_own(r, SHOW, sizeof SHOW - 1, n) != LUA_OK) {
+      lua_pushfstring(L, "error showing the results (%s)", lua_tostring(L, -1));
+      report(L);
+    }
+  } else if (n > 0) {
     luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
     lua_getglobal(L, "print");
     lua_insert(L, r->base + 1);
@@ -187,8 +251,13 @@ static void print_results(repl *r) {
 
 void tulua__repl(tulua_runtime *rt) {
   lua_State *L = tulua_state(rt);
-  repl r = {rt, L, lua_gettop(L), !isatty(STDIN_FILENO)};
+  int tty = isatty(STDIN_FILENO) && isatty(STDOUT_FILENO);
+  repl r = {rt, L, lua_gettop(L), !isatty(STDIN_FILENO), 0};
   int status;
+  r.edit = tty && tulua__edit_open(rt) == 0;
+  if (r.edit &&
+      tulua_load_string(rt, PRELUDE, sizeof PRELUDE - 1, "=repl") == 0)
+    tulua_spawn(rt, 0);
   while ((status = loadline(&r)) != -1) {
     if (status == LUA_OK)
       status = tulua__docall(rt, 0, LUA_MULTRET, TULUA__CALL_REPL);
@@ -198,5 +267,11 @@ void tulua__repl(tulua_runtime *rt) {
       report(L);
   }
   lua_settop(L, r.base);
-  lua_writeline();
+  if (r.edit) {
+    tulua__edit_close();
+    if (run_own(&r, BYE, sizeof BYE - 1, 0) != LUA_OK) report(L);
+    lua_settop(L, r.base);
+  } else {
+    lua_writeline();
+  }
 }
