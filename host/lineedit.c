@@ -43,6 +43,9 @@ static struct {
   int shown; /* the prompt line is on the screen */
   int hidden; /* output erased the prompt: draw it again */
   int at_bol; /* the last output ended a line */
+  unsigned char keys[256]; /* read from stdin, not yet given to libedit */
+  size_t nkeys, next_key;
+  unsigned char last_key; /* the last key libedit took */
 } E;
 
 /* ---- output above the prompt ---- */
@@ -175,14 +178,46 @@ static void on_line(char *line) {
   rl_callback_handler_remove(); /* the terminal back to normal */
 }
 
+/* libedit's input: the keys poll_cb read. A key that needs more (the
+ * rest of an incremental search, started by Ctrl-R, which libedit reads in
+ * a loop of its own) is waited for, as libedit itself would: the loop
+ * pauses while a search is typed. */
+static int getc_fn(FILE *f) {
+  (void)f;
+  if (E.next_key >= E.nkeys) {
+    ssize_t n;
+    fflush(E.term);
+    do
+      n = read(STDIN_FILENO, E.keys, sizeof E.keys);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0) return EOF;
+    E.nkeys = (size_t)n;
+    E.next_key = 0;
+  }
+  E.last_key = E.keys[E.next_key];
+  return E.keys[E.next_key++];
+}
+
 static void poll_cb(uv_poll_t *h, int status, int events) {
   (void)h;
   (void)events;
-  if (status < 0) { /* stdin is gone: as an end of input */
+  ssize_t n = status < 0 ? 0 : read(STDIN_FILENO, E.keys, sizeof E.keys);
+  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+  if (n <= 0) { /* stdin is gone: as an end of input */
     on_line(NULL);
     return;
   }
-  rl_callback_read_char();
+  E.nkeys = (size_t)n;
+  E.next_key = 0;
+  while (E.next_key < E.nkeys && !E.done) {
+    unsigned char key = E.keys[E.next_key];
+    rl_callback_read_char();
+    /* A search ends at a key it pushes back into libedit's own input
+     * (Ctrl-G aborts it instead): act on that key now, not at the next. */
+    if ((key == 0x12 || key == 0x13) && !E.done && E.last_key != 0x07)
+      rl_callback_read_char();
+  }
+  E.nkeys = E.next_key = 0;
 }
 
 /* Ctrl-C at the prompt drops what was typed and shows a new prompt. */
@@ -262,6 +297,7 @@ int tulua__edit_open(tulua_runtime *rt) {
   uv_signal_init(E.loop, &E.sigint);
   uv_unref((uv_handle_t *)&E.sigint);
   rl_catch_signals = 0; /* Ctrl-C is the loop's (sigint_cb) */
+  rl_getc_function = getc_fn;
   rl_instream = stdin;
   rl_outstream = E.term;
   rl_readline_name = "tulua"; /* for ~/.editrc: "tulua:bind ..." */
