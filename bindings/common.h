@@ -2,6 +2,8 @@
 #ifndef TULUA_COMMON_H
 #define TULUA_COMMON_H
 
+#include <signal.h>
+
 #include <lauxlib.h>
 #include <uv.h>
 
@@ -17,6 +19,28 @@ static inline int push_fail(lua_State *L, const char *subject, int rc) {
     lua_pushstring(L, uv_strerror(rc));
   lua_pushstring(L, uv_err_name(rc));
   return 3;
+}
+
+static inline void tulua__sigpipe_cb(int sig) {
+  (void)sig; /* the write that raised it fails with EPIPE */
+}
+
+/* A write to a peer or a child that has gone raises SIGPIPE, whose default
+ * action would end the process: as Python and Node do, neutralize it, so
+ * that writes fail with EPIPE, unless the program chose a disposition.
+ * With a handler that does nothing rather than SIG_IGN: an ignored signal
+ * stays ignored across exec, and the programs of os.execute and io.popen
+ * would then miss theirs. Called when a module with streams opens, so that
+ * a script that uses none keeps lua5.4's behaviour (print to a closed pipe
+ * ends it). */
+static inline void tulua__ignore_sigpipe(void) {
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) != 0) return;
+  if ((sa.sa_flags & SA_SIGINFO) || sa.sa_handler != SIG_DFL) return;
+  sa.sa_handler = tulua__sigpipe_cb;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGPIPE, &sa, NULL);
 }
 
 #endif

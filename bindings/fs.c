@@ -1452,5 +1452,6 @@ int luaopen_tulua_fs(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_newlib(L, funcs);
+  tulua__fs_event_open(L); /* fs.watch, in fs_event.c */
   return 1;
 }

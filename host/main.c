@@ -8,6 +8,8 @@
  * An uncaught error of any other task is printed as "progname: message" and
  * makes the exit status 1. */
 #include <signal.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -526,9 +528,19 @@ static int pmain(lua_State *L) {
   return 1;
 }
 
+/* A closed stdin, stdout or stderr would be reused by the first file
+ * libuv opens, which libuv then refuses to close (it asserts its fds are
+ * above 2): give each one /dev/null, as Node does. */
+static void fill_std_fds(void) {
+  for (int fd = 0; fd <= 2; fd++)
+    if (fcntl(fd, F_GETFD) < 0 && errno == EBADF)
+      if (open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) < 0) return;
+}
+
 int main(int argc, char **argv) {
   tulua_config cfg;
   tulua_runtime *rt;
+  fill_std_fds();
   if (argv[0] != NULL && argv[0][0] != '\0') progname = argv[0];
   taskname = progname;
   tulua_config_init(&cfg);

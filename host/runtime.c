@@ -60,6 +60,11 @@ static int open_libs(lua_State *L) {
   static const luaL_Reg mods[] = {{"tulua", luaopen_tulua},
                                   {"tulua.timer", luaopen_tulua_timer},
                                   {"tulua.fs", luaopen_tulua_fs},
+                                  {"tulua.process", luaopen_tulua_process},
+                                  {"tulua.tty", luaopen_tulua_tty},
+                                  {"tulua.dns", luaopen_tulua_dns},
+                                  {"tulua.udp", luaopen_tulua_udp},
+                                  {"tulua.net", luaopen_tulua_net},
                                   {NULL, NULL}};
   if (rt->cfg.open_stdlibs) luaL_openlibs(L);
   tulua__open_coro(L);

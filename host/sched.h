@@ -98,6 +98,15 @@ void tulua__open_coro(lua_State *L);
 /* The binding modules, preloaded by the runtime. */
 int luaopen_tulua_timer(lua_State *L);
 int luaopen_tulua_fs(lua_State *L);
+int luaopen_tulua_process(lua_State *L);
+int luaopen_tulua_tty(lua_State *L);
+int luaopen_tulua_dns(lua_State *L);
+int luaopen_tulua_udp(lua_State *L);
+int luaopen_tulua_net(lua_State *L);
+
+/* Adds fs.watch (fs_event.c) to the tulua.fs module table on top of the
+ * stack. [-0, +0, m] */
+void tulua__fs_event_open(lua_State *L);
 
 /* tulua.sleep(s): suspends the current task (s = 0 yields to the loop). */
 int tulua__sleep(lua_State *L);

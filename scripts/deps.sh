@@ -3,7 +3,8 @@
 # is missing. Runs apt-get as root, or through sudo otherwise.
 set -eu
 PKGS="cmake gcc make pkg-config liblua5.4-dev lua5.4 libuv1-dev lua-busted
-lua-check lua-filesystem valgrind clang-format libedit-dev tmux"
+lua-check lua-filesystem valgrind clang-format libedit-dev tmux
+curl netcat-openbsd redis-server wrk"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

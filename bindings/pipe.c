@@ -1,0 +1,123 @@
+/* pipe.c: uv_pipe_t as unix-domain-socket streams and servers, in the
+ * module 'tulua.net' (net.connect_unix, net.serve_unix); pipe streams also
+ * carry subprocess stdio (process.c). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "stream.h"
+
+#define BACKLOG 511
+
+typedef struct {
+  uv_connect_t req;
+  tulua__waiter w;
+  tulua__stream *box; /* owned until delivered */
+  int status;
+  unsigned char done, gone;
+} pipe_connect_op;
+
+static void pipe_connect_cb(uv_connect_t *req, int status) {
+  pipe_connect_op *op = req->data; /* no Lua API here */
+  op->done = 1;
+  op->status = status;
+  if (op->gone) { /* cancelled: connect_cancel discarded the box */
+    free(op);
+    return;
+  }
+  if (status < 0) {
+    tulua__stream_discard(op->box);
+    op->box = NULL;
+  }
+  tulua__wake(&op->w);
+}
+
+static int pipe_connect_deliver(lua_State *L, void *ud) {
+  pipe_connect_op *op = ud;
+  int status = op->status;
+  tulua__stream *box = op->box;
+  free(op);
+  if (status < 0) return push_fail(L, lua_tostring(L, 1), status);
+  tulua__stream_push(L, box);
+  return 1;
+}
+
+/* The task is gone: closing the socket makes the connect call back with
+ * UV_ECANCELED, which frees the op. */
+static void pipe_connect_cancel(void *ud) {
+  pipe_connect_op *op = ud;
+  op->gone = 1;
+  tulua__stream_discard(op->box);
+  op->box = NULL;
+}
+
+/* net.connect_unix(path) -> pipe stream | nil, msg, code */
+static int net_connect_unix(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  tulua__check_wait(L, "net.connect_unix");
+  pipe_connect_op *op = calloc(1, sizeof *op);
+  tulua__stream *box =
+      op ? tulua__stream_alloc(tulua__stream_scratch(L), TULUA_PIPE) : NULL;
+  if (box == NULL) {
+    free(op);
+    return push_fail(L, path, UV_ENOMEM);
+  }
+  uv_pipe_t *pipe = (uv_pipe_t *)tulua__stream_handle(box);
+  int rc = uv_pipe_init(tulua__loop(L), pipe, 0);
+  if (rc < 0) {
+    free(box);
+    free(op);
+    return push_fail(L, path, rc);
+  }
+  tulua__stream_ready(box);
+  op->box = box;
+  op->req.data = op;
+  uv_pipe_connect(&op->req, pipe, path, pipe_connect_cb);
+  lua_settop(L, 1); /* the path, for messages */
+  return tulua__wait(L, &op->w, pipe_connect_deliver, pipe_connect_cancel, op);
+}
+
+/* net.serve_unix(path, handler [, {backlog=}]) -> server | nil, msg, code */
+static int net_serve_unix(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  int backlog = BACKLOG;
+  if (!lua_isnoneornil(L, 3)) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_getfield(L, 3, "backlog");
+    backlog = (int)luaL_optinteger(L, -1, BACKLOG);
+    luaL_argcheck(L, backlog > 0, 3, "'backlog' must be positive");
+    lua_pop(L, 1);
+  }
+  tulua__server *srv = tulua__server_new(L, TULUA_PIPE, 2);
+  uv_pipe_t *pipe = (uv_pipe_t *)tulua__server_handle(srv);
+  int rc = uv_pipe_init(tulua__loop(L), pipe, 0);
+  if (rc == 0) {
+    tulua__server_ready(srv);
+    rc = uv_pipe_bind(pipe, path);
+  }
+  if (rc == 0) rc = tulua__server_listen(srv, backlog);
+  if (rc < 0) return push_fail(L, path, rc);
+  tulua__server_anchor(L, srv);
+  return 1;
+}
+
+static int pipe_peer_name(lua_State *L) {
+  tulua__stream *s = tulua__stream_check(L, 1);
+  uv_stream_t *h = tulua__stream_handle(s);
+  char path[1024];
+  size_t len = sizeof path;
+  int rc = uv_pipe_getpeername((uv_pipe_t *)h, path, &len);
+  if (rc < 0) return push_fail(L, "peer_name", rc);
+  lua_pushlstring(L, path, len);
+  return 1;
+}
+
+void tulua__pipe_open(lua_State *L) {
+  static const luaL_Reg methods[] = {{"peer_name", pipe_peer_name},
+                                     {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"connect_unix", net_connect_unix},
+                                   {"serve_unix", net_serve_unix},
+                                   {NULL, NULL}};
+  tulua__stream_register(L, TULUA_PIPE, methods);
+  luaL_setfuncs(L, funcs, 0);
+}

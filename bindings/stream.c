@@ -1,0 +1,907 @@
+/* stream.c: uv_stream_t as Stream objects (tcp, pipe and tty streams) and
+ * listening servers; the shared half of the modules 'tulua.net',
+ * 'tulua.process' and 'tulua.tty'.
+ *
+ * Reading: once a task first reads, the stream keeps reading into its own
+ * buffer until that holds HWM bytes (or what the waiting reader asked for,
+ * if more), then stops until the buffer drains: a slow consumer never makes
+ * memory grow without bound, and an echo loop does not toggle epoll at every
+ * message. libuv reads into one 64 KiB scratch buffer per runtime (alloc_cb
+ * and read_cb run back to back), and read_cb appends what came to the
+ * stream's buffer, which is allocated at the first byte, so an idle
+ * connection costs no buffer at all.
+ *
+ * One task reads at a time: its wait is embedded in the box (rw). Writes
+ * first try uv_try_write; only what the kernel did not take is copied into
+ * a write op, and the writer waits until it is written: the backpressure.
+ *
+ * Ownership: a userdata points at a malloc'd box holding the handle. The
+ * box is freed when both its close callback has run and every woken reader
+ * has delivered (wakes counts those), whichever comes last. Write and
+ * shutdown ops own themselves, as fs ops do. A connection a server
+ * accepted holds its server's box until the connection is closed. */
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "stream.h"
+
+#define HWM          (64 * 1024) /* read ahead at most this much */
+#define SCRATCH      (64 * 1024)
+#define KEEP_BUF     (16 * 1024) /* an emptied buffer bigger than this goes */
+#define LINE_MAX_DEF (64 * 1024)
+#define SERVER_MT    "tulua.server"
+
+static const char *const KIND_MT[] = {"tulua.tcp", "tulua.pipe", "tulua.tty"};
+static const char *const KIND_NAME[] = {"tcp", "pipe", "tty"};
+
+enum { R_ANY, R_EXACT, R_LINE, R_ALL }; /* what the waiting reader wants */
+
+struct tulua__server {
+  union {
+    uv_handle_t h;
+    uv_stream_t s;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } u;
+
+  tulua__job accept_job; /* accepts pending connections, in the drain */
+  tulua__waiter cw; /* a task in wait_closed() */
+  int pending; /* connections libuv announced, not yet accepted */
+  int conns; /* open connections (they hold the box) */
+  int wakes; /* a woken wait_closed not yet delivered (it reads cw) */
+  int ref; /* registry: the userdata while listening */
+  int handler_ref; /* registry: the handler */
+  int conn_main_ref; /* registry: the function a connection task runs */
+  tulua_runtime *rt;
+  unsigned char kind, inited, closed, close_done, collected;
+  int listen_err;
+};
+
+struct tulua__stream {
+  union {
+    uv_handle_t h;
+    uv_stream_t s;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+    uv_tty_t tty;
+  } u;
+
+  char *scratch; /* the runtime's read scratch (alloc_cb) */
+  char *buf; /* unread bytes at buf[pos..len) */
+  size_t pos, len, cap;
+  size_t scanned; /* read_line: bytes after pos known to hold no separator */
+  tulua__waiter rw; /* the task waiting in a read */
+  size_t want; /* what it waits for: bytes (R_EXACT), max (R_LINE/R_ALL) */
+  char sep[8]; /* read_line's separator */
+  size_t seplen;
+  tulua__server *server; /* accepted by this server, or NULL */
+  int wakes; /* woken reads not yet delivered */
+  int err; /* a read error (negative), sticky */
+  unsigned char kind, inited, closed, close_done, reading, eof, rmode;
+  unsigned char busy; /* a task waits in a read */
+  unsigned char readahead; /* read on when nobody waits (not stdin) */
+};
+
+/* ---- boxes and release ---- */
+
+/* The box goes once its handle is closed, its userdata collected (which
+ * reads it until then), its connections closed and its woken waiter gone. */
+static void maybe_free_server(tulua__server *srv) {
+  if (srv->close_done && srv->collected && srv->conns == 0 && srv->wakes == 0)
+    free(srv);
+}
+
+/* Wakes the task in wait_closed once the server and its connections are
+ * closed; the box stays until that task has delivered. */
+static void wake_closed(tulua__server *srv) {
+  if (srv->closed && srv->conns == 0 && tulua__wake(&srv->cw)) srv->wakes++;
+}
+
+static void maybe_free(tulua__stream *s) {
+  if (!s->close_done || s->wakes > 0) return;
+  if (s->server != NULL) {
+    s->server->conns--;
+    wake_closed(s->server);
+    maybe_free_server(s->server);
+  }
+  free(s->buf);
+  free(s);
+}
+
+static void close_cb(uv_handle_t *h) {
+  tulua__stream *s = h->data;
+  s->close_done = 1;
+  maybe_free(s);
+}
+
+/* Closes the stream once: a waiting reader is woken (it gets "closed"),
+ * pending writes call back with UV_ECANCELED. */
+static void release(tulua__stream **p) {
+  tulua__stream *s = *p;
+  if (s == NULL) return;
+  *p = NULL;
+  s->closed = 1;
+  if (s->rw.task != NULL) {
+    s->wakes++;
+    tulua__wake(&s->rw);
+  }
+  if (s->inited)
+    uv_close(&s->u.h, close_cb);
+  else
+    close_cb(&s->u.h);
+}
+
+static tulua__stream **to_stream(lua_State *L, int idx) {
+  void *p = lua_touserdata(L, idx);
+  if (p == NULL || !lua_getmetatable(L, idx)) return NULL;
+  for (int k = TULUA_TCP; k <= TULUA_TTY; k++) {
+    luaL_getmetatable(L, KIND_MT[k]);
+    int same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 1);
+    if (same) {
+      lua_pop(L, 1);
+      return p;
+    }
+  }
+  lua_pop(L, 1);
+  return NULL;
+}
+
+static tulua__stream **check_box(lua_State *L, int idx) {
+  tulua__stream **p = to_stream(L, idx);
+  if (p == NULL) luaL_typeerror(L, idx, "stream");
+  return p;
+}
+
+/* The kind of the stream at idx, even closed (for messages). */
+static const char *kind_name(lua_State *L, int idx) {
+  const char *name = "stream";
+  int t = luaL_getmetafield(L, idx, "__name");
+  if (t == LUA_TSTRING) /* the metatable keeps the string alive */
+    name = lua_tostring(L, -1) + 6; /* after "tulua." */
+  if (t != LUA_TNIL) lua_pop(L, 1);
+  return name;
+}
+
+tulua__stream *tulua__stream_check(lua_State *L, int idx) {
+  tulua__stream **p = check_box(L, idx);
+  if (*p == NULL)
+    luaL_error(L, "attempt to use a closed %s stream", kind_name(L, idx));
+  return *p;
+}
+
+char *tulua__stream_scratch(lua_State *L) {
+  static const char key = 0; /* its address keys the registry */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &key) != LUA_TUSERDATA) {
+    lua_pop(L, 1);
+    lua_newuserdatauv(L, SCRATCH, 0);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &key);
+  }
+  char *p = lua_touserdata(L, -1);
+  lua_pop(L, 1); /* the registry keeps it until lua_close */
+  return p;
+}
+
+tulua__stream *tulua__stream_alloc(char *scratch, tulua__stream_kind kind) {
+  tulua__stream *s = calloc(1, sizeof *s);
+  if (s == NULL) return NULL;
+  s->kind = (unsigned char)kind;
+  s->scratch = scratch;
+  s->readahead = 1;
+  s->u.h.data = s;
+  return s;
+}
+
+void tulua__stream_readahead(tulua__stream *s, int on) {
+  s->readahead = (unsigned char)(on != 0);
+}
+
+void tulua__stream_push(lua_State *L, tulua__stream *s) {
+  tulua__stream **p = lua_newuserdatauv(L, sizeof *p, 0);
+  *p = s;
+  luaL_setmetatable(L, KIND_MT[s->kind]);
+}
+
+void tulua__stream_discard(tulua__stream *s) {
+  tulua__stream *p = s;
+  release(&p);
+}
+
+tulua__stream *tulua__stream_new(lua_State *L, tulua__stream_kind kind) {
+  tulua__stream **p = lua_newuserdatauv(L, sizeof *p, 0);
+  *p = NULL;
+  luaL_setmetatable(L, KIND_MT[kind]);
+  tulua__stream *s = tulua__stream_alloc(tulua__stream_scratch(L), kind);
+  if (s == NULL) luaL_error(L, "not enough memory");
+  *p = s;
+  return s;
+}
+
+uv_stream_t *tulua__stream_handle(tulua__stream *s) {
+  return &s->u.s;
+}
+
+void tulua__stream_ready(tulua__stream *s) {
+  s->inited = 1;
+  s->u.h.data = s; /* uv_*_init may have cleared it */
+}
+
+/* ---- reading ---- */
+
+static size_t avail(const tulua__stream *s) {
+  return s->len - s->pos;
+}
+
+/* Whether the waiting reader can be served now. */
+static int satisfied(tulua__stream *s) {
+  if (s->eof || s->err || s->closed) return 1;
+  size_t n = avail(s);
+  switch (s->rmode) {
+    case R_ANY:
+      return n > 0;
+    case R_EXACT:
+      return n >= s->want;
+    case R_ALL:
+      return n > s->want; /* past max: an error */
+    default: { /* R_LINE */
+      if (n >= s->want + s->seplen) return 1;
+      size_t from = s->scanned > s->seplen ? s->scanned - s->seplen + 1 : 0;
+      if (from < n &&
+          memmem(s->buf + s->pos + from, n - from, s->sep, s->seplen) != NULL)
+        return 1;
+      s->scanned = n;
+      return 0;
+    }
+  }
+}
+
+/* How much the buffer may hold before reading stops: what the waiting
+ * reader needs, and HWM more when the stream reads ahead. */
+static size_t limit(const tulua__stream *s) {
+  size_t want = s->busy ? s->want + s->seplen + 1 : 0;
+  if (!s->readahead) return s->busy ? want : 0;
+  return want > HWM ? want : HWM;
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  tulua__stream *s = h->data;
+  (void)suggested;
+  *buf = uv_buf_init(s->scratch, SCRATCH);
+}
+
+static void stop_reading(tulua__stream *s) {
+  if (s->reading) {
+    uv_read_stop(&s->u.s);
+    s->reading = 0;
+  }
+}
+
+/* After a read: a stream that reads ahead goes on without keeping the
+ * process alive (nobody waits on it); one that does not stops. */
+static void idle_reading(tulua__stream *s) {
+  if (!s->readahead)
+    stop_reading(s);
+  else if (s->inited && !s->closed)
+    uv_unref(&s->u.h);
+}
+
+/* Appends n bytes to the buffer; returns 0 or UV_ENOMEM. */
+static int append(tulua__stream *s, const char *data, size_t n) {
+  if (s->pos > 0 && s->len + n > s->cap) { /* make room at the front */
+    memmove(s->buf, s->buf + s->pos, avail(s));
+    s->len -= s->pos;
+    s->pos = 0;
+  }
+  if (s->len + n > s->cap) {
+    size_t cap = s->cap ? s->cap : 1024;
+    while (cap < s->len + n)
+      cap *= 2;
+    char *b = realloc(s->buf, cap);
+    if (b == NULL) return UV_ENOMEM;
+    s->buf = b;
+    s->cap = cap;
+  }
+  memcpy(s->buf + s->len, data, n);
+  s->len += n;
+  return 0;
+}
+
+static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
+  tulua__stream *s = h->data; /* no Lua API here */
+  if (nread > 0) {
+    int rc = append(s, buf->base, (size_t)nread);
+    if (rc < 0) {
+      s->err = rc;
+      stop_reading(s);
+    }
+  } else if (nread == UV_EOF) {
+    s->eof = 1;
+    stop_reading(s);
+  } else if (nread < 0) {
+    s->err = (int)nread;
+    stop_reading(s);
+  }
+  if (s->reading && avail(s) >= limit(s)) stop_reading(s);
+  if (s->rw.task != NULL && satisfied(s)) {
+    s->wakes++;
+    tulua__wake(&s->rw);
+  }
+}
+
+/* Reads ahead again once the buffer has room. */
+static int resume_reading(tulua__stream *s) {
+  if (s->reading || s->eof || s->err || s->closed) return 0;
+  if (avail(s) >= limit(s)) return 0;
+  int rc = uv_read_start(&s->u.s, alloc_cb, read_cb);
+  if (rc == 0) s->reading = 1;
+  return rc;
+}
+
+/* Drops n consumed bytes; gives a big emptied buffer back. */
+static void consume(tulua__stream *s, size_t n) {
+  s->pos += n;
+  s->scanned = 0;
+  if (s->pos == s->len) {
+    s->pos = s->len = 0;
+    if (s->cap > KEEP_BUF) {
+      free(s->buf);
+      s->buf = NULL;
+      s->cap = 0;
+    }
+  }
+}
+
+/* Pushes the outcome of the read s->rmode asks for, which must be
+ * satisfied (or the stream ended). idx: the stream, for messages. */
+static int push_read(lua_State *L, tulua__stream *s, int idx) {
+  size_t n = avail(s);
+  if (s->closed) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s stream closed", kind_name(L, idx));
+    lua_pushliteral(L, "ECANCELED");
+    return 3;
+  }
+  switch (s->rmode) {
+    case R_ANY:
+      if (n == 0) break;
+      if (n > s->want) n = s->want;
+      lua_pushlstring(L, s->buf + s->pos, n);
+      consume(s, n);
+      resume_reading(s);
+      return 1;
+    case R_EXACT:
+      if (n >= s->want) {
+        lua_pushlstring(L, s->buf + s->pos, s->want);
+        consume(s, s->want);
+        resume_reading(s);
+        return 1;
+      }
+      if (s->eof && !s->err) { /* the partial data stays readable */
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s stream: end of stream after %d of %d bytes",
+                        kind_name(L, idx), (int)n, (int)s->want);
+        lua_pushliteral(L, "EOF");
+        return 3;
+      }
+      break;
+    case R_ALL:
+      if (n > s->want) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s stream: more than %d bytes", kind_name(L, idx),
+                        (int)s->want);
+        lua_pushliteral(L, "ENOBUFS");
+        return 3;
+      }
+      if (s->eof && !s->err) {
+        lua_pushlstring(L, n ? s->buf + s->pos : "", n);
+        consume(s, n);
+        return 1;
+      }
+      break;
+    default: { /* R_LINE */
+      char *at = n ? memmem(s->buf + s->pos, n, s->sep, s->seplen) : NULL;
+      if (at != NULL && (size_t)(at - (s->buf + s->pos)) <= s->want) {
+        size_t line = (size_t)(at - (s->buf + s->pos));
+        lua_pushlstring(L, s->buf + s->pos, line);
+        consume(s, line + s->seplen);
+        resume_reading(s);
+        return 1;
+      }
+      if (n > s->want) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s stream: line longer than %d bytes",
+                        kind_name(L, idx), (int)s->want);
+        lua_pushliteral(L, "ENOBUFS");
+        return 3;
+      }
+      if (s->eof && n > 0 && !s->err) { /* the last line, unended */
+        lua_pushlstring(L, s->buf + s->pos, n);
+        consume(s, n);
+        return 1;
+      }
+      break;
+    }
+  }
+  if (s->err) return push_fail(L, KIND_NAME[s->kind], s->err);
+  lua_pushnil(L); /* the end of the stream */
+  return 1;
+}
+
+static int read_deliver(lua_State *L, void *ud) {
+  tulua__stream *s = ud;
+  s->wakes--;
+  if (s->close_done && s->wakes == 0) { /* closed and gone meanwhile */
+    const char *kind = KIND_NAME[s->kind];
+    maybe_free(s);
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s stream closed", kind);
+    lua_pushliteral(L, "ECANCELED");
+    return 3;
+  }
+  int n = push_read(L, s, 1);
+  s->busy = 0; /* after push_read: its limit() still counted the reader */
+  if (!s->closed) idle_reading(s);
+  return n;
+}
+
+static void read_cancel(void *ud) {
+  tulua__stream *s = ud; /* what came stays buffered for the next read */
+  s->busy = 0;
+  idle_reading(s);
+}
+
+/* Serves the read at once if it can, else waits (a tail call). */
+static int start_read(lua_State *L, tulua__stream *s, int mode, size_t want,
+                      const char *op) {
+  if (s->busy) return luaL_error(L, "another task is reading this stream");
+  s->rmode = (unsigned char)mode;
+  s->want = want;
+  s->scanned = 0;
+  if (satisfied(s)) return push_read(L, s, 1);
+  tulua__check_wait(L, op);
+  s->busy = 1; /* before resume_reading: limit() counts the reader */
+  int rc = resume_reading(s);
+  if (rc < 0) {
+    s->busy = 0;
+    return push_fail(L, KIND_NAME[s->kind], rc);
+  }
+  uv_ref(&s->u.h); /* a task waits: the loop must go on */
+  lua_settop(L, 1); /* the stream stays referenced while we wait */
+  return tulua__wait(L, &s->rw, read_deliver, read_cancel, s);
+}
+
+static size_t check_size(lua_State *L, int idx, lua_Integer def) {
+  lua_Integer n = luaL_optinteger(L, idx, def);
+  luaL_argcheck(L, n > 0 && n <= 0x7fffffff, idx, "size out of range");
+  return (size_t)n;
+}
+
+static int stream_read(lua_State *L) {
+  tulua__stream *s = tulua__stream_check(L, 1);
+  return start_read(L, s, R_ANY, check_size(L, 2, HWM), "read");
+}
+
+static int stream_read_exactly(lua_State *L) {
+  tulua__stream *s = tulua__stream_check(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n >= 0 && n <= 0x7fffffff, 2, "size out of range");
+  if (n == 0) {
+    lua_pushliteral(L, "");
+    return 1;
+  }
+  return start_read(L, s, R_EXACT, (size_t)n, "read_exactly");
+}
+
+/* Reads the options {sep=, max=} at idx into s. */
+static void line_opts(lua_State *L, tulua__stream *s, int idx, size_t *max) {
+  const char *sep = "\n";
+  size_t seplen = 1;
+  *max = LINE_MAX_DEF;
+  if (!lua_isnoneornil(L, idx)) {
+    luaL_checktype(L, idx, LUA_TTABLE);
+    if (lua_getfield(L, idx, "sep") != LUA_TNIL) {
+      sep = lua_tolstring(L, -1, &seplen);
+      luaL_argcheck(L, sep != NULL && seplen > 0 && seplen <= sizeof s->sep,
+                    idx, "'sep' must be a string of 1 to 8 bytes");
+    }
+    if (lua_getfield(L, idx, "max") != LUA_TNIL) {
+      lua_Integer m = lua_tointeger(L, -1);
+      luaL_argcheck(L, m > 0 && m <= 0x7fffffff, idx, "'max' out of range");
+      *max = (size_t)m;
+    }
+  }
+  memcpy(s->sep, sep, seplen);
+  s->seplen = seplen;
+  lua_settop(L, 1);
+}
+
+static int stream_read_line(lua_State *L) {
+  tulua__stream *s = tulua__stream_check(L, 1);
+  size_t max;
+  if (s->busy) return luaL_error(L, "another task is reading this stream");
+  line_opts(L, s, 2, &max);
+  return start_read(L, s, R_LINE, max, "read_line");
+}
+
+static int stream_read_all(lua_State *L) {
+  tulua__stream *s = tulua__stream_check(L, 1);
+  lua_Integer max = luaL_optinteger(L, 2, 0x7ffffffe);
+  luaL_argcheck(L, max > 0 && max < 0x7fffffff, 2, "size out of range");
+  return start_read(L, s, R_ALL, (size_t)max, "read_all");
+}
+
+/* lines(): an iterator of read_line results; raises on an error. The
+ * upvalues: the stream, and the options table (or nil). */
+static int lines_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  if (lua_gettop(L) >= 3 && lua_isnil(L, -3) && lua_isstring(L, -2))
+    return luaL_error(L, "%s", lua_tostring(L, -2));
+  return 1;
+}
+
+static int lines_next(lua_State *L) {
+  lua_settop(L, 0);
+  lua_pushcfunction(L, stream_read_line);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_callk(L, 2, LUA_MULTRET, 0, lines_k);
+  return lines_k(L, LUA_OK, 0);
+}
+
+static int stream_lines(lua_State *L) {
+  tulua__stream_check(L, 1);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_pushcclosure(L, lines_next, 2);
+  return 1;
+}
+
+/* ---- writing ---- */
+
+typedef struct {
+  uv_write_t req;
+  tulua__waiter w;
+  int status;
+  size_t len;
+  char data[]; /* what uv_try_write did not take */
+} write_op;
+
+static int write_deliver(lua_State *L, void *ud) {
+  write_op *op = ud;
+  int status = op->status;
+  free(op);
+  if (status == UV_ECANCELED) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "stream closed");
+    lua_pushliteral(L, "ECANCELED");
+    return 3;
+  }
+  if (status < 0) return push_fail(L, "write", status);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static void write_cb(uv_write_t *req, int status) {
+  write_op *op = req->data; /* no Lua API here */
+  op->status = status;
+  if (!tulua__wake(&op->w)) free(op);
+}
+
+/* write(data): true once the kernel has it all; waits while it does not
+ * (the backpressure); nil, message, code on failure. */
+static int stream_write(lua_State *L) {
+  tulua__stream *s = tulua__stream_check(L, 1);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  size_t done = 0;
+  if (uv_stream_get_write_queue_size(&s->u.s) == 0) { /* keep the order */
+    int rc = len ? uv_try_write(&s->u.s, &(uv_buf_t){(char *)data, len}, 1) : 0;
+    if (rc < 0 && rc != UV_EAGAIN) return push_fail(L, "write", rc);
+    if (rc > 0) done = (size_t)rc;
+    if (done == len) {
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+  }
+  tulua__check_wait(L, "write");
+  write_op *op = malloc(sizeof *op + (len - done));
+  if (op == NULL) return push_fail(L, "write", UV_ENOMEM);
+  memcpy(op->data, data + done, len - done);
+  op->len = len - done;
+  op->req.data = op;
+  uv_buf_t b = uv_buf_init(op->data, (unsigned)op->len);
+  int rc = uv_write(&op->req, &s->u.s, &b, 1, write_cb);
+  if (rc < 0) {
+    free(op);
+    return push_fail(L, "write", rc);
+  }
+  return tulua__wait(L, &op->w, write_deliver, NULL, op);
+}
+
+typedef struct {
+  uv_shutdown_t req;
+  tulua__waiter w;
+  int status;
+} shutdown_op;
+
+static int shutdown_deliver(lua_State *L, void *ud) {
+  shutdown_op *op = ud;
+  int status = op->status;
+  free(op);
+  if (status < 0) return push_fail(L, "shutdown", status);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status) {
+  shutdown_op *op = req->data;
+  op->status = status;
+  if (!tulua__wake(&op->w)) free(op);
+}
+
+/* shutdown(): ends the writing half once queued writes are done. */
+static int stream_shutdown(lua_State *L) {
+  tulua__stream *s = tulua__stream_check(L, 1);
+  tulua__check_wait(L, "shutdown");
+  shutdown_op *op = malloc(sizeof *op);
+  if (op == NULL) return push_fail(L, "shutdown", UV_ENOMEM);
+  op->req.data = op;
+  int rc = uv_shutdown(&op->req, &s->u.s, shutdown_cb);
+  if (rc < 0) {
+    free(op);
+    return push_fail(L, "shutdown", rc);
+  }
+  return tulua__wait(L, &op->w, shutdown_deliver, NULL, op);
+}
+
+static int stream_close(lua_State *L) {
+  release(check_box(L, 1));
+  return 0;
+}
+
+static int stream_is_closed(lua_State *L) {
+  lua_pushboolean(L, *check_box(L, 1) == NULL);
+  return 1;
+}
+
+static int stream_tostring(lua_State *L) {
+  tulua__stream **p = check_box(L, 1);
+  lua_pushfstring(L, "%s stream (%s)", kind_name(L, 1), *p ? "open" : "closed");
+  return 1;
+}
+
+void tulua__stream_register(lua_State *L, tulua__stream_kind kind,
+                            const luaL_Reg *extra) {
+  tulua__ignore_sigpipe();
+  static const luaL_Reg methods[] = {
+      {"read", stream_read},           {"read_exactly", stream_read_exactly},
+      {"read_line", stream_read_line}, {"lines", stream_lines},
+      {"read_all", stream_read_all},   {"write", stream_write},
+      {"shutdown", stream_shutdown},   {"close", stream_close},
+      {"is_closed", stream_is_closed}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__gc", stream_close},
+                                  {"__close", stream_close},
+                                  {"__tostring", stream_tostring},
+                                  {NULL, NULL}};
+  if (luaL_newmetatable(L, KIND_MT[kind])) {
+    luaL_setfuncs(L, meta, 0);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_getfield(L, -1, "__index"); /* a later registration adds its own */
+  if (extra) luaL_setfuncs(L, extra, 0);
+  lua_pop(L, 2);
+}
+
+/* ---- servers ---- */
+
+static void server_close_cb(uv_handle_t *h) {
+  tulua__server *srv = h->data;
+  srv->close_done = 1;
+  maybe_free_server(srv);
+}
+
+static tulua__server **to_server(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, SERVER_MT);
+}
+
+tulua__server *tulua__server_check(lua_State *L, int idx) {
+  tulua__server **p = to_server(L, idx);
+  if (*p == NULL || (*p)->closed)
+    luaL_error(L, "attempt to use a closed server");
+  return *p;
+}
+
+/* Stops accepting, once. A task in wait_closed is woken when the last
+ * connection has closed too. The userdata keeps its box (for
+ * wait_closed and address) until it is collected. */
+static void server_stop(lua_State *L, tulua__server *srv) {
+  if (srv->closed) return;
+  srv->closed = 1;
+  tulua__unpost(srv->rt, &srv->accept_job);
+  luaL_unref(L, LUA_REGISTRYINDEX, srv->ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, srv->handler_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, srv->conn_main_ref);
+  srv->ref = srv->handler_ref = srv->conn_main_ref = LUA_NOREF;
+  wake_closed(srv);
+  if (srv->inited)
+    uv_close(&srv->u.h, server_close_cb);
+  else
+    server_close_cb(&srv->u.h);
+}
+
+static void accept_all(lua_State *L, tulua__job *job) {
+  tulua__server *srv =
+      (tulua__server *)((char *)job - offsetof(tulua__server, accept_job));
+  while (srv->pending > 0 && !srv->closed) {
+    srv->pending--;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, srv->conn_main_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, srv->ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, srv->handler_ref);
+    tulua__stream *s = tulua__stream_new(L, (tulua__stream_kind)srv->kind);
+    int rc = srv->kind == TULUA_TCP
+                 ? uv_tcp_init(tulua__loop(L), &s->u.tcp)
+                 : uv_pipe_init(tulua__loop(L), &s->u.pipe, 0);
+    if (rc == 0) {
+      tulua__stream_ready(s);
+      rc = uv_accept(&srv->u.s, &s->u.s);
+    }
+    if (rc < 0) { /* the peer is gone already: nothing to serve */
+      release(lua_touserdata(L, -1));
+      lua_settop(L, top);
+      continue;
+    }
+    s->server = srv;
+    srv->conns++;
+    tulua__spawn(L, 3); /* conn_main(server, handler, stream) */
+    lua_settop(L, top);
+  }
+}
+
+static void connection_cb(uv_stream_t *h, int status) {
+  tulua__server *srv = h->data; /* no Lua API here */
+  if (status < 0) return; /* EMFILE and the like: the next one may work */
+  srv->pending++;
+  tulua__post(srv->rt, &srv->accept_job);
+}
+
+/* The function each connection's task runs: the handler, then the
+ * stream's close whatever happens. */
+static const char CONN_MAIN[] = "local _, handler, stream = ...\n"
+                                "local s <close> = stream\n"
+                                "return handler(s)\n";
+
+tulua__server *tulua__server_new(lua_State *L, tulua__stream_kind kind,
+                                 int handler_idx) {
+  handler_idx = lua_absindex(L, handler_idx);
+  tulua__server **p = lua_newuserdatauv(L, sizeof *p, 0);
+  *p = NULL;
+  luaL_setmetatable(L, SERVER_MT);
+  tulua__server *srv = calloc(1, sizeof *srv);
+  if (srv == NULL) luaL_error(L, "not enough memory");
+  srv->kind = (unsigned char)kind;
+  srv->rt = tulua__runtime(L);
+  srv->ref = srv->handler_ref = srv->conn_main_ref = LUA_NOREF;
+  srv->accept_job.run = accept_all;
+  srv->u.h.data = srv;
+  *p = srv;
+  lua_pushvalue(L, handler_idx);
+  srv->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (luaL_loadbuffer(L, CONN_MAIN, sizeof CONN_MAIN - 1, "=server") != LUA_OK)
+    lua_error(L);
+  srv->conn_main_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return srv;
+}
+
+uv_stream_t *tulua__server_handle(tulua__server *srv) {
+  return &srv->u.s;
+}
+
+void tulua__server_ready(tulua__server *srv) {
+  srv->inited = 1;
+  srv->u.h.data = srv;
+}
+
+int tulua__server_listen(tulua__server *srv, int backlog) {
+  int rc = uv_listen(&srv->u.s, backlog, connection_cb);
+  return rc;
+}
+
+/* Anchors the server on top of the stack while it listens. */
+static void anchor_server(lua_State *L, tulua__server *srv) {
+  lua_pushvalue(L, -1);
+  srv->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+static int server_close(lua_State *L) {
+  tulua__server **p = to_server(L, 1);
+  if (*p != NULL) server_stop(L, *p);
+  return 0;
+}
+
+static int server_gc(lua_State *L) {
+  tulua__server **p = to_server(L, 1);
+  tulua__server *srv = *p;
+  if (srv == NULL) return 0;
+  *p = NULL;
+  srv->collected = 1;
+  server_stop(L, srv); /* only reached when closed or never listened */
+  maybe_free_server(srv);
+  return 0;
+}
+
+static int closed_deliver(lua_State *L, void *ud) {
+  tulua__server *srv = ud;
+  srv->wakes--;
+  maybe_free_server(srv);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static void closed_cancel(void *ud) {
+  (void)ud; /* the waiter is embedded: nothing to stop */
+}
+
+/* wait_closed(): waits until the server is closed and every connection it
+ * accepted has closed. */
+static int server_wait_closed(lua_State *L) {
+  tulua__server **p = to_server(L, 1);
+  tulua__server *srv = *p;
+  if (srv == NULL || (srv->closed && srv->conns == 0)) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (srv->cw.task != NULL)
+    return luaL_error(L, "another task waits for this server");
+  tulua__check_wait(L, "wait_closed");
+  lua_settop(L, 1);
+  return tulua__wait(L, &srv->cw, closed_deliver, closed_cancel, srv);
+}
+
+static int server_connections(lua_State *L) {
+  tulua__server **p = to_server(L, 1);
+  lua_pushinteger(L, *p ? (*p)->conns : 0);
+  return 1;
+}
+
+static int server_is_closed(lua_State *L) {
+  tulua__server **p = to_server(L, 1);
+  lua_pushboolean(L, *p == NULL || (*p)->closed);
+  return 1;
+}
+
+static int server_tostring(lua_State *L) {
+  tulua__server **p = to_server(L, 1);
+  lua_pushfstring(L, "server (%s)",
+                  *p && !(*p)->closed ? "listening" : "closed");
+  return 1;
+}
+
+void tulua__server_register(lua_State *L, const luaL_Reg *extra) {
+  static const luaL_Reg methods[] = {{"close", server_close},
+                                     {"wait_closed", server_wait_closed},
+                                     {"connections", server_connections},
+                                     {"is_closed", server_is_closed},
+                                     {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__gc", server_gc},
+                                  {"__close", server_close},
+                                  {"__tostring", server_tostring},
+                                  {NULL, NULL}};
+  if (luaL_newmetatable(L, SERVER_MT)) {
+    luaL_setfuncs(L, meta, 0);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_getfield(L, -1, "__index");
+  if (extra) luaL_setfuncs(L, extra, 0);
+  lua_pop(L, 2);
+}
+
+void tulua__server_anchor(lua_State *L, tulua__server *srv) {
+  anchor_server(L, srv);
+}

@@ -1,0 +1,84 @@
+/* stream.h: the stream object shared by tcp.c, pipe.c, tty.c and
+ * process.c: one object model over libuv's uv_stream_t (read, read_exactly,
+ * read_line, lines, read_all, write with backpressure, shutdown, close),
+ * and the listening server of tcp.c and pipe.c. Defined in stream.c. */
+#ifndef TULUA_STREAM_H
+#define TULUA_STREAM_H
+
+#include "common.h"
+
+/* The kinds of stream; each has its metatable ("tulua.tcp", "tulua.pipe",
+ * "tulua.tty") with the shared methods plus its own. */
+typedef enum { TULUA_TCP, TULUA_PIPE, TULUA_TTY } tulua__stream_kind;
+
+typedef struct tulua__stream tulua__stream;
+
+/* Pushes a new Stream object of kind and returns its box. The caller then
+ * initializes the handle (tulua__stream_handle) with uv_tcp_init,
+ * uv_pipe_init or uv_tty_init on tulua__loop(L) and, if that succeeded,
+ * calls tulua__stream_ready; if it failed, it just pops the object (its
+ * __gc frees the box). The kind's metatable must have been registered.
+ * [-0, +1, m] */
+tulua__stream *tulua__stream_new(lua_State *L, tulua__stream_kind kind);
+
+/* Returns the runtime's read scratch buffer, for tulua__stream_alloc. */
+char *tulua__stream_scratch(lua_State *L);
+
+/* Allocates a box of kind without its object, for a handle that must work
+ * before there is one (tcp.c's connect). Returns NULL when out of memory.
+ * Calls no Lua API (callable from a libuv callback), as do
+ * tulua__stream_discard, which closes and frees such a box, and
+ * tulua__stream_ready. tulua__stream_push wraps it in its object. */
+tulua__stream *tulua__stream_alloc(char *scratch, tulua__stream_kind kind);
+void tulua__stream_push(lua_State *L, tulua__stream *s);
+void tulua__stream_discard(tulua__stream *s);
+
+/* Whether the stream reads ahead (the default): it goes on reading, up to
+ * 64 KiB, when no task waits, so that data is ready for the next read.
+ * Turn it off for a descriptor others read too (stdin). */
+void tulua__stream_readahead(tulua__stream *s, int on);
+
+/* Returns the box's handle, for uv_*_init and kind-specific calls. */
+uv_stream_t *tulua__stream_handle(tulua__stream *s);
+
+/* Marks the handle initialized: from now on it is closed with uv_close. */
+void tulua__stream_ready(tulua__stream *s);
+
+/* Returns the stream at idx if it is open (any kind), else raises "bad
+ * argument" for a non-stream or "attempt to use a closed <kind> stream". */
+tulua__stream *tulua__stream_check(lua_State *L, int idx);
+
+/* Creates kind's metatable with the shared methods, unless it exists, and
+ * adds extra (NULL-ended, may be NULL) to its methods. [-0, +0, m] */
+void tulua__stream_register(lua_State *L, tulua__stream_kind kind,
+                            const luaL_Reg *extra);
+
+/* Starts listening on the handle of a new server object (pushed; the
+ * handle is a uv_tcp_t or uv_pipe_t the caller initialized and bound
+ * through the returned pointer before calling tulua__server_listen). Each
+ * connection runs handler(stream) in a new task; the stream is closed when
+ * the handler returns or fails. [-0, +1, m] */
+typedef struct tulua__server tulua__server;
+tulua__server *tulua__server_new(lua_State *L, tulua__stream_kind kind,
+                                 int handler_idx);
+uv_stream_t *tulua__server_handle(tulua__server *srv);
+void tulua__server_ready(tulua__server *srv);
+/* Listens with backlog; returns 0 or a negative libuv code. */
+int tulua__server_listen(tulua__server *srv, int backlog);
+/* Returns the open server at idx, or raises. */
+tulua__server *tulua__server_check(lua_State *L, int idx);
+
+/* Anchors the listening server on top of the stack: it lives, and keeps
+ * the process alive, until it is closed. [-0, +0, m] */
+void tulua__server_anchor(lua_State *L, tulua__server *srv);
+
+/* Creates the server metatable ("tulua.server") with its shared methods
+ * (close, wait_closed, connections, is_closed) and adds extra (the
+ * kind's address method: the last registration wins). [-0, +0, m] */
+void tulua__server_register(lua_State *L, const luaL_Reg *extra);
+
+/* pipe.c: adds connect_unix and serve_unix to the module table on top
+ * (tulua.net) and registers the pipe stream type. [-0, +0, m] */
+void tulua__pipe_open(lua_State *L);
+
+#endif

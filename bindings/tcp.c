@@ -1,0 +1,340 @@
+/* tcp.c: uv_tcp_t as tcp streams and servers; backs the module 'tulua.net'
+ * (which also gathers pipe.c's unix-socket functions and the dns and udp
+ * modules).
+ *
+ * connect resolves the host (uv_getaddrinfo), then tries its addresses in
+ * order, each on a fresh socket, until one connects, all within the
+ * optional timeout. Its op owns the socket being connected until the task
+ * wraps it in a stream object; the op lives until its last libuv callback
+ * (pending counts them) and until it is delivered or its task gone. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "stream.h"
+
+#define BACKLOG 511 /* the most Linux takes by default (somaxconn 4096) */
+
+/* Pushes the host and port of a socket address. [-0, +2, m] */
+static int push_addr(lua_State *L, const struct sockaddr_storage *ss) {
+  char host[INET6_ADDRSTRLEN] = "";
+  int port = 0;
+  if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+    uv_ip6_name(a, host, sizeof host);
+    port = ntohs(a->sin6_port);
+  } else if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    uv_ip4_name(a, host, sizeof host);
+    port = ntohs(a->sin_port);
+  }
+  lua_pushstring(L, host);
+  lua_pushinteger(L, port);
+  return 2;
+}
+
+/* Parses a numeric host ("localhost" is 127.0.0.1, "*" any address) and
+ * port into ss; returns 0 or a libuv error. */
+static int parse_addr(const char *host, int port, struct sockaddr_storage *ss) {
+  if (strcmp(host, "localhost") == 0) host = "127.0.0.1";
+  if (strcmp(host, "*") == 0) host = "0.0.0.0";
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0) return 0;
+  return uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss);
+}
+
+static int check_port(lua_State *L, int idx) {
+  lua_Integer port = luaL_checkinteger(L, idx);
+  luaL_argcheck(L, port >= 0 && port <= 65535, idx, "port out of range");
+  return (int)port;
+}
+
+/* ---- connect ---- */
+
+typedef struct {
+  uv_getaddrinfo_t gai;
+  uv_connect_t conn;
+  uv_timer_t timer;
+  tulua__waiter w;
+  uv_loop_t *loop;
+  tulua__stream *box; /* the socket being connected, or connected */
+  char *scratch; /* the runtime's read scratch, for the streams */
+  struct addrinfo *res, *next;
+  int pending; /* libuv callbacks still to come */
+  int status; /* 0 connected, else the error */
+  int last_err; /* of the last address tried */
+  unsigned char finished, delivered, gone, timer_on;
+  char subject[300]; /* "host:port" */
+} connect_op;
+
+static void op_unref(connect_op *op) {
+  if (--op->pending > 0 || !(op->delivered || op->gone)) return;
+  if (op->res) uv_freeaddrinfo(op->res);
+  if (op->box && op->status != 0) tulua__stream_discard(op->box);
+  free(op);
+}
+
+static void timer_close_cb(uv_handle_t *h) {
+  op_unref(h->data);
+}
+
+/* Ends the connect with status (once): stops the timer, gives up a socket
+ * still connecting, wakes the task. */
+static void finish(connect_op *op, int status) {
+  if (op->finished) return;
+  op->finished = 1;
+  op->status = status;
+  if (op->timer_on) {
+    op->timer_on = 0;
+    uv_close((uv_handle_t *)&op->timer, timer_close_cb);
+  }
+  if (status != 0 && op->box != NULL) { /* its connect_cb still comes */
+    tulua__stream_discard(op->box);
+    op->box = NULL;
+  }
+  tulua__wake(&op->w);
+}
+
+static void connect_cb(uv_connect_t *req, int status);
+
+/* Starts connecting to the next address; finishes when none is left. */
+static void try_next(connect_op *op) {
+  while (!op->finished && op->next != NULL) {
+    struct addrinfo *ai = op->next;
+    op->next = ai->ai_next;
+    tulua__stream *box = tulua__stream_alloc(op->scratch, TULUA_TCP);
+    if (box == NULL) {
+      op->last_err = UV_ENOMEM;
+      break;
+    }
+    uv_tcp_t *tcp = (uv_tcp_t *)tulua__stream_handle(box);
+    int rc = uv_tcp_init(op->loop, tcp);
+    if (rc == 0) {
+      tulua__stream_ready(box);
+      op->conn.data = op;
+      rc = uv_tcp_connect(&op->conn, tcp, ai->ai_addr, connect_cb);
+    }
+    if (rc == 0) {
+      op->box = box;
+      op->pending++;
+      return;
+    }
+    op->last_err = rc;
+    tulua__stream_discard(box);
+  }
+  finish(op, op->last_err ? op->last_err : UV_EAI_NONAME);
+}
+
+static void connect_cb(uv_connect_t *req, int status) {
+  connect_op *op = req->data; /* no Lua API here */
+  if (status == 0 && !op->finished) {
+    finish(op, 0);
+  } else if (!op->finished) {
+    op->last_err = status;
+    tulua__stream_discard(op->box);
+    op->box = NULL;
+    try_next(op);
+  }
+  op_unref(op);
+}
+
+static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  connect_op *op = req->data;
+  op->res = res;
+  if (!op->finished) {
+    if (status < 0) {
+      finish(op, status);
+    } else {
+      op->next = res;
+      try_next(op);
+    }
+  }
+  op_unref(op);
+}
+
+static void timer_cb(uv_timer_t *h) {
+  finish(h->data, UV_ETIMEDOUT);
+}
+
+static int connect_deliver(lua_State *L, void *ud) {
+  connect_op *op = ud;
+  int status = op->status;
+  char subject[sizeof op->subject];
+  memcpy(subject, op->subject, sizeof subject);
+  tulua__stream *box = status == 0 ? op->box : NULL;
+  op->box = NULL; /* the object owns it from now on */
+  op->delivered = 1;
+  op->pending++;
+  op_unref(op); /* frees it if no callback is left */
+  if (status != 0) return push_fail(L, subject, status);
+  tulua__stream_push(L, box);
+  return 1;
+}
+
+/* The task is gone: stop everything; the callbacks free the op. */
+static void connect_cancel(void *ud) {
+  connect_op *op = ud;
+  op->gone = 1;
+  uv_cancel((uv_req_t *)&op->gai); /* fails once it runs: fine */
+  finish(op, UV_ECANCELED);
+}
+
+/* net.connect(host, port [, {timeout=}]) -> tcp stream | nil, msg, code */
+static int net_connect(lua_State *L) {
+  const char *host = luaL_checkstring(L, 1);
+  int port = check_port(L, 2);
+  lua_Number timeout = 0;
+  if (!lua_isnoneornil(L, 3)) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_getfield(L, 3, "timeout");
+    timeout = luaL_optnumber(L, -1, 0);
+    luaL_argcheck(L, timeout >= 0 && timeout == timeout, 3,
+                  "'timeout' must be a non-negative number");
+    lua_pop(L, 1);
+  }
+  tulua__check_wait(L, "net.connect");
+  tulua__stream_register(L, TULUA_TCP, NULL);
+  connect_op *op = calloc(1, sizeof *op);
+  if (op == NULL) return push_fail(L, host, UV_ENOMEM);
+  snprintf(op->subject, sizeof op->subject, "%s:%d", host, port);
+  op->loop = tulua__loop(L);
+  op->scratch = tulua__stream_scratch(L);
+  op->gai.data = op;
+  char service[8];
+  snprintf(service, sizeof service, "%d", port);
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_ADDRCONFIG;
+  if (strcmp(host, "localhost") == 0) hints.ai_flags = 0; /* ::1 too */
+  int rc = uv_getaddrinfo(op->loop, &op->gai, gai_cb, host, service, &hints);
+  if (rc < 0) {
+    free(op);
+    return push_fail(L, lua_tostring(L, 1), rc);
+  }
+  op->pending = 1;
+  if (timeout > 0) {
+    uv_timer_init(op->loop, &op->timer);
+    op->timer.data = op;
+    uv_timer_start(&op->timer, timer_cb, (uint64_t)(timeout * 1000 + 0.5), 0);
+    op->timer_on = 1;
+    op->pending++; /* its close callback */
+  }
+  return tulua__wait(L, &op->w, connect_deliver, connect_cancel, op);
+}
+
+/* ---- serve ---- */
+
+/* net.serve(host, port, handler [, {backlog=}]) -> server | nil, msg, code
+ * Each connection runs handler(stream) in a task of its own. */
+static int net_serve(lua_State *L) {
+  const char *host = luaL_checkstring(L, 1);
+  int port = check_port(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  int backlog = BACKLOG;
+  if (!lua_isnoneornil(L, 4)) {
+    luaL_checktype(L, 4, LUA_TTABLE);
+    lua_getfield(L, 4, "backlog");
+    backlog = (int)luaL_optinteger(L, -1, BACKLOG);
+    luaL_argcheck(L, backlog > 0, 4, "'backlog' must be positive");
+    lua_pop(L, 1);
+  }
+  struct sockaddr_storage ss;
+  int rc = parse_addr(host, port, &ss);
+  if (rc < 0)
+    return luaL_argerror(L, 1, "numeric address, 'localhost' or '*' expected");
+  tulua__stream_register(L, TULUA_TCP, NULL);
+  tulua__server *srv = tulua__server_new(L, TULUA_TCP, 3);
+  uv_tcp_t *tcp = (uv_tcp_t *)tulua__server_handle(srv);
+  rc = uv_tcp_init(tulua__loop(L), tcp);
+  if (rc == 0) {
+    tulua__server_ready(srv);
+    rc = uv_tcp_bind(tcp, (struct sockaddr *)&ss, 0);
+  }
+  if (rc == 0) rc = tulua__server_listen(srv, backlog);
+  if (rc < 0) {
+    lua_pushfstring(L, "%s:%d", host, port);
+    return push_fail(L, lua_tostring(L, -1), rc);
+  }
+  tulua__server_anchor(L, srv);
+  return 1;
+}
+
+/* ---- methods ---- */
+
+static uv_tcp_t *check_tcp(lua_State *L) {
+  tulua__stream *s = tulua__stream_check(L, 1);
+  uv_stream_t *h = tulua__stream_handle(s);
+  if (h->type != UV_TCP) luaL_typeerror(L, 1, "tcp stream");
+  return (uv_tcp_t *)h;
+}
+
+static int tcp_local_address(lua_State *L) {
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  int rc = uv_tcp_getsockname(check_tcp(L), (struct sockaddr *)&ss, &len);
+  if (rc < 0) return push_fail(L, "local_address", rc);
+  return push_addr(L, &ss);
+}
+
+static int tcp_peer_address(lua_State *L) {
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  int rc = uv_tcp_getpeername(check_tcp(L), (struct sockaddr *)&ss, &len);
+  if (rc < 0) return push_fail(L, "peer_address", rc);
+  return push_addr(L, &ss);
+}
+
+static int tcp_set_nodelay(lua_State *L) {
+  uv_tcp_t *tcp = check_tcp(L);
+  int rc = uv_tcp_nodelay(tcp, lua_toboolean(L, 2));
+  if (rc < 0) return push_fail(L, "set_nodelay", rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int tcp_set_keepalive(lua_State *L) {
+  uv_tcp_t *tcp = check_tcp(L);
+  int on = lua_toboolean(L, 2);
+  lua_Integer delay = luaL_optinteger(L, 3, 60);
+  luaL_argcheck(L, delay >= 1 && delay <= 0x7fffffff, 3, "delay out of range");
+  int rc = uv_tcp_keepalive(tcp, on, (unsigned)delay);
+  if (rc < 0) return push_fail(L, "set_keepalive", rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int server_address(lua_State *L) {
+  tulua__server *srv = tulua__server_check(L, 1);
+  uv_stream_t *h = tulua__server_handle(srv);
+  if (h->type == UV_NAMED_PIPE) {
+    char path[1024];
+    size_t len = sizeof path;
+    int rc = uv_pipe_getsockname((uv_pipe_t *)h, path, &len);
+    if (rc < 0) return push_fail(L, "address", rc);
+    lua_pushlstring(L, path, len);
+    return 1;
+  }
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  int rc = uv_tcp_getsockname((uv_tcp_t *)h, (struct sockaddr *)&ss, &len);
+  if (rc < 0) return push_fail(L, "address", rc);
+  return push_addr(L, &ss);
+}
+
+int luaopen_tulua_net(lua_State *L) {
+  static const luaL_Reg tcp_methods[] = {{"local_address", tcp_local_address},
+                                         {"peer_address", tcp_peer_address},
+                                         {"set_nodelay", tcp_set_nodelay},
+                                         {"set_keepalive", tcp_set_keepalive},
+                                         {NULL, NULL}};
+  static const luaL_Reg server_methods[] = {{"address", server_address},
+                                            {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+      {"connect", net_connect}, {"serve", net_serve}, {NULL, NULL}};
+  tulua__stream_register(L, TULUA_TCP, tcp_methods);
+  tulua__server_register(L, server_methods);
+  luaL_newlib(L, funcs);
+  tulua__pipe_open(L);
+  return 1;
+}
