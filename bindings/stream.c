@@ -35,8 +35,6 @@
 static const char *const KIND_MT[] = {"tulua.tcp", "tulua.pipe", "tulua.tty"};
 static const char *const KIND_NAME[] = {"tcp", "pipe", "tty"};
 
-enum { R_ANY, R_EXACT, R_LINE, R_ALL }; /* what the waiting reader wants */
-
 struct tulua__server {
   union {
     uv_handle_t h;
@@ -68,17 +66,11 @@ struct tulua__stream {
   } u;
 
   char *scratch; /* the runtime's read scratch (alloc_cb) */
-  char *buf; /* unread bytes at buf[pos..len) */
-  size_t pos, len, cap;
-  size_t scanned; /* read_line: bytes after pos known to hold no separator */
+  tulua__rbuf rb; /* unread bytes, and what the waiting reader wants */
   tulua__waiter rw; /* the task waiting in a read */
-  size_t want; /* what it waits for: bytes (R_EXACT), max (R_LINE/R_ALL) */
-  char sep[8]; /* read_line's separator */
-  size_t seplen;
   tulua__server *server; /* accepted by this server, or NULL */
   int wakes; /* woken reads not yet delivered */
-  int err; /* a read error (negative), sticky */
-  unsigned char kind, inited, closed, close_done, reading, eof, rmode;
+  unsigned char kind, inited, closed, close_done, reading;
   unsigned char busy; /* a task waits in a read */
   unsigned char readahead; /* read on when nobody waits (not stdin) */
 };
@@ -105,7 +97,7 @@ static void maybe_free(tulua__stream *s) {
     wake_closed(s->server);
     maybe_free_server(s->server);
   }
-  free(s->buf);
+  free(s->rb.buf);
   free(s);
 }
 
@@ -228,39 +220,236 @@ void tulua__stream_ready(tulua__stream *s) {
   s->u.h.data = s; /* uv_*_init may have cleared it */
 }
 
-/* ---- reading ---- */
+/* ---- the read buffer, shared with tty.c ---- */
 
-static size_t avail(const tulua__stream *s) {
-  return s->len - s->pos;
+size_t tulua__rbuf_avail(const tulua__rbuf *rb) {
+  return rb->len - rb->pos;
 }
 
-/* Whether the waiting reader can be served now. */
-static int satisfied(tulua__stream *s) {
-  if (s->eof || s->err || s->closed) return 1;
-  size_t n = avail(s);
-  switch (s->rmode) {
-    case R_ANY:
+int tulua__rbuf_satisfied(tulua__rbuf *rb) {
+  if (rb->eof || rb->err) return 1;
+  size_t n = tulua__rbuf_avail(rb);
+  switch (rb->mode) {
+    case TULUA__R_ANY:
       return n > 0;
-    case R_EXACT:
-      return n >= s->want;
-    case R_ALL:
-      return n > s->want; /* past max: an error */
-    default: { /* R_LINE */
-      if (n >= s->want + s->seplen) return 1;
-      size_t from = s->scanned > s->seplen ? s->scanned - s->seplen + 1 : 0;
-      if (from < n &&
-          memmem(s->buf + s->pos + from, n - from, s->sep, s->seplen) != NULL)
+    case TULUA__R_EXACT:
+      return n >= rb->want;
+    case TULUA__R_ALL:
+      return n > rb->want; /* past the most: an error */
+    default: { /* TULUA__R_LINE */
+      if (n >= rb->want + rb->seplen) return 1;
+      /* a separator may straddle what was scanned and what came since */
+      size_t from =
+          rb->scanned >= rb->seplen ? rb->scanned - rb->seplen + 1 : 0;
+      if (from < n && memmem(rb->buf + rb->pos + from, n - from, rb->sep,
+                             rb->seplen) != NULL)
         return 1;
-      s->scanned = n;
+      rb->scanned = n;
       return 0;
     }
   }
 }
 
+int tulua__rbuf_reserve(tulua__rbuf *rb, size_t n) {
+  if (rb->pos > 0 && rb->len + n > rb->cap) { /* make room at the front */
+    memmove(rb->buf, rb->buf + rb->pos, tulua__rbuf_avail(rb));
+    rb->len -= rb->pos;
+    rb->pos = 0;
+  }
+  if (rb->len + n > rb->cap) {
+    size_t cap = rb->cap ? rb->cap : 1024;
+    while (cap < rb->len + n)
+      cap *= 2;
+    char *b = realloc(rb->buf, cap);
+    if (b == NULL) return UV_ENOMEM;
+    rb->buf = b;
+    rb->cap = cap;
+  }
+  return 0;
+}
+
+void tulua__rbuf_consume(tulua__rbuf *rb, size_t n, int may_free) {
+  rb->pos += n;
+  rb->scanned = 0;
+  if (rb->pos == rb->len && may_free) {
+    rb->pos = rb->len = 0;
+    if (rb->cap > KEEP_BUF) {
+      free(rb->buf);
+      rb->buf = NULL;
+      rb->cap = 0;
+    }
+  }
+}
+
+static size_t check_size(lua_State *L, int idx, lua_Integer def) {
+  lua_Integer n = luaL_optinteger(L, idx, def);
+  luaL_argcheck(L, n > 0 && n <= 0x7fffffff, idx, "size out of range");
+  return (size_t)n;
+}
+
+/* Reads read_line's options {sep=, max=} at idx into rb. */
+static void line_opts(lua_State *L, tulua__rbuf *rb, int idx) {
+  const char *sep = "\n";
+  size_t seplen = 1;
+  rb->want = LINE_MAX_DEF;
+  if (!lua_isnoneornil(L, idx)) {
+    luaL_checktype(L, idx, LUA_TTABLE);
+    if (lua_getfield(L, idx, "sep") != LUA_TNIL) {
+      sep = lua_tolstring(L, -1, &seplen);
+      luaL_argcheck(L, sep != NULL && seplen > 0 && seplen <= sizeof rb->sep,
+                    idx, "'sep' must be a string of 1 to 8 bytes");
+    }
+    if (lua_getfield(L, idx, "max") != LUA_TNIL) {
+      lua_Integer m = lua_tointeger(L, -1);
+      luaL_argcheck(L, m > 0 && m <= 0x7fffffff, idx, "'max' out of range");
+      rb->want = (size_t)m;
+    }
+  }
+  memcpy(rb->sep, sep, seplen); /* sep is alive: in the table or a literal */
+  rb->seplen = seplen;
+}
+
+int tulua__rbuf_request(lua_State *L, tulua__rbuf *rb, int mode) {
+  tulua__rbuf opts;
+  size_t want = 0;
+  lua_Integer n;
+  switch (mode) {
+    case TULUA__R_ANY:
+      want = check_size(L, 2, HWM);
+      break;
+    case TULUA__R_EXACT:
+      n = luaL_checkinteger(L, 2);
+      luaL_argcheck(L, n >= 0 && n <= 0x7fffffff, 2, "size out of range");
+      if (n == 0) {
+        lua_pushliteral(L, "");
+        return 0;
+      }
+      want = (size_t)n;
+      break;
+    case TULUA__R_ALL:
+      n = luaL_optinteger(L, 2, 0x7ffffffe);
+      luaL_argcheck(L, n > 0 && n < 0x7fffffff, 2, "size out of range");
+      want = (size_t)n;
+      break;
+    default: /* TULUA__R_LINE: parsed aside, so that a bad argument
+              * leaves rb as it was */
+      line_opts(L, &opts, 2);
+      memcpy(rb->sep, opts.sep, sizeof rb->sep);
+      rb->seplen = opts.seplen;
+      want = opts.want;
+  }
+  lua_settop(L, 1);
+  rb->mode = (unsigned char)mode;
+  rb->want = want;
+  rb->scanned = 0;
+  return 1;
+}
+
+int tulua__rbuf_push(lua_State *L, tulua__rbuf *rb, const char *what,
+                     const char *subject, int may_free) {
+  size_t n = tulua__rbuf_avail(rb);
+  const char *p = rb->buf + rb->pos;
+  switch (rb->mode) {
+    case TULUA__R_ANY:
+      if (n == 0) break;
+      if (n > rb->want) n = rb->want;
+      lua_pushlstring(L, p, n);
+      tulua__rbuf_consume(rb, n, may_free);
+      return 1;
+    case TULUA__R_EXACT:
+      if (n >= rb->want) {
+        lua_pushlstring(L, p, rb->want);
+        tulua__rbuf_consume(rb, rb->want, may_free);
+        return 1;
+      }
+      if (rb->eof && !rb->err) { /* the partial data stays readable */
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s: end of stream after %d of %d bytes", what,
+                        (int)n, (int)rb->want);
+        lua_pushliteral(L, "EOF");
+        return 3;
+      }
+      break;
+    case TULUA__R_ALL:
+      if (n > rb->want) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s: more than %d bytes", what, (int)rb->want);
+        lua_pushliteral(L, "ENOBUFS");
+        return 3;
+      }
+      if (rb->eof && !rb->err) {
+        lua_pushlstring(L, n ? p : "", n);
+        tulua__rbuf_consume(rb, n, may_free);
+        return 1;
+      }
+      break;
+    default: { /* TULUA__R_LINE */
+      const char *at = n ? memmem(p, n, rb->sep, rb->seplen) : NULL;
+      if (at != NULL && (size_t)(at - p) <= rb->want) {
+        size_t line = (size_t)(at - p);
+        lua_pushlstring(L, p, line);
+        tulua__rbuf_consume(rb, line + rb->seplen, may_free);
+        return 1;
+      }
+      if (n > rb->want) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s: line longer than %d bytes", what,
+                        (int)rb->want);
+        lua_pushliteral(L, "ENOBUFS");
+        return 3;
+      }
+      if (rb->eof && n > 0 && !rb->err) { /* the last line, unended */
+        lua_pushlstring(L, p, n);
+        tulua__rbuf_consume(rb, n, may_free);
+        return 1;
+      }
+      break;
+    }
+  }
+  if (rb->err) return push_fail(L, subject, rb->err);
+  lua_pushnil(L); /* the end of the stream */
+  return 1;
+}
+
+/* lines(): an iterator of the object's read_line; raises on a failure.
+ * Upvalues: the stream, and the options (or nil). */
+static int lines_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  if (lua_gettop(L) >= 3 && lua_isnil(L, -3) && lua_isstring(L, -2))
+    return luaL_error(L, "%s", lua_tostring(L, -2));
+  return 1;
+}
+
+static int lines_next(lua_State *L) {
+  lua_settop(L, 0);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_getfield(L, 1, "read_line");
+  lua_insert(L, 1);
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_callk(L, 2, LUA_MULTRET, 0, lines_k);
+  return lines_k(L, LUA_OK, 0);
+}
+
+int tulua__stream_lines(lua_State *L) {
+  luaL_checkany(L, 1);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_pushcclosure(L, lines_next, 2);
+  return 1;
+}
+
+/* ---- reading ---- */
+
+/* Whether the waiting reader can be served now. */
+static int satisfied(tulua__stream *s) {
+  return s->closed || tulua__rbuf_satisfied(&s->rb);
+}
+
 /* How much the buffer may hold before reading stops: what the waiting
  * reader needs, and HWM more when the stream reads ahead. */
 static size_t limit(const tulua__stream *s) {
-  size_t want = s->busy ? s->want + s->seplen + 1 : 0;
+  size_t want = s->busy ? s->rb.want + s->rb.seplen + 1 : 0;
   if (!s->readahead) return s->busy ? want : 0;
   return want > HWM ? want : HWM;
 }
@@ -287,43 +476,25 @@ static void idle_reading(tulua__stream *s) {
     uv_unref(&s->u.h);
 }
 
-/* Appends n bytes to the buffer; returns 0 or UV_ENOMEM. */
-static int append(tulua__stream *s, const char *data, size_t n) {
-  if (s->pos > 0 && s->len + n > s->cap) { /* make room at the front */
-    memmove(s->buf, s->buf + s->pos, avail(s));
-    s->len -= s->pos;
-    s->pos = 0;
-  }
-  if (s->len + n > s->cap) {
-    size_t cap = s->cap ? s->cap : 1024;
-    while (cap < s->len + n)
-      cap *= 2;
-    char *b = realloc(s->buf, cap);
-    if (b == NULL) return UV_ENOMEM;
-    s->buf = b;
-    s->cap = cap;
-  }
-  memcpy(s->buf + s->len, data, n);
-  s->len += n;
-  return 0;
-}
-
 static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
   tulua__stream *s = h->data; /* no Lua API here */
   if (nread > 0) {
-    int rc = append(s, buf->base, (size_t)nread);
+    int rc = tulua__rbuf_reserve(&s->rb, (size_t)nread);
     if (rc < 0) {
-      s->err = rc;
+      s->rb.err = rc;
       stop_reading(s);
+    } else {
+      memcpy(s->rb.buf + s->rb.len, buf->base, (size_t)nread);
+      s->rb.len += (size_t)nread;
     }
   } else if (nread == UV_EOF) {
-    s->eof = 1;
+    s->rb.eof = 1;
     stop_reading(s);
   } else if (nread < 0) {
-    s->err = (int)nread;
+    s->rb.err = (int)nread;
     stop_reading(s);
   }
-  if (s->reading && avail(s) >= limit(s)) stop_reading(s);
+  if (s->reading && tulua__rbuf_avail(&s->rb) >= limit(s)) stop_reading(s);
   if (s->rw.task != NULL && satisfied(s)) {
     s->wakes++;
     tulua__wake(&s->rw);
@@ -332,101 +503,27 @@ static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
 
 /* Reads ahead again once the buffer has room. */
 static int resume_reading(tulua__stream *s) {
-  if (s->reading || s->eof || s->err || s->closed) return 0;
-  if (avail(s) >= limit(s)) return 0;
+  if (s->reading || s->rb.eof || s->rb.err || s->closed) return 0;
+  if (tulua__rbuf_avail(&s->rb) >= limit(s)) return 0;
   int rc = uv_read_start(&s->u.s, alloc_cb, read_cb);
   if (rc == 0) s->reading = 1;
   return rc;
 }
 
-/* Drops n consumed bytes; gives a big emptied buffer back. */
-static void consume(tulua__stream *s, size_t n) {
-  s->pos += n;
-  s->scanned = 0;
-  if (s->pos == s->len) {
-    s->pos = s->len = 0;
-    if (s->cap > KEEP_BUF) {
-      free(s->buf);
-      s->buf = NULL;
-      s->cap = 0;
-    }
-  }
-}
-
-/* Pushes the outcome of the read s->rmode asks for, which must be
- * satisfied (or the stream ended). idx: the stream, for messages. */
+/* Pushes the answer to the read (satisfied, or the stream ended). idx:
+ * the stream, for messages. */
 static int push_read(lua_State *L, tulua__stream *s, int idx) {
-  size_t n = avail(s);
   if (s->closed) {
     lua_pushnil(L);
     lua_pushfstring(L, "%s stream closed", kind_name(L, idx));
     lua_pushliteral(L, "ECANCELED");
     return 3;
   }
-  switch (s->rmode) {
-    case R_ANY:
-      if (n == 0) break;
-      if (n > s->want) n = s->want;
-      lua_pushlstring(L, s->buf + s->pos, n);
-      consume(s, n);
-      resume_reading(s);
-      return 1;
-    case R_EXACT:
-      if (n >= s->want) {
-        lua_pushlstring(L, s->buf + s->pos, s->want);
-        consume(s, s->want);
-        resume_reading(s);
-        return 1;
-      }
-      if (s->eof && !s->err) { /* the partial data stays readable */
-        lua_pushnil(L);
-        lua_pushfstring(L, "%s stream: end of stream after %d of %d bytes",
-                        kind_name(L, idx), (int)n, (int)s->want);
-        lua_pushliteral(L, "EOF");
-        return 3;
-      }
-      break;
-    case R_ALL:
-      if (n > s->want) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "%s stream: more than %d bytes", kind_name(L, idx),
-                        (int)s->want);
-        lua_pushliteral(L, "ENOBUFS");
-        return 3;
-      }
-      if (s->eof && !s->err) {
-        lua_pushlstring(L, n ? s->buf + s->pos : "", n);
-        consume(s, n);
-        return 1;
-      }
-      break;
-    default: { /* R_LINE */
-      char *at = n ? memmem(s->buf + s->pos, n, s->sep, s->seplen) : NULL;
-      if (at != NULL && (size_t)(at - (s->buf + s->pos)) <= s->want) {
-        size_t line = (size_t)(at - (s->buf + s->pos));
-        lua_pushlstring(L, s->buf + s->pos, line);
-        consume(s, line + s->seplen);
-        resume_reading(s);
-        return 1;
-      }
-      if (n > s->want) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "%s stream: line longer than %d bytes",
-                        kind_name(L, idx), (int)s->want);
-        lua_pushliteral(L, "ENOBUFS");
-        return 3;
-      }
-      if (s->eof && n > 0 && !s->err) { /* the last line, unended */
-        lua_pushlstring(L, s->buf + s->pos, n);
-        consume(s, n);
-        return 1;
-      }
-      break;
-    }
-  }
-  if (s->err) return push_fail(L, KIND_NAME[s->kind], s->err);
-  lua_pushnil(L); /* the end of the stream */
-  return 1;
+  const char *what = lua_pushfstring(L, "%s stream", kind_name(L, idx));
+  int n = tulua__rbuf_push(L, &s->rb, what, KIND_NAME[s->kind], 1);
+  lua_remove(L, -(n + 1)); /* what */
+  resume_reading(s);
+  return n;
 }
 
 static int read_deliver(lua_State *L, void *ud) {
@@ -452,13 +549,9 @@ static void read_cancel(void *ud) {
   idle_reading(s);
 }
 
-/* Serves the read at once if it can, else waits (a tail call). */
-static int start_read(lua_State *L, tulua__stream *s, int mode, size_t want,
-                      const char *op) {
-  if (s->busy) return luaL_error(L, "another task is reading this stream");
-  s->rmode = (unsigned char)mode;
-  s->want = want;
-  s->scanned = 0;
+/* Serves the read requested in s->rb at once if it can, else waits (a
+ * tail call). */
+static int start_read(lua_State *L, tulua__stream *s, const char *op) {
   if (satisfied(s)) return push_read(L, s, 1);
   tulua__check_wait(L, op);
   s->busy = 1; /* before resume_reading: limit() counts the reader */
@@ -468,95 +561,31 @@ static int start_read(lua_State *L, tulua__stream *s, int mode, size_t want,
     return push_fail(L, KIND_NAME[s->kind], rc);
   }
   uv_ref(&s->u.h); /* a task waits: the loop must go on */
-  lua_settop(L, 1); /* the stream stays referenced while we wait */
   return tulua__wait(L, &s->rw, read_deliver, read_cancel, s);
 }
 
-static size_t check_size(lua_State *L, int idx, lua_Integer def) {
-  lua_Integer n = luaL_optinteger(L, idx, def);
-  luaL_argcheck(L, n > 0 && n <= 0x7fffffff, idx, "size out of range");
-  return (size_t)n;
+/* The read methods: a request, then start_read. */
+static int read_mode(lua_State *L, int mode, const char *op) {
+  tulua__stream *s = tulua__stream_check(L, 1);
+  if (s->busy) return luaL_error(L, "another task is reading this stream");
+  if (!tulua__rbuf_request(L, &s->rb, mode)) return 1;
+  return start_read(L, s, op);
 }
 
 static int stream_read(lua_State *L) {
-  tulua__stream *s = tulua__stream_check(L, 1);
-  return start_read(L, s, R_ANY, check_size(L, 2, HWM), "read");
+  return read_mode(L, TULUA__R_ANY, "read");
 }
 
 static int stream_read_exactly(lua_State *L) {
-  tulua__stream *s = tulua__stream_check(L, 1);
-  lua_Integer n = luaL_checkinteger(L, 2);
-  luaL_argcheck(L, n >= 0 && n <= 0x7fffffff, 2, "size out of range");
-  if (n == 0) {
-    lua_pushliteral(L, "");
-    return 1;
-  }
-  return start_read(L, s, R_EXACT, (size_t)n, "read_exactly");
-}
-
-/* Reads the options {sep=, max=} at idx into s. */
-static void line_opts(lua_State *L, tulua__stream *s, int idx, size_t *max) {
-  const char *sep = "\n";
-  size_t seplen = 1;
-  *max = LINE_MAX_DEF;
-  if (!lua_isnoneornil(L, idx)) {
-    luaL_checktype(L, idx, LUA_TTABLE);
-    if (lua_getfield(L, idx, "sep") != LUA_TNIL) {
-      sep = lua_tolstring(L, -1, &seplen);
-      luaL_argcheck(L, sep != NULL && seplen > 0 && seplen <= sizeof s->sep,
-                    idx, "'sep' must be a string of 1 to 8 bytes");
-    }
-    if (lua_getfield(L, idx, "max") != LUA_TNIL) {
-      lua_Integer m = lua_tointeger(L, -1);
-      luaL_argcheck(L, m > 0 && m <= 0x7fffffff, idx, "'max' out of range");
-      *max = (size_t)m;
-    }
-  }
-  memcpy(s->sep, sep, seplen);
-  s->seplen = seplen;
-  lua_settop(L, 1);
+  return read_mode(L, TULUA__R_EXACT, "read_exactly");
 }
 
 static int stream_read_line(lua_State *L) {
-  tulua__stream *s = tulua__stream_check(L, 1);
-  size_t max;
-  if (s->busy) return luaL_error(L, "another task is reading this stream");
-  line_opts(L, s, 2, &max);
-  return start_read(L, s, R_LINE, max, "read_line");
+  return read_mode(L, TULUA__R_LINE, "read_line");
 }
 
 static int stream_read_all(lua_State *L) {
-  tulua__stream *s = tulua__stream_check(L, 1);
-  lua_Integer max = luaL_optinteger(L, 2, 0x7ffffffe);
-  luaL_argcheck(L, max > 0 && max < 0x7fffffff, 2, "size out of range");
-  return start_read(L, s, R_ALL, (size_t)max, "read_all");
-}
-
-/* lines(): an iterator of read_line results; raises on an error. The
- * upvalues: the stream, and the options table (or nil). */
-static int lines_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status;
-  (void)ctx;
-  if (lua_gettop(L) >= 3 && lua_isnil(L, -3) && lua_isstring(L, -2))
-    return luaL_error(L, "%s", lua_tostring(L, -2));
-  return 1;
-}
-
-static int lines_next(lua_State *L) {
-  lua_settop(L, 0);
-  lua_pushcfunction(L, stream_read_line);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_pushvalue(L, lua_upvalueindex(2));
-  lua_callk(L, 2, LUA_MULTRET, 0, lines_k);
-  return lines_k(L, LUA_OK, 0);
-}
-
-static int stream_lines(lua_State *L) {
-  tulua__stream_check(L, 1);
-  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
-  lua_settop(L, 2);
-  lua_pushcclosure(L, lines_next, 2);
-  return 1;
+  return read_mode(L, TULUA__R_ALL, "read_all");
 }
 
 /* ---- writing ---- */
@@ -678,7 +707,7 @@ void tulua__stream_register(lua_State *L, tulua__stream_kind kind,
   tulua__ignore_sigpipe();
   static const luaL_Reg methods[] = {
       {"read", stream_read},           {"read_exactly", stream_read_exactly},
-      {"read_line", stream_read_line}, {"lines", stream_lines},
+      {"read_line", stream_read_line}, {"lines", tulua__stream_lines},
       {"read_all", stream_read_all},   {"write", stream_write},
       {"shutdown", stream_shutdown},   {"close", stream_close},
       {"is_closed", stream_is_closed}, {NULL, NULL}};

@@ -44,18 +44,12 @@
 
 #include "stream.h"
 
-#define FSTREAM_MT   "tulua.file_stream"
-#define STATE_MT     "tulua.tty_state"
-#define HWM          (64 * 1024) /* read()'s default size, as stream.c's */
-#define CHUNK        (64 * 1024) /* a pool read asks for at least this */
-#define CHUNK_MAX    (4 * 1024 * 1024) /* and at most this */
-#define KEEP_BUF     (16 * 1024) /* an emptied buffer bigger than this goes */
-#define LINE_MAX_DEF (64 * 1024)
+#define FSTREAM_MT "tulua.file_stream"
+#define STATE_MT   "tulua.tty_state"
+#define CHUNK      (64 * 1024) /* a pool read asks for at least this */
+#define CHUNK_MAX  (4 * 1024 * 1024) /* and at most this */
 
 static const char *const STD_NAME[] = {"stdin", "stdout", "stderr"};
-
-/* What the waiting reader of a file stream wants, as in stream.c. */
-enum { R_ANY, R_EXACT, R_LINE, R_ALL };
 
 /* What a standard descriptor became. */
 enum { K_NONE, K_TTY, K_PIPE, K_FILE };
@@ -103,21 +97,15 @@ struct fstream {
   uv_fs_t rreq; /* the read in flight, while reading */
   tulua__waiter rw; /* the task waiting in a read */
   tulua__waiter sw; /* the task waiting in shutdown */
-  char *buf; /* unread bytes at buf[pos..len) */
-  size_t pos, len, cap;
-  size_t scanned; /* read_line: bytes after pos known to hold no separator */
-  size_t want; /* bytes (R_EXACT), or the most (R_LINE, R_ALL, R_ANY) */
-  char sep[8]; /* read_line's separator */
-  size_t seplen;
+  tulua__rbuf rb; /* unread bytes, and what the waiting reader wants */
   write_op *whead, *wtail; /* queued writes; the head is in flight */
-  int err; /* a read error (negative), sticky */
   int wakes; /* woken tasks that have not delivered yet */
-  unsigned char rmode, reading, eof, busy, closed, collected, shut;
+  unsigned char reading, busy, closed, collected, shut;
 };
 
 static void f_maybe_free(fstream *f) {
   if (!f->collected || f->reading || f->whead != NULL || f->wakes > 0) return;
-  free(f->buf);
+  free(f->rb.buf);
   free(f);
 }
 
@@ -128,42 +116,20 @@ static fstream *check_fstream(lua_State *L, int idx) {
   return *p;
 }
 
-static size_t f_avail(const fstream *f) {
-  return f->len - f->pos;
-}
-
 /* Whether the waiting reader can be served now. */
 static int f_satisfied(fstream *f) {
-  if (f->eof || f->err || f->closed) return 1;
-  size_t n = f_avail(f);
-  switch (f->rmode) {
-    case R_ANY:
-      return n > 0;
-    case R_EXACT:
-      return n >= f->want;
-    case R_ALL:
-      return n > f->want; /* past the most: an error */
-    default: { /* R_LINE */
-      if (n >= f->want + f->seplen) return 1;
-      /* a separator may straddle what was scanned and what came since */
-      size_t from = f->scanned >= f->seplen ? f->scanned - f->seplen + 1 : 0;
-      if (from < n &&
-          memmem(f->buf + f->pos + from, n - from, f->sep, f->seplen) != NULL)
-        return 1;
-      f->scanned = n;
-      return 0;
-    }
-  }
+  return f->closed || tulua__rbuf_satisfied(&f->rb);
 }
 
 /* How many bytes the next pool read asks for: a chunk, or what the reader
  * still lacks (read_exactly, read_all), up to CHUNK_MAX. */
 static size_t f_need(const fstream *f) {
-  size_t n = f_avail(f), need = CHUNK;
-  if (f->rmode == R_EXACT && f->want > n)
-    need = f->want - n;
-  else if (f->rmode == R_ALL) /* grows with what came: few round trips */
-    need = n < f->want + 1 - n ? n : f->want + 1 - n;
+  const tulua__rbuf *rb = &f->rb;
+  size_t n = tulua__rbuf_avail(rb), need = CHUNK;
+  if (rb->mode == TULUA__R_EXACT && rb->want > n)
+    need = rb->want - n;
+  else if (rb->mode == TULUA__R_ALL) /* grows with what came: few trips */
+    need = n < rb->want + 1 - n ? n : rb->want + 1 - n;
   if (need < CHUNK) need = CHUNK;
   return need > CHUNK_MAX ? CHUNK_MAX : need;
 }
@@ -174,23 +140,11 @@ static void f_read_cb(uv_fs_t *req);
  * the callback. Returns 0 or a negative libuv code (nothing started). */
 static int f_start_read(fstream *f) {
   size_t need = f_need(f);
-  if (f->pos > 0 && f->len + need > f->cap) { /* make room at the front */
-    memmove(f->buf, f->buf + f->pos, f_avail(f));
-    f->len -= f->pos;
-    f->pos = 0;
-  }
-  if (f->len + need > f->cap) {
-    size_t cap = f->cap ? f->cap : 1024;
-    while (cap < f->len + need)
-      cap *= 2;
-    char *b = realloc(f->buf, cap);
-    if (b == NULL) return UV_ENOMEM;
-    f->buf = b;
-    f->cap = cap;
-  }
-  uv_buf_t b = {.base = f->buf + f->len, .len = need};
+  int rc = tulua__rbuf_reserve(&f->rb, need);
+  if (rc < 0) return rc;
+  uv_buf_t b = {.base = f->rb.buf + f->rb.len, .len = need};
   f->rreq.data = f;
-  int rc = uv_fs_read(f->loop, &f->rreq, f->fd, &b, 1, -1, f_read_cb);
+  rc = uv_fs_read(f->loop, &f->rreq, f->fd, &b, 1, -1, f_read_cb);
   if (rc == 0) f->reading = 1;
   return rc;
 }
@@ -201,11 +155,11 @@ static void f_read_cb(uv_fs_t *req) { /* no Lua API here */
   uv_fs_req_cleanup(req);
   f->reading = 0;
   if (n > 0)
-    f->len += (size_t)n;
+    f->rb.len += (size_t)n;
   else if (n == 0)
-    f->eof = 1;
+    f->rb.eof = 1;
   else if (n != UV_ECANCELED) /* cancelled: the bytes are still there */
-    f->err = (int)n;
+    f->rb.err = (int)n;
   if (f->collected) {
     f_maybe_free(f);
     return;
@@ -214,25 +168,10 @@ static void f_read_cb(uv_fs_t *req) { /* no Lua API here */
   if (!f_satisfied(f)) {
     int rc = f_start_read(f);
     if (rc == 0) return;
-    f->err = rc;
+    f->rb.err = rc;
   }
   f->wakes++;
   tulua__wake(&f->rw);
-}
-
-/* Drops n consumed bytes; gives a big emptied buffer back unless a read is
- * in flight into it. */
-static void f_consume(fstream *f, size_t n) {
-  f->pos += n;
-  f->scanned = 0;
-  if (f->pos == f->len && !f->reading) {
-    f->pos = f->len = 0;
-    if (f->cap > KEEP_BUF) {
-      free(f->buf);
-      f->buf = NULL;
-      f->cap = 0;
-    }
-  }
 }
 
 static int push_closed(lua_State *L) {
@@ -242,72 +181,11 @@ static int push_closed(lua_State *L) {
   return 3;
 }
 
-/* Pushes the outcome of the read f->rmode asks for, which must be satisfied
- * (or the stream ended): the results of stream.c's push_read. */
+/* Pushes the answer to the read (satisfied, or the stream ended); an
+ * emptied buffer stays while a pool read fills it. */
 static int f_push_read(lua_State *L, fstream *f) {
-  size_t n = f_avail(f);
-  const char *p = f->buf + f->pos;
   if (f->closed) return push_closed(L);
-  switch (f->rmode) {
-    case R_ANY:
-      if (n == 0) break;
-      if (n > f->want) n = f->want;
-      lua_pushlstring(L, p, n);
-      f_consume(f, n);
-      return 1;
-    case R_EXACT:
-      if (n >= f->want) {
-        lua_pushlstring(L, p, f->want);
-        f_consume(f, f->want);
-        return 1;
-      }
-      if (f->eof && !f->err) { /* the partial data stays readable */
-        lua_pushnil(L);
-        lua_pushfstring(L, "file stream: end of stream after %d of %d bytes",
-                        (int)n, (int)f->want);
-        lua_pushliteral(L, "EOF");
-        return 3;
-      }
-      break;
-    case R_ALL:
-      if (n > f->want) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "file stream: more than %d bytes", (int)f->want);
-        lua_pushliteral(L, "ENOBUFS");
-        return 3;
-      }
-      if (f->eof && !f->err) {
-        lua_pushlstring(L, n ? p : "", n);
-        f_consume(f, n);
-        return 1;
-      }
-      break;
-    default: { /* R_LINE */
-      const char *at = n ? memmem(p, n, f->sep, f->seplen) : NULL;
-      if (at != NULL && (size_t)(at - p) <= f->want) {
-        size_t line = (size_t)(at - p);
-        lua_pushlstring(L, p, line);
-        f_consume(f, line + f->seplen);
-        return 1;
-      }
-      if (n > f->want) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "file stream: line longer than %d bytes",
-                        (int)f->want);
-        lua_pushliteral(L, "ENOBUFS");
-        return 3;
-      }
-      if (f->eof && n > 0 && !f->err) { /* the last line, unended */
-        lua_pushlstring(L, p, n);
-        f_consume(f, n);
-        return 1;
-      }
-      break;
-    }
-  }
-  if (f->err) return push_fail(L, f->name, f->err);
-  lua_pushnil(L); /* the end of the stream */
-  return 1;
+  return tulua__rbuf_push(L, &f->rb, "file stream", f->name, !f->reading);
 }
 
 static int f_read_deliver(lua_State *L, void *ud) {
@@ -330,116 +208,35 @@ static void f_read_cancel(void *ud) {
 }
 
 /* Serves the read at once if it can, else waits (a tail call). */
-static int f_start(lua_State *L, fstream *f, int mode, size_t want,
-                   const char *op) {
+static int f_start(lua_State *L, fstream *f, int mode, const char *op) {
   if (f->busy) return luaL_error(L, "another task is reading this stream");
-  f->rmode = (unsigned char)mode;
-  f->want = want;
-  f->scanned = 0;
+  if (!tulua__rbuf_request(L, &f->rb, mode)) return 1;
   if (f_satisfied(f)) return f_push_read(L, f);
   tulua__check_wait(L, op);
   if (!f->reading) { /* else the read in flight serves us */
     int rc = f_start_read(f);
     if (rc < 0) return push_fail(L, f->name, rc);
   }
-  f->busy = 1;
-  lua_settop(L, 1); /* the stream stays referenced while we wait */
+  f->busy = 1; /* the stream stays referenced on the stack while we wait */
   return tulua__wait(L, &f->rw, f_read_deliver, f_read_cancel, f);
 }
 
-static size_t check_size(lua_State *L, int idx, lua_Integer def) {
-  lua_Integer n = luaL_optinteger(L, idx, def);
-  luaL_argcheck(L, n > 0 && n <= 0x7fffffff, idx, "size out of range");
-  return (size_t)n;
-}
-
-/* s:read([max]) -> string | nil | nil, message, code: what is there, up to
- * max (default 64 KiB) bytes; waits for at least one. */
+/* The read methods, as stream.c's: s:read([max]), s:read_exactly(n),
+ * s:read_line([{sep=, max=}]), s:read_all([max]). */
 static int fstream_read(lua_State *L) {
-  fstream *f = check_fstream(L, 1);
-  return f_start(L, f, R_ANY, check_size(L, 2, HWM), "read");
+  return f_start(L, check_fstream(L, 1), TULUA__R_ANY, "read");
 }
 
-/* s:read_exactly(n) -> string | nil | nil, message, code: n bytes, or
- * nil, "... end of stream after k of n bytes", "EOF". */
 static int fstream_read_exactly(lua_State *L) {
-  fstream *f = check_fstream(L, 1);
-  lua_Integer n = luaL_checkinteger(L, 2);
-  luaL_argcheck(L, n >= 0 && n <= 0x7fffffff, 2, "size out of range");
-  if (n == 0) {
-    lua_pushliteral(L, "");
-    return 1;
-  }
-  return f_start(L, f, R_EXACT, (size_t)n, "read_exactly");
+  return f_start(L, check_fstream(L, 1), TULUA__R_EXACT, "read_exactly");
 }
 
-/* Reads the options {sep=, max=} at idx into f, as stream.c does. */
-static void line_opts(lua_State *L, fstream *f, int idx, size_t *max) {
-  const char *sep = "\n";
-  size_t seplen = 1;
-  *max = LINE_MAX_DEF;
-  if (!lua_isnoneornil(L, idx)) {
-    luaL_checktype(L, idx, LUA_TTABLE);
-    if (lua_getfield(L, idx, "sep") != LUA_TNIL) {
-      sep = lua_tolstring(L, -1, &seplen);
-      luaL_argcheck(L, sep != NULL && seplen > 0 && seplen <= sizeof f->sep,
-                    idx, "'sep' must be a string of 1 to 8 bytes");
-    }
-    if (lua_getfield(L, idx, "max") != LUA_TNIL) {
-      lua_Integer m = lua_tointeger(L, -1);
-      luaL_argcheck(L, m > 0 && m <= 0x7fffffff, idx, "'max' out of range");
-      *max = (size_t)m;
-    }
-  }
-  memcpy(f->sep, sep, seplen); /* sep is alive: in the table or a literal */
-  f->seplen = seplen;
-  lua_settop(L, 1);
-}
-
-/* s:read_line([{sep=, max=}]) -> line | nil | nil, message, code: the
- * next line without its separator (default "\n"), at most max bytes. */
 static int fstream_read_line(lua_State *L) {
-  fstream *f = check_fstream(L, 1);
-  size_t max;
-  if (f->busy) return luaL_error(L, "another task is reading this stream");
-  line_opts(L, f, 2, &max);
-  return f_start(L, f, R_LINE, max, "read_line");
+  return f_start(L, check_fstream(L, 1), TULUA__R_LINE, "read_line");
 }
 
-/* s:read_all([max]) -> string | nil, message, code: the rest. */
 static int fstream_read_all(lua_State *L) {
-  fstream *f = check_fstream(L, 1);
-  lua_Integer max = luaL_optinteger(L, 2, 0x7ffffffe);
-  luaL_argcheck(L, max > 0 && max < 0x7fffffff, 2, "size out of range");
-  return f_start(L, f, R_ALL, (size_t)max, "read_all");
-}
-
-/* The lines iterator: read_line's results; raises on a failure. Upvalues:
- * the stream and the options (or nil). */
-static int lines_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status;
-  (void)ctx;
-  if (lua_gettop(L) >= 3 && lua_isnil(L, -3) && lua_isstring(L, -2))
-    return luaL_error(L, "%s", lua_tostring(L, -2));
-  return 1;
-}
-
-static int lines_next(lua_State *L) {
-  lua_settop(L, 0);
-  lua_pushcfunction(L, fstream_read_line);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_pushvalue(L, lua_upvalueindex(2));
-  lua_callk(L, 2, LUA_MULTRET, 0, lines_k);
-  return lines_k(L, LUA_OK, 0);
-}
-
-/* s:lines([{sep=, max=}]) -> iterator over read_line's lines. */
-static int fstream_lines(lua_State *L) {
-  check_fstream(L, 1);
-  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
-  lua_settop(L, 2);
-  lua_pushcclosure(L, lines_next, 2);
-  return 1;
+  return f_start(L, check_fstream(L, 1), TULUA__R_ALL, "read_all");
 }
 
 static void w_cb(uv_fs_t *req);
@@ -962,7 +759,7 @@ static int ttystream_size(lua_State *L) {
 int luaopen_tulua_tty(lua_State *L) {
   static const luaL_Reg fstream_methods[] = {
       {"read", fstream_read},           {"read_exactly", fstream_read_exactly},
-      {"read_line", fstream_read_line}, {"lines", fstream_lines},
+      {"read_line", fstream_read_line}, {"lines", tulua__stream_lines},
       {"read_all", fstream_read_all},   {"write", fstream_write},
       {"shutdown", fstream_shutdown},   {"close", fstream_close},
       {"is_closed", fstream_is_closed}, {NULL, NULL}};
