@@ -34,6 +34,8 @@
 
 static const char *const KIND_MT[] = {"tulua.tcp", "tulua.pipe", "tulua.tty"};
 static const char *const KIND_NAME[] = {"tcp", "pipe", "tty"};
+static const char *const KIND_WHAT[] = {"tcp stream", "pipe stream",
+                                        "tty stream"};
 
 struct tulua__server {
   union {
@@ -128,7 +130,7 @@ static tulua__stream **to_stream(lua_State *L, int idx) {
   void *p = lua_touserdata(L, idx);
   if (p == NULL || !lua_getmetatable(L, idx)) return NULL;
   for (int k = TULUA_TCP; k <= TULUA_TTY; k++) {
-    luaL_getmetatable(L, KIND_MT[k]);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &KIND_MT[k]); /* no string hashing */
     int same = lua_rawequal(L, -1, -2);
     lua_pop(L, 1);
     if (same) {
@@ -510,18 +512,16 @@ static int resume_reading(tulua__stream *s) {
   return rc;
 }
 
-/* Pushes the answer to the read (satisfied, or the stream ended). idx:
- * the stream, for messages. */
-static int push_read(lua_State *L, tulua__stream *s, int idx) {
+/* Pushes the answer to the read (satisfied, or the stream ended). */
+static int push_read(lua_State *L, tulua__stream *s) {
   if (s->closed) {
     lua_pushnil(L);
-    lua_pushfstring(L, "%s stream closed", kind_name(L, idx));
+    lua_pushfstring(L, "%s closed", KIND_WHAT[s->kind]);
     lua_pushliteral(L, "ECANCELED");
     return 3;
   }
-  const char *what = lua_pushfstring(L, "%s stream", kind_name(L, idx));
-  int n = tulua__rbuf_push(L, &s->rb, what, KIND_NAME[s->kind], 1);
-  lua_remove(L, -(n + 1)); /* what */
+  int n =
+      tulua__rbuf_push(L, &s->rb, KIND_WHAT[s->kind], KIND_NAME[s->kind], 1);
   resume_reading(s);
   return n;
 }
@@ -537,7 +537,7 @@ static int read_deliver(lua_State *L, void *ud) {
     lua_pushliteral(L, "ECANCELED");
     return 3;
   }
-  int n = push_read(L, s, 1);
+  int n = push_read(L, s);
   s->busy = 0; /* after push_read: its limit() still counted the reader */
   if (!s->closed) idle_reading(s);
   return n;
@@ -552,7 +552,7 @@ static void read_cancel(void *ud) {
 /* Serves the read requested in s->rb at once if it can, else waits (a
  * tail call). */
 static int start_read(lua_State *L, tulua__stream *s, const char *op) {
-  if (satisfied(s)) return push_read(L, s, 1);
+  if (satisfied(s)) return push_read(L, s);
   tulua__check_wait(L, op);
   s->busy = 1; /* before resume_reading: limit() counts the reader */
   int rc = resume_reading(s);
@@ -719,6 +719,8 @@ void tulua__stream_register(lua_State *L, tulua__stream_kind kind,
     luaL_setfuncs(L, meta, 0);
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");
+    lua_pushvalue(L, -1); /* also keyed by address, for to_stream */
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &KIND_MT[kind]);
   }
   lua_getfield(L, -1, "__index"); /* a later registration adds its own */
   if (extra) luaL_setfuncs(L, extra, 0);
