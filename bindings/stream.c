@@ -129,6 +129,10 @@ static void release(tulua__stream **p) {
 static tulua__stream **to_stream(lua_State *L, int idx) {
   void *p = lua_touserdata(L, idx);
   if (p == NULL || !lua_getmetatable(L, idx)) return NULL;
+  if (lua_rawequal(L, -1, lua_upvalueindex(1))) { /* a method's own kind */
+    lua_pop(L, 1);
+    return p;
+  }
   for (int k = TULUA_TCP; k <= TULUA_TTY; k++) {
     lua_rawgetp(L, LUA_REGISTRYINDEX, &KIND_MT[k]); /* no string hashing */
     int same = lua_rawequal(L, -1, -2);
@@ -716,8 +720,13 @@ void tulua__stream_register(lua_State *L, tulua__stream_kind kind,
                                   {"__tostring", stream_tostring},
                                   {NULL, NULL}};
   if (luaL_newmetatable(L, KIND_MT[kind])) {
-    luaL_setfuncs(L, meta, 0);
-    luaL_newlib(L, methods);
+    /* the shared methods get their kind's metatable as upvalue 1: to_stream
+     * checks a stream with one comparison */
+    lua_pushvalue(L, -1);
+    luaL_setfuncs(L, meta, 1);
+    lua_createtable(L, 0, sizeof methods / sizeof methods[0]);
+    lua_pushvalue(L, -2);
+    luaL_setfuncs(L, methods, 1);
     lua_setfield(L, -2, "__index");
     lua_pushvalue(L, -1); /* also keyed by address, for to_stream */
     lua_rawsetp(L, LUA_REGISTRYINDEX, &KIND_MT[kind]);

@@ -31,7 +31,7 @@
 #endif
 
 #define GRAIN     16
-#define SMALL_MAX 1024
+#define SMALL_MAX 2048
 #define PAGE_SIZE (256 * 1024)
 
 /* Pages (256 KiB, mapped) are aligned to their size, so that a block finds its

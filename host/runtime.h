@@ -14,14 +14,14 @@
 
 /* alloc.c: a runtime's Lua allocator, small blocks in size classes. */
 typedef struct tulua__heap {
-  void *free[64]; /* free lists, one per 16-byte size class up to 1 KiB */
+  void *free[128]; /* free lists, one per 16-byte size class up to 2 KiB */
   char *cur, *end; /* the rest of the newest page */
   void *pages; /* every page, freed at close */
 } tulua__heap;
 
 void *tulua__alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 void tulua__heap_free(tulua__heap *h);
-/* Small blocks (n <= 1 KiB) for the runtime's own structs; no header. */
+/* Small blocks (n <= 2 KiB) for the runtime's own structs; no header. */
 void *tulua__heap_get(tulua__heap *h, size_t n);
 void tulua__heap_put(tulua__heap *h, void *p, size_t n);
 /* Returns the heap a small block came from. */
