@@ -21,6 +21,23 @@ static inline int push_fail(lua_State *L, const char *subject, int rc) {
   return 3;
 }
 
+/* Returns the number field of the options table at idx, or def when it is
+ * nil; raises "bad argument #idx to 'f' ('field' must be a number)" for
+ * another type. [-0, +0, v] */
+static inline lua_Number tulua__opt_field_number(lua_State *L, int idx,
+                                                 const char *field,
+                                                 lua_Number def) {
+  int isnum;
+  lua_getfield(L, idx, field);
+  lua_Number n = lua_tonumberx(L, -1, &isnum);
+  int absent = lua_isnil(L, -1);
+  lua_pop(L, 1);
+  if (absent) return def;
+  if (!isnum)
+    luaL_argerror(L, idx, lua_pushfstring(L, "'%s' must be a number", field));
+  return n;
+}
+
 static inline void tulua__sigpipe_cb(int sig) {
   (void)sig; /* the write that raised it fails with EPIPE */
 }

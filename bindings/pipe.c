@@ -83,10 +83,10 @@ static int net_serve_unix(lua_State *L) {
   int backlog = BACKLOG;
   if (!lua_isnoneornil(L, 3)) {
     luaL_checktype(L, 3, LUA_TTABLE);
-    lua_getfield(L, 3, "backlog");
-    backlog = (int)luaL_optinteger(L, -1, BACKLOG);
-    luaL_argcheck(L, backlog > 0, 3, "'backlog' must be positive");
-    lua_pop(L, 1);
+    lua_Number b = tulua__opt_field_number(L, 3, "backlog", BACKLOG);
+    luaL_argcheck(L, b >= 1 && b <= 0x7fffffff && b == (int)b, 3,
+                  "'backlog' must be a positive integer");
+    backlog = (int)b;
   }
   tulua__server *srv = tulua__server_new(L, TULUA_PIPE, 2);
   uv_pipe_t *pipe = (uv_pipe_t *)tulua__server_handle(srv);

@@ -541,7 +541,8 @@ static int read_deliver(lua_State *L, void *ud) {
     lua_pushliteral(L, "ECANCELED");
     return 3;
   }
-  int n = push_read(L, s);
+  /* a cancelled reader takes nothing: the bytes stay for the next one */
+  int n = tulua__cancel_pending(L) ? 0 : push_read(L, s);
   s->busy = 0; /* after push_read: its limit() still counted the reader */
   if (!s->closed) idle_reading(s);
   return n;
@@ -592,11 +593,17 @@ static int stream_read_all(lua_State *L) {
   return read_mode(L, TULUA__R_ALL, "read_all");
 }
 
+static int stream_lines(lua_State *L) {
+  tulua__stream_check(L, 1);
+  return tulua__stream_lines(L);
+}
+
 /* ---- writing ---- */
 
 typedef struct {
   uv_write_t req;
   tulua__waiter w;
+  const char *what; /* "tcp stream", for messages */
   int status;
   size_t len;
   char data[]; /* what uv_try_write did not take */
@@ -605,10 +612,11 @@ typedef struct {
 static int write_deliver(lua_State *L, void *ud) {
   write_op *op = ud;
   int status = op->status;
+  const char *what = op->what;
   free(op);
   if (status == UV_ECANCELED) {
     lua_pushnil(L);
-    lua_pushliteral(L, "stream closed");
+    lua_pushfstring(L, "%s closed", what);
     lua_pushliteral(L, "ECANCELED");
     return 3;
   }
@@ -644,6 +652,7 @@ static int stream_write(lua_State *L) {
   if (op == NULL) return push_fail(L, "write", UV_ENOMEM);
   memcpy(op->data, data + done, len - done);
   op->len = len - done;
+  op->what = KIND_WHAT[s->kind];
   op->req.data = op;
   uv_buf_t b = uv_buf_init(op->data, (unsigned)op->len);
   int rc = uv_write(&op->req, &s->u.s, &b, 1, write_cb);
@@ -657,13 +666,21 @@ static int stream_write(lua_State *L) {
 typedef struct {
   uv_shutdown_t req;
   tulua__waiter w;
+  const char *what; /* "tcp stream", for messages */
   int status;
 } shutdown_op;
 
 static int shutdown_deliver(lua_State *L, void *ud) {
   shutdown_op *op = ud;
   int status = op->status;
+  const char *what = op->what;
   free(op);
+  if (status == UV_ECANCELED) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s closed", what);
+    lua_pushliteral(L, "ECANCELED");
+    return 3;
+  }
   if (status < 0) return push_fail(L, "shutdown", status);
   lua_pushboolean(L, 1);
   return 1;
@@ -682,6 +699,7 @@ static int stream_shutdown(lua_State *L) {
   shutdown_op *op = malloc(sizeof *op);
   if (op == NULL) return push_fail(L, "shutdown", UV_ENOMEM);
   op->req.data = op;
+  op->what = KIND_WHAT[s->kind];
   int rc = uv_shutdown(&op->req, &s->u.s, shutdown_cb);
   if (rc < 0) {
     free(op);
@@ -711,7 +729,7 @@ void tulua__stream_register(lua_State *L, tulua__stream_kind kind,
   tulua__ignore_sigpipe();
   static const luaL_Reg methods[] = {
       {"read", stream_read},           {"read_exactly", stream_read_exactly},
-      {"read_line", stream_read_line}, {"lines", tulua__stream_lines},
+      {"read_line", stream_read_line}, {"lines", stream_lines},
       {"read_all", stream_read_all},   {"write", stream_write},
       {"shutdown", stream_shutdown},   {"close", stream_close},
       {"is_closed", stream_is_closed}, {NULL, NULL}};

@@ -42,6 +42,12 @@ static int parse_addr(const char *host, int port, struct sockaddr_storage *ss) {
   return uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss);
 }
 
+/* Pushes "host:port", "[host]:port" for an IPv6 address. [-0, +1, m] */
+static const char *push_subject(lua_State *L, const char *host, int port) {
+  return lua_pushfstring(L, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
+                         port);
+}
+
 static int check_port(lua_State *L, int idx) {
   lua_Integer port = luaL_checkinteger(L, idx);
   luaL_argcheck(L, port >= 0 && port <= 65535, idx, "port out of range");
@@ -185,17 +191,16 @@ static int net_connect(lua_State *L) {
   lua_Number timeout = 0;
   if (!lua_isnoneornil(L, 3)) {
     luaL_checktype(L, 3, LUA_TTABLE);
-    lua_getfield(L, 3, "timeout");
-    timeout = luaL_optnumber(L, -1, 0);
+    timeout = tulua__opt_field_number(L, 3, "timeout", 0);
     luaL_argcheck(L, timeout >= 0 && timeout == timeout, 3,
                   "'timeout' must be a non-negative number");
-    lua_pop(L, 1);
   }
   tulua__check_wait(L, "net.connect");
   tulua__stream_register(L, TULUA_TCP, NULL);
   connect_op *op = calloc(1, sizeof *op);
   if (op == NULL) return push_fail(L, host, UV_ENOMEM);
-  snprintf(op->subject, sizeof op->subject, "%s:%d", host, port);
+  snprintf(op->subject, sizeof op->subject,
+           strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
   op->loop = tulua__loop(L);
   op->scratch = tulua__stream_scratch(L);
   op->gai.data = op;
@@ -234,10 +239,10 @@ static int net_serve(lua_State *L) {
   int backlog = BACKLOG;
   if (!lua_isnoneornil(L, 4)) {
     luaL_checktype(L, 4, LUA_TTABLE);
-    lua_getfield(L, 4, "backlog");
-    backlog = (int)luaL_optinteger(L, -1, BACKLOG);
-    luaL_argcheck(L, backlog > 0, 4, "'backlog' must be positive");
-    lua_pop(L, 1);
+    lua_Number b = tulua__opt_field_number(L, 4, "backlog", BACKLOG);
+    luaL_argcheck(L, b >= 1 && b <= 0x7fffffff && b == (int)b, 4,
+                  "'backlog' must be a positive integer");
+    backlog = (int)b;
   }
   struct sockaddr_storage ss;
   int rc = parse_addr(host, port, &ss);
@@ -253,8 +258,7 @@ static int net_serve(lua_State *L) {
   }
   if (rc == 0) rc = tulua__server_listen(srv, backlog);
   if (rc < 0) {
-    lua_pushfstring(L, "%s:%d", host, port);
-    return push_fail(L, lua_tostring(L, -1), rc);
+    return push_fail(L, push_subject(L, host, port), rc);
   }
   tulua__server_anchor(L, srv);
   return 1;

@@ -196,7 +196,8 @@ static int f_read_deliver(lua_State *L, void *ud) {
     f_maybe_free(f);
     return push_closed(L);
   }
-  return f_push_read(L, f);
+  /* a cancelled reader takes nothing: the bytes stay for the next one */
+  return tulua__cancel_pending(L) ? 0 : f_push_read(L, f);
 }
 
 /* The reader is gone; a queued read is withdrawn (its callback comes with
@@ -237,6 +238,11 @@ static int fstream_read_line(lua_State *L) {
 
 static int fstream_read_all(lua_State *L) {
   return f_start(L, check_fstream(L, 1), TULUA__R_ALL, "read_all");
+}
+
+static int fstream_lines(lua_State *L) {
+  check_fstream(L, 1);
+  return tulua__stream_lines(L);
 }
 
 static void w_cb(uv_fs_t *req);
@@ -759,7 +765,7 @@ static int ttystream_size(lua_State *L) {
 int luaopen_tulua_tty(lua_State *L) {
   static const luaL_Reg fstream_methods[] = {
       {"read", fstream_read},           {"read_exactly", fstream_read_exactly},
-      {"read_line", fstream_read_line}, {"lines", tulua__stream_lines},
+      {"read_line", fstream_read_line}, {"lines", fstream_lines},
       {"read_all", fstream_read_all},   {"write", fstream_write},
       {"shutdown", fstream_shutdown},   {"close", fstream_close},
       {"is_closed", fstream_is_closed}, {NULL, NULL}};

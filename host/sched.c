@@ -365,6 +365,11 @@ int tulua__wait(lua_State *L, tulua__waiter *w, tulua__deliver_fn deliver,
   return lua_yieldk(L, 0, (lua_KContext)w, wait_k);
 }
 
+int tulua__cancel_pending(lua_State *L) {
+  tulua__task *t = tulua__runtime(L)->current;
+  return t != NULL && t->cancelling;
+}
+
 int tulua__wake(tulua__waiter *w) {
   tulua__task *t = w->task;
   if (t == NULL) return 0;

@@ -66,6 +66,12 @@ void tulua__check_wait(lua_State *L, const char *op);
 int tulua__wait(lua_State *L, tulua__waiter *w, tulua__deliver_fn deliver,
                 tulua__cancel_fn cancel, void *ud);
 
+/* Returns 1 if the running task has a cancellation pending: a deliver
+ * step that sees it should take nothing (the results it would push are
+ * dropped and the cancellation raised), so that, e.g., bytes a cancelled
+ * reader was woken for stay for the next reader. */
+int tulua__cancel_pending(lua_State *L);
+
 /* Wakes the task waiting on w, from a libuv callback (calls no Lua API).
  * Returns 1 if a task will run deliver, 0 if the waiter is gone and the
  * caller must free the operation itself. */
