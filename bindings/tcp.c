@@ -340,5 +340,14 @@ int luaopen_tulua_net(lua_State *L) {
   tulua__server_register(L, server_methods);
   luaL_newlib(L, funcs);
   tulua__pipe_open(L);
+  /* one module for the network: net.dns, net.udp, and the lookups */
+  luaL_requiref(L, "tulua.dns", luaopen_tulua_dns, 0);
+  lua_getfield(L, -1, "getaddrinfo");
+  lua_setfield(L, -3, "getaddrinfo");
+  lua_getfield(L, -1, "getnameinfo");
+  lua_setfield(L, -3, "getnameinfo");
+  lua_setfield(L, -2, "dns");
+  luaL_requiref(L, "tulua.udp", luaopen_tulua_udp, 0);
+  lua_setfield(L, -2, "udp");
   return 1;
 }

@@ -269,6 +269,13 @@ describe("tulua.net", function()
     if first_err ~= nil then error(first_err, 0) end
   end)
 
+  it("gathers the network: the dns and udp modules and the lookups", function()
+    assert.are.equal(require("tulua.dns"), net.dns)
+    assert.are.equal(require("tulua.udp"), net.udp)
+    assert.are.equal(net.dns.getaddrinfo, net.getaddrinfo)
+    assert.are.equal(net.dns.getnameinfo, net.getnameinfo)
+  end)
+
   describe("net.serve and net.connect", function()
     it("serve 127.0.0.1 on a free port for port 0 and connect to it", bounded(function()
       local srv = assert(net.serve("127.0.0.1", 0, function(s) s:write("hi\n") end))
