@@ -340,8 +340,13 @@ int tulua_run(tulua_runtime *rt) {
     set_errmsg(rt, "tulua_run: called from inside a task");
     return TULUA_ESTATE;
   }
-  while (uv_run(rt->loop, UV_RUN_DEFAULT) != 0 || rt->ready_len > 0) {
+  rt->stop_requested = 0;
+  for (;;) {
+    int alive = uv_run(rt->loop, UV_RUN_ONCE);
+    if (rt->stop_requested && rt->ntasks == 0) break; /* interrupted */
+    if (!alive && rt->ready_len == 0) break;
   }
+  rt->stop_requested = 0;
   return 0;
 }
 

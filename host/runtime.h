@@ -73,6 +73,7 @@ struct tulua_runtime {
   int in_drain; /* the scheduler is resuming tasks: no nested runs */
   lua_State *call_co; /* the task tulua_call waits for */
   double budget; /* tulua_step's time budget for one drain, 0: none */
+  int stop_requested; /* an interrupt: tulua_run ends when no task is left */
 
   volatile sig_atomic_t interrupt_pending; /* tulua_interrupt not yet seen */
   volatile sig_atomic_t cancel_pending; /* cancel call_co at next poll */

@@ -952,9 +952,16 @@ static void async_cb(uv_async_t *h) {
 }
 
 /* Cancels every unfinished task, as an interrupt during tulua_run. */
+/* Cancels every unfinished task, as an interrupt during tulua_run, and
+ * makes tulua_run return once they have ended, even if handles (a server,
+ * a timer) would keep the loop going: Ctrl-C stops a server script, as it
+ * stops asyncio.run. With no task to cancel, the interrupt itself is
+ * reported ("interrupted!"), so that it is not silent. */
 static void interrupt_all(lua_State *L, tulua__job *job) {
   tulua_runtime *rt =
       (tulua_runtime *)((char *)job - offsetof(tulua_runtime, interrupt_job));
+  int n = 0;
+  rt->stop_requested = 1;
   push_live(L, rt);
   lua_pushnil(L);
   while (lua_next(L, -2) != 0) {
@@ -963,10 +970,16 @@ static void interrupt_all(lua_State *L, tulua__job *job) {
     if (t != NULL) {
       t->interrupted = t->by_interrupt = 1;
       cancel_task(rt, t);
+      n++;
     }
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
+  if (n == 0) {
+    rt->uncaught++;
+    if (rt->cfg.on_error)
+      rt->cfg.on_error(rt, "interrupted!", rt->cfg.userdata);
+  }
 }
 
 void tulua__post(tulua_runtime *rt, tulua__job *job) {

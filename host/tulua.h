@@ -96,7 +96,9 @@ int tulua_spawn(tulua_runtime *rt, int nargs);
  * Blocks; must not be called from inside a task. */
 int tulua_call(tulua_runtime *rt, int nargs, int nresults);
 
-/* Runs the loop until no task is left and no handle keeps it alive.
+/* Runs the loop until no task is left and no handle keeps it alive, or,
+ * after tulua_interrupt, until the tasks it cancelled have ended (handles
+ * such as a listening server may still be active: tulua_close closes them).
  * Returns 0, or TULUA_ESTATE when called from inside a task. Blocks. */
 int tulua_run(tulua_runtime *rt);
 

@@ -463,6 +463,19 @@ wait $pid; rc=$?; kill $dog 2> /dev/null; exit $rc]], shell_quote(dir), shell_qu
       assert.are.same({1, "ready\n", "lua: interrupted!\n"}, {r.status, r.stdout, r.stderr})
     end)
 
+    it("stops a server script: cancels its connections' tasks and exits", function()
+      local r = interrupt("tulua", "local net = require 'tulua.net'\n"
+        .. "local s = net.serve('127.0.0.1', 0, function(c) c:read() end)\n"
+        .. "local c = require('tulua.net').connect('127.0.0.1', select(2, s:address()))\n"
+        .. "c:write('x')\n" .. READY, 1)
+      assert.are.same({1, "ready\n", "lua: interrupted!\n"}, {r.status, r.stdout, r.stderr})
+    end)
+
+    it("stops a script with only a timer running, reporting the interrupt", function()
+      local r = interrupt("tulua", "require('tulua.timer').every(0.05, function() end)\n" .. READY, 1)
+      assert.are.same({1, "ready\n", "lua: interrupted!\n"}, {r.status, r.stdout, r.stderr})
+    end)
+
     it("lets a task catch the cancellation after the script and clean up", function()
       local r = interrupt("tulua", "local t = require 'tulua'\nt.spawn(function() "
         .. "local ok, err = pcall(t.sleep, 10) print(ok, err.code) end)\n" .. READY, 1)
