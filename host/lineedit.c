@@ -11,6 +11,7 @@
  *
  * libedit keeps global state, and so does this file: there is one editor
  * per process, the CLI's. */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -27,6 +28,70 @@
 #define HISTORY_FILE "/.tulua_history"
 #define HISTORY_MAX  1000
 #define ERASE_LINE   "\r\033[K" /* to column 0, clear to the end of line */
+
+/* libedit, opened when the REPL starts on a terminal (dlopen): linking it
+ * would cost every script about 0.2 ms of start-up for its library and
+ * those it needs (libtinfo, libbsd, libmd). Pointers to its functions and
+ * variables, by their readline names. */
+static struct {
+  void *so;
+  int (*add_history)(const char *);
+  int (*read_history)(const char *);
+  int (*write_history)(const char *);
+  void (*stifle_history)(int);
+  void (*rl_callback_handler_install)(const char *, rl_vcpfunc_t *);
+  void (*rl_callback_handler_remove)(void);
+  void (*rl_callback_read_char)(void);
+  char **(*rl_completion_matches)(const char *, rl_compentry_func_t *);
+  void (*rl_forced_update_display)(void);
+  int (*rl_initialize)(void);
+  rl_completion_func_t **rl_attempted_completion_function;
+  int *rl_attempted_completion_over;
+  const char **rl_basic_word_break_characters;
+  int *rl_catch_signals;
+  char **rl_completer_word_break_characters;
+  int *rl_completion_append_character;
+  int (**rl_getc_function)(FILE *);
+  FILE **rl_instream;
+  FILE **rl_outstream;
+  const char **rl_readline_name;
+} R;
+
+/* Opens libedit and finds every symbol; returns 0, or -1 (the REPL then
+ * reads lines without editing). */
+static int load_libedit(void) {
+  if (R.so != NULL) return 0;
+  void *so = dlopen("libedit.so.2", RTLD_NOW | RTLD_LOCAL);
+  if (so == NULL) return -1;
+#define SYM(name)                                                              \
+  if ((*(void **)&R.name = dlsym(so, #name)) == NULL) {                        \
+    dlclose(so);                                                               \
+    return -1;                                                                 \
+  }
+  SYM(add_history)
+  SYM(read_history)
+  SYM(write_history)
+  SYM(stifle_history)
+  SYM(rl_callback_handler_install)
+  SYM(rl_callback_handler_remove)
+  SYM(rl_callback_read_char)
+  SYM(rl_completion_matches)
+  SYM(rl_forced_update_display)
+  SYM(rl_initialize)
+  SYM(rl_attempted_completion_function)
+  SYM(rl_attempted_completion_over)
+  SYM(rl_basic_word_break_characters)
+  SYM(rl_catch_signals)
+  SYM(rl_completer_word_break_characters)
+  SYM(rl_completion_append_character)
+  SYM(rl_getc_function)
+  SYM(rl_instream)
+  SYM(rl_outstream)
+  SYM(rl_readline_name)
+#undef SYM
+  R.so = so;
+  return 0;
+}
 
 static struct {
   tulua_runtime *rt;
@@ -97,7 +162,7 @@ static void show_again(void) {
   if (!E.at_bol) write_all(STDOUT_FILENO, "\n", 1);
   E.hidden = 0;
   E.shown = 1;
-  rl_forced_update_display();
+  R.rl_forced_update_display();
   fflush(E.term);
 }
 
@@ -165,8 +230,8 @@ static char *generate(const char *text, int state) {
 static char **complete(const char *text, int start, int end) {
   (void)start;
   (void)end;
-  rl_attempted_completion_over = 1; /* no file names */
-  return rl_completion_matches(text, generate);
+  (*R.rl_attempted_completion_over) = 1; /* no file names */
+  return R.rl_completion_matches(text, generate);
 }
 
 /* ---- reading a line on the loop ---- */
@@ -175,7 +240,7 @@ static void on_line(char *line) {
   E.line = line;
   E.done = 1;
   E.shown = 0;
-  rl_callback_handler_remove(); /* the terminal back to normal */
+  R.rl_callback_handler_remove(); /* the terminal back to normal */
 }
 
 /* libedit's input: the keys poll_cb read. A key that needs more (the
@@ -211,11 +276,11 @@ static void poll_cb(uv_poll_t *h, int status, int events) {
   E.next_key = 0;
   while (E.next_key < E.nkeys && !E.done) {
     unsigned char key = E.keys[E.next_key];
-    rl_callback_read_char();
+    R.rl_callback_read_char();
     /* A search ends at a key it pushes back into libedit's own input
      * (Ctrl-G aborts it instead): act on that key now, not at the next. */
     if ((key == 0x12 || key == 0x13) && !E.done && E.last_key != 0x07)
-      rl_callback_read_char();
+      R.rl_callback_read_char();
   }
   E.nkeys = E.next_key = 0;
 }
@@ -225,10 +290,10 @@ static void sigint_cb(uv_signal_t *h, int signum) {
   (void)h;
   (void)signum;
   if (E.done) return;
-  rl_callback_handler_remove();
+  R.rl_callback_handler_remove();
   fputs("^C\n", E.term);
   fflush(E.term);
-  rl_callback_handler_install(E.prompt, on_line);
+  R.rl_callback_handler_install(E.prompt, on_line);
   E.shown = 1;
 }
 
@@ -237,7 +302,7 @@ char *tulua__edit_read(const char *prompt) {
   E.line = NULL;
   E.done = 0;
   E.hidden = 0;
-  rl_callback_handler_install(prompt, on_line);
+  R.rl_callback_handler_install(prompt, on_line);
   E.shown = 1;
   E.saved_out = stdout;
   E.saved_err = stderr;
@@ -267,13 +332,14 @@ char *tulua__edit_read(const char *prompt) {
 
 void tulua__edit_add_history(const char *line) {
   if (line[0] == '\0') return;
-  add_history(line);
-  if (E.history != NULL) write_history(E.history);
+  R.add_history(line);
+  if (E.history != NULL) R.write_history(E.history);
 }
 
 int tulua__edit_open(tulua_runtime *rt) {
   static const cookie_io_functions_t out_fns = {NULL, out_write, NULL, NULL};
   static const cookie_io_functions_t err_fns = {NULL, err_write, NULL, NULL};
+  if (load_libedit() < 0) return -1;
   memset(&E, 0, sizeof E);
   E.rt = rt;
   E.loop = tulua_loop(rt);
@@ -296,24 +362,25 @@ int tulua__edit_open(tulua_runtime *rt) {
   setvbuf(E.err, NULL, _IONBF, 0);
   uv_signal_init(E.loop, &E.sigint);
   uv_unref((uv_handle_t *)&E.sigint);
-  rl_catch_signals = 0; /* Ctrl-C is the loop's (sigint_cb) */
-  rl_getc_function = getc_fn;
-  rl_instream = stdin;
-  rl_outstream = E.term;
-  rl_readline_name = "tulua"; /* for ~/.editrc: "tulua:bind ..." */
-  rl_initialize();
-  rl_attempted_completion_function = complete;
-  rl_completion_append_character = '\0';
+  (*R.rl_catch_signals) = 0; /* Ctrl-C is the loop's (sigint_cb) */
+  (*R.rl_getc_function) = getc_fn;
+  (*R.rl_instream) = stdin;
+  (*R.rl_outstream) = E.term;
+  (*R.rl_readline_name) = "tulua"; /* for ~/.editrc: "tulua:bind ..." */
+  R.rl_initialize();
+  (*R.rl_attempted_completion_function) = complete;
+  (*R.rl_completion_append_character) = '\0';
   /* '.' and ':' belong to the word: fs.re<TAB>, t:jo<TAB> */
-  rl_basic_word_break_characters = " \t\n\"\\'`@$><=;|&{(,+-*/%^~#[]";
-  rl_completer_word_break_characters = (char *)rl_basic_word_break_characters;
-  stifle_history(HISTORY_MAX);
+  (*R.rl_basic_word_break_characters) = " \t\n\"\\'`@$><=;|&{(,+-*/%^~#[]";
+  (*R.rl_completer_word_break_characters) =
+      (char *)(*R.rl_basic_word_break_characters);
+  R.stifle_history(HISTORY_MAX);
   const char *home = getenv("HOME");
   if (home != NULL && home[0] != '\0' &&
       (E.history = malloc(strlen(home) + sizeof HISTORY_FILE)) != NULL) {
     strcpy(E.history, home);
     strcat(E.history, HISTORY_FILE);
-    read_history(E.history);
+    R.read_history(E.history);
   }
   return 0;
 }
