@@ -21,6 +21,20 @@ static inline int push_fail(lua_State *L, const char *subject, int rc) {
   return 3;
 }
 
+/* Bytes that a deliver step owns and frees after pushing them: the push
+ * runs as lua_pcall(tulua__push_lstr) with a pointer to this as argument,
+ * so that the memory is freed even when the push runs out of memory. */
+typedef struct {
+  const char *s;
+  size_t n;
+} tulua__lstr;
+
+static inline int tulua__push_lstr(lua_State *L) {
+  const tulua__lstr *a = lua_touserdata(L, 1);
+  lua_pushlstring(L, a->s, a->n);
+  return 1;
+}
+
 /* Returns the number field of the options table at idx, or def when it is
  * nil; raises "bad argument #idx to 'f' ('field' must be a number)" for
  * another type. [-0, +0, v] */

@@ -148,23 +148,12 @@ static int op_fail(lua_State *L, fs_op *op) {
   return push_op_fail(L, subject, (int)rc);
 }
 
-typedef struct {
-  const char *s;
-  size_t n;
-} lstr;
-
-static int push_lstr(lua_State *L) {
-  const lstr *a = lua_touserdata(L, 1);
-  lua_pushlstring(L, a->s, a->n);
-  return 1;
-}
-
 /* Pushes n bytes at s, which op owns, and frees op. The bytes must exist
  * while Lua copies them, so the push runs under lua_pcall: if it fails, op
  * is still freed before the error is raised again. [-0, +1, m] */
 static int push_owned(lua_State *L, fs_op *op, const char *s, size_t n) {
-  lstr a = {s, n};
-  lua_pushcfunction(L, push_lstr);
+  tulua__lstr a = {s, n};
+  lua_pushcfunction(L, tulua__push_lstr);
   lua_pushlightuserdata(L, &a);
   int st = lua_pcall(L, 1, 1, 0);
   op_free(op);

@@ -376,17 +376,6 @@ static int udp_send_to(lua_State *L) {
 
 /* ---- sock:recv_from ---- */
 
-typedef struct {
-  const char *s;
-  size_t n;
-} lstr;
-
-static int push_lstr(lua_State *L) {
-  const lstr *a = lua_touserdata(L, 1);
-  lua_pushlstring(L, a->s, a->n);
-  return 1;
-}
-
 static int recv_deliver(lua_State *L, void *ud) { /* in the task */
   recv_op *op = ud;
   char host[INET6_ADDRSTRLEN];
@@ -404,8 +393,8 @@ static int recv_deliver(lua_State *L, void *ud) { /* in the task */
   int port = addr_name((struct sockaddr *)&op->addr, host);
   /* the bytes must exist while Lua copies them: push under lua_pcall so
    * that op is freed even if the push fails */
-  lstr a = {op->data, (size_t)op->nread};
-  lua_pushcfunction(L, push_lstr);
+  tulua__lstr a = {op->data, (size_t)op->nread};
+  lua_pushcfunction(L, tulua__push_lstr);
   lua_pushlightuserdata(L, &a);
   int st = lua_pcall(L, 1, 1, 0);
   free(op);

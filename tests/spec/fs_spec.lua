@@ -1,38 +1,13 @@
 local tulua = require("tulua")
 local fs = require("tulua.fs")
+package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
+local support = require("support")
+local remove_tree = support.remove_tree
+local fd_count = support.fd_count
+local eventually = support.eventually
 
 local function octal(s)
   return tonumber(s, 8)
-end
-
--- Removes a file or a directory tree; uses lstat, scandir, unlink, rmdir.
-local function remove_tree(path)
-  local st = fs.lstat(path)
-  if not st then return end
-  if st.type == "directory" then
-    for name in assert(fs.scandir(path)) do
-      remove_tree(path .. "/" .. name)
-    end
-    assert(fs.rmdir(path))
-  else
-    assert(fs.unlink(path))
-  end
-end
-
--- The number of open descriptors of this process.
-local function fd_count()
-  return #assert(fs.readdir("/proc/self/fd"))
-end
-
--- Waits (bounded: 5 s) until cond() is true; returns its last value. For
--- effects that complete on libuv's thread pool after the call that caused
--- them returned (a close started by __gc).
-local function eventually(cond)
-  for _ = 1, 500 do
-    if cond() then return true end
-    tulua.sleep(0.01)
-  end
-  return cond()
 end
 
 local function make_fifo(path)

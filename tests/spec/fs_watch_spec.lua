@@ -7,29 +7,8 @@ local timer = require("tulua.timer")
 
 package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
 local support = require("support")
-
--- Waits (bounded: 5 s) until cond() is true; returns whether it became so.
-local function eventually(cond)
-  for _ = 1, 500 do
-    if cond() then return true end
-    tulua.sleep(0.01)
-  end
-  return cond()
-end
-
--- Removes a file or a directory tree.
-local function remove_tree(path)
-  local st = fs.lstat(path)
-  if not st then return end
-  if st.type == "directory" then
-    for name in assert(fs.scandir(path)) do
-      remove_tree(path .. "/" .. name)
-    end
-    assert(fs.rmdir(path))
-  else
-    assert(fs.unlink(path))
-  end
-end
+local eventually = support.eventually
+local remove_tree = support.remove_tree
 
 -- Starts a task that appends each event of w to a list until w is closed;
 -- returns the list and the task.

@@ -13,6 +13,8 @@ local asyncio = require("asyncio")
 
 package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
 local support = require("support")
+local eventually = support.eventually
+local fd_count = support.fd_count
 local TULUA = support.TULUA
 
 local MiB = 1024 * 1024
@@ -44,16 +46,6 @@ local function within(secs, fn, ...)
   return table.unpack(r, 1, r.n)
 end
 
--- Polls cond every 10 ms: true as soon as it holds, false if it still
--- does not after 5 s.
-local function eventually(cond)
-  for _ = 1, 500 do
-    if cond() then return true end
-    tulua.sleep(0.01)
-  end
-  return cond()
-end
-
 local function status_is(task, status)
   return function() return task:status() == status end
 end
@@ -71,10 +63,6 @@ end
 -- from none).
 local function pack(...)
   return table.pack(...)
-end
-
-local function fd_count()
-  return #assert(fs.readdir("/proc/self/fd"))
 end
 
 -- The resident memory of this process, in bytes.

@@ -9,6 +9,7 @@ local process = require("tulua.process")
 
 package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
 local support = require("support")
+local eventually = support.eventually
 local TULUA = support.TULUA
 
 -- Wraps a spec body: it runs in its own task, cancelled after 10 s, so that
@@ -21,16 +22,6 @@ local function bounded(fn)
     watchdog:close()
     if not ok then error(err, 0) end
   end
-end
-
--- Sleeps in small steps until cond() is true; false if it never became
--- true within 5 s.
-local function eventually(cond)
-  for _ = 1, 500 do
-    if cond() then return true end
-    tulua.sleep(0.01)
-  end
-  return cond()
 end
 
 -- The state letter of a process ("S", "R", "Z" for a zombie...), or nil

@@ -66,4 +66,36 @@ function M.error_in(here)
   end
 end
 
+--- Waits until cond() is true, polling every 10 ms for at most 5 s;
+-- returns whether it became true. For effects that complete after the call
+-- that caused them returned (a close started by __gc, a peer's reaction).
+function M.eventually(cond)
+  local sleep = require("tulua").sleep
+  for _ = 1, 500 do
+    if cond() then return true end
+    sleep(0.01)
+  end
+  return cond()
+end
+
+--- Removes a file or a directory tree (fs.lstat, scandir, unlink, rmdir).
+function M.remove_tree(path)
+  local fs = require("tulua.fs")
+  local st = fs.lstat(path)
+  if not st then return end
+  if st.type == "directory" then
+    for name in assert(fs.scandir(path)) do
+      M.remove_tree(path .. "/" .. name)
+    end
+    assert(fs.rmdir(path))
+  else
+    assert(fs.unlink(path))
+  end
+end
+
+--- Returns the number of open descriptors of this process.
+function M.fd_count()
+  return #assert(require("tulua.fs").readdir("/proc/self/fd"))
+end
+
 return M

@@ -5,7 +5,8 @@
 local tulua = require("tulua")
 local timer = require("tulua.timer")
 local udp = require("tulua.udp")
-local fs = require("tulua.fs")
+package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
+local fd_count = require("support").fd_count
 
 local CLOSED = {nil, "udp socket closed", "ECANCELED"}
 
@@ -32,11 +33,6 @@ local function bounded(sock, fn)
   local r = table.pack(fn())
   guard:close()
   return table.unpack(r, 1, r.n)
-end
-
--- The number of open descriptors of this process.
-local function fd_count()
-  return #assert(fs.readdir("/proc/self/fd"))
 end
 
 -- Runs a python3 program (bounded by `timeout`) and returns a handle on
