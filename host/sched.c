@@ -714,6 +714,16 @@ static void run_done_callbacks(lua_State *L, tulua_runtime *rt, int idx) {
   lua_pop(L, 1);
 }
 
+/* Returns 1 if the unfinished task t has done callbacks. */
+static int has_callbacks(lua_State *L, tulua__task *t) {
+  if (!t->has_extra) return 0;
+  push_extra(L, t);
+  int yes =
+      lua_isfunction(L, -1) || (lua_istable(L, -1) && lua_rawlen(L, -1) > 0);
+  lua_pop(L, 1);
+  return yes;
+}
+
 /* Pushes the report text of the error on top of t's thread: the one a
  * protected task's handler made (taking it), else one made now from the
  * thread's frames. [-0, +1, m] */
@@ -776,8 +786,12 @@ static void finish(lua_State *L, tulua_runtime *rt, tulua__task *t, int status,
       lua_xmove(L, co, 1); /* co: err text */
     }
   }
-  int unobserved = !t->observed && ((how & X_FAILED) ||
-                                    ((how & X_CANCELLED) && t->by_interrupt));
+  /* a done callback gets the outcome too: a failure it will see is not
+   * reported (one removed meanwhile, as gather's after it raised, is not
+   * there any more) */
+  int unobserved =
+      !t->observed && !has_callbacks(L, t) &&
+      ((how & X_FAILED) || ((how & X_CANCELLED) && t->by_interrupt));
   int ref = t->ref, has_extra = t->has_extra;
   wake_joiners(t);
   rt->ntasks--;
@@ -1189,7 +1203,6 @@ static int task_add_done_callback(lua_State *L) {
     tulua__spawn(L, 1);
     return 0;
   }
-  t->observed = 1; /* the callback gets its outcome */
   push_extra(L, t);
   if (lua_isnil(L, -1)) {
     lua_pushvalue(L, 2);

@@ -361,7 +361,13 @@ function M.gather(...)
       error(err, 0)
     end
   end
-  if bad then bad:result() end -- raises its error or cancellation
+  if bad then
+    -- the others go on unwatched: a later failure of theirs is reported
+    for i = 1, n do
+      if not children[i]:done() then children[i]:remove_done_callback(on_done) end
+    end
+    bad:result() -- raises its error or cancellation
+  end
   local out = {n = n}
   for i = 1, n do
     out[i] = return_exceptions and outcome_value(children[i]) or (children[i]:result())

@@ -583,6 +583,13 @@ describe("asyncio", function()
   end)
 
   describe("gather", function()
+    it("reports a later failure of another child once it has raised the first", function()
+      local status, stdout, stderr = run_fixture_env("", "gather_unretrieved.lua")
+      assert.are.equal(1, status)
+      assert.are.equal("false\tfirst\nend\n", stdout)
+      assert.are.equal(support.TULUA .. ": second", stderr:match("^[^\n]*"))
+    end)
+
     it("returns the first result of each awaitable in argument order", function()
       local a = asyncio.create_task(asyncio.sleep, 0.03, "a")
       local b = asyncio.create_task(asyncio.sleep, 0.01, "b")
