@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <editline/readline.h>
@@ -27,7 +28,7 @@
 
 #define HISTORY_FILE "/.tulua_history"
 #define HISTORY_MAX  1000
-#define ERASE_LINE   "\r\033[K" /* to column 0, clear to the end of line */
+#define ERASE_BELOW  "\r\033[J" /* to column 0, clear to the end of screen */
 
 /* libedit, opened when the REPL starts on a terminal (dlopen): linking it
  * would cost every script about 0.2 ms of start-up for its library and
@@ -55,6 +56,7 @@ static struct {
   FILE **rl_instream;
   FILE **rl_outstream;
   const char **rl_readline_name;
+  int *rl_point; /* the cursor's offset in the typed line */
 } R;
 
 /* Opens libedit and finds every symbol; returns 0, or -1 (the REPL then
@@ -88,6 +90,7 @@ static int load_libedit(void) {
   SYM(rl_instream)
   SYM(rl_outstream)
   SYM(rl_readline_name)
+  SYM(rl_point)
 #undef SYM
   R.so = so;
   return 0;
@@ -130,7 +133,16 @@ static void write_all(int fd, const char *buf, size_t n) {
 static void hide_prompt(void) {
   if (!E.shown) return;
   fflush(E.term);
-  write_all(STDOUT_FILENO, ERASE_LINE, sizeof ERASE_LINE - 1);
+  /* a long line wraps: go up to the prompt's row, then clear below it */
+  struct winsize ws;
+  size_t col = strlen(E.prompt) + (size_t)*R.rl_point;
+  if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 &&
+      col >= ws.ws_col) {
+    char up[32];
+    int n = snprintf(up, sizeof up, "\033[%zuA", col / ws.ws_col);
+    write_all(STDOUT_FILENO, up, (size_t)n);
+  }
+  write_all(STDOUT_FILENO, ERASE_BELOW, sizeof ERASE_BELOW - 1);
   E.shown = 0;
   E.hidden = 1;
   E.at_bol = 1;
