@@ -65,6 +65,7 @@ static int open_libs(lua_State *L) {
                                   {"tulua.dns", luaopen_tulua_dns},
                                   {"tulua.udp", luaopen_tulua_udp},
                                   {"tulua.net", luaopen_tulua_net},
+                                  {"tulua.transfer", luaopen_tulua_transfer},
                                   {NULL, NULL}};
   if (rt->cfg.open_stdlibs) luaL_openlibs(L);
   tulua__open_coro(L);

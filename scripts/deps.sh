@@ -4,7 +4,7 @@
 set -eu
 PKGS="cmake gcc make pkg-config liblua5.4-dev lua5.4 libuv1-dev lua-busted
 lua-check lua-filesystem valgrind clang-format libedit-dev tmux
-curl netcat-openbsd redis-server wrk python3"
+curl netcat-openbsd redis-server wrk python3 clang"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -1,13 +1,21 @@
 #!/bin/sh
 # The second command of the README (and CI's): installs what is missing,
 # builds with AddressSanitizer and UndefinedBehaviorSanitizer into
-# build-asan/, checks formatting and Lua lint, and runs every test.
+# build-asan/, checks formatting and Lua lint, and runs every test, then
+# fuzzes the transfer format for 15 seconds (build-fuzz/, clang).
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/deps.sh
-clang-format --dry-run --Werror host/*.c host/*.h bindings/*.c bindings/*.h tests/c/*.c tests/c/*.h
-luacheck -q tests/spec scripts lua
+clang-format --dry-run --Werror host/*.c host/*.h bindings/*.c bindings/*.h tests/c/*.c tests/c/*.h tests/fuzz/*.c
+luacheck -q tests/spec tests/fuzz scripts lua
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DTULUA_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$(nproc)"
 cd build-asan
 ctest -j"$(nproc)" --output-on-failure
+cd ..
+cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DTULUA_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build-fuzz --target fuzz_transfer -j"$(nproc)"
+rm -rf build-fuzz/corpus build-fuzz/artifacts
+mkdir -p build-fuzz/artifacts
+cp -R tests/fuzz/corpus build-fuzz/corpus
+build-fuzz/fuzz_transfer -max_total_time=15 -artifact_prefix=build-fuzz/artifacts/ build-fuzz/corpus

@@ -1,0 +1,219 @@
+-- tulua.transfer: the serializer of values between Lua states. encode(...)
+-- returns a string, decode(s) the values; both within this one state here,
+-- which is what the thread and process pools do across states.
+local transfer = require("tulua.transfer")
+
+local function round_trip(...)
+  return transfer.decode(transfer.encode(...))
+end
+
+-- The error message of fn(...), without a position (transfer raises none).
+local function error_of(fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert.is_false(ok)
+  return err
+end
+
+-- A valid encoding of the integer 1 (header, count 1, T_INT, 8 bytes).
+local ONE = "\27TLX\1\1\3\1\0\0\0\0\0\0\0"
+
+describe("tulua.transfer", function()
+  describe("encode and decode", function()
+    it("round-trip nil, booleans, integers, floats and strings", function()
+      assert.are.same({n = 10, nil, false, true, 0, math.mininteger, math.maxinteger, -1.5, 1 / 0, "", "a\0b\255"},
+        table.pack(round_trip(nil, false, true, 0, math.mininteger, math.maxinteger, -1.5, 1 / 0, "", "a\0b\255")))
+    end)
+
+    it("keeps the subtypes and exact bits of numbers", function()
+      local i, f, z, nan = round_trip(3, 3.0, -0.0, 0 / 0)
+      assert.are.equal("integer", math.type(i))
+      assert.are.equal("float", math.type(f))
+      assert.are.equal(-math.huge, 1 / z)
+      assert.is_true(nan ~= nan)
+      assert.are.equal(string.pack("d", 0.1), string.pack("d", (round_trip(0.1))))
+    end)
+
+    it("returns no values for no values", function()
+      assert.are.equal(0, select("#", round_trip()))
+    end)
+
+    it("keeps many values and nil holes by count", function()
+      local many = {}
+      for i = 1, 5000 do many[i] = i % 3 == 0 and nil or i end
+      local back = table.pack(round_trip(table.unpack(many, 1, 5000)))
+      assert.are.equal(5000, back.n)
+      assert.are.same(many, {table.unpack(back, 1, 5000)})
+      assert.are.same({n = 3}, table.pack(round_trip(nil, nil, nil)))
+    end)
+
+    it("copies nested tables with every kind of key", function()
+      local t = {1, 2, {3, {4}}, name = "x", [true] = false, [2.5] = "f", [-7] = {deep = {deeper = {}}}}
+      local back = round_trip(t)
+      assert.are.same(t, back)
+      assert.are_not.equal(t, back)
+    end)
+
+    it("preserves shared tables and cycles", function()
+      local shared = {1}
+      local t = {a = shared, b = shared}
+      t.self = t
+      local back = round_trip(t)
+      assert.are.equal(back.a, back.b)
+      assert.are.equal(back, back.self)
+      assert.are_not.equal(shared, back.a)
+      local x, y = round_trip(shared, shared)
+      assert.are.equal(x, y)
+    end)
+
+    it("transfers a closure with its upvalues", function()
+      local function make_counter(start)
+        local n = start
+        return function()
+          n = n + 1
+          return n
+        end
+      end
+      local counter = round_trip(make_counter(10))
+      assert.are.equal(11, counter())
+      assert.are.equal(12, counter())
+      local make = round_trip(make_counter)
+      local c = make(0)
+      assert.are.equal(1, c())
+    end)
+
+    it("transfers upvalues that are tables and functions, nested", function()
+      local config = {step = 2, log = {}}
+      local function add(a, b) return a + b end
+      local function step(x)
+        config.log[#config.log + 1] = x
+        return add(x, config.step)
+      end
+      local function run(x) return step(step(x)) end
+      local back = round_trip(run)
+      assert.are.equal(5, back(1))
+      assert.are.same({}, config.log) -- a copy ran, not the original
+    end)
+
+    it("transfers a recursive local function", function()
+      local function fact(n) return n <= 1 and 1 or n * fact(n - 1) end
+      assert.are.equal(120, round_trip(fact)(5))
+    end)
+
+    it("makes _ENV the globals and keeps line info", function()
+      -- busted runs this file in an environment of its own: it too becomes _G
+      local f = round_trip(function() return rawget(_ENV, "tostring"), _G end)
+      local ts, g = f()
+      assert.are.equal(tostring, ts)
+      assert.are.equal(_G, g)
+      local err = round_trip(function() error("boom") end)
+      assert.matches("transfer_spec%.lua:%d+: boom$", error_of(err))
+    end)
+
+    it("sends C functions and modules by name", function()
+      local format, str, fs = round_trip(string.format, string, require("tulua.fs"))
+      assert.are.equal(string.format, format)
+      assert.are.equal(string, str)
+      assert.are.equal(require("tulua.fs"), fs)
+      assert.are.equal("7", round_trip(function() return string.format("%d", 7) end)())
+    end)
+
+    it("sends named values nested as keys and values", function()
+      local t = round_trip({[string.format] = string.rep, {{math}}, _G})
+      assert.are.equal(string.rep, t[string.format])
+      assert.are.equal(math, t[1][1][1])
+      assert.are.equal(_G, t[2])
+    end)
+  end)
+
+  describe("encode", function()
+    it("refuses a userdata with its path", function()
+      assert.are.equal("argument #2.config.log: cannot transfer a userdata",
+        error_of(transfer.encode, 1, {config = {log = io.stdout}}))
+    end)
+
+    it("refuses a coroutine in a list", function()
+      assert.are.equal("argument #1[3]: cannot transfer a thread",
+        error_of(transfer.encode, {1, 2, coroutine.create(print)}))
+    end)
+
+    it("refuses a function's upvalue", function()
+      local file = io.stdout
+      local function f() return file end
+      assert.are.equal("argument #1.upvalue 'file': cannot transfer a userdata", error_of(transfer.encode, f))
+      assert.are.equal("argument #3.f.upvalue 'file': cannot transfer a userdata",
+        error_of(transfer.encode, nil, nil, {f = f}))
+    end)
+
+    it("names other keys by type", function()
+      assert.are.equal("argument #1[string]: cannot transfer a userdata",
+        error_of(transfer.encode, {["a b"] = io.stdout}))
+      assert.are.equal("argument #1[boolean]: cannot transfer a userdata",
+        error_of(transfer.encode, {[true] = io.stdout}))
+    end)
+
+    it("refuses a C function that no module holds", function()
+      local cf = coroutine.wrap(function() end)
+      assert.are.equal("argument #1: cannot transfer a C function", error_of(transfer.encode, cf))
+    end)
+
+    it("refuses tables nested deeper than 200", function()
+      local ok = {}
+      for _ = 1, 199 do ok = {ok} end
+      assert.are.equal(1, select("#", round_trip(ok)))
+      local t = {ok}
+      assert.are.equal("argument #1" .. string.rep("[1]", 200) .. ": cannot transfer (nesting deeper than 200)",
+        error_of(transfer.encode, t))
+    end)
+  end)
+
+  describe("decode", function()
+    it("accepts a hand-made encoding", function()
+      assert.are.equal(1, transfer.decode(ONE))
+    end)
+
+    it("rejects garbage and truncated input with exact messages", function()
+      assert.are.equal("malformed transfer data (bad header)", error_of(transfer.decode, ""))
+      assert.are.equal("malformed transfer data (bad header)", error_of(transfer.decode, "hello world"))
+      assert.are.equal("malformed transfer data (unsupported version 2)", error_of(transfer.decode, "\27TLX\2\0"))
+      assert.are.equal("malformed transfer data (truncated)", error_of(transfer.decode, ONE:sub(1, -2)))
+      assert.are.equal("malformed transfer data (trailing bytes)", error_of(transfer.decode, ONE .. "\0"))
+      assert.are.equal("malformed transfer data (unknown tag 99)", error_of(transfer.decode, "\27TLX\1\1\99"))
+      assert.are.equal("malformed transfer data (bad reference)", error_of(transfer.decode, "\27TLX\1\1\8\1"))
+      assert.are.equal("malformed transfer data (bad table key)", error_of(transfer.decode, "\27TLX\1\1\6\1\0\0"))
+      assert.are.equal("malformed transfer data (truncated)",
+        error_of(transfer.decode, "\27TLX\1\1\5\255\255\255\255\255\255\255\255\255\1"))
+      assert.are.equal("malformed transfer data (bad integer)",
+        error_of(transfer.decode, "\27TLX\1\1\5\255\255\255\255\255\255\255\255\255\2"))
+    end)
+
+    it("rejects every truncation of a valid encoding", function()
+      local s = transfer.encode({1, "two", {3}, f = function() return 4 end}, string.format)
+      for i = 0, #s - 1 do
+        local ok, err = pcall(transfer.decode, s:sub(1, i))
+        assert.is_false(ok)
+        assert.matches("^malformed transfer data %(", err)
+      end
+    end)
+
+    it("rejects bad bytecode", function()
+      assert.matches("^malformed transfer data %(bad bytecode: ",
+        error_of(transfer.decode, "\27TLX\1\1\7\3abc\0"))
+    end)
+
+    it("rejects nesting deeper than 200", function()
+      local s = "\27TLX\1\1" .. string.rep("\6\1\3\1\0\0\0\0\0\0\0", 201) .. "\0"
+      assert.are.equal("malformed transfer data (nesting deeper than 200)", error_of(transfer.decode, s))
+    end)
+
+    it("fails for a module it cannot find", function()
+      assert.are.equal("cannot find 'no.such.module'",
+        error_of(transfer.decode, "\27TLX\1\1\10\14no.such.module"))
+      assert.are.equal("cannot find 'string.nope'", error_of(transfer.decode, "\27TLX\1\1\11\6string\4nope"))
+    end)
+
+    it("raises for a non-string argument", function()
+      assert.are.equal("bad argument #1 to 'tulua.transfer.decode' (string expected, got no value)",
+        error_of(transfer.decode))
+    end)
+  end)
+end)
