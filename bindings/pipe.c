@@ -101,23 +101,10 @@ static int net_serve_unix(lua_State *L) {
   return 1;
 }
 
-static int pipe_peer_name(lua_State *L) {
-  tulua__stream *s = tulua__stream_check(L, 1);
-  uv_stream_t *h = tulua__stream_handle(s);
-  char path[1024];
-  size_t len = sizeof path;
-  int rc = uv_pipe_getpeername((uv_pipe_t *)h, path, &len);
-  if (rc < 0) return push_fail(L, "peer_name", rc);
-  lua_pushlstring(L, path, len);
-  return 1;
-}
-
 void tulua__pipe_open(lua_State *L) {
-  static const luaL_Reg methods[] = {{"peer_name", pipe_peer_name},
-                                     {NULL, NULL}};
   static const luaL_Reg funcs[] = {{"connect_unix", net_connect_unix},
                                    {"serve_unix", net_serve_unix},
                                    {NULL, NULL}};
-  tulua__stream_register(L, TULUA_PIPE, methods);
+  tulua__stream_register(L, TULUA_PIPE, NULL);
   luaL_setfuncs(L, funcs, 0);
 }

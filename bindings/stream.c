@@ -600,19 +600,19 @@ static int stream_lines(lua_State *L) {
 
 /* ---- writing ---- */
 
+/* What write and shutdown wait for: a request whose status is the whole
+ * result. The head of both ops, so that one deliver serves them. */
 typedef struct {
-  uv_write_t req;
   tulua__waiter w;
   const char *what; /* "tcp stream", for messages */
+  const char *verb; /* "write", "shutdown": the subject of failures */
   int status;
-  size_t len;
-  char data[]; /* what uv_try_write did not take */
-} write_op;
+} result_op;
 
-static int write_deliver(lua_State *L, void *ud) {
-  write_op *op = ud;
+static int result_deliver(lua_State *L, void *ud) {
+  result_op *op = ud; /* the head of the op: freeing it frees the op */
   int status = op->status;
-  const char *what = op->what;
+  const char *what = op->what, *verb = op->verb;
   free(op);
   if (status == UV_ECANCELED) {
     lua_pushnil(L);
@@ -620,15 +620,26 @@ static int write_deliver(lua_State *L, void *ud) {
     lua_pushliteral(L, "ECANCELED");
     return 3;
   }
-  if (status < 0) return push_fail(L, "write", status);
+  if (status < 0) return push_fail(L, verb, status);
   lua_pushboolean(L, 1);
   return 1;
 }
 
-static void write_cb(uv_write_t *req, int status) {
-  write_op *op = req->data; /* no Lua API here */
+/* The callback side: records the status and wakes the task, or frees the
+ * op when the task is gone. No Lua API. */
+static void result_done(result_op *op, int status) {
   op->status = status;
   if (!tulua__wake(&op->w)) free(op);
+}
+
+typedef struct {
+  result_op r; /* first: see result_deliver */
+  uv_write_t req;
+  char data[]; /* what uv_try_write did not take */
+} write_op;
+
+static void write_cb(uv_write_t *req, int status) {
+  result_done(req->data, status);
 }
 
 /* write(data): true once the kernel has it all; waits while it does not
@@ -651,45 +662,25 @@ static int stream_write(lua_State *L) {
   write_op *op = malloc(sizeof *op + (len - done));
   if (op == NULL) return push_fail(L, "write", UV_ENOMEM);
   memcpy(op->data, data + done, len - done);
-  op->len = len - done;
-  op->what = KIND_WHAT[s->kind];
+  op->r.what = KIND_WHAT[s->kind];
+  op->r.verb = "write";
   op->req.data = op;
-  uv_buf_t b = uv_buf_init(op->data, (unsigned)op->len);
+  uv_buf_t b = uv_buf_init(op->data, (unsigned)(len - done));
   int rc = uv_write(&op->req, &s->u.s, &b, 1, write_cb);
   if (rc < 0) {
     free(op);
     return push_fail(L, "write", rc);
   }
-  return tulua__wait(L, &op->w, write_deliver, NULL, op);
+  return tulua__wait(L, &op->r.w, result_deliver, NULL, op);
 }
 
 typedef struct {
+  result_op r; /* first: see result_deliver */
   uv_shutdown_t req;
-  tulua__waiter w;
-  const char *what; /* "tcp stream", for messages */
-  int status;
 } shutdown_op;
 
-static int shutdown_deliver(lua_State *L, void *ud) {
-  shutdown_op *op = ud;
-  int status = op->status;
-  const char *what = op->what;
-  free(op);
-  if (status == UV_ECANCELED) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s closed", what);
-    lua_pushliteral(L, "ECANCELED");
-    return 3;
-  }
-  if (status < 0) return push_fail(L, "shutdown", status);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
 static void shutdown_cb(uv_shutdown_t *req, int status) {
-  shutdown_op *op = req->data;
-  op->status = status;
-  if (!tulua__wake(&op->w)) free(op);
+  result_done(req->data, status);
 }
 
 /* shutdown(): ends the writing half once queued writes are done. */
@@ -699,13 +690,14 @@ static int stream_shutdown(lua_State *L) {
   shutdown_op *op = malloc(sizeof *op);
   if (op == NULL) return push_fail(L, "shutdown", UV_ENOMEM);
   op->req.data = op;
-  op->what = KIND_WHAT[s->kind];
+  op->r.what = KIND_WHAT[s->kind];
+  op->r.verb = "shutdown";
   int rc = uv_shutdown(&op->req, &s->u.s, shutdown_cb);
   if (rc < 0) {
     free(op);
     return push_fail(L, "shutdown", rc);
   }
-  return tulua__wait(L, &op->w, shutdown_deliver, NULL, op);
+  return tulua__wait(L, &op->r.w, result_deliver, NULL, op);
 }
 
 static int stream_close(lua_State *L) {
@@ -715,6 +707,19 @@ static int stream_close(lua_State *L) {
 
 static int stream_is_closed(lua_State *L) {
   lua_pushboolean(L, *check_box(L, 1) == NULL);
+  return 1;
+}
+
+/* pipe:peer_name(): the path of the unix socket at the other end ("" for
+ * an unnamed one). A pipe stream's own method: every pipe stream has it,
+ * whichever module made it (net, process, tty). */
+static int pipe_peer_name(lua_State *L) {
+  tulua__stream *s = tulua__stream_check(L, 1);
+  char path[1024];
+  size_t len = sizeof path;
+  int rc = uv_pipe_getpeername(&s->u.pipe, path, &len);
+  if (rc < 0) return push_fail(L, "peer_name", rc);
+  lua_pushlstring(L, path, len);
   return 1;
 }
 
@@ -745,6 +750,11 @@ void tulua__stream_register(lua_State *L, tulua__stream_kind kind,
     lua_createtable(L, 0, sizeof methods / sizeof methods[0]);
     lua_pushvalue(L, -2);
     luaL_setfuncs(L, methods, 1);
+    if (kind == TULUA_PIPE) {
+      lua_pushvalue(L, -2);
+      lua_pushcclosure(L, pipe_peer_name, 1);
+      lua_setfield(L, -2, "peer_name");
+    }
     lua_setfield(L, -2, "__index");
     lua_pushvalue(L, -1); /* also keyed by address, for to_stream */
     lua_rawsetp(L, LUA_REGISTRYINDEX, &KIND_MT[kind]);
@@ -869,12 +879,6 @@ int tulua__server_listen(tulua__server *srv, int backlog) {
   return rc;
 }
 
-/* Anchors the server on top of the stack while it listens. */
-static void anchor_server(lua_State *L, tulua__server *srv) {
-  lua_pushvalue(L, -1);
-  srv->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-}
-
 static int server_close(lua_State *L) {
   tulua__server **p = to_server(L, 1);
   if (*p != NULL) server_stop(L, *p);
@@ -961,5 +965,6 @@ void tulua__server_register(lua_State *L, const luaL_Reg *extra) {
 }
 
 void tulua__server_anchor(lua_State *L, tulua__server *srv) {
-  anchor_server(L, srv);
+  lua_pushvalue(L, -1);
+  srv->ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }

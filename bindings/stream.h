@@ -117,12 +117,13 @@ tulua__server *tulua__server_check(lua_State *L, int idx);
 void tulua__server_anchor(lua_State *L, tulua__server *srv);
 
 /* Creates the server metatable ("tulua.server") with its shared methods
- * (close, wait_closed, connections, is_closed) and adds extra (the
- * kind's address method: the last registration wins). [-0, +0, m] */
+ * (close, wait_closed, connections, is_closed) and adds extra (tcp.c's
+ * address, which answers for tcp and unix servers). [-0, +0, m] */
 void tulua__server_register(lua_State *L, const luaL_Reg *extra);
 
 /* pipe.c: adds connect_unix and serve_unix to the module table on top
- * (tulua.net) and registers the pipe stream type. [-0, +0, m] */
+ * (tulua.net) and registers the pipe stream type, whose own method
+ * (peer_name) stream.c gives every pipe stream. [-0, +0, m] */
 void tulua__pipe_open(lua_State *L);
 
 #endif

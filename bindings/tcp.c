@@ -42,10 +42,12 @@ static int parse_addr(const char *host, int port, struct sockaddr_storage *ss) {
   return uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss);
 }
 
-/* Pushes "host:port", "[host]:port" for an IPv6 address. [-0, +1, m] */
-static const char *push_subject(lua_State *L, const char *host, int port) {
-  return lua_pushfstring(L, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
-                         port);
+/* Writes the subject of messages about host and port into buf:
+ * "host:port", or "[host]:port" for an IPv6 address. */
+static const char *format_subject(char *buf, size_t size, const char *host,
+                                  int port) {
+  snprintf(buf, size, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+  return buf;
 }
 
 static int check_port(lua_State *L, int idx) {
@@ -199,8 +201,7 @@ static int net_connect(lua_State *L) {
   tulua__stream_register(L, TULUA_TCP, NULL);
   connect_op *op = calloc(1, sizeof *op);
   if (op == NULL) return push_fail(L, host, UV_ENOMEM);
-  snprintf(op->subject, sizeof op->subject,
-           strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+  format_subject(op->subject, sizeof op->subject, host, port);
   op->loop = tulua__loop(L);
   op->scratch = tulua__stream_scratch(L);
   op->gai.data = op;
@@ -258,7 +259,9 @@ static int net_serve(lua_State *L) {
   }
   if (rc == 0) rc = tulua__server_listen(srv, backlog);
   if (rc < 0) {
-    return push_fail(L, push_subject(L, host, port), rc);
+    char subject[300];
+    return push_fail(L, format_subject(subject, sizeof subject, host, port),
+                     rc);
   }
   tulua__server_anchor(L, srv);
   return 1;

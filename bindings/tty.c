@@ -531,27 +531,11 @@ static int open_tty(lua_State *L, int fd) {
   return 0;
 }
 
-/* Makes sure the pipe kind's metatable has its methods: tulua.net
- * registers it with pipe.c's extras, which a bare registration here would
- * leave out, so tulua.net is loaded first when the runtime has it. */
-static void need_pipe_kind(lua_State *L) {
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_CFunction open = NULL;
-  if (lua_getfield(L, -1, "tulua.net") == LUA_TFUNCTION)
-    open = lua_tocfunction(L, -1);
-  lua_pop(L, 2);
-  if (open != NULL) {
-    luaL_requiref(L, "tulua.net", open, 0);
-    lua_pop(L, 1);
-  }
-  tulua__stream_register(L, TULUA_PIPE, NULL); /* a no-op if registered */
-}
-
 /* Pushes a pipe stream over own, a descriptor of ours (closed with the
  * stream), or returns a negative libuv code with nothing pushed and own
  * closed. */
 static int open_pipe(lua_State *L, int own) {
-  need_pipe_kind(L);
+  tulua__stream_register(L, TULUA_PIPE, NULL);
   tulua__stream *s = tulua__stream_new(L, TULUA_PIPE);
   uv_pipe_t *h = (uv_pipe_t *)tulua__stream_handle(s);
   int rc = uv_pipe_init(tulua__loop(L), h, 0);
