@@ -657,14 +657,18 @@ static void format_error(lua_State *L, lua_State *co, int level) {
   lua_remove(L, -2);
 }
 
+/* Counts an uncaught error and hands its text to the host. */
+static void report_text(tulua_runtime *rt, const char *msg) {
+  rt->uncaught++;
+  if (rt->cfg.on_error) rt->cfg.on_error(rt, msg, rt->cfg.userdata);
+}
+
 /* Reports the error of a task that ended unobserved: its text is at
  * index 2 of the finished thread co (on top of L). */
 static void report(lua_State *L, tulua_runtime *rt, lua_State *co) {
-  rt->uncaught++;
-  if (rt->cfg.on_error == NULL) return;
   lua_pushvalue(co, 2);
   lua_xmove(co, L, 1);
-  rt->cfg.on_error(rt, lua_tostring(L, -1), rt->cfg.userdata);
+  report_text(rt, lua_tostring(L, -1));
   lua_pop(L, 1);
 }
 
@@ -680,9 +684,7 @@ static void call_done_callback(lua_State *L, tulua_runtime *rt) {
   lua_pushcfunction(L, callback_msgh);
   lua_insert(L, -3);
   if (lua_pcall(L, 1, 0, -3) != LUA_OK) {
-    rt->uncaught++;
-    if (rt->cfg.on_error)
-      rt->cfg.on_error(rt, lua_tostring(L, -1), rt->cfg.userdata);
+    report_text(rt, lua_tostring(L, -1));
     lua_pop(L, 1);
   }
   lua_pop(L, 1); /* the message handler */
@@ -927,9 +929,7 @@ static void check_cb(uv_check_t *h) {
   lua_pushlightuserdata(L, rt);
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
     /* only memory errors get here: report and go on */
-    rt->uncaught++;
-    if (rt->cfg.on_error)
-      rt->cfg.on_error(rt, lua_tostring(L, -1), rt->cfg.userdata);
+    report_text(rt, lua_tostring(L, -1));
     rt->running = NULL;
     rt->depth = 0;
     rt->current = NULL;
@@ -989,11 +989,7 @@ static void interrupt_all(lua_State *L, tulua__job *job) {
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
-  if (n == 0) {
-    rt->uncaught++;
-    if (rt->cfg.on_error)
-      rt->cfg.on_error(rt, "interrupted!", rt->cfg.userdata);
-  }
+  if (n == 0) report_text(rt, "interrupted!");
 }
 
 void tulua__post(tulua_runtime *rt, tulua__job *job) {
