@@ -948,6 +948,17 @@ static void cancel_task(tulua_runtime *rt, tulua__task *t) {
     t->cancelling = 1;
 }
 
+lua_State *tulua__running(tulua_runtime *rt) {
+  return (lua_State *)rt->running;
+}
+
+int tulua__cancel_wait(lua_State *co) {
+  tulua__task *t = tulua__task_of(co);
+  if (t == NULL || t->state != T_WAITING || t->w == NULL) return 0;
+  cancel_wait(rt_of(t), t);
+  return 1;
+}
+
 static void async_cb(uv_async_t *h) {
   tulua_runtime *rt = h->data;
   if (rt->cancel_pending) {

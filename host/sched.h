@@ -77,6 +77,17 @@ int tulua__cancel_pending(lua_State *L);
  * caller must free the operation itself. */
 int tulua__wake(tulua__waiter *w);
 
+/* Returns the thread running Lua code in rt right now (a task's, or a
+ * user coroutine inside it), or NULL between steps. Async-signal-safe: a
+ * signal handler on rt's thread may set a hook on it, as lua.c does. */
+lua_State *tulua__running(tulua_runtime *rt);
+
+/* Ends the wait of the task whose thread is co, if it waits: it resumes
+ * with the cancellation error, as after Task:cancel(), but nothing stays
+ * pending once it is raised. Returns 0 and does nothing if the task is
+ * running, ready or finished. Calls no Lua API (for libuv callbacks). */
+int tulua__cancel_wait(lua_State *co);
+
 /* Pushes the cancellation error object (code "ECANCELED"). [-0, +1, m] */
 void tulua__push_cancelled(lua_State *L, const char *msg);
 
@@ -110,6 +121,7 @@ int luaopen_tulua_dns(lua_State *L);
 int luaopen_tulua_udp(lua_State *L);
 int luaopen_tulua_net(lua_State *L);
 int luaopen_tulua_transfer(lua_State *L);
+int luaopen_tulua_thread_pool(lua_State *L);
 
 /* Adds fs.watch (fs_event.c) to the tulua.fs module table on top of the
  * stack. [-0, +0, m] */

@@ -1350,6 +1350,87 @@ function PriorityQueue:_get()
   return top
 end
 
+-- ---- concurrent.futures ----
+
+-- concurrent.futures is loaded only by programs that use executors.
+local function cf()
+  return require "concurrent.futures"
+end
+
+local function is_cf_future(x)
+  local mod = package.loaded["concurrent.futures"]
+  return mod ~= nil and getmetatable(x) == mod.FutureClass
+end
+
+--- Returns an asyncio Future that follows the concurrent.futures Future f
+-- (a Task or an asyncio Future is returned as it is). Cancelling the
+-- asyncio Future cancels f, which interrupts its job if it runs.
+function M.wrap_future(f)
+  if type(f) == "thread" or is_future(f) then return f end
+  if not is_cf_future(f) then
+    error("bad argument #1 to 'wrap_future' (Future expected, got " .. type(f) .. ")", 2)
+  end
+  local af = M.Future()
+  af:add_done_callback(function()
+    if af:cancelled() then f:cancel() end
+  end)
+  f:add_done_callback(function()
+    if af:done() then return end
+    if f:cancelled() then
+      af:cancel()
+    else
+      local r = pack(pcall(f.result, f))
+      if r[1] then af:set_result(unpack(r, 2, r.n)) else af:set_exception(r[2]) end
+    end
+  end)
+  return af
+end
+
+--- Runs fn(...) in executor (nil: the loop's default ThreadPoolExecutor)
+-- and returns an asyncio Future of its results. fn and its arguments are
+-- copied to the worker, which has a Lua state of its own.
+function Loop:run_in_executor(executor, fn, ...)
+  check_open(self)
+  if executor == nil then
+    executor = self._default_executor
+    if executor == nil then
+      executor = cf().ThreadPoolExecutor(nil, {thread_name_prefix = "asyncio"})
+      self._default_executor = executor
+    end
+  end
+  return M.wrap_future(executor:submit(fn, ...))
+end
+
+--- Makes executor the default of run_in_executor and to_thread.
+function Loop:set_default_executor(executor)
+  self._default_executor = executor
+end
+
+--- Shuts the default executor down, waiting for its jobs.
+function Loop:shutdown_default_executor()
+  local ex = self._default_executor
+  self._default_executor = nil
+  if ex then ex:shutdown(true) end
+end
+
+--- Runs fn(...) in the running loop's default executor and waits for it in
+-- the current task (Python's await asyncio.to_thread(fn, ...)); returns its
+-- results. Unlike Python's, fn runs in another Lua state: it and its
+-- arguments are copied there, and it may run in parallel with this one.
+function M.to_thread(fn, ...)
+  if type(fn) ~= "function" then
+    error("bad argument #1 to 'to_thread' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  need_task("to_thread")
+  local f = M.get_running_loop():run_in_executor(nil, fn, ...)
+  local r = pack(pcall(f.join, f))
+  if not r[1] then
+    f:cancel() -- the task was cancelled: so is the job
+    error(r[2], 0)
+  end
+  return unpack(r, 2, r.n)
+end
+
 -- Task is tulua's: asyncio's methods are already there.
 M.Task = Task
 

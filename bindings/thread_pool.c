@@ -1,0 +1,1061 @@
+/* thread_pool.c: the module 'tulua.thread_pool', the thread backend of
+ * concurrent.futures (lua/concurrent/futures.lua), and the worker-side job
+ * control that thread and process workers share (cancelling the job that
+ * runs).
+ *
+ * A pool is n OS threads of its own (not libuv's thread pool: CPU work there
+ * would delay file operations and DNS). Each worker thread runs a whole
+ * tulua runtime, with its own Lua state and loop, whose main task is the
+ * job runner of lua/concurrent/worker.lua. Jobs cross as tulua.transfer
+ * buffers:
+ *
+ *   owner: submit() encodes fn and its arguments, queues the job and, if a
+ *          worker waits for work, wakes it (uv_async_send). A new thread is
+ *          started when none is idle, up to max_workers (as Python does).
+ *   worker: takes the job under the lock, decodes and runs it, encodes the
+ *          results (or the error and its traceback) into the same job and
+ *          moves it to the done list, waking the owner's loop.
+ *   owner: the async callback posts a job of the scheduler, which hands
+ *          every finished job to the deliver function (one Lua call each).
+ *
+ * Cancelling the job a worker runs: the owner marks it, wakes the worker's
+ * loop (a job that waits is cancelled there) and sends the worker thread a
+ * signal (a job that computes): the handler, on the worker's own thread as
+ * Lua's own SIGINT handling does it, sets a hook that raises the
+ * cancellation error at the next instruction. A hook cannot be set safely
+ * from another thread. Process workers get the same signal from their
+ * parent, with the job's number as its value. */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "transfer.h"
+
+#define POOL_MT "tulua.ThreadPool"
+
+/* ---- the worker side of a job, shared with process workers ---- */
+
+/* What the signal handler of a worker's thread needs: the runtime and the
+ * number of the job that runs (0: none). Lives as long as the worker. */
+typedef struct job_ctx {
+  tulua_runtime *rt;
+  uv_async_t *wake; /* in the worker's loop: a cancelled wait ends there */
+  _Atomic long long running; /* the job being run, 0 between jobs */
+  _Atomic long long cancel; /* the job asked to stop */
+  lua_State *co; /* the task that runs jobs */
+  int base; /* the stack slots of the running call below its results */
+} job_ctx;
+
+static _Thread_local job_ctx *current_ctx;
+
+static int cancel_signal(void) {
+  return SIGRTMIN + 4;
+}
+
+/* Raises the cancellation error in the running job at its next instruction
+ * (set by the signal handler or the wake callback, on the job's thread). */
+static void cancel_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  job_ctx *c = current_ctx;
+  if (c == NULL) return;
+  long long id = atomic_load(&c->running);
+  if (id == 0 || atomic_load(&c->cancel) != id) return; /* stale */
+  tulua__push_cancelled(L, NULL);
+  lua_error(L);
+}
+
+static void arm_hook(lua_State *co) {
+  lua_sethook(co, cancel_hook,
+              LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT, 1);
+}
+
+/* The handler of cancel_signal(): async-signal-safe (atomics, lua_sethook
+ * as lua.c's SIGINT handler uses it, uv_async_send). */
+static void on_cancel_signal(int sig, siginfo_t *si, void *uc) {
+  (void)sig;
+  (void)uc;
+  job_ctx *c = current_ctx;
+  if (c == NULL) return;
+  if (si->si_code == SI_QUEUE) { /* from a parent process: the job's id */
+    long long id = si->si_value.sival_int;
+    if (id == 0 || atomic_load(&c->running) != id) return;
+    atomic_store(&c->cancel, id);
+  }
+  long long id = atomic_load(&c->running);
+  if (id == 0 || atomic_load(&c->cancel) != id) return;
+  lua_State *co = tulua__running(c->rt);
+  if (co != NULL) arm_hook(co);
+  if (c->wake) uv_async_send(c->wake);
+}
+
+static void install_handler_once(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_cancel_signal;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(cancel_signal(), &sa, NULL);
+}
+
+static void install_handler(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, install_handler_once);
+}
+
+/* On the worker's thread, from its loop: the job asked to stop waits (or
+ * is about to run again): end its wait, or make it stop when it runs. */
+static void ctx_check_cancel(job_ctx *c) {
+  long long id = atomic_load(&c->running);
+  if (id == 0 || atomic_load(&c->cancel) != id || c->co == NULL) return;
+  if (!tulua__cancel_wait(c->co)) arm_hook(c->co);
+}
+
+/* ---- the pool, shared by the owner and its threads ---- */
+
+enum { ST_OK, ST_ERROR, ST_CANCELLED, ST_BROKEN };
+
+typedef struct job {
+  struct job *next;
+  long long id;
+  char *buf; /* the request, then the reply (malloc'd) */
+  size_t len;
+  int status;
+  int worker; /* 1-based */
+  uint64_t t_start, t_stop; /* uv_hrtime */
+} job;
+
+typedef struct pool pool;
+
+typedef struct worker {
+  pool *p;
+  int index; /* 1-based */
+  uv_thread_t thread;
+  int started;
+  /* under p->mu */
+  int idle; /* waits for work in wait() */
+  int wake_ready; /* wake may be sent to */
+  job *current; /* the job it runs */
+  /* the worker thread's own */
+  job_ctx ctx;
+  uv_async_t wake;
+  tulua__waiter w;
+  int waiting;
+} worker;
+
+struct pool {
+  uv_mutex_t mu;
+  job *q_head, *q_tail; /* queued */
+  job *d_head, *d_tail; /* done, for the owner */
+  int stopping; /* no new jobs: workers end when the queue is empty */
+  int nworkers, nstarted;
+  char *init; /* the initializer and its arguments, encoded, or NULL */
+  size_t init_len;
+  int broken; /* the pool takes no more work (an initializer failed) */
+  char *broken_msg; /* why, or NULL (out of memory) */
+  char name_prefix[16];
+  uv_async_t *owner_async; /* NULL once the owner closed */
+  worker workers[];
+};
+
+static void wake_owner(pool *p) { /* under p->mu */
+  if (p->owner_async) uv_async_send(p->owner_async);
+}
+
+static void free_jobs(job *j) {
+  while (j != NULL) {
+    job *n = j->next;
+    free(j->buf);
+    free(j);
+    j = n;
+  }
+}
+
+/* ---- the worker thread ---- */
+
+/* The port object of the job runner: light userdata of the worker. */
+static worker *check_port(lua_State *L) {
+  worker *w = lua_touserdata(L, 1);
+  luaL_argcheck(L, w != NULL, 1, "port expected");
+  return w;
+}
+
+/* port:take() -> "job" | "idle" | "stop": takes the next job, if any. */
+static int port_take(lua_State *L) {
+  worker *w = check_port(L);
+  pool *p = w->p;
+  uv_mutex_lock(&p->mu);
+  job *j = p->q_head;
+  if (j != NULL && !p->broken) {
+    p->q_head = j->next;
+    if (p->q_head == NULL) p->q_tail = NULL;
+    j->next = NULL;
+    j->worker = w->index;
+    w->current = j;
+  }
+  int stop = j == NULL && p->stopping;
+  uv_mutex_unlock(&p->mu);
+  if (w->current != NULL)
+    lua_pushliteral(L, "job");
+  else if (stop || p->broken)
+    lua_pushliteral(L, "stop");
+  else
+    lua_pushliteral(L, "idle");
+  return 1;
+}
+
+static int wait_deliver(lua_State *L, void *ud) {
+  (void)L;
+  ((worker *)ud)->waiting = 0;
+  return 0;
+}
+
+static void wait_cancel(void *ud) {
+  worker *w = ud;
+  w->waiting = 0;
+  uv_mutex_lock(&w->p->mu);
+  w->idle = 0;
+  uv_mutex_unlock(&w->p->mu);
+}
+
+/* port:wait(): suspends the runner until work is queued or the pool
+ * stops. */
+static int port_wait(lua_State *L) {
+  worker *w = check_port(L);
+  pool *p = w->p;
+  tulua__check_wait(L, "port:wait");
+  uv_mutex_lock(&p->mu);
+  int ready = p->q_head != NULL || p->stopping || p->broken;
+  if (!ready) w->idle = 1;
+  uv_mutex_unlock(&p->mu);
+  if (ready) return 0;
+  w->waiting = 1;
+  return tulua__wait(L, &w->w, wait_deliver, wait_cancel, w);
+}
+
+static void wake_cb(uv_async_t *h) { /* no Lua API */
+  worker *w = h->data;
+  pool *p = w->p;
+  uv_mutex_lock(&p->mu);
+  int go = !w->idle && w->waiting;
+  uv_mutex_unlock(&p->mu);
+  if (go) {
+    w->waiting = 0;
+    tulua__wake(&w->w);
+  }
+  ctx_check_cancel(&w->ctx);
+}
+
+/* port:init() -> fn, ... | nothing: the initializer to run first. */
+static int port_init(lua_State *L) {
+  worker *w = check_port(L);
+  if (w->p->init == NULL) return 0;
+  int n = tulua__transfer_decode(L, w->p->init, w->p->init_len);
+  if (n < 0) return lua_error(L);
+  return n;
+}
+
+/* Marks the pool broken (the first message stays): it takes no more
+ * work, every queued job fails, and idle workers end. Under p->mu. */
+static void break_pool(pool *p, char *msg) {
+  if (p->broken)
+    free(msg);
+  else
+    p->broken_msg = msg;
+  p->broken = 1;
+  for (job *j = p->q_head; j != NULL; j = j->next) {
+    free(j->buf);
+    j->buf = NULL;
+    j->len = 0;
+    j->status = ST_BROKEN;
+  }
+  if (p->q_head != NULL) {
+    if (p->d_tail)
+      p->d_tail->next = p->q_head;
+    else
+      p->d_head = p->q_head;
+    p->d_tail = p->q_tail;
+    p->q_head = p->q_tail = NULL;
+  }
+  for (int i = 0; i < p->nworkers; i++)
+    if (p->workers[i].idle && p->workers[i].wake_ready) {
+      p->workers[i].idle = 0;
+      uv_async_send(&p->workers[i].wake);
+    }
+  wake_owner(p);
+}
+
+/* port:broken(message): the initializer failed; as Python's
+ * BrokenThreadPool, the pool takes no more work and queued jobs fail. */
+static int port_broken(lua_State *L) {
+  worker *w = check_port(L);
+  char *copy = strdup(luaL_checkstring(L, 2));
+  uv_mutex_lock(&w->p->mu);
+  break_pool(w->p, copy);
+  uv_mutex_unlock(&w->p->mu);
+  return 0;
+}
+
+/* The end of a job's call, however it ends: from here on a cancellation
+ * signal is stale. */
+static int call_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  atomic_store(&((job_ctx *)ctx)->running, 0);
+  return lua_gettop(L) - ((job_ctx *)ctx)->base;
+}
+
+/* Calls the function at first with the values above it as job id, the
+ * job the cancellation signal may stop; returns its results. */
+static int call_job(lua_State *L, job_ctx *c, long long id, int first) {
+  if (lua_type(L, first) != LUA_TFUNCTION)
+    return luaL_error(L, "job without a function");
+  c->co = L;
+  atomic_store(&c->running, id);
+  if (atomic_load(&c->cancel) == id) { /* cancelled as it started */
+    atomic_store(&c->running, 0);
+    tulua__push_cancelled(L, NULL);
+    return lua_error(L);
+  }
+  c->base = first - 1; /* what is below the results */
+  lua_callk(L, lua_gettop(L) - first, LUA_MULTRET, (lua_KContext)c, call_k);
+  return call_k(L, LUA_OK, (lua_KContext)c);
+}
+
+/* port.run(w) -> ...: decodes the job taken and calls it. Raises if it
+ * cannot decode it (a module missing here). */
+static int port_run(lua_State *L) {
+  worker *w = check_port(L);
+  job *j = w->current;
+  luaL_argcheck(L, j != NULL, 1, "no job taken");
+  lua_settop(L, 1);
+  j->t_start = uv_hrtime();
+  int n = tulua__transfer_decode(L, j->buf, j->len);
+  free(j->buf);
+  j->buf = NULL;
+  j->len = 0;
+  if (n < 0) return lua_error(L);
+  return call_job(L, &w->ctx, j->id, 2);
+}
+
+/* The message handler of a job's xpcall: {err, traceback}, or a
+ * cancellation error as it is. A C function, so that a cancellation hook
+ * cannot fire inside it once the job is over. */
+static int job_handler(lua_State *L) {
+  job_ctx *c = current_ctx;
+  if (c != NULL) atomic_store(&c->running, 0);
+  if (lua_type(L, 1) == LUA_TTABLE && luaL_getmetafield(L, 1, "__name")) {
+    int is_error = strcmp(lua_tostring(L, -1), "tulua.error") == 0;
+    lua_pop(L, 1);
+    if (is_error) {
+      lua_getfield(L, 1, "code");
+      int is_cancel =
+          lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "ECANCELED") == 0;
+      lua_pop(L, 1);
+      if (is_cancel) return 1;
+    }
+  }
+  lua_createtable(L, 2, 0);
+  switch (lua_type(L, 1)) {
+    case LUA_TSTRING:
+    case LUA_TNUMBER:
+    case LUA_TTABLE:
+    case LUA_TBOOLEAN:
+    case LUA_TNIL:
+      lua_pushvalue(L, 1);
+      break;
+    default: /* cannot cross: its text does */
+      luaL_tolstring(L, 1, NULL);
+  }
+  lua_rawseti(L, -2, 1);
+  luaL_traceback(L, L, NULL, 1);
+  lua_rawseti(L, -2, 2);
+  return 1;
+}
+
+static int encode_main(lua_State *L) {
+  job *j = lua_touserdata(L, 1);
+  j->buf = tulua__transfer_encode(L, 2, lua_gettop(L) - 1, &j->len);
+  return 0;
+}
+
+/* Encodes the values from first to the top into the job's reply (popping
+ * them); one that cannot cross fails the job with that error instead. */
+static void encode_reply(lua_State *L, job *j, int first, int status) {
+  j->status = status;
+  lua_pushcfunction(L, encode_main);
+  lua_pushlightuserdata(L, j);
+  lua_rotate(L, first, 2);
+  if (lua_pcall(L, lua_gettop(L) - first, 0, 0) == LUA_OK) return;
+  const char *msg = lua_tostring(L, -1);
+  lua_pushfstring(L, "%s (in the job's %s)", msg ? msg : "cannot transfer",
+                  status == ST_OK ? "results" : "error");
+  j->status = ST_ERROR;
+  lua_pushcfunction(L, encode_main);
+  lua_pushlightuserdata(L, j);
+  lua_rotate(L, -3, 2);
+  lua_pushnil(L); /* no traceback */
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) { /* out of memory */
+    lua_pop(L, 1);
+    j->buf = NULL;
+    j->len = 0;
+  }
+  lua_pop(L, 1);
+}
+
+/* port.finish(w, ok, ...) after xpcall: the results, or the error and its
+ * traceback, go back to the owner. A job asked to stop that ended with an
+ * error is cancelled. */
+static int port_finish(lua_State *L) {
+  worker *w = check_port(L);
+  job *j = w->current;
+  luaL_argcheck(L, j != NULL, 1, "no job taken");
+  int cancelled = atomic_load(&w->ctx.cancel) == j->id;
+  atomic_store(&w->ctx.running, 0);
+  j->t_stop = uv_hrtime();
+  int status = ST_OK;
+  if (!lua_toboolean(L, 2)) {
+    status = cancelled ? ST_CANCELLED : ST_ERROR;
+    lua_settop(L, 3);
+    int plain = lua_type(L, 3) == LUA_TTABLE && !lua_getmetatable(L, 3);
+    if (lua_gettop(L) > 3) lua_pop(L, 1); /* the metatable */
+    if (plain) { /* {err, traceback} from the handler */
+      lua_rawgeti(L, 3, 1);
+      lua_rawgeti(L, 3, 2);
+      lua_remove(L, 3);
+    } else { /* a cancellation, or the handler's own failure */
+      lua_pushnil(L);
+    }
+    if (status == ST_CANCELLED) lua_settop(L, 2);
+  }
+  encode_reply(L, j, 3, status);
+  pool *p = w->p;
+  uv_mutex_lock(&p->mu);
+  w->current = NULL;
+  if (p->d_tail)
+    p->d_tail->next = j;
+  else
+    p->d_head = j;
+  p->d_tail = j;
+  wake_owner(p);
+  uv_mutex_unlock(&p->mu);
+  atomic_store(&w->ctx.cancel, 0);
+  return 0;
+}
+
+static void accept_signal(void);
+
+static void worker_main(void *arg) {
+  worker *w = arg;
+  pool *p = w->p;
+  char name[16];
+  snprintf(name, sizeof name, "%.11s-%d", p->name_prefix, w->index);
+  pthread_setname_np(pthread_self(), name);
+  accept_signal();
+
+  tulua_runtime *rt = NULL;
+  int failed = 0;
+  if (tulua_open(&rt, NULL) == 0 &&
+      uv_async_init(tulua_loop(rt), &w->wake, wake_cb) == 0) {
+    w->wake.data = w;
+    w->ctx.rt = rt;
+    w->ctx.wake = &w->wake;
+    current_ctx = &w->ctx;
+    uv_mutex_lock(&p->mu);
+    w->wake_ready = 1;
+    uv_mutex_unlock(&p->mu);
+    lua_State *L = tulua_state(rt);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "concurrent.worker");
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
+      lua_getfield(L, -1, "serve");
+      lua_remove(L, -2);
+      lua_pushlightuserdata(L, w);
+      if (tulua_call(rt, 1, 0) != LUA_OK) failed = 1;
+    } else {
+      failed = 1;
+    }
+    if (failed) { /* a bug of the runner: no job may wait for it */
+      const char *msg = lua_tostring(L, -1);
+      uv_mutex_lock(&p->mu);
+      break_pool(p, strdup(msg ? msg : "the worker's job runner failed"));
+      uv_mutex_unlock(&p->mu);
+      lua_pop(L, 1);
+    }
+    current_ctx = NULL;
+    uv_mutex_lock(&p->mu);
+    w->wake_ready = 0;
+    w->idle = 0;
+    uv_mutex_unlock(&p->mu);
+    uv_close((uv_handle_t *)&w->wake, NULL);
+  } else {
+    uv_mutex_lock(&p->mu); /* no runtime: nothing may wait for this one */
+    break_pool(p, strdup("cannot start a worker: not enough memory"));
+    uv_mutex_unlock(&p->mu);
+  }
+  tulua_close(rt); /* runs the loop until the wake handle has closed */
+  uv_mutex_lock(&p->mu);
+  if (w->current != NULL) { /* the runner failed with a job taken */
+    job *j = w->current;
+    w->current = NULL;
+    free(j->buf);
+    j->buf = NULL;
+    j->len = 0;
+    j->status = ST_BROKEN;
+    if (p->d_tail)
+      p->d_tail->next = j;
+    else
+      p->d_head = j;
+    p->d_tail = j;
+  }
+  wake_owner(p);
+  uv_mutex_unlock(&p->mu);
+}
+
+/* ---- the owner ---- */
+
+typedef struct owner {
+  pool *p; /* NULL once closed */
+  uv_async_t *async; /* in the owner's loop; freed by its close callback */
+  tulua_runtime *rt;
+  tulua__job job; /* delivers the done list */
+  int anchor_ref; /* registry: the box itself, while work is outstanding */
+  long long outstanding; /* submitted and not yet delivered */
+} owner;
+
+static owner *check_owner(lua_State *L) {
+  return luaL_checkudata(L, 1, POOL_MT);
+}
+
+static owner *check_open(lua_State *L) {
+  owner *o = check_owner(L);
+  if (o->p == NULL) luaL_error(L, "attempt to use a closed thread pool");
+  return o;
+}
+
+/* While submitted work is not delivered, the loop stays alive (as Python
+ * waits for its pools' work at exit) and the pool is anchored; an idle
+ * pool nobody refers to is collected, and its __gc joins its threads.
+ * idx: the box's stack index. */
+static void set_outstanding(lua_State *L, owner *o, int idx, long long n) {
+  if ((o->outstanding > 0) != (n > 0)) {
+    if (n > 0) {
+      uv_ref((uv_handle_t *)o->async);
+      lua_pushvalue(L, idx);
+      o->anchor_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    } else {
+      uv_unref((uv_handle_t *)o->async);
+      luaL_unref(L, LUA_REGISTRYINDEX, o->anchor_ref);
+      o->anchor_ref = LUA_NOREF;
+    }
+  }
+  o->outstanding = n;
+}
+
+static void owner_async_cb(uv_async_t *h) { /* no Lua API */
+  owner *o = h->data;
+  if (o != NULL) tulua__post(o->rt, &o->job);
+}
+
+static const char *const status_names[] = {"ok", "error", "cancelled",
+                                           "broken"};
+
+static int deliver_one(lua_State *L) {
+  job *j = lua_touserdata(L, 1);
+  const char *broken = lua_touserdata(L, 2);
+  lua_settop(L, 3); /* the deliver function */
+  lua_pushinteger(L, (lua_Integer)j->id);
+  lua_pushstring(L, status_names[j->status]);
+  lua_pushinteger(L, j->worker);
+  lua_pushnumber(L, (lua_Number)j->t_start / 1e9);
+  lua_pushnumber(L, (lua_Number)j->t_stop / 1e9);
+  if (j->status == ST_BROKEN) {
+    lua_pushstring(L, broken ? broken : "a worker thread failed");
+  } else if (j->buf != NULL && tulua__transfer_decode(L, j->buf, j->len) < 0) {
+    lua_pushfstring(L, "cannot decode the job's reply: %s",
+                    lua_tostring(L, -1));
+    lua_replace(L, 9);
+    lua_pushliteral(L, "error");
+    lua_replace(L, 5);
+    lua_pushnil(L); /* no traceback */
+  }
+  lua_call(L, lua_gettop(L) - 3, 0);
+  return 0;
+}
+
+static void deliver_run(lua_State *L, tulua__job *tj) {
+  owner *o = (owner *)((char *)tj - offsetof(owner, job));
+  pool *p = o->p;
+  if (p == NULL) return;
+  uv_mutex_lock(&p->mu);
+  job *list = p->d_head;
+  p->d_head = p->d_tail = NULL;
+  const char *broken = p->broken_msg;
+  uv_mutex_unlock(&p->mu);
+  int top = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, o->anchor_ref); /* the box: kept here */
+  lua_getiuservalue(L, top + 1, 1); /* deliver */
+  while (list != NULL) {
+    job *j = list;
+    list = j->next;
+    if (o->p != NULL) set_outstanding(L, o, top + 1, o->outstanding - 1);
+    lua_pushcfunction(L, deliver_one);
+    lua_pushlightuserdata(L, j);
+    lua_pushlightuserdata(L, (void *)broken);
+    lua_pushvalue(L, top + 2);
+    if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+      /* the deliver function catches callback errors: only memory
+       * errors get here */
+      const char *msg = lua_tostring(L, -1);
+      lua_writestringerror("tulua: thread pool: %s\n",
+                           msg ? msg : "(error object)");
+      lua_pop(L, 1);
+    }
+    free(j->buf);
+    free(j);
+  }
+  lua_settop(L, top);
+}
+
+static void async_close_cb(uv_handle_t *h) {
+  free(h);
+}
+
+/* thread_pool.new(max_workers, opts, deliver) -> ThreadPool. opts:
+ * initializer, initargs (a sequence), thread_name_prefix. deliver is
+ * called once for every submitted job that is not removed by cancel or
+ * shutdown: deliver(id, status, worker, started, finished, ...) with status
+ * "ok" (the results follow), "error" (the error value and the worker's
+ * traceback), "cancelled" or "broken" (the pool's failure). */
+static int tp_new(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 1 && n <= 1024, 1, "max_workers must be 1 to 1024");
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  char *init = NULL;
+  size_t init_len = 0;
+  lua_getfield(L, 2, "thread_name_prefix");
+  const char *prefix = lua_isnil(L, -1) ? "tulua-pool" : lua_tostring(L, -1);
+  if (prefix == NULL)
+    luaL_argerror(L, 2, "'thread_name_prefix' must be a string");
+  lua_getfield(L, 2, "initializer");
+  if (!lua_isnil(L, -1)) {
+    int base = lua_gettop(L);
+    if (lua_getfield(L, 2, "initargs") == LUA_TTABLE) {
+      lua_Integer k = luaL_len(L, -1);
+      luaL_checkstack(L, (int)k, "too many initargs");
+      for (lua_Integer i = 1; i <= k; i++)
+        lua_geti(L, base + 1, i);
+      lua_remove(L, base + 1);
+    } else if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+    } else {
+      luaL_argerror(L, 2, "'initargs' must be a table");
+    }
+    init = tulua__transfer_encode(L, base, lua_gettop(L) - base + 1, &init_len);
+    lua_settop(L, base);
+  }
+  owner *o = lua_newuserdatauv(L, sizeof *o, 1);
+  memset(o, 0, sizeof *o);
+  o->anchor_ref = LUA_NOREF;
+  luaL_setmetatable(L, POOL_MT);
+  pool *p = calloc(1, sizeof *p + (size_t)n * sizeof(worker));
+  uv_async_t *a = malloc(sizeof *a);
+  if (p == NULL || a == NULL || uv_mutex_init(&p->mu) != 0) {
+    free(p);
+    free(a);
+    free(init);
+    return luaL_error(L, "not enough memory");
+  }
+  if (uv_async_init(tulua__loop(L), a, owner_async_cb) != 0) {
+    uv_mutex_destroy(&p->mu);
+    free(p);
+    free(a);
+    free(init);
+    return luaL_error(L, "cannot create the pool's wake-up handle");
+  }
+  uv_unref((uv_handle_t *)a);
+  a->data = o;
+  p->nworkers = (int)n;
+  p->init = init;
+  p->init_len = init_len;
+  snprintf(p->name_prefix, sizeof p->name_prefix, "%s", prefix);
+  p->owner_async = a;
+  for (int i = 0; i < p->nworkers; i++) {
+    p->workers[i].p = p;
+    p->workers[i].index = i + 1;
+  }
+  o->p = p;
+  o->async = a;
+  o->rt = tulua__runtime(L);
+  o->job.run = deliver_run;
+  lua_pushvalue(L, 3); /* a user value, not a registry reference: the */
+  lua_setiuservalue(L, -2, 1); /* executor it refers to may be collected */
+  install_handler();
+  return 1;
+}
+
+/* pool:submit(id, fn, ...): encodes fn and its arguments (raising, in the
+ * caller, on a value that cannot cross: "argument #2.x: cannot transfer a
+ * userdata") and queues the job. */
+static int tp_submit(lua_State *L) {
+  owner *o = check_open(L);
+  lua_Integer id = luaL_checkinteger(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  pool *p = o->p;
+  if (p->stopping)
+    return luaL_error(L, "cannot schedule new futures after shutdown");
+  if (p->broken)
+    return luaL_error(L, "the pool is broken: %s",
+                      p->broken_msg ? p->broken_msg : "a worker failed");
+  size_t len;
+  char *buf = tulua__transfer_encode(L, 3, lua_gettop(L) - 2, &len);
+  job *j = malloc(sizeof *j);
+  if (j == NULL) {
+    free(buf);
+    return luaL_error(L, "not enough memory");
+  }
+  memset(j, 0, sizeof *j);
+  j->id = id;
+  j->buf = buf;
+  j->len = len;
+  worker *start = NULL;
+  uv_mutex_lock(&p->mu);
+  if (p->q_tail)
+    p->q_tail->next = j;
+  else
+    p->q_head = j;
+  p->q_tail = j;
+  int woke = 0;
+  for (int i = 0; i < p->nstarted && !woke; i++) {
+    worker *w = &p->workers[i];
+    if (w->idle && w->wake_ready) {
+      w->idle = 0;
+      uv_async_send(&w->wake);
+      woke = 1;
+    }
+  }
+  if (!woke && p->nstarted < p->nworkers) {
+    start = &p->workers[p->nstarted++];
+    start->started = 1;
+  }
+  uv_mutex_unlock(&p->mu);
+  set_outstanding(L, o, 1, o->outstanding + 1);
+  if (start != NULL &&
+      uv_thread_create(&start->thread, worker_main, start) != 0) {
+    uv_mutex_lock(&p->mu);
+    start->started = 0;
+    p->nstarted--;
+    if (p->nstarted == 0) /* no thread at all: nothing would run the job */
+      break_pool(p, strdup("cannot start a worker thread"));
+    uv_mutex_unlock(&p->mu);
+  }
+  return 0;
+}
+
+/* Returns the worker running job id, or NULL. Under p->mu. */
+static worker *running_on(pool *p, long long id) {
+  for (int i = 0; i < p->nstarted; i++)
+    if (p->workers[i].current && p->workers[i].current->id == id)
+      return &p->workers[i];
+  return NULL;
+}
+
+/* pool:state(id) -> "pending" | "running" | "finished" */
+static int tp_state(lua_State *L) {
+  owner *o = check_open(L);
+  long long id = (long long)luaL_checkinteger(L, 2);
+  pool *p = o->p;
+  const char *s = "finished";
+  uv_mutex_lock(&p->mu);
+  if (running_on(p, id) != NULL) {
+    s = "running";
+  } else {
+    for (job *j = p->q_head; j != NULL; j = j->next)
+      if (j->id == id) {
+        s = "pending";
+        break;
+      }
+  }
+  uv_mutex_unlock(&p->mu);
+  lua_pushstring(L, s);
+  return 1;
+}
+
+/* Asks the worker running its job to stop it. Under p->mu. */
+static void interrupt(worker *w) {
+  atomic_store(&w->ctx.cancel, w->current->id);
+  if (w->wake_ready) {
+    uv_async_send(&w->wake);
+    pthread_kill(w->thread, cancel_signal());
+  }
+}
+
+/* pool:cancel(id) -> "removed" (it was queued: it will not be delivered)
+ * | "running" (interrupted: deliver says how it ended) | false */
+static int tp_cancel(lua_State *L) {
+  owner *o = check_open(L);
+  long long id = (long long)luaL_checkinteger(L, 2);
+  pool *p = o->p;
+  job *removed = NULL;
+  worker *w;
+  uv_mutex_lock(&p->mu);
+  if ((w = running_on(p, id)) != NULL) {
+    interrupt(w);
+  } else {
+    for (job **pp = &p->q_head, *prev = NULL; *pp != NULL;
+         prev = *pp, pp = &(*pp)->next) {
+      if ((*pp)->id != id) continue;
+      removed = *pp;
+      *pp = removed->next;
+      if (p->q_tail == removed) p->q_tail = prev;
+      break;
+    }
+  }
+  uv_mutex_unlock(&p->mu);
+  if (removed != NULL) {
+    removed->next = NULL;
+    free_jobs(removed);
+    set_outstanding(L, o, 1, o->outstanding - 1);
+    lua_pushliteral(L, "removed");
+  } else if (w != NULL) {
+    lua_pushliteral(L, "running");
+  } else {
+    lua_pushboolean(L, 0);
+  }
+  return 1;
+}
+
+/* Stops taking work and wakes the idle workers so that they end; with
+ * cancel, removes the queued jobs and returns their ids. Under p->mu. */
+static job *stop(pool *p, int cancel) {
+  job *removed = NULL;
+  p->stopping = 1;
+  if (cancel) {
+    removed = p->q_head;
+    p->q_head = p->q_tail = NULL;
+  }
+  for (int i = 0; i < p->nstarted; i++)
+    if (p->workers[i].idle && p->workers[i].wake_ready) {
+      p->workers[i].idle = 0;
+      uv_async_send(&p->workers[i].wake);
+    }
+  return removed;
+}
+
+/* pool:shutdown(cancel_pending) -> {ids removed}: no new jobs; workers
+ * end once the queue is empty. */
+static int tp_shutdown(lua_State *L) {
+  owner *o = check_open(L);
+  int cancel = lua_toboolean(L, 2);
+  uv_mutex_lock(&o->p->mu);
+  job *removed = stop(o->p, cancel);
+  uv_mutex_unlock(&o->p->mu);
+  lua_newtable(L);
+  lua_Integer k = 0;
+  long long n = 0;
+  for (job *j = removed; j != NULL; j = j->next, n++) {
+    lua_pushinteger(L, (lua_Integer)j->id); /* memory errors leak the */
+    lua_rawseti(L, -2, ++k); /* list: acceptable at that point */
+  }
+  free_jobs(removed);
+  set_outstanding(L, o, 1, o->outstanding - n);
+  return 1;
+}
+
+/* Joins every thread (interrupting the jobs they run) and frees the pool;
+ * work not delivered yet is dropped. Blocks until the threads end. */
+static void close_pool(lua_State *L, owner *o) {
+  pool *p = o->p;
+  if (p == NULL) return;
+  uv_mutex_lock(&p->mu);
+  job *removed = stop(p, 1);
+  for (int i = 0; i < p->nstarted; i++)
+    if (p->workers[i].current) interrupt(&p->workers[i]);
+  uv_mutex_unlock(&p->mu);
+  free_jobs(removed);
+  for (int i = 0; i < p->nworkers; i++)
+    if (p->workers[i].started) uv_thread_join(&p->workers[i].thread);
+  free_jobs(p->d_head);
+  uv_mutex_destroy(&p->mu);
+  free(p->init);
+  free(p->broken_msg);
+  free(p);
+  o->p = NULL;
+  tulua__unpost(o->rt, &o->job);
+  set_outstanding(L, o, 1, 0);
+  o->async->data = NULL;
+  uv_close((uv_handle_t *)o->async, async_close_cb);
+  o->async = NULL;
+}
+
+/* pool:close(): joins the threads; jobs still running are interrupted. */
+static int tp_close(lua_State *L) {
+  close_pool(L, check_owner(L));
+  return 0;
+}
+
+/* pool:threads() -> how many worker threads were started. */
+static int tp_threads(lua_State *L) {
+  owner *o = check_open(L);
+  uv_mutex_lock(&o->p->mu);
+  int n = o->p->nstarted;
+  uv_mutex_unlock(&o->p->mu);
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+/* ---- job control for process workers ---- */
+
+static void ctx_wake_cb(uv_async_t *h) { /* no Lua API */
+  job_ctx *c = h->data;
+  if (c != NULL) ctx_check_cancel(c);
+}
+
+static void ctx_close_cb(uv_handle_t *h) {
+  free(h);
+}
+
+static int ctx_gc(lua_State *L) {
+  job_ctx *c = lua_touserdata(L, 1);
+  if (current_ctx == c) current_ctx = NULL;
+  if (c->wake != NULL) {
+    c->wake->data = NULL;
+    uv_close((uv_handle_t *)c->wake, ctx_close_cb);
+    c->wake = NULL;
+  }
+  return 0;
+}
+
+/* Lets the cancellation signal reach the jobs this thread runs: blocks it
+ * nowhere, installs the handler. */
+static void accept_signal(void) {
+  install_handler();
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, cancel_signal());
+  pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
+/* thread_pool.job_control(): makes this runtime a worker whose jobs
+ * (thread_pool.call) the cancellation signal stops; a process worker calls
+ * it once. Raises in a thread pool's worker, which has its own. */
+static int tp_job_control(lua_State *L) {
+  if (current_ctx != NULL) {
+    if (current_ctx->rt == tulua__runtime(L)) return 0;
+    return luaL_error(L, "this thread already runs a worker");
+  }
+  job_ctx *c = lua_newuserdatauv(L, sizeof *c, 0);
+  memset(c, 0, sizeof *c);
+  lua_newtable(L);
+  lua_pushcfunction(L, ctx_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  c->wake = malloc(sizeof *c->wake);
+  if (c->wake == NULL) return luaL_error(L, "not enough memory");
+  if (uv_async_init(tulua__loop(L), c->wake, ctx_wake_cb) != 0) {
+    free(c->wake);
+    c->wake = NULL;
+    return luaL_error(L, "cannot create the worker's wake-up handle");
+  }
+  uv_unref((uv_handle_t *)c->wake);
+  c->wake->data = c;
+  c->rt = tulua__runtime(L);
+  luaL_ref(L, LUA_REGISTRYINDEX); /* lives as long as the state */
+  current_ctx = c;
+  accept_signal();
+  return 0;
+}
+
+static job_ctx *need_ctx(lua_State *L) {
+  job_ctx *c = current_ctx;
+  if (c == NULL || c->rt != tulua__runtime(L))
+    luaL_error(L, "not a worker (call thread_pool.job_control first)");
+  return c;
+}
+
+/* thread_pool.call(id, fn, ...) -> ...: calls fn(...) as job id, which
+ * thread_pool.cancel_process(pid, id) stops; use under xpcall with
+ * thread_pool.handler. */
+static int tp_call(lua_State *L) {
+  job_ctx *c = need_ctx(L);
+  lua_Integer id = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, id > 0 && id <= INT_MAX, 1, "job id out of range");
+  return call_job(L, c, (long long)id, 2);
+}
+
+/* thread_pool.job_end(id) -> boolean: whether job id was asked to stop
+ * (an error it ended with is then its cancellation). */
+static int tp_job_end(lua_State *L) {
+  job_ctx *c = need_ctx(L);
+  long long id = (long long)luaL_checkinteger(L, 1);
+  atomic_store(&c->running, 0);
+  lua_pushboolean(L, atomic_exchange(&c->cancel, 0) == id);
+  return 1;
+}
+
+/* thread_pool.cancel_process(pid, id) -> true | nil, msg, code: asks the
+ * worker process pid to stop job id (a signal carrying the id). */
+static int tp_cancel_process(lua_State *L) {
+  lua_Integer pid = luaL_checkinteger(L, 1);
+  lua_Integer id = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, pid > 0 && pid <= INT_MAX, 1, "bad pid");
+  luaL_argcheck(L, id > 0 && id <= INT_MAX, 2, "job id out of range");
+  union sigval v;
+  v.sival_int = (int)id;
+  if (sigqueue((pid_t)pid, cancel_signal(), v) != 0)
+    return push_fail(L, "cancel_process", uv_translate_sys_error(errno));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* thread_pool.cpu_count() -> the CPUs of the system, as os.cpu_count() */
+static int tp_cpu_count(lua_State *L) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  lua_pushinteger(L, n > 0 ? n : 1);
+  return 1;
+}
+
+/* thread_pool.process_cpu_count() -> the CPUs this process may use (its
+ * affinity), as os.process_cpu_count() */
+static int tp_process_cpu_count(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)uv_available_parallelism());
+  return 1;
+}
+
+int luaopen_tulua_thread_pool(lua_State *L) {
+  static const luaL_Reg methods[] = {
+      {"submit", tp_submit}, {"state", tp_state},
+      {"cancel", tp_cancel}, {"shutdown", tp_shutdown},
+      {"close", tp_close},   {"threads", tp_threads},
+      {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__gc", tp_close}, {NULL, NULL}};
+  static const luaL_Reg port[] = {{"take", port_take}, {"wait", port_wait},
+                                  {"init", port_init}, {"broken", port_broken},
+                                  {"run", port_run},   {"finish", port_finish},
+                                  {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"new", tp_new},
+                                   {"cpu_count", tp_cpu_count},
+                                   {"process_cpu_count", tp_process_cpu_count},
+                                   {"job_control", tp_job_control},
+                                   {"call", tp_call},
+                                   {"job_end", tp_job_end},
+                                   {"cancel_process", tp_cancel_process},
+                                   {NULL, NULL}};
+  if (luaL_newmetatable(L, POOL_MT)) {
+    luaL_setfuncs(L, meta, 0);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  luaL_newlib(L, funcs);
+  luaL_newlib(L, port); /* the worker side: the runner calls port.take(w) */
+  lua_setfield(L, -2, "port");
+  lua_pushcfunction(L, job_handler);
+  lua_setfield(L, -2, "handler");
+  return 1;
+}

@@ -1,0 +1,41 @@
+--- The worker side of concurrent.futures: the loop that runs jobs in a
+-- worker, a thread pool's thread or a process pool's process. A port hands
+-- it jobs: port.take(w) says whether one was taken ("job"), none is queued
+-- ("idle": port.wait(w) suspends until there is) or the worker must end
+-- ("stop"); port.run(w) decodes the job taken and calls it, and
+-- port.finish(w, ok, ...) sends the outcome back. The thread pool's port
+-- is C (bindings/thread_pool.c); a process worker's reads its pipe.
+local handler = require("tulua.thread_pool").handler
+local xpcall = xpcall
+
+local M = {}
+
+local function call_init(fn, ...)
+  if fn ~= nil then fn(...) end
+end
+
+--- Runs the initializer (port.init), then jobs until the port says stop.
+-- An initializer that fails breaks the pool (port.broken), as in Python.
+function M.serve(w, port)
+  port = port or require("tulua.thread_pool").port
+  local take, wait, run, finish = port.take, port.wait, port.run, port.finish
+  local ok, err = xpcall(function() call_init(port.init(w)) end, handler)
+  if not ok then
+    local msg = type(err) == "table" and not getmetatable(err) and
+      tostring(err[1]) .. "\n" .. tostring(err[2]) or tostring(err)
+    port.broken(w, "the initializer failed: " .. msg)
+    return
+  end
+  while true do
+    local state = take(w)
+    if state == "job" then
+      finish(w, xpcall(run, handler, w))
+    elseif state == "idle" then
+      wait(w)
+    else
+      return
+    end
+  end
+end
+
+return M
