@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,9 @@
 #include "transfer.h"
 
 #define POOL_MT "tulua.ThreadPool"
+
+/* How long an idle worker looks for more work before it sleeps. */
+#define SPIN_NS 50000
 
 /* ---- the worker side of a job, shared with process workers ---- */
 
@@ -229,6 +233,15 @@ static int port_wait(lua_State *L) {
   worker *w = check_port(L);
   pool *p = w->p;
   tulua__check_wait(L, "port:wait");
+  /* A stream of small jobs would put the worker to sleep between two, and
+   * each wake-up costs a write and a context switch: look again for a
+   * little while first, giving the CPU away meanwhile (on a machine with
+   * as many workers as cores, the submitter needs it). */
+  uint64_t until = uv_hrtime() + SPIN_NS;
+  while (__atomic_load_n(&p->q_head, __ATOMIC_RELAXED) == NULL &&
+         !__atomic_load_n(&p->stopping, __ATOMIC_RELAXED) &&
+         uv_hrtime() < until)
+    sched_yield();
   uv_mutex_lock(&p->mu);
   int ready = p->q_head != NULL || p->stopping || p->broken;
   if (!ready) w->idle = 1;

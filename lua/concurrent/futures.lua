@@ -407,7 +407,7 @@ local function record(ex, f, worker, t0, t1, status)
   ex._tl_n = n
   local i = (n - 1) % TIMELINE_MAX + 1
   local tl = ex._tl
-  tl[4 * i - 3], tl[4 * i - 2], tl[4 * i - 1], tl[4 * i] = f._seq, worker, t0, t1
+  tl[4 * i - 3], tl[4 * i - 2], tl[4 * i - 1], tl[4 * i] = f._id, worker, t0, t1
   ex._tl_status[i] = status
 end
 
@@ -522,7 +522,8 @@ function Executor:submit(fn, ...)
   if self._shutdown then error("cannot schedule new futures after shutdown", 2) end
   local id = self._next_id + 1
   self._next_id = id
-  local f = setmetatable({_state = PENDING, _executor = self, _id = id, _seq = id}, Future)
+  -- every field it will have, so that the table is never resized
+  local f = setmetatable({false, _state = PENDING, _executor = self, _id = id, _n = 0}, Future)
   local ok, err = pcall(self._backend.submit, self._backend, id, fn, ...)
   if not ok then
     if type(err) == "string" and err:find("the pool is broken", 1, true) then
