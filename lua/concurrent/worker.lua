@@ -17,7 +17,13 @@ end
 --- Runs the initializer (port.init), then jobs until the port says stop.
 -- An initializer that fails breaks the pool (port.broken), as in Python.
 function M.serve(w, port)
-  port = port or require("tulua.thread_pool").port
+  if port == nil then
+    port = require("tulua.thread_pool").port
+    -- in a thread, os.exit would end the whole process, the owner included
+    os.exit = function()
+      error("os.exit in a thread-pool worker would end the whole process", 2)
+    end
+  end
   local take, wait, run, finish = port.take, port.wait, port.run, port.finish
   local ok, err = xpcall(function() call_init(port.init(w)) end, handler)
   if not ok then

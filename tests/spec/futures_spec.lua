@@ -417,6 +417,11 @@ describe("concurrent.futures", function()
       for _, rec in ipairs(hog:timeline()) do assert.is_truthy(rec) end
     end)
 
+    it("refuse os.exit, which would end the whole process", function()
+      local f = ex:submit(function() os.exit(3) end)
+      assert.matches("os.exit in a thread%-pool worker would end the whole process", raised(f.result, f))
+    end)
+
     it("run an initializer with its arguments first", function()
       local pool <close> = futures.ThreadPoolExecutor(1, {
         initializer = function(a, b) _G.worker_setting = a .. b end, initargs = {"x", "y"}})
@@ -474,6 +479,26 @@ describe("concurrent.futures", function()
       assert.are.equal("", stderr)
       assert.are.equal(0, status)
       assert.are.equal("main done\ncallback 42\n", stdout)
+    end)
+  end)
+
+  describe("at the REPL", function()
+    it("runs functions typed at the prompt in a thread pool", function()
+      local input = os.tmpname()
+      support.write_file(input, table.concat({
+        'futures = require "concurrent.futures"',
+        'ex = futures.ThreadPoolExecutor(2)',
+        'function sq(x) return x * x end',
+        'print("sq", ex:submit(sq, 7):result())',
+        'for r in ex:map(sq, {1, 2, 3}) do io.write(r, " ") end print()',
+        'ex:shutdown()',
+      }, "\n") .. "\n")
+      local p = assert(io.popen(support.shell_quote(support.TULUA) .. " -i < " .. support.shell_quote(input) .. " 2>&1"))
+      local out = p:read("a")
+      p:close()
+      os.remove(input)
+      assert.matches("sq\t49\n", out)
+      assert.matches("1 4 9 \n", out)
     end)
   end)
 
