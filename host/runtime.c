@@ -68,6 +68,7 @@ static int open_libs(lua_State *L) {
       {"tulua.net", luaopen_tulua_net},
       {"tulua.transfer", luaopen_tulua_transfer},
       {"tulua.thread_pool", luaopen_tulua_thread_pool},
+      {"tulua.process_pool", luaopen_tulua_process_pool},
       {NULL, NULL}};
   if (rt->cfg.open_stdlibs) luaL_openlibs(L);
   tulua__open_coro(L);

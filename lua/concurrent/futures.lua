@@ -601,7 +601,7 @@ end
 -- stopped at the shortest) in the workers; returns an iterator of the
 -- results in order (the first value fn returns for each item; a nil result
 -- ends a for loop, as with any Lua iterator). Lazy and bounded: at most
--- buffersize jobs (default twice max_workers) are in flight. Options (a
+-- buffersize jobs (default the larger of 64 and twice max_workers) are in flight. Options (a
 -- last table argument): timeout (seconds from this call), chunksize (items
 -- per job), buffersize. A job's error is raised by the iterator when its
 -- turn comes; breaking out of the loop cancels the jobs still in flight.
@@ -621,7 +621,7 @@ function Executor:map(fn, ...)
   if math.type(chunksize) ~= "integer" or chunksize < 1 then
     error("bad argument #" .. (n + 2) .. " to 'map' (chunksize must be a positive integer)", 2)
   end
-  local window = opts.buffersize or 2 * self._max_workers
+  local window = opts.buffersize or math.max(2 * self._max_workers, 64)
   if math.type(window) ~= "integer" or window < 1 then
     error("bad argument #" .. (n + 2) .. " to 'map' (buffersize must be a positive integer)", 2)
   end

@@ -1,7 +1,8 @@
 -- A short tour of tulua: tasks on one event loop, sleeping without blocking,
 -- and a file read that does not stop the other tasks; then the scripts of the
--- talk's second half (coroutines, asyncio, the event loop, uvloop), each run
--- in turn by the same tulua binary.
+-- talk, each run in turn by the same tulua binary: its first half (thread and
+-- process pools, the GIL that tulua does not have, the number of cores),
+-- then its second half (coroutines, asyncio, the event loop, uvloop).
 -- Run it with: tulua scripts/talk/tour.lua
 local tulua = require "tulua"
 local fs = require "tulua.fs"
@@ -48,7 +49,7 @@ sleeper:cancel()
 local _, err = pcall(sleeper.join, sleeper)
 print("   " .. tostring(err) .. " (code " .. err.code .. ")")
 
-print("6. The talk's second half: each script of scripts/talk, run by this same tulua.")
+print("6. The talk: each script of scripts/talk, pools first, then coroutines, run by this same tulua.")
 -- The program is the first argument before the options: arg[-1] unless
 -- options such as -W came before the script.
 local program_index = -1
@@ -56,6 +57,11 @@ while arg and arg[program_index - 1] ~= nil do program_index = program_index - 1
 local program = arg and arg[program_index] or "tulua"
 local dir = path:match("^(.*)/[^/]*$") or "."
 local talk = {
+  {"thread_io.lua", "ThreadPoolExecutor, I/O-bound: six large files on three threads"},
+  {"thread_cpu.lua", "ThreadPoolExecutor, CPU-bound: no GIL, so the threads run in parallel"},
+  {"cpu_count.lua", "os.cpu_count(): futures.cpu_count()"},
+  {"process_cpu.lua", "ProcessPoolExecutor, CPU-bound: the same sums on three processes"},
+  {"more_workers_than_cores.lua", "what if the CPU had only 2 cores: more workers than cores"},
   {"generator_coroutine.lua", "generator-based coroutines: next(c), c.send('World')"},
   {"hello_world.lua", "async/await: hello_world"},
   {"compute_chain.lua", "watching asyncio work: compute and print_sum"},
