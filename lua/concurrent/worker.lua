@@ -20,7 +20,7 @@ function M.serve(w, port)
   if port == nil then
     port = require("tulua.thread_pool").port
     -- in a thread, os.exit would end the whole process, the owner included
-    os.exit = function()
+    os.exit = function() -- luacheck: ignore 122
       error("os.exit in a thread-pool worker would end the whole process", 2)
     end
   end

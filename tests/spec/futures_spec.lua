@@ -493,7 +493,8 @@ describe("concurrent.futures", function()
         'for r in ex:map(sq, {1, 2, 3}) do io.write(r, " ") end print()',
         'ex:shutdown()',
       }, "\n") .. "\n")
-      local p = assert(io.popen(support.shell_quote(support.TULUA) .. " -i < " .. support.shell_quote(input) .. " 2>&1"))
+      local cmd = support.shell_quote(support.TULUA) .. " -i < " .. support.shell_quote(input) .. " 2>&1"
+      local p = assert(io.popen(cmd))
       local out = p:read("a")
       p:close()
       os.remove(input)

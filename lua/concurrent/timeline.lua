@@ -1,0 +1,205 @@
+--- concurrent.timeline: an executor's timeline drawn as text.
+-- The talk shows how a pool ran its jobs as a picture: one row per worker,
+-- time running left to right, each job a bar. render() draws that picture
+-- from the records of ThreadPoolExecutor:timeline() (or of a process pool),
+-- so a script can show whether its jobs overlapped: with threads on I/O, and
+-- with CPU work on as many cores as there are. A pure function: it reads the
+-- records and returns a string.
+local M = {}
+
+local type, error, ipairs, tostring = type, error, ipairs, tostring
+local format, rep, sub = string.format, string.rep, string.sub
+local concat, sort = table.concat, table.sort
+local floor, ceil, max, min, log = math.floor, math.ceil, math.max, math.min, math.log
+local math_type = math.type
+
+-- Job marks, by submission number: 1-9, then a-z, then again from 1. A
+-- failed or cancelled job is drawn with its status mark instead: its bar
+-- should stand out, and the legend still names it.
+local MARKS = "123456789abcdefghijklmnopqrstuvwxyz"
+local STATUS_MARKS = {failed = "X", cancelled = "-"}
+local DEFAULT_WIDTH = 60
+local MIN_TICK_GAP = 6 -- columns between ticks at least, so the axis stays readable
+
+-- Formats seconds with the given number of decimals (Lua has no "%.*f").
+local function seconds(t, decimals)
+  return format("%." .. decimals .. "f", t)
+end
+
+local function bad_arg(n, msg)
+  error(format("bad argument #%d to 'render' (%s)", n, msg), 3)
+end
+
+local function is_time(x)
+  return type(x) == "number" and x >= 0 and x < math.huge
+end
+
+-- Checks opts and returns width, workers, now.
+local function check_opts(opts)
+  if opts == nil then return DEFAULT_WIDTH, 0, nil end
+  if type(opts) ~= "table" then bad_arg(2, "table expected, got " .. type(opts)) end
+  local width, workers, now = opts.width or DEFAULT_WIDTH, opts.workers or 0, opts.now
+  if math_type(width) ~= "integer" or width < 1 then
+    bad_arg(2, "field 'width' must be a positive integer")
+  end
+  if math_type(workers) ~= "integer" or workers < 0 then
+    bad_arg(2, "field 'workers' must be a non-negative integer")
+  end
+  if now ~= nil and not is_time(now) then bad_arg(2, "field 'now' must be a non-negative number") end
+  return width, workers, now
+end
+
+-- Checks the records and returns jobs: {mark=, label=, worker=, start=,
+-- finish=} with finish nil while running, plus the latest time they know.
+local function check_records(records)
+  if type(records) ~= "table" then bad_arg(1, "table expected, got " .. type(records)) end
+  local jobs, latest = {}, 0
+  for i, r in ipairs(records) do
+    local function bad_field(name, what)
+      bad_arg(1, format("record %d: field '%s' must be %s", i, name, what))
+    end
+    if type(r) ~= "table" then bad_arg(1, format("record %d: table expected, got %s", i, type(r))) end
+    local index = r.index == nil and i or r.index
+    if math_type(index) ~= "integer" or index < 1 then bad_field("index", "a positive integer") end
+    if math_type(r.worker) ~= "integer" or r.worker < 1 then bad_field("worker", "a positive integer") end
+    if not is_time(r.start) then bad_field("start", "a non-negative number") end
+    if r.finish ~= nil and not (is_time(r.finish) and r.finish >= r.start) then
+      bad_field("finish", "nil or a number not below 'start'")
+    end
+    if r.name ~= nil and type(r.name) ~= "string" then bad_field("name", "nil or a string") end
+    local status = r.status or (r.finish == nil and "running" or "done")
+    if type(status) ~= "string" then bad_field("status", "nil or a string") end
+    local mark = STATUS_MARKS[status] or sub(MARKS, (index - 1) % #MARKS + 1, (index - 1) % #MARKS + 1)
+    local label = mark .. " " .. (r.name or ("job " .. index))
+    if status ~= "done" then label = label .. " (" .. status .. ")" end
+    jobs[i] = {mark = mark, label = label, index = index, worker = r.worker, start = r.start, finish = r.finish}
+    latest = max(latest, r.start, r.finish or 0)
+  end
+  return jobs, latest
+end
+
+-- Returns the axis step, the number of steps and the decimals of the tick
+-- labels: the smallest step of 1, 2 or 5 times a power of ten whose ticks,
+-- spread over width columns up to past latest, leave room for their labels.
+local function choose_axis(latest, width)
+  if latest <= 0 then latest = 1 end -- nothing took any time: show one second
+  local exp = floor(log(latest, 10)) - 3
+  while true do
+    for _, m in ipairs({1, 2, 5}) do
+      local step = m * 10.0 ^ exp
+      local steps = max(1, ceil(latest / step - 1e-9))
+      local decimals = max(0, -exp)
+      local label_width = #seconds(steps * step, decimals)
+      if width / steps >= max(MIN_TICK_GAP, label_width + 2) or steps == 1 then
+        return step, steps, decimals
+      end
+    end
+    exp = exp + 1
+  end
+end
+
+-- Draws one worker's jobs (sorted by start) into a row of width cells. A job
+-- covers the cells whose larger part it ran in, and at least one: a job too
+-- short for a cell of its own takes the next free one, so every job shows
+-- (unless the row is full: then the last cell shows the latest job).
+local function draw_row(jobs, width, scale, now)
+  local cells = {}
+  for c = 1, width do cells[c] = " " end
+  local last = 0 -- the last cell drawn so far
+  for _, job in ipairs(jobs) do
+    local first = max(floor(job.start * scale + 0.5) + 1, last + 1)
+    local stop = max(first, floor((job.finish or now) * scale + 0.5))
+    first, stop = min(first, width), min(stop, width)
+    for c = first, stop do cells[c] = job.mark end
+    last = stop
+  end
+  return concat(cells)
+end
+
+--- Draws an executor's timeline as text, as the talk's pictures of a pool at
+-- work: one row per worker (`worker 1 |...|`), time from left to right over
+-- width columns, each job a run of its mark, then an axis in seconds and a
+-- legend. A job's mark is its submission number, 1-9 then a-z (job 10 is
+-- `a`), cycling after z; a failed job is drawn with `X`, a cancelled one
+-- with `-`; idle time is blank. Every job gets at least one column, a
+-- zero-length one included, while its row has room. A running job (finish nil) is drawn up to
+-- opts.now, by default the latest start or finish in the records. The
+-- legend names each job by its mark and its name (default `job <index>`),
+-- with its status unless it is done: `1 thread0  2 job 2  X job 3 (failed)`.
+-- @param records array of the records of `executor:timeline()`: tables with
+--   worker (integer from 1), start and finish (seconds since the executor
+--   was created; finish nil while running), and optionally index (the
+--   submission number; default the position in the array), status
+--   ("done", "failed", "cancelled" or "running"; default from finish) and
+--   name (a string)
+-- @param opts optional table: width (60 columns for the time), workers (rows
+--   to draw at least, so that idle workers show too; default the highest
+--   worker in the records), now (the time that running jobs reach)
+-- @return string of lines without a final newline, for print
+-- @raise for records or opts of the wrong shape, naming the record and field
+function M.render(records, opts)
+  local width, workers, now = check_opts(opts)
+  local jobs, latest = check_records(records)
+  now = now or latest
+  latest = max(latest, now)
+  local by_worker = {}
+  for _, job in ipairs(jobs) do
+    workers = max(workers, job.worker)
+    local list = by_worker[job.worker] or {}
+    by_worker[job.worker] = list
+    list[#list + 1] = job
+  end
+
+  local step, steps, decimals = choose_axis(latest, width)
+  local scale = width / (step * steps) -- columns per second
+  local label_format = "worker %" .. #tostring(max(workers, 1)) .. "d |"
+  local indent = #format(label_format, 1)
+  local lines = {}
+  for w = 1, workers do
+    local list = by_worker[w] or {}
+    sort(list, function(a, b)
+      if a.start ~= b.start then return a.start < b.start end
+      return a.index < b.index
+    end)
+    lines[#lines + 1] = format(label_format, w) .. draw_row(list, width, scale, now) .. "|"
+  end
+
+  -- Tick k sits on the first cell of the time it names; the last one, on
+  -- the closing bar. Labels go in from the right, so the last one, with the
+  -- unit, always shows; one that would run into its right neighbour is left
+  -- out (only in a row too narrow for its labels).
+  local axis, ticks = {}, {}
+  for c = 1, width + 1 do axis[c] = "-" end
+  for c = 1, width + #seconds(steps * step, decimals) + 2 do ticks[c] = " " end
+  local limit = math.huge -- the column of the leftmost label placed so far
+  for k = steps, 0, -1 do
+    local col = floor(k * width / steps + 0.5) + 1
+    axis[col] = "+"
+    local text = seconds(k * step, decimals) .. (k == steps and " s" or "")
+    if col + #text < limit then
+      for c = 1, #text do ticks[col + c - 1] = sub(text, c, c) end
+      limit = col
+    end
+  end
+  lines[#lines + 1] = rep(" ", indent) .. concat(axis)
+  lines[#lines + 1] = rep(" ", indent) .. concat(ticks)
+
+  -- The legend wraps at the width of the rows.
+  local line_width = indent + width + 1
+  if #jobs == 0 then
+    lines[#lines + 1] = "no jobs"
+  else
+    local line = ""
+    for _, job in ipairs(jobs) do
+      if line ~= "" and #line + 2 + #job.label > line_width then
+        lines[#lines + 1] = line
+        line = ""
+      end
+      line = line == "" and job.label or line .. "  " .. job.label
+    end
+    lines[#lines + 1] = line
+  end
+  return concat(lines, "\n")
+end
+
+return M
