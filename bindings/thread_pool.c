@@ -52,10 +52,14 @@ typedef struct job_ctx {
   _Atomic long long running; /* the job being run, 0 between jobs */
   _Atomic long long cancel; /* the job asked to stop */
   lua_State *co; /* the task that runs jobs */
+  pthread_t thread; /* a process worker's: the thread of its runtime */
   int base; /* the stack slots of the running call below its results */
 } job_ctx;
 
 static _Thread_local job_ctx *current_ctx;
+
+/* The job control of this process's process-pool worker, if it is one. */
+static job_ctx *_Atomic process_ctx;
 
 static int cancel_signal(void) {
   return SIGRTMIN + 4;
@@ -85,12 +89,19 @@ static void on_cancel_signal(int sig, siginfo_t *si, void *uc) {
   (void)sig;
   (void)uc;
   job_ctx *c = current_ctx;
-  if (c == NULL) return;
   if (si->si_code == SI_QUEUE) { /* from a parent process: the job's id */
+    /* sent to the process, it may land on any thread (libuv's, a pool's):
+     * the process worker's thread must set the hook itself */
+    job_ctx *pc = atomic_load(&process_ctx);
     long long id = si->si_value.sival_int;
-    if (id == 0 || atomic_load(&c->running) != id) return;
-    atomic_store(&c->cancel, id);
+    if (pc == NULL || id == 0 || atomic_load(&pc->running) != id) return;
+    atomic_store(&pc->cancel, id);
+    if (pc != c) {
+      pthread_kill(pc->thread, cancel_signal());
+      return;
+    }
   }
+  if (c == NULL) return;
   long long id = atomic_load(&c->running);
   if (id == 0 || atomic_load(&c->cancel) != id) return;
   lua_State *co = tulua__running(c->rt);
@@ -936,6 +947,8 @@ static void ctx_close_cb(uv_handle_t *h) {
 static int ctx_gc(lua_State *L) {
   job_ctx *c = lua_touserdata(L, 1);
   if (current_ctx == c) current_ctx = NULL;
+  job_ctx *expected = c;
+  atomic_compare_exchange_strong(&process_ctx, &expected, NULL);
   if (c->wake != NULL) {
     c->wake->data = NULL;
     uv_close((uv_handle_t *)c->wake, ctx_close_cb);
@@ -978,8 +991,11 @@ static int tp_job_control(lua_State *L) {
   uv_unref((uv_handle_t *)c->wake);
   c->wake->data = c;
   c->rt = tulua__runtime(L);
+  c->thread = pthread_self();
   luaL_ref(L, LUA_REGISTRYINDEX); /* lives as long as the state */
   current_ctx = c;
+  job_ctx *expected = NULL; /* the first one in a process gets its signals */
+  atomic_compare_exchange_strong(&process_ctx, &expected, c);
   accept_signal();
   return 0;
 }
