@@ -31,8 +31,9 @@
  * The fuzz target (tests/fuzz/fuzz_transfer.c) therefore fuzzes the
  * container, built with TULUA_TRANSFER_NO_LOAD (see load_block).
  *
- * Memory: encode grows its buffer in a userdata box whose __gc frees it, so
- * an error raised halfway leaks nothing. decode runs under lua_pcall. */
+ * Memory: encode grows its buffer in a userdata box (one per state, kept
+ * in the registry) whose __gc frees it, so an error raised halfway leaks
+ * nothing; the next encode reuses the buffer. decode runs under lua_pcall. */
 #include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -43,7 +44,8 @@
 
 #include "transfer.h"
 
-#define BUF_MT "tulua.transfer_buffer"
+#define BUF_MT    "tulua.transfer_buffer"
+#define DUMPS_KEY "tulua.transfer_dumps"
 
 #define MAGIC     "\x1bTLX"
 #define MAGIC_LEN 4
@@ -90,6 +92,7 @@ typedef struct {
   int refs; /* stack index: table or function -> its reference index */
   int names; /* stack index: value -> "module" or "module\0field" */
   int globals; /* stack index: the globals table */
+  int dumps; /* stack index: function -> its bytecode (weak keys) */
   int nrefs;
   int depth;
   int nsegs;
@@ -97,7 +100,7 @@ typedef struct {
 } encoder;
 
 static int buf_gc(lua_State *L) {
-  xbuf *b = luaL_checkudata(L, 1, BUF_MT);
+  xbuf *b = lua_touserdata(L, 1);
   free(b->p);
   b->p = NULL;
   return 0;
@@ -337,16 +340,26 @@ static void enc_function(encoder *e, int idx) {
   lua_State *L = e->L;
   enter(e);
   put_byte(e, T_FUNC);
-  /* the bytecode's length, as a 10-byte uvar patched after the dump */
-  put(e, "\x80\x80\x80\x80\x80\x80\x80\x80\x80\x00", 10);
-  size_t at = e->b->len;
   lua_pushvalue(L, idx);
-  int rc = lua_dump(L, dump_writer, e->b, 0); /* 0: keep line info */
-  lua_pop(L, 1);
-  if (rc != 0) luaL_error(L, "not enough memory");
-  uint64_t n = e->b->len - at;
-  for (int i = 0; i < 10; i++)
-    e->b->p[at - 10 + i] = (char)((n >> (7 * i) & 0x7f) | (i < 9 ? 0x80 : 0));
+  if (lua_rawget(L, e->dumps) == LUA_TSTRING) { /* dumped before */
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    put_lstr(e, s, n);
+    lua_pop(L, 1);
+  } else {
+    lua_pop(L, 1);
+    /* the bytecode's length, as a 10-byte uvar patched after the dump */
+    put(e, "\x80\x80\x80\x80\x80\x80\x80\x80\x80\x00", 10);
+    size_t at = e->b->len;
+    lua_pushvalue(L, idx);
+    int rc = lua_dump(L, dump_writer, e->b, 0); /* 0: keep line info */
+    if (rc != 0) luaL_error(L, "not enough memory");
+    uint64_t n = e->b->len - at;
+    for (int i = 0; i < 10; i++)
+      e->b->p[at - 10 + i] = (char)((n >> (7 * i) & 0x7f) | (i < 9 ? 0x80 : 0));
+    lua_pushlstring(L, e->b->p + at, (size_t)n); /* function -> bytecode */
+    lua_rawset(L, e->dumps);
+  }
   int nups = 0;
   while (lua_getupvalue(L, idx, nups + 1) != NULL) {
     lua_pop(L, 1);
@@ -430,20 +443,49 @@ static xbuf *encode_to_box(lua_State *L, int first, int n) {
   encoder e;
   luaL_checkstack(L, 8, NULL);
   e.L = L;
-  e.b = lua_newuserdatauv(L, sizeof(xbuf), 0);
-  e.b->p = NULL;
-  e.b->len = e.b->cap = 0;
-  if (luaL_newmetatable(L, BUF_MT)) {
+  /* One box per state, made once: a pool encodes a job per submit, and a
+   * userdata with __gc and two tables each time cost more than the job.
+   * Encoding runs no Lua code, so it never nests. */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, BUF_MT) != LUA_TUSERDATA) {
+    lua_pop(L, 1);
+    xbuf *b = lua_newuserdatauv(L, sizeof(xbuf), 2);
+    b->p = NULL;
+    b->len = b->cap = 0;
+    lua_createtable(L, 0, 1);
     lua_pushcfunction(L, buf_gc);
     lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    /* function -> its bytecode: a function's bytecode never changes, and a
+     * pool that runs the same one again and again dumps it once */
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setiuservalue(L, -2, 1);
+    lua_newtable(L);
+    lua_setiuservalue(L, -2, 2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, BUF_MT);
   }
-  lua_setmetatable(L, -2);
-  lua_newtable(L);
+  e.b = lua_touserdata(L, -1);
+  e.b->len = 0; /* a buffer left by a failed encode is reused */
+  if (e.b->p == NULL) e.b->cap = 0;
+  lua_getiuservalue(L, -1, 2);
   e.refs = lua_gettop(L);
+  lua_pushnil(L); /* empty what a failed encode left */
+  while (lua_next(L, e.refs)) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_pushnil(L);
+    lua_rawset(L, e.refs);
+  }
   lua_pushnil(L);
   e.names = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   e.globals = lua_gettop(L);
+  lua_getiuservalue(L, e.refs - 1, 1);
+  e.dumps = lua_gettop(L);
   e.nrefs = e.depth = e.nsegs = 0;
   put(&e, MAGIC, MAGIC_LEN);
   put_byte(&e, VERSION);
@@ -453,7 +495,14 @@ static xbuf *encode_to_box(lua_State *L, int first, int n) {
     e.nsegs = 1;
     enc_value(&e, first + i);
   }
-  lua_pop(L, 3);
+  lua_pushnil(L); /* let go of what was encoded */
+  while (lua_next(L, e.refs)) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_pushnil(L);
+    lua_rawset(L, e.refs);
+  }
+  lua_pop(L, 4);
   return e.b;
 }
 
