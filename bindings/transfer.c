@@ -93,6 +93,7 @@ typedef struct {
   int names; /* stack index: value -> "module" or "module\0field" */
   int globals; /* stack index: the globals table */
   int dumps; /* stack index: function -> its bytecode (weak keys) */
+  int fresh_names; /* names was built during this encode */
   int nrefs;
   int depth;
   int nsegs;
@@ -201,9 +202,10 @@ static void push_seg(encoder *e, seg s) {
   e->path[e->nsegs++] = s;
 }
 
-/* Builds the map of names on first use: every module of package.loaded, and
- * every C function that is a field of one, by the function's value. */
-static void push_names(encoder *e) {
+/* Builds the map of names: every module of package.loaded, and every C
+ * function that is a field of one, by the function's value. Kept in the
+ * encoder's box with the number of modules it was built from. */
+static void build_names(encoder *e, lua_Integer nmods) {
   lua_State *L = e->L;
   luaL_checkstack(L, 8, NULL);
   lua_newtable(L);
@@ -238,33 +240,96 @@ static void push_names(encoder *e) {
     }
   }
   lua_pop(L, 1);
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, e->refs - 1, 3);
+  lua_pushinteger(L, nmods);
+  lua_setiuservalue(L, e->refs - 1, 4);
   lua_replace(L, e->names);
+  e->fresh_names = 1;
+}
+
+/* Makes e->names the map of names, rebuilding the kept one only when
+ * package.loaded has changed size (a module was required): building it
+ * walks every module, far more than most encodes. [-0, +0, m] */
+static void push_names(encoder *e, int force) {
+  lua_State *L = e->L;
+  lua_Integer nmods = 0;
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pop(L, 1);
+    nmods++;
+  }
+  lua_pop(L, 1);
+  int box = e->refs - 1;
+  if (!force) {
+    int same = lua_getiuservalue(L, box, 4) == LUA_TNUMBER &&
+               lua_tointeger(L, -1) == nmods;
+    lua_pop(L, 1);
+    if (same && lua_getiuservalue(L, box, 3) == LUA_TTABLE) {
+      lua_replace(L, e->names);
+      return;
+    }
+    if (same) lua_pop(L, 1);
+  }
+  build_names(e, nmods);
+}
+
+/* Whether the name s (n bytes: "module" or "module\0field") still names the
+ * value at idx. */
+static int still_named(lua_State *L, const char *s, size_t n, int idx) {
+  const char *dot = memchr(s, 0, n);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (dot == NULL) {
+    lua_pushlstring(L, s, n);
+  } else {
+    lua_pushlstring(L, s, (size_t)(dot - s));
+    if (lua_rawget(L, -2) != LUA_TTABLE) {
+      lua_pop(L, 2);
+      return 0;
+    }
+    lua_remove(L, -2);
+    lua_pushlstring(L, dot + 1, n - (size_t)(dot - s) - 1);
+  }
+  lua_rawget(L, -2);
+  int same = lua_rawequal(L, -1, idx);
+  lua_pop(L, 2);
+  return same;
 }
 
 /* Writes T_MODULE or T_FIELD and returns 1 if the value at idx is named in
- * package.loaded, else returns 0. */
+ * package.loaded, else returns 0. A name from the kept map is checked, and
+ * a C function it lacks is looked up again in a fresh map. */
 static int put_name(encoder *e, int idx) {
   lua_State *L = e->L;
-  if (lua_isnil(L, e->names)) push_names(e);
-  lua_pushvalue(L, idx);
-  lua_rawget(L, e->names);
-  size_t n;
-  const char *s = lua_tolstring(L, -1, &n);
-  if (s == NULL) {
+  if (lua_isnil(L, e->names)) push_names(e, 0);
+  for (;;) {
+    lua_pushvalue(L, idx);
+    lua_rawget(L, e->names);
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    int ok = s != NULL && still_named(L, s, n, idx);
+    if (!ok && !e->fresh_names && (s != NULL || lua_iscfunction(L, idx))) {
+      lua_pop(L, 1);
+      push_names(e, 1);
+      continue;
+    }
+    if (!ok) {
+      lua_pop(L, 1);
+      return 0;
+    }
+    const char *dot = memchr(s, 0, n);
+    if (dot == NULL) {
+      put_byte(e, T_MODULE);
+      put_lstr(e, s, n);
+    } else {
+      put_byte(e, T_FIELD);
+      put_lstr(e, s, (size_t)(dot - s));
+      put_lstr(e, dot + 1, n - (size_t)(dot - s) - 1);
+    }
     lua_pop(L, 1);
-    return 0;
+    return 1;
   }
-  const char *dot = memchr(s, 0, n);
-  if (dot == NULL) {
-    put_byte(e, T_MODULE);
-    put_lstr(e, s, n);
-  } else {
-    put_byte(e, T_FIELD);
-    put_lstr(e, s, (size_t)(dot - s));
-    put_lstr(e, dot + 1, n - (size_t)(dot - s) - 1);
-  }
-  lua_pop(L, 1);
-  return 1;
 }
 
 /* Writes T_REF and returns 1 if the value at idx was met before; else
@@ -448,7 +513,7 @@ static xbuf *encode_to_box(lua_State *L, int first, int n) {
    * Encoding runs no Lua code, so it never nests. */
   if (lua_getfield(L, LUA_REGISTRYINDEX, BUF_MT) != LUA_TUSERDATA) {
     lua_pop(L, 1);
-    xbuf *b = lua_newuserdatauv(L, sizeof(xbuf), 2);
+    xbuf *b = lua_newuserdatauv(L, sizeof(xbuf), 4);
     b->p = NULL;
     b->len = b->cap = 0;
     lua_createtable(L, 0, 1);
@@ -486,7 +551,7 @@ static xbuf *encode_to_box(lua_State *L, int first, int n) {
   e.globals = lua_gettop(L);
   lua_getiuservalue(L, e.refs - 1, 1);
   e.dumps = lua_gettop(L);
-  e.nrefs = e.depth = e.nsegs = 0;
+  e.nrefs = e.depth = e.nsegs = e.fresh_names = 0;
   put(&e, MAGIC, MAGIC_LEN);
   put_byte(&e, VERSION);
   put_uvar(&e, (uint64_t)(n < 0 ? 0 : n));
