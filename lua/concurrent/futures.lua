@@ -432,11 +432,9 @@ local function remote_error(err, tb)
   return err
 end
 
-local function make_deliver(state)
-  -- state is a weak holder of the executor: the backend keeps its deliver
-  -- function, and the executor must stay collectable
+local function make_deliver(holder)
   return function(id, status, worker, t0, t1, ...)
-    local ex = state.ex
+    local ex = holder.weak.ex
     if not ex then return end
     local pending = ex._pending
     local f = pending[id]
@@ -469,13 +467,16 @@ local function make_deliver(state)
 end
 
 local function new_executor(kind, max_workers, backend_new, opts)
-  local state = setmetatable({}, {__mode = "v"})
+  -- the backend keeps deliver, which finds the executor here: weakly, so
+  -- that an idle executor is collected, and strongly while jobs are out
+  local holder = {weak = setmetatable({}, {__mode = "v"})}
   local ex = setmetatable({
     _kind = kind, _max_workers = max_workers, _pending = {}, _inflight = 0,
     _next_id = 0, _t0 = now(), _tl = {}, _tl_status = {}, _tl_n = 0,
   }, Executor)
-  state.ex = ex
-  ex._backend = backend_new(max_workers, opts, make_deliver(state))
+  holder.weak.ex = ex
+  ex._holder = holder
+  ex._backend = backend_new(max_workers, opts, make_deliver(holder))
   return ex
 end
 
@@ -496,6 +497,7 @@ end
 -- Nothing is in flight: wake shutdown(true), or end the workers of an
 -- executor shut down without waiting.
 function Executor:_idle()
+  self._holder.strong = nil
   local w = self._closer
   if w then self._closer = nil; unpark(w) end
   if self._shutdown and not self._closing then self:_close_backend() end
@@ -532,7 +534,11 @@ function Executor:submit(fn, ...)
     error("submit: " .. tostring(err), 2)
   end
   self._pending[id] = f
-  self._inflight = self._inflight + 1
+  local n = self._inflight + 1
+  self._inflight = n
+  -- while jobs are out, their futures' callbacks must run even if nothing
+  -- else refers to the executor (the backend anchors itself meanwhile)
+  if n == 1 then self._holder.strong = self end
   return f
 end
 
@@ -627,6 +633,8 @@ function Executor:map(fn, ...)
   end
   local multi = n > 1
   local nextitem = zip("map", n, ...)
+  local array = n == 1 and type((...)) == "table" and ... or nil
+  local pos = 1
   local deadline = timeout and now() + timeout
   local fs, head, tail = {}, 1, 0 -- jobs in flight, in order
   local exhausted = false
@@ -639,11 +647,18 @@ function Executor:map(fn, ...)
         tail = tail + 1
         fs[tail] = self:submit(run_one, fn, multi, item)
       else
-        local items = {}
-        for i = 1, chunksize do
-          local more, item = nextitem()
-          if not more then exhausted = true; break end
-          items[i] = item
+        local items
+        if array then -- a slice, without a call per item
+          items = table.move(array, pos, math.min(pos + chunksize - 1, #array), 1, {})
+          pos = pos + chunksize
+          if pos > #array then exhausted = true end
+        else
+          items = {}
+          for i = 1, chunksize do
+            local more, item = nextitem()
+            if not more then exhausted = true; break end
+            items[i] = item
+          end
         end
         if #items == 0 then break end
         tail = tail + 1

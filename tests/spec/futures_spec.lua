@@ -408,13 +408,18 @@ describe("concurrent.futures", function()
   describe("workers", function()
     it("are whole runtimes on threads of their own, not libuv's", function()
       local hog = futures.ThreadPoolExecutor(4)
-      for _ = 1, 4 do hog:submit(spin) end
+      local spinning = {}
+      for i = 1, 4 do spinning[i] = hog:submit(spin) end
+      assert.is_true(support.eventually(function()
+        for i = 1, 4 do if not spinning[i]:running() then return false end end
+        return true
+      end))
       local t0 = tulua.now()
       assert.is_truthy(fs.stat("/"))
       assert.is_true(tulua.now() - t0 < 0.5)
-      hog:shutdown(false, true)
-      -- shutdown(false) leaves them running: cancel them
-      for _, rec in ipairs(hog:timeline()) do assert.is_truthy(rec) end
+      for i = 1, 4 do spinning[i]:cancel() end
+      hog:shutdown(true)
+      assert.are.equal(4, #hog:timeline())
     end)
 
     it("refuse os.exit, which would end the whole process", function()
