@@ -759,6 +759,24 @@ static void load_block(lua_State *L, chunk *c, int nups) {
 #endif
 }
 
+/* Functions without upvalues of their own (none, or only _ENV, which is
+ * the receiver's globals) are immutable: a worker that gets the same one
+ * job after job loads it once. The cache maps the bytecode to the loaded
+ * function and is emptied when it grows past LOADED_MAX. */
+#define LOADED_KEY "tulua.transfer_loaded"
+#define LOADED_MAX 256
+
+/* Pushes the cache and the bytecode as a string. [-0, +2, m] */
+static void push_loaded_key(lua_State *L, const chunk *c) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LOADED_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, LOADED_KEY);
+  }
+  lua_pushlstring(L, c->p, c->n);
+}
+
 static void dec_function(lua_State *L, decoder *d) {
   dec_enter(L, d);
   chunk c;
@@ -766,6 +784,23 @@ static void dec_function(lua_State *L, decoder *d) {
   need(L, d, 1);
   int nups = *d->p++;
   d->n--;
+  int shared = nups == 0 || (nups == 1 && d->n > 0 && *d->p == T_GLOBALS);
+  if (shared) {
+    push_loaded_key(L, &c);
+    if (lua_rawget(L, -2) == LUA_TFUNCTION) {
+      lua_remove(L, -2);
+      if (nups == 1) { /* its _ENV: already the globals */
+        d->p++;
+        d->n--;
+      }
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, 2, ++d->nrefs);
+      d->depth--;
+      return;
+    }
+    lua_pop(L, 2);
+  }
+  chunk key = c; /* the loader's reader consumes c */
   load_block(L, &c, nups);
   lua_pushvalue(L, -1);
   lua_rawseti(L, 2, ++d->nrefs);
@@ -776,6 +811,26 @@ static void dec_function(lua_State *L, decoder *d) {
   for (int i = 1; i <= nups; i++) {
     dec_value(L, d);
     lua_setupvalue(L, -2, i);
+  }
+  if (shared) {
+    push_loaded_key(L, &key);
+    lua_Integer n = 0; /* the cache's size: counted, not stored */
+    lua_pushnil(L);
+    while (n <= LOADED_MAX && lua_next(L, -3)) {
+      lua_pop(L, 1);
+      n++;
+    }
+    if (n > LOADED_MAX) {
+      if (n == LOADED_MAX + 1) lua_pop(L, 1); /* lua_next's key */
+      lua_pop(L, 2);
+      lua_createtable(L, 0, 1);
+      lua_pushvalue(L, -1);
+      lua_setfield(L, LUA_REGISTRYINDEX, LOADED_KEY);
+      lua_pushlstring(L, key.p, key.n);
+    }
+    lua_pushvalue(L, -3);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
   }
   d->depth--;
 }

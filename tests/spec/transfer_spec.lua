@@ -215,5 +215,45 @@ describe("tulua.transfer", function()
       assert.are.equal("bad argument #1 to 'tulua.transfer.decode' (string expected, got no value)",
         error_of(transfer.decode))
     end)
+
+  describe("caches", function()
+    it("load a function without upvalues once, and copy closures every time", function()
+      local function plain(x) return x + 1 end
+      local s = transfer.encode(plain)
+      local a, b = transfer.decode(s), transfer.decode(s)
+      assert.are.equal(a, b)
+      assert.are.equal(3, a(2))
+      local k = 1
+      local function closure() k = k + 1; return k end
+      local s2 = transfer.encode(closure)
+      local c, d = transfer.decode(s2), transfer.decode(s2)
+      assert.are_not.equal(c, d)
+      assert.are.same({2, 3, 2}, {c(), c(), d()})
+    end)
+
+    it("keep at most 256 loaded functions", function()
+      for i = 1, 300 do
+        local f = load("return function() return " .. i .. " end")()
+        assert.are.equal(i, transfer.decode(transfer.encode(f))())
+      end
+      local n = 0
+      for _ in pairs(debug.getregistry()["tulua.transfer_loaded"]) do n = n + 1 end
+      assert.is_true(n <= 257, n)
+    end)
+
+    it("see modules and C functions that appeared after an earlier encode", function()
+      assert.is_truthy(transfer.encode({}, string.rep)) -- the map of names is built
+      local cf = require("tulua.thread_pool").cpu_count
+      local mod = {count = cf}
+      package.loaded["transfer_spec_mod"] = mod
+      local ok, err = pcall(function()
+        local got_mod, got_cf = transfer.decode(transfer.encode(mod, cf))
+        assert.are.equal(mod, got_mod)
+        assert.are.equal(cf, got_cf)
+      end)
+      package.loaded["transfer_spec_mod"] = nil
+      assert(ok, err)
+    end)
+  end)
   end)
 end)
