@@ -182,6 +182,16 @@ static void wake_owner(pool *p) { /* under p->mu */
   if (p->owner_async) uv_async_send(p->owner_async);
 }
 
+/* Hands a finished job to the owner. Under p->mu. */
+static void push_done(pool *p, job *j) {
+  if (p->d_tail)
+    p->d_tail->next = j;
+  else
+    p->d_head = j;
+  p->d_tail = j;
+  wake_owner(p);
+}
+
 static void free_jobs(job *j) {
   while (j != NULL) {
     job *n = j->next;
@@ -460,12 +470,7 @@ static int port_finish(lua_State *L) {
   pool *p = w->p;
   uv_mutex_lock(&p->mu);
   w->current = NULL;
-  if (p->d_tail)
-    p->d_tail->next = j;
-  else
-    p->d_head = j;
-  p->d_tail = j;
-  wake_owner(p);
+  push_done(p, j);
   uv_mutex_unlock(&p->mu);
   atomic_store(&w->ctx.cancel, 0);
   return 0;
@@ -530,11 +535,7 @@ static void worker_main(void *arg) {
     j->buf = NULL;
     j->len = 0;
     j->status = ST_BROKEN;
-    if (p->d_tail)
-      p->d_tail->next = j;
-    else
-      p->d_head = j;
-    p->d_tail = j;
+    push_done(p, j);
   }
   wake_owner(p);
   uv_mutex_unlock(&p->mu);

@@ -502,6 +502,17 @@ static void enc_value(encoder *e, int idx) {
   }
 }
 
+/* Removes every pair of the table at idx (absolute). */
+static void clear_table(lua_State *L, int idx) {
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_pushnil(L);
+    lua_rawset(L, idx);
+  }
+}
+
 /* Encodes the n values from first (absolute) and pushes the box holding
  * the result. [-0, +1, m] */
 static xbuf *encode_to_box(lua_State *L, int first, int n) {
@@ -538,13 +549,7 @@ static xbuf *encode_to_box(lua_State *L, int first, int n) {
   if (e.b->p == NULL) e.b->cap = 0;
   lua_getiuservalue(L, -1, 2);
   e.refs = lua_gettop(L);
-  lua_pushnil(L); /* empty what a failed encode left */
-  while (lua_next(L, e.refs)) {
-    lua_pop(L, 1);
-    lua_pushvalue(L, -1);
-    lua_pushnil(L);
-    lua_rawset(L, e.refs);
-  }
+  clear_table(L, e.refs); /* what a failed encode left */
   lua_pushnil(L);
   e.names = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
@@ -560,13 +565,7 @@ static xbuf *encode_to_box(lua_State *L, int first, int n) {
     e.nsegs = 1;
     enc_value(&e, first + i);
   }
-  lua_pushnil(L); /* let go of what was encoded */
-  while (lua_next(L, e.refs)) {
-    lua_pop(L, 1);
-    lua_pushvalue(L, -1);
-    lua_pushnil(L);
-    lua_rawset(L, e.refs);
-  }
+  clear_table(L, e.refs); /* let go of what was encoded */
   lua_pop(L, 4);
   return e.b;
 }

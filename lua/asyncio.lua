@@ -20,15 +20,11 @@ local type, select, error, pcall, setmetatable, getmetatable =
 
 local M = {}
 
-local ERROR_MT = getmetatable(new_error("E", "e"))
+local common = require "tulua.common"
+local error_class, need_task, check_timeout =
+  common.error_class, common.need_task, common.check_timeout
 
 -- ---- errors ----
-
-local function error_class(code, default)
-  return setmetatable({code = code, default = default}, {
-    __call = function(cls, msg) return new_error(cls.code, msg or cls.default) end,
-  })
-end
 
 M.CancelledError = error_class("ECANCELED", "task cancelled")
 M.TimeoutError = error_class("ETIMEDOUT", "timed out")
@@ -38,10 +34,7 @@ M.QueueFull = error_class("EQUEUEFULL", "queue is full")
 M.ExceptionGroup = error_class("EGROUP", "unhandled errors in a TaskGroup")
 
 --- Returns whether err is an error object of class cls (asyncio.TimeoutError...).
-function M.is_error(err, cls)
-  return type(err) == "table" and getmetatable(err) == ERROR_MT and
-    err.code == cls.code
-end
+M.is_error = common.is_error
 
 --- Returns whether err is a cancellation (CancelledError).
 function M.is_cancelled(err)
@@ -51,18 +44,6 @@ end
 --- Returns whether err is a TimeoutError.
 function M.is_timeout(err)
   return M.is_error(err, M.TimeoutError)
-end
-
--- Returns the current task, or raises (at the level of the caller's
--- caller) the runtime's misuse errors, naming the public function.
-local function need_task(name)
-  local me = current()
-  if me == nil then error("attempt to wait in '" .. name .. "' outside a task", 3) end
-  if not can_wait() then
-    error("attempt to wait in '" .. name .. "' inside a function called from C " ..
-      "that cannot yield (such as a 'table.sort' comparator or a 'string.gsub' callback)", 3)
-  end
-  return me
 end
 
 -- Raises "bad argument #1 to 'fname' (asyncio.X expected, got ...)" unless
@@ -380,14 +361,6 @@ end
 M.FIRST_COMPLETED = "FIRST_COMPLETED"
 M.FIRST_EXCEPTION = "FIRST_EXCEPTION"
 M.ALL_COMPLETED = "ALL_COMPLETED"
-
-local function check_timeout(t, argn, fname)
-  if t ~= nil and (type(t) ~= "number" or t ~= t) then
-    error(("bad argument #%d to '%s' (number expected, got %s)")
-      :format(argn, fname, t ~= t and "nan" or type(t)), 3)
-  end
-  return t
-end
 
 --- Waits until return_when holds or timeout passes; returns done, pending
 -- (sets). Never cancels anything and never raises on timeout.

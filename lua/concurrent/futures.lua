@@ -16,8 +16,7 @@
 local tulua = require "tulua"
 local thread_pool = require "tulua.thread_pool"
 
-local park, unpark, current, can_wait, now, new_error =
-  tulua.park, tulua.unpark, tulua.current, tulua.can_wait, tulua.now, tulua.new_error
+local park, unpark, now, new_error = tulua.park, tulua.unpark, tulua.now, tulua.new_error
 local after = require("tulua.timer").after
 local type, select, error, pcall, setmetatable, getmetatable, tostring =
   type, select, error, pcall, setmetatable, getmetatable, tostring
@@ -25,15 +24,11 @@ local unpack = table.unpack
 
 local M = {}
 
-local ERROR_MT = getmetatable(new_error("E", "e"))
+local common = require "tulua.common"
+local ERROR_MT, error_class, need_task, check_timeout =
+  common.ERROR_MT, common.error_class, common.need_task, common.check_timeout
 
 -- ---- errors ----
-
-local function error_class(code, default)
-  return setmetatable({code = code, default = default}, {
-    __call = function(cls, msg) return new_error(cls.code, msg or cls.default) end,
-  })
-end
 
 M.CancelledError = error_class("ECANCELED", "future cancelled")
 M.TimeoutError = error_class("ETIMEDOUT", "timed out")
@@ -41,34 +36,13 @@ M.InvalidStateError = error_class("EINVALIDSTATE", "invalid state")
 M.BrokenExecutor = error_class("EBROKEN", "the executor is broken")
 
 --- Returns whether err is an error object of class cls (futures.TimeoutError...).
-function M.is_error(err, cls)
-  return type(err) == "table" and getmetatable(err) == ERROR_MT and err.code == cls.code
-end
+M.is_error = common.is_error
 
 --- Returns whether err is a cancellation (CancelledError).
 function M.is_cancelled(err) return M.is_error(err, M.CancelledError) end
 
 --- Returns whether err is a TimeoutError.
 function M.is_timeout(err) return M.is_error(err, M.TimeoutError) end
-
-local function need_task(name)
-  if current() == nil then
-    error("attempt to wait in '" .. name .. "' outside a task", 3)
-  end
-  if not can_wait() then
-    error("attempt to wait in '" .. name .. "' inside a function called from C " ..
-      "that cannot yield (such as a 'table.sort' comparator or a 'string.gsub' callback)", 3)
-  end
-  return current()
-end
-
-local function check_timeout(t, argn, fname)
-  if t ~= nil and (type(t) ~= "number" or t ~= t) then
-    error(("bad argument #%d to '%s' (number expected, got %s)")
-      :format(argn, fname, t ~= t and "nan" or type(t)), 3)
-  end
-  return t
-end
 
 -- ---- Future ----
 

@@ -15,12 +15,7 @@ local support = require("support")
 local run_fixture, shell_quote, read_file = support.run_fixture, support.shell_quote, support.read_file
 local TULUA, FIXTURES = support.TULUA, support.FIXTURES
 
--- Calls fn, which must raise, and returns the error value as it is.
-local function raised(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
+local raised = support.raised
 
 -- Lets the loop turn n times: the running task yields with sleep(0).
 local function step(n)

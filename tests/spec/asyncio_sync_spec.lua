@@ -12,12 +12,7 @@ package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "
 local support = require("support")
 local error_of = support.error_in(HERE)
 
--- Calls fn, which must raise, and returns the error value as it is.
-local function raised(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok)
-  return err
-end
+local raised = support.raised
 
 -- Lets the other ready tasks run: n turns of the loop.
 local function step(n)

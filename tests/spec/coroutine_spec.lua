@@ -5,12 +5,8 @@ local tulua = require("tulua")
 
 local HERE = debug.getinfo(1, "S").short_src
 
--- Calls fn, which must raise, and returns the error value as it is.
-local function raised(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok)
-  return err
-end
+package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
+local raised = require("support").raised
 
 -- The line of the caller of this function.
 local function line()

@@ -6,7 +6,6 @@
 -- are killed at the end of their test; every test runs under a 20 s
 -- watchdog and every program under a timeout.
 local tulua = require("tulua")
-local timer = require("tulua.timer")
 local fs = require("tulua.fs")
 local net = require("tulua.net")
 local process = require("tulua.process")
@@ -21,16 +20,7 @@ local python_f = io.open(PYTHON)
 local it_python = python_f and it or pending -- only one test needs python3
 if python_f then python_f:close() end
 
--- Runs a test body in a task of its own, cancelled after 20 s.
-local function bounded(fn)
-  return function()
-    local task = tulua.spawn(fn)
-    local watchdog = timer.after(20, function() task:cancel("spec timed out after 20 s") end)
-    local ok, err = pcall(task.join, task)
-    watchdog:close()
-    if not ok then error(err, 0) end
-  end
-end
+local function bounded(fn) return support.bounded(fn, 20) end
 
 -- Starts a server program that prints a line with its port first (found
 -- with pattern). Returns a to-be-closed handle {port =, url =} whose closing

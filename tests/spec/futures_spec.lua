@@ -13,22 +13,14 @@ local fs = require("tulua.fs")
 package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
 local support = require("support")
 
-local function raised(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
+local raised = support.raised
 
 -- The number of threads of this process.
 local function thread_count()
   return #assert(fs.readdir("/proc/self/task"))
 end
 
-local function temp_path(tag)
-  local p = os.tmpname()
-  os.remove(p)
-  return p .. "-" .. tag
-end
+local temp_path = support.temp_path
 
 -- Keeps the CPU busy in a worker until stopped (a job for cancel tests).
 local function spin()

@@ -23,18 +23,7 @@ local CANNOT_YIELD = " inside a function called from C that cannot yield"
 
 -- ---- helpers ----
 
--- Wraps a spec body: it runs in its own task, cancelled after secs
--- (default 10), so that a peer that never answers fails the spec.
-local function bounded(fn, secs)
-  secs = secs or 10
-  return function()
-    local task = tulua.spawn(fn)
-    local watchdog = timer.after(secs, function() task:cancel("spec timed out after " .. secs .. " s") end)
-    local ok, err = pcall(task.join, task)
-    watchdog:close()
-    if not ok then error(err, 0) end
-  end
-end
+local bounded = support.bounded
 
 -- Runs fn(...) in a task, cancelled if it has not ended after secs;
 -- returns what pcall(task.join, task) returns.

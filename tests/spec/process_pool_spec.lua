@@ -7,7 +7,6 @@
 -- that wait on a worker run under a watchdog.
 local futures = require("concurrent.futures")
 local tulua = require("tulua")
-local timer = require("tulua.timer")
 local fs = require("tulua.fs")
 local process = require("tulua.process")
 
@@ -15,29 +14,11 @@ package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "
 local support = require("support")
 local eventually = support.eventually
 
--- Runs a spec body in its own task, cancelled after 20 s, so that a hung
--- worker fails the spec instead of the whole run.
-local function bounded(fn)
-  return function()
-    local task = tulua.spawn(fn)
-    local watchdog = timer.after(20, function() task:cancel("spec timed out after 20 s") end)
-    local ok, err = pcall(task.join, task)
-    watchdog:close()
-    if not ok then error(err, 0) end
-  end
-end
+local function bounded(fn) return support.bounded(fn, 20) end
 
-local function raised(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
+local raised = support.raised
 
-local function temp_path(tag)
-  local p = os.tmpname()
-  os.remove(p)
-  return p .. "-" .. tag
-end
+local temp_path = support.temp_path
 
 -- The state letter of a process ("S", "R", "Z" for a zombie), or nil once
 -- it is gone (reaped).

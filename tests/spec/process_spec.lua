@@ -3,7 +3,6 @@
 -- env, pwd, printf, ls, sleep, kill, true, false. Spec bodies run in the
 -- main task; bodies that wait on a child run under a 10 s watchdog.
 local tulua = require("tulua")
-local timer = require("tulua.timer")
 local fs = require("tulua.fs")
 local process = require("tulua.process")
 
@@ -12,17 +11,7 @@ local support = require("support")
 local eventually = support.eventually
 local TULUA = support.TULUA
 
--- Wraps a spec body: it runs in its own task, cancelled after 10 s, so that
--- a hung child fails the spec instead of the whole run.
-local function bounded(fn)
-  return function()
-    local task = tulua.spawn(fn)
-    local watchdog = timer.after(10, function() task:cancel("spec timed out after 10 s") end)
-    local ok, err = pcall(task.join, task)
-    watchdog:close()
-    if not ok then error(err, 0) end
-  end
-end
+local bounded = support.bounded
 
 -- The state letter of a process ("S", "R", "Z" for a zombie...), or nil
 -- once it is gone (reaped).

@@ -98,4 +98,35 @@ function M.fd_count()
   return #assert(require("tulua.fs").readdir("/proc/self/fd"))
 end
 
+--- Calls fn(...), which must raise; returns the error value as it is.
+function M.raised(fn, ...)
+  local ok, err = pcall(fn, ...)
+  require("luassert").is_false(ok, "expected an error")
+  return err
+end
+
+--- Wraps a spec body: it runs in a task of its own, cancelled after secs
+-- (default 10), so that something that never answers fails that spec
+-- instead of hanging the whole run.
+function M.bounded(fn, secs)
+  secs = secs or 10
+  return function()
+    local task = require("tulua").spawn(fn)
+    local watchdog = require("tulua.timer").after(secs, function()
+      task:cancel("spec timed out after " .. secs .. " s")
+    end)
+    local ok, err = pcall(task.join, task)
+    watchdog:close()
+    if not ok then error(err, 0) end
+  end
+end
+
+--- Returns a path in the temporary directory that does not exist yet,
+-- ending in "-tag".
+function M.temp_path(tag)
+  local p = os.tmpname()
+  os.remove(p)
+  return p .. "-" .. tag
+end
+
 return M

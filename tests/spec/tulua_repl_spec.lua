@@ -9,12 +9,8 @@ local asyncio = require("asyncio")
 local show, show_all, complete = repl.show, repl.show_all, repl.complete
 local HERE = debug.getinfo(1, "S").short_src -- as function positions show it
 
--- Calls fn, which must raise, and returns the error value as it is.
-local function raised(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
+package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
+local raised = require("support").raised
 
 -- A metatable whose every metamethod but __tostring raises: a proxy.
 local function hostile_mt()

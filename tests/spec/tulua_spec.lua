@@ -10,12 +10,7 @@ local run_fixture = support.run_fixture
 local TULUA, FIXTURES = support.TULUA, support.FIXTURES
 local error_of = support.error_in(HERE)
 
--- Calls fn, which must raise, and returns the error value as it is.
-local function raised(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok)
-  return err
-end
+local raised = support.raised
 
 -- The traceback a string error raised by error() at line `line` of the
 -- function defined at line `defined` of this file gets in a task.
