@@ -480,7 +480,7 @@ describe("concurrent.futures", function()
   end)
 
   describe("at the REPL", function()
-    it("runs functions typed at the prompt in a thread pool", function()
+    it("runs functions typed at the prompt in a thread pool and a process pool", function()
       local input = os.tmpname()
       support.write_file(input, table.concat({
         'futures = require "concurrent.futures"',
@@ -489,6 +489,11 @@ describe("concurrent.futures", function()
         'print("sq", ex:submit(sq, 7):result())',
         'for r in ex:map(sq, {1, 2, 3}) do io.write(r, " ") end print()',
         'ex:shutdown()',
+        -- Python's process pool cannot pickle a function defined at the prompt
+        'px = futures.ProcessPoolExecutor(1)',
+        'local k = 3 function cube(x) return x ^ k // 1 end',
+        'print("cube", px:submit(cube, 4):result())',
+        'px:shutdown()',
       }, "\n") .. "\n")
       local cmd = support.shell_quote(support.TULUA) .. " -i < " .. support.shell_quote(input) .. " 2>&1"
       local p = assert(io.popen(cmd))
@@ -497,6 +502,7 @@ describe("concurrent.futures", function()
       os.remove(input)
       assert.matches("sq\t49\n", out)
       assert.matches("1 4 9 \n", out)
+      assert.matches("cube\t64.0\n", out)
     end)
   end)
 
