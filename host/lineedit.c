@@ -14,6 +14,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,6 +115,7 @@ static struct {
   unsigned char keys[256]; /* read from stdin, not yet given to libedit */
   size_t nkeys, next_key;
   unsigned char last_key; /* the last key libedit took */
+  pthread_t thread; /* the REPL's: the one that owns the prompt */
 } E;
 
 /* ---- output above the prompt ---- */
@@ -150,6 +152,12 @@ static void hide_prompt(void) {
 
 static ssize_t wrapped_write(int fd, const char *buf, size_t n) {
   if (n == 0) return 0;
+  if (!pthread_equal(pthread_self(), E.thread)) {
+    /* a thread-pool worker's print: the prompt is the REPL thread's to
+     * erase and redraw, so the text goes out as it is */
+    write_all(fd, buf, n);
+    return (ssize_t)n;
+  }
   hide_prompt();
   write_all(fd, buf, n);
   E.at_bol = buf[n - 1] == '\n';
@@ -354,6 +362,7 @@ int tulua__edit_open(tulua_runtime *rt) {
   if (load_libedit() < 0) return -1;
   memset(&E, 0, sizeof E);
   E.rt = rt;
+  E.thread = pthread_self();
   E.loop = tulua_loop(rt);
   int fd = dup(STDOUT_FILENO);
   E.term = fd < 0 ? NULL : fdopen(fd, "w");
