@@ -20,15 +20,7 @@ local raised = support.raised
 
 local temp_path = support.temp_path
 
--- The state letter of a process ("S", "R", "Z" for a zombie), or nil once
--- it is gone (reaped).
-local function proc_state(pid)
-  local f = io.open("/proc/" .. pid .. "/stat")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s:match("^%d+ %b() (%a)")
-end
+local proc_state = support.proc_state
 
 -- The pids of this process's children.
 local function children()

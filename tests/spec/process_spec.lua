@@ -13,15 +13,7 @@ local TULUA = support.TULUA
 
 local bounded = support.bounded
 
--- The state letter of a process ("S", "R", "Z" for a zombie...), or nil
--- once it is gone (reaped).
-local function proc_state(pid)
-  local f = io.open("/proc/" .. pid .. "/stat")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s:match("^%d+ %b() (%a)")
-end
+local proc_state = support.proc_state
 
 local function gone(pid)
   return function() return proc_state(pid) == nil end

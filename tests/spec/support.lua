@@ -129,4 +129,14 @@ function M.temp_path(tag)
   return p .. "-" .. tag
 end
 
+--- Returns the state letter of process pid ("S", "R", "Z" for a zombie),
+-- or nil once it is gone (reaped).
+function M.proc_state(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s:match("^%d+ %b() (%a)")
+end
+
 return M
