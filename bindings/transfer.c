@@ -694,6 +694,16 @@ static int cannot_find(lua_State *L, const char *what) {
 
 static void dec_value(lua_State *L, decoder *d);
 
+/* Records the table or function on top as the next reference (slot 2
+ * holds the reference table once one is needed). [-1, +0, m] */
+static void add_ref(lua_State *L, decoder *d) {
+  if (lua_isnil(L, 2)) {
+    lua_newtable(L);
+    lua_replace(L, 2);
+  }
+  lua_rawseti(L, 2, ++d->nrefs);
+}
+
 static void dec_enter(lua_State *L, decoder *d) {
   if (++d->depth > TULUA_TRANSFER_MAX_DEPTH) fail(L, "nesting deeper than 200");
   if (!lua_checkstack(L, 8)) fail(L, "too many values");
@@ -707,7 +717,7 @@ static void dec_table(lua_State *L, decoder *d) {
    * input would otherwise reserve depth times its size */
   lua_createtable(L, 0, count < 64 ? (int)count : 64);
   lua_pushvalue(L, -1);
-  lua_rawseti(L, 2, ++d->nrefs);
+  add_ref(L, d);
   for (uint64_t i = 0; i < count; i++) {
     dec_value(L, d);
     dec_value(L, d);
@@ -793,7 +803,7 @@ static void dec_function(lua_State *L, decoder *d) {
         d->n--;
       }
       lua_pushvalue(L, -1);
-      lua_rawseti(L, 2, ++d->nrefs);
+      add_ref(L, d);
       d->depth--;
       return;
     }
@@ -802,7 +812,7 @@ static void dec_function(lua_State *L, decoder *d) {
   chunk key = c; /* the loader's reader consumes c */
   load_block(L, &c, nups);
   lua_pushvalue(L, -1);
-  lua_rawseti(L, 2, ++d->nrefs);
+  add_ref(L, d);
   if ((nups > 0 && lua_getupvalue(L, -1, nups) == NULL) ||
       lua_getupvalue(L, -1 - (nups > 0), nups + 1) != NULL)
     fail(L, "upvalue count mismatch");
@@ -933,7 +943,7 @@ static int decode_main(lua_State *L) {
   }
   d.p += MAGIC_LEN + 1;
   d.n -= MAGIC_LEN + 1;
-  lua_newtable(L);
+  lua_pushnil(L); /* the reference table, made by the first table met */
   uint64_t n = get_uvar(L, &d);
   if (n > d.n || n > INT_MAX) fail(L, "truncated"); /* a value: 1 byte */
   for (uint64_t i = 0; i < n; i++) {
