@@ -52,6 +52,23 @@ static inline lua_Number tulua__opt_field_number(lua_State *L, int idx,
   return n;
 }
 
+/* Registers the metatable `name` once (luaL_newmetatable): the
+ * metamethods of meta, and methods (NULL for none) as its __index. Every
+ * class of the binding modules is made this way. [-0, +0, m] */
+static inline void tulua__new_class(lua_State *L, const char *name,
+                                    const luaL_Reg *meta,
+                                    const luaL_Reg *methods) {
+  if (luaL_newmetatable(L, name)) {
+    luaL_setfuncs(L, meta, 0);
+    if (methods != NULL) {
+      lua_newtable(L);
+      luaL_setfuncs(L, methods, 0);
+      lua_setfield(L, -2, "__index");
+    }
+  }
+  lua_pop(L, 1);
+}
+
 static inline void tulua__sigpipe_cb(int sig) {
   (void)sig; /* the write that raised it fails with EPIPE */
 }

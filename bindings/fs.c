@@ -1422,24 +1422,12 @@ int luaopen_tulua_fs(lua_State *L) {
                                    {"write_file", fs_write_file},
                                    {"lines", fs_lines},
                                    {NULL, NULL}};
-  if (luaL_newmetatable(L, FILE_MT)) {
-    luaL_setfuncs(L, file_meta, 0);
-    luaL_newlib(L, file_methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
-  if (luaL_newmetatable(L, DIR_MT)) {
-    lua_pushcfunction(L, dir_free);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, dir_free);
-    lua_setfield(L, -2, "__close");
-  }
-  lua_pop(L, 1);
-  if (luaL_newmetatable(L, LINES_MT)) {
-    lua_pushcfunction(L, lines_free);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
+  tulua__new_class(L, FILE_MT, file_meta, file_methods);
+  static const luaL_Reg dir_meta[] = {
+      {"__gc", dir_free}, {"__close", dir_free}, {NULL, NULL}};
+  static const luaL_Reg lines_meta[] = {{"__gc", lines_free}, {NULL, NULL}};
+  tulua__new_class(L, DIR_MT, dir_meta, NULL);
+  tulua__new_class(L, LINES_MT, lines_meta, NULL);
   luaL_newlib(L, funcs);
   tulua__fs_event_open(L); /* fs.watch, in fs_event.c */
   return 1;

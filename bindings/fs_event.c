@@ -263,12 +263,7 @@ void tulua__fs_event_open(lua_State *L) {
                                   {"__close", watcher_close},
                                   {"__tostring", watcher_tostring},
                                   {NULL, NULL}};
-  if (luaL_newmetatable(L, WATCHER_MT)) {
-    luaL_setfuncs(L, meta, 0);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
+  tulua__new_class(L, WATCHER_MT, meta, methods);
   lua_pushcfunction(L, fs_watch);
   lua_setfield(L, -2, "watch");
 }

@@ -1133,18 +1133,10 @@ int luaopen_tulua_process_pool(lua_State *L) {
                                    {"executable", pp_executable},
                                    {"port_open", pp_port_open},
                                    {NULL, NULL}};
-  if (luaL_newmetatable(L, LINK_MT)) {
-    lua_pushcfunction(L, link_gc);
-    lua_setfield(L, -2, "__gc");
-    luaL_newlib(L, link_methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
-  if (luaL_newmetatable(L, PORT_MT)) {
-    lua_pushcfunction(L, port_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg link_meta[] = {{"__gc", link_gc}, {NULL, NULL}};
+  static const luaL_Reg port_meta[] = {{"__gc", port_gc}, {NULL, NULL}};
+  tulua__new_class(L, LINK_MT, link_meta, link_methods);
+  tulua__new_class(L, PORT_MT, port_meta, NULL);
   luaL_newlib(L, funcs);
   luaL_newlib(L, port_funcs);
   lua_setfield(L, -2, "port");

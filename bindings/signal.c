@@ -365,12 +365,7 @@ void tulua__signal_open(lua_State *L) {
                                   {"__close", signal_close},
                                   {"__tostring", signal_tostring},
                                   {NULL, NULL}};
-  if (luaL_newmetatable(L, SIGNAL_MT)) {
-    luaL_setfuncs(L, meta, 0);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
+  tulua__new_class(L, SIGNAL_MT, meta, methods);
   lua_pushcfunction(L, process_wait_signal);
   lua_setfield(L, -2, "wait_signal");
   lua_pushcfunction(L, process_signal);

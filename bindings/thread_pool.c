@@ -1076,12 +1076,7 @@ int luaopen_tulua_thread_pool(lua_State *L) {
                                    {"job_end", tp_job_end},
                                    {"cancel_process", tp_cancel_process},
                                    {NULL, NULL}};
-  if (luaL_newmetatable(L, POOL_MT)) {
-    luaL_setfuncs(L, meta, 0);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
+  tulua__new_class(L, POOL_MT, meta, methods);
   luaL_newlib(L, funcs);
   luaL_newlib(L, port); /* the worker side: the runner calls port.take(w) */
   lua_setfield(L, -2, "port");

@@ -157,12 +157,7 @@ int luaopen_tulua_timer(lua_State *L) {
                                   {NULL, NULL}};
   static const luaL_Reg funcs[] = {
       {"after", timer_after}, {"every", timer_every}, {NULL, NULL}};
-  if (luaL_newmetatable(L, TIMER_MT)) {
-    luaL_setfuncs(L, meta, 0);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
+  tulua__new_class(L, TIMER_MT, meta, methods);
   luaL_newlib(L, funcs);
   return 1;
 }

@@ -767,18 +767,10 @@ int luaopen_tulua_tty(lua_State *L) {
                                    {"set_mode", tty_set_mode},
                                    {"reset_mode", tty_reset_mode},
                                    {NULL, NULL}};
-  if (luaL_newmetatable(L, FSTREAM_MT)) {
-    luaL_setfuncs(L, fstream_meta, 0);
-    luaL_newlib(L, fstream_methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
+  tulua__new_class(L, FSTREAM_MT, fstream_meta, fstream_methods);
   tulua__stream_register(L, TULUA_TTY, tty_methods);
-  if (luaL_newmetatable(L, STATE_MT)) {
-    lua_pushcfunction(L, state_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg state_meta[] = {{"__gc", state_gc}, {NULL, NULL}};
+  tulua__new_class(L, STATE_MT, state_meta, NULL);
   luaL_newlibtable(L, funcs);
   /* the state: created before any stream, so collected after them */
   tty_state *st = lua_newuserdatauv(L, sizeof *st, 3);

@@ -634,12 +634,7 @@ int luaopen_tulua_udp(lua_State *L) {
                                   {NULL, NULL}};
   static const luaL_Reg funcs[] = {
       {"bind", udp_bind}, {"new", udp_new}, {NULL, NULL}};
-  if (luaL_newmetatable(L, UDP_MT)) {
-    luaL_setfuncs(L, meta, 0);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
+  tulua__new_class(L, UDP_MT, meta, methods);
   luaL_newlib(L, funcs);
   return 1;
 }
