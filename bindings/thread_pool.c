@@ -732,11 +732,8 @@ static int tp_submit(lua_State *L) {
   lua_Integer id = luaL_checkinteger(L, 2);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   pool *p = o->p;
-  if (p->stopping)
+  if (p->stopping) /* only this thread sets it */
     return luaL_error(L, "cannot schedule new futures after shutdown");
-  if (p->broken)
-    return luaL_error(L, "the pool is broken: %s",
-                      p->broken_msg ? p->broken_msg : "a worker failed");
   size_t len;
   char *buf = tulua__transfer_encode(L, 3, lua_gettop(L) - 2, &len);
   job *j = malloc(sizeof *j);
@@ -750,6 +747,14 @@ static int tp_submit(lua_State *L) {
   j->len = len;
   worker *start = NULL;
   uv_mutex_lock(&p->mu);
+  if (p->broken) { /* a worker sets it: read under the lock */
+    char why[256];
+    snprintf(why, sizeof why, "%s",
+             p->broken_msg ? p->broken_msg : "a worker failed");
+    uv_mutex_unlock(&p->mu);
+    free_jobs(j);
+    return luaL_error(L, "the pool is broken: %s", why);
+  }
   if (p->q_tail)
     p->q_tail->next = j;
   else
