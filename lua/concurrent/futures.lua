@@ -171,11 +171,8 @@ function Future:cancel()
   if s == CANCELLED then return true end
   if s == FINISHED then return false end
   local ex = self._executor
-  if ex then
-    if self._id and ex._backend then
-      local how = ex._backend:cancel(self._id)
-      if how == "removed" then ex:_forget(self._id) end
-    end
+  if ex and ex._backend and ex._backend:cancel(self._id) == "removed" then
+    ex:_forget(self._id)
   end
   settle(self, CANCELLED)
   return true
@@ -474,7 +471,7 @@ function Executor:_idle()
   self._holder.strong = nil
   local w = self._closer
   if w then self._closer = nil; unpark(w) end
-  if self._shutdown and not self._closing then self:_close_backend() end
+  if self._shutdown then self:_close_backend() end
 end
 
 function Executor:_close_backend()
@@ -656,16 +653,9 @@ function Executor:map(fn, ...)
     end
     if head > tail then return nil end
     local f = fs[head]
-    if not is_done(f) then
-      local remaining = deadline and deadline - now()
-      if remaining and remaining <= 0 then
-        cancel_rest()
-        error(M.TimeoutError(), 2)
-      end
-      if not wait_done(f, remaining, "map") then
-        cancel_rest()
-        error(M.TimeoutError(), 2)
-      end
+    if not wait_done(f, deadline and deadline - now(), "map") then
+      cancel_rest()
+      error(M.TimeoutError(), 2)
     end
     fs[head] = nil
     head = head + 1
