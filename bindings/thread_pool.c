@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "future.h"
 #include "transfer.h"
 
 #define POOL_MT "tulua.ThreadPool"
@@ -133,14 +134,12 @@ static void ctx_check_cancel(job_ctx *c) {
 
 /* ---- the pool, shared by the owner and its threads ---- */
 
-enum { ST_OK, ST_ERROR, ST_CANCELLED, ST_BROKEN };
-
 typedef struct job {
   struct job *next;
   long long id;
   char *buf; /* the request, then the reply (malloc'd) */
   size_t len;
-  int status;
+  int status; /* TULUA_JOB_* */
   int worker; /* 1-based */
   uint64_t t_start, t_stop; /* uv_hrtime */
 } job;
@@ -306,7 +305,7 @@ static void break_pool(pool *p, char *msg) {
     free(j->buf);
     j->buf = NULL;
     j->len = 0;
-    j->status = ST_BROKEN;
+    j->status = TULUA_JOB_BROKEN;
   }
   if (p->q_head != NULL) {
     if (p->d_tail)
@@ -427,8 +426,8 @@ static void encode_reply(lua_State *L, job *j, int first, int status) {
   if (lua_pcall(L, lua_gettop(L) - first, 0, 0) == LUA_OK) return;
   const char *msg = lua_tostring(L, -1);
   lua_pushfstring(L, "%s (in the job's %s)", msg ? msg : "cannot transfer",
-                  status == ST_OK ? "results" : "error");
-  j->status = ST_ERROR;
+                  status == TULUA_JOB_OK ? "results" : "error");
+  j->status = TULUA_JOB_ERROR;
   lua_pushcfunction(L, encode_main);
   lua_pushlightuserdata(L, j);
   lua_rotate(L, -3, 2);
@@ -451,9 +450,9 @@ static int port_finish(lua_State *L) {
   int cancelled = atomic_load(&w->ctx.cancel) == j->id;
   atomic_store(&w->ctx.running, 0);
   j->t_stop = uv_hrtime();
-  int status = ST_OK;
+  int status = TULUA_JOB_OK;
   if (!lua_toboolean(L, 2)) {
-    status = cancelled ? ST_CANCELLED : ST_ERROR;
+    status = cancelled ? TULUA_JOB_CANCELLED : TULUA_JOB_ERROR;
     lua_settop(L, 3);
     int plain = lua_type(L, 3) == LUA_TTABLE && !lua_getmetatable(L, 3);
     if (lua_gettop(L) > 3) lua_pop(L, 1); /* the metatable */
@@ -464,7 +463,7 @@ static int port_finish(lua_State *L) {
     } else { /* a cancellation, or the handler's own failure */
       lua_pushnil(L);
     }
-    if (status == ST_CANCELLED) lua_settop(L, 2);
+    if (status == TULUA_JOB_CANCELLED) lua_settop(L, 2);
   }
   encode_reply(L, j, 3, status);
   pool *p = w->p;
@@ -534,7 +533,7 @@ static void worker_main(void *arg) {
     free(j->buf);
     j->buf = NULL;
     j->len = 0;
-    j->status = ST_BROKEN;
+    j->status = TULUA_JOB_BROKEN;
     push_done(p, j);
   }
   wake_owner(p);
@@ -548,9 +547,15 @@ typedef struct owner {
   uv_async_t *async; /* in the owner's loop; freed by its close callback */
   tulua_runtime *rt;
   tulua__job job; /* delivers the done list */
+  job *list; /* taken from the done list, being delivered */
+  const char *broken; /* the pool's broken_msg, read under its lock */
   int anchor_ref; /* registry: the box itself, while work is outstanding */
   long long outstanding; /* submitted and not yet delivered */
 } owner;
+
+/* The box's user value: the executor core (bindings/future.c) that the
+ * jobs are delivered to. */
+enum { OUV_CORE = 1 };
 
 static owner *check_owner(lua_State *L) {
   return luaL_checkudata(L, 1, POOL_MT);
@@ -563,9 +568,10 @@ static owner *check_open(lua_State *L) {
 }
 
 /* While submitted work is not delivered, the loop stays alive (as Python
- * waits for its pools' work at exit) and the pool is anchored; an idle
- * pool nobody refers to is collected, and its __gc joins its threads.
- * idx: the box's stack index. */
+ * waits for its pools' work at exit) and the pool is anchored, and with
+ * it the core and the futures it delivers to; an idle pool nobody refers
+ * to is collected, and its __gc joins its threads. idx: the box's stack
+ * index. */
 static void set_outstanding(lua_State *L, owner *o, int idx, long long n) {
   if ((o->outstanding > 0) != (n > 0)) {
     if (n > 0) {
@@ -586,29 +592,37 @@ static void owner_async_cb(uv_async_t *h) { /* no Lua API */
   if (o != NULL) tulua__post(o->rt, &o->job);
 }
 
-static const char *const status_names[] = {"ok", "error", "cancelled",
-                                           "broken"};
-
-static int deliver_one(lua_State *L) {
-  job *j = lua_touserdata(L, 1);
-  const char *broken = lua_touserdata(L, 2);
-  lua_settop(L, 3); /* the deliver function */
-  lua_pushinteger(L, (lua_Integer)j->id);
-  lua_pushstring(L, status_names[j->status]);
-  lua_pushinteger(L, j->worker);
-  lua_pushnumber(L, (lua_Number)j->t_start / 1e9);
-  lua_pushnumber(L, (lua_Number)j->t_stop / 1e9);
-  if (j->status == ST_BROKEN) {
-    lua_pushstring(L, broken ? broken : "a worker thread failed");
-  } else if (j->buf != NULL && tulua__transfer_decode(L, j->buf, j->len) < 0) {
-    lua_pushfstring(L, "cannot decode the job's reply: %s",
-                    lua_tostring(L, -1));
-    lua_replace(L, 9);
-    lua_pushliteral(L, "error");
-    lua_replace(L, 5);
-    lua_pushnil(L); /* no traceback */
+/* Under lua_pcall, with the box at 1 and its core at 2: delivers the jobs
+ * of o->list. Each leaves the list and is freed before its future is
+ * settled (which runs callbacks), so that an error loses that one only. */
+static int deliver_main(lua_State *L) {
+  owner *o = lua_touserdata(L, 1);
+  while (o->list != NULL) {
+    job *j = o->list;
+    o->list = j->next;
+    long long id = j->id;
+    int status = j->status, by = j->worker, n = 0;
+    double t0 = (double)j->t_start / 1e9, t1 = (double)j->t_stop / 1e9;
+    if (status == TULUA_JOB_BROKEN) {
+      const char *why = o->p ? o->broken : NULL;
+      lua_pushstring(L, why ? why : "a worker thread failed");
+      n = 1;
+    } else if (j->buf != NULL) {
+      n = tulua__transfer_decode(L, j->buf, j->len);
+      if (n < 0) {
+        lua_pushfstring(L, "cannot decode the job's reply: %s",
+                        lua_tostring(L, -1));
+        lua_remove(L, -2);
+        lua_pushnil(L); /* no traceback */
+        status = TULUA_JOB_ERROR;
+        n = 2;
+      }
+    }
+    free(j->buf);
+    free(j);
+    if (o->p != NULL) set_outstanding(L, o, 1, o->outstanding - 1);
+    tulua__core_deliver(L, 2, id, status, by, t0, t1, n);
   }
-  lua_call(L, lua_gettop(L) - 3, 0);
   return 0;
 }
 
@@ -617,31 +631,25 @@ static void deliver_run(lua_State *L, tulua__job *tj) {
   pool *p = o->p;
   if (p == NULL) return;
   uv_mutex_lock(&p->mu);
-  job *list = p->d_head;
+  o->list = p->d_head;
   p->d_head = p->d_tail = NULL;
-  const char *broken = p->broken_msg;
+  o->broken = p->broken_msg; /* set once, freed with the pool */
   uv_mutex_unlock(&p->mu);
+  if (o->list == NULL) return;
   int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, o->anchor_ref); /* the box: kept here */
-  lua_getiuservalue(L, top + 1, 1); /* deliver */
-  while (list != NULL) {
-    job *j = list;
-    list = j->next;
-    if (o->p != NULL) set_outstanding(L, o, top + 1, o->outstanding - 1);
-    lua_pushcfunction(L, deliver_one);
-    lua_pushlightuserdata(L, j);
-    lua_pushlightuserdata(L, (void *)broken);
+  lua_getiuservalue(L, top + 1, OUV_CORE);
+  while (o->list != NULL) {
+    lua_pushcfunction(L, deliver_main);
+    lua_pushvalue(L, top + 1);
     lua_pushvalue(L, top + 2);
-    if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
-      /* the deliver function catches callback errors: only memory
-       * errors get here */
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+      /* callbacks' errors are caught: only memory errors get here */
       const char *msg = lua_tostring(L, -1);
       lua_writestringerror("tulua: thread pool: %s\n",
                            msg ? msg : "(error object)");
       lua_pop(L, 1);
     }
-    free(j->buf);
-    free(j);
   }
   lua_settop(L, top);
 }
@@ -650,17 +658,19 @@ static void async_close_cb(uv_handle_t *h) {
   free(h);
 }
 
-/* thread_pool.new(max_workers, opts, deliver) -> ThreadPool. opts:
- * initializer, initargs (a sequence), thread_name_prefix. deliver is
- * called once for every submitted job that is not removed by cancel or
- * shutdown: deliver(id, status, worker, started, finished, ...) with status
- * "ok" (the results follow), "error" (the error value and the worker's
- * traceback), "cancelled" or "broken" (the pool's failure). */
+static int tp_submit(lua_State *L, int bidx, lua_Integer id, int first, int n);
+
+/* thread_pool.new(max_workers, opts, core) -> ThreadPool. opts:
+ * initializer, initargs (a sequence), thread_name_prefix. Jobs come from
+ * the executor core (its submit calls this pool's C submit) and go back to
+ * it (tulua__core_deliver): status ok (the results), error (the error
+ * value and the worker's traceback), cancelled, or broken (the pool's
+ * failure). */
 static int tp_new(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n >= 1 && n <= 1024, 1, "max_workers must be 1 to 1024");
   luaL_checktype(L, 2, LUA_TTABLE);
-  luaL_checktype(L, 3, LUA_TFUNCTION);
+  luaL_checkudata(L, 3, "tulua.executor_core");
   char *init = NULL;
   size_t init_len = 0;
   lua_getfield(L, 2, "thread_name_prefix");
@@ -718,24 +728,29 @@ static int tp_new(lua_State *L) {
   o->async = a;
   o->rt = tulua__runtime(L);
   o->job.run = deliver_run;
-  lua_pushvalue(L, 3); /* a user value, not a registry reference: the */
-  lua_setiuservalue(L, -2, 1); /* executor it refers to may be collected */
+  lua_pushvalue(L, 3);
+  lua_setiuservalue(L, -2, OUV_CORE);
+  tulua__core_set_submit(L, 3, tp_submit);
   install_handler();
   return 1;
 }
 
-/* pool:submit(id, fn, ...): encodes fn and its arguments (raising, in the
- * caller, on a value that cannot cross: "argument #2.x: cannot transfer a
- * userdata") and queues the job. */
-static int tp_submit(lua_State *L) {
-  owner *o = check_open(L);
-  lua_Integer id = luaL_checkinteger(L, 2);
-  luaL_checktype(L, 3, LUA_TFUNCTION);
+/* The core's submit (future.h): encodes fn and its arguments (raising, in
+ * the caller, on a value that cannot cross: "argument #2.x: cannot
+ * transfer a userdata") and queues the job. */
+static int tp_submit(lua_State *L, int bidx, lua_Integer id, int first, int n) {
+  owner *o = luaL_checkudata(L, bidx, POOL_MT);
   pool *p = o->p;
-  if (p->stopping) /* only this thread sets it */
-    return luaL_error(L, "cannot schedule new futures after shutdown");
+  if (p == NULL) {
+    lua_pushliteral(L, "attempt to use a closed thread pool");
+    return TULUA_SUBMIT_REFUSED;
+  }
+  if (p->stopping) { /* only this thread sets it */
+    lua_pushliteral(L, "cannot schedule new futures after shutdown");
+    return TULUA_SUBMIT_REFUSED;
+  }
   size_t len;
-  char *buf = tulua__transfer_encode(L, 3, lua_gettop(L) - 2, &len);
+  char *buf = tulua__transfer_encode(L, first, n, &len);
   job *j = malloc(sizeof *j);
   if (j == NULL) {
     free(buf);
@@ -753,7 +768,8 @@ static int tp_submit(lua_State *L) {
              p->broken_msg ? p->broken_msg : "a worker failed");
     uv_mutex_unlock(&p->mu);
     free_jobs(j);
-    return luaL_error(L, "the pool is broken: %s", why);
+    lua_pushfstring(L, "the pool is broken: %s", why);
+    return TULUA_SUBMIT_BROKEN;
   }
   if (p->q_tail)
     p->q_tail->next = j;
@@ -774,7 +790,7 @@ static int tp_submit(lua_State *L) {
     start->started = 1;
   }
   uv_mutex_unlock(&p->mu);
-  set_outstanding(L, o, 1, o->outstanding + 1);
+  set_outstanding(L, o, bidx, o->outstanding + 1);
   if (start != NULL &&
       uv_thread_create(&start->thread, worker_main, start) != 0) {
     uv_mutex_lock(&p->mu);
@@ -911,11 +927,16 @@ static void close_pool(lua_State *L, owner *o) {
   for (int i = 0; i < p->nworkers; i++)
     if (p->workers[i].started) uv_thread_join(&p->workers[i].thread);
   free_jobs(p->d_head);
+  free_jobs(o->list); /* closed from a callback while they were delivered */
+  o->list = NULL;
   uv_mutex_destroy(&p->mu);
   free(p->init);
   free(p->broken_msg);
   free(p);
   o->p = NULL;
+  if (lua_getiuservalue(L, 1, OUV_CORE) == LUA_TUSERDATA)
+    tulua__core_set_submit(L, -1, NULL);
+  lua_pop(L, 1);
   tulua__unpost(o->rt, &o->job);
   set_outstanding(L, o, 1, 0);
   o->async->data = NULL;
@@ -1064,10 +1085,8 @@ static int tp_process_cpu_count(lua_State *L) {
 
 int luaopen_tulua_thread_pool(lua_State *L) {
   static const luaL_Reg methods[] = {
-      {"submit", tp_submit}, {"state", tp_state},
-      {"cancel", tp_cancel}, {"shutdown", tp_shutdown},
-      {"close", tp_close},   {"threads", tp_threads},
-      {NULL, NULL}};
+      {"state", tp_state}, {"cancel", tp_cancel},   {"shutdown", tp_shutdown},
+      {"close", tp_close}, {"threads", tp_threads}, {NULL, NULL}};
   static const luaL_Reg meta[] = {{"__gc", tp_close}, {NULL, NULL}};
   static const luaL_Reg port[] = {{"take", port_take}, {"wait", port_wait},
                                   {"init", port_init}, {"broken", port_broken},

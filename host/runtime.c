@@ -67,6 +67,7 @@ static int open_libs(lua_State *L) {
       {"tulua.udp", luaopen_tulua_udp},
       {"tulua.net", luaopen_tulua_net},
       {"tulua.transfer", luaopen_tulua_transfer},
+      {"tulua.future", luaopen_tulua_future},
       {"tulua.thread_pool", luaopen_tulua_thread_pool},
       {"tulua.process_pool", luaopen_tulua_process_pool},
       {NULL, NULL}};

@@ -122,6 +122,7 @@ int luaopen_tulua_udp(lua_State *L);
 int luaopen_tulua_net(lua_State *L);
 int luaopen_tulua_transfer(lua_State *L);
 int luaopen_tulua_thread_pool(lua_State *L);
+int luaopen_tulua_future(lua_State *L);
 int luaopen_tulua_process_pool(lua_State *L);
 
 /* Adds fs.watch (fs_event.c) to the tulua.fs module table on top of the

@@ -1331,8 +1331,8 @@ local function cf()
 end
 
 local function is_cf_future(x)
-  local mod = package.loaded["concurrent.futures"]
-  return mod ~= nil and getmetatable(x) == mod.FutureClass
+  local mod = package.loaded["tulua.future"]
+  return mod ~= nil and mod.is_future(x)
 end
 
 --- Returns an asyncio Future that follows the concurrent.futures Future f

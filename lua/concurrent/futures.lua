@@ -1,26 +1,27 @@
 --- concurrent.futures: Python's thread and process pools over tulua
 -- (documented in lua/concurrent/futures.md). An executor runs functions in
 -- workers, each with a Lua state of its own, so a thread pool runs Lua in
--- parallel. The machinery here (futures, ids, the timeline, map's window) is
--- the same for every kind of worker; a backend starts the workers and moves
--- the jobs:
+-- parallel. The machinery here and in its C core (bindings/future.c: the
+-- futures, job ids, the timeline; map's window) is the same for every kind
+-- of worker; a backend, made by backend_new(max_workers, opts, core),
+-- starts the workers and moves the jobs:
 --   backend:submit(id, fn, ...)   encodes (raising on what cannot cross), queues
+--                                 (or a submit in C, bindings/future.h)
 --   backend:state(id)             "pending" | "running" | "finished"
 --   backend:cancel(id)            "removed" (never delivered) | "running" | false
 --   backend:shutdown(cancel)      no new jobs; returns the ids it removed
 --   backend:close()               ends the workers (interrupting their jobs)
--- and calls deliver(id, status, worker, started, finished, ...) once for
--- every job it did not remove: status "ok" with the results, "error" with
--- the error and the worker's traceback, "cancelled", "broken" or "crashed"
--- with a message.
+-- and delivers once every job it did not remove, core:deliver(id, status,
+-- worker, started, finished, ...) (tulua__core_deliver in C): status "ok"
+-- with the results, "error" with the error and the worker's traceback,
+-- "cancelled", "broken" or "crashed" with a message.
 local tulua = require "tulua"
 local thread_pool = require "tulua.thread_pool"
 
-local park, unpark, now, new_error = tulua.park, tulua.unpark, tulua.now, tulua.new_error
+local park, unpark, now = tulua.park, tulua.unpark, tulua.now
 local after = require("tulua.timer").after
 local type, select, error, pcall, setmetatable, getmetatable, tostring =
   type, select, error, pcall, setmetatable, getmetatable, tostring
-local unpack = table.unpack
 
 local M = {}
 
@@ -46,61 +47,21 @@ function M.is_timeout(err) return M.is_error(err, M.TimeoutError) end
 
 -- ---- Future ----
 
-local PENDING, RUNNING, CANCELLED, FINISHED = "pending", "running", "cancelled", "finished"
-
-local Future = {}
-Future.__index = Future
-Future.__name = "concurrent.futures.Future"
+-- The Future is C (bindings/future.c): one userdata per job, whose
+-- results a pool's deliverer sets without calling Lua. The methods that
+-- wait or are rare are here; the C ones call the hooks installed below.
+local future = require "tulua.future"
+local FutureMeta = future.Future
+local Future = FutureMeta.__index
+local is_future, state_of, failed, job_of = future.is_future, future.state, future.failed, future.job
+local add_waiter, remove_waiter, settle_cancelled = future.add_waiter, future.remove_waiter, future.cancel
 
 --- Creates a pending Future, for code that implements an executor.
-function M.Future()
-  return setmetatable({_state = PENDING}, Future)
-end
-
-local function is_future(x) return getmetatable(x) == Future end
-
-local function report_callback_error(f, err)
-  io.stderr:write("exception calling callback for ", tostring(f), ": ", tostring(err), "\n")
-end
-
--- Ends f: wakes the tasks waiting on it and calls its done callbacks, in
--- the order they were added (as Python, at once; an error is reported on
--- stderr and the others still run).
-local function settle(f, state)
-  f._state = state
-  local ws = f._waiters
-  if ws then
-    f._waiters = nil
-    for i = 1, #ws do ws[i](f) end
-  end
-  local cbs = f._callbacks
-  if cbs then
-    f._callbacks = nil
-    for i = 1, #cbs do
-      local ok, err = pcall(cbs[i], f)
-      if not ok then report_callback_error(f, err) end
-    end
-  end
-end
-
--- Internal waiters are done callbacks that never fail and that a
--- cancelled wait can take back.
-local function add_waiter(f, fn)
-  local ws = f._waiters
-  if ws then ws[#ws + 1] = fn else f._waiters = {fn} end
-end
-
-local function remove_waiter(f, fn)
-  local ws = f._waiters
-  if not ws then return end
-  for i = #ws, 1, -1 do
-    if ws[i] == fn then table.remove(ws, i); return end
-  end
-end
+M.Future = future.new
 
 local function is_done(f)
-  local s = f._state
-  return s == FINISHED or s == CANCELLED
+  local s = state_of(f)
+  return s == "finished" or s == "cancelled"
 end
 
 -- Parks the current task until f is done or the deadline passes; returns
@@ -123,108 +84,74 @@ local function wait_done(f, timeout, name)
   return is_done(f)
 end
 
---- Returns whether the future was cancelled.
-function Future:cancelled() return self._state == CANCELLED end
-
---- Returns whether the future is done (finished or cancelled).
-function Future:done() return is_done(self) end
-
 --- Returns whether a worker runs the future's job right now.
 function Future:running()
-  if self._state == PENDING and self._executor then
-    local ex = self._executor
-    if ex._backend and ex._backend:state(self._id) == "running" then return true end
+  local s = state_of(self)
+  if s == "pending" then
+    local ex, id = job_of(self)
+    if ex and ex._backend and ex._backend:state(id) == "running" then return true end
   end
-  return self._state == RUNNING
-end
-
---- Returns the job's results, waiting up to timeout seconds (nil: no
--- limit) in the current task; raises the job's error, CancelledError, or
--- TimeoutError when the time is up.
-function Future:result(timeout)
-  if self._state ~= FINISHED then
-    check_timeout(timeout, 1, "result")
-    if not wait_done(self, timeout, "result") then error(M.TimeoutError(), 2) end
-    if self._state == CANCELLED then error(M.CancelledError(), 2) end
-  end
-  if self._error ~= nil then error(self._error, 0) end
-  local n = self._n
-  if n == 1 then return self[1] end
-  return unpack(self, 1, n)
-end
-
---- Returns the job's error, or nil when it succeeded; waits as result().
-function Future:exception(timeout)
-  if not is_done(self) then
-    check_timeout(timeout, 1, "exception")
-    if not wait_done(self, timeout, "exception") then error(M.TimeoutError(), 2) end
-  end
-  if self._state == CANCELLED then error(M.CancelledError(), 2) end
-  return self._error
+  return s == "running"
 end
 
 --- Cancels the future: a queued job is dropped, and a running one is
 -- interrupted (its to-be-closed variables are closed in the worker). Returns
 -- false if the future is already finished.
 function Future:cancel()
-  local s = self._state
-  if s == CANCELLED then return true end
-  if s == FINISHED then return false end
-  local ex = self._executor
-  if ex and ex._backend and ex._backend:cancel(self._id) == "removed" then
-    ex:_forget(self._id)
+  local s = state_of(self)
+  if s == "cancelled" then return true end
+  if s == "finished" then return false end
+  local ex, id = job_of(self)
+  if ex and ex._backend and ex._backend:cancel(id) == "removed" then
+    ex._core:forget(id)
   end
-  settle(self, CANCELLED)
+  settle_cancelled(self)
   return true
 end
 
---- Calls fn(future) once the future is done (at once if it is).
-function Future:add_done_callback(fn)
-  if type(fn) ~= "function" then
-    error("bad argument #1 to 'add_done_callback' (function expected, got " .. type(fn) .. ")", 2)
-  end
-  if is_done(self) then
-    local ok, err = pcall(fn, self)
-    if not ok then report_callback_error(self, err) end
-    return
-  end
-  local cbs = self._callbacks
-  if cbs then cbs[#cbs + 1] = fn else self._callbacks = {fn} end
-end
-
---- For executors: marks a pending future running; returns false if it was
--- cancelled (Python's set_running_or_notify_cancel).
-function Future:set_running_or_notify_cancel()
-  if self._state == CANCELLED then return false end
-  if self._state ~= PENDING then
-    error(M.InvalidStateError("the future is " .. self._state), 2)
-  end
-  self._state = RUNNING
-  return true
-end
-
---- For executors: sets the results.
-function Future:set_result(...)
-  if is_done(self) then error(M.InvalidStateError("the future is done"), 2) end
-  local n = select("#", ...)
-  self._n = n
-  for i = 1, n do self[i] = (select(i, ...)) end
-  settle(self, FINISHED)
-end
-
---- For executors: sets the error.
-function Future:set_exception(err)
-  if is_done(self) then error(M.InvalidStateError("the future is done"), 2) end
-  self._error = err == nil and "nil error" or err
-  settle(self, FINISHED)
-end
-
-function Future:__tostring()
-  local s = self._state
-  if s == PENDING and self:running() then s = RUNNING end
-  if s == FINISHED then s = self._error ~= nil and "finished raised" or "finished" end
+function FutureMeta:__tostring()
+  local s = state_of(self)
+  if s == "pending" and self:running() then s = "running" end
+  if s == "finished" then s = failed(self) and "finished raised" or "finished" end
   return ("<Future %s>"):format(s)
 end
+
+-- Turns what the worker sent for a failed job into the error result()
+-- raises: a string gets the worker's traceback; an error object of tulua
+-- (its metatable does not cross) gets its metatable back.
+local function remote_error(err, tb)
+  if tb then
+    -- the worker's own frames below the job's say nothing to the user
+    tb = tb:gsub("\n\t%[C%]: in %?\n\t%[C%]: in function 'xpcall'.*$", "")
+      :gsub("^stack traceback:", "stack traceback (in the worker):")
+  end
+  if type(err) == "string" then
+    return tb and err .. "\n" .. tb or err
+  end
+  if type(err) == "table" and getmetatable(err) == nil and type(err.code) == "string" and
+    type(err.message) == "string" then
+    setmetatable(err, ERROR_MT)
+  end
+  if type(err) == "table" and tb and err.traceback == nil then err.traceback = tb end
+  if err == nil then return "nil error" .. (tb and "\n" .. tb or "") end
+  return err
+end
+
+future.set_hooks {
+  -- result() and exception() of a future not finished
+  wait = function(f, timeout, name)
+    if state_of(f) ~= "cancelled" then
+      check_timeout(timeout, 1, name)
+      if not wait_done(f, timeout, name) then error(M.TimeoutError(), 3) end
+    end
+    if state_of(f) == "cancelled" then error(M.CancelledError(), 3) end
+  end,
+  remote_error = remote_error,
+  report = function(f, err)
+    io.stderr:write("exception calling callback for ", tostring(f), ": ", tostring(err), "\n")
+  end,
+  idle = function(ex) ex:_idle() end,
+}
 
 -- ---- waiting on several futures ----
 
@@ -242,8 +169,6 @@ local function check_futures(fs, fname)
     end
   end
 end
-
-local function failed(f) return f._state == FINISHED and f._error ~= nil end
 
 --- Waits until return_when holds (ALL_COMPLETED by default) or timeout
 -- passes; returns two sets (tables keyed by future): done and not_done.
@@ -370,84 +295,14 @@ local Executor = {}
 Executor.__index = Executor
 Executor.__name = "concurrent.futures.Executor"
 
--- The timeline keeps the most recent jobs, in flat arrays.
-local TIMELINE_MAX = 4096
-
-local function record(ex, f, worker, t0, t1, status)
-  local n = ex._tl_n + 1
-  ex._tl_n = n
-  local i = (n - 1) % TIMELINE_MAX + 1
-  local tl = ex._tl
-  tl[4 * i - 3], tl[4 * i - 2], tl[4 * i - 1], tl[4 * i] = f._id, worker, t0, t1
-  ex._tl_status[i] = status
-end
-
--- Turns what the worker sent for a failed job into the error result()
--- raises: a string gets the worker's traceback; an error object of tulua
--- (its metatable does not cross) gets its metatable back.
-local function remote_error(err, tb)
-  if tb then
-    -- the worker's own frames below the job's say nothing to the user
-    tb = tb:gsub("\n\t%[C%]: in %?\n\t%[C%]: in function 'xpcall'.*$", "")
-      :gsub("^stack traceback:", "stack traceback (in the worker):")
-  end
-  if type(err) == "string" then
-    return tb and err .. "\n" .. tb or err
-  end
-  if type(err) == "table" and getmetatable(err) == nil and type(err.code) == "string" and
-    type(err.message) == "string" then
-    setmetatable(err, ERROR_MT)
-  end
-  if type(err) == "table" and tb and err.traceback == nil then err.traceback = tb end
-  if err == nil then return "nil error" .. (tb and "\n" .. tb or "") end
-  return err
-end
-
-local function make_deliver(holder)
-  return function(id, status, worker, t0, t1, ...)
-    local ex = holder.weak.ex
-    if not ex then return end
-    local pending = ex._pending
-    local f = pending[id]
-    if f == nil then return end
-    pending[id] = nil
-    ex._inflight = ex._inflight - 1
-    local t00 = ex._t0
-    record(ex, f, worker, t0 - t00, t1 - t00, status)
-    if f._state == PENDING or f._state == RUNNING then
-      if status == "ok" then
-        local n = select("#", ...)
-        f._n = n
-        if n == 1 then f[1] = ... else for i = 1, n do f[i] = (select(i, ...)) end end
-        settle(f, FINISHED)
-      elseif status == "error" then
-        f._error = remote_error(...)
-        settle(f, FINISHED)
-      elseif status == "cancelled" then
-        settle(f, CANCELLED)
-      elseif status == "broken" then
-        f._error = M.BrokenExecutor(...)
-        settle(f, FINISHED)
-      else -- crashed
-        f._error = new_error("EWORKER", (...))
-        settle(f, FINISHED)
-      end
-    end
-    if ex._inflight == 0 then ex:_idle() end
-  end
-end
-
 local function new_executor(kind, max_workers, backend_new, opts)
-  -- the backend keeps deliver, which finds the executor here: weakly, so
-  -- that an idle executor is collected, and strongly while jobs are out
-  local holder = {weak = setmetatable({}, {__mode = "v"})}
-  local ex = setmetatable({
-    _kind = kind, _max_workers = max_workers, _pending = {}, _inflight = 0,
-    _next_id = 0, _t0 = now(), _tl = {}, _tl_status = {}, _tl_n = 0,
-  }, Executor)
-  holder.weak.ex = ex
-  ex._holder = holder
-  ex._backend = backend_new(max_workers, opts, make_deliver(holder))
+  local core = future.core()
+  local ex = setmetatable({_kind = kind, _max_workers = max_workers, _core = core}, Executor)
+  -- the backend delivers to the core, which keeps the executor only while
+  -- jobs are in flight: an idle executor is collected and shut down
+  local backend = backend_new(max_workers, opts, core)
+  core:set_backend(backend)
+  ex._backend = backend
   return ex
 end
 
@@ -456,19 +311,9 @@ function Executor:__tostring()
     self._shutdown and " shut down" or "")
 end
 
--- A job the backend removed will never be delivered.
-function Executor:_forget(id)
-  if self._pending[id] then
-    self._pending[id] = nil
-    self._inflight = self._inflight - 1
-    if self._inflight == 0 then self:_idle() end
-  end
-end
-
 -- Nothing is in flight: wake shutdown(true), or end the workers of an
 -- executor shut down without waiting.
 function Executor:_idle()
-  self._holder.strong = nil
   local w = self._closer
   if w then self._closer = nil; unpark(w) end
   if self._shutdown then self:_close_backend() end
@@ -485,33 +330,7 @@ end
 --- Submits fn(...) to run in a worker; returns a Future. fn and its
 -- arguments are copied to the worker now: a value that cannot cross is an
 -- error here, naming its path ("argument #2.log: cannot transfer a userdata").
-function Executor:submit(fn, ...)
-  if getmetatable(self) ~= Executor then
-    error("bad argument #1 to 'submit' (executor expected)", 2)
-  end
-  if type(fn) ~= "function" then
-    error("bad argument #1 to 'submit' (function expected, got " .. type(fn) .. ")", 2)
-  end
-  if self._shutdown then error("cannot schedule new futures after shutdown", 2) end
-  local id = self._next_id + 1
-  self._next_id = id
-  -- every field it will have, so that the table is never resized
-  local f = setmetatable({false, _state = PENDING, _executor = self, _id = id, _n = 0}, Future)
-  local ok, err = pcall(self._backend.submit, self._backend, id, fn, ...)
-  if not ok then
-    if type(err) == "string" and err:find("the pool is broken", 1, true) then
-      error(M.BrokenExecutor(err), 2)
-    end
-    error("submit: " .. tostring(err), 2)
-  end
-  self._pending[id] = f
-  local n = self._inflight + 1
-  self._inflight = n
-  -- while jobs are out, their futures' callbacks must run even if nothing
-  -- else refers to the executor (the backend anchors itself meanwhile)
-  if n == 1 then self._holder.strong = self end
-  return f
-end
+Executor.submit = future.submit
 
 -- The iterables of map, zipped: a function that returns the next tuple
 -- (packed) or nil at the end of the shortest.
@@ -676,24 +495,24 @@ end
 -- cancel_futures, cancels the jobs that have not started.
 function Executor:shutdown(wait, cancel_futures)
   if wait == nil then wait = true end
+  local core = self._core
   if not self._shutdown then
     self._shutdown = true
+    core:shutdown()
     local b = self._backend
     if b then
       local removed = b:shutdown(cancel_futures and true or false)
       for i = 1, #removed do
-        local id = removed[i]
-        local f = self._pending[id]
-        self:_forget(id)
-        if f then settle(f, CANCELLED) end
+        local f = core:forget(removed[i])
+        if f then settle_cancelled(f) end
       end
     end
   end
-  if self._inflight == 0 then
+  if core:inflight() == 0 then
     self:_close_backend()
   elseif wait then
     local me = need_task("shutdown")
-    while self._inflight > 0 do
+    while core:inflight() > 0 do
       self._closer = me
       local ok, err = park()
       if self._closer == me then self._closer = nil end
@@ -705,24 +524,10 @@ end
 
 Executor.__close = function(self) self:shutdown(true) end
 
---- Returns the jobs that ran (the most recent 4096), in submission
+--- Returns the jobs that ended (the most recent 4096), in submission
 -- order: {index=, worker=, start=, finish=, status=} with times in seconds
--- since the executor was created, status "done", "failed" or "cancelled";
--- jobs still running follow with finish nil and status "running".
-function Executor:timeline()
-  local out = {}
-  local n = self._tl_n
-  local first = n > TIMELINE_MAX and n - TIMELINE_MAX + 1 or 1
-  local tl, st = self._tl, self._tl_status
-  local names = {ok = "done", error = "failed", cancelled = "cancelled"}
-  for k = first, n do
-    local i = (k - 1) % TIMELINE_MAX + 1
-    out[#out + 1] = {index = tl[4 * i - 3], worker = tl[4 * i - 2], start = tl[4 * i - 1],
-      finish = tl[4 * i], status = names[st[i]] or "failed"}
-  end
-  table.sort(out, function(a, b) return a.index < b.index end)
-  return out
-end
+-- since the executor was created, status "done", "failed" or "cancelled".
+function Executor:timeline() return self._core:timeline() end
 
 --- The number of workers.
 function Executor:max_workers() return self._max_workers end
@@ -785,6 +590,5 @@ function M.ProcessPoolExecutor(max_workers, opts)
 end
 
 M.Executor = Executor
-M.FutureClass = Future
 
 return M

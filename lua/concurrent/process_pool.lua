@@ -90,7 +90,7 @@ local function add_outstanding(pool, n)
 end
 
 local function deliver(pool, ...)
-  local ok, err = pcall(pool.deliver, ...)
+  local ok, err = pcall(pool.core.deliver, pool.core, ...)
   if not ok then report(err) end
 end
 
@@ -511,11 +511,11 @@ end
 Pool.__gc = Pool.close
 
 --- Creates the backend of a ProcessPoolExecutor(max_workers, opts) that
--- calls deliver(id, status, worker, started, finished, ...) for each job
--- (see futures.lua). opts: initializer, initargs, max_tasks_per_child,
+-- delivers each job to the executor's core: core:deliver(id, status,
+-- worker, started, finished, ...) (see futures.lua). opts: initializer, initargs, max_tasks_per_child,
 -- executable (the tulua binary workers run; default: this one). Raises if
 -- the initializer or its arguments cannot cross.
-function M.new(max_workers, opts, deliver_fn)
+function M.new(max_workers, opts, core)
   local init = ""
   if opts.initializer ~= nil then
     local args = opts.initargs or {}
@@ -527,7 +527,7 @@ function M.new(max_workers, opts, deliver_fn)
     if not file then error(name, 2) end
   end
   return setmetatable({
-    max = max_workers, deliver = deliver_fn, init = init, mtpc = opts.max_tasks_per_child,
+    max = max_workers, core = core, init = init, mtpc = opts.max_tasks_per_child,
     file = file, argv = {name, "-E", "-e", WORKER_CODE},
     slots = {}, nslots = 0, exiting = {},
     -- the queue: payloads and ids from qh to qt (id false: cancelled),

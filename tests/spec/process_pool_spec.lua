@@ -9,6 +9,7 @@ local futures = require("concurrent.futures")
 local tulua = require("tulua")
 local fs = require("tulua.fs")
 local process = require("tulua.process")
+local job_of = require("tulua.future").job
 
 package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
 local support = require("support")
@@ -31,6 +32,9 @@ local function children()
   for pid in s:gmatch("%d+") do pids[#pids + 1] = tonumber(pid) end
   return pids
 end
+
+-- The backend's number for the job of future f.
+local function job_id(f) return select(2, job_of(f)) end
 
 local function getpid()
   return require("tulua.process").getpid()
@@ -197,7 +201,7 @@ describe("ProcessPoolExecutor", function()
       local f = one:submit(wait_for_go, started, go)
       local after = one:submit(function(x) return x * 3, require("tulua.process").getpid() end, 5)
       assert.is_true(eventually(exists(started)))
-      assert.is_truthy(one._backend.where[after._id]) -- sent ahead: it goes back to the queue
+      assert.is_truthy(one._backend.where[job_id(after)]) -- sent ahead: it goes back to the queue
       assert.is_true(process.kill(pid, "SIGKILL"))
       local err = raised(f.result, f)
       assert.are.equal("EWORKER", err.code)
@@ -243,7 +247,7 @@ describe("ProcessPoolExecutor", function()
       local second = one:submit(function(p) require("tulua.fs").write_file(p, "ran") end, mark)
       assert.is_true(eventually(exists(started)))
       assert.is_false(second:running())
-      assert.is_truthy(one._backend.where[second._id]) -- sent to the worker, not queued here
+      assert.is_truthy(one._backend.where[job_id(second)]) -- sent to the worker, not queued here
       assert.is_true(second:cancel())
       fs.write_file(go, "")
       first:result()

@@ -1,0 +1,717 @@
+/* future.c: the module 'tulua.future', the C half of concurrent.futures
+ * (lua/concurrent/futures.lua): its Future, and the executor core that
+ * numbers jobs, keeps their futures until they are delivered, and records
+ * the timeline.
+ *
+ * Why C: a pool dispatches a job in about a microsecond, and a Future made
+ * as a Lua table with its fields, a Lua submit and a Lua deliver per job
+ * cost more than the job itself. Here a Future is one userdata (its values
+ * in user values), submit is one C call that hands the job to the backend
+ * (a thread pool's in C, see future.h), and a delivery sets the results
+ * without calling Lua unless someone waits or listens. What must wait or
+ * is rarely called is Lua, through hooks that futures.lua installs: the
+ * wait of result() and exception(), turning a worker's error into the
+ * error raised, reporting a failing callback, the executor's idle step.
+ *
+ * A Future's user values: 1 the results (one value, or a table of n), or
+ * the error; 2 the waiters (functions of futures.lua's waits, never
+ * failing, called first); 3 the done callbacks; 4 its executor. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "future.h"
+
+#define FUTURE_MT "concurrent.futures.Future"
+#define CORE_MT   "tulua.executor_core"
+#define HOOKS_KEY "tulua.future_hooks"
+
+enum { F_PENDING, F_RUNNING, F_CANCELLED, F_FINISHED };
+
+static const char *const state_names[] = {"pending", "running", "cancelled",
+                                          "finished", NULL};
+
+enum { UV_VALUE = 1, UV_WAITERS, UV_CALLBACKS, UV_EXECUTOR, FUTURE_NUV = 4 };
+
+typedef struct {
+  unsigned char state;
+  unsigned char failed; /* finished with an error, in UV_VALUE */
+  unsigned char waiters, callbacks; /* their lists are set */
+  int n; /* how many results */
+  lua_Integer id; /* the job's; 0 for a future made by future.new */
+} future;
+
+/* ---- hooks ---- */
+
+/* Pushes the hook `name` that futures.lua installed. [-0, +1, m] */
+static void push_hook(lua_State *L, const char *name) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, HOOKS_KEY) != LUA_TTABLE)
+    luaL_error(L, "concurrent.futures is not loaded");
+  lua_getfield(L, -1, name);
+  lua_remove(L, -2);
+}
+
+/* ---- Future ---- */
+
+static future *check_future(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, FUTURE_MT);
+}
+
+static future *new_future(lua_State *L, lua_Integer id) {
+  future *f = lua_newuserdatauv(L, sizeof *f, FUTURE_NUV);
+  memset(f, 0, sizeof *f);
+  f->id = id;
+  luaL_setmetatable(L, FUTURE_MT);
+  return f;
+}
+
+static int is_done(const future *f) {
+  return f->state == F_FINISHED || f->state == F_CANCELLED;
+}
+
+/* Keeps the n values from first as the future's results. [-0, +0, m] */
+static void set_results(lua_State *L, int fidx, int first, int n) {
+  future *f = lua_touserdata(L, fidx);
+  if (n == 0) {
+    lua_pushnil(L);
+  } else if (n == 1) {
+    lua_pushvalue(L, first);
+  } else {
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+      lua_pushvalue(L, first + i);
+      lua_rawseti(L, -2, i + 1);
+    }
+  }
+  lua_setiuservalue(L, fidx, UV_VALUE);
+  f->n = n;
+  f->failed = 0;
+}
+
+/* Pops the error the future raises. [-1, +0, -] */
+static void set_error(lua_State *L, int fidx) {
+  future *f = lua_touserdata(L, fidx);
+  lua_setiuservalue(L, fidx, UV_VALUE);
+  f->n = 0;
+  f->failed = 1;
+}
+
+/* Calls each function of the list in user value uv with the future;
+ * callbacks run protected, a failing one reported by the hook. */
+static void call_list(lua_State *L, int fidx, int uv, int is_callbacks) {
+  lua_getiuservalue(L, fidx, uv);
+  lua_pushnil(L);
+  lua_setiuservalue(L, fidx, uv);
+  int list = lua_gettop(L);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, list);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, list, i);
+    lua_pushvalue(L, fidx);
+    if (!is_callbacks) {
+      lua_call(L, 1, 0);
+    } else if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      push_hook(L, "report");
+      lua_pushvalue(L, fidx);
+      lua_rotate(L, -3, -1); /* report, future, error */
+      lua_call(L, 2, 0);
+    }
+  }
+  lua_settop(L, list - 1);
+}
+
+/* Ends the future at fidx (absolute) in state: wakes the tasks waiting on
+ * it, then calls its done callbacks in the order they were added, as
+ * Python does. [-0, +0, e] */
+static void settle(lua_State *L, int fidx, int state) {
+  future *f = lua_touserdata(L, fidx);
+  f->state = (unsigned char)state;
+  if (f->waiters) {
+    f->waiters = 0;
+    call_list(L, fidx, UV_WAITERS, 0);
+  }
+  if (f->callbacks) {
+    f->callbacks = 0;
+    call_list(L, fidx, UV_CALLBACKS, 1);
+  }
+}
+
+/* Pushes the results, or raises the error, of a finished future. */
+static int push_outcome(lua_State *L, int fidx) {
+  future *f = lua_touserdata(L, fidx);
+  lua_getiuservalue(L, fidx, UV_VALUE);
+  if (f->failed) return lua_error(L);
+  if (f->n <= 1) return f->n;
+  int t = lua_gettop(L), n = f->n;
+  luaL_checkstack(L, n, "too many results");
+  for (int i = 1; i <= n; i++)
+    lua_rawgeti(L, t, i);
+  return n;
+}
+
+/* Waits in the current task until the future at 1 is finished, through
+ * the hook wait(future, timeout, name), which raises TimeoutError or
+ * CancelledError; then k continues. */
+static int wait_then(lua_State *L, const char *name, lua_KFunction k) {
+  lua_settop(L, 2);
+  push_hook(L, "wait");
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_pushstring(L, name);
+  lua_callk(L, 3, 0, 0, k);
+  return k(L, LUA_OK, 0);
+}
+
+static int result_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  future *f = lua_touserdata(L, 1);
+  if (f->state != F_FINISHED) return luaL_error(L, "the future is not done");
+  lua_settop(L, 1);
+  return push_outcome(L, 1);
+}
+
+/* f:result(timeout) -> ...: the job's results, waiting up to timeout
+ * seconds (nil: no limit) in the current task; raises the job's error,
+ * CancelledError, or TimeoutError when the time is up. */
+static int f_result(lua_State *L) {
+  future *f = check_future(L, 1);
+  if (f->state != F_FINISHED) return wait_then(L, "result", result_k);
+  lua_settop(L, 1);
+  return push_outcome(L, 1);
+}
+
+static int exception_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  future *f = lua_touserdata(L, 1);
+  if (f->state != F_FINISHED) return luaL_error(L, "the future is not done");
+  if (!f->failed) return 0;
+  lua_getiuservalue(L, 1, UV_VALUE);
+  return 1;
+}
+
+/* f:exception(timeout) -> the job's error, or nil when it succeeded;
+ * waits and raises as result(). */
+static int f_exception(lua_State *L) {
+  future *f = check_future(L, 1);
+  if (f->state != F_FINISHED) return wait_then(L, "exception", exception_k);
+  return exception_k(L, LUA_OK, 0);
+}
+
+/* f:done() -> whether it is finished or cancelled */
+static int f_done(lua_State *L) {
+  lua_pushboolean(L, is_done(check_future(L, 1)));
+  return 1;
+}
+
+/* f:cancelled() -> whether it was cancelled */
+static int f_cancelled(lua_State *L) {
+  lua_pushboolean(L, check_future(L, 1)->state == F_CANCELLED);
+  return 1;
+}
+
+/* Appends the value at top to the list in user value uv (popping it). */
+static void list_add(lua_State *L, int fidx, int uv) {
+  if (lua_getiuservalue(L, fidx, uv) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 1, 0);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, fidx, uv);
+  }
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  lua_pop(L, 1);
+}
+
+/* f:add_done_callback(fn): calls fn(f) once f is done (at once if it is;
+ * an error is reported on stderr and the other callbacks still run). */
+static int f_add_done_callback(lua_State *L) {
+  future *f = check_future(L, 1);
+  if (lua_type(L, 2) != LUA_TFUNCTION)
+    return luaL_error(
+        L, "bad argument #1 to 'add_done_callback' (function expected, got %s)",
+        luaL_typename(L, 2));
+  lua_settop(L, 2);
+  if (is_done(f)) {
+    lua_pushvalue(L, 1);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      push_hook(L, "report");
+      lua_pushvalue(L, 1);
+      lua_rotate(L, -3, -1);
+      lua_call(L, 2, 0);
+    }
+    return 0;
+  }
+  list_add(L, 1, UV_CALLBACKS);
+  f->callbacks = 1;
+  return 0;
+}
+
+static int invalid_state(lua_State *L, const char *msg) {
+  tulua__push_error(L, "EINVALIDSTATE", msg);
+  return lua_error(L);
+}
+
+/* f:set_running_or_notify_cancel() -> false if it was cancelled, else
+ * marks it running (for executors written in Lua). */
+static int f_set_running_or_notify_cancel(lua_State *L) {
+  future *f = check_future(L, 1);
+  if (f->state == F_CANCELLED) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (f->state != F_PENDING) {
+    lua_pushfstring(L, "the future is %s", state_names[f->state]);
+    return invalid_state(L, lua_tostring(L, -1));
+  }
+  f->state = F_RUNNING;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* f:set_result(...): finishes it with these results. */
+static int f_set_result(lua_State *L) {
+  future *f = check_future(L, 1);
+  if (is_done(f)) return invalid_state(L, "the future is done");
+  set_results(L, 1, 2, lua_gettop(L) - 1);
+  settle(L, 1, F_FINISHED);
+  return 0;
+}
+
+/* f:set_exception(err): finishes it with this error. */
+static int f_set_exception(lua_State *L) {
+  future *f = check_future(L, 1);
+  if (is_done(f)) return invalid_state(L, "the future is done");
+  lua_settop(L, 2);
+  if (lua_isnil(L, 2)) lua_pushliteral(L, "nil error");
+  set_error(L, 1);
+  settle(L, 1, F_FINISHED);
+  return 0;
+}
+
+/* ---- module functions for futures.lua ---- */
+
+/* future.new() -> a pending Future, for code that implements an executor */
+static int future_new(lua_State *L) {
+  new_future(L, 0);
+  return 1;
+}
+
+/* future.is_future(x) -> boolean */
+static int future_is_future(lua_State *L) {
+  lua_pushboolean(L, luaL_testudata(L, 1, FUTURE_MT) != NULL);
+  return 1;
+}
+
+/* future.state(f) -> "pending" | "running" | "cancelled" | "finished" */
+static int future_state(lua_State *L) {
+  lua_pushstring(L, state_names[check_future(L, 1)->state]);
+  return 1;
+}
+
+/* future.failed(f) -> whether it finished with an error */
+static int future_failed(lua_State *L) {
+  future *f = check_future(L, 1);
+  lua_pushboolean(L, f->state == F_FINISHED && f->failed);
+  return 1;
+}
+
+/* future.job(f) -> its executor and job id, or nothing */
+static int future_job(lua_State *L) {
+  future *f = check_future(L, 1);
+  if (f->id == 0) return 0;
+  lua_getiuservalue(L, 1, UV_EXECUTOR);
+  lua_pushinteger(L, f->id);
+  return 2;
+}
+
+/* future.cancel(f): ends a pending or running future as cancelled. */
+static int future_cancel(lua_State *L) {
+  future *f = check_future(L, 1);
+  if (!is_done(f)) settle(L, 1, F_CANCELLED);
+  return 0;
+}
+
+/* future.add_waiter(f, fn): fn(f) runs when f is done, before its done
+ * callbacks; it must not fail. */
+static int future_add_waiter(lua_State *L) {
+  future *f = check_future(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  list_add(L, 1, UV_WAITERS);
+  f->waiters = 1;
+  return 0;
+}
+
+/* future.remove_waiter(f, fn): takes back the last fn added */
+static int future_remove_waiter(lua_State *L) {
+  future *f = check_future(L, 1);
+  if (!f->waiters || lua_getiuservalue(L, 1, UV_WAITERS) != LUA_TTABLE)
+    return 0;
+  int list = lua_gettop(L);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, list);
+  for (lua_Integer i = n; i >= 1; i--) {
+    lua_rawgeti(L, list, i);
+    int same = lua_rawequal(L, -1, 2);
+    lua_pop(L, 1);
+    if (!same) continue;
+    for (lua_Integer k = i; k < n; k++) {
+      lua_rawgeti(L, list, k + 1);
+      lua_rawseti(L, list, k);
+    }
+    lua_pushnil(L);
+    lua_rawseti(L, list, n);
+    if (n == 1) f->waiters = 0;
+    break;
+  }
+  return 0;
+}
+
+/* future.set_hooks(t): the Lua half (futures.lua): t.wait(f, timeout,
+ * name), t.remote_error(err, traceback) -> the error to raise,
+ * t.report(f, err), t.idle(executor). */
+static int future_set_hooks(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, HOOKS_KEY);
+  return 0;
+}
+
+/* ---- the executor core ---- */
+
+/* What the timeline keeps of a delivered job. */
+typedef struct {
+  lua_Integer id;
+  double start, finish; /* seconds since the core was made */
+  int worker;
+  int status;
+} record;
+
+#define TIMELINE_MAX 4096
+
+typedef struct {
+  lua_Integer next_id; /* the last id given */
+  lua_Integer inflight; /* submitted, not delivered nor removed */
+  int shutdown; /* takes no new jobs */
+  double t0; /* when it was made, uv_hrtime() seconds */
+  tulua__submit_fn submit; /* the backend's C submit, or NULL */
+  record *tl; /* a ring of TIMELINE_MAX records, grown as needed */
+  size_t tl_cap;
+  lua_Integer tl_n; /* records ever made */
+} core;
+
+/* A core's user values: 1 the pending futures by job id; 2 the backend
+ * (its Lua submit, when it has no C one); 3 the executor while jobs are
+ * in flight (its done callbacks must run even if nothing else refers to
+ * it; an idle executor is collected and shut down). */
+enum { CUV_PENDING = 1, CUV_BACKEND, CUV_EXECUTOR, CORE_NUV = 3 };
+
+static core *check_core(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, CORE_MT);
+}
+
+static int core_gc(lua_State *L) {
+  core *c = lua_touserdata(L, 1);
+  free(c->tl);
+  c->tl = NULL;
+  return 0;
+}
+
+/* future.core() -> a core, for a new executor */
+static int future_core(lua_State *L) {
+  core *c = lua_newuserdatauv(L, sizeof *c, CORE_NUV);
+  memset(c, 0, sizeof *c);
+  c->t0 = (double)uv_hrtime() / 1e9;
+  luaL_setmetatable(L, CORE_MT);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, CUV_PENDING);
+  return 1;
+}
+
+void tulua__core_set_submit(lua_State *L, int idx, tulua__submit_fn fn) {
+  core *c = lua_touserdata(L, idx);
+  c->submit = fn;
+}
+
+/* core:set_backend(b): b:submit(id, fn, ...) queues jobs, unless b set a
+ * C submit */
+static int core_set_backend(lua_State *L) {
+  check_core(L, 1);
+  lua_settop(L, 2);
+  lua_setiuservalue(L, 1, CUV_BACKEND);
+  return 0;
+}
+
+static void add_record(core *c, lua_Integer id, int worker, double t0,
+                       double t1, int status) {
+  size_t i = (size_t)(c->tl_n % TIMELINE_MAX);
+  if (i >= c->tl_cap) {
+    size_t cap = c->tl_cap ? 2 * c->tl_cap : 64;
+    if (cap > TIMELINE_MAX) cap = TIMELINE_MAX;
+    record *tl = realloc(c->tl, cap * sizeof *tl);
+    if (tl == NULL) return; /* the timeline misses it: nothing else does */
+    c->tl = tl;
+    c->tl_cap = cap;
+  }
+  c->tl[i] = (record){id, t0 - c->t0, t1 - c->t0, worker, status};
+  c->tl_n++;
+}
+
+/* Nothing is in flight: the executor is no longer kept, and its idle hook
+ * runs (waking shutdown, ending the workers of a shut-down executor). */
+static void went_idle(lua_State *L, int cidx) {
+  lua_getiuservalue(L, cidx, CUV_EXECUTOR);
+  lua_pushnil(L);
+  lua_setiuservalue(L, cidx, CUV_EXECUTOR);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  push_hook(L, "idle");
+  lua_insert(L, -2);
+  lua_call(L, 1, 0);
+}
+
+static const char *const status_names[] = {"ok",     "error",   "cancelled",
+                                           "broken", "crashed", NULL};
+
+void tulua__core_deliver(lua_State *L, int idx, lua_Integer id, int status,
+                         int worker, double started, double finished, int n) {
+  int cidx = lua_absindex(L, idx);
+  core *c = lua_touserdata(L, cidx);
+  int first = lua_gettop(L) - n + 1;
+  lua_getiuservalue(L, cidx, CUV_PENDING);
+  if (lua_rawgeti(L, -1, id) != LUA_TUSERDATA) { /* removed */
+    lua_settop(L, first - 1);
+    return;
+  }
+  lua_pushnil(L);
+  lua_rawseti(L, -3, id);
+  int fidx = lua_gettop(L);
+  future *f = lua_touserdata(L, fidx);
+  c->inflight--;
+  add_record(c, id, worker, started, finished, status);
+  if (!is_done(f)) {
+    if (status == TULUA_JOB_OK) {
+      set_results(L, fidx, first, n);
+      settle(L, fidx, F_FINISHED);
+    } else if (status == TULUA_JOB_CANCELLED) {
+      settle(L, fidx, F_CANCELLED);
+    } else {
+      if (status == TULUA_JOB_ERROR) {
+        push_hook(L, "remote_error");
+        lua_pushvalue(L, first);
+        if (n >= 2)
+          lua_pushvalue(L, first + 1);
+        else
+          lua_pushnil(L);
+        lua_call(L, 2, 1);
+      } else {
+        const char *msg = n >= 1 ? lua_tostring(L, first) : NULL;
+        tulua__push_error(L, status == TULUA_JOB_BROKEN ? "EBROKEN" : "EWORKER",
+                          msg ? msg : "the worker failed");
+      }
+      set_error(L, fidx);
+      settle(L, fidx, F_FINISHED);
+    }
+  }
+  lua_settop(L, first - 1);
+  if (c->inflight == 0) went_idle(L, cidx);
+}
+
+/* core:deliver(id, status, worker, started, finished, ...): a backend in
+ * Lua delivers a job (status "ok", "error", "cancelled", "broken" or
+ * "crashed"; see future.h) */
+static int core_deliver(lua_State *L) {
+  check_core(L, 1);
+  lua_Integer id = luaL_checkinteger(L, 2);
+  int status = luaL_checkoption(L, 3, NULL, status_names);
+  int worker = (int)luaL_checkinteger(L, 4);
+  double t0 = luaL_checknumber(L, 5), t1 = luaL_checknumber(L, 6);
+  tulua__core_deliver(L, 1, id, status, worker, t0, t1, lua_gettop(L) - 6);
+  return 0;
+}
+
+/* core:forget(id) -> its future, if job id was pending: the backend
+ * removed it and will not deliver it */
+static int core_forget(lua_State *L) {
+  core *c = check_core(L, 1);
+  lua_Integer id = luaL_checkinteger(L, 2);
+  lua_settop(L, 2);
+  lua_getiuservalue(L, 1, CUV_PENDING);
+  if (lua_rawgeti(L, 3, id) != LUA_TUSERDATA) return 0;
+  lua_pushnil(L);
+  lua_rawseti(L, 3, id);
+  c->inflight--;
+  if (c->inflight == 0) {
+    lua_pushvalue(L, 1);
+    went_idle(L, lua_gettop(L)); /* the core's copy: its slot 1 stays */
+    lua_pop(L, 1);
+  }
+  return 1;
+}
+
+/* core:shutdown(): takes no new jobs */
+static int core_shutdown(lua_State *L) {
+  check_core(L, 1)->shutdown = 1;
+  return 0;
+}
+
+/* core:inflight() -> jobs submitted and not yet delivered or removed */
+static int core_inflight(lua_State *L) {
+  lua_pushinteger(L, check_core(L, 1)->inflight);
+  return 1;
+}
+
+static int by_id(const void *a, const void *b) {
+  lua_Integer x = ((const record *)a)->id, y = ((const record *)b)->id;
+  return (x > y) - (x < y);
+}
+
+/* core:timeline() -> the most recent TIMELINE_MAX jobs delivered, in
+ * submission order: {index=, worker=, start=, finish=, status=} with
+ * status "done", "failed" or "cancelled" */
+static int core_timeline(lua_State *L) {
+  core *c = check_core(L, 1);
+  size_t n = c->tl_n < TIMELINE_MAX ? (size_t)c->tl_n : TIMELINE_MAX;
+  if (n > c->tl_cap) n = c->tl_cap; /* a growth failed */
+  record *copy = lua_newuserdatauv(L, n ? n * sizeof *copy : 1, 0);
+  if (n) memcpy(copy, c->tl, n * sizeof *copy);
+  qsort(copy, n, sizeof *copy, by_id);
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    const record *r = &copy[i];
+    lua_createtable(L, 0, 5);
+    lua_pushinteger(L, r->id);
+    lua_setfield(L, -2, "index");
+    lua_pushinteger(L, r->worker);
+    lua_setfield(L, -2, "worker");
+    lua_pushnumber(L, r->start);
+    lua_setfield(L, -2, "start");
+    lua_pushnumber(L, r->finish);
+    lua_setfield(L, -2, "finish");
+    lua_pushstring(L, r->status == TULUA_JOB_OK          ? "done"
+                      : r->status == TULUA_JOB_CANCELLED ? "cancelled"
+                                                         : "failed");
+    lua_setfield(L, -2, "status");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
+/* The protected part of a C submit: arguments 1 the core, 2 the job id,
+ * then the function and its arguments. */
+static int submit_main(lua_State *L) {
+  core *c = lua_touserdata(L, 1);
+  int n = lua_gettop(L) - 2;
+  lua_getiuservalue(L, 1, CUV_BACKEND);
+  int rc = c->submit(L, lua_gettop(L), lua_tointeger(L, 2), 3, n);
+  if (rc == 0) lua_pushnil(L); /* else the message */
+  lua_pushinteger(L, rc);
+  lua_insert(L, -2);
+  return 2; /* rc, message */
+}
+
+/* Executor:submit(fn, ...) -> Future: fn and its arguments are copied to
+ * the worker now, so that a value that cannot cross is an error here,
+ * naming its path ("submit: argument #2.log: cannot transfer a userdata");
+ * a pool that takes no more work raises BrokenExecutor. */
+static int future_submit(lua_State *L) {
+  int n = lua_gettop(L) - 1; /* fn and its arguments */
+  core *c = NULL;
+  if (lua_type(L, 1) == LUA_TTABLE) {
+    lua_getfield(L, 1, "_core");
+    c = luaL_testudata(L, -1, CORE_MT);
+  }
+  if (c == NULL)
+    return luaL_error(L, "bad argument #1 to 'submit' (executor expected)");
+  if (n < 1 || lua_type(L, 2) != LUA_TFUNCTION)
+    return luaL_error(L,
+                      "bad argument #1 to 'submit' (function expected, got %s)",
+                      n < 1 ? "no value" : luaL_typename(L, 2));
+  if (c->shutdown)
+    return luaL_error(L, "cannot schedule new futures after shutdown");
+  int cidx = n + 2;
+  lua_Integer id = c->next_id + 1;
+  luaL_checkstack(L, n + 4, "too many arguments");
+  if (c->submit != NULL) {
+    lua_pushcfunction(L, submit_main);
+    lua_pushvalue(L, cidx);
+  } else {
+    if (lua_getiuservalue(L, cidx, CUV_BACKEND) == LUA_TNIL ||
+        lua_getfield(L, -1, "submit") != LUA_TFUNCTION)
+      return luaL_error(L, "attempt to use a closed executor");
+    lua_insert(L, -2);
+  }
+  lua_pushinteger(L, id);
+  for (int i = 0; i < n; i++)
+    lua_pushvalue(L, 2 + i);
+  /* a C submit returns rc and a message; a Lua one nothing (or raises) */
+  int failed = lua_pcall(L, n + 2, 2, 0) != LUA_OK;
+  int rc = failed ? TULUA_SUBMIT_REFUSED : (int)lua_tointeger(L, -2);
+  if (failed || rc != 0) {
+    const char *msg = lua_tostring(L, -1);
+    if (msg == NULL) msg = "the job cannot be submitted";
+    if (rc == TULUA_SUBMIT_BROKEN ||
+        (c->submit == NULL && strstr(msg, "the pool is broken") != NULL)) {
+      tulua__push_error(L, "EBROKEN", msg);
+      return lua_error(L);
+    }
+    return luaL_error(L, "submit: %s", msg);
+  }
+  lua_settop(L, cidx);
+  c->next_id = id;
+  new_future(L, id);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, UV_EXECUTOR);
+  lua_getiuservalue(L, cidx, CUV_PENDING);
+  lua_pushvalue(L, -2);
+  lua_rawseti(L, -2, id);
+  lua_pop(L, 1);
+  if (c->inflight++ == 0) {
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, cidx, CUV_EXECUTOR);
+  }
+  return 1;
+}
+
+int luaopen_tulua_future(lua_State *L) {
+  static const luaL_Reg methods[] = {
+      {"result", f_result},
+      {"exception", f_exception},
+      {"done", f_done},
+      {"cancelled", f_cancelled},
+      {"add_done_callback", f_add_done_callback},
+      {"set_running_or_notify_cancel", f_set_running_or_notify_cancel},
+      {"set_result", f_set_result},
+      {"set_exception", f_set_exception},
+      {NULL, NULL}};
+  static const luaL_Reg core_methods[] = {{"set_backend", core_set_backend},
+                                          {"deliver", core_deliver},
+                                          {"forget", core_forget},
+                                          {"shutdown", core_shutdown},
+                                          {"inflight", core_inflight},
+                                          {"timeline", core_timeline},
+                                          {NULL, NULL}};
+  static const luaL_Reg core_meta[] = {{"__gc", core_gc}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"new", future_new},
+                                   {"is_future", future_is_future},
+                                   {"state", future_state},
+                                   {"failed", future_failed},
+                                   {"job", future_job},
+                                   {"cancel", future_cancel},
+                                   {"add_waiter", future_add_waiter},
+                                   {"remove_waiter", future_remove_waiter},
+                                   {"set_hooks", future_set_hooks},
+                                   {"core", future_core},
+                                   {"submit", future_submit},
+                                   {NULL, NULL}};
+  static const luaL_Reg no_meta[] = {{NULL, NULL}};
+  tulua__new_class(L, FUTURE_MT, no_meta, methods);
+  tulua__new_class(L, CORE_MT, core_meta, core_methods);
+  luaL_newlib(L, funcs);
+  /* the class, for futures.lua to add the methods written in Lua */
+  luaL_getmetatable(L, FUTURE_MT);
+  lua_setfield(L, -2, "Future");
+  return 1;
+}

@@ -1,0 +1,45 @@
+/* future.h: concurrent.futures' Future and the executor core
+ * (bindings/future.c), as the backends that deliver from C use them. */
+#ifndef TULUA_FUTURE_H
+#define TULUA_FUTURE_H
+
+#include <lua.h>
+
+/* How a job ended: the status of a delivery. */
+enum {
+  TULUA_JOB_OK, /* the values are the results */
+  TULUA_JOB_ERROR, /* the error and the worker's traceback (or nil) */
+  TULUA_JOB_CANCELLED, /* interrupted: no values */
+  TULUA_JOB_BROKEN, /* the pool fails its jobs: a message */
+  TULUA_JOB_CRASHED /* the worker died running it: a message */
+};
+
+/* What a backend's submit in C returns when it does not queue the job. */
+enum {
+  TULUA_SUBMIT_REFUSED = 1, /* a value cannot cross (the message says which) */
+  TULUA_SUBMIT_BROKEN /* the pool takes no more work (the message says why) */
+};
+
+/* A backend's submit in C: encodes the function at first and its n - 1
+ * arguments above it as job id and queues it; bidx is the backend (the
+ * value the core was given by core:set_backend). Returns 0, or pushes a
+ * message and returns TULUA_SUBMIT_*; raises only when encoding does (a
+ * value that cannot cross, or memory). */
+typedef int (*tulua__submit_fn)(lua_State *L, int bidx, lua_Integer id,
+                                int first, int n);
+
+/* Makes the executor core at idx submit through fn (NULL: its backend's
+ * Lua submit again). [-0, +0, -] */
+void tulua__core_set_submit(lua_State *L, int idx, tulua__submit_fn fn);
+
+/* Delivers job id's outcome to its future and pops the n values at the
+ * top: the results (TULUA_JOB_OK), the error and the traceback
+ * (TULUA_JOB_ERROR), nothing (TULUA_JOB_CANCELLED) or a message. A job
+ * whose future is no longer pending (removed) is ignored. Runs the
+ * future's waiters and done callbacks and, when nothing is left in
+ * flight, the executor's idle hook: call it protected. started and
+ * finished are uv_hrtime() seconds. [-n, +0, e] */
+void tulua__core_deliver(lua_State *L, int idx, lua_Integer id, int status,
+                         int worker, double started, double finished, int n);
+
+#endif
