@@ -51,17 +51,42 @@ static void push_hook(lua_State *L, const char *name) {
   lua_remove(L, -2);
 }
 
+/* ---- classes ---- */
+
+/* The metatables are also kept under these light userdata keys: a job
+ * checks and makes several objects, and a lookup by a C string costs a
+ * string comparison each time. */
+static char future_key, core_key;
+
+/* Returns the userdata at idx if its metatable is the one under key. */
+static void *test_class(lua_State *L, int idx, const void *key) {
+  void *p = lua_touserdata(L, idx);
+  if (p == NULL || !lua_getmetatable(L, idx)) return NULL;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, key);
+  int same = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return same ? p : NULL;
+}
+
+static void *check_class(lua_State *L, int idx, const void *key,
+                         const char *name) {
+  void *p = test_class(L, idx, key);
+  if (p == NULL) luaL_typeerror(L, idx, name);
+  return p;
+}
+
 /* ---- Future ---- */
 
 static future *check_future(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, FUTURE_MT);
+  return check_class(L, idx, &future_key, FUTURE_MT);
 }
 
 static future *new_future(lua_State *L, lua_Integer id) {
   future *f = lua_newuserdatauv(L, sizeof *f, FUTURE_NUV);
   memset(f, 0, sizeof *f);
   f->id = id;
-  luaL_setmetatable(L, FUTURE_MT);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &future_key);
+  lua_setmetatable(L, -2);
   return f;
 }
 
@@ -299,7 +324,7 @@ static int future_new(lua_State *L) {
 
 /* future.is_future(x) -> boolean */
 static int future_is_future(lua_State *L) {
-  lua_pushboolean(L, luaL_testudata(L, 1, FUTURE_MT) != NULL);
+  lua_pushboolean(L, test_class(L, 1, &future_key) != NULL);
   return 1;
 }
 
@@ -407,7 +432,7 @@ typedef struct {
 enum { CUV_PENDING = 1, CUV_BACKEND, CUV_EXECUTOR, CORE_NUV = 3 };
 
 static core *check_core(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, CORE_MT);
+  return check_class(L, idx, &core_key, CORE_MT);
 }
 
 static int core_gc(lua_State *L) {
@@ -422,7 +447,8 @@ static int future_core(lua_State *L) {
   core *c = lua_newuserdatauv(L, sizeof *c, CORE_NUV);
   memset(c, 0, sizeof *c);
   c->t0 = (double)uv_hrtime() / 1e9;
-  luaL_setmetatable(L, CORE_MT);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &core_key);
+  lua_setmetatable(L, -2);
   lua_newtable(L);
   lua_setiuservalue(L, -2, CUV_PENDING);
   return 1;
@@ -621,7 +647,7 @@ static int future_submit(lua_State *L) {
   core *c = NULL;
   if (lua_type(L, 1) == LUA_TTABLE) {
     lua_getfield(L, 1, "_core");
-    c = luaL_testudata(L, -1, CORE_MT);
+    c = test_class(L, -1, &core_key);
   }
   if (c == NULL)
     return luaL_error(L, "bad argument #1 to 'submit' (executor expected)");
@@ -709,6 +735,10 @@ int luaopen_tulua_future(lua_State *L) {
   static const luaL_Reg no_meta[] = {{NULL, NULL}};
   tulua__new_class(L, FUTURE_MT, no_meta, methods);
   tulua__new_class(L, CORE_MT, core_meta, core_methods);
+  luaL_getmetatable(L, FUTURE_MT);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &future_key);
+  luaL_getmetatable(L, CORE_MT);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &core_key);
   luaL_newlib(L, funcs);
   /* the class, for futures.lua to add the methods written in Lua */
   luaL_getmetatable(L, FUTURE_MT);

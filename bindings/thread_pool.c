@@ -209,11 +209,10 @@ static worker *check_port(lua_State *L) {
   return w;
 }
 
-/* port:take() -> "job" | "idle" | "stop": takes the next job, if any. */
-static int port_take(lua_State *L) {
-  worker *w = check_port(L);
+/* Takes the next job, if any, for w. Under p->mu. Returns whether the
+ * worker must end. */
+static int take_locked(worker *w) {
   pool *p = w->p;
-  uv_mutex_lock(&p->mu);
   job *j = p->q_head;
   if (j != NULL && !p->broken) {
     p->q_head = j->next;
@@ -222,15 +221,28 @@ static int port_take(lua_State *L) {
     j->worker = w->index;
     w->current = j;
   }
-  int stop = j == NULL && p->stopping;
-  uv_mutex_unlock(&p->mu);
+  return (j == NULL && p->stopping) || p->broken;
+}
+
+/* Pushes what the runner does next: "job" (one was taken), "stop" or
+ * "idle". */
+static int push_next(lua_State *L, worker *w, int stop) {
   if (w->current != NULL)
     lua_pushliteral(L, "job");
-  else if (stop || p->broken)
+  else if (stop)
     lua_pushliteral(L, "stop");
   else
     lua_pushliteral(L, "idle");
   return 1;
+}
+
+/* port:take() -> "job" | "idle" | "stop": takes the next job, if any. */
+static int port_take(lua_State *L) {
+  worker *w = check_port(L);
+  uv_mutex_lock(&w->p->mu);
+  int stop = take_locked(w);
+  uv_mutex_unlock(&w->p->mu);
+  return push_next(L, w, stop);
 }
 
 static int wait_deliver(lua_State *L, void *ud) {
@@ -440,9 +452,9 @@ static void encode_reply(lua_State *L, job *j, int first, int status) {
   lua_pop(L, 1);
 }
 
-/* port.finish(w, ok, ...) after xpcall: the results, or the error and its
- * traceback, go back to the owner. A job asked to stop that ended with an
- * error is cancelled. */
+/* port.finish(w, ok, ...) -> as port.take: after xpcall, the results, or
+ * the error and its traceback, go back to the owner, and the next job is
+ * taken. A job asked to stop that ended with an error is cancelled. */
 static int port_finish(lua_State *L) {
   worker *w = check_port(L);
   job *j = w->current;
@@ -467,12 +479,15 @@ static int port_finish(lua_State *L) {
   }
   encode_reply(L, j, 3, status);
   pool *p = w->p;
+  atomic_store(&w->ctx.cancel, 0);
+  /* one lock for handing this job back and taking the next: the owner
+   * and the other workers contend for it on every job */
   uv_mutex_lock(&p->mu);
   w->current = NULL;
   push_done(p, j);
+  int stop = take_locked(w);
   uv_mutex_unlock(&p->mu);
-  atomic_store(&w->ctx.cancel, 0);
-  return 0;
+  return push_next(L, w, stop);
 }
 
 static void accept_signal(void);

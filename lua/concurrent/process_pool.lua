@@ -554,7 +554,10 @@ function M.worker_main(fd)
   require("concurrent.worker").serve(port, {
     init = P.init, broken = P.broken, take = P.take, wait = P.wait,
     run = function(p) return call(job(p)) end,
-    finish = function(p, ok, ...) return reply(p, job_end(current(p)), ok, ...) end,
+    finish = function(p, ok, ...)
+      reply(p, job_end(current(p)), ok, ...)
+      return P.take(p)
+    end,
   })
   io.stdout:flush()
   os.exit(0)

@@ -3,8 +3,9 @@
 -- it jobs: port.take(w) says whether one was taken ("job"), none is queued
 -- ("idle": port.wait(w) suspends until there is) or the worker must end
 -- ("stop"); port.run(w) decodes the job taken and calls it, and
--- port.finish(w, ok, ...) sends the outcome back. The thread pool's port
--- is C (bindings/thread_pool.c); a process worker's reads its pipe.
+-- port.finish(w, ok, ...) sends the outcome back and, as take, takes the
+-- next. The thread pool's port is C (bindings/thread_pool.c); a process
+-- worker's reads its pipe.
 local handler = require("tulua.thread_pool").handler
 local xpcall = xpcall
 
@@ -32,12 +33,13 @@ function M.serve(w, port)
     port.broken(w, "the initializer failed: " .. msg)
     return
   end
+  local state = take(w)
   while true do
-    local state = take(w)
     if state == "job" then
-      finish(w, xpcall(run, handler, w))
+      state = finish(w, xpcall(run, handler, w))
     elseif state == "idle" then
       wait(w)
+      state = take(w)
     else
       return
     end
