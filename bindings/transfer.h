@@ -19,6 +19,23 @@
  * is left as it was. [-0, +0, m] */
 char *tulua__transfer_encode(lua_State *L, int first, int n, size_t *len);
 
+/* As tulua__transfer_encode, into this state's own buffer: returns it,
+ * valid until the next encode in this state (copy it). [-0, +0, m] */
+const char *tulua__transfer_encode_temp(lua_State *L, int first, int n,
+                                        size_t *len);
+
+/* Returns the bytecode of the function at idx if it can travel as bytecode
+ * alone (a Lua function whose only upvalue, if any, is _ENV), else NULL;
+ * sets *len. Dumped once per function. Valid until the function is
+ * collected: copy it. [-0, +0, m] */
+const char *tulua__transfer_dump(lua_State *L, int idx, size_t *len);
+
+/* Pushes the function of bytecode that tulua__transfer_dump gave, with
+ * this state's globals as its _ENV, and returns 0; on bad bytecode or a
+ * memory error, pushes a message and returns -1. Never raises. Never runs
+ * the function. [-0, +1, -] */
+int tulua__transfer_load(lua_State *L, const char *code, size_t len);
+
 /* Decodes len bytes at buf and pushes the values; returns how many. On any
  * malformed input, a module that cannot be found or a memory error, pushes
  * one message string and returns -1 instead: it never raises, and never

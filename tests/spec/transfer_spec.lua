@@ -14,8 +14,28 @@ local function error_of(fn, ...)
   return err
 end
 
--- A valid encoding of the integer 1 (header, count 1, T_INT, 8 bytes).
-local ONE = "\27TLX\1\1\3\1\0\0\0\0\0\0\0"
+-- A valid encoding of the integer 1 (header: magic, version 2, flags 0;
+-- count 1, T_INT, 8 bytes).
+local ONE = "\27TLX\2\0\1\3\1\0\0\0\0\0\0\0"
+local HEADER = "\27TLX\2\0"
+
+-- The decoder's cache of loaded functions: a userdata in the registry
+-- whose length is how many it holds.
+local function loaded_cache()
+  local registry = debug.getregistry()
+  local mt = registry["tulua.transfer_loaded"]
+  for _, v in pairs(registry) do
+    if type(v) == "userdata" and getmetatable(v) == mt then return v end
+  end
+end
+
+-- The encoding of a function without upvalues of its own, split around
+-- its fingerprint: bytes 9 to 16 (header, count, T_FUNC before them).
+local function split_function(f)
+  local s = transfer.encode(f)
+  assert(s:byte(8) == 7, "T_FUNC")
+  return s:sub(1, 8), s:sub(9, 16), s:sub(17)
+end
 
 describe("tulua.transfer", function()
   describe("encode and decode", function()
@@ -174,16 +194,16 @@ describe("tulua.transfer", function()
     it("rejects garbage and truncated input with exact messages", function()
       assert.are.equal("malformed transfer data (bad header)", error_of(transfer.decode, ""))
       assert.are.equal("malformed transfer data (bad header)", error_of(transfer.decode, "hello world"))
-      assert.are.equal("malformed transfer data (unsupported version 2)", error_of(transfer.decode, "\27TLX\2\0"))
+      assert.are.equal("malformed transfer data (unsupported version 1)", error_of(transfer.decode, "\27TLX\1\0"))
       assert.are.equal("malformed transfer data (truncated)", error_of(transfer.decode, ONE:sub(1, -2)))
       assert.are.equal("malformed transfer data (trailing bytes)", error_of(transfer.decode, ONE .. "\0"))
-      assert.are.equal("malformed transfer data (unknown tag 99)", error_of(transfer.decode, "\27TLX\1\1\99"))
-      assert.are.equal("malformed transfer data (bad reference)", error_of(transfer.decode, "\27TLX\1\1\8\1"))
-      assert.are.equal("malformed transfer data (bad table key)", error_of(transfer.decode, "\27TLX\1\1\6\1\0\0"))
+      assert.are.equal("malformed transfer data (unknown tag 99)", error_of(transfer.decode, "\27TLX\2\0\1\99"))
+      assert.are.equal("malformed transfer data (bad reference)", error_of(transfer.decode, "\27TLX\2\0\1\8\1"))
+      assert.are.equal("malformed transfer data (bad table key)", error_of(transfer.decode, "\27TLX\2\0\1\6\1\0\0"))
       assert.are.equal("malformed transfer data (truncated)",
-        error_of(transfer.decode, "\27TLX\1\1\5\255\255\255\255\255\255\255\255\255\1"))
+        error_of(transfer.decode, "\27TLX\2\0\1\5\255\255\255\255\255\255\255\255\255\1"))
       assert.are.equal("malformed transfer data (bad integer)",
-        error_of(transfer.decode, "\27TLX\1\1\5\255\255\255\255\255\255\255\255\255\2"))
+        error_of(transfer.decode, "\27TLX\2\0\1\5\255\255\255\255\255\255\255\255\255\2"))
     end)
 
     it("rejects every truncation of a valid encoding", function()
@@ -197,24 +217,131 @@ describe("tulua.transfer", function()
 
     it("rejects bad bytecode", function()
       assert.matches("^malformed transfer data %(bad bytecode: ",
-        error_of(transfer.decode, "\27TLX\1\1\7\3abc\0"))
+        error_of(transfer.decode, "\27TLX\2\0\1\7" .. ("\0"):rep(8) .. "\3abc\0"))
     end)
 
     it("rejects nesting deeper than 200", function()
-      local s = "\27TLX\1\1" .. string.rep("\6\1\3\1\0\0\0\0\0\0\0", 201) .. "\0"
+      local s = "\27TLX\2\0\1" .. string.rep("\6\1\3\1\0\0\0\0\0\0\0", 201) .. "\0"
       assert.are.equal("malformed transfer data (nesting deeper than 200)", error_of(transfer.decode, s))
     end)
 
     it("fails for a module it cannot find", function()
       assert.are.equal("cannot find 'no.such.module'",
-        error_of(transfer.decode, "\27TLX\1\1\10\14no.such.module"))
-      assert.are.equal("cannot find 'string.nope'", error_of(transfer.decode, "\27TLX\1\1\11\6string\4nope"))
+        error_of(transfer.decode, "\27TLX\2\0\1\10\14no.such.module"))
+      assert.are.equal("cannot find 'string.nope'", error_of(transfer.decode, "\27TLX\2\0\1\11\6string\4nope"))
     end)
 
     it("raises for a non-string argument", function()
       assert.are.equal("bad argument #1 to 'tulua.transfer.decode' (string expected, got no value)",
         error_of(transfer.decode))
     end)
+
+    it("rejects unknown flags, and a reference in a message without them", function()
+      assert.are.equal("malformed transfer data (unsupported flags 2)", error_of(transfer.decode, "\27TLX\2\2\0"))
+      assert.are.equal("malformed transfer data (truncated)", error_of(transfer.decode, "\27TLX\2"))
+      assert.are.equal("malformed transfer data (bad reference)", error_of(transfer.decode, HEADER .. "\2\6\0\8\1"))
+      local t, u = transfer.decode("\27TLX\2\1\2\6\0\8\1")
+      assert.are.equal(t, u)
+    end)
+  end)
+
+  describe("flags", function()
+    it("are set only for messages with references", function()
+      local t = {}
+      assert.are.equal(0, transfer.encode(t, {t = {}}, 1):byte(6))
+      assert.are.equal(1, transfer.encode(t, t):byte(6))
+      assert.are.equal(1, transfer.encode({1, {}, self = false, t = t, again = t}):byte(6))
+      local function f() return t end
+      assert.are.equal(1, transfer.encode(f, f):byte(6))
+    end)
+  end)
+
+  describe("plain values", function()
+    it("encode to the exact bytes of the format", function()
+      assert.are.equal(ONE, transfer.encode(1))
+      assert.are.equal(HEADER .. "\0", transfer.encode())
+      assert.are.equal(HEADER .. "\5\0\1\2\5\2ab\4" .. string.pack("<d", 0.5),
+        transfer.encode(nil, false, true, "ab", 0.5))
+    end)
+
+    it("round-trip every kind alone and together", function()
+      local values = {n = 14, nil, false, true, 0, -1, math.mininteger, math.maxinteger, 0.5, -0.0, 1 / 0, -1 / 0,
+        "", "a\0b\255", string.rep("x", 5000)}
+      for i = 1, values.n do
+        local back = table.pack(round_trip(values[i]))
+        assert.are.equal(1, back.n)
+        assert.are.equal(values[i], back[1])
+        assert.are.equal(math.type(values[i]), math.type(back[1]))
+      end
+      assert.are.same(values, table.pack(round_trip(table.unpack(values, 1, values.n))))
+      local nan = round_trip(0 / 0)
+      assert.is_true(nan ~= nan)
+      assert.are.equal(-math.huge, 1 / round_trip(-0.0))
+      assert.are.equal(_G, round_trip(_G))
+    end)
+
+    it("come before and after values that need more", function()
+      local t = {1}
+      local back = table.pack(round_trip(1, nil, "s", 2.5, t, false, _G, t))
+      assert.are.same({n = 8, 1, nil, "s", 2.5, {1}, false, _G, {1}}, back)
+      assert.are.equal(back[5], back[8])
+      local function f() return 7 end
+      local s = transfer.encode(f, 1, "x")
+      local g, one, x = transfer.decode(s) -- f is loaded, then cached
+      local g2, one2, x2 = transfer.decode(s)
+      assert.are.same({7, 1, "x", 1, "x"}, {g(), one, x, one2, x2})
+      assert.are.equal(g, g2)
+    end)
+
+    it("give the same errors when malformed", function()
+      local int = "\3\1\0\0\0\0\0\0\0"
+      assert.are.equal("malformed transfer data (truncated)", error_of(transfer.decode, HEADER .. "\2\0"))
+      assert.are.equal("malformed transfer data (truncated)", error_of(transfer.decode, HEADER .. "\2\0\3\1\0"))
+      assert.are.equal("malformed transfer data (truncated)",
+        error_of(transfer.decode, HEADER .. "\2" .. int .. "\4\0\0"))
+      assert.are.equal("malformed transfer data (unknown tag 99)",
+        error_of(transfer.decode, HEADER .. "\3" .. int .. "\0\99"))
+      assert.are.equal("malformed transfer data (trailing bytes)", error_of(transfer.decode, HEADER .. "\2\0\1\2"))
+      assert.are.equal("malformed transfer data (trailing bytes)", error_of(transfer.decode, HEADER .. "\0\0"))
+      assert.are.equal("malformed transfer data (truncated)",
+        error_of(transfer.decode, HEADER .. "\1\7" .. ("\0"):rep(7)))
+      assert.are.equal("malformed transfer data (bad integer)",
+        error_of(transfer.decode, HEADER .. "\2\0\5" .. ("\255"):rep(9) .. "\2"))
+      local values = transfer.encode(nil, true, 1, 2.5, _G)
+      for i = 0, #values - 1 do
+        assert.matches("^malformed transfer data %(", error_of(transfer.decode, values:sub(1, i)))
+      end
+    end)
+  end)
+
+  describe("tables", function()
+    it("keep pair counts that need more than one byte", function()
+      for _, n in ipairs({127, 128, 300, 16384}) do
+        local t = {}
+        for i = 1, n do t[i] = i end
+        local back = round_trip({t, {t}, x = t, y = {n = n}})
+        assert.are.same(t, back[1])
+        assert.are.equal(back[1], back[2][1])
+        assert.are.equal(back[1], back.x)
+        assert.are.equal(n, back.y.n)
+      end
+    end)
+
+    it("keep the sharing of many tables", function()
+      local list = {}
+      for i = 1, 5000 do list[i] = {i} end
+      local pairs_of = {}
+      for i = 1, 5000 do pairs_of[i] = {list[i], list[5001 - i]} end
+      local back = round_trip(pairs_of)
+      for i = 1, 5000 do
+        assert.are.equal(i, back[i][1][1])
+        assert.are.equal(back[i][1], back[5001 - i][2])
+      end
+      local t = {}
+      local x, y = round_trip(t, t) -- after the large one
+      assert.are.equal(x, y)
+    end)
+  end)
 
   describe("caches", function()
     it("load a function without upvalues once, and copy closures every time", function()
@@ -236,9 +363,47 @@ describe("tulua.transfer", function()
         local f = load("return function() return " .. i .. " end")()
         assert.are.equal(i, transfer.decode(transfer.encode(f))())
       end
-      local n = 0
-      for _ in pairs(debug.getregistry()["tulua.transfer_loaded"]) do n = n + 1 end
-      assert.is_true(n <= 257, n)
+      local n = #loaded_cache()
+      assert.is_true(n >= 1 and n <= 256, n)
+    end)
+
+    it("write a function the same way every time", function()
+      local function plain(x) return tostring(x) end
+      assert.are.equal(transfer.encode(plain), transfer.encode(plain))
+      local k = 1
+      local function closure() k = k + 1; return k end
+      local s = transfer.encode(closure)
+      assert.are.equal(s, transfer.encode(closure))
+      k = 10
+      assert.are_not.equal(s, transfer.encode(closure)) -- the upvalue is not cached
+      assert.are.equal(11, round_trip(closure)())
+    end)
+
+    it("compare bytecode, never trusting a fingerprint", function()
+      local f = load("return function() return 'f' end")()
+      local g = load("return function() return 'g' end")()
+      local fhead, ffp, frest = split_function(f)
+      local ghead, gfp, grest = split_function(g)
+      assert.are_not.equal(ffp, gfp)
+      local f1 = transfer.decode(fhead .. ffp .. frest)
+      local g1 = transfer.decode(ghead .. ffp .. grest) -- g's bytes, f's fingerprint
+      assert.are.same({"f", "g"}, {f1(), g1()})
+      assert.are.equal(g1, transfer.decode(ghead .. ffp .. grest))
+      assert.are.equal(f1, transfer.decode(fhead .. ffp .. frest))
+      assert.are.equal("f", transfer.decode(fhead .. gfp .. frest)()) -- f's bytes, g's fingerprint
+      assert.are.equal("g", transfer.decode(ghead .. gfp .. grest)())
+      assert.are.equal("f", transfer.decode(fhead .. ("\0"):rep(8) .. frest)())
+      assert.are.equal("g", transfer.decode(ghead .. ("\0"):rep(8) .. grest)())
+    end)
+
+    it("check the upvalue count of a function found", function()
+      local h = load("return function() return tostring end")()
+      local s = transfer.encode(h)
+      assert.are.equal("\1\9", s:sub(-2)) -- one upvalue, _ENV
+      assert.are.equal(tostring, transfer.decode(s)()) -- now cached
+      assert.are.equal("malformed transfer data (upvalue count mismatch)",
+        error_of(transfer.decode, s:sub(1, -3) .. "\0"))
+      assert.are.equal(transfer.decode(s), transfer.decode(s))
     end)
 
     it("see modules and C functions that appeared after an earlier encode", function()
@@ -254,6 +419,5 @@ describe("tulua.transfer", function()
       package.loaded["transfer_spec_mod"] = nil
       assert(ok, err)
     end)
-  end)
   end)
 end)
