@@ -38,7 +38,9 @@ typedef struct {
   unsigned char failed; /* finished with an error, in UV_VALUE */
   unsigned char waiters, callbacks; /* their lists are set */
   int n; /* how many results */
-  lua_Integer id; /* the job's; 0 for a future made by future.new */
+  lua_Integer id; /* the job's number, while it is in flight */
+  lua_Integer seq; /* the job's place in submission order; 0 for a future
+                      made by future.new */
 } future;
 
 /* ---- hooks ---- */
@@ -81,10 +83,11 @@ static future *check_future(lua_State *L, int idx) {
   return check_class(L, idx, &future_key, FUTURE_MT);
 }
 
-static future *new_future(lua_State *L, lua_Integer id) {
+static future *new_future(lua_State *L, lua_Integer id, lua_Integer seq) {
   future *f = lua_newuserdatauv(L, sizeof *f, FUTURE_NUV);
   memset(f, 0, sizeof *f);
   f->id = id;
+  f->seq = seq;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &future_key);
   lua_setmetatable(L, -2);
   return f;
@@ -318,7 +321,7 @@ static int f_set_exception(lua_State *L) {
 
 /* future.new() -> a pending Future, for code that implements an executor */
 static int future_new(lua_State *L) {
-  new_future(L, 0);
+  new_future(L, 0, 0);
   return 1;
 }
 
@@ -341,10 +344,11 @@ static int future_failed(lua_State *L) {
   return 1;
 }
 
-/* future.job(f) -> its executor and job id, or nothing */
+/* future.job(f) -> its executor and job number (the backend's id), or
+ * nothing; the number is another job's once f is done */
 static int future_job(lua_State *L) {
   future *f = check_future(L, 1);
-  if (f->id == 0) return 0;
+  if (f->seq == 0) return 0;
   lua_getiuservalue(L, 1, UV_EXECUTOR);
   lua_pushinteger(L, f->id);
   return 2;
@@ -415,8 +419,13 @@ typedef struct {
 #define TIMELINE_MAX 4096
 
 typedef struct {
-  lua_Integer next_id; /* the last id given */
+  lua_Integer last_seq; /* jobs ever submitted */
   lua_Integer inflight; /* submitted, not delivered nor removed */
+  /* Job numbers are the slots of the pending table: a number is free
+   * again once its job is delivered or removed (its future done), so that
+   * the table stays an array however many jobs pass */
+  lua_Integer *free_ids;
+  lua_Integer nfree, free_cap, max_id;
   int shutdown; /* takes no new jobs */
   double t0; /* when it was made, uv_hrtime() seconds */
   tulua__submit_fn submit; /* the backend's C submit, or NULL */
@@ -425,7 +434,7 @@ typedef struct {
   lua_Integer tl_n; /* records ever made */
 } core;
 
-/* A core's user values: 1 the pending futures by job id; 2 the backend
+/* A core's user values: 1 the pending futures by job number; 2 the backend
  * (its Lua submit, when it has no C one); 3 the executor while jobs are
  * in flight (its done callbacks must run even if nothing else refers to
  * it; an idle executor is collected and shut down). */
@@ -439,7 +448,37 @@ static int core_gc(lua_State *L) {
   core *c = lua_touserdata(L, 1);
   free(c->tl);
   c->tl = NULL;
+  free(c->free_ids);
+  c->free_ids = NULL;
+  c->nfree = c->free_cap = 0;
   return 0;
+}
+
+/* The number of the next job: a free one, or a new one. */
+static lua_Integer take_id(core *c) {
+  return c->nfree > 0 ? c->free_ids[--c->nfree] : ++c->max_id;
+}
+
+/* Takes the future of job id out of the pending table at pidx and pushes
+ * it, its number free again; pushes nothing and returns NULL if id is not
+ * pending. */
+static future *take_pending(lua_State *L, core *c, int pidx, lua_Integer id) {
+  if (id < 1 || id > c->max_id || lua_rawgeti(L, pidx, id) != LUA_TUSERDATA) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  if (c->nfree == c->free_cap) { /* room first: nothing fails after */
+    lua_Integer cap = c->free_cap ? 2 * c->free_cap : 64;
+    lua_Integer *ids = realloc(c->free_ids, (size_t)cap * sizeof *ids);
+    if (ids == NULL) luaL_error(L, "not enough memory");
+    c->free_ids = ids;
+    c->free_cap = cap;
+  }
+  lua_pushnil(L);
+  lua_rawseti(L, pidx, id);
+  c->free_ids[c->nfree++] = id;
+  c->inflight--;
+  return lua_touserdata(L, -1);
 }
 
 /* future.core() -> a core, for a new executor */
@@ -507,16 +546,13 @@ void tulua__core_deliver(lua_State *L, int idx, lua_Integer id, int status,
   core *c = lua_touserdata(L, cidx);
   int first = lua_gettop(L) - n + 1;
   lua_getiuservalue(L, cidx, CUV_PENDING);
-  if (lua_rawgeti(L, -1, id) != LUA_TUSERDATA) { /* removed */
+  future *f = take_pending(L, c, lua_gettop(L), id);
+  if (f == NULL) { /* removed */
     lua_settop(L, first - 1);
     return;
   }
-  lua_pushnil(L);
-  lua_rawseti(L, -3, id);
   int fidx = lua_gettop(L);
-  future *f = lua_touserdata(L, fidx);
-  c->inflight--;
-  add_record(c, id, worker, started, finished, status);
+  add_record(c, f->seq, worker, started, finished, status);
   if (!is_done(f)) {
     if (status == TULUA_JOB_OK) {
       set_results(L, fidx, first, n);
@@ -565,10 +601,7 @@ static int core_forget(lua_State *L) {
   lua_Integer id = luaL_checkinteger(L, 2);
   lua_settop(L, 2);
   lua_getiuservalue(L, 1, CUV_PENDING);
-  if (lua_rawgeti(L, 3, id) != LUA_TUSERDATA) return 0;
-  lua_pushnil(L);
-  lua_rawseti(L, 3, id);
-  c->inflight--;
+  if (take_pending(L, c, 3, id) == NULL) return 0;
   if (c->inflight == 0) {
     lua_pushvalue(L, 1);
     went_idle(L, lua_gettop(L)); /* the core's copy: its slot 1 stays */
@@ -646,7 +679,8 @@ static int future_submit(lua_State *L) {
   int n = lua_gettop(L) - 1; /* fn and its arguments */
   core *c = NULL;
   if (lua_type(L, 1) == LUA_TTABLE) {
-    lua_getfield(L, 1, "_core");
+    lua_pushvalue(L, lua_upvalueindex(1)); /* "_core" */
+    lua_rawget(L, 1);
     c = test_class(L, -1, &core_key);
   }
   if (c == NULL)
@@ -658,7 +692,8 @@ static int future_submit(lua_State *L) {
   if (c->shutdown)
     return luaL_error(L, "cannot schedule new futures after shutdown");
   int cidx = n + 2;
-  lua_Integer id = c->next_id + 1;
+  int reused = c->nfree > 0;
+  lua_Integer id = take_id(c);
   luaL_checkstack(L, n + 4, "too many arguments");
   if (c->submit != NULL) {
     lua_pushcfunction(L, submit_main);
@@ -678,6 +713,10 @@ static int future_submit(lua_State *L) {
   if (failed || rc != 0) {
     const char *msg = lua_tostring(L, -1);
     if (msg == NULL) msg = "the job cannot be submitted";
+    if (reused) /* give the number back */
+      c->nfree++;
+    else
+      c->max_id--;
     if (rc == TULUA_SUBMIT_BROKEN ||
         (c->submit == NULL && strstr(msg, "the pool is broken") != NULL)) {
       tulua__push_error(L, "EBROKEN", msg);
@@ -686,8 +725,7 @@ static int future_submit(lua_State *L) {
     return luaL_error(L, "submit: %s", msg);
   }
   lua_settop(L, cidx);
-  c->next_id = id;
-  new_future(L, id);
+  new_future(L, id, ++c->last_seq);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, UV_EXECUTOR);
   lua_getiuservalue(L, cidx, CUV_PENDING);
@@ -730,7 +768,6 @@ int luaopen_tulua_future(lua_State *L) {
                                    {"remove_waiter", future_remove_waiter},
                                    {"set_hooks", future_set_hooks},
                                    {"core", future_core},
-                                   {"submit", future_submit},
                                    {NULL, NULL}};
   static const luaL_Reg no_meta[] = {{NULL, NULL}};
   tulua__new_class(L, FUTURE_MT, no_meta, methods);
@@ -740,6 +777,10 @@ int luaopen_tulua_future(lua_State *L) {
   luaL_getmetatable(L, CORE_MT);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &core_key);
   luaL_newlib(L, funcs);
+  /* interned once: submit looks its core up on every call */
+  lua_pushliteral(L, "_core");
+  lua_pushcclosure(L, future_submit, 1);
+  lua_setfield(L, -2, "submit");
   /* the class, for futures.lua to add the methods written in Lua */
   luaL_getmetatable(L, FUTURE_MT);
   lua_setfield(L, -2, "Future");

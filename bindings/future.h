@@ -21,10 +21,11 @@ enum {
 };
 
 /* A backend's submit in C: encodes the function at first and its n - 1
- * arguments above it as job id and queues it; bidx is the backend (the
- * value the core was given by core:set_backend). Returns 0, or pushes a
- * message and returns TULUA_SUBMIT_*; raises only when encoding does (a
- * value that cannot cross, or memory). */
+ * arguments above it as job id and queues it (an id is unique among the
+ * jobs in flight, and given again once its job is delivered or removed); bidx
+ * is the backend (the value the core was given by core:set_backend). Returns 0,
+ * or pushes a message and returns TULUA_SUBMIT_*; raises only when encoding
+ * does (a value that cannot cross, or memory). */
 typedef int (*tulua__submit_fn)(lua_State *L, int bidx, lua_Integer id,
                                 int first, int n);
 

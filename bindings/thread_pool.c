@@ -134,15 +134,57 @@ static void ctx_check_cancel(job_ctx *c) {
 
 /* ---- the pool, shared by the owner and its threads ---- */
 
+/* A function without upvalues of its own (none, or _ENV) travels once:
+ * its bytecode is kept here, shared by the jobs that call it, and each
+ * worker loads it once (cached by id). Only the owner's thread counts
+ * references: a job holds one until it is freed, and so does the owner's
+ * handle while the function lives there. */
+typedef struct blob {
+  long long id; /* unique in the process: the workers' cache key */
+  int refs;
+  size_t len;
+  char code[]; /* the bytecode */
+} blob;
+
+static _Atomic long long last_blob_id;
+
+static void release_blob(blob *b) { /* on the owner's thread */
+  if (b != NULL && --b->refs == 0) free(b);
+}
+
+/* A job: its request, then its reply, in inl when they fit (a job is one
+ * allocation, and a worker's reply to it often none). */
 typedef struct job {
   struct job *next;
   long long id;
-  char *buf; /* the request, then the reply (malloc'd) */
+  blob *fn; /* the function (the request holds nil for it), or NULL */
+  char *buf; /* the request, then the reply: inl or malloc'd */
   size_t len;
+  size_t cap; /* bytes at inl */
   int status; /* TULUA_JOB_* */
   int worker; /* 1-based */
   uint64_t t_start, t_stop; /* uv_hrtime */
+  char inl[];
 } job;
+
+/* Room for a small reply in every job. */
+#define REPLY_ROOM 48
+
+static void drop_buf(job *j) {
+  if (j->buf != j->inl) free(j->buf);
+  j->buf = NULL;
+  j->len = 0;
+}
+
+/* Stores len bytes at p as the job's buffer; returns 0 or UV_ENOMEM. */
+static int set_buf(job *j, const char *p, size_t len) {
+  char *dst = len <= j->cap ? j->inl : malloc(len);
+  if (dst == NULL) return UV_ENOMEM;
+  memcpy(dst, p, len);
+  j->buf = dst;
+  j->len = len;
+  return 0;
+}
 
 typedef struct pool pool;
 
@@ -160,6 +202,7 @@ typedef struct worker {
   uv_async_t wake;
   tulua__waiter w;
   int waiting;
+  int nshared; /* functions in its cache (push_shared) */
 } worker;
 
 struct pool {
@@ -191,10 +234,12 @@ static void push_done(pool *p, job *j) {
   wake_owner(p);
 }
 
+/* Frees a list of jobs; on the owner's thread (they hold blobs). */
 static void free_jobs(job *j) {
   while (j != NULL) {
     job *n = j->next;
-    free(j->buf);
+    drop_buf(j);
+    release_blob(j->fn);
     free(j);
     j = n;
   }
@@ -314,9 +359,7 @@ static void break_pool(pool *p, char *msg) {
     p->broken_msg = msg;
   p->broken = 1;
   for (job *j = p->q_head; j != NULL; j = j->next) {
-    free(j->buf);
-    j->buf = NULL;
-    j->len = 0;
+    drop_buf(j);
     j->status = TULUA_JOB_BROKEN;
   }
   if (p->q_head != NULL) {
@@ -371,6 +414,34 @@ static int call_job(lua_State *L, job_ctx *c, long long id, int first) {
   return call_k(L, LUA_OK, (lua_KContext)c);
 }
 
+/* Pushes the function of b in the worker's state: loaded once, then kept
+ * by id in a registry table (emptied past 256 functions). Returns 0, or
+ * pushes a message and returns -1. */
+static int push_shared(lua_State *L, worker *w, const blob *b) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &last_blob_id) != LUA_TTABLE ||
+      w->nshared >= 256) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &last_blob_id);
+    w->nshared = 0;
+  }
+  if (lua_rawgeti(L, -1, b->id) == LUA_TFUNCTION) {
+    lua_remove(L, -2);
+    return 0;
+  }
+  lua_pop(L, 1);
+  if (tulua__transfer_load(L, b->code, b->len) != 0) {
+    lua_remove(L, -2);
+    return -1;
+  }
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, -3, b->id);
+  lua_remove(L, -2);
+  w->nshared++;
+  return 0;
+}
+
 /* port.run(w) -> ...: decodes the job taken and calls it. Raises if it
  * cannot decode it (a module missing here). */
 static int port_run(lua_State *L) {
@@ -380,10 +451,12 @@ static int port_run(lua_State *L) {
   lua_settop(L, 1);
   j->t_start = uv_hrtime();
   int n = tulua__transfer_decode(L, j->buf, j->len);
-  free(j->buf);
-  j->buf = NULL;
-  j->len = 0;
+  drop_buf(j);
   if (n < 0) return lua_error(L);
+  if (j->fn != NULL) { /* in place of the nil the request holds */
+    if (push_shared(L, w, j->fn) != 0) return lua_error(L);
+    lua_replace(L, 2);
+  }
   return call_job(L, &w->ctx, j->id, 2);
 }
 
@@ -424,7 +497,9 @@ static int job_handler(lua_State *L) {
 
 static int encode_main(lua_State *L) {
   job *j = lua_touserdata(L, 1);
-  j->buf = tulua__transfer_encode(L, 2, lua_gettop(L) - 1, &j->len);
+  size_t len;
+  const char *p = tulua__transfer_encode_temp(L, 2, lua_gettop(L) - 1, &len);
+  if (set_buf(j, p, len) != 0) return luaL_error(L, "not enough memory");
   return 0;
 }
 
@@ -446,8 +521,7 @@ static void encode_reply(lua_State *L, job *j, int first, int status) {
   lua_pushnil(L); /* no traceback */
   if (lua_pcall(L, 3, 0, 0) != LUA_OK) { /* out of memory */
     lua_pop(L, 1);
-    j->buf = NULL;
-    j->len = 0;
+    drop_buf(j);
   }
   lua_pop(L, 1);
 }
@@ -545,9 +619,7 @@ static void worker_main(void *arg) {
   if (w->current != NULL) { /* the runner failed with a job taken */
     job *j = w->current;
     w->current = NULL;
-    free(j->buf);
-    j->buf = NULL;
-    j->len = 0;
+    drop_buf(j);
     j->status = TULUA_JOB_BROKEN;
     push_done(p, j);
   }
@@ -568,9 +640,10 @@ typedef struct owner {
   long long outstanding; /* submitted and not yet delivered */
 } owner;
 
-/* The box's user value: the executor core (bindings/future.c) that the
- * jobs are delivered to. */
-enum { OUV_CORE = 1 };
+/* The box's user values: the executor core (bindings/future.c) that the
+ * jobs are delivered to, and the functions shared with the workers
+ * (function -> handle of its blob, weak keys). */
+enum { OUV_CORE = 1, OUV_FNS };
 
 static owner *check_owner(lua_State *L) {
   return luaL_checkudata(L, 1, POOL_MT);
@@ -633,8 +706,8 @@ static int deliver_main(lua_State *L) {
         n = 2;
       }
     }
-    free(j->buf);
-    free(j);
+    j->next = NULL;
+    free_jobs(j);
     if (o->p != NULL) set_outstanding(L, o, 1, o->outstanding - 1);
     tulua__core_deliver(L, 2, id, status, by, t0, t1, n);
   }
@@ -673,6 +746,53 @@ static void async_close_cb(uv_handle_t *h) {
   free(h);
 }
 
+/* The owner's handle of a blob: the value of its function in the box's
+ * table of functions (weak keys), so that the blob is released once the
+ * function is collected. */
+#define FN_MT "tulua.thread_pool_function"
+
+static int fn_gc(lua_State *L) {
+  blob **h = lua_touserdata(L, 1);
+  release_blob(*h);
+  *h = NULL;
+  return 0;
+}
+
+/* Returns the blob of the function at idx if it can be shared (a Lua
+ * function whose only upvalue, if any, is _ENV), made on its first
+ * submit; else NULL. bidx: the box. */
+static blob *shared_blob(lua_State *L, int bidx, int idx) {
+  lua_getiuservalue(L, bidx, OUV_FNS);
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, -2) == LUA_TUSERDATA) {
+    blob *b = *(blob **)lua_touserdata(L, -1);
+    lua_pop(L, 2);
+    return b;
+  }
+  lua_pop(L, 1);
+  size_t len;
+  const char *code = tulua__transfer_dump(L, idx, &len);
+  if (code == NULL) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  blob **h = lua_newuserdatauv(L, sizeof *h, 0);
+  *h = NULL;
+  luaL_setmetatable(L, FN_MT);
+  blob *b = malloc(sizeof *b + len);
+  if (b == NULL) luaL_error(L, "not enough memory");
+  b->id = atomic_fetch_add(&last_blob_id, 1) + 1;
+  b->refs = 1; /* the handle's */
+  b->len = len;
+  memcpy(b->code, code, len);
+  *h = b;
+  lua_pushvalue(L, idx);
+  lua_insert(L, -2);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  return b;
+}
+
 static int tp_submit(lua_State *L, int bidx, lua_Integer id, int first, int n);
 
 /* thread_pool.new(max_workers, opts, core) -> ThreadPool. opts:
@@ -709,7 +829,7 @@ static int tp_new(lua_State *L) {
     init = tulua__transfer_encode(L, base, lua_gettop(L) - base + 1, &init_len);
     lua_settop(L, base);
   }
-  owner *o = lua_newuserdatauv(L, sizeof *o, 1);
+  owner *o = lua_newuserdatauv(L, sizeof *o, 2);
   memset(o, 0, sizeof *o);
   o->anchor_ref = LUA_NOREF;
   luaL_setmetatable(L, POOL_MT);
@@ -745,6 +865,12 @@ static int tp_new(lua_State *L) {
   o->job.run = deliver_run;
   lua_pushvalue(L, 3);
   lua_setiuservalue(L, -2, OUV_CORE);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_setiuservalue(L, -2, OUV_FNS);
   tulua__core_set_submit(L, 3, tp_submit);
   install_handler();
   return 1;
@@ -764,17 +890,24 @@ static int tp_submit(lua_State *L, int bidx, lua_Integer id, int first, int n) {
     lua_pushliteral(L, "cannot schedule new futures after shutdown");
     return TULUA_SUBMIT_REFUSED;
   }
-  size_t len;
-  char *buf = tulua__transfer_encode(L, first, n, &len);
-  job *j = malloc(sizeof *j);
-  if (j == NULL) {
-    free(buf);
-    return luaL_error(L, "not enough memory");
+  blob *fn = shared_blob(L, bidx, first);
+  if (fn != NULL) { /* the request holds nil for it: the arguments keep */
+    lua_pushnil(L); /* their numbers in encode's messages */
+    lua_replace(L, first);
   }
+  size_t len;
+  const char *req = tulua__transfer_encode_temp(L, first, n, &len);
+  size_t cap = len > REPLY_ROOM ? len : REPLY_ROOM;
+  job *j = malloc(sizeof *j + cap);
+  if (j == NULL) return luaL_error(L, "not enough memory");
   memset(j, 0, sizeof *j);
   j->id = id;
-  j->buf = buf;
-  j->len = len;
+  j->cap = cap;
+  set_buf(j, req, len); /* fits */
+  if (fn != NULL) {
+    j->fn = fn;
+    fn->refs++;
+  }
   worker *start = NULL;
   uv_mutex_lock(&p->mu);
   if (p->broken) { /* a worker sets it: read under the lock */
@@ -1115,7 +1248,9 @@ int luaopen_tulua_thread_pool(lua_State *L) {
                                    {"job_end", tp_job_end},
                                    {"cancel_process", tp_cancel_process},
                                    {NULL, NULL}};
+  static const luaL_Reg fn_meta[] = {{"__gc", fn_gc}, {NULL, NULL}};
   tulua__new_class(L, POOL_MT, meta, methods);
+  tulua__new_class(L, FN_MT, fn_meta, NULL);
   luaL_newlib(L, funcs);
   luaL_newlib(L, port); /* the worker side: the runner calls port.take(w) */
   lua_setfield(L, -2, "port");

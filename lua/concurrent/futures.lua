@@ -14,7 +14,9 @@
 -- and delivers once every job it did not remove, core:deliver(id, status,
 -- worker, started, finished, ...) (tulua__core_deliver in C): status "ok"
 -- with the results, "error" with the error and the worker's traceback,
--- "cancelled", "broken" or "crashed" with a message.
+-- "cancelled", "broken" or "crashed" with a message. A job's id is unique
+-- among the jobs in flight and is given again once it is delivered or
+-- removed: a backend forgets an id before it delivers it.
 local tulua = require "tulua"
 local thread_pool = require "tulua.thread_pool"
 

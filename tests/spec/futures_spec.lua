@@ -458,6 +458,62 @@ describe("concurrent.futures", function()
         assert.are.equal("done", rec.status)
       end
     end)
+
+    it("load a function without upvalues once, and give it its own globals", function()
+      local one <close> = futures.ThreadPoolExecutor(1)
+      local function same_as_last()
+        local me = debug.getinfo(1, "f").func
+        local same = rawget(_G, "last_job") == me
+        rawset(_G, "last_job", me)
+        return same, _ENV == _G
+      end
+      assert.are.same({false, true}, {one:submit(same_as_last):result()})
+      for _ = 1, 3 do assert.are.same({true, true}, {one:submit(same_as_last):result()}) end
+      assert.is_nil(rawget(_G, "last_job"), "the worker's globals are its own")
+    end)
+
+    it("run more distinct functions than a worker keeps loaded", function()
+      local one <close> = futures.ThreadPoolExecutor(1)
+      local fns, futs = {}, {}
+      for i = 1, 600 do -- each its own bytecode
+        fns[i] = load("return function(x) return x + " .. i .. " end")()
+        futs[i] = one:submit(fns[i], 1000)
+      end
+      for i = 1, 600 do assert.are.equal(1000 + i, futs[i]:result()) end
+      -- one sent before the worker emptied its cache is loaded again
+      assert.are.equal(1001, one:submit(fns[1], 1000):result())
+    end)
+  end)
+
+  describe("job numbers", function()
+    local job_of = require("tulua.future").job
+
+    it("are reused once a job is done, while the timeline keeps the submission order", function()
+      local a = ex:submit(tulua.sleep, 0.05)
+      local b = ex:submit(tulua.sleep, 0.01)
+      local _, ida = job_of(a)
+      local _, idb = job_of(b)
+      assert.are_not.equal(ida, idb, "two jobs in flight have two numbers")
+      b:result()
+      local c = ex:submit(function() return "c" end)
+      local _, idc = job_of(c)
+      assert.are.equal(idb, idc, "b's number is free once b is done")
+      assert.are.equal("c", c:result())
+      a:result()
+      local tl = ex:timeline()
+      assert.are.same({1, 2, 3}, {tl[1].index, tl[2].index, tl[3].index})
+      assert.is_nil(job_of(futures.Future()), "a future made by hand has no job")
+    end)
+
+    it("of a job refused at submit are not lost", function()
+      local first = ex:submit(function() return 1 end)
+      local _, id1 = job_of(first)
+      assert.matches("cannot transfer a userdata", raised(ex.submit, ex, print, io.stdout))
+      local second = ex:submit(function() return 2 end)
+      local _, id2 = job_of(second)
+      assert.are.equal(id1 + 1, id2)
+      assert.are.same({1, 2}, {first:result(), second:result()})
+    end)
   end)
 
   describe("the module", function()
