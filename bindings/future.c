@@ -455,8 +455,25 @@ static int core_gc(lua_State *L) {
 }
 
 /* The number of the next job: a free one, or a new one. */
-static lua_Integer take_id(core *c) {
-  return c->nfree > 0 ? c->free_ids[--c->nfree] : ++c->max_id;
+static lua_Integer next_id(const core *c) {
+  return c->nfree > 0 ? c->free_ids[c->nfree - 1] : c->max_id + 1;
+}
+
+/* Takes id, which next_id gave before the job was queued. A Lua backend
+ * may have delivered jobs meanwhile (freeing their numbers), so it is
+ * looked for, from the top. */
+static void take_id(core *c, lua_Integer id) {
+  if (id > c->max_id) {
+    c->max_id = id;
+    return;
+  }
+  for (lua_Integer i = c->nfree - 1; i >= 0; i--) {
+    if (c->free_ids[i] != id) continue;
+    memmove(&c->free_ids[i], &c->free_ids[i + 1],
+            (size_t)(c->nfree - 1 - i) * sizeof *c->free_ids);
+    c->nfree--;
+    return;
+  }
 }
 
 /* Takes the future of job id out of the pending table at pidx and pushes
@@ -493,16 +510,28 @@ static int future_core(lua_State *L) {
   return 1;
 }
 
-void tulua__core_set_submit(lua_State *L, int idx, tulua__submit_fn fn) {
+void tulua__core_set_submit(lua_State *L, int idx, tulua__submit_fn fn,
+                            int bidx) {
+  idx = lua_absindex(L, idx);
   core *c = lua_touserdata(L, idx);
   c->submit = fn;
+  if (fn != NULL) {
+    lua_pushvalue(L, bidx);
+    lua_setiuservalue(L, idx, CUV_BACKEND);
+  }
 }
 
-/* core:set_backend(b): b:submit(id, fn, ...) queues jobs, unless b set a
- * C submit */
+/* core:set_backend(b): b:submit(id, fn, ...) queues jobs. A backend that
+ * set a C submit is already set, and stays. */
 static int core_set_backend(lua_State *L) {
-  check_core(L, 1);
+  core *c = check_core(L, 1);
   lua_settop(L, 2);
+  if (c->submit != NULL) {
+    lua_getiuservalue(L, 1, CUV_BACKEND);
+    if (!lua_rawequal(L, 2, 3))
+      return luaL_error(L, "the core's backend submits in C: it stays");
+    return 0;
+  }
   lua_setiuservalue(L, 1, CUV_BACKEND);
   return 0;
 }
@@ -658,19 +687,6 @@ static int core_timeline(lua_State *L) {
   return 1;
 }
 
-/* The protected part of a C submit: arguments 1 the core, 2 the job id,
- * then the function and its arguments. */
-static int submit_main(lua_State *L) {
-  core *c = lua_touserdata(L, 1);
-  int n = lua_gettop(L) - 2;
-  lua_getiuservalue(L, 1, CUV_BACKEND);
-  int rc = c->submit(L, lua_gettop(L), lua_tointeger(L, 2), 3, n);
-  if (rc == 0) lua_pushnil(L); /* else the message */
-  lua_pushinteger(L, rc);
-  lua_insert(L, -2);
-  return 2; /* rc, message */
-}
-
 /* Executor:submit(fn, ...) -> Future: fn and its arguments are copied to
  * the worker now, so that a value that cannot cross is an error here,
  * naming its path ("submit: argument #2.log: cannot transfer a userdata");
@@ -692,31 +708,39 @@ static int future_submit(lua_State *L) {
   if (c->shutdown)
     return luaL_error(L, "cannot schedule new futures after shutdown");
   int cidx = n + 2;
-  int reused = c->nfree > 0;
-  lua_Integer id = take_id(c);
-  luaL_checkstack(L, n + 4, "too many arguments");
-  if (c->submit != NULL) {
-    lua_pushcfunction(L, submit_main);
-    lua_pushvalue(L, cidx);
+  /* The future is pending before the job is queued, and the job's number
+   * is taken once it is: what may raise (memory, a value that cannot
+   * cross) comes before, and a submit that raises loses nothing (the next
+   * one takes the same number and its own future). */
+  lua_Integer id = next_id(c);
+  new_future(L, id, c->last_seq + 1);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, UV_EXECUTOR);
+  lua_getiuservalue(L, cidx, CUV_PENDING);
+  lua_pushvalue(L, -2);
+  lua_rawseti(L, -2, id);
+  lua_pop(L, 1);
+  int rc;
+  lua_getiuservalue(L, cidx, CUV_BACKEND);
+  if (c->submit != NULL) { /* in place: it raises as this function would */
+    rc = c->submit(L, cidx + 2, id, 2, n);
   } else {
-    if (lua_getiuservalue(L, cidx, CUV_BACKEND) == LUA_TNIL ||
-        lua_getfield(L, -1, "submit") != LUA_TFUNCTION)
+    luaL_checkstack(L, n + 4, "too many arguments");
+    if (lua_getfield(L, -1, "submit") != LUA_TFUNCTION)
       return luaL_error(L, "attempt to use a closed executor");
     lua_insert(L, -2);
+    lua_pushinteger(L, id);
+    for (int i = 0; i < n; i++)
+      lua_pushvalue(L, 2 + i);
+    rc = lua_pcall(L, n + 2, 0, 0) == LUA_OK ? 0 : TULUA_SUBMIT_REFUSED;
   }
-  lua_pushinteger(L, id);
-  for (int i = 0; i < n; i++)
-    lua_pushvalue(L, 2 + i);
-  /* a C submit returns rc and a message; a Lua one nothing (or raises) */
-  int failed = lua_pcall(L, n + 2, 2, 0) != LUA_OK;
-  int rc = failed ? TULUA_SUBMIT_REFUSED : (int)lua_tointeger(L, -2);
-  if (failed || rc != 0) {
+  if (rc != 0) {
+    lua_getiuservalue(L, cidx, CUV_PENDING);
+    lua_pushnil(L);
+    lua_rawseti(L, -2, id);
+    lua_pop(L, 1);
     const char *msg = lua_tostring(L, -1);
     if (msg == NULL) msg = "the job cannot be submitted";
-    if (reused) /* give the number back */
-      c->nfree++;
-    else
-      c->max_id--;
     if (rc == TULUA_SUBMIT_BROKEN ||
         (c->submit == NULL && strstr(msg, "the pool is broken") != NULL)) {
       tulua__push_error(L, "EBROKEN", msg);
@@ -724,14 +748,9 @@ static int future_submit(lua_State *L) {
     }
     return luaL_error(L, "submit: %s", msg);
   }
-  lua_settop(L, cidx);
-  new_future(L, id, ++c->last_seq);
-  lua_pushvalue(L, 1);
-  lua_setiuservalue(L, -2, UV_EXECUTOR);
-  lua_getiuservalue(L, cidx, CUV_PENDING);
-  lua_pushvalue(L, -2);
-  lua_rawseti(L, -2, id);
-  lua_pop(L, 1);
+  take_id(c, id);
+  c->last_seq++;
+  lua_settop(L, cidx + 1); /* the future */
   if (c->inflight++ == 0) {
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, cidx, CUV_EXECUTOR);

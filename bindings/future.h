@@ -22,16 +22,20 @@ enum {
 
 /* A backend's submit in C: encodes the function at first and its n - 1
  * arguments above it as job id and queues it (an id is unique among the
- * jobs in flight, and given again once its job is delivered or removed); bidx
- * is the backend (the value the core was given by core:set_backend). Returns 0,
- * or pushes a message and returns TULUA_SUBMIT_*; raises only when encoding
- * does (a value that cannot cross, or memory). */
+ * jobs in flight, and given again once its job is delivered or removed);
+ * bidx is the backend. It runs in place of Executor:submit, unprotected:
+ * it raises as that C function would (tulua__transfer_encode_temp with
+ * the context "submit"), may change the slots from first, and leaves the
+ * stack below them as it was. Returns 0, or pushes a message and returns
+ * TULUA_SUBMIT_*. */
 typedef int (*tulua__submit_fn)(lua_State *L, int bidx, lua_Integer id,
                                 int first, int n);
 
-/* Makes the executor core at idx submit through fn (NULL: its backend's
- * Lua submit again). [-0, +0, -] */
-void tulua__core_set_submit(lua_State *L, int idx, tulua__submit_fn fn);
+/* Makes the executor core at idx submit through fn to the backend at bidx
+ * (its Lua submit is not used), or, with fn NULL, through the backend's
+ * Lua submit again. [-0, +0, -] */
+void tulua__core_set_submit(lua_State *L, int idx, tulua__submit_fn fn,
+                            int bidx);
 
 /* Delivers job id's outcome to its future and pops the n values at the
  * top: the results (TULUA_JOB_OK), the error and the traceback

@@ -28,10 +28,11 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -40,8 +41,10 @@
 
 #define POOL_MT "tulua.ThreadPool"
 
-/* How long an idle worker looks for more work before it sleeps. */
-#define SPIN_NS 50000
+/* How long an idle worker looks for more work before it sleeps, and how
+ * long it naps between two looks. */
+#define SPIN_NS 100000
+#define NAP_NS  2000
 
 /* ---- the worker side of a job, shared with process workers ---- */
 
@@ -311,14 +314,17 @@ static int port_wait(lua_State *L) {
   pool *p = w->p;
   tulua__check_wait(L, "port:wait");
   /* A stream of small jobs would put the worker to sleep between two, and
-   * each wake-up costs a write and a context switch: look again for a
-   * little while first, giving the CPU away meanwhile (on a machine with
-   * as many workers as cores, the submitter needs it). */
+   * each wake-up costs the submitter a write and a context switch: look
+   * again for a little while first. Between looks the worker naps rather
+   * than yields: a yielding thread stays runnable, and with as many
+   * workers as cores the submitter then gets a third of a core less (W4:
+   * 1.45M -> 1.56M jobs/s, medians of 9 interleaved runs). */
   uint64_t until = uv_hrtime() + SPIN_NS;
+  const struct timespec nap = {0, NAP_NS};
   while (__atomic_load_n(&p->q_head, __ATOMIC_RELAXED) == NULL &&
          !__atomic_load_n(&p->stopping, __ATOMIC_RELAXED) &&
          uv_hrtime() < until)
-    sched_yield();
+    nanosleep(&nap, NULL);
   uv_mutex_lock(&p->mu);
   int ready = p->q_head != NULL || p->stopping || p->broken;
   if (!ready) w->idle = 1;
@@ -498,7 +504,8 @@ static int job_handler(lua_State *L) {
 static int encode_main(lua_State *L) {
   job *j = lua_touserdata(L, 1);
   size_t len;
-  const char *p = tulua__transfer_encode_temp(L, 2, lua_gettop(L) - 1, &len);
+  const char *p =
+      tulua__transfer_encode_temp(L, 2, lua_gettop(L) - 1, &len, NULL);
   if (set_buf(j, p, len) != 0) return luaL_error(L, "not enough memory");
   return 0;
 }
@@ -572,6 +579,8 @@ static void worker_main(void *arg) {
   char name[16];
   snprintf(name, sizeof name, "%.11s-%d", p->name_prefix, w->index);
   pthread_setname_np(pthread_self(), name);
+  /* naps and timers of this thread end when asked, not up to 50 us late */
+  prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);
   accept_signal();
 
   tulua_runtime *rt = NULL;
@@ -636,14 +645,15 @@ typedef struct owner {
   tulua__job job; /* delivers the done list */
   job *list; /* taken from the done list, being delivered */
   const char *broken; /* the pool's broken_msg, read under its lock */
+  blob *last; /* the blob of the last function submitted (OUV_LAST) */
   int anchor_ref; /* registry: the box itself, while work is outstanding */
   long long outstanding; /* submitted and not yet delivered */
 } owner;
 
 /* The box's user values: the executor core (bindings/future.c) that the
- * jobs are delivered to, and the functions shared with the workers
- * (function -> handle of its blob, weak keys). */
-enum { OUV_CORE = 1, OUV_FNS };
+ * jobs are delivered to, the functions shared with the workers (function
+ * -> handle of its blob, weak keys), and the last of them submitted. */
+enum { OUV_CORE = 1, OUV_FNS, OUV_LAST, OWNER_NUV = OUV_LAST };
 
 static owner *check_owner(lua_State *L) {
   return luaL_checkudata(L, 1, POOL_MT);
@@ -758,16 +768,31 @@ static int fn_gc(lua_State *L) {
   return 0;
 }
 
+/* Keeps the function at idx, whose blob is b, as the last one submitted:
+ * held in a user value, so that its handle, and b, live meanwhile. */
+static blob *remember(lua_State *L, int bidx, int idx, blob *b) {
+  lua_pushvalue(L, idx);
+  lua_setiuservalue(L, bidx, OUV_LAST);
+  ((owner *)lua_touserdata(L, bidx))->last = b;
+  return b;
+}
+
 /* Returns the blob of the function at idx if it can be shared (a Lua
  * function whose only upvalue, if any, is _ENV), made on its first
  * submit; else NULL. bidx: the box. */
 static blob *shared_blob(lua_State *L, int bidx, int idx) {
+  owner *o = lua_touserdata(L, bidx);
+  /* the last one first: a pool runs the same function again and again */
+  lua_getiuservalue(L, bidx, OUV_LAST);
+  int last = lua_rawequal(L, -1, idx);
+  lua_pop(L, 1);
+  if (last) return o->last;
   lua_getiuservalue(L, bidx, OUV_FNS);
   lua_pushvalue(L, idx);
   if (lua_rawget(L, -2) == LUA_TUSERDATA) {
     blob *b = *(blob **)lua_touserdata(L, -1);
     lua_pop(L, 2);
-    return b;
+    return remember(L, bidx, idx, b);
   }
   lua_pop(L, 1);
   size_t len;
@@ -790,7 +815,7 @@ static blob *shared_blob(lua_State *L, int bidx, int idx) {
   lua_insert(L, -2);
   lua_rawset(L, -3);
   lua_pop(L, 1);
-  return b;
+  return remember(L, bidx, idx, b);
 }
 
 static int tp_submit(lua_State *L, int bidx, lua_Integer id, int first, int n);
@@ -829,7 +854,7 @@ static int tp_new(lua_State *L) {
     init = tulua__transfer_encode(L, base, lua_gettop(L) - base + 1, &init_len);
     lua_settop(L, base);
   }
-  owner *o = lua_newuserdatauv(L, sizeof *o, 2);
+  owner *o = lua_newuserdatauv(L, sizeof *o, OWNER_NUV);
   memset(o, 0, sizeof *o);
   o->anchor_ref = LUA_NOREF;
   luaL_setmetatable(L, POOL_MT);
@@ -871,16 +896,16 @@ static int tp_new(lua_State *L) {
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
   lua_setiuservalue(L, -2, OUV_FNS);
-  tulua__core_set_submit(L, 3, tp_submit);
+  tulua__core_set_submit(L, 3, tp_submit, -1);
   install_handler();
   return 1;
 }
 
 /* The core's submit (future.h): encodes fn and its arguments (raising, in
- * the caller, on a value that cannot cross: "argument #2.x: cannot
- * transfer a userdata") and queues the job. */
+ * the caller, on a value that cannot cross: "submit: argument #2.x:
+ * cannot transfer a userdata") and queues the job. */
 static int tp_submit(lua_State *L, int bidx, lua_Integer id, int first, int n) {
-  owner *o = luaL_checkudata(L, bidx, POOL_MT);
+  owner *o = lua_touserdata(L, bidx); /* the core keeps it for us */
   pool *p = o->p;
   if (p == NULL) {
     lua_pushliteral(L, "attempt to use a closed thread pool");
@@ -896,10 +921,15 @@ static int tp_submit(lua_State *L, int bidx, lua_Integer id, int first, int n) {
     lua_replace(L, first);
   }
   size_t len;
-  const char *req = tulua__transfer_encode_temp(L, first, n, &len);
+  const char *req = tulua__transfer_encode_temp(L, first, n, &len, "submit");
+  /* what may raise is done: once queued, the job must be the core's */
+  set_outstanding(L, o, bidx, o->outstanding + 1);
   size_t cap = len > REPLY_ROOM ? len : REPLY_ROOM;
   job *j = malloc(sizeof *j + cap);
-  if (j == NULL) return luaL_error(L, "not enough memory");
+  if (j == NULL) {
+    set_outstanding(L, o, bidx, o->outstanding - 1);
+    return luaL_error(L, "not enough memory");
+  }
   memset(j, 0, sizeof *j);
   j->id = id;
   j->cap = cap;
@@ -916,6 +946,7 @@ static int tp_submit(lua_State *L, int bidx, lua_Integer id, int first, int n) {
              p->broken_msg ? p->broken_msg : "a worker failed");
     uv_mutex_unlock(&p->mu);
     free_jobs(j);
+    set_outstanding(L, o, bidx, o->outstanding - 1);
     lua_pushfstring(L, "the pool is broken: %s", why);
     return TULUA_SUBMIT_BROKEN;
   }
@@ -938,7 +969,6 @@ static int tp_submit(lua_State *L, int bidx, lua_Integer id, int first, int n) {
     start->started = 1;
   }
   uv_mutex_unlock(&p->mu);
-  set_outstanding(L, o, bidx, o->outstanding + 1);
   if (start != NULL &&
       uv_thread_create(&start->thread, worker_main, start) != 0) {
     uv_mutex_lock(&p->mu);
@@ -1083,7 +1113,7 @@ static void close_pool(lua_State *L, owner *o) {
   free(p);
   o->p = NULL;
   if (lua_getiuservalue(L, 1, OUV_CORE) == LUA_TUSERDATA)
-    tulua__core_set_submit(L, -1, NULL);
+    tulua__core_set_submit(L, -1, NULL, 0);
   lua_pop(L, 1);
   tulua__unpost(o->rt, &o->job);
   set_outstanding(L, o, 1, 0);

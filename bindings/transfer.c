@@ -272,6 +272,8 @@ typedef struct {
   int dumps; /* stack index: function -> its fingerprint, length and
                 bytecode as written (weak keys) */
   int fresh_names; /* names was built during this encode */
+  const char *context; /* refusals read "<where>context: <path>: ...", or
+                          NULL: "<path>: ..." */
   uint32_t nrefs;
   int depth;
   int nsegs;
@@ -395,6 +397,12 @@ static int refuse(encoder *e, const char *what) {
   luaL_Buffer b;
   luaL_checkstack(L, 4, NULL);
   luaL_buffinit(L, &b);
+  if (e->context != NULL) { /* as luaL_error in the caller's C function */
+    luaL_where(L, 1);
+    luaL_addvalue(&b);
+    lua_pushfstring(L, "%s: ", e->context);
+    luaL_addvalue(&b);
+  }
   for (int i = 0; i < e->nsegs; i++) {
     const seg *s = &e->path[i];
     if (s->kind == SEG_ARG) {
@@ -812,8 +820,10 @@ static xbox *push_box(lua_State *L) {
 
 /* Encodes the n values from first (absolute) with the general encoder and
  * pushes the box holding the result. [-0, +1, m] */
-static xbox *encode_to_box(lua_State *L, int first, int n) {
+static xbox *encode_to_box(lua_State *L, int first, int n,
+                           const char *context) {
   encoder e;
+  e.context = context;
   luaL_checkstack(L, 8, NULL);
   e.L = L;
   e.b = push_box(L);
@@ -870,7 +880,7 @@ char *tulua__transfer_encode(lua_State *L, int first, int n, size_t *len) {
     *len = size;
     return p;
   }
-  xbox *b = encode_to_box(L, first, n);
+  xbox *b = encode_to_box(L, first, n, NULL);
   char *p;
   if (b->cap > BOX_KEEP_BYTES) { /* ours now: the box no longer frees it */
     p = b->p;
@@ -887,7 +897,7 @@ char *tulua__transfer_encode(lua_State *L, int first, int n, size_t *len) {
 }
 
 const char *tulua__transfer_encode_temp(lua_State *L, int first, int n,
-                                        size_t *len) {
+                                        size_t *len, const char *context) {
   first = lua_absindex(L, first);
   size_t size = scalars_size(L, first, n);
   xbox *b;
@@ -903,7 +913,7 @@ const char *tulua__transfer_encode_temp(lua_State *L, int first, int n,
     scalars_write(L, first, n, (unsigned char *)b->p);
     b->len = size;
   } else {
-    b = encode_to_box(L, first, n);
+    b = encode_to_box(L, first, n, context);
   }
   *len = b->len;
   lua_pop(L, 1); /* the registry keeps the box */
@@ -932,7 +942,7 @@ const char *tulua__transfer_dump(lua_State *L, int idx, size_t *len) {
       *len = (size_t)code;
       return (const char *)d.p;
     }
-    encode_to_box(L, idx, 1); /* dumps it into the cache */
+    encode_to_box(L, idx, 1, NULL); /* dumps it into the cache */
     lua_pop(L, 1);
   }
   luaL_error(L, "cannot dump the function");
@@ -1579,7 +1589,7 @@ static int transfer_encode(lua_State *L) {
     luaL_pushresultsize(&B, size);
     return 1;
   }
-  xbox *b = encode_to_box(L, 1, n);
+  xbox *b = encode_to_box(L, 1, n, NULL);
   lua_pushlstring(L, b->p, b->len); /* on error, the box still owns b->p */
   if (b->cap > BOX_KEEP_BYTES) {
     free(b->p);

@@ -20,9 +20,12 @@
 char *tulua__transfer_encode(lua_State *L, int first, int n, size_t *len);
 
 /* As tulua__transfer_encode, into this state's own buffer: returns it,
- * valid until the next encode in this state (copy it). [-0, +0, m] */
+ * valid until the next encode in this state (copy it). With a context,
+ * called from a C function, a refusal reads as that function's luaL_error
+ * would: "file:line: submit: argument #2.log: cannot transfer a userdata",
+ * so that it needs no lua_pcall to be told apart. [-0, +0, m] */
 const char *tulua__transfer_encode_temp(lua_State *L, int first, int n,
-                                        size_t *len);
+                                        size_t *len, const char *context);
 
 /* Returns the bytecode of the function at idx if it can travel as bytecode
  * alone (a Lua function whose only upvalue, if any, is _ENV), else NULL;
