@@ -55,24 +55,24 @@ static void push_hook(lua_State *L, const char *name) {
 
 /* ---- classes ---- */
 
-/* The metatables are also kept under these light userdata keys: a job
- * checks and makes several objects, and a lookup by a C string costs a
- * string comparison each time. */
-static char future_key, core_key;
+/* Every Lua-facing function of the module has the same upvalues: the two
+ * metatables, and the string "_core". A job checks and makes several
+ * objects, and a registry lookup each time was a tenth of submit. */
+#define UP_FUTURE_MT lua_upvalueindex(1)
+#define UP_CORE_MT   lua_upvalueindex(2)
+#define UP_CORE_NAME lua_upvalueindex(3)
 
-/* Returns the userdata at idx if its metatable is the one under key. */
-static void *test_class(lua_State *L, int idx, const void *key) {
+/* Returns the userdata at idx if its metatable is the one at up. */
+static void *test_class(lua_State *L, int idx, int up) {
   void *p = lua_touserdata(L, idx);
   if (p == NULL || !lua_getmetatable(L, idx)) return NULL;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, key);
-  int same = lua_rawequal(L, -1, -2);
-  lua_pop(L, 2);
+  int same = lua_rawequal(L, -1, up);
+  lua_pop(L, 1);
   return same ? p : NULL;
 }
 
-static void *check_class(lua_State *L, int idx, const void *key,
-                         const char *name) {
-  void *p = test_class(L, idx, key);
+static void *check_class(lua_State *L, int idx, int up, const char *name) {
+  void *p = test_class(L, idx, up);
   if (p == NULL) luaL_typeerror(L, idx, name);
   return p;
 }
@@ -80,7 +80,7 @@ static void *check_class(lua_State *L, int idx, const void *key,
 /* ---- Future ---- */
 
 static future *check_future(lua_State *L, int idx) {
-  return check_class(L, idx, &future_key, FUTURE_MT);
+  return check_class(L, idx, UP_FUTURE_MT, FUTURE_MT);
 }
 
 static future *new_future(lua_State *L, lua_Integer id, lua_Integer seq) {
@@ -88,7 +88,7 @@ static future *new_future(lua_State *L, lua_Integer id, lua_Integer seq) {
   memset(f, 0, sizeof *f);
   f->id = id;
   f->seq = seq;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &future_key);
+  lua_pushvalue(L, UP_FUTURE_MT);
   lua_setmetatable(L, -2);
   return f;
 }
@@ -327,7 +327,7 @@ static int future_new(lua_State *L) {
 
 /* future.is_future(x) -> boolean */
 static int future_is_future(lua_State *L) {
-  lua_pushboolean(L, test_class(L, 1, &future_key) != NULL);
+  lua_pushboolean(L, test_class(L, 1, UP_FUTURE_MT) != NULL);
   return 1;
 }
 
@@ -441,7 +441,7 @@ typedef struct {
 enum { CUV_PENDING = 1, CUV_BACKEND, CUV_EXECUTOR, CORE_NUV = 3 };
 
 static core *check_core(lua_State *L, int idx) {
-  return check_class(L, idx, &core_key, CORE_MT);
+  return check_class(L, idx, UP_CORE_MT, CORE_MT);
 }
 
 static int core_gc(lua_State *L) {
@@ -503,7 +503,7 @@ static int future_core(lua_State *L) {
   core *c = lua_newuserdatauv(L, sizeof *c, CORE_NUV);
   memset(c, 0, sizeof *c);
   c->t0 = (double)uv_hrtime() / 1e9;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &core_key);
+  lua_pushvalue(L, UP_CORE_MT);
   lua_setmetatable(L, -2);
   lua_newtable(L);
   lua_setiuservalue(L, -2, CUV_PENDING);
@@ -695,9 +695,9 @@ static int future_submit(lua_State *L) {
   int n = lua_gettop(L) - 1; /* fn and its arguments */
   core *c = NULL;
   if (lua_type(L, 1) == LUA_TTABLE) {
-    lua_pushvalue(L, lua_upvalueindex(1)); /* "_core" */
+    lua_pushvalue(L, UP_CORE_NAME);
     lua_rawget(L, 1);
-    c = test_class(L, -1, &core_key);
+    c = test_class(L, -1, UP_CORE_MT);
   }
   if (c == NULL)
     return luaL_error(L, "bad argument #1 to 'submit' (executor expected)");
@@ -758,6 +758,15 @@ static int future_submit(lua_State *L) {
   return 1;
 }
 
+/* Sets the functions of l in the table on top, with the module's upvalues
+ * (the metatables at mt and cmt). */
+static void set_funcs(lua_State *L, const luaL_Reg *l, int mt, int cmt) {
+  lua_pushvalue(L, mt);
+  lua_pushvalue(L, cmt);
+  lua_pushliteral(L, "_core");
+  luaL_setfuncs(L, l, 3);
+}
+
 int luaopen_tulua_future(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"result", f_result},
@@ -776,7 +785,6 @@ int luaopen_tulua_future(lua_State *L) {
                                           {"inflight", core_inflight},
                                           {"timeline", core_timeline},
                                           {NULL, NULL}};
-  static const luaL_Reg core_meta[] = {{"__gc", core_gc}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {{"new", future_new},
                                    {"is_future", future_is_future},
                                    {"state", future_state},
@@ -787,21 +795,24 @@ int luaopen_tulua_future(lua_State *L) {
                                    {"remove_waiter", future_remove_waiter},
                                    {"set_hooks", future_set_hooks},
                                    {"core", future_core},
+                                   {"submit", future_submit},
                                    {NULL, NULL}};
-  static const luaL_Reg no_meta[] = {{NULL, NULL}};
-  tulua__new_class(L, FUTURE_MT, no_meta, methods);
-  tulua__new_class(L, CORE_MT, core_meta, core_methods);
-  luaL_getmetatable(L, FUTURE_MT);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &future_key);
-  luaL_getmetatable(L, CORE_MT);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &core_key);
-  luaL_newlib(L, funcs);
-  /* interned once: submit looks its core up on every call */
-  lua_pushliteral(L, "_core");
-  lua_pushcclosure(L, future_submit, 1);
-  lua_setfield(L, -2, "submit");
+  luaL_newmetatable(L, FUTURE_MT);
+  int mt = lua_gettop(L);
+  luaL_newmetatable(L, CORE_MT);
+  int cmt = lua_gettop(L);
+  lua_pushcfunction(L, core_gc);
+  lua_setfield(L, cmt, "__gc");
+  lua_newtable(L);
+  set_funcs(L, methods, mt, cmt);
+  lua_setfield(L, mt, "__index");
+  lua_newtable(L);
+  set_funcs(L, core_methods, mt, cmt);
+  lua_setfield(L, cmt, "__index");
+  luaL_newlibtable(L, funcs);
+  set_funcs(L, funcs, mt, cmt);
   /* the class, for futures.lua to add the methods written in Lua */
-  luaL_getmetatable(L, FUTURE_MT);
+  lua_pushvalue(L, mt);
   lua_setfield(L, -2, "Future");
   return 1;
 }
