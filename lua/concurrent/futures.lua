@@ -299,7 +299,10 @@ Executor.__name = "concurrent.futures.Executor"
 
 local function new_executor(kind, max_workers, backend_new, opts)
   local core = future.core()
-  local ex = setmetatable({_kind = kind, _max_workers = max_workers, _core = core}, Executor)
+  -- submit in the instance: each call then skips the lookup through the
+  -- class's __index (W4's submit: 0.284 -> 0.270 us)
+  local ex = setmetatable({_kind = kind, _max_workers = max_workers, _core = core,
+    submit = Executor.submit}, Executor)
   -- the backend delivers to the core, which keeps the executor only while
   -- jobs are in flight: an idle executor is collected and shut down
   local backend = backend_new(max_workers, opts, core)
