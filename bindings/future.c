@@ -275,11 +275,6 @@ static int f_add_done_callback(lua_State *L) {
   return 0;
 }
 
-static int invalid_state(lua_State *L, const char *msg) {
-  tulua__push_error(L, "EINVALIDSTATE", msg);
-  return lua_error(L);
-}
-
 /* f:set_running_or_notify_cancel() -> false if it was cancelled, else
  * marks it running (for executors written in Lua). */
 static int f_set_running_or_notify_cancel(lua_State *L) {
@@ -290,7 +285,7 @@ static int f_set_running_or_notify_cancel(lua_State *L) {
   }
   if (f->state != F_PENDING) {
     lua_pushfstring(L, "the future is %s", state_names[f->state]);
-    return invalid_state(L, lua_tostring(L, -1));
+    return tulua__invalid_state(L, lua_tostring(L, -1));
   }
   f->state = F_RUNNING;
   lua_pushboolean(L, 1);
@@ -300,7 +295,7 @@ static int f_set_running_or_notify_cancel(lua_State *L) {
 /* f:set_result(...): finishes it with these results. */
 static int f_set_result(lua_State *L) {
   future *f = check_future(L, 1);
-  if (is_done(f)) return invalid_state(L, "the future is done");
+  if (is_done(f)) return tulua__invalid_state(L, "the future is done");
   set_results(L, 1, 2, lua_gettop(L) - 1);
   settle(L, 1, F_FINISHED);
   return 0;
@@ -309,7 +304,7 @@ static int f_set_result(lua_State *L) {
 /* f:set_exception(err): finishes it with this error. */
 static int f_set_exception(lua_State *L) {
   future *f = check_future(L, 1);
-  if (is_done(f)) return invalid_state(L, "the future is done");
+  if (is_done(f)) return tulua__invalid_state(L, "the future is done");
   lua_settop(L, 2);
   if (lua_isnil(L, 2)) lua_pushliteral(L, "nil error");
   set_error(L, 1);

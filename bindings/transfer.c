@@ -182,6 +182,20 @@ static size_t scalars_size(lua_State *L, int first, int n) {
   return size;
 }
 
+/* Writes the number at idx: its tag and 8 bytes. */
+static void number_write(lua_State *L, int idx, unsigned char *w) {
+  if (lua_isinteger(L, idx)) {
+    *w = T_INT;
+    u64_write(w + 1, (uint64_t)lua_tointeger(L, idx));
+  } else {
+    lua_Number x = lua_tonumber(L, idx);
+    uint64_t bits;
+    memcpy(&bits, &x, 8);
+    *w = T_FLOAT;
+    u64_write(w + 1, bits);
+  }
+}
+
 /* Writes what scalars_size measured. */
 static void scalars_write(lua_State *L, int first, int n, unsigned char *w) {
   if (n < 0) n = 0;
@@ -202,17 +216,8 @@ static void scalars_write(lua_State *L, int first, int n, unsigned char *w) {
         *w++ = lua_toboolean(L, idx) ? T_TRUE : T_FALSE;
         break;
       case LUA_TNUMBER:
-        if (lua_isinteger(L, idx)) {
-          *w++ = T_INT;
-          u64_write(w, (uint64_t)lua_tointeger(L, idx));
-        } else {
-          lua_Number x = lua_tonumber(L, idx);
-          uint64_t bits;
-          memcpy(&bits, &x, 8);
-          *w++ = T_FLOAT;
-          u64_write(w, bits);
-        }
-        w += 8;
+        number_write(L, idx, w);
+        w += 9;
         break;
       default: /* a string: scalars_size let nothing else through */
         s = lua_tolstring(L, idx, &len);
@@ -322,10 +327,6 @@ static void put_byte(encoder *e, int c) {
 static void put_uvar(encoder *e, uint64_t v) {
   unsigned char tmp[10];
   put(e, tmp, uvar_write(tmp, v));
-}
-
-static void put_u64(encoder *e, uint64_t v) {
-  u64_write(grow(e, 8), v);
 }
 
 static void put_lstr(encoder *e, const char *s, size_t n) {
@@ -749,16 +750,7 @@ static void enc_value(encoder *e, int idx) {
       put_byte(e, lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
       return;
     case LUA_TNUMBER:
-      if (lua_isinteger(L, idx)) {
-        put_byte(e, T_INT);
-        put_u64(e, (uint64_t)lua_tointeger(L, idx));
-      } else {
-        lua_Number x = lua_tonumber(L, idx);
-        uint64_t bits;
-        memcpy(&bits, &x, 8);
-        put_byte(e, T_FLOAT);
-        put_u64(e, bits);
-      }
+      number_write(L, idx, grow(e, 9));
       return;
     case LUA_TSTRING: {
       size_t n;

@@ -1182,8 +1182,7 @@ static int task_uncancel(lua_State *L) {
   return 1;
 }
 
-/* Raises asyncio's InvalidStateError. */
-static int invalid_state(lua_State *L, const char *msg) {
+int tulua__invalid_state(lua_State *L, const char *msg) {
   tulua__push_error(L, "EINVALIDSTATE", msg);
   return lua_error(L);
 }
@@ -1191,7 +1190,8 @@ static int invalid_state(lua_State *L, const char *msg) {
 static int task_exception(lua_State *L) {
   lua_State *co = check_task(L, 1);
   uintptr_t how = *xspace(co);
-  if (!(how & X_FINISHED)) return invalid_state(L, "the task is not done");
+  if (!(how & X_FINISHED))
+    return tulua__invalid_state(L, "the task is not done");
   if (!(how & (X_FAILED | X_CANCELLED))) return 0;
   if (!lua_checkstack(co, 1)) luaL_error(L, "not enough memory");
   lua_pushvalue(co, 1);
@@ -1302,7 +1302,8 @@ static int task_cancelled(lua_State *L) {
 static int task_result(lua_State *L) {
   lua_State *co = check_task(L, 1);
   if (!tulua__task_finished(co))
-    return invalid_state(L, "attempt to get the result of an unfinished task");
+    return tulua__invalid_state(
+        L, "attempt to get the result of an unfinished task");
   return tulua__task_push_outcome(L, co);
 }
 

@@ -95,6 +95,10 @@ void tulua__push_cancelled(lua_State *L, const char *msg);
  * 'tulua.error' (its __tostring returns the message). [-0, +1, m] */
 void tulua__push_error(lua_State *L, const char *code, const char *msg);
 
+/* Raises the error object of an operation in the wrong state (asyncio's
+ * and concurrent.futures' InvalidStateError: code EINVALIDSTATE). */
+int tulua__invalid_state(lua_State *L, const char *msg);
+
 /* Starts fn (at stack index idx, with the nargs values above it, all popped)
  * as a new task and pushes its Task object. Raises only on memory errors.
  * [-(nargs+1), +1, m] */
