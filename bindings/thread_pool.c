@@ -9,14 +9,19 @@
  * job runner of lua/concurrent/worker.lua. Jobs cross as tulua.transfer
  * buffers:
  *
- *   owner: submit() encodes fn and its arguments, queues the job and, if a
- *          worker waits for work, wakes it (uv_async_send). A new thread is
- *          started when none is idle, up to max_workers (as Python does).
+ *   owner: the executor core's submit (bindings/future.c) calls this
+ *          pool's C submit, which encodes the arguments (the function too,
+ *          unless it travels as a shared blob), queues the job and, if a
+ *          worker sleeps, wakes it (uv_async_send). A new thread is started
+ *          when none is idle, up to max_workers (as Python does).
  *   worker: takes the job under the lock, decodes and runs it, encodes the
- *          results (or the error and its traceback) into the same job and
- *          moves it to the done list, waking the owner's loop.
+ *          results (or the error and its traceback) into the same job, and
+ *          under one lock moves it to the done list (waking the owner's
+ *          loop) and takes the next; with none, it looks again for a while
+ *          before it sleeps.
  *   owner: the async callback posts a job of the scheduler, which hands
- *          every finished job to the deliver function (one Lua call each).
+ *          every finished job to the core (tulua__core_deliver): a Future's
+ *          results are set from C.
  *
  * Cancelling the job a worker runs: the owner marks it, wakes the worker's
  * loop (a job that waits is cancelled there) and sends the worker thread a
@@ -150,6 +155,9 @@ typedef struct blob {
 } blob;
 
 static _Atomic long long last_blob_id;
+
+/* The registry key of a worker's table of loaded blobs (push_shared). */
+static const char shared_key = 's';
 
 static void release_blob(blob *b) { /* on the owner's thread */
   if (b != NULL && --b->refs == 0) free(b);
@@ -424,12 +432,12 @@ static int call_job(lua_State *L, job_ctx *c, long long id, int first) {
  * by id in a registry table (emptied past 256 functions). Returns 0, or
  * pushes a message and returns -1. */
 static int push_shared(lua_State *L, worker *w, const blob *b) {
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &last_blob_id) != LUA_TTABLE ||
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &shared_key) != LUA_TTABLE ||
       w->nshared >= 256) {
     lua_pop(L, 1);
     lua_newtable(L);
     lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &last_blob_id);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &shared_key);
     w->nshared = 0;
   }
   if (lua_rawgeti(L, -1, b->id) == LUA_TFUNCTION) {
