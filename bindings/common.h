@@ -69,18 +69,14 @@ static inline void tulua__new_class(lua_State *L, const char *name,
   lua_pop(L, 1);
 }
 
-static inline void tulua__sigpipe_cb(int sig) {
-  (void)sig; /* the write that raised it fails with EPIPE */
-}
-
 /* A write to a peer or a child that has gone raises SIGPIPE, whose default
  * action would end the process: as Python and Node do, neutralize it, so
  * that writes fail with EPIPE, unless the program chose a disposition.
  * With a handler that does nothing rather than SIG_IGN: an ignored signal
  * stays ignored across exec, and the programs of os.execute and io.popen
  * would then miss theirs. Called when a module with streams opens, so that
- * a script that uses none keeps lua5.4's behaviour (print to a closed pipe
- * ends it). */
+ * a script that uses none keeps lua5.4's behaviour; Lua's own stdio writes
+ * keep it in any case (host/runtime.c). */
 static inline void tulua__ignore_sigpipe(void) {
   struct sigaction sa;
   if (sigaction(SIGPIPE, NULL, &sa) != 0) return;

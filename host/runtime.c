@@ -1,4 +1,6 @@
 /* runtime.c: the runtime object on a uv_loop_t; implements tulua.h. */
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +57,79 @@ static int load_lua_module(lua_State *L) {
   return 1;
 }
 
+/* ---- Lua's stdio writes and SIGPIPE ---- */
+
+void tulua__sigpipe_cb(int sig) {
+  (void)sig;
+}
+
+/* lua5.4 dies of SIGPIPE when a stdio write meets a pipe nobody reads
+ * (`tulua script.lua | head`). Once a stream module has given SIGPIPE
+ * tulua's handler (so that libuv's writes fail with EPIPE instead), such a
+ * write fails too, and print ignores the failure: a loop that prints would
+ * never end. So print, io.write and a file's write die as lua5.4 would
+ * when they failed with EPIPE, unless the program chose another
+ * disposition since. tulua's streams keep returning EPIPE. */
+static void die_of_sigpipe(void) {
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) != 0 || (sa.sa_flags & SA_SIGINFO) ||
+      sa.sa_handler != tulua__sigpipe_cb)
+    return;
+  signal(SIGPIPE, SIG_DFL);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGPIPE);
+  pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+  raise(SIGPIPE);
+}
+
+/* print, then the check: the original is upvalue 1. */
+static int guarded_print(lua_State *L) {
+  clearerr(stdout);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 0);
+  if (ferror(stdout) && errno == EPIPE) die_of_sigpipe();
+  return 0;
+}
+
+/* io.write or a file's write (upvalue 1), then the check of its
+ * (nil, message, errno) on failure. */
+static int guarded_write(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  if (lua_gettop(L) >= 3 && lua_isnil(L, 1) && lua_isinteger(L, 3) &&
+      lua_tointeger(L, 3) == EPIPE)
+    die_of_sigpipe();
+  return lua_gettop(L);
+}
+
+/* Wraps the function t[name] (t at idx) with guard. */
+static void guard(lua_State *L, int idx, const char *name, lua_CFunction g) {
+  idx = lua_absindex(L, idx);
+  if (lua_getfield(L, idx, name) != LUA_TFUNCTION) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pushcclosure(L, g, 1);
+  lua_setfield(L, idx, name);
+}
+
+static void guard_stdio(lua_State *L) {
+  lua_pushglobaltable(L);
+  guard(L, -1, "print", guarded_print);
+  lua_pop(L, 1);
+  if (lua_getglobal(L, "io") == LUA_TTABLE)
+    guard(L, -1, "write", guarded_write);
+  lua_pop(L, 1);
+  int top = lua_gettop(L);
+  if (luaL_getmetatable(L, LUA_FILEHANDLE) == LUA_TTABLE &&
+      lua_getfield(L, -1, "__index") == LUA_TTABLE)
+    guard(L, -1, "write", guarded_write);
+  lua_settop(L, top);
+}
+
 static int open_libs(lua_State *L) {
   tulua_runtime *rt = lua_touserdata(L, 1);
   static const luaL_Reg mods[] = {
@@ -71,7 +146,10 @@ static int open_libs(lua_State *L) {
       {"tulua.thread_pool", luaopen_tulua_thread_pool},
       {"tulua.process_pool", luaopen_tulua_process_pool},
       {NULL, NULL}};
-  if (rt->cfg.open_stdlibs) luaL_openlibs(L);
+  if (rt->cfg.open_stdlibs) {
+    luaL_openlibs(L);
+    guard_stdio(L);
+  }
   tulua__open_coro(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   for (const luaL_Reg *m = mods; m->name; m++) {

@@ -95,6 +95,11 @@ void tulua__push_cancelled(lua_State *L, const char *msg);
  * 'tulua.error' (its __tostring returns the message). [-0, +1, m] */
 void tulua__push_error(lua_State *L, const char *code, const char *msg);
 
+/* The SIGPIPE handler that tulua__ignore_sigpipe (bindings/common.h)
+ * installs: it does nothing, so the write that raised it fails with EPIPE.
+ * One definition, so that host/runtime.c can tell it is still in place. */
+void tulua__sigpipe_cb(int sig);
+
 /* Raises the error object of an operation in the wrong state (asyncio's
  * and concurrent.futures' InvalidStateError: code EINVALIDSTATE). */
 int tulua__invalid_state(lua_State *L, const char *msg);

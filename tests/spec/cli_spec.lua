@@ -182,6 +182,25 @@ Available options are:
       same({"-e", "print(io.type(io.stdout), getmetatable(io.stdout).__name) io.stdout:write('a'):write('b\\n')"
         .. " io.stderr:write('to stderr\\n') print(io.stdout == io.output())"})
     end)
+
+    it("dies of SIGPIPE when it writes endlessly into '| head', streams loaded or not", function()
+      -- the exit status of lua, on the left of the pipe; 124: still writing
+      local function status_in_pipe(which, code)
+        local cmd = string.format("cd %s && (timeout 10 %s/lua -e %s -e %s; echo $? > status.txt)"
+          .. " | head -1 > /dev/null", shell_quote(dir), which, shell_quote('pcall(require, "tulua.net")'),
+          shell_quote(code))
+        assert(os.execute(cmd))
+        return read_file(dir .. "/status.txt")
+      end
+      for _, code in ipairs({
+        "while true do print(('x'):rep(100)) end",
+        "while true do io.write(('x'):rep(100), '\\n') end",
+        "while true do io.stdout:write(('x'):rep(100), '\\n') end",
+      }) do
+        assert.are.equal("141\n", status_in_pipe("ref", code), code)
+        assert.are.equal("141\n", status_in_pipe("tulua", code), code)
+      end
+    end)
   end)
 
   describe("environment", function()
