@@ -1,6 +1,5 @@
 /* runtime.c: the runtime object on a uv_loop_t; implements tulua.h. */
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,7 +57,7 @@ static int load_lua_module(lua_State *L) {
   return 1;
 }
 
-/* ---- Lua's io library in a runtime that starts children ---- */
+/* ---- Lua's stdio writes and SIGPIPE ---- */
 
 void tulua__sigpipe_cb(int sig) {
   (void)sig;
@@ -117,50 +116,12 @@ static void guard(lua_State *L, int idx, const char *name, lua_CFunction g) {
   lua_setfield(L, idx, name);
 }
 
-/* Lua's io library opens files and pipes as lua5.4 does, without
- * close-on-exec, so every child tulua starts would hold them open too: a
- * log file, or the pipe of an io.popen, whose reader then never sees its
- * end while the child lives. As Python does (PEP 446) they are made
- * close-on-exec: the wrapped function (upvalue 1) returns the file as its
- * result number upvalue 2. */
-static int cloexec_result(lua_State *L) {
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-  int k = (int)lua_tointeger(L, lua_upvalueindex(2));
-  luaL_Stream *p =
-      k <= lua_gettop(L) ? luaL_testudata(L, k, LUA_FILEHANDLE) : NULL;
-  if (p != NULL && p->f != NULL) {
-    int fd = fileno(p->f);
-    int flags = fd > 2 ? fcntl(fd, F_GETFD) : -1;
-    if (flags >= 0) fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
-  }
-  return lua_gettop(L);
-}
-
-/* Wraps io[name] (io at idx), whose result k is the file it opened. */
-static void cloexec(lua_State *L, int io, const char *name, int k) {
-  if (lua_getfield(L, io, name) != LUA_TFUNCTION) {
-    lua_pop(L, 1);
-    return;
-  }
-  lua_pushinteger(L, k);
-  lua_pushcclosure(L, cloexec_result, 2);
-  lua_setfield(L, io, name);
-}
-
-static void guard_io(lua_State *L) {
+static void guard_stdio(lua_State *L) {
   lua_pushglobaltable(L);
   guard(L, -1, "print", guarded_print);
   lua_pop(L, 1);
-  if (lua_getglobal(L, "io") == LUA_TTABLE) {
-    int io = lua_gettop(L);
-    guard(L, io, "write", guarded_write);
-    cloexec(L, io, "open", 1);
-    cloexec(L, io, "popen", 1);
-    cloexec(L, io, "tmpfile", 1);
-    cloexec(L, io, "lines", 4); /* iterator, nil, nil, file to close */
-  }
+  if (lua_getglobal(L, "io") == LUA_TTABLE)
+    guard(L, -1, "write", guarded_write);
   lua_pop(L, 1);
   int top = lua_gettop(L);
   if (luaL_getmetatable(L, LUA_FILEHANDLE) == LUA_TTABLE &&
@@ -187,7 +148,7 @@ static int open_libs(lua_State *L) {
       {NULL, NULL}};
   if (rt->cfg.open_stdlibs) {
     luaL_openlibs(L);
-    guard_io(L);
+    guard_stdio(L);
   }
   tulua__open_coro(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
