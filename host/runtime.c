@@ -67,9 +67,11 @@ void tulua__sigpipe_cb(int sig) {
  * (`tulua script.lua | head`). Once a stream module has given SIGPIPE
  * tulua's handler (so that libuv's writes fail with EPIPE instead), such a
  * write fails too, and print ignores the failure: a loop that prints would
- * never end. So print, io.write and a file's write die as lua5.4 would
- * when they failed with EPIPE, unless the program chose another
- * disposition since. tulua's streams keep returning EPIPE. */
+ * never end. So print, io.write and a file's write, written again here
+ * (as Lua's own, plus this check: a wrapper around Lua's would name them
+ * '?' in argument errors), die as lua5.4 would when a write failed with
+ * EPIPE, unless the program chose another disposition since. tulua's
+ * streams keep returning EPIPE. */
 static void die_of_sigpipe(void) {
   struct sigaction sa;
   if (sigaction(SIGPIPE, NULL, &sa) != 0 || (sa.sa_flags & SA_SIGINFO) ||
@@ -83,50 +85,82 @@ static void die_of_sigpipe(void) {
   raise(SIGPIPE);
 }
 
-/* print, then the check: the original is upvalue 1. */
-static int guarded_print(lua_State *L) {
+/* print(...): each value as tostring gives it, tabs between, a newline. */
+static int io_print(lua_State *L) {
+  int n = lua_gettop(L);
   clearerr(stdout);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, 0);
+  for (int i = 1; i <= n; i++) {
+    size_t len;
+    const char *s = luaL_tolstring(L, i, &len);
+    if (i > 1) lua_writestring("\t", 1);
+    lua_writestring(s, len);
+    lua_pop(L, 1);
+  }
+  lua_writeline();
   if (ferror(stdout) && errno == EPIPE) die_of_sigpipe();
   return 0;
 }
 
-/* io.write or a file's write (upvalue 1), then the check of its
- * (nil, message, errno) on failure. */
-static int guarded_write(lua_State *L) {
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-  if (lua_gettop(L) >= 3 && lua_isnil(L, 1) && lua_isinteger(L, 3) &&
-      lua_tointeger(L, 3) == EPIPE)
-    die_of_sigpipe();
-  return lua_gettop(L);
+/* Writes the values from arg on to f, numbers as Lua formats them; the
+ * file is on top of the stack and is returned, or nil, message, errno. */
+static int write_values(lua_State *L, FILE *f, int arg) {
+  int top = lua_gettop(L) - 1, ok = 1;
+  for (; arg <= top; arg++) {
+    if (lua_type(L, arg) == LUA_TNUMBER) {
+      int len =
+          lua_isinteger(L, arg)
+              ? fprintf(f, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, arg))
+              : fprintf(f, LUA_NUMBER_FMT,
+                        (LUAI_UACNUMBER)lua_tonumber(L, arg));
+      ok = ok && len > 0;
+    } else {
+      size_t len;
+      const char *s = luaL_checklstring(L, arg, &len);
+      ok = ok && fwrite(s, 1, len, f) == len;
+    }
+  }
+  if (ok) return 1;
+  int err = errno;
+  if (err == EPIPE) die_of_sigpipe();
+  errno = err;
+  return luaL_fileresult(L, 0, NULL);
 }
 
-/* Wraps the function t[name] (t at idx) with guard. */
-static void guard(lua_State *L, int idx, const char *name, lua_CFunction g) {
-  idx = lua_absindex(L, idx);
-  if (lua_getfield(L, idx, name) != LUA_TFUNCTION) {
-    lua_pop(L, 1);
-    return;
-  }
-  lua_pushcclosure(L, g, 1);
-  lua_setfield(L, idx, name);
+/* The file at idx, which must be open. */
+static FILE *open_file(lua_State *L, int idx, const char *closed) {
+  luaL_Stream *p = luaL_checkudata(L, idx, LUA_FILEHANDLE);
+  if (p->closef == NULL) luaL_error(L, "%s", closed);
+  return p->f;
+}
+
+/* io.write(...): to the default output file. */
+static int io_write(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, "_IO_output"); /* liolib's key */
+  FILE *f = open_file(L, -1, "default output file is closed");
+  return write_values(L, f, 1);
+}
+
+/* file:write(...) */
+static int f_write(lua_State *L) {
+  FILE *f = open_file(L, 1, "attempt to use a closed file");
+  lua_pushvalue(L, 1);
+  return write_values(L, f, 2);
 }
 
 static void guard_stdio(lua_State *L) {
-  lua_pushglobaltable(L);
-  guard(L, -1, "print", guarded_print);
-  lua_pop(L, 1);
-  if (lua_getglobal(L, "io") == LUA_TTABLE)
-    guard(L, -1, "write", guarded_write);
+  lua_pushcfunction(L, io_print);
+  lua_setglobal(L, "print");
+  if (lua_getglobal(L, "io") == LUA_TTABLE) {
+    lua_pushcfunction(L, io_write);
+    lua_setfield(L, -2, "write");
+  }
   lua_pop(L, 1);
   int top = lua_gettop(L);
   if (luaL_getmetatable(L, LUA_FILEHANDLE) == LUA_TTABLE &&
-      lua_getfield(L, -1, "__index") == LUA_TTABLE)
-    guard(L, -1, "write", guarded_write);
+      lua_getfield(L, -1, "__index") == LUA_TTABLE) {
+    lua_pushcfunction(L, f_write);
+    lua_setfield(L, -2, "write");
+  }
   lua_settop(L, top);
 }
 
