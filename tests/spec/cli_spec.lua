@@ -183,6 +183,13 @@ Available options are:
         .. " io.stderr:write('to stderr\\n') print(io.stdout == io.output())"})
     end)
 
+    it("prints and writes as lua5.4 does, errors included", function()
+      same({"-e", "print(pcall(io.write, {})) print(pcall(function() io.write({}) end))"
+        .. " print(pcall(function() io.stdout:write(nil) end)) io.write(1, ' ', 2.5, ' ', -0.0, ' ',"
+        .. " math.mininteger, '\\n') print(1, nil, true, 2.0, io.write('x') == io.stdout)"
+        .. " local f = io.tmpfile() f:close() print(pcall(f.write, f, 'x'))"})
+    end)
+
     it("dies of SIGPIPE when it writes endlessly into '| head', streams loaded or not", function()
       -- the exit status of lua, on the left of the pipe; 124: still writing
       local function status_in_pipe(which, code)
