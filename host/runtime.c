@@ -1,6 +1,4 @@
 /* runtime.c: the runtime object on a uv_loop_t; implements tulua.h. */
-#include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,113 +55,6 @@ static int load_lua_module(lua_State *L) {
   return 1;
 }
 
-/* ---- Lua's stdio writes and SIGPIPE ---- */
-
-void tulua__sigpipe_cb(int sig) {
-  (void)sig;
-}
-
-/* lua5.4 dies of SIGPIPE when a stdio write meets a pipe nobody reads
- * (`tulua script.lua | head`). Once a stream module has given SIGPIPE
- * tulua's handler (so that libuv's writes fail with EPIPE instead), such a
- * write fails too, and print ignores the failure: a loop that prints would
- * never end. So print, io.write and a file's write, written again here
- * (as Lua's own, plus this check: a wrapper around Lua's would name them
- * '?' in argument errors), die as lua5.4 would when a write failed with
- * EPIPE, unless the program chose another disposition since. tulua's
- * streams keep returning EPIPE. */
-static void die_of_sigpipe(void) {
-  struct sigaction sa;
-  if (sigaction(SIGPIPE, NULL, &sa) != 0 || (sa.sa_flags & SA_SIGINFO) ||
-      sa.sa_handler != tulua__sigpipe_cb)
-    return;
-  signal(SIGPIPE, SIG_DFL);
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGPIPE);
-  pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-  raise(SIGPIPE);
-}
-
-/* print(...): each value as tostring gives it, tabs between, a newline. */
-static int io_print(lua_State *L) {
-  int n = lua_gettop(L);
-  clearerr(stdout);
-  for (int i = 1; i <= n; i++) {
-    size_t len;
-    const char *s = luaL_tolstring(L, i, &len);
-    if (i > 1) lua_writestring("\t", 1);
-    lua_writestring(s, len);
-    lua_pop(L, 1);
-  }
-  lua_writeline();
-  if (ferror(stdout) && errno == EPIPE) die_of_sigpipe();
-  return 0;
-}
-
-/* Writes the values from arg on to f, numbers as Lua formats them; the
- * file is on top of the stack and is returned, or nil, message, errno. */
-static int write_values(lua_State *L, FILE *f, int arg) {
-  int top = lua_gettop(L) - 1, ok = 1;
-  for (; arg <= top; arg++) {
-    if (lua_type(L, arg) == LUA_TNUMBER) {
-      int len =
-          lua_isinteger(L, arg)
-              ? fprintf(f, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, arg))
-              : fprintf(f, LUA_NUMBER_FMT,
-                        (LUAI_UACNUMBER)lua_tonumber(L, arg));
-      ok = ok && len > 0;
-    } else {
-      size_t len;
-      const char *s = luaL_checklstring(L, arg, &len);
-      ok = ok && fwrite(s, 1, len, f) == len;
-    }
-  }
-  if (ok) return 1;
-  int err = errno;
-  if (err == EPIPE) die_of_sigpipe();
-  errno = err;
-  return luaL_fileresult(L, 0, NULL);
-}
-
-/* The file at idx, which must be open. */
-static FILE *open_file(lua_State *L, int idx, const char *closed) {
-  luaL_Stream *p = luaL_checkudata(L, idx, LUA_FILEHANDLE);
-  if (p->closef == NULL) luaL_error(L, "%s", closed);
-  return p->f;
-}
-
-/* io.write(...): to the default output file. */
-static int io_write(lua_State *L) {
-  lua_getfield(L, LUA_REGISTRYINDEX, "_IO_output"); /* liolib's key */
-  FILE *f = open_file(L, -1, "default output file is closed");
-  return write_values(L, f, 1);
-}
-
-/* file:write(...) */
-static int f_write(lua_State *L) {
-  FILE *f = open_file(L, 1, "attempt to use a closed file");
-  lua_pushvalue(L, 1);
-  return write_values(L, f, 2);
-}
-
-static void guard_stdio(lua_State *L) {
-  lua_pushcfunction(L, io_print);
-  lua_setglobal(L, "print");
-  if (lua_getglobal(L, "io") == LUA_TTABLE) {
-    lua_pushcfunction(L, io_write);
-    lua_setfield(L, -2, "write");
-  }
-  lua_pop(L, 1);
-  int top = lua_gettop(L);
-  if (luaL_getmetatable(L, LUA_FILEHANDLE) == LUA_TTABLE &&
-      lua_getfield(L, -1, "__index") == LUA_TTABLE) {
-    lua_pushcfunction(L, f_write);
-    lua_setfield(L, -2, "write");
-  }
-  lua_settop(L, top);
-}
-
 static int open_libs(lua_State *L) {
   tulua_runtime *rt = lua_touserdata(L, 1);
   static const luaL_Reg mods[] = {
@@ -182,7 +73,7 @@ static int open_libs(lua_State *L) {
       {NULL, NULL}};
   if (rt->cfg.open_stdlibs) {
     luaL_openlibs(L);
-    guard_stdio(L);
+    tulua__open_io(L);
   }
   tulua__open_coro(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);

@@ -88,4 +88,8 @@ int tulua__task_push_outcome(lua_State *L, lua_State *co);
 lua_State *tulua__spawn_main(lua_State *L, int nargs);
 void tulua__interrupt_hook(lua_State *L, lua_Debug *ar);
 
+/* io.c, for runtime.c: tulua's print and io functions in place of Lua's
+ * (close-on-exec files, SIGPIPE as lua5.4 has it). After luaL_openlibs. */
+void tulua__open_io(lua_State *L);
+
 #endif

@@ -97,7 +97,7 @@ void tulua__push_error(lua_State *L, const char *code, const char *msg);
 
 /* The SIGPIPE handler that tulua__ignore_sigpipe (bindings/common.h)
  * installs: it does nothing, so the write that raised it fails with EPIPE.
- * One definition, so that host/runtime.c can tell it is still in place. */
+ * One definition (host/io.c), so that io.c can tell it is still in place. */
 void tulua__sigpipe_cb(int sig);
 
 /* Raises the error object of an operation in the wrong state (asyncio's
