@@ -33,7 +33,9 @@ typedef struct tulua_config {
   uv_loop_t *loop; /* a loop the host runs, or NULL for one of its own */
   tulua_error_fn on_error; /* NULL: uncaught errors are only counted */
   void *userdata; /* passed back to on_error */
-  int open_stdlibs; /* 1: open Lua's standard libraries (default) */
+  int open_stdlibs; /* 1: open Lua's standard libraries (default), with
+                       tulua's print and io functions in place of some
+                       (README: differences from lua5.4) */
   int debug; /* 1: warn (lua_warning) about task steps that keep the loop
               * busy for more than 100 ms, as asyncio's debug mode */
 } tulua_config;
