@@ -119,6 +119,7 @@ static void on_cancel_signal(int sig, siginfo_t *si, void *uc) {
 }
 
 static void install_handler_once(void) {
+  tulua__hook_follows_resumes(cancel_hook);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = on_cancel_signal;

@@ -12,6 +12,7 @@
  * Lua's 'require' runs a module's loader with lua_call, which no yield may
  * cross; the runtime's 'require' (also here) calls it with lua_callk, so
  * that a module's main chunk may wait while it loads. */
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include <lauxlib.h>
@@ -23,6 +24,18 @@
 
 static uintptr_t *tagp(lua_State *co) {
   return (uintptr_t *)lua_getextraspace(co);
+}
+
+/* The hooks that follow a resume into a nested coroutine: set once, at
+ * start-up, by the parts that stop running code. */
+static _Atomic(lua_Hook) cancel_hook_fn;
+
+void tulua__hook_follows_resumes(lua_Hook hook) {
+  atomic_store(&cancel_hook_fn, hook);
+}
+
+static int follows_resumes(lua_Hook hook) {
+  return hook == tulua__interrupt_hook || hook == atomic_load(&cancel_hook_fn);
 }
 
 static int is_waiting(lua_State *co) {
@@ -60,6 +73,12 @@ static int do_resume(lua_State *L, lua_State *co, int nargs, lua_KFunction k) {
   int tracked =
       rt->depth > 0 && rt->depth < CHAIN_MAX && rt->chain[rt->depth - 1] == L;
   if (tracked) rt->chain[rt->depth++] = co;
+  /* a hook that stops what L runs (Ctrl-C, a pool job's cancel) must stop
+   * the coroutine L runs on its behalf: it may never give L its turn
+   * again (a job that computes in a generator between waits) */
+  lua_Hook hook = lua_gethook(L);
+  if (hook != NULL && follows_resumes(hook))
+    lua_sethook(co, hook, lua_gethookmask(L), lua_gethookcount(L));
   volatile lua_State *prev = rt->running;
   rt->running = co;
   status = lua_resume(co, L, nargs, &nres);

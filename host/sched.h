@@ -121,6 +121,11 @@ int tulua__is_task(lua_State *co);
 int luaopen_tulua(lua_State *L);
 void tulua__open_coro(lua_State *L);
 
+/* Makes hook, a hook that stops the code it fires in (a pool job's
+ * cancel), follow coroutine.resume into the coroutine resumed, as Ctrl-C's
+ * does. One such hook in the process. */
+void tulua__hook_follows_resumes(lua_Hook hook);
+
 /* The binding modules, preloaded by the runtime. */
 int luaopen_tulua_timer(lua_State *L);
 int luaopen_tulua_fs(lua_State *L);
