@@ -426,55 +426,24 @@ function M.wait(aws, opts)
   return done, pending
 end
 
---- Iterates over the awaitables as they finish (for f in as_completed(aws)).
--- Raises TimeoutError from the iterator once timeout seconds have passed.
+local completion_ops = {
+  done = function(f) return f:done() end,
+  listen = function(f, fn) f:add_done_callback(fn) end,
+  unlisten = function(f, fn) f:remove_done_callback(fn) end,
+}
+
+--- Iterates over the awaitables as they finish (for f in as_completed(aws)),
+-- each once. Raises TimeoutError from the iterator once timeout seconds
+-- have passed.
 function M.as_completed(aws, timeout)
   if type(aws) ~= "table" then
     error("bad argument #1 to 'as_completed' (table expected, got " .. type(aws) .. ")", 2)
   end
   check_timeout(timeout, 2, "as_completed")
-  local fs, ready, head, tail = {}, {}, 1, 0
-  local left, waiter, expired, timer = #aws, nil, false, nil
-  local function wake()
-    local w = waiter
-    if w then waiter = nil; unpark(w) end
-  end
-  local function on_done(f)
-    tail = tail + 1
-    ready[tail] = f
-    wake()
-  end
-  for i = 1, #aws do
-    local f = to_future(aws[i], 1, "as_completed")
-    fs[i] = f
-    if f:done() then on_done(f) else f:add_done_callback(on_done) end
-  end
-  local function cleanup()
-    if timer then timer:close(); timer = nil end
-    for i = 1, #fs do
-      if not fs[i]:done() then fs[i]:remove_done_callback(on_done) end
-    end
-  end
-  if timeout and left > tail then
-    timer = after(math.max(timeout, 0), function() expired = true; timer = nil; wake() end)
-  end
-  local function iter()
-    if left == 0 then return nil end
-    while head > tail do
-      if expired then cleanup(); error(M.TimeoutError(), 2) end
-      waiter = need_task("as_completed")
-      local ok, err = park()
-      if not ok then waiter = nil; error(err, 0) end
-    end
-    local f = ready[head]
-    ready[head] = nil
-    head = head + 1
-    left = left - 1
-    if left == 0 then cleanup() end
-    return f
-  end
-  -- the closing value stops the timer when a loop breaks early
-  return iter, nil, nil, setmetatable({}, {__close = cleanup})
+  local fs = {}
+  for i = 1, #aws do fs[i] = to_future(aws[i], 1, "as_completed") end
+  return common.as_completed(fs, completion_ops, timeout, "as_completed",
+    function() return M.TimeoutError() end)
 end
 
 -- ---- timeouts ----

@@ -228,67 +228,17 @@ function M.wait(fs, opts)
   return done, not_done
 end
 
+local completion_ops = {done = is_done, listen = add_waiter, unlisten = remove_waiter}
+
 --- Iterates over the futures as they finish (for f in as_completed(fs)),
 -- each once; raises TimeoutError from the iterator once timeout seconds
 -- have passed since the call.
 function M.as_completed(fs, timeout)
   check_futures(fs, "as_completed")
   check_timeout(timeout, 2, "as_completed")
-  local deadline = timeout and now() + timeout
-  local ready, head, tail, left = {}, 1, 0, 0
-  local seen, waiter = {}, nil
-  local function on_done(f)
-    tail = tail + 1
-    ready[tail] = f
-    local w = waiter
-    if w then waiter = nil; unpark(w) end
-  end
-  local listening = {}
-  for i = 1, #fs do
-    local f = fs[i]
-    if not seen[f] then
-      seen[f] = true
-      left = left + 1
-      if is_done(f) then
-        tail = tail + 1
-        ready[tail] = f
-      else
-        listening[#listening + 1] = f
-        add_waiter(f, on_done)
-      end
-    end
-  end
-  local function cleanup()
-    for i = 1, #listening do
-      if not is_done(listening[i]) then remove_waiter(listening[i], on_done) end
-    end
-  end
-  local function iter()
-    if left == 0 then return nil end
-    while head > tail do
-      local remaining = deadline and deadline - now()
-      if remaining and remaining <= 0 then
-        cleanup()
-        error(M.TimeoutError(("%d (of %d) futures unfinished"):format(left, #fs)), 2)
-      end
-      local me = need_task("as_completed")
-      waiter = me
-      local timer = remaining and after(remaining, function()
-        if waiter == me then waiter = nil; unpark(me) end
-      end)
-      local ok, err = park()
-      waiter = nil
-      if timer then timer:close() end
-      if not ok then cleanup(); error(err, 0) end
-    end
-    local f = ready[head]
-    ready[head] = nil
-    head = head + 1
-    left = left - 1
-    return f
-  end
-  -- the closing value lets go of the futures when a loop breaks early
-  return iter, nil, nil, setmetatable({}, {__close = cleanup})
+  return common.as_completed(fs, completion_ops, timeout, "as_completed", function(left, total)
+    return M.TimeoutError(("%d (of %d) futures unfinished"):format(left, total))
+  end)
 end
 
 -- ---- executors ----

@@ -1,8 +1,11 @@
 --- Helpers shared by the Lua-side modules (asyncio, concurrent.futures):
--- their error classes and the misuse errors of waiting functions.
+-- their error classes, the misuse errors of waiting functions, and
+-- as_completed.
 local tulua = require "tulua"
 
 local current, can_wait, new_error = tulua.current, tulua.can_wait, tulua.new_error
+local park, unpark, now = tulua.park, tulua.unpark, tulua.now
+local after = require("tulua.timer").after
 local type, error, setmetatable, getmetatable = type, error, setmetatable, getmetatable
 
 local M = {}
@@ -45,6 +48,72 @@ function M.check_timeout(t, argn, fname)
       :format(argn, fname, t ~= t and "nan" or type(t)), 3)
   end
   return t
+end
+
+--- The iterator of asyncio's and concurrent.futures' as_completed: each
+-- of items (duplicates once) as it is done, those done already first.
+-- ops: done(x), listen(x, fn) (fn(x) runs once x is done) and
+-- unlisten(x, fn). Once timeout seconds (nil: none) have passed since the
+-- call, the iterator raises timeout_error(left, total); name is the public
+-- function's, for misuse errors. Returns iterator, nil, nil and a closing
+-- value that lets go of the items when a loop breaks early.
+function M.as_completed(items, ops, timeout, name, timeout_error)
+  local deadline = timeout and now() + timeout
+  local ready, head, tail, left = {}, 1, 0, 0
+  local seen, listening, waiter = {}, {}, nil
+  local function on_done(x)
+    tail = tail + 1
+    ready[tail] = x
+    local w = waiter
+    if w then waiter = nil; unpark(w) end
+  end
+  for i = 1, #items do
+    local x = items[i]
+    if not seen[x] then
+      seen[x] = true
+      left = left + 1
+      if ops.done(x) then
+        tail = tail + 1
+        ready[tail] = x
+      else
+        listening[#listening + 1] = x
+        ops.listen(x, on_done)
+      end
+    end
+  end
+  local total = left
+  local function cleanup()
+    for i = 1, #listening do
+      if not ops.done(listening[i]) then ops.unlisten(listening[i], on_done) end
+    end
+    listening = {}
+  end
+  local function iter()
+    if left == 0 then return nil end
+    while head > tail do
+      local remaining = deadline and deadline - now()
+      if remaining and remaining <= 0 then
+        cleanup()
+        error(timeout_error(left, total), 2)
+      end
+      local me = M.need_task(name)
+      waiter = me
+      local timer = remaining and after(remaining, function()
+        if waiter == me then waiter = nil; unpark(me) end
+      end)
+      local ok, err = park()
+      waiter = nil
+      if timer then timer:close() end
+      if not ok then cleanup(); error(err, 0) end
+    end
+    local x = ready[head]
+    ready[head] = nil
+    head = head + 1
+    left = left - 1
+    if left == 0 then cleanup() end
+    return x
+  end
+  return iter, nil, nil, setmetatable({}, {__close = cleanup})
 end
 
 return M
