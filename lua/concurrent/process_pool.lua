@@ -138,8 +138,8 @@ local function requeue_front(pool, id, payload)
   pool.nqueued = pool.nqueued + 1
 end
 
--- Fails every queued job with the pool's failure.
-local function fail_queue(pool)
+-- Empties the queue; returns the ids of the jobs that were in it.
+local function take_queue(pool)
   local q, qid, qpos = pool.q, pool.qid, pool.qpos
   local ids = {}
   for h = pool.qh, pool.qt do
@@ -151,6 +151,12 @@ local function fail_queue(pool)
     q[h], qid[h] = nil, nil
   end
   pool.qh, pool.qt, pool.nqueued = 1, 0, 0
+  return ids
+end
+
+-- Fails every queued job with the pool's failure.
+local function fail_queue(pool)
+  local ids = take_queue(pool)
   local t = now()
   for i = 1, #ids do
     add_outstanding(pool, -1)
@@ -461,16 +467,7 @@ function Pool:shutdown(cancel)
   self.stopping = true
   local removed = {}
   if cancel and not self.closed then
-    local q, qid, qpos = self.q, self.qid, self.qpos
-    for h = self.qh, self.qt do
-      local id = qid[h]
-      if id then
-        removed[#removed + 1] = id
-        qpos[id] = nil
-      end
-      q[h], qid[h] = nil, nil
-    end
-    self.qh, self.qt, self.nqueued = 1, 0, 0
+    removed = take_queue(self)
     add_outstanding(self, -#removed)
     for k = 1, self.max do
       local w = self.slots[k]
