@@ -50,13 +50,17 @@ function M.is_timeout(err) return M.is_error(err, M.TimeoutError) end
 -- ---- Future ----
 
 -- The Future is C (bindings/future.c): one userdata per job, whose
--- results a pool's deliverer sets without calling Lua. The methods that
--- wait or are rare are here; the C ones call the hooks installed below.
+-- results a pool's deliverer sets without calling Lua, and which waits in
+-- C. The methods that ask the executor's backend are here; C calls up into
+-- this file only through the hooks installed below (bindings/future.h).
 local future = require "tulua.future"
 local FutureMeta = future.Future
 local Future = FutureMeta.__index
 local is_future, state_of, failed, job_of = future.is_future, future.state, future.failed, future.job
 local add_waiter, remove_waiter, settle_cancelled = future.add_waiter, future.remove_waiter, future.cancel
+-- wait_done(f, timeout, name) -> whether f is done: waits in the current
+-- task until it is or timeout seconds have passed
+local wait_done = future.wait
 
 --- Creates a pending Future, for code that implements an executor.
 M.Future = future.new
@@ -64,26 +68,6 @@ M.Future = future.new
 local function is_done(f)
   local s = state_of(f)
   return s == "finished" or s == "cancelled"
-end
-
--- Parks the current task until f is done or the deadline passes; returns
--- whether f is done.
-local function wait_done(f, timeout, name)
-  if is_done(f) then return true end
-  local me = need_task(name)
-  if timeout and timeout <= 0 then return false end
-  local waiting = true
-  local function wake()
-    if waiting then waiting = false; unpark(me) end
-  end
-  add_waiter(f, wake)
-  local timer = timeout and after(timeout, wake)
-  local ok, err = park()
-  waiting = false
-  if timer then timer:close() end
-  if not is_done(f) then remove_waiter(f, wake) end
-  if not ok then error(err, 0) end
-  return is_done(f)
 end
 
 --- Returns whether a worker runs the future's job right now.
@@ -139,15 +123,9 @@ local function remote_error(err, tb)
   return err
 end
 
+-- The hooks of bindings/future.h, installed here and nowhere else: what
+-- each is for, when it runs and what it may raise is written there.
 future.set_hooks {
-  -- result() and exception() of a future not finished
-  wait = function(f, timeout, name)
-    if state_of(f) ~= "cancelled" then
-      check_timeout(timeout, 1, name)
-      if not wait_done(f, timeout, name) then error(M.TimeoutError(), 3) end
-    end
-    if state_of(f) == "cancelled" then error(M.CancelledError(), 3) end
-  end,
   remote_error = remote_error,
   report = function(f, err)
     io.stderr:write("exception calling callback for ", tostring(f), ": ", tostring(err), "\n")
