@@ -10,13 +10,14 @@
  * (a thread pool's in C, see future.h), and a delivery sets the results
  * without calling Lua unless someone listens.
  *
- * The Future lives here: its state, its results, and the waits of
- * result(), exception() and map's step. A task waits as on any other
- * operation (STYLE.md's pattern, tulua__wait): its wait_op sits in the
- * future's queue of parked tasks, and settling the future, or the op's own
- * timer, wakes it. Three methods are added by futures.lua (running, cancel,
- * __tostring), because they ask the executor's backend, a Lua-level object,
- * where the job is. The few upcalls left, where C needs what only Lua
+ * The Future lives here whole: its state, its results, every method, and
+ * the waits of result(), exception() and map's step. A task waits as on
+ * any other operation (STYLE.md's pattern, tulua__wait): its wait_op sits
+ * in the future's queue of parked tasks, and settling the future, or the
+ * op's own timer, wakes it. running(), cancel() and tostring ask the
+ * executor's backend where the job is, through the backend interface
+ * written at the top of futures.lua (as the core's submit does for a
+ * backend in Lua). The few upcalls left, where C needs what only Lua
  * knows, are the hooks of future.h (remote_error, report, idle), which
  * futures.lua installs once.
  *
@@ -792,20 +793,33 @@ static int core_deliver(lua_State *L) {
   return 0;
 }
 
-/* core:forget(id) -> its future, if job id was pending: the backend
- * removed it and will not deliver it */
-static int core_forget(lua_State *L) {
-  core *c = check_core(L, 1);
-  lua_Integer id = luaL_checkinteger(L, 2);
-  lua_settop(L, 2);
-  lua_getiuservalue(L, 1, CUV_PENDING);
-  if (take_pending(L, c, 3, id) == NULL) return 0;
+/* Takes job id out of the core at cidx (absolute), whose backend removed
+ * it and will not deliver it: pushes its future and returns 1, or pushes
+ * nothing and returns 0 if it was not pending. Runs the idle hook when
+ * nothing is left in flight. [-0, +(0|1), e] */
+static int forget_job(lua_State *L, int cidx, lua_Integer id) {
+  core *c = lua_touserdata(L, cidx);
+  lua_getiuservalue(L, cidx, CUV_PENDING);
+  if (take_pending(L, c, lua_gettop(L), id) == NULL) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_remove(L, -2); /* the pending table */
   if (c->inflight == 0) {
-    lua_pushvalue(L, 1);
-    went_idle(L, lua_gettop(L)); /* the core's copy: its slot 1 stays */
+    lua_pushvalue(L, cidx);
+    went_idle(L, lua_gettop(L)); /* the core's copy: its slot stays */
     lua_pop(L, 1);
   }
   return 1;
+}
+
+/* core:forget(id) -> its future, if job id was pending: the backend
+ * removed it and will not deliver it */
+static int core_forget(lua_State *L) {
+  check_core(L, 1);
+  lua_Integer id = luaL_checkinteger(L, 2);
+  lua_settop(L, 2);
+  return forget_job(L, 1, id);
 }
 
 /* core:shutdown(): takes no new jobs */
@@ -853,6 +867,90 @@ static int core_timeline(lua_State *L) {
     lua_setfield(L, -2, "status");
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
+  return 1;
+}
+
+/* ---- Future methods that ask the executor's backend ---- */
+
+/* Calls backend:method(id) for the job of the future f at 1 and pushes
+ * what it returns; returns 0 and pushes nothing for a future made by hand
+ * or when the executor has no backend any more (its workers are gone).
+ * The backend is the executor's `_backend`, as futures.lua keeps it: the
+ * interface written at the top of futures.lua. [-0, +(0|1), e] */
+static int ask_backend(lua_State *L, const future *f, const char *method) {
+  if (f->seq == 0) return 0;
+  lua_getiuservalue(L, 1, UV_EXECUTOR);
+  if (lua_getfield(L, -1, "_backend") == LUA_TNIL) {
+    lua_pop(L, 2);
+    return 0;
+  }
+  lua_getfield(L, -1, method);
+  lua_insert(L, -2);
+  lua_pushinteger(L, f->id);
+  lua_call(L, 2, 1); /* stack: executor, answer */
+  lua_remove(L, -2);
+  return 1;
+}
+
+/* Pops the value on top; returns whether it is the string s. */
+static int pop_is(lua_State *L, const char *s) {
+  int yes =
+      lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), s) == 0;
+  lua_pop(L, 1);
+  return yes;
+}
+
+/* Returns whether a worker runs the job of the future f at 1 right now:
+ * its state says it runs (set_running_or_notify_cancel), or the backend
+ * does. */
+static int is_running(lua_State *L, const future *f) {
+  if (f->state == F_RUNNING) return 1;
+  return f->state == F_PENDING && ask_backend(L, f, "state") &&
+         pop_is(L, "running");
+}
+
+/* f:running() -> whether a worker runs its job right now */
+static int f_running(lua_State *L) {
+  future *f = check_future(L, 1);
+  lua_settop(L, 1);
+  lua_pushboolean(L, is_running(L, f));
+  return 1;
+}
+
+/* f:cancel() -> false if it is finished, else true: the future is
+ * cancelled, a queued job is dropped, and a running one is interrupted
+ * (its to-be-closed variables are closed in the worker). */
+static int f_cancel(lua_State *L) {
+  future *f = check_future(L, 1);
+  lua_settop(L, 1);
+  if (f->state == F_FINISHED || f->state == F_CANCELLED) {
+    lua_pushboolean(L, f->state == F_CANCELLED);
+    return 1;
+  }
+  if (ask_backend(L, f, "cancel") && pop_is(L, "removed")) {
+    lua_getiuservalue(L, 1, UV_EXECUTOR);
+    lua_pushvalue(L, UP_CORE_NAME);
+    lua_rawget(L, -2);
+    if (test_class(L, -1, UP_CORE_MT) != NULL)
+      forget_job(L, lua_gettop(L), f->id);
+    lua_settop(L, 1);
+  }
+  if (!is_done(f)) settle(L, 1, F_CANCELLED);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* tostring(f) -> "<Future pending>", "<Future running>", "<Future
+ * cancelled>", "<Future finished>" or "<Future finished raised>" */
+static int f_tostring(lua_State *L) {
+  future *f = check_future(L, 1);
+  lua_settop(L, 1);
+  const char *s = state_names[f->state];
+  if (f->state == F_FINISHED && f->failed)
+    s = "finished raised";
+  else if (is_running(L, f))
+    s = "running";
+  lua_pushfstring(L, "<Future %s>", s);
   return 1;
 }
 
@@ -946,7 +1044,11 @@ int luaopen_tulua_future(lua_State *L) {
       {"set_running_or_notify_cancel", f_set_running_or_notify_cancel},
       {"set_result", f_set_result},
       {"set_exception", f_set_exception},
+      {"running", f_running},
+      {"cancel", f_cancel},
       {NULL, NULL}};
+  static const luaL_Reg metamethods[] = {{"__tostring", f_tostring},
+                                         {NULL, NULL}};
   static const luaL_Reg core_methods[] = {{"set_backend", core_set_backend},
                                           {"deliver", core_deliver},
                                           {"forget", core_forget},
@@ -976,13 +1078,13 @@ int luaopen_tulua_future(lua_State *L) {
   lua_newtable(L);
   set_funcs(L, methods, mt, cmt);
   lua_setfield(L, mt, "__index");
+  lua_pushvalue(L, mt);
+  set_funcs(L, metamethods, mt, cmt);
+  lua_pop(L, 1);
   lua_newtable(L);
   set_funcs(L, core_methods, mt, cmt);
   lua_setfield(L, cmt, "__index");
   luaL_newlibtable(L, funcs);
   set_funcs(L, funcs, mt, cmt);
-  /* the class, for futures.lua to add the methods written in Lua */
-  lua_pushvalue(L, mt);
-  lua_setfield(L, -2, "Future");
   return 1;
 }

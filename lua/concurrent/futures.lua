@@ -49,14 +49,12 @@ function M.is_timeout(err) return M.is_error(err, M.TimeoutError) end
 
 -- ---- Future ----
 
--- The Future is C (bindings/future.c): one userdata per job, whose
--- results a pool's deliverer sets without calling Lua, and which waits in
--- C. The methods that ask the executor's backend are here; C calls up into
--- this file only through the hooks installed below (bindings/future.h).
+-- The Future is C (bindings/future.c), methods and waits included: one
+-- userdata per job, whose results a pool's deliverer sets without calling
+-- Lua. C calls up into this file only through the hooks installed below
+-- (bindings/future.h).
 local future = require "tulua.future"
-local FutureMeta = future.Future
-local Future = FutureMeta.__index
-local is_future, state_of, failed, job_of = future.is_future, future.state, future.failed, future.job
+local is_future, state_of, failed = future.is_future, future.state, future.failed
 local add_waiter, remove_waiter, settle_cancelled = future.add_waiter, future.remove_waiter, future.cancel
 -- wait_done(f, timeout, name) -> whether f is done: waits in the current
 -- task until it is or timeout seconds have passed
@@ -68,38 +66,6 @@ M.Future = future.new
 local function is_done(f)
   local s = state_of(f)
   return s == "finished" or s == "cancelled"
-end
-
---- Returns whether a worker runs the future's job right now.
-function Future:running()
-  local s = state_of(self)
-  if s == "pending" then
-    local ex, id = job_of(self)
-    if ex and ex._backend and ex._backend:state(id) == "running" then return true end
-  end
-  return s == "running"
-end
-
---- Cancels the future: a queued job is dropped, and a running one is
--- interrupted (its to-be-closed variables are closed in the worker). Returns
--- false if the future is already finished.
-function Future:cancel()
-  local s = state_of(self)
-  if s == "cancelled" then return true end
-  if s == "finished" then return false end
-  local ex, id = job_of(self)
-  if ex and ex._backend and ex._backend:cancel(id) == "removed" then
-    ex._core:forget(id)
-  end
-  settle_cancelled(self)
-  return true
-end
-
-function FutureMeta:__tostring()
-  local s = state_of(self)
-  if s == "pending" and self:running() then s = "running" end
-  if s == "finished" then s = failed(self) and "finished raised" or "finished" end
-  return ("<Future %s>"):format(s)
 end
 
 -- Turns what the worker sent for a failed job into the error result()
