@@ -194,7 +194,7 @@ static void call_list(lua_State *L, int fidx, int uv, int is_callbacks) {
 typedef struct {
   tulua__waiter w;
   tulua__queue node; /* in future.parked while the task waits */
-  const future *f; /* compared only: the waiting frame holds the future */
+  future *f; /* compared only: the waiting frame holds the future */
   int kind; /* WAIT_* */
   int timed; /* the timer runs, and must be closed before the op is freed */
   uv_timer_t timer;
@@ -282,14 +282,14 @@ static int end_wait(lua_State *L, future *f, int kind) {
 
 static int wait_deliver(lua_State *L, void *ud) { /* in the task */
   wait_op *op = ud;
-  const future *f = op->f;
+  future *f = op->f;
   int kind = op->kind;
   release_op(op);
   /* nothing to give when the runtime shuts down (this runs outside the
    * waiting frame then), nor when the task was cancelled after the wake:
    * tulua__wait raises the cancellation, not the job's error */
   if (lua_touserdata(L, 1) != f || tulua__cancel_pending(L)) return 0;
-  return end_wait(L, (future *)f, kind);
+  return end_wait(L, f, kind);
 }
 
 /* Returns 1 and sets *t to the timeout at 2, or returns 0 when it is nil;
