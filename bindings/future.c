@@ -41,7 +41,8 @@
  *
  * A Future's user values: 1 the results (one value, or a table of n), or
  * the error; 2 the listeners (functions of futures.wait and as_completed,
- * never failing, called first); 3 the done callbacks; 4 its executor. */
+ * never failing, called before the done callbacks); 3 the done callbacks;
+ * 4 its executor. */
 #include <stdlib.h>
 #include <string.h>
 
