@@ -24,9 +24,10 @@
  *     propagate.
  *   idle(executor)
  *     When the last job in flight of an executor is delivered or
- *     removed (core:forget): lets a shutdown waiting for it go on, and
- *     ends the workers of an executor already shut down. Its errors
- *     propagate to the delivery or to forget's caller.
+ *     removed (core:forget, or Future:cancel dropping a queued job): lets
+ *     a shutdown waiting for it go on, and ends the workers of an
+ *     executor already shut down. Its errors propagate to the delivery,
+ *     or to the caller of forget or cancel.
  *
  * The waits of result(), exception() and map's step are not hooks: they
  * are in future.c, as any wait on an operation (host/sched.h). */
