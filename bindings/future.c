@@ -8,19 +8,47 @@
  * cost more than the job itself. Here a Future is one userdata (its values
  * in user values), submit is one C call that hands the job to the backend
  * (a thread pool's in C, see future.h), and a delivery sets the results
- * without calling Lua unless someone waits or listens. What must wait or
- * is rarely called is Lua, through hooks that futures.lua installs: the
- * wait of result() and exception(), turning a worker's error into the
- * error raised, reporting a failing callback, the executor's idle step.
+ * without calling Lua unless someone listens.
+ *
+ * The Future lives here whole: its state, its results, every method, and
+ * the waits of result(), exception() and map's step. A task waits as on
+ * any other operation (STYLE.md's pattern, tulua__wait): its wait_op sits
+ * in the future's queue of parked tasks, and settling the future, or the
+ * op's own timer, wakes it. running(), cancel() and tostring ask the
+ * executor's backend where the job is, through the backend interface
+ * written at the top of futures.lua (as the core's submit does for a
+ * backend in Lua). The few upcalls left, where C needs what only Lua
+ * knows, are the hooks of future.h (remote_error, report, idle), which
+ * futures.lua installs once.
+ *
+ * How the two pools sit behind the core (both through the backend
+ * interface that futures.lua describes):
+ * - the thread pool (bindings/thread_pool.c) submits and delivers in C:
+ *   the core calls its tulua__submit_fn, and its drain hands each finished
+ *   job to tulua__core_deliver. A thread-pool job costs about a
+ *   microsecond of the owner's time, so a Lua call on either side would
+ *   be a large share of it.
+ * - the process pool (lua/concurrent/process_pool.lua over the transport
+ *   of bindings/process_pool.c) submits through its Lua submit, which the
+ *   core calls under lua_pcall, and delivers through core:deliver. Its
+ *   protocol stays in Lua on purpose: each job is framed onto a socket and
+ *   its reply read back from another process, so the pool streams about
+ *   seven times fewer jobs per second than the thread pool (W4), and the
+ *   Lua calls around a job do not decide its cost; and what the protocol
+ *   does is policy that keeps changing (adaptive windows, crash and
+ *   requeue, retiring workers, resent cancel signals), easier to keep
+ *   right in Lua. Moving it to C would buy little speed for much code.
  *
  * A Future's user values: 1 the results (one value, or a table of n), or
- * the error; 2 the waiters (functions of futures.lua's waits, never
- * failing, called first); 3 the done callbacks; 4 its executor. */
+ * the error; 2 the listeners (functions of futures.wait and as_completed,
+ * never failing, called before the done callbacks); 3 the done callbacks;
+ * 4 its executor. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
 #include "future.h"
+#include "../host/queue.h"
 
 #define FUTURE_MT "concurrent.futures.Future"
 #define CORE_MT   "tulua.executor_core"
@@ -41,16 +69,30 @@ typedef struct {
   lua_Integer id; /* the job's number, while it is in flight */
   lua_Integer seq; /* the job's place in submission order; 0 for a future
                       made by future.new */
+  tulua__queue parked; /* wait_op.node of the tasks waiting on it */
 } future;
 
 /* ---- hooks ---- */
 
-/* Pushes the hook `name` that futures.lua installed. [-0, +1, m] */
+static const char *const hook_names[] = {"remote_error", "report", "idle",
+                                         NULL};
+
+/* Pushes the hook `name` that futures.lua installed (future.h).
+ * [-0, +1, e] */
 static void push_hook(lua_State *L, const char *name) {
   if (lua_getfield(L, LUA_REGISTRYINDEX, HOOKS_KEY) != LUA_TTABLE)
     luaL_error(L, "concurrent.futures is not loaded");
   lua_getfield(L, -1, name);
   lua_remove(L, -2);
+}
+
+/* Calls the report hook with the future at fidx and the error on top
+ * (popped), for a done callback that failed. [-1, +0, e] */
+static void report_callback_error(lua_State *L, int fidx) {
+  push_hook(L, "report");
+  lua_pushvalue(L, fidx);
+  lua_rotate(L, -3, -1); /* report, future, error */
+  lua_call(L, 2, 0);
 }
 
 /* ---- classes ---- */
@@ -88,6 +130,7 @@ static future *new_future(lua_State *L, lua_Integer id, lua_Integer seq) {
   memset(f, 0, sizeof *f);
   f->id = id;
   f->seq = seq;
+  tulua__queue_init(&f->parked);
   lua_pushvalue(L, UP_FUTURE_MT);
   lua_setmetatable(L, -2);
   return f;
@@ -135,32 +178,69 @@ static void call_list(lua_State *L, int fidx, int uv, int is_callbacks) {
   for (lua_Integer i = 1; i <= n; i++) {
     lua_rawgeti(L, list, i);
     lua_pushvalue(L, fidx);
-    if (!is_callbacks) {
+    if (!is_callbacks)
       lua_call(L, 1, 0);
-    } else if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-      push_hook(L, "report");
-      lua_pushvalue(L, fidx);
-      lua_rotate(L, -3, -1); /* report, future, error */
-      lua_call(L, 2, 0);
-    }
+    else if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+      report_callback_error(L, fidx);
   }
   lua_settop(L, list - 1);
 }
 
-/* Ends the future at fidx (absolute) in state: wakes the tasks waiting on
- * it, then calls its done callbacks in the order they were added, as
- * Python does. [-0, +0, e] */
-static void settle(lua_State *L, int fidx, int state) {
-  future *f = lua_touserdata(L, fidx);
-  f->state = (unsigned char)state;
-  if (f->waiters) {
-    f->waiters = 0;
-    call_list(L, fidx, UV_WAITERS, 0);
+/* ---- waiting ---- */
+
+/* A task waiting on a future, from tulua__wait until the future settles,
+ * the timeout passes or the task is cancelled. While it waits, the op is
+ * linked in the future's parked queue and the task owns it; once woken
+ * it is off the queue with its timer stopped, and deliver frees it. */
+typedef struct {
+  tulua__waiter w;
+  tulua__queue node; /* in future.parked while the task waits */
+  future *f; /* compared only: the waiting frame holds the future */
+  int kind; /* WAIT_* */
+  int timed; /* the timer runs, and must be closed before the op is freed */
+  uv_timer_t timer;
+} wait_op;
+
+/* How a wait ends: with result()'s values, exception()'s error, or only
+ * whether the future is done (map's step, future.wait). */
+enum { WAIT_RESULT, WAIT_EXCEPTION, WAIT_DONE };
+
+static void op_close_cb(uv_handle_t *h) {
+  free(h->data);
+}
+
+/* Frees op: at once, or in its timer's close callback. */
+static void release_op(wait_op *op) {
+  if (op->timed)
+    uv_close((uv_handle_t *)&op->timer, op_close_cb);
+  else
+    free(op);
+}
+
+/* Wakes every task waiting on f. No Lua API, cannot fail: a future that
+ * settles wakes its tasks even if a listener or callback then fails. */
+static void wake_parked(future *f) {
+  tulua__queue *q;
+  while ((q = tulua__queue_pop(&f->parked)) != NULL) {
+    wait_op *op = tulua__container_of(q, wait_op, node);
+    if (op->timed) uv_timer_stop(&op->timer);
+    tulua__wake(&op->w); /* a cancelled task's op is off the queue */
   }
-  if (f->callbacks) {
-    f->callbacks = 0;
-    call_list(L, fidx, UV_CALLBACKS, 1);
-  }
+}
+
+static void op_timer_cb(uv_timer_t *t) { /* no Lua API here */
+  wait_op *op = t->data;
+  tulua__queue_remove(&op->node);
+  tulua__wake(&op->w); /* a cancel closes the timer: the task waits */
+}
+
+/* The task stopped waiting (cancelled, or the runtime shuts down): the op
+ * leaves the future and is freed, as neither the future nor its timer
+ * will come back to it. */
+static void op_cancel(void *ud) {
+  wait_op *op = ud;
+  tulua__queue_remove(&op->node);
+  release_op(op);
 }
 
 /* Pushes the results, or raises the error, of a finished future. */
@@ -176,26 +256,108 @@ static int push_outcome(lua_State *L, int fidx) {
   return n;
 }
 
-/* Waits in the current task until the future at 1 is finished, through
- * the hook wait(future, timeout, name), which raises TimeoutError or
- * CancelledError; then k continues. */
-static int wait_then(lua_State *L, const char *name, lua_KFunction k) {
-  lua_settop(L, 2);
-  push_hook(L, "wait");
-  lua_pushvalue(L, 1);
-  lua_pushvalue(L, 2);
-  lua_pushstring(L, name);
-  lua_callk(L, 3, 0, 0, k);
-  return k(L, LUA_OK, 0);
+/* Ends a wait of kind on the future f at 1, done or not: pushes whether
+ * it is done (WAIT_DONE); else raises CancelledError, or TimeoutError
+ * when it is not done, or gives what result() or exception() give. The
+ * errors are futures.lua's classes: objects made as tulua.new_error
+ * makes them. */
+static int end_wait(lua_State *L, future *f, int kind) {
+  if (kind == WAIT_DONE) {
+    lua_pushboolean(L, is_done(f));
+    return 1;
+  }
+  if (f->state == F_CANCELLED) {
+    tulua__push_error(L, "ECANCELED", "future cancelled");
+    return lua_error(L);
+  }
+  if (f->state != F_FINISHED) {
+    tulua__push_error(L, "ETIMEDOUT", "timed out");
+    return lua_error(L);
+  }
+  lua_settop(L, 1);
+  if (kind == WAIT_RESULT) return push_outcome(L, 1);
+  if (!f->failed) return 0;
+  lua_getiuservalue(L, 1, UV_VALUE);
+  return 1;
 }
 
-static int result_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status;
-  (void)ctx;
-  future *f = lua_touserdata(L, 1);
-  if (f->state != F_FINISHED) return luaL_error(L, "the future is not done");
-  lua_settop(L, 1);
-  return push_outcome(L, 1);
+static int wait_deliver(lua_State *L, void *ud) { /* in the task */
+  wait_op *op = ud;
+  future *f = op->f;
+  int kind = op->kind;
+  release_op(op);
+  /* nothing to give when the runtime shuts down (this runs outside the
+   * waiting frame then), nor when the task was cancelled after the wake:
+   * tulua__wait raises the cancellation, not the job's error */
+  if (lua_touserdata(L, 1) != f || tulua__cancel_pending(L)) return 0;
+  return end_wait(L, f, kind);
+}
+
+/* Returns 1 and sets *t to the timeout at 2, or returns 0 when it is nil;
+ * raises as futures.lua's check_timeout, for the public function name. */
+static int opt_timeout(lua_State *L, const char *name, lua_Number *t) {
+  int type = lua_type(L, 2);
+  if (type == LUA_TNONE || type == LUA_TNIL) return 0;
+  *t = lua_tonumber(L, 2);
+  if (type != LUA_TNUMBER || *t != *t)
+    luaL_error(L, "bad argument #1 to '%s' (number expected, got %s)", name,
+               type == LUA_TNUMBER ? "nan" : lua_typename(L, type));
+  return 1;
+}
+
+/* Waits in the current task until the future f at 1 is done, or the
+ * timeout at 2 (seconds, nil: none) passes; then ends as end_wait. A
+ * cancelled future ends result() and exception() at once, whatever the
+ * timeout. name is the public function's, for misuse errors, which are
+ * the runtime's (tulua__check_wait). The wait is STYLE.md's pattern with
+ * the future as the event: settle() and the op's timer wake the task. */
+static int wait_on(lua_State *L, future *f, int kind, const char *name) {
+  lua_Number timeout = 0;
+  if (kind != WAIT_DONE && f->state == F_CANCELLED) return end_wait(L, f, kind);
+  int timed = opt_timeout(L, name, &timeout);
+  if (is_done(f)) return end_wait(L, f, kind);
+  if (timed && !(timeout > 0)) {
+    /* no wait, but the misuse errors of one; a cancellation pending stays
+     * for the next real wait, as TimeoutError is raised here */
+    if (!tulua__cancel_pending(L)) tulua__check_wait(L, name);
+    return end_wait(L, f, kind);
+  }
+  tulua__check_wait(L, name);
+  wait_op *op = malloc(sizeof *op);
+  if (op == NULL) return luaL_error(L, "not enough memory");
+  op->f = f;
+  op->kind = kind;
+  op->timed = timed;
+  if (timed) {
+    /* as tulua.timer.after rounds: never early */
+    lua_Number msf = timeout * 1000.0;
+    uint64_t ms = msf > 9.0e15 ? (uint64_t)9.0e15 : (uint64_t)msf;
+    if ((lua_Number)ms < msf) ms++;
+    uv_loop_t *loop = tulua__loop(L);
+    uv_timer_init(loop, &op->timer); /* cannot fail */
+    op->timer.data = op;
+    uv_update_time(loop); /* count from now, as tulua.sleep does */
+    uv_timer_start(&op->timer, op_timer_cb, ms, 0);
+  }
+  tulua__queue_insert_tail(&f->parked, &op->node);
+  return tulua__wait(L, &op->w, wait_deliver, op_cancel, op);
+}
+
+/* Ends the future at fidx (absolute) in state: wakes the tasks waiting on
+ * it, calls its listeners (futures.wait, as_completed), then its done
+ * callbacks in the order they were added, as Python does. [-0, +0, e] */
+static void settle(lua_State *L, int fidx, int state) {
+  future *f = lua_touserdata(L, fidx);
+  f->state = (unsigned char)state;
+  wake_parked(f);
+  if (f->waiters) {
+    f->waiters = 0;
+    call_list(L, fidx, UV_WAITERS, 0);
+  }
+  if (f->callbacks) {
+    f->callbacks = 0;
+    call_list(L, fidx, UV_CALLBACKS, 1);
+  }
 }
 
 /* f:result(timeout) -> ...: the job's results, waiting up to timeout
@@ -203,27 +365,18 @@ static int result_k(lua_State *L, int status, lua_KContext ctx) {
  * CancelledError, or TimeoutError when the time is up. */
 static int f_result(lua_State *L) {
   future *f = check_future(L, 1);
-  if (f->state != F_FINISHED) return wait_then(L, "result", result_k);
-  lua_settop(L, 1);
-  return push_outcome(L, 1);
-}
-
-static int exception_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status;
-  (void)ctx;
-  future *f = lua_touserdata(L, 1);
-  if (f->state != F_FINISHED) return luaL_error(L, "the future is not done");
-  if (!f->failed) return 0;
-  lua_getiuservalue(L, 1, UV_VALUE);
-  return 1;
+  lua_settop(L, 2);
+  if (f->state == F_FINISHED) return end_wait(L, f, WAIT_RESULT);
+  return wait_on(L, f, WAIT_RESULT, "result");
 }
 
 /* f:exception(timeout) -> the job's error, or nil when it succeeded;
  * waits and raises as result(). */
 static int f_exception(lua_State *L) {
   future *f = check_future(L, 1);
-  if (f->state != F_FINISHED) return wait_then(L, "exception", exception_k);
-  return exception_k(L, LUA_OK, 0);
+  lua_settop(L, 2);
+  if (f->state == F_FINISHED) return end_wait(L, f, WAIT_EXCEPTION);
+  return wait_on(L, f, WAIT_EXCEPTION, "exception");
 }
 
 /* f:done() -> whether it is finished or cancelled */
@@ -262,12 +415,7 @@ static int f_add_done_callback(lua_State *L) {
   lua_settop(L, 2);
   if (is_done(f)) {
     lua_pushvalue(L, 1);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-      push_hook(L, "report");
-      lua_pushvalue(L, 1);
-      lua_rotate(L, -3, -1);
-      lua_call(L, 2, 0);
-    }
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) report_callback_error(L, 1);
     return 0;
   }
   list_add(L, 1, UV_CALLBACKS);
@@ -356,8 +504,18 @@ static int future_cancel(lua_State *L) {
   return 0;
 }
 
+/* future.wait(f, timeout, name) -> whether f is done: waits in the
+ * current task until it is, or timeout seconds (nil: no limit) have
+ * passed; name is the public function's, for misuse errors (map's step) */
+static int future_wait(lua_State *L) {
+  future *f = check_future(L, 1);
+  lua_settop(L, 3);
+  return wait_on(L, f, WAIT_DONE, luaL_optstring(L, 3, "wait"));
+}
+
 /* future.add_waiter(f, fn): fn(f) runs when f is done, before its done
- * callbacks; it must not fail. */
+ * callbacks; it must not fail (a listener of futures.wait and
+ * as_completed: it unparks its task). */
 static int future_add_waiter(lua_State *L) {
   future *f = check_future(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -391,12 +549,30 @@ static int future_remove_waiter(lua_State *L) {
   return 0;
 }
 
-/* future.set_hooks(t): the Lua half (futures.lua): t.wait(f, timeout,
- * name), t.remote_error(err, traceback) -> the error to raise,
- * t.report(f, err), t.idle(executor). */
+/* future.set_hooks(t): installs the hooks of future.h, t.remote_error,
+ * t.report and t.idle, all functions and nothing else (the interface is
+ * closed: a hook this file does not call is an error). */
 static int future_set_hooks(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
+  lua_createtable(L, 0, 3);
+  for (int i = 0; hook_names[i] != NULL; i++) {
+    if (lua_getfield(L, 1, hook_names[i]) != LUA_TFUNCTION)
+      return luaL_error(
+          L, "bad argument #1 to 'set_hooks' (function '%s' expected)",
+          hook_names[i]);
+    lua_setfield(L, 2, hook_names[i]);
+  }
+  lua_pushnil(L);
+  while (lua_next(L, 1) != 0) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, 2) == LUA_TNIL) /* a key, not one of the hooks */
+      return luaL_error(L, "bad argument #1 to 'set_hooks' (unknown hook %s)",
+                        luaL_tolstring(L, -2, NULL));
+    lua_pop(L, 1);
+  }
+  lua_pushvalue(L, 2);
   lua_setfield(L, LUA_REGISTRYINDEX, HOOKS_KEY);
   return 0;
 }
@@ -618,20 +794,33 @@ static int core_deliver(lua_State *L) {
   return 0;
 }
 
-/* core:forget(id) -> its future, if job id was pending: the backend
- * removed it and will not deliver it */
-static int core_forget(lua_State *L) {
-  core *c = check_core(L, 1);
-  lua_Integer id = luaL_checkinteger(L, 2);
-  lua_settop(L, 2);
-  lua_getiuservalue(L, 1, CUV_PENDING);
-  if (take_pending(L, c, 3, id) == NULL) return 0;
+/* Takes job id out of the core at cidx (absolute), whose backend removed
+ * it and will not deliver it: pushes its future and returns 1, or pushes
+ * nothing and returns 0 if it was not pending. Runs the idle hook when
+ * nothing is left in flight. [-0, +(0|1), e] */
+static int forget_job(lua_State *L, int cidx, lua_Integer id) {
+  core *c = lua_touserdata(L, cidx);
+  lua_getiuservalue(L, cidx, CUV_PENDING);
+  if (take_pending(L, c, lua_gettop(L), id) == NULL) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_remove(L, -2); /* the pending table */
   if (c->inflight == 0) {
-    lua_pushvalue(L, 1);
-    went_idle(L, lua_gettop(L)); /* the core's copy: its slot 1 stays */
+    lua_pushvalue(L, cidx);
+    went_idle(L, lua_gettop(L)); /* the core's copy: its slot stays */
     lua_pop(L, 1);
   }
   return 1;
+}
+
+/* core:forget(id) -> its future, if job id was pending: the backend
+ * removed it and will not deliver it */
+static int core_forget(lua_State *L) {
+  check_core(L, 1);
+  lua_Integer id = luaL_checkinteger(L, 2);
+  lua_settop(L, 2);
+  return forget_job(L, 1, id);
 }
 
 /* core:shutdown(): takes no new jobs */
@@ -679,6 +868,90 @@ static int core_timeline(lua_State *L) {
     lua_setfield(L, -2, "status");
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
+  return 1;
+}
+
+/* ---- Future methods that ask the executor's backend ---- */
+
+/* Calls backend:method(id) for the job of the future f at 1 and pushes
+ * what it returns; returns 0 and pushes nothing for a future made by hand
+ * or when the executor has no backend any more (its workers are gone).
+ * The backend is the executor's `_backend`, as futures.lua keeps it: the
+ * interface written at the top of futures.lua. [-0, +(0|1), e] */
+static int ask_backend(lua_State *L, const future *f, const char *method) {
+  if (f->seq == 0) return 0;
+  lua_getiuservalue(L, 1, UV_EXECUTOR);
+  if (lua_getfield(L, -1, "_backend") == LUA_TNIL) {
+    lua_pop(L, 2);
+    return 0;
+  }
+  lua_getfield(L, -1, method);
+  lua_insert(L, -2);
+  lua_pushinteger(L, f->id);
+  lua_call(L, 2, 1); /* stack: executor, answer */
+  lua_remove(L, -2);
+  return 1;
+}
+
+/* Pops the value on top; returns whether it is the string s. */
+static int pop_is(lua_State *L, const char *s) {
+  int yes =
+      lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), s) == 0;
+  lua_pop(L, 1);
+  return yes;
+}
+
+/* Returns whether a worker runs the job of the future f at 1 right now:
+ * its state says it runs (set_running_or_notify_cancel), or the backend
+ * does. */
+static int is_running(lua_State *L, const future *f) {
+  if (f->state == F_RUNNING) return 1;
+  return f->state == F_PENDING && ask_backend(L, f, "state") &&
+         pop_is(L, "running");
+}
+
+/* f:running() -> whether a worker runs its job right now */
+static int f_running(lua_State *L) {
+  future *f = check_future(L, 1);
+  lua_settop(L, 1);
+  lua_pushboolean(L, is_running(L, f));
+  return 1;
+}
+
+/* f:cancel() -> false if it is finished, else true: the future is
+ * cancelled, a queued job is dropped, and a running one is interrupted
+ * (its to-be-closed variables are closed in the worker). */
+static int f_cancel(lua_State *L) {
+  future *f = check_future(L, 1);
+  lua_settop(L, 1);
+  if (f->state == F_FINISHED || f->state == F_CANCELLED) {
+    lua_pushboolean(L, f->state == F_CANCELLED);
+    return 1;
+  }
+  if (ask_backend(L, f, "cancel") && pop_is(L, "removed")) {
+    lua_getiuservalue(L, 1, UV_EXECUTOR);
+    lua_pushvalue(L, UP_CORE_NAME);
+    lua_rawget(L, -2);
+    if (test_class(L, -1, UP_CORE_MT) != NULL)
+      forget_job(L, lua_gettop(L), f->id);
+    lua_settop(L, 1);
+  }
+  if (!is_done(f)) settle(L, 1, F_CANCELLED);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* tostring(f) -> "<Future pending>", "<Future running>", "<Future
+ * cancelled>", "<Future finished>" or "<Future finished raised>" */
+static int f_tostring(lua_State *L) {
+  future *f = check_future(L, 1);
+  lua_settop(L, 1);
+  const char *s = state_names[f->state];
+  if (f->state == F_FINISHED && f->failed)
+    s = "finished raised";
+  else if (is_running(L, f))
+    s = "running";
+  lua_pushfstring(L, "<Future %s>", s);
   return 1;
 }
 
@@ -772,7 +1045,11 @@ int luaopen_tulua_future(lua_State *L) {
       {"set_running_or_notify_cancel", f_set_running_or_notify_cancel},
       {"set_result", f_set_result},
       {"set_exception", f_set_exception},
+      {"running", f_running},
+      {"cancel", f_cancel},
       {NULL, NULL}};
+  static const luaL_Reg metamethods[] = {{"__tostring", f_tostring},
+                                         {NULL, NULL}};
   static const luaL_Reg core_methods[] = {{"set_backend", core_set_backend},
                                           {"deliver", core_deliver},
                                           {"forget", core_forget},
@@ -788,6 +1065,7 @@ int luaopen_tulua_future(lua_State *L) {
                                    {"cancel", future_cancel},
                                    {"add_waiter", future_add_waiter},
                                    {"remove_waiter", future_remove_waiter},
+                                   {"wait", future_wait},
                                    {"set_hooks", future_set_hooks},
                                    {"core", future_core},
                                    {"submit", future_submit},
@@ -801,13 +1079,13 @@ int luaopen_tulua_future(lua_State *L) {
   lua_newtable(L);
   set_funcs(L, methods, mt, cmt);
   lua_setfield(L, mt, "__index");
+  lua_pushvalue(L, mt);
+  set_funcs(L, metamethods, mt, cmt);
+  lua_pop(L, 1);
   lua_newtable(L);
   set_funcs(L, core_methods, mt, cmt);
   lua_setfield(L, cmt, "__index");
   luaL_newlibtable(L, funcs);
   set_funcs(L, funcs, mt, cmt);
-  /* the class, for futures.lua to add the methods written in Lua */
-  lua_pushvalue(L, mt);
-  lua_setfield(L, -2, "Future");
   return 1;
 }

@@ -1,5 +1,36 @@
 /* future.h: concurrent.futures' Future and the executor core
- * (bindings/future.c), as the backends that deliver from C use them. */
+ * (bindings/future.c), as the backends that deliver from C use them, and
+ * the hooks through which the core calls up into futures.lua.
+ *
+ * The hooks are the one place where bindings/ calls into lua/ at run
+ * time. lua/concurrent/futures.lua is their only owner: it installs all
+ * three once, as it loads, with future.set_hooks{remote_error =, report =,
+ * idle =} (the module 'tulua.future'), and set_hooks refuses a missing or
+ * unknown one. They live in the registry of the Lua state that loaded it;
+ * a core used before they are installed raises "concurrent.futures is
+ * not loaded". All run on the owner's thread, in its main state or in the
+ * task that caused them, never in a worker; none may wait.
+ *
+ *   remote_error(err, traceback) -> value
+ *     When a job is delivered with TULUA_JOB_ERROR, before its future is
+ *     settled: turns what the worker sent (its error, decoded, and its
+ *     traceback string or nil) into the error result() raises. Raises
+ *     only on memory errors, which end the delivery (see
+ *     tulua__core_deliver).
+ *   report(future, err)
+ *     When a done callback of future raises err (the other callbacks
+ *     still run): tells the user. Runs in whatever settled the future
+ *     (a delivery, set_result, cancel), where its own error would
+ *     propagate.
+ *   idle(executor)
+ *     When the last job in flight of an executor is delivered or
+ *     removed (core:forget, or Future:cancel dropping a queued job): lets
+ *     a shutdown waiting for it go on, and ends the workers of an
+ *     executor already shut down. Its errors propagate to the delivery,
+ *     or to the caller of forget or cancel.
+ *
+ * The waits of result(), exception() and map's step are not hooks: they
+ * are in future.c, as any wait on an operation (host/sched.h). */
 #ifndef TULUA_FUTURE_H
 #define TULUA_FUTURE_H
 
@@ -40,9 +71,10 @@ void tulua__core_set_submit(lua_State *L, int idx, tulua__submit_fn fn,
 /* Delivers job id's outcome to its future and pops the n values at the
  * top: the results (TULUA_JOB_OK), the error and the traceback
  * (TULUA_JOB_ERROR), nothing (TULUA_JOB_CANCELLED) or a message. A job
- * whose future is no longer pending (removed) is ignored. Runs the
- * future's waiters and done callbacks and, when nothing is left in
- * flight, the executor's idle hook: call it protected. started and
+ * whose future is no longer pending (removed) is ignored. Wakes the
+ * tasks waiting on the future, runs its listeners and done callbacks, the
+ * remote_error hook for TULUA_JOB_ERROR and, when nothing is left in
+ * flight, the idle hook: call it protected. started and
  * finished are uv_hrtime() seconds. [-n, +0, e] */
 void tulua__core_deliver(lua_State *L, int idx, lua_Integer id, int status,
                          int worker, double started, double finished, int n);

@@ -49,14 +49,16 @@ function M.is_timeout(err) return M.is_error(err, M.TimeoutError) end
 
 -- ---- Future ----
 
--- The Future is C (bindings/future.c): one userdata per job, whose
--- results a pool's deliverer sets without calling Lua. The methods that
--- wait or are rare are here; the C ones call the hooks installed below.
+-- The Future is C (bindings/future.c), methods and waits included: one
+-- userdata per job, whose results a pool's deliverer sets without calling
+-- Lua. C calls up into this file only through the hooks installed below
+-- (bindings/future.h).
 local future = require "tulua.future"
-local FutureMeta = future.Future
-local Future = FutureMeta.__index
-local is_future, state_of, failed, job_of = future.is_future, future.state, future.failed, future.job
+local is_future, state_of, failed = future.is_future, future.state, future.failed
 local add_waiter, remove_waiter, settle_cancelled = future.add_waiter, future.remove_waiter, future.cancel
+-- wait_done(f, timeout, name) -> whether f is done: waits in the current
+-- task until it is or timeout seconds have passed
+local wait_done = future.wait
 
 --- Creates a pending Future, for code that implements an executor.
 M.Future = future.new
@@ -64,58 +66,6 @@ M.Future = future.new
 local function is_done(f)
   local s = state_of(f)
   return s == "finished" or s == "cancelled"
-end
-
--- Parks the current task until f is done or the deadline passes; returns
--- whether f is done.
-local function wait_done(f, timeout, name)
-  if is_done(f) then return true end
-  local me = need_task(name)
-  if timeout and timeout <= 0 then return false end
-  local waiting = true
-  local function wake()
-    if waiting then waiting = false; unpark(me) end
-  end
-  add_waiter(f, wake)
-  local timer = timeout and after(timeout, wake)
-  local ok, err = park()
-  waiting = false
-  if timer then timer:close() end
-  if not is_done(f) then remove_waiter(f, wake) end
-  if not ok then error(err, 0) end
-  return is_done(f)
-end
-
---- Returns whether a worker runs the future's job right now.
-function Future:running()
-  local s = state_of(self)
-  if s == "pending" then
-    local ex, id = job_of(self)
-    if ex and ex._backend and ex._backend:state(id) == "running" then return true end
-  end
-  return s == "running"
-end
-
---- Cancels the future: a queued job is dropped, and a running one is
--- interrupted (its to-be-closed variables are closed in the worker). Returns
--- false if the future is already finished.
-function Future:cancel()
-  local s = state_of(self)
-  if s == "cancelled" then return true end
-  if s == "finished" then return false end
-  local ex, id = job_of(self)
-  if ex and ex._backend and ex._backend:cancel(id) == "removed" then
-    ex._core:forget(id)
-  end
-  settle_cancelled(self)
-  return true
-end
-
-function FutureMeta:__tostring()
-  local s = state_of(self)
-  if s == "pending" and self:running() then s = "running" end
-  if s == "finished" then s = failed(self) and "finished raised" or "finished" end
-  return ("<Future %s>"):format(s)
 end
 
 -- Turns what the worker sent for a failed job into the error result()
@@ -139,15 +89,9 @@ local function remote_error(err, tb)
   return err
 end
 
+-- The hooks of bindings/future.h, installed here and nowhere else: what
+-- each is for, when it runs and what it may raise is written there.
 future.set_hooks {
-  -- result() and exception() of a future not finished
-  wait = function(f, timeout, name)
-    if state_of(f) ~= "cancelled" then
-      check_timeout(timeout, 1, name)
-      if not wait_done(f, timeout, name) then error(M.TimeoutError(), 3) end
-    end
-    if state_of(f) == "cancelled" then error(M.CancelledError(), 3) end
-  end,
   remote_error = remote_error,
   report = function(f, err)
     io.stderr:write("exception calling callback for ", tostring(f), ": ", tostring(err), "\n")

@@ -283,6 +283,9 @@ describe("concurrent.futures", function()
       one:shutdown(true)
       assert.is_nil(fs.stat(mark))
       assert.is_false(first:cancel())
+      -- the executor's workers are gone: its futures still answer
+      assert.are.equal("<Future finished>", tostring(first))
+      assert.is_false(first:running())
     end)
 
     it("interrupts a running CPU-bound job, whose to-be-closed variables are closed", function()
@@ -295,8 +298,10 @@ describe("concurrent.futures", function()
         while true do n = n + 1 end
       end, mark)
       assert.is_true(support.eventually(function() return f:running() end))
+      assert.are.equal("<Future running>", tostring(f))
       assert.is_true(f:cancel())
       assert.is_true(f:cancelled())
+      assert.are.equal("<Future cancelled>", tostring(f))
       assert.is_true(futures.is_cancelled(raised(f.result, f)))
       assert.is_true(support.eventually(function() return fs.stat(mark) ~= nil end))
       assert.are.equal("closed", fs.read_file(mark))
@@ -366,6 +371,85 @@ describe("concurrent.futures", function()
       waiter:join()
       assert.are.same({n = 2, "a", "b"}, got)
       assert.matches("concurrent.futures.Future expected, got table", raised(f.result, {}))
+    end)
+
+    it("wakes every waiting task, in the order they waited, and ends a timed wait early", function()
+      local f, order = futures.Future(), {}
+      local started = tulua.now()
+      local waiters = {}
+      for i = 1, 3 do
+        waiters[i] = tulua.spawn(function()
+          local r = f:result(i == 2 and 30 or nil) -- one waits with a timeout
+          order[#order + 1] = i .. r
+        end)
+      end
+      local setter = tulua.spawn(function() tulua.sleep(0.02); f:set_result("x") end)
+      for i = 1, 3 do waiters[i]:join() end
+      setter:join()
+      assert.are.same({"1x", "2x", "3x"}, order)
+      assert.is_true(tulua.now() - started < 5, "the timed wait ended when the future did")
+      local g = futures.Future()
+      local got
+      local waiter = tulua.spawn(function() got = g:exception(30) end)
+      tulua.spawn(function() g:set_exception("bad") end)
+      waiter:join()
+      assert.are.equal("bad", got)
+    end)
+
+    it("lets a task waiting on result be cancelled, with or without a timeout", function()
+      local f = futures.Future()
+      for _, timeout in ipairs({false, 30}) do
+        local waiter = tulua.spawn(function() return f:result(timeout or nil) end)
+        tulua.sleep(0.01)
+        waiter:cancel()
+        assert.is_true(futures.is_cancelled(raised(waiter.join, waiter)))
+        assert.are.equal("<Future pending>", tostring(f))
+      end
+      -- a task woken by the future, then cancelled before it runs, raises
+      -- the cancellation and not the results
+      local woken = tulua.spawn(function() return f:result() end)
+      tulua.sleep(0.01)
+      f:set_result("late")
+      woken:cancel()
+      assert.is_true(futures.is_cancelled(raised(woken.join, woken)))
+      assert.are.equal("late", f:result(0))
+    end)
+
+    it("raises CancelledError in the tasks waiting on a future that is cancelled", function()
+      local f = futures.Future()
+      local errs = {}
+      local waiters = {}
+      for i = 1, 2 do
+        waiters[i] = tulua.spawn(function()
+          errs[i] = raised(i == 1 and f.result or f.exception, f, i == 1 and 30 or nil)
+        end)
+      end
+      tulua.sleep(0.01)
+      assert.is_true(f:cancel())
+      for i = 1, 2 do waiters[i]:join() end
+      assert.is_true(futures.is_cancelled(errs[1]))
+      assert.is_true(futures.is_cancelled(errs[2]))
+      assert.are.equal("future cancelled", tostring(errs[1]))
+    end)
+
+    it("checks result's timeout, and times out at once with zero even when not in a task", function()
+      local f = futures.Future()
+      assert.matches("bad argument #1 to 'result' %(number expected, got string%)$", raised(f.result, f, "1"))
+      assert.matches("bad argument #1 to 'exception' %(number expected, got nan%)$", raised(f.exception, f, 0 / 0))
+      assert.are.equal("timed out", tostring(raised(f.result, f, -1)))
+      local err
+      local g = futures.Future()
+      g:add_done_callback(function() err = raised(f.result, f) end)
+      g:set_result(true)
+      assert.matches("attempt to wait in 'result' inside a function called from C", err)
+    end)
+
+    it("takes exactly the hooks of bindings/future.h from concurrent.futures", function()
+      local set_hooks = require("tulua.future").set_hooks
+      local fn = function() end
+      assert.matches("%(function 'idle' expected%)$", raised(set_hooks, {remote_error = fn, report = fn}))
+      assert.matches("%(unknown hook wait%)$",
+        raised(set_hooks, {remote_error = fn, report = fn, idle = fn, wait = fn}))
     end)
 
     it("reports a failing callback on stderr and still calls the others", function()
