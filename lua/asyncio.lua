@@ -20,7 +20,7 @@ local type, select, error, pcall, setmetatable, getmetatable =
 
 local M = {}
 
-local common = require "tulua.common"
+local common = require "tulua._common"
 local error_class, need_task, check_timeout =
   common.error_class, common.need_task, common.check_timeout
 

@@ -27,7 +27,7 @@ local type, select, error, pcall, setmetatable, getmetatable, tostring =
 
 local M = {}
 
-local common = require "tulua.common"
+local common = require "tulua._common"
 local ERROR_MT, error_class, need_task, check_timeout =
   common.ERROR_MT, common.error_class, common.need_task, common.check_timeout
 
@@ -538,7 +538,7 @@ function M.ProcessPoolExecutor(max_workers, opts)
   if mtpc ~= nil and (math.type(mtpc) ~= "integer" or mtpc < 1) then
     error("bad argument #2 to 'ProcessPoolExecutor' (max_tasks_per_child must be a positive integer)", 2)
   end
-  local backend = require("concurrent.process_pool").new
+  local backend = require("concurrent._process_pool").new
   local ok, ex = pcall(new_executor, "ProcessPoolExecutor", max_workers, backend, opts)
   if not ok then error(ex, 2) end
   return ex
