@@ -3,8 +3,8 @@
 local tulua = require "tulua"
 local exceptions = require "asyncio._exceptions"
 
-local spawn, park, unpark, current = tulua.spawn_protected, tulua.park,
-  tulua.unpark, tulua.current
+local spawn, current = tulua.spawn_protected, tulua.current
+local new_waker = require("tulua._common").new_waker
 local can_wait, new_error = tulua.can_wait, tulua.new_error
 local is_cancelled = exceptions.is_cancelled
 local type, error, setmetatable, pairs, tostring = type, error, setmetatable, pairs, tostring
@@ -26,15 +26,14 @@ function M.TaskGroup()
   local parent = current()
   if parent == nil then error("attempt to use 'TaskGroup' outside a task", 2) end
   local self = setmetatable({_parent = parent, _tasks = {}, _n = 0,
-    _errors = {}, _aborting = false, _exiting = false, _waiting = false,
+    _errors = {}, _aborting = false, _exiting = false,
     _parent_cancel_requested = false, _closed = false}, TaskGroup)
+  -- __close waits, in the parent, for the last task to end
+  self._wait, self._wake = new_waker()
   self._on_done = function(t)
     self._tasks[t] = nil
     self._n = self._n - 1
-    if self._waiting and self._n == 0 then
-      self._waiting = false
-      unpark(parent)
-    end
+    if self._n == 0 then self._wake() end
     if t:status() ~= "failed" then return end
     local errs = self._errors
     errs[#errs + 1] = t:exception()
@@ -85,9 +84,7 @@ TaskGroup.__close = function(self, err)
   if err ~= nil and not self._aborting then tg_abort(self) end
   if can_wait() then
     while self._n > 0 do
-      self._waiting = true
-      local ok, e = park()
-      self._waiting = false
+      local ok, e = self._wait(self._parent)
       if not ok and not self._aborting then
         propagate = e
         tg_abort(self)

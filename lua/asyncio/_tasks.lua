@@ -8,16 +8,15 @@ local futures = require "asyncio._futures"
 local timeouts = require "asyncio._timeouts"
 
 -- spawn_protected: as in asyncio._futures, where the comment says why
-local spawn, park, unpark, current = tulua.spawn_protected, tulua.park,
-  tulua.unpark, tulua.current
-local after = require("tulua.timer").after
-local need_task, check_timeout = common.need_task, common.check_timeout
+local spawn, current = tulua.spawn_protected, tulua.current
+local need_task, new_waker = common.need_task, common.new_waker
+local check_timeout, check_return_when = common.check_timeout, common.check_return_when
 local CancelledError, TimeoutError = exceptions.CancelledError, exceptions.TimeoutError
 local Future, to_future, wait_done = futures.Future, futures.to_future, futures.wait_done
 local timeout_scope = timeouts.timeout
 local pack, unpack = table.pack, table.unpack
-local type, select, error, pcall, getmetatable, ipairs, tostring =
-  type, select, error, pcall, getmetatable, ipairs, tostring
+local type, select, error, pcall, getmetatable, ipairs =
+  type, select, error, pcall, getmetatable, ipairs
 
 local M = {}
 
@@ -86,14 +85,12 @@ function M.gather(...)
   local children = {}
   for i = 1, n do children[i] = to_future(list[i], i, "gather") end
   local me = need_task("gather")
-  local remaining, waiting, bad = 0, false, nil
+  local remaining, bad = 0, nil
+  local wait, wake = new_waker()
   local function on_done(f)
     remaining = remaining - 1
     if not return_exceptions and bad == nil and ended_badly(f) then bad = f end
-    if waiting and (remaining == 0 or bad) then
-      waiting = false
-      unpark(me)
-    end
+    if remaining == 0 or bad then wake() end
   end
   for i = 1, n do
     local f = children[i]
@@ -105,18 +102,14 @@ function M.gather(...)
     end
   end
   while remaining > 0 and bad == nil do
-    waiting = true
-    local ok, err = park()
-    waiting = false
+    local ok, err = wait(me)
     if not ok then
       -- cancelled: cancel the children and wait until they have ended
       for i = 1, n do children[i]:cancel() end
       while remaining > 0 do
-        waiting = true
-        if not park() then
+        if not wait(me) then
           for i = 1, n do children[i]:cancel() end
         end
-        waiting = false
       end
       error(err, 0)
     end
@@ -137,79 +130,35 @@ end
 
 -- ---- wait, as_completed ----
 
-M.FIRST_COMPLETED = "FIRST_COMPLETED"
-M.FIRST_EXCEPTION = "FIRST_EXCEPTION"
-M.ALL_COMPLETED = "ALL_COMPLETED"
+M.FIRST_COMPLETED = common.FIRST_COMPLETED
+M.FIRST_EXCEPTION = common.FIRST_EXCEPTION
+M.ALL_COMPLETED = common.ALL_COMPLETED
+
+local completion_ops = {
+  done = function(f) return f:done() end,
+  failed = function(f) return f:status() == "failed" end,
+  listen = function(f, fn) f:add_done_callback(fn) end,
+  unlisten = function(f, fn) f:remove_done_callback(fn) end,
+}
 
 --- Waits until return_when holds or timeout passes; returns done, pending
--- (sets). Never cancels anything and never raises on timeout.
+-- (sets). Never cancels anything and never raises on timeout. A timeout of
+-- 0 or less does not wait (tulua._common.wait says why).
 function M.wait(aws, opts)
   if type(aws) ~= "table" then
     error("bad argument #1 to 'wait' (table expected, got " .. type(aws) .. ")", 2)
   end
   opts = opts or {}
   local timeout = check_timeout(opts.timeout, 2, "wait")
-  local when = opts.return_when or M.ALL_COMPLETED
-  if when ~= M.FIRST_COMPLETED and when ~= M.FIRST_EXCEPTION and when ~= M.ALL_COMPLETED then
-    error("bad argument #2 to 'wait' (invalid return_when: " .. tostring(when) .. ")", 2)
-  end
+  local when = check_return_when(opts.return_when, 2, "wait")
   local fs = {}
   for i = 1, #aws do fs[i] = to_future(aws[i], 1, "wait") end
-  local me = need_task("wait")
-  local left, waiting, satisfied, timer = 0, false, false, nil
-  local function check(f)
-    if when == M.FIRST_COMPLETED then return true end
-    if when == M.FIRST_EXCEPTION and f:status() == "failed" then return true end
-    return false
-  end
-  for i = 1, #fs do
-    local f = fs[i]
-    if f:done() then
-      if check(f) then satisfied = true end
-    else
-      left = left + 1
-    end
-  end
-  if left > 0 and not satisfied and timeout ~= 0 then
-    local function wake()
-      if waiting then waiting = false; unpark(me) end
-    end
-    local function on_done(f)
-      left = left - 1
-      if left == 0 or check(f) then satisfied = true; wake() end
-    end
-    for i = 1, #fs do
-      if not fs[i]:done() then fs[i]:add_done_callback(on_done) end
-    end
-    if timeout then
-      timer = after(math.max(timeout, 0), function() satisfied = true; wake() end)
-    end
-    local ok, err
-    while not satisfied do
-      waiting = true
-      ok, err = park()
-      waiting = false
-      if not ok then break end
-    end
-    if timer then timer:close() end
-    for i = 1, #fs do
-      if not fs[i]:done() then fs[i]:remove_done_callback(on_done) end
-    end
-    if ok == false then error(err, 0) end
-  end
-  local done, pending = {}, {}
-  for i = 1, #fs do
-    local f = fs[i]
-    if f:done() then done[f] = true else pending[f] = true end
-  end
+  -- Python's asyncio.wait is a coroutine: outside a task it raises even
+  -- when it need not wait (concurrent.futures.wait does not)
+  need_task("wait")
+  local done, pending = common.wait(fs, completion_ops, timeout, when, "wait")
   return done, pending
 end
-
-local completion_ops = {
-  done = function(f) return f:done() end,
-  listen = function(f, fn) f:add_done_callback(fn) end,
-  unlisten = function(f, fn) f:remove_done_callback(fn) end,
-}
 
 --- Iterates over the awaitables as they finish (for f in as_completed(aws)),
 -- each once. Raises TimeoutError from the iterator once timeout seconds

@@ -28,8 +28,9 @@ local type, select, error, pcall, setmetatable, getmetatable, tostring =
 local M = {}
 
 local common = require "tulua._common"
-local ERROR_MT, error_class, need_task, check_timeout =
-  common.ERROR_MT, common.error_class, common.need_task, common.check_timeout
+local ERROR_MT, error_class, need_task, new_waker = common.ERROR_MT, common.error_class,
+  common.need_task, common.new_waker
+local check_timeout, check_return_when = common.check_timeout, common.check_return_when
 
 -- ---- errors ----
 
@@ -72,14 +73,10 @@ local function wait_done(f, timeout, name)
   if is_done(f) then return true end
   local me = need_task(name)
   if timeout and timeout <= 0 then return false end
-  local waiting = true
-  local function wake()
-    if waiting then waiting = false; unpark(me) end
-  end
+  local wait, wake = new_waker()
   add_waiter(f, wake)
   local timer = timeout and after(timeout, wake)
-  local ok, err = park()
-  waiting = false
+  local ok, err = wait(me)
   if timer then timer:close() end
   if not is_done(f) then remove_waiter(f, wake) end
   if not ok then error(err, 0) end
@@ -157,9 +154,9 @@ future.set_hooks {
 
 -- ---- waiting on several futures ----
 
-M.FIRST_COMPLETED = "FIRST_COMPLETED"
-M.FIRST_EXCEPTION = "FIRST_EXCEPTION"
-M.ALL_COMPLETED = "ALL_COMPLETED"
+M.FIRST_COMPLETED = common.FIRST_COMPLETED
+M.FIRST_EXCEPTION = common.FIRST_EXCEPTION
+M.ALL_COMPLETED = common.ALL_COMPLETED
 
 local function check_futures(fs, fname)
   if type(fs) ~= "table" then
@@ -172,8 +169,11 @@ local function check_futures(fs, fname)
   end
 end
 
+local completion_ops = {done = is_done, failed = failed, listen = add_waiter, unlisten = remove_waiter}
+
 --- Waits until return_when holds (ALL_COMPLETED by default) or timeout
--- passes; returns two sets (tables keyed by future): done and not_done.
+-- passes; returns two sets (tables keyed by future): done and not_done. A
+-- timeout of 0 or less does not wait (tulua._common.wait says why).
 function M.wait(fs, opts)
   check_futures(fs, "wait")
   if opts ~= nil and type(opts) ~= "table" then
@@ -181,54 +181,10 @@ function M.wait(fs, opts)
   end
   opts = opts or {}
   local timeout = check_timeout(opts.timeout, 2, "wait")
-  local when = opts.return_when or M.ALL_COMPLETED
-  if when ~= M.FIRST_COMPLETED and when ~= M.FIRST_EXCEPTION and when ~= M.ALL_COMPLETED then
-    error("bad argument #2 to 'wait' (invalid return_when: " .. tostring(when) .. ")", 2)
-  end
-  local left, satisfied = 0, false
-  local function enough(f)
-    return when == M.FIRST_COMPLETED or (when == M.FIRST_EXCEPTION and failed(f))
-  end
-  for i = 1, #fs do
-    local f = fs[i]
-    if not is_done(f) then left = left + 1 elseif enough(f) then satisfied = true end
-  end
-  if left > 0 and not satisfied and (timeout == nil or timeout > 0) then
-    local me = need_task("wait")
-    local waiting = false
-    local function wake()
-      if waiting then waiting = false; unpark(me) end
-    end
-    local function on_done(f)
-      left = left - 1
-      if left == 0 or enough(f) then satisfied = true; wake() end
-    end
-    for i = 1, #fs do
-      if not is_done(fs[i]) then add_waiter(fs[i], on_done) end
-    end
-    local timer = timeout and after(timeout, function() satisfied = true; wake() end)
-    local ok, err = true, nil
-    while not satisfied do
-      waiting = true
-      ok, err = park()
-      waiting = false
-      if not ok then break end
-    end
-    if timer then timer:close() end
-    for i = 1, #fs do
-      if not is_done(fs[i]) then remove_waiter(fs[i], on_done) end
-    end
-    if not ok then error(err, 0) end
-  end
-  local done, not_done = {}, {}
-  for i = 1, #fs do
-    local f = fs[i]
-    if is_done(f) then done[f] = true else not_done[f] = true end
-  end
+  local when = check_return_when(opts.return_when, 2, "wait")
+  local done, not_done = common.wait(fs, completion_ops, timeout, when, "wait")
   return done, not_done
 end
-
-local completion_ops = {done = is_done, listen = add_waiter, unlisten = remove_waiter}
 
 --- Iterates over the futures as they finish (for f in as_completed(fs)),
 -- each once; raises TimeoutError from the iterator once timeout seconds
