@@ -10,6 +10,7 @@ local waiters = require "asyncio._waiters"
 local spawn, current, now = tulua.spawn_protected, tulua.current, tulua.now
 local after = require("tulua.timer").after
 local need_task, check_timeout = common.need_task, common.check_timeout
+local type_error = require("tulua._args").type_error
 local Future, to_future, wrap_future = futures.Future, futures.to_future, futures.wrap_future
 local wq_new, wq_wait, wq_wake_all = waiters.new, waiters.wait, waiters.wake_all
 local pack, unpack = table.pack, table.unpack
@@ -112,8 +113,7 @@ function Loop:time() return now() end
 
 local function check_fn(fn, argn, fname)
   if type(fn) ~= "function" then
-    error(("bad argument #%d to '%s' (function expected, got %s)")
-      :format(argn, fname, type(fn)), 3)
+    type_error(argn, fname, "function", fn, 3)
   end
 end
 
@@ -189,7 +189,7 @@ end
 -- arguments are copied there, and it may run in parallel with this one.
 function M.to_thread(fn, ...)
   if type(fn) ~= "function" then
-    error("bad argument #1 to 'to_thread' (function expected, got " .. type(fn) .. ")", 2)
+    type_error(1, "to_thread", "function", fn)
   end
   need_task("to_thread")
   local f = M.get_running_loop():run_in_executor(nil, fn, ...)

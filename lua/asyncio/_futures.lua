@@ -11,6 +11,7 @@ local waiters = require "asyncio._waiters"
 -- timeout's __close may still wait.
 local spawn, Task = tulua.spawn_protected, tulua.Task
 local need_task = common.need_task
+local type_error = require("tulua._args").type_error
 local CancelledError, InvalidStateError = exceptions.CancelledError, exceptions.InvalidStateError
 local wq_new, wq_wake_all, wq_wait = waiters.new, waiters.wake_all, waiters.wait
 local pack, unpack = table.pack, table.unpack
@@ -108,8 +109,7 @@ end
 --- Calls fn(future) on the next loop turn after it is done.
 function Future:add_done_callback(fn)
   if type(fn) ~= "function" then
-    error("bad argument #1 to 'add_done_callback' (function expected, got " ..
-      type(fn) .. ")", 2)
+    type_error(1, "add_done_callback", "function", fn)
   end
   if self._state ~= "pending" then
     spawn(fn, self)
@@ -137,8 +137,7 @@ local function to_future(aw, argn, fname)
   local t = type(aw)
   if t == "thread" or is_future(aw) then return aw end
   if t == "function" then return spawn(aw) end
-  error(("bad argument #%d to '%s' (Task, Future or function expected, got %s)")
-    :format(argn, fname, t), 3)
+  type_error(argn, fname, "Task, Future or function", aw, 3)
 end
 
 --- Returns aw as a Task or Future (a function is started as a task).
@@ -176,7 +175,7 @@ end
 function M.wrap_future(f)
   if type(f) == "thread" or is_future(f) then return f end
   if not is_cf_future(f) then
-    error("bad argument #1 to 'wrap_future' (Future expected, got " .. type(f) .. ")", 2)
+    type_error(1, "wrap_future", "Future", f)
   end
   local af = M.Future()
   af:add_done_callback(function()

@@ -5,7 +5,8 @@ local common = require "tulua._common"
 local waiters = require "asyncio._waiters"
 
 local need_task = common.need_task
-local check_self = require("tulua._args").check_self
+local args = require "tulua._args"
+local arg_error, type_error, check_self = args.arg_error, args.type_error, args.check_self
 local wq_new, wq_wake, wq_wake_all, wq_live, wq_wait =
   waiters.new, waiters.wake, waiters.wake_all, waiters.live, waiters.wait
 local type, error, pcall, setmetatable, getmetatable = type, error, pcall, setmetatable, getmetatable
@@ -87,7 +88,7 @@ Semaphore.__index = Semaphore
 local function new_semaphore(value, bound, fname)
   value = value == nil and 1 or value
   if math.type(value) ~= "integer" or value < 0 then
-    error("bad argument #1 to '" .. fname .. "' (non-negative integer expected)", 3)
+    arg_error(1, fname, "non-negative integer expected", 3)
   end
   return setmetatable({_value = value, _bound = bound and value,
     _waiters = wq_new()}, Semaphore)
@@ -145,7 +146,7 @@ Condition.__index = Condition
 --- A condition variable over lock (a new Lock by default).
 function M.Condition(lock)
   if lock ~= nil and getmetatable(lock) ~= Lock then
-    error("bad argument #1 to 'Condition' (asyncio.Lock expected, got " .. type(lock) .. ")", 2)
+    type_error(1, "Condition", "asyncio.Lock", lock)
   end
   return setmetatable({_lock = lock or M.Lock(), _waiters = wq_new()}, Condition)
 end
@@ -199,7 +200,7 @@ end
 function Condition:wait_for(predicate)
   check_self(self, "asyncio.Condition", "wait_for")
   if type(predicate) ~= "function" then
-    error("bad argument #1 to 'wait_for' (function expected, got " .. type(predicate) .. ")", 2)
+    type_error(1, "wait_for", "function", predicate)
   end
   local r = predicate()
   while not r do
@@ -213,8 +214,8 @@ end
 function Condition:notify(n)
   check_self(self, "asyncio.Condition", "notify")
   if n ~= nil and math.type(n) ~= "integer" then
-    error("bad argument #1 to 'notify' (" .. (type(n) == "number" and "number has no integer representation"
-      or "number expected, got " .. type(n)) .. ")", 2)
+    arg_error(1, "notify", type(n) == "number" and "number has no integer representation"
+      or "number expected, got " .. type(n))
   end
   if not self._lock._locked then error("attempt to notify on a condition whose lock is not acquired", 2) end
   n = n or 1

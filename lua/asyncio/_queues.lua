@@ -6,7 +6,8 @@ local locks = require "asyncio._locks"
 local waiters = require "asyncio._waiters"
 
 local need_task = common.need_task
-local check_self = require("tulua._args").check_self
+local args = require "tulua._args"
+local arg_error, type_error, check_self = args.arg_error, args.type_error, args.check_self
 local QueueEmpty, QueueFull = exceptions.QueueEmpty, exceptions.QueueFull
 local new_event = locks.Event
 local wq_new, wq_wake, wq_wait = waiters.new, waiters.wake, waiters.wait
@@ -21,7 +22,7 @@ Queue.__index = Queue
 local function new_queue(mt, maxsize, fname)
   maxsize = maxsize or 0
   if math.type(maxsize) ~= "integer" then
-    error("bad argument #1 to '" .. fname .. "' (integer expected, got " .. type(maxsize) .. ")", 3)
+    type_error(1, fname, "integer", maxsize, 3)
   end
   local q = setmetatable({maxsize = maxsize, _unfinished = 0,
     _getters = wq_new(), _putters = wq_new(), _finished = new_event()}, mt)
@@ -59,7 +60,7 @@ end
 --- Adds item without waiting; raises QueueFull when full.
 function Queue:put_nowait(item)
   check_self(self, "asyncio.Queue", "put_nowait")
-  if item == nil then error("bad argument #1 to 'put_nowait' (value expected)", 2) end
+  if item == nil then arg_error(1, "put_nowait", "value expected") end
   if self:full() then error(QueueFull(), 2) end
   self:_put(item)
   self._unfinished = self._unfinished + 1
@@ -78,7 +79,7 @@ end
 --- Adds item, waiting while the queue is full.
 function Queue:put(item)
   check_self(self, "asyncio.Queue", "put")
-  if item == nil then error("bad argument #1 to 'put' (value expected)", 2) end
+  if item == nil then arg_error(1, "put", "value expected") end
   while self:full() do
     wq_wait(self._putters, need_task("put"), putter_cancelled, self)
   end

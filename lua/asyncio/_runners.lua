@@ -8,6 +8,7 @@ local tasks = require "asyncio._tasks"
 
 local spawn = tulua.spawn_protected
 local need_task = common.need_task
+local type_error = require("tulua._args").type_error
 local wait_done = futures.wait_done
 local all_tasks, gather = tasks.all_tasks, tasks.gather
 local pack, unpack = table.pack, table.unpack
@@ -21,7 +22,7 @@ local M = {}
 -- meanwhile. Cancelling the calling task (Ctrl-C) cancels fn's task.
 function M.run(fn, opts)
   if type(fn) ~= "function" then
-    error("bad argument #1 to 'run' (function expected, got " .. type(fn) .. ")", 2)
+    type_error(1, "run", "function", fn)
   end
   local me = need_task("run")
   local before = all_tasks()

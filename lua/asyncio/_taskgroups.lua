@@ -5,6 +5,7 @@ local exceptions = require "asyncio._exceptions"
 
 local spawn, current = tulua.spawn_protected, tulua.current
 local new_waker = require("tulua._common").new_waker
+local type_error = require("tulua._args").type_error
 local can_wait, new_error = tulua.can_wait, tulua.new_error
 local is_cancelled = exceptions.is_cancelled
 local type, error, setmetatable, pairs, tostring = type, error, setmetatable, pairs, tostring
@@ -52,7 +53,7 @@ end
 --- Starts fn(...) as a task of the group; returns the task.
 function TaskGroup:create_task(fn, ...)
   if type(fn) ~= "function" then
-    error("bad argument #1 to 'create_task' (function expected, got " .. type(fn) .. ")", 2)
+    type_error(1, "create_task", "function", fn)
   end
   if self._closed then error("attempt to add a task to a finished TaskGroup", 2) end
   if self._aborting then error("attempt to add a task to a TaskGroup that is shutting down", 2) end

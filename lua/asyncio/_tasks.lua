@@ -11,6 +11,7 @@ local timeouts = require "asyncio._timeouts"
 local spawn, current = tulua.spawn_protected, tulua.current
 local need_task, new_waker = common.need_task, common.new_waker
 local check_timeout, check_return_when = common.check_timeout, common.check_return_when
+local type_error = require("tulua._args").type_error
 local CancelledError, TimeoutError = exceptions.CancelledError, exceptions.TimeoutError
 local Future, to_future, wait_done = futures.Future, futures.to_future, futures.wait_done
 local timeout_scope = timeouts.timeout
@@ -146,7 +147,7 @@ local completion_ops = {
 -- 0 or less does not wait (tulua._common.wait says why).
 function M.wait(aws, opts)
   if type(aws) ~= "table" then
-    error("bad argument #1 to 'wait' (table expected, got " .. type(aws) .. ")", 2)
+    type_error(1, "wait", "table", aws)
   end
   opts = opts or {}
   local timeout = check_timeout(opts.timeout, 2, "wait")
@@ -165,7 +166,7 @@ end
 -- have passed.
 function M.as_completed(aws, timeout)
   if type(aws) ~= "table" then
-    error("bad argument #1 to 'as_completed' (table expected, got " .. type(aws) .. ")", 2)
+    type_error(1, "as_completed", "table", aws)
   end
   check_timeout(timeout, 2, "as_completed")
   local fs = {}

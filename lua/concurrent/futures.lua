@@ -31,6 +31,8 @@ local common = require "tulua._common"
 local ERROR_MT, error_class, need_task, new_waker = common.ERROR_MT, common.error_class,
   common.need_task, common.new_waker
 local check_timeout, check_return_when = common.check_timeout, common.check_return_when
+local args = require "tulua._args"
+local arg_error, type_error = args.arg_error, args.type_error
 
 -- ---- errors ----
 
@@ -160,11 +162,11 @@ M.ALL_COMPLETED = common.ALL_COMPLETED
 
 local function check_futures(fs, fname)
   if type(fs) ~= "table" then
-    error(("bad argument #1 to '%s' (table expected, got %s)"):format(fname, type(fs)), 3)
+    type_error(1, fname, "table", fs, 3)
   end
   for i = 1, #fs do
     if not is_future(fs[i]) then
-      error(("bad argument #1 to '%s' (element %d is not a Future)"):format(fname, i), 3)
+      arg_error(1, fname, "element " .. i .. " is not a Future", 3)
     end
   end
 end
@@ -177,7 +179,7 @@ local completion_ops = {done = is_done, failed = failed, listen = add_waiter, un
 function M.wait(fs, opts)
   check_futures(fs, "wait")
   if opts ~= nil and type(opts) ~= "table" then
-    error("bad argument #2 to 'wait' (table expected, got " .. type(opts) .. ")", 2)
+    type_error(2, "wait", "table", opts)
   end
   opts = opts or {}
   local timeout = check_timeout(opts.timeout, 2, "wait")
@@ -258,8 +260,7 @@ local function zip(fname, n, ...)
         if v ~= nil then return true, v end
       end
     else
-      error(("bad argument #%d to '%s' (table or iterator function expected, got %s)")
-        :format(i + 1, fname, type(it)), 3)
+      type_error(i + 1, fname, "table or iterator function", it, 3)
     end
   end
   if n == 1 then
@@ -314,7 +315,7 @@ end
 -- turn comes; breaking out of the loop cancels the jobs still in flight.
 function Executor:map(fn, ...)
   if type(fn) ~= "function" then
-    error("bad argument #1 to 'map' (function expected, got " .. type(fn) .. ")", 2)
+    type_error(1, "map", "function", fn)
   end
   local n = select("#", ...)
   local opts = {}
@@ -322,15 +323,15 @@ function Executor:map(fn, ...)
     opts = select(n, ...)
     n = n - 1
   end
-  if n == 0 then error("bad argument #2 to 'map' (at least one iterable expected)", 2) end
+  if n == 0 then arg_error(2, "map", "at least one iterable expected") end
   local timeout = check_timeout(opts.timeout, n + 2, "map")
   local chunksize = opts.chunksize or 1
   if math.type(chunksize) ~= "integer" or chunksize < 1 then
-    error("bad argument #" .. (n + 2) .. " to 'map' (chunksize must be a positive integer)", 2)
+    arg_error(n + 2, "map", "chunksize must be a positive integer")
   end
   local window = opts.buffersize or math.max(2 * self._max_workers, 64)
   if math.type(window) ~= "integer" or window < 1 then
-    error("bad argument #" .. (n + 2) .. " to 'map' (buffersize must be a positive integer)", 2)
+    arg_error(n + 2, "map", "buffersize must be a positive integer")
   end
   local multi = n > 1
   local nextitem = zip("map", n, ...)
@@ -454,7 +455,7 @@ M.process_cpu_count = thread_pool.process_cpu_count
 local function check_workers(n, fname, default)
   if n == nil then return default end
   if math.type(n) ~= "integer" or n < 1 then
-    error(("bad argument #1 to '%s' (max_workers must be a positive integer)"):format(fname), 3)
+    arg_error(1, fname, "max_workers must be a positive integer", 3)
   end
   return n
 end
@@ -462,13 +463,13 @@ end
 local function check_opts(opts, fname)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
-    error(("bad argument #2 to '%s' (table expected, got %s)"):format(fname, type(opts)), 3)
+    type_error(2, fname, "table", opts, 3)
   end
   if opts.initializer ~= nil and type(opts.initializer) ~= "function" then
-    error(("bad argument #2 to '%s' (initializer must be a function)"):format(fname), 3)
+    arg_error(2, fname, "initializer must be a function", 3)
   end
   if opts.initargs ~= nil and type(opts.initargs) ~= "table" then
-    error(("bad argument #2 to '%s' (initargs must be a table)"):format(fname), 3)
+    arg_error(2, fname, "initargs must be a table", 3)
   end
   return opts
 end
@@ -492,7 +493,7 @@ function M.ProcessPoolExecutor(max_workers, opts)
   opts = check_opts(opts, "ProcessPoolExecutor")
   local mtpc = opts.max_tasks_per_child
   if mtpc ~= nil and (math.type(mtpc) ~= "integer" or mtpc < 1) then
-    error("bad argument #2 to 'ProcessPoolExecutor' (max_tasks_per_child must be a positive integer)", 2)
+    arg_error(2, "ProcessPoolExecutor", "max_tasks_per_child must be a positive integer")
   end
   local backend = require("concurrent._process_pool").new
   local ok, ex = pcall(new_executor, "ProcessPoolExecutor", max_workers, backend, opts)
