@@ -58,8 +58,8 @@ end
 --- Returns wait, wake: the parking of a task that waits on callbacks and
 -- timers. wait(me) parks me, the current task, and returns park()'s
 -- `true` or `false, err`; wake() makes the task parked in that wait ready,
--- and does nothing when none is, so that a callback or timer that comes
--- late never wakes the task from some later wait of its own.
+-- and does nothing when none is: a callback or timer that comes late
+-- cannot wake the task from a wait elsewhere, as a bare unpark(me) could.
 function M.new_waker()
   local parked = nil
   local function wake()
