@@ -1,11 +1,11 @@
 /* process_pool.c: uv_process_t with a socket pair per worker process; backs
  * the module 'tulua.process_pool', the transport under the process backend
- * of concurrent.futures (lua/concurrent/process_pool.lua keeps the queue,
+ * of concurrent.futures (lua/concurrent/_process_pool.lua keeps the queue,
  * the windows and the futures' ids; this file moves bytes and processes).
  *
  * A worker is a tulua process started from this very binary
  * (/proc/self/exe: the file on disk may have been replaced meanwhile) as
- *   tulua -E -e "require('concurrent.process_pool').worker_main(3)"
+ *   tulua -E -e "require('concurrent._process_pool').worker_main(3)"
  * with /dev/null as stdin, the parent's own stdout and stderr (a job's
  * print shows where the parent's would, as in Python), and one end of a
  * socket pair as descriptor 3: the protocol's only channel, both ways. A
@@ -41,7 +41,7 @@
  * child while the process handle is open (exit_cb); a Link collected
  * before that (at lua_close) ends and reaps its child synchronously.
  *
- * Worker side: the port of lua/concurrent/worker.lua's job runner. It reads
+ * Worker side: the port of lua/concurrent/_worker.lua's job runner. It reads
  * the channel without libuv (non-blocking reads between jobs, so that a
  * cancel sent for a job queued here is seen before the job starts; a poll
  * handle while it waits for work) and writes replies with blocking writes:

@@ -6,7 +6,7 @@
  * A pool is n OS threads of its own (not libuv's thread pool: CPU work there
  * would delay file operations and DNS). Each worker thread runs a whole
  * tulua runtime, with its own Lua state and loop, whose main task is the
- * job runner of lua/concurrent/worker.lua. Jobs cross as tulua.transfer
+ * job runner of lua/concurrent/_worker.lua. Jobs cross as tulua.transfer
  * buffers:
  *
  *   owner: the executor core's submit (bindings/future.c) calls this
@@ -605,7 +605,7 @@ static void worker_main(void *arg) {
     uv_mutex_unlock(&p->mu);
     lua_State *L = tulua_state(rt);
     lua_getglobal(L, "require");
-    lua_pushliteral(L, "concurrent.worker");
+    lua_pushliteral(L, "concurrent._worker");
     if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
       lua_getfield(L, -1, "serve");
       lua_remove(L, -2);

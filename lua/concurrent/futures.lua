@@ -20,16 +20,18 @@
 local tulua = require "tulua"
 local thread_pool = require "tulua.thread_pool"
 
-local park, unpark, now = tulua.park, tulua.unpark, tulua.now
-local after = require("tulua.timer").after
+local now = tulua.now
 local type, select, error, pcall, setmetatable, getmetatable, tostring =
   type, select, error, pcall, setmetatable, getmetatable, tostring
 
 local M = {}
 
-local common = require "tulua.common"
-local ERROR_MT, error_class, need_task, check_timeout =
-  common.ERROR_MT, common.error_class, common.need_task, common.check_timeout
+local common = require "tulua._common"
+local ERROR_MT, error_class, need_task, new_waker = common.ERROR_MT, common.error_class,
+  common.need_task, common.new_waker
+local check_timeout, check_return_when = common.check_timeout, common.check_return_when
+local args = require "tulua._args"
+local arg_error, type_error = args.arg_error, args.type_error
 
 -- ---- errors ----
 
@@ -101,78 +103,37 @@ future.set_hooks {
 
 -- ---- waiting on several futures ----
 
-M.FIRST_COMPLETED = "FIRST_COMPLETED"
-M.FIRST_EXCEPTION = "FIRST_EXCEPTION"
-M.ALL_COMPLETED = "ALL_COMPLETED"
+M.FIRST_COMPLETED = common.FIRST_COMPLETED
+M.FIRST_EXCEPTION = common.FIRST_EXCEPTION
+M.ALL_COMPLETED = common.ALL_COMPLETED
 
 local function check_futures(fs, fname)
   if type(fs) ~= "table" then
-    error(("bad argument #1 to '%s' (table expected, got %s)"):format(fname, type(fs)), 3)
+    type_error(1, fname, "table", fs, 3)
   end
   for i = 1, #fs do
     if not is_future(fs[i]) then
-      error(("bad argument #1 to '%s' (element %d is not a Future)"):format(fname, i), 3)
+      arg_error(1, fname, "element " .. i .. " is not a Future", 3)
     end
   end
 end
 
+local completion_ops = {done = is_done, failed = failed, listen = add_waiter, unlisten = remove_waiter}
+
 --- Waits until return_when holds (ALL_COMPLETED by default) or timeout
--- passes; returns two sets (tables keyed by future): done and not_done.
+-- passes; returns two sets (tables keyed by future): done and not_done. A
+-- timeout of 0 or less does not wait (tulua._common.wait says why).
 function M.wait(fs, opts)
   check_futures(fs, "wait")
   if opts ~= nil and type(opts) ~= "table" then
-    error("bad argument #2 to 'wait' (table expected, got " .. type(opts) .. ")", 2)
+    type_error(2, "wait", "table", opts)
   end
   opts = opts or {}
   local timeout = check_timeout(opts.timeout, 2, "wait")
-  local when = opts.return_when or M.ALL_COMPLETED
-  if when ~= M.FIRST_COMPLETED and when ~= M.FIRST_EXCEPTION and when ~= M.ALL_COMPLETED then
-    error("bad argument #2 to 'wait' (invalid return_when: " .. tostring(when) .. ")", 2)
-  end
-  local left, satisfied = 0, false
-  local function enough(f)
-    return when == M.FIRST_COMPLETED or (when == M.FIRST_EXCEPTION and failed(f))
-  end
-  for i = 1, #fs do
-    local f = fs[i]
-    if not is_done(f) then left = left + 1 elseif enough(f) then satisfied = true end
-  end
-  if left > 0 and not satisfied and (timeout == nil or timeout > 0) then
-    local me = need_task("wait")
-    local waiting = false
-    local function wake()
-      if waiting then waiting = false; unpark(me) end
-    end
-    local function on_done(f)
-      left = left - 1
-      if left == 0 or enough(f) then satisfied = true; wake() end
-    end
-    for i = 1, #fs do
-      if not is_done(fs[i]) then add_waiter(fs[i], on_done) end
-    end
-    local timer = timeout and after(timeout, function() satisfied = true; wake() end)
-    local ok, err = true, nil
-    while not satisfied do
-      waiting = true
-      ok, err = park()
-      waiting = false
-      if not ok then break end
-    end
-    if timer then timer:close() end
-    for i = 1, #fs do
-      if not is_done(fs[i]) then remove_waiter(fs[i], on_done) end
-    end
-    if not ok then error(err, 0) end
-  end
-  local done, not_done = {}, {}
-  for i = 1, #fs do
-    local f = fs[i]
-    if is_done(f) then done[f] = true else not_done[f] = true end
-  end
+  local when = check_return_when(opts.return_when, 2, "wait")
+  local done, not_done = common.wait(fs, completion_ops, timeout, when, "wait")
   return done, not_done
 end
-
-local completion_ops = {done = is_done, listen = add_waiter, unlisten = remove_waiter}
 
 --- Iterates over the futures as they finish (for f in as_completed(fs)),
 -- each once; raises TimeoutError from the iterator once timeout seconds
@@ -213,8 +174,8 @@ end
 -- Nothing is in flight: wake shutdown(true), or end the workers of an
 -- executor shut down without waiting.
 function Executor:_idle()
-  local w = self._closer
-  if w then self._closer = nil; unpark(w) end
+  local wake = self._wake_closer
+  if wake then wake() end
   if self._shutdown then self:_close_backend() end
 end
 
@@ -246,8 +207,7 @@ local function zip(fname, n, ...)
         if v ~= nil then return true, v end
       end
     else
-      error(("bad argument #%d to '%s' (table or iterator function expected, got %s)")
-        :format(i + 1, fname, type(it)), 3)
+      type_error(i + 1, fname, "table or iterator function", it, 3)
     end
   end
   if n == 1 then
@@ -302,7 +262,7 @@ end
 -- turn comes; breaking out of the loop cancels the jobs still in flight.
 function Executor:map(fn, ...)
   if type(fn) ~= "function" then
-    error("bad argument #1 to 'map' (function expected, got " .. type(fn) .. ")", 2)
+    type_error(1, "map", "function", fn)
   end
   local n = select("#", ...)
   local opts = {}
@@ -310,15 +270,15 @@ function Executor:map(fn, ...)
     opts = select(n, ...)
     n = n - 1
   end
-  if n == 0 then error("bad argument #2 to 'map' (at least one iterable expected)", 2) end
+  if n == 0 then arg_error(2, "map", "at least one iterable expected") end
   local timeout = check_timeout(opts.timeout, n + 2, "map")
   local chunksize = opts.chunksize or 1
   if math.type(chunksize) ~= "integer" or chunksize < 1 then
-    error("bad argument #" .. (n + 2) .. " to 'map' (chunksize must be a positive integer)", 2)
+    arg_error(n + 2, "map", "chunksize must be a positive integer")
   end
   local window = opts.buffersize or math.max(2 * self._max_workers, 64)
   if math.type(window) ~= "integer" or window < 1 then
-    error("bad argument #" .. (n + 2) .. " to 'map' (buffersize must be a positive integer)", 2)
+    arg_error(n + 2, "map", "buffersize must be a positive integer")
   end
   local multi = n > 1
   local nextitem = zip("map", n, ...)
@@ -411,12 +371,16 @@ function Executor:shutdown(wait, cancel_futures)
     self:_close_backend()
   elseif wait then
     local me = need_task("shutdown")
+    local park_me, wake = new_waker()
+    self._wake_closer = wake
     while core:inflight() > 0 do
-      self._closer = me
-      local ok, err = park()
-      if self._closer == me then self._closer = nil end
-      if not ok then error(err, 0) end
+      local ok, err = park_me(me)
+      if not ok then
+        if self._wake_closer == wake then self._wake_closer = nil end
+        error(err, 0)
+      end
     end
+    if self._wake_closer == wake then self._wake_closer = nil end
     self:_close_backend()
   end
 end
@@ -442,7 +406,7 @@ M.process_cpu_count = thread_pool.process_cpu_count
 local function check_workers(n, fname, default)
   if n == nil then return default end
   if math.type(n) ~= "integer" or n < 1 then
-    error(("bad argument #1 to '%s' (max_workers must be a positive integer)"):format(fname), 3)
+    arg_error(1, fname, "max_workers must be a positive integer", 3)
   end
   return n
 end
@@ -450,13 +414,13 @@ end
 local function check_opts(opts, fname)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
-    error(("bad argument #2 to '%s' (table expected, got %s)"):format(fname, type(opts)), 3)
+    type_error(2, fname, "table", opts, 3)
   end
   if opts.initializer ~= nil and type(opts.initializer) ~= "function" then
-    error(("bad argument #2 to '%s' (initializer must be a function)"):format(fname), 3)
+    arg_error(2, fname, "initializer must be a function", 3)
   end
   if opts.initargs ~= nil and type(opts.initargs) ~= "table" then
-    error(("bad argument #2 to '%s' (initargs must be a table)"):format(fname), 3)
+    arg_error(2, fname, "initargs must be a table", 3)
   end
   return opts
 end
@@ -480,9 +444,9 @@ function M.ProcessPoolExecutor(max_workers, opts)
   opts = check_opts(opts, "ProcessPoolExecutor")
   local mtpc = opts.max_tasks_per_child
   if mtpc ~= nil and (math.type(mtpc) ~= "integer" or mtpc < 1) then
-    error("bad argument #2 to 'ProcessPoolExecutor' (max_tasks_per_child must be a positive integer)", 2)
+    arg_error(2, "ProcessPoolExecutor", "max_tasks_per_child must be a positive integer")
   end
-  local backend = require("concurrent.process_pool").new
+  local backend = require("concurrent._process_pool").new
   local ok, ex = pcall(new_executor, "ProcessPoolExecutor", max_workers, backend, opts)
   if not ok then error(ex, 2) end
   return ex

@@ -7,11 +7,12 @@
 -- records and returns a string.
 local M = {}
 
-local type, error, ipairs, tostring = type, error, ipairs, tostring
+local type, ipairs, tostring = type, ipairs, tostring
 local format, rep, sub = string.format, string.rep, string.sub
 local concat, sort = table.concat, table.sort
 local floor, ceil, max, min, log = math.floor, math.ceil, math.max, math.min, math.log
 local math_type = math.type
+local arg_error = require("tulua._args").arg_error
 
 -- Job marks, by submission number: 1-9, then a-z, then again from 1. A
 -- failed or cancelled job is drawn with its status mark instead: its bar
@@ -26,8 +27,10 @@ local function seconds(t, decimals)
   return format("%." .. decimals .. "f", t)
 end
 
-local function bad_arg(n, msg)
-  error(format("bad argument #%d to 'render' (%s)", n, msg), 3)
+-- Called from render's checkers, so it blames render's caller: level 4
+-- (bad_arg, the checker, render, its caller), one more from a closure.
+local function bad_arg(n, msg, level)
+  arg_error(n, "render", msg, level or 4)
 end
 
 local function is_time(x)
@@ -56,7 +59,7 @@ local function check_records(records)
   local jobs, latest = {}, 0
   for i, r in ipairs(records) do
     local function bad_field(name, what)
-      bad_arg(1, format("record %d: field '%s' must be %s", i, name, what))
+      bad_arg(1, format("record %d: field '%s' must be %s", i, name, what), 5)
     end
     if type(r) ~= "table" then bad_arg(1, format("record %d: table expected, got %s", i, type(r))) end
     local index = r.index == nil and i or r.index

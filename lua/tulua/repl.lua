@@ -14,6 +14,7 @@ local concat, sort, pack = table.concat, table.sort, table.pack
 local math_type, utf8_len = math.type, utf8.len
 local getmetatable, getinfo = debug.getmetatable, debug.getinfo
 local coroutine_status = coroutine.status
+local arg_error, type_error = require("tulua._args").arg_error, require("tulua._args").type_error
 
 local MAX_CHAIN = 10 -- __index tables followed at most, one after the other
 local MAX_COMPLETIONS = 200
@@ -280,7 +281,7 @@ end
 local function check_opts(opts)
   if opts == nil then return DEFAULTS end
   if type(opts) ~= "table" then
-    error(format("bad argument #2 to 'show' (table expected, got %s)", type(opts)), 3)
+    type_error(2, "show", "table", opts, 3)
   end
   local o = {}
   for name, default in next, DEFAULTS do
@@ -288,7 +289,7 @@ local function check_opts(opts)
     if x == nil then
       x = default
     elseif math_type(x) ~= "integer" or x < 0 then
-      error(format("bad argument #2 to 'show' (field '%s' must be a non-negative integer)", name), 3)
+      arg_error(2, "show", "field '" .. name .. "' must be a non-negative integer", 3)
     end
     o[name] = x
   end
@@ -404,11 +405,11 @@ end
 -- @raise for a text that is not a string or an env that is not a table
 function M.complete(text, env)
   if type(text) ~= "string" then
-    error(format("bad argument #1 to 'complete' (string expected, got %s)", type(text)), 2)
+    type_error(1, "complete", "string", text)
   end
   if env == nil then env = _G end
   if type(env) ~= "table" then
-    error(format("bad argument #2 to 'complete' (table expected, got %s)", type(env)), 2)
+    type_error(2, "complete", "table", env)
   end
   local lead, path = match(text, "^(.-)([A-Za-z0-9_.:]*)$") -- lead: "x + " in "x + string.fo"
   local head, sep, last = match(path, "^(.*)([.:])([A-Za-z0-9_]*)$")

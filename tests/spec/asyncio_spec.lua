@@ -758,6 +758,34 @@ describe("asyncio", function()
       cleanup(slow)
     end)
 
+    it("with a timeout of 0 or less reports what is done at the call, without letting a task run", function()
+      for _, timeout in ipairs({0, -1}) do
+        local ran = false
+        local finished = asyncio.Future()
+        finished:set_result("f")
+        local ready = asyncio.create_task(function() ran = true end)
+        local done, pending = asyncio.wait({finished, ready}, {timeout = timeout})
+        assert.are.same({[finished] = true}, done)
+        assert.are.same({[ready] = true}, pending)
+        assert.is_false(ran, "timeout " .. timeout)
+        ready:join()
+      end
+    end)
+
+    it("with no timeout waits as long as it takes", function()
+      local a = asyncio.create_task(asyncio.sleep, 0.02, "a")
+      local done, pending = asyncio.wait({a}, {return_when = asyncio.ALL_COMPLETED})
+      assert.are.same({[a] = true}, done)
+      assert.are.same({}, pending)
+    end)
+
+    it("raises where it cannot wait even when everything is done, as Python's coroutine does", function()
+      local finished = asyncio.Future()
+      finished:set_result("f")
+      local err = raised(table.sort, {1, 2}, function() asyncio.wait({finished}) end)
+      assert.matches("asyncio_spec.lua:%d+: attempt to wait in 'wait' inside a function called from C", err)
+    end)
+
     it("raises CancelledError when the waiting task is cancelled, and leaves the awaitables running", function()
       local a = asyncio.create_task(asyncio.sleep, 1)
       local g = asyncio.create_task(asyncio.wait, {a})

@@ -267,6 +267,37 @@ describe("concurrent.futures", function()
       assert.matches("invalid return_when", raised(futures.wait, {b}, {return_when = "SOON"}))
       assert.matches("not a Future", raised(futures.wait, {1}))
     end)
+
+    it("with a timeout of 0 or less returns what is done at the call, without letting a task run", function()
+      local a = ex:submit(function() return 1 end)
+      a:result()
+      local b = ex:submit(tulua.sleep, 0.3)
+      for _, timeout in ipairs({0, -1}) do
+        local ran = false
+        local t = tulua.spawn(function() ran = true end)
+        local done, not_done = futures.wait({a, b}, {timeout = timeout})
+        assert.are.same({[a] = true}, done)
+        assert.are.same({[b] = true}, not_done)
+        assert.is_false(ran, "timeout " .. timeout)
+        t:join()
+      end
+      b:cancel()
+    end)
+
+    it("with no timeout waits as long as it takes", function()
+      local a = ex:submit(tulua.sleep, 0.02)
+      local done, not_done = futures.wait({a}, {return_when = futures.ALL_COMPLETED})
+      assert.are.same({[a] = true}, done)
+      assert.are.same({}, not_done)
+    end)
+
+    it("needs no task when it need not wait", function()
+      local a = ex:submit(function() return 1 end)
+      a:result()
+      local got
+      table.sort({1, 2}, function() got = futures.wait({a}); return false end)
+      assert.are.same({[a] = true}, got)
+    end)
   end)
 
   describe("cancel", function()

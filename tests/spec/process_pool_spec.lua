@@ -1,4 +1,4 @@
--- concurrent.futures' ProcessPoolExecutor (lua/concurrent/process_pool.lua
+-- concurrent.futures' ProcessPoolExecutor (lua/concurrent/_process_pool.lua
 -- over bindings/process_pool.c): jobs in tulua worker processes, crashes
 -- that fail only their own job, cancelling queued and running jobs,
 -- shutdown, max_tasks_per_child, initializers, and what a pool leaves

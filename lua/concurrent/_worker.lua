@@ -1,4 +1,4 @@
---- The worker side of concurrent.futures: the loop that runs jobs in a
+--- concurrent._worker: the worker side of concurrent.futures, the loop that runs jobs in a
 -- worker, a thread pool's thread or a process pool's process. A port hands
 -- it jobs: port.take(w) says whether one was taken ("job"), none is queued
 -- ("idle": port.wait(w) suspends until there is) or the worker must end

@@ -1,7 +1,7 @@
---- concurrent.process_pool: the process backend of concurrent.futures
+--- concurrent._process_pool: the process backend of concurrent.futures
 -- (futures.ProcessPoolExecutor), over the transport of
 -- bindings/process_pool.c. Each worker is a tulua process running the job
--- runner of concurrent.worker; jobs and replies cross its channel as
+-- runner of concurrent._worker; jobs and replies cross its channel as
 -- tulua.transfer buffers. See the backend interface at the top of
 -- lua/concurrent/futures.lua.
 --
@@ -61,7 +61,7 @@ local START_FAILURES = 3 -- workers in a row that die before they are ready
 -- The code a worker process runs: tulua -E -e CODE, its channel on fd 3.
 -- -E: LUA_INIT does not run in every worker, and the package paths come
 -- from the parent (its current ones) rather than from the environment.
-local WORKER_CODE = "require('concurrent.process_pool').worker_main(3)"
+local WORKER_CODE = "require('concurrent._process_pool').worker_main(3)"
 
 -- link -> worker, for the events of the transport; weak, so that a pool
 -- nobody refers to is collected (its links live until their child ends)
@@ -539,7 +539,7 @@ end
 -- ---- the worker process ----
 
 --- The main of a worker process: runs the jobs that come on descriptor fd
--- (concurrent.worker's loop over this module's port), then exits, as
+-- (concurrent._worker's loop over this module's port), then exits, as
 -- Python's workers do, without waiting for anything a job left running.
 function M.worker_main(fd)
   local P = C.port
@@ -548,7 +548,7 @@ function M.worker_main(fd)
   thread_pool.job_control()
   local call, job_end = thread_pool.call, thread_pool.job_end
   local job, current, reply = P.job, P.current, P.reply
-  require("concurrent.worker").serve(port, {
+  require("concurrent._worker").serve(port, {
     init = P.init, broken = P.broken, take = P.take, wait = P.wait,
     run = function(p) return call(job(p)) end,
     finish = function(p, ok, ...)

@@ -1,0 +1,39 @@
+--- tulua._args: argument errors in Lua's grammar for the Lua-side modules,
+-- as lauxlib's luaL_argerror and luaL_typeerror serve C: "bad argument #2
+-- to 'wait' (number expected, got nil)". Internal; requires nothing, so that
+-- the pure modules (tulua.repl, concurrent.timeline) may use it too.
+--
+-- Each raises at `level`, counted as error() counts it from the function
+-- that calls the helper: 2 (the default) blames that function's caller,
+-- which is right when a public function calls the helper itself; a local
+-- checker one call deeper passes 3. Never call them in a tail call (`return
+-- arg_error(...)`): a tail call drops the frame the level counts.
+local type, error, getmetatable, format = type, error, getmetatable, string.format
+
+local M = {}
+
+--- Raises "bad argument #argn to 'fname' (msg)".
+function M.arg_error(argn, fname, msg, level)
+  error(format("bad argument #%d to '%s' (%s)", argn, fname, msg), (level or 2) + 1)
+end
+
+local arg_error = M.arg_error
+
+--- Raises "bad argument #argn to 'fname' (expected expected, got <type of
+-- value>)". The type is Lua's type(), not a __name (unlike luaL_typeerror).
+function M.type_error(argn, fname, expected, value, level)
+  arg_error(argn, fname, expected .. " expected, got " .. type(value), (level or 2) + 1)
+end
+
+--- Raises "bad argument #1 to 'fname' (kind expected, got ...)" unless self
+-- is an object whose metatable's _kind is kind (an object of that class or
+-- of a subclass that keeps its _kind); the got names the __name of a
+-- metatable if there is one. As luaL_checkudata for tables.
+function M.check_self(self, kind, fname, level)
+  local mt = type(self) == "table" and getmetatable(self)
+  if not (mt and mt._kind == kind) then
+    arg_error(1, fname, kind .. " expected, got " .. (mt and mt.__name or type(self)), (level or 2) + 1)
+  end
+end
+
+return M
