@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "sched.h"
+#include "scheduler.h"
 
 /* Deepest nesting of user coroutines inside one task; Lua's own C-stack
  * limit (LUAI_MAXCCALLS, 200) stops real programs well before this. */

@@ -15,7 +15,7 @@
 #include <lauxlib.h>
 #include <uv.h>
 
-#include "../../host/tulua.h"
+#include "tulua.h"
 #include "check.h"
 
 /* ---- helpers ---- */

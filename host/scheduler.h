@@ -1,7 +1,7 @@
-/* sched.h: the scheduler's internal API (tasks, wait, wake, cancel), used by
- * host/ and bindings/. Nothing here is public: see tulua.h for that. */
-#ifndef TULUA_SCHED_H
-#define TULUA_SCHED_H
+/* scheduler.h: the scheduler's internal API (tasks, wait, wake, cancel), used
+ * by host/ and bindings/. Nothing here is public: see tulua.h for that. */
+#ifndef TULUA_SCHEDULER_H
+#define TULUA_SCHEDULER_H
 
 #include <stdint.h>
 #include <lua.h>
