@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "scheduler.h"
+#include "modules.h"
 
 /* Pushes nil, "<subject>: <libuv text>", "<UV code name>" and returns 3: the
  * operational-failure convention of every binding. [-0, +3, m] */

@@ -57,30 +57,13 @@ static int load_lua_module(lua_State *L) {
 
 static int open_libs(lua_State *L) {
   tulua_runtime *rt = lua_touserdata(L, 1);
-  static const luaL_Reg mods[] = {
-      {"tulua", luaopen_tulua},
-      {"tulua.timer", luaopen_tulua_timer},
-      {"tulua.fs", luaopen_tulua_fs},
-      {"tulua.process", luaopen_tulua_process},
-      {"tulua.tty", luaopen_tulua_tty},
-      {"tulua.dns", luaopen_tulua_dns},
-      {"tulua.udp", luaopen_tulua_udp},
-      {"tulua.net", luaopen_tulua_net},
-      {"tulua.transfer", luaopen_tulua_transfer},
-      {"tulua.future", luaopen_tulua_future},
-      {"tulua.thread_pool", luaopen_tulua_thread_pool},
-      {"tulua.process_pool", luaopen_tulua_process_pool},
-      {NULL, NULL}};
   if (rt->cfg.open_stdlibs) {
     luaL_openlibs(L);
     tulua__open_io(L);
   }
   tulua__open_coro(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  for (const luaL_Reg *m = mods; m->name; m++) {
-    lua_pushcfunction(L, m->func);
-    lua_setfield(L, -2, m->name);
-  }
+  tulua__preload_bindings(L);
   for (const tulua__lua_module *m = tulua__lua_modules; m->name; m++) {
     lua_pushlightuserdata(L, (void *)m);
     lua_pushcclosure(L, load_lua_module, 1);

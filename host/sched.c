@@ -1395,7 +1395,7 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
-int luaopen_tulua(lua_State *L) {
+int tulua__open_core(lua_State *L) {
   static const luaL_Reg funcs[] = {{"spawn", l_spawn},
                                    {"spawn_protected", l_spawn_protected},
                                    {"sleep", tulua__sleep},
@@ -1412,8 +1412,6 @@ int luaopen_tulua(lua_State *L) {
   luaL_newlib(L, funcs);
   lua_rawgeti(L, LUA_REGISTRYINDEX, tulua__runtime(L)->methods_ref);
   lua_setfield(L, -2, "Task");
-  luaL_requiref(L, "tulua.timer", luaopen_tulua_timer, 0);
-  lua_setfield(L, -2, "timer");
   return 1;
 }
 
