@@ -111,7 +111,7 @@ static void warn(void *ud, const char *msg, int tocont) {
 int tulua_open(tulua_runtime **out, const tulua_config *cfg) {
   int rc;
   *out = NULL;
-  /* 16-byte aligned: threads' extra space tags its low bits (sched.c) */
+  /* 16-byte aligned: threads' extra space tags its low bits (runtime.h) */
   size_t size = (sizeof(tulua_runtime) + 15) / 16 * 16;
   tulua_runtime *rt = aligned_alloc(16, size);
   if (rt == NULL) return UV_ENOMEM;

@@ -80,6 +80,26 @@ struct tulua_runtime {
   volatile lua_State *running; /* thread running Lua now */
 };
 
+/* The extra space of a thread (lua_getextraspace), a pointer with tags in
+ * its low bits:
+ * - an unfinished task's: its tulua__task, tagged X_TASK;
+ * - a finished task's: the runtime, tagged X_FINISHED and X_FAILED or
+ *   X_CANCELLED (neither: it returned);
+ * - any other thread's: the runtime (new threads copy it from the main
+ *   thread), tagged X_WAITING by coro.c while it is in the middle of a
+ *   forwarded wait (the bit of X_CANCELLED: only a task's is finished).
+ * The runtime is 16-byte aligned, tasks come from 16-byte size classes. */
+#define X_TASK      ((uintptr_t)1)
+#define X_CANCELLED ((uintptr_t)2)
+#define X_WAITING   ((uintptr_t)2)
+#define X_FINISHED  ((uintptr_t)4)
+#define X_FAILED    ((uintptr_t)8)
+#define X_TAGS      ((uintptr_t)15)
+
+static inline uintptr_t *tulua__xspace(lua_State *L) {
+  return (uintptr_t *)lua_getextraspace(L);
+}
+
 /* sched.c, for runtime.c */
 int tulua__sched_init(tulua_runtime *rt);
 void tulua__sched_shutdown(tulua_runtime *rt);

@@ -60,43 +60,26 @@ struct tulua__task {
 
 #define MAX_SLEEPERS ((size_t)1 << 22)
 
-/* The extra space of a thread:
- * - an unfinished task's: its tulua__task, tagged X_TASK;
- * - a finished task's: the runtime, tagged X_FINISHED and X_FAILED or
- *   X_CANCELLED (neither: it returned);
- * - any other thread's: the runtime (new threads copy it from the main
- *   thread), where coro.c may set its WAITING tag (2).
- * The runtime is 16-byte aligned, tasks come from 16-byte size classes. */
-#define X_TASK      ((uintptr_t)1)
-#define X_CANCELLED ((uintptr_t)2)
-#define X_FINISHED  ((uintptr_t)4)
-#define X_FAILED    ((uintptr_t)8)
-#define X_TAGS      ((uintptr_t)15)
-
-static uintptr_t *xspace(lua_State *L) {
-  return (uintptr_t *)lua_getextraspace(L);
-}
-
 static tulua_runtime *rt_of(const tulua__task *t) {
   return (tulua_runtime *)((char *)tulua__heap_of(t) -
                            offsetof(tulua_runtime, lua_heap));
 }
 
 tulua__task *tulua__task_of(lua_State *co) {
-  uintptr_t p = *xspace(co);
+  uintptr_t p = *tulua__xspace(co);
   return (p & X_TASK) ? (tulua__task *)(p & ~X_TASK) : NULL;
 }
 
 int tulua__is_task(lua_State *co) {
-  return (*xspace(co) & (X_TASK | X_FINISHED)) != 0;
+  return (*tulua__xspace(co) & (X_TASK | X_FINISHED)) != 0;
 }
 
 int tulua__task_finished(lua_State *co) {
-  return (*xspace(co) & X_FINISHED) != 0;
+  return (*tulua__xspace(co) & X_FINISHED) != 0;
 }
 
 tulua_runtime *tulua__runtime(lua_State *L) {
-  uintptr_t p = *xspace(L);
+  uintptr_t p = *tulua__xspace(L);
   if (p & X_TASK) return rt_of((tulua__task *)(p & ~X_TASK));
   return (tulua_runtime *)(p & ~X_TAGS);
 }
@@ -605,7 +588,7 @@ static tulua__task *new_task(lua_State *L, int nargs, int tramp) {
   lua_pushvalue(L, fidx);
   t->ref = luaL_ref(L, -2);
   lua_pop(L, 1);
-  *xspace(co) = (uintptr_t)t | X_TASK;
+  *tulua__xspace(co) = (uintptr_t)t | X_TASK;
   rt->ntasks++;
   make_ready(rt, t, T_NEW);
   return t;
@@ -797,7 +780,7 @@ static void finish(lua_State *L, tulua_runtime *rt, tulua__task *t, int status,
   int ref = t->ref, has_extra = t->has_extra;
   wake_joiners(t);
   rt->ntasks--;
-  *xspace(co) = (uintptr_t)rt | how;
+  *tulua__xspace(co) = (uintptr_t)rt | how;
   tulua__heap_put(&rt->lua_heap, t, sizeof *t);
   if (unobserved) report(L, rt, co);
   push_live(L, rt);
@@ -1035,7 +1018,7 @@ void tulua__unpost(tulua_runtime *rt, tulua__job *job) {
  * error (a string error with the task's traceback attached, any other
  * error object as it is) or its cancellation. */
 int tulua__task_push_outcome(lua_State *L, lua_State *co) {
-  uintptr_t how = *xspace(co);
+  uintptr_t how = *tulua__xspace(co);
   if (!(how & (X_FAILED | X_CANCELLED))) {
     int n = lua_gettop(co);
     luaL_checkstack(L, n, "too many results");
@@ -1189,7 +1172,7 @@ int tulua__invalid_state(lua_State *L, const char *msg) {
 
 static int task_exception(lua_State *L) {
   lua_State *co = check_task(L, 1);
-  uintptr_t how = *xspace(co);
+  uintptr_t how = *tulua__xspace(co);
   if (!(how & X_FINISHED))
     return tulua__invalid_state(L, "the task is not done");
   if (!(how & (X_FAILED | X_CANCELLED))) return 0;
@@ -1295,7 +1278,7 @@ static int task_done(lua_State *L) {
 
 static int task_cancelled(lua_State *L) {
   uintptr_t both = X_FINISHED | X_CANCELLED;
-  lua_pushboolean(L, (*xspace(check_task(L, 1)) & both) == both);
+  lua_pushboolean(L, (*tulua__xspace(check_task(L, 1)) & both) == both);
   return 1;
 }
 
@@ -1310,7 +1293,7 @@ static int task_result(lua_State *L) {
 static const char *status_of(lua_State *co) {
   static const char *const unfinished[] = {"ready", "ready", "running",
                                            "waiting"};
-  uintptr_t x = *xspace(co);
+  uintptr_t x = *tulua__xspace(co);
   if (x & X_TASK) return unfinished[tulua__task_of(co)->state];
   return (x & X_FAILED) ? "failed" : (x & X_CANCELLED) ? "cancelled" : "done";
 }
@@ -1463,7 +1446,7 @@ static int sched_open(lua_State *L) {
 
 int tulua__sched_init(tulua_runtime *rt) {
   lua_State *L = rt->L;
-  *xspace(L) = (uintptr_t)rt;
+  *tulua__xspace(L) = (uintptr_t)rt;
   uv_check_init(rt->loop, &rt->check);
   uv_idle_init(rt->loop, &rt->idle);
   uv_timer_init(rt->loop, &rt->timer);
