@@ -25,4 +25,8 @@ int luaopen_tulua_process_pool(lua_State *L);
  * stack. [-0, +0, m] */
 void tulua__fs_event_open(lua_State *L);
 
+/* Adds signal.c's functions (wait_signal, signal, signals) to the
+ * tulua.process module table on top of the stack. [-0, +0, m] */
+void tulua__signal_open(lua_State *L);
+
 #endif

@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "process.h"
+#include "signal_names.h"
 
 #define SIGNAL_MT "tulua.signal"
 
