@@ -1,5 +1,5 @@
-/* modules.h: the openers of the binding modules, one per file, which
- * modules.c lists for tulua_open to preload. */
+/* modules.h: the openers of the binding modules, which modules.c lists for
+ * tulua_open to preload, and of the files that add to another's module. */
 #ifndef TULUA_MODULES_H
 #define TULUA_MODULES_H
 

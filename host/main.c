@@ -50,10 +50,15 @@ static int report(lua_State *L, int status) {
   return status;
 }
 
+/* Prints an uncaught task error as lua.c prints an error, "name: message";
+ * a report that tulua_uncaught_errors does not count (a failing Future
+ * callback) is a line of its own. */
 static void on_error(tulua_runtime *rt, const char *msg, void *ud) {
-  (void)rt;
+  static int counted; /* the uncaught errors printed so far */
+  int n = tulua_uncaught_errors(rt);
   (void)ud;
-  l_message(taskname, msg);
+  l_message(n != counted ? taskname : NULL, msg);
+  counted = n;
 }
 
 static void print_usage(const char *badoption) {

@@ -1373,25 +1373,32 @@ static int l_get_debug(lua_State *L) {
   return 1;
 }
 
+/* tulua._report(text): hands text to the host's error callback
+ * (cfg.on_error) without counting it in tulua_uncaught_errors: the report
+ * of an error that the runtime caught and went on from, such as a failing
+ * done callback of a Future or a process pool's lost worker, so that the
+ * library itself never prints. Internal (the underscore): for lua/. */
+static int l_report(lua_State *L) {
+  const char *msg = luaL_checkstring(L, 1);
+  tulua_runtime *rt = tulua__runtime(L);
+  if (rt->cfg.on_error) rt->cfg.on_error(rt, msg, rt->cfg.userdata);
+  return 0;
+}
+
 static int l_now(lua_State *L) {
   lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
   return 1;
 }
 
 int tulua__open_core(lua_State *L) {
-  static const luaL_Reg funcs[] = {{"spawn", l_spawn},
-                                   {"spawn_protected", l_spawn_protected},
-                                   {"sleep", tulua__sleep},
-                                   {"now", l_now},
-                                   {"current", l_current},
-                                   {"all_tasks", l_all_tasks},
-                                   {"park", l_park},
-                                   {"can_wait", l_can_wait},
-                                   {"unpark", l_unpark},
-                                   {"new_error", l_new_error},
-                                   {"set_debug", l_set_debug},
-                                   {"get_debug", l_get_debug},
-                                   {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+      {"spawn", l_spawn},         {"spawn_protected", l_spawn_protected},
+      {"sleep", tulua__sleep},    {"now", l_now},
+      {"current", l_current},     {"all_tasks", l_all_tasks},
+      {"park", l_park},           {"can_wait", l_can_wait},
+      {"unpark", l_unpark},       {"new_error", l_new_error},
+      {"set_debug", l_set_debug}, {"get_debug", l_get_debug},
+      {"_report", l_report},      {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_rawgeti(L, LUA_REGISTRYINDEX, tulua__runtime(L)->methods_ref);
   lua_setfield(L, -2, "Task");

@@ -25,8 +25,12 @@ extern "C" {
 typedef struct tulua_runtime tulua_runtime;
 
 /* Receives an uncaught task error: msg is the error text with the task's
- * traceback, valid only during the call. Called on the runtime's thread,
- * from inside tulua_run, tulua_step or tulua_call. */
+ * traceback, valid only during the call. Also receives the report of an
+ * error that the runtime caught and went on from (a failing done callback
+ * of a Future, a process pool's lost worker), a line of text of its own
+ * that tulua_uncaught_errors does not count: a host tells the two apart by
+ * that count. Called on the runtime's thread, from inside tulua_run,
+ * tulua_step or tulua_call. */
 typedef void (*tulua_error_fn)(tulua_runtime *rt, const char *msg, void *ud);
 
 typedef struct tulua_config {
@@ -131,7 +135,8 @@ int tulua_wakeup(tulua_runtime *rt);
 int tulua_interrupt(tulua_runtime *rt);
 
 /* Returns how many task errors went uncaught (reported through on_error)
- * since the runtime was created. */
+ * since the runtime was created; the other reports on_error receives are
+ * not counted. */
 int tulua_uncaught_errors(tulua_runtime *rt);
 
 #ifdef __cplusplus
