@@ -1,8 +1,9 @@
 #!/bin/sh
 # The second command of the README (and CI's): installs what is missing,
-# checks that host/ names nothing of bindings/ (check_layers.sh), builds with AddressSanitizer and UndefinedBehaviorSanitizer into
-# build-asan/, checks formatting and Lua lint, and runs every test, then
-# fuzzes the transfer format for 15 seconds (build-fuzz/, clang).
+# checks that host/ names nothing of bindings/ (check_layers.sh), builds
+# with AddressSanitizer and UndefinedBehaviorSanitizer into build-asan/,
+# checks formatting and Lua lint, and runs every test, then fuzzes the
+# transfer format for 15 seconds (build-fuzz/, clang).
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/deps.sh
