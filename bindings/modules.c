@@ -6,7 +6,7 @@
 #include "modules.h"
 #include "scheduler.h"
 
-/* The module 'tulua': the scheduler's core (host/sched.c), with the timer
+/* The module 'tulua': the scheduler's core (host/task.c), with the timer
  * module as its field 'timer'. Loaded through require (process.c also
  * requires it for tulua.can_wait). */
 int luaopen_tulua(lua_State *L) {
