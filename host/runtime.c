@@ -293,7 +293,7 @@ int tulua_call(tulua_runtime *rt, int nargs, int nresults) {
   rt->call_co = co;
   while (!tulua__task_finished(co)) {
     if (uv_run(rt->loop, UV_RUN_ONCE) == 0 && !tulua__task_finished(co) &&
-        rt->ready_len == 0 && rt->jobs == NULL)
+        rt->ready_len == 0 && tulua__queue_empty(&rt->jobs))
       break;
   }
   rt->call_co = outer;
@@ -349,11 +349,12 @@ int tulua_step(tulua_runtime *rt, double budget) {
   rt->budget = budget;
   uv_run(rt->loop, UV_RUN_NOWAIT);
   rt->budget = 0;
-  return uv_loop_alive(rt->loop) || rt->ready_len > 0 || rt->jobs != NULL;
+  return uv_loop_alive(rt->loop) || rt->ready_len > 0 ||
+         !tulua__queue_empty(&rt->jobs);
 }
 
 double tulua_next_deadline(tulua_runtime *rt) {
-  if (rt->ready_len > 0 || rt->jobs != NULL) return 0;
+  if (rt->ready_len > 0 || !tulua__queue_empty(&rt->jobs)) return 0;
   if (!uv_loop_alive(rt->loop)) return -1; /* libuv's timeout would be 0 */
   int ms = uv_backend_timeout(rt->loop);
   return ms < 0 ? -1.0 : ms / 1000.0;

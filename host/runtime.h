@@ -48,7 +48,7 @@ struct tulua_runtime {
   size_t heap_len, heap_cap;
   uint64_t seq;
 
-  tulua__job *jobs, *jobs_tail; /* posted jobs, run before tasks */
+  tulua__queue jobs; /* posted jobs (tulua__job.node), run before tasks */
   tulua__job interrupt_job; /* cancels every task (Ctrl-C in tulua_run) */
 
   uv_check_t check; /* drains the ready queue after each poll; unref'd */

@@ -817,11 +817,9 @@ static void run_task(lua_State *L, tulua_runtime *rt, tulua__task *t) {
  * loop has polled for I/O. */
 static int drain(lua_State *L) {
   tulua_runtime *rt = lua_touserdata(L, 1);
-  while (rt->jobs != NULL) {
-    tulua__job *j = rt->jobs;
-    rt->jobs = j->next;
-    if (rt->jobs == NULL) rt->jobs_tail = NULL;
-    j->next = NULL;
+  tulua__queue *q;
+  while ((q = tulua__queue_pop(&rt->jobs)) != NULL) {
+    tulua__job *j = tulua__container_of(q, tulua__job, node);
     j->posted = 0;
     j->run(L, j);
   }
@@ -871,7 +869,8 @@ static void check_cb(uv_check_t *h) {
   }
   lua_settop(L, top);
   rt->in_drain = 0;
-  if (rt->ready_len == 0 && rt->jobs == NULL) uv_idle_stop(&rt->idle);
+  if (rt->ready_len == 0 && tulua__queue_empty(&rt->jobs))
+    uv_idle_stop(&rt->idle);
 }
 
 /* Asks t to stop: a waiting task resumes with the cancellation error, a
@@ -940,26 +939,15 @@ static void interrupt_all(lua_State *L, tulua__job *job) {
 void tulua__post(tulua_runtime *rt, tulua__job *job) {
   if (job->posted) return;
   job->posted = 1;
-  job->next = NULL;
-  if (rt->jobs_tail)
-    rt->jobs_tail->next = job;
-  else
-    rt->jobs = job;
-  rt->jobs_tail = job;
+  tulua__queue_insert_tail(&rt->jobs, &job->node);
   if (!uv_is_active((uv_handle_t *)&rt->idle))
     uv_idle_start(&rt->idle, idle_cb);
 }
 
 void tulua__unpost(tulua_runtime *rt, tulua__job *job) {
+  (void)rt; /* the node knows its neighbours */
   if (!job->posted) return;
-  tulua__job **p = &rt->jobs, *prev = NULL;
-  while (*p != job) {
-    prev = *p;
-    p = &(*p)->next;
-  }
-  *p = job->next;
-  if (rt->jobs_tail == job) rt->jobs_tail = prev;
-  job->next = NULL;
+  tulua__queue_remove(&job->node);
   job->posted = 0;
 }
 
@@ -1012,6 +1000,7 @@ static int sched_open(lua_State *L) {
 
 int tulua__sched_init(tulua_runtime *rt) {
   lua_State *L = rt->L;
+  tulua__queue_init(&rt->jobs);
   *tulua__xspace(L) = (uintptr_t)rt;
   uv_check_init(rt->loop, &rt->check);
   uv_idle_init(rt->loop, &rt->idle);

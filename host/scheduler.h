@@ -7,6 +7,7 @@
 #include <lua.h>
 #include <uv.h>
 
+#include "queue.h"
 #include "tulua.h"
 
 typedef struct tulua__task tulua__task;
@@ -34,7 +35,7 @@ typedef struct tulua__waiter {
  * lua_pcall. Embedded in its owner; posted at most once at a time. */
 typedef struct tulua__job {
   void (*run)(lua_State *L, struct tulua__job *job);
-  struct tulua__job *next;
+  tulua__queue node; /* in the runtime's posted jobs, while posted */
   int posted;
 } tulua__job;
 
