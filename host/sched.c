@@ -95,6 +95,11 @@ static int error_tostring(lua_State *L) {
   return 1;
 }
 
+int tulua__invalid_state(lua_State *L, const char *msg) {
+  tulua__push_error(L, "EINVALIDSTATE", msg);
+  return lua_error(L);
+}
+
 /* ---- the ready list ---- */
 
 static void idle_cb(uv_idle_t *h) { /* only keeps the poll from blocking */
@@ -192,9 +197,7 @@ static void timer_cb(uv_timer_t *h) { /* no Lua API here */
   arm_timer(rt);
 }
 
-/* ---- waiting ---- */
-
-static void format_error(lua_State *L, lua_State *co, int level);
+/* ---- the extras table (see the top of the file) ---- */
 
 /* Pushes the extras entry of the unfinished task t, or nil. [-0, +1, -] */
 void tulua__push_extra(lua_State *L, tulua__task *t) {
@@ -204,6 +207,37 @@ void tulua__push_extra(lua_State *L, tulua__task *t) {
   lua_rawget(L, -2);
   lua_remove(L, -2);
 }
+
+/* Sets the extras entry of the unfinished task t to the value on top of
+ * L, popping it. [-1, +0, m] */
+void tulua__set_extra(lua_State *L, tulua__task *t) {
+  tulua_runtime *rt = tulua__task_rt(t);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->extras_ref);
+  tulua__push_thread(L, rt, t);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 2);
+  t->has_extra = 1;
+}
+
+/* Pushes the extras entry of the unfinished task t as a table, turning a
+ * lone callback (or nothing) into one. [-0, +1, m] */
+void tulua__push_extra_table(lua_State *L, tulua__task *t) {
+  tulua__push_extra(L, t);
+  if (lua_istable(L, -1)) return;
+  lua_createtable(L, 1, 2);
+  if (!lua_isnil(L, -2)) {
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, -2, 1);
+  }
+  lua_remove(L, -2);
+  lua_pushvalue(L, -1);
+  tulua__set_extra(L, t);
+}
+
+/* ---- waiting ---- */
+
+static void format_error(lua_State *L, lua_State *co, int level);
 
 /* Pushes the cancellation error t gets now: "interrupted!" for Ctrl-C, the
  * message given to cancel(msg), or the default. Takes the message: the next
@@ -949,38 +983,6 @@ void tulua__unpost(tulua_runtime *rt, tulua__job *job) {
   if (!job->posted) return;
   tulua__queue_remove(&job->node);
   job->posted = 0;
-}
-
-/* Sets the extras entry of the unfinished task t to the value on top of
- * L, popping it. [-1, +0, m] */
-void tulua__set_extra(lua_State *L, tulua__task *t) {
-  tulua_runtime *rt = tulua__task_rt(t);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->extras_ref);
-  tulua__push_thread(L, rt, t);
-  lua_pushvalue(L, -3);
-  lua_rawset(L, -3);
-  lua_pop(L, 2);
-  t->has_extra = 1;
-}
-
-/* Pushes the extras entry of the unfinished task t as a table, turning a
- * lone callback (or nothing) into one. [-0, +1, m] */
-void tulua__push_extra_table(lua_State *L, tulua__task *t) {
-  tulua__push_extra(L, t);
-  if (lua_istable(L, -1)) return;
-  lua_createtable(L, 1, 2);
-  if (!lua_isnil(L, -2)) {
-    lua_pushvalue(L, -2);
-    lua_rawseti(L, -2, 1);
-  }
-  lua_remove(L, -2);
-  lua_pushvalue(L, -1);
-  tulua__set_extra(L, t);
-}
-
-int tulua__invalid_state(lua_State *L, const char *msg) {
-  tulua__push_error(L, "EINVALIDSTATE", msg);
-  return lua_error(L);
 }
 
 /* Creates the threads' metatable (task.c), the error metatable, the live
