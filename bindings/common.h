@@ -7,7 +7,8 @@
 #include <lauxlib.h>
 #include <uv.h>
 
-#include "../host/sched.h"
+#include "scheduler.h"
+#include "modules.h"
 
 /* Pushes nil, "<subject>: <libuv text>", "<UV code name>" and returns 3: the
  * operational-failure convention of every binding. [-0, +3, m] */

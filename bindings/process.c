@@ -28,7 +28,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "process.h"
+#include "signal_names.h"
 #include "stream.h"
 
 #define PROCESS_MT "tulua.process"

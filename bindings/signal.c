@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "process.h"
+#include "signal_names.h"
 
 #define SIGNAL_MT "tulua.signal"
 
@@ -86,6 +86,7 @@ void tulua__signal_push_name(lua_State *L, int signum) {
 
 static uv_once_t disp_once = UV_ONCE_INIT;
 static uv_mutex_t disp_lock;
+static int disp_lock_rc; /* uv_mutex_init's: not 0, no signal can start */
 
 static struct {
   int users; /* started handles of ours for this signal, all runtimes */
@@ -93,8 +94,10 @@ static struct {
   struct sigaction saved;
 } disp[NSIG];
 
+/* Runs once in the process; a failure stays, and every start of a signal
+ * fails with it, since the library never aborts. */
 static void disp_init(void) {
-  if (uv_mutex_init(&disp_lock) != 0) abort(); /* at most once, at start */
+  disp_lock_rc = uv_mutex_init(&disp_lock);
 }
 
 static int same_handler(const struct sigaction *a, const struct sigaction *b) {
@@ -107,6 +110,7 @@ static int same_handler(const struct sigaction *a, const struct sigaction *b) {
  * negative libuv code. No Lua API: the cancel hooks come here too. */
 static int listen_start(uv_signal_t *h, uv_signal_cb cb, int signum) {
   uv_once(&disp_once, disp_init);
+  if (disp_lock_rc != 0) return disp_lock_rc;
   uv_mutex_lock(&disp_lock);
   struct sigaction before;
   int first = disp[signum].users == 0;

@@ -46,7 +46,7 @@ int tulua__transfer_load(lua_State *L, const char *code, size_t len);
  * a decoded function. [-0, +(n|1), -] */
 int tulua__transfer_decode(lua_State *L, const char *buf, size_t len);
 
-/* Opens the module 'tulua.transfer' (also declared in host/sched.h). */
+/* Opens the module 'tulua.transfer' (also declared in modules.h). */
 int luaopen_tulua_transfer(lua_State *L);
 
 #endif

@@ -20,12 +20,6 @@
 
 #include "runtime.h"
 
-#define WAITING_TAG ((uintptr_t)2)
-
-static uintptr_t *tagp(lua_State *co) {
-  return (uintptr_t *)lua_getextraspace(co);
-}
-
 /* The hooks that follow a resume into a nested coroutine: set once, at
  * start-up, by the parts that stop running code. */
 static _Atomic(lua_Hook) cancel_hook_fn;
@@ -40,7 +34,7 @@ static int follows_resumes(lua_Hook hook) {
 
 static int is_waiting(lua_State *co) {
   /* the same bit means 'cancelled' on a finished task's thread */
-  return !tulua__is_task(co) && (*tagp(co) & WAITING_TAG) != 0;
+  return !tulua__is_task(co) && (*tulua__xspace(co) & X_WAITING) != 0;
 }
 
 static lua_State *getco(lua_State *L) {
@@ -89,7 +83,7 @@ static int do_resume(lua_State *L, lua_State *co, int nargs, lua_KFunction k) {
                 LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT, 1);
   if (status == LUA_YIELD && rt->wait_mark) { /* forward the wait */
     lua_pop(co, nres);
-    *tagp(co) |= WAITING_TAG;
+    *tulua__xspace(co) |= X_WAITING;
     return lua_yieldk(L, 0, 0, k);
   }
   if (status == LUA_OK || status == LUA_YIELD) {
@@ -120,7 +114,7 @@ static int resume_k(lua_State *L, int status, lua_KContext ctx) {
   lua_State *co = lua_tothread(L, 1);
   (void)status;
   (void)ctx;
-  *tagp(co) &= ~WAITING_TAG;
+  *tulua__xspace(co) &= ~X_WAITING;
   return resume_results(L, do_resume(L, co, 0, resume_k));
 }
 
@@ -150,7 +144,7 @@ static int wrap_k(lua_State *L, int status, lua_KContext ctx) {
   lua_State *co = lua_tothread(L, lua_upvalueindex(1));
   (void)status;
   (void)ctx;
-  *tagp(co) &= ~WAITING_TAG;
+  *tulua__xspace(co) &= ~X_WAITING;
   return wrap_results(L, co, do_resume(L, co, 0, wrap_k));
 }
 

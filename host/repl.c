@@ -19,6 +19,7 @@
 
 #include <lauxlib.h>
 
+#include "docall.h"
 #include "repl.h"
 #include "tulua.h"
 

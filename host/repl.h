@@ -1,26 +1,9 @@
-/* repl.h: what the files of the tulua command line share (main.c, repl.c).
- * Private to the CLI: both files use the public tulua.h only. */
+/* repl.h: the REPL (repl.c) and its terminal line editor (lineedit.c), for
+ * main.c. Private to the CLI, which uses the public tulua.h only. */
 #ifndef TULUA_REPL_H
 #define TULUA_REPL_H
 
 #include "tulua.h"
-
-/* How tulua__docall runs a function: as lua.c runs the chunks of pmain
- * (LUA_INIT, -e, -l, the script) or a REPL line, with its message handler,
- * or as it calls print in the REPL, with no handler. */
-#define TULUA__CALL_MAIN  0
-#define TULUA__CALL_REPL  1
-#define TULUA__CALL_PLAIN 2
-
-/* Runs the function on top of the runtime's stack, below its nargs
- * arguments, as the main task (tulua_call), the way lua.c's docall runs a
- * chunk: with a SIGINT handler installed while it runs and, unless mode is
- * TULUA__CALL_PLAIN, with lua.c's message handler. Returns LUA_OK and
- * pushes nresults results (LUA_MULTRET for all), or an error status and
- * pushes the error: lua.c's message with its traceback, or in
- * TULUA__CALL_PLAIN mode the error object itself. Defined in main.c.
- * Blocks. */
-int tulua__docall(tulua_runtime *rt, int nargs, int nresults, int mode);
 
 /* Runs lua.c's read-eval-print loop on stdin until its end: each line (or
  * group of lines making up one statement) runs as the main task through

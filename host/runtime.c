@@ -57,30 +57,13 @@ static int load_lua_module(lua_State *L) {
 
 static int open_libs(lua_State *L) {
   tulua_runtime *rt = lua_touserdata(L, 1);
-  static const luaL_Reg mods[] = {
-      {"tulua", luaopen_tulua},
-      {"tulua.timer", luaopen_tulua_timer},
-      {"tulua.fs", luaopen_tulua_fs},
-      {"tulua.process", luaopen_tulua_process},
-      {"tulua.tty", luaopen_tulua_tty},
-      {"tulua.dns", luaopen_tulua_dns},
-      {"tulua.udp", luaopen_tulua_udp},
-      {"tulua.net", luaopen_tulua_net},
-      {"tulua.transfer", luaopen_tulua_transfer},
-      {"tulua.future", luaopen_tulua_future},
-      {"tulua.thread_pool", luaopen_tulua_thread_pool},
-      {"tulua.process_pool", luaopen_tulua_process_pool},
-      {NULL, NULL}};
   if (rt->cfg.open_stdlibs) {
     luaL_openlibs(L);
     tulua__open_io(L);
   }
   tulua__open_coro(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  for (const luaL_Reg *m = mods; m->name; m++) {
-    lua_pushcfunction(L, m->func);
-    lua_setfield(L, -2, m->name);
-  }
+  tulua__preload_bindings(L);
   for (const tulua__lua_module *m = tulua__lua_modules; m->name; m++) {
     lua_pushlightuserdata(L, (void *)m);
     lua_pushcclosure(L, load_lua_module, 1);
@@ -128,7 +111,7 @@ static void warn(void *ud, const char *msg, int tocont) {
 int tulua_open(tulua_runtime **out, const tulua_config *cfg) {
   int rc;
   *out = NULL;
-  /* 16-byte aligned: threads' extra space tags its low bits (sched.c) */
+  /* 16-byte aligned: threads' extra space tags its low bits (runtime.h) */
   size_t size = (sizeof(tulua_runtime) + 15) / 16 * 16;
   tulua_runtime *rt = aligned_alloc(16, size);
   if (rt == NULL) return UV_ENOMEM;
@@ -310,7 +293,7 @@ int tulua_call(tulua_runtime *rt, int nargs, int nresults) {
   rt->call_co = co;
   while (!tulua__task_finished(co)) {
     if (uv_run(rt->loop, UV_RUN_ONCE) == 0 && !tulua__task_finished(co) &&
-        rt->ready_len == 0 && rt->jobs == NULL)
+        rt->ready_len == 0 && tulua__queue_empty(&rt->jobs))
       break;
   }
   rt->call_co = outer;
@@ -366,11 +349,12 @@ int tulua_step(tulua_runtime *rt, double budget) {
   rt->budget = budget;
   uv_run(rt->loop, UV_RUN_NOWAIT);
   rt->budget = 0;
-  return uv_loop_alive(rt->loop) || rt->ready_len > 0 || rt->jobs != NULL;
+  return uv_loop_alive(rt->loop) || rt->ready_len > 0 ||
+         !tulua__queue_empty(&rt->jobs);
 }
 
 double tulua_next_deadline(tulua_runtime *rt) {
-  if (rt->ready_len > 0 || rt->jobs != NULL) return 0;
+  if (rt->ready_len > 0 || !tulua__queue_empty(&rt->jobs)) return 0;
   if (!uv_loop_alive(rt->loop)) return -1; /* libuv's timeout would be 0 */
   int ms = uv_backend_timeout(rt->loop);
   return ms < 0 ? -1.0 : ms / 1000.0;

@@ -6,7 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "sched.h"
+#include "queue.h"
+#include "scheduler.h"
 
 /* Deepest nesting of user coroutines inside one task; Lua's own C-stack
  * limit (LUAI_MAXCCALLS, 200) stops real programs well before this. */
@@ -47,7 +48,7 @@ struct tulua_runtime {
   size_t heap_len, heap_cap;
   uint64_t seq;
 
-  tulua__job *jobs, *jobs_tail; /* posted jobs, run before tasks */
+  tulua__queue jobs; /* posted jobs (tulua__job.node), run before tasks */
   tulua__job interrupt_job; /* cancels every task (Ctrl-C in tulua_run) */
 
   uv_check_t check; /* drains the ready queue after each poll; unref'd */
@@ -80,13 +81,119 @@ struct tulua_runtime {
   volatile lua_State *running; /* thread running Lua now */
 };
 
+/* The state of an unfinished task (sched.c). */
+enum {
+  T_READY, /* queued to run */
+  T_NEW, /* queued to run for the first time */
+  T_RUNNING, /* resumed right now (or a coroutine of it is) */
+  T_WAITING /* suspended in a wait */
+};
+
+/* An unfinished task: sched.c's lists and heap link it, task.c's methods
+ * read it. */
+struct tulua__task {
+  lua_State *co;
+  tulua__waiter *w; /* the wait in progress (or to deliver), or NULL */
+  tulua__task *next_ready; /* in the ready list */
+  tulua__waiter *joiners; /* join ops waiting for this task */
+  /* sleeping: the loop time (ms) to wake up at, shifted left by SEQ_BITS,
+   * with a sequence number below it so that equal deadlines wake FIFO */
+  uint64_t key;
+  int ref; /* the thread's slot in the live table */
+  unsigned heap_idx : 22; /* sleeping: position in the heap */
+  unsigned state : 2;
+  unsigned cancelling : 1; /* cancel() asked; raised at the next wait */
+  unsigned woken_by_cancel : 1;
+  unsigned observed : 1; /* someone joined or got the result/error */
+  unsigned is_call : 1; /* tulua_call's task: errors go to the caller */
+  unsigned interrupted : 1; /* cancelled by an interrupt (Ctrl-C) */
+  unsigned by_interrupt : 1; /* ... during tulua_run: reported if unjoined */
+  unsigned has_extra : 1; /* an entry in the extras table (sched.c) */
+};
+
+/* The extra space of a thread (lua_getextraspace), a pointer with tags in
+ * its low bits:
+ * - an unfinished task's: its tulua__task, tagged X_TASK;
+ * - a finished task's: the runtime, tagged X_FINISHED and X_FAILED or
+ *   X_CANCELLED (neither: it returned);
+ * - any other thread's: the runtime (new threads copy it from the main
+ *   thread), tagged X_WAITING by coro.c while it is in the middle of a
+ *   forwarded wait (the bit of X_CANCELLED: only a task's is finished).
+ * The runtime is 16-byte aligned, tasks come from 16-byte size classes. */
+#define X_TASK      ((uintptr_t)1)
+#define X_CANCELLED ((uintptr_t)2)
+#define X_WAITING   ((uintptr_t)2)
+#define X_FINISHED  ((uintptr_t)4)
+#define X_FAILED    ((uintptr_t)8)
+#define X_TAGS      ((uintptr_t)15)
+
+static inline uintptr_t *tulua__xspace(lua_State *L) {
+  return (uintptr_t *)lua_getextraspace(L);
+}
+
+/* Returns the runtime of the unfinished task t, whose struct comes from
+ * the runtime's small-block heap. */
+static inline tulua_runtime *tulua__task_rt(const tulua__task *t) {
+  return tulua__container_of(tulua__heap_of(t), tulua_runtime, lua_heap);
+}
+
+/* sched.c, for task.c: the tables of unfinished tasks */
+
+/* Pushes the live table (unfinished tasks' threads, anchored). [-0, +1, -] */
+void tulua__push_live(lua_State *L, tulua_runtime *rt);
+
+/* Pushes the thread of the unfinished task t. [-0, +1, -] */
+void tulua__push_thread(lua_State *L, tulua_runtime *rt, tulua__task *t);
+
+/* Pushes the extras entry of the unfinished task t, or nil. [-0, +1, -] */
+void tulua__push_extra(lua_State *L, tulua__task *t);
+
+/* Sets the extras entry of the unfinished task t to the value on top of
+ * L, popping it. [-1, +0, m] */
+void tulua__set_extra(lua_State *L, tulua__task *t);
+
+/* Pushes the extras entry of the unfinished task t as a table, turning a
+ * lone callback (or nothing) into one. [-0, +1, m] */
+void tulua__push_extra_table(lua_State *L, tulua__task *t);
+
+/* sched.c, for task.c: what the module 'tulua' and Task methods call */
+
+/* Asks t to stop: a waiting task resumes with the cancellation error, a
+ * ready or running one gets it at its next wait, a new one never runs. */
+void tulua__cancel_task(tulua_runtime *rt, tulua__task *t);
+
+/* Returns 1 if a wait in L would not raise tulua__check_wait's misuse
+ * errors (a pending cancellation aside). */
+int tulua__can_wait(lua_State *L);
+
+/* As tulua__spawn, but the function runs in a protected call inside the
+ * task (tulua.spawn_protected). [-(nargs+1), +1, m] */
+void tulua__spawn_protected(lua_State *L, int nargs);
+
+/* tulua.park() and tulua.unpark(task): a task parks until unparked. */
+int tulua__park(lua_State *L);
+int tulua__unpark(lua_State *L);
+
+/* task.c, for sched.c */
+
+/* Creates the metatable of every thread (the Task methods) and the names
+ * table. In tulua_open. [-0, +0, m] */
+void tulua__open_task_class(lua_State *L, tulua_runtime *rt);
+
+/* Pushes the name of the task thread at idx; the first time, a task
+ * without one is named "Task-<n>". [-0, +1, m] */
+void tulua__push_task_name(lua_State *L, tulua_runtime *rt, int idx);
+
 /* sched.c, for runtime.c */
 int tulua__sched_init(tulua_runtime *rt);
 void tulua__sched_shutdown(tulua_runtime *rt);
 int tulua__task_finished(lua_State *co);
-int tulua__task_push_outcome(lua_State *L, lua_State *co);
 lua_State *tulua__spawn_main(lua_State *L, int nargs);
 void tulua__interrupt_hook(lua_State *L, lua_Debug *ar);
+
+/* task.c, for runtime.c and join: pushes the outcome of the finished task
+ * co, its results, or raises its error or its cancellation. */
+int tulua__task_push_outcome(lua_State *L, lua_State *co);
 
 /* io.c, for runtime.c: tulua's print and io functions in place of Lua's
  * (close-on-exec files, SIGPIPE as lua5.4 has it). After luaL_openlibs. */

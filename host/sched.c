@@ -1,24 +1,23 @@
-/* sched.c: tasks (coroutines) run by libuv check/idle/timer handles; backs
- * the Task type and tulua.spawn/sleep/current of the 'tulua' module.
+/* sched.c: the scheduler: tasks (coroutines) run by libuv check/idle/timer
+ * handles; the ready queue, the sleepers, wait/wake/cancel, park/unpark,
+ * posted jobs and the drain that runs them. The Task class and the module
+ * 'tulua' over it are task.c's.
  *
- * A Task is its own thread: every thread shares one metatable whose
- * __index finds the Task methods for task threads (tostring shows
- * "thread: 0x...", as for any thread; status() tells the state). An unfinished
- * task has a 48-byte tulua__task, taken from the runtime's small-block heap (no
- * allocation header) and pointed at by the thread's extra space; the live
- * table anchors the thread meanwhile. When the task finishes, its outcome
- * stays on the thread's stack, the extra space records how it ended, and
- * the struct goes back to the heap: from then on Lua references alone keep
- * the thread. The ready list, the sleep heap and waiters hold plain struct
- * pointers, valid because only unfinished tasks are ever in them. A
- * sleeping task thus costs its coroutine plus about 80 bytes.
+ * An unfinished task has a 48-byte tulua__task, taken from the runtime's
+ * small-block heap (no allocation header) and pointed at by the thread's
+ * extra space; the live table anchors the thread meanwhile. When the task
+ * finishes, its outcome stays on the thread's stack, the extra space
+ * records how it ended, and the struct goes back to the heap: from then on
+ * Lua references alone keep the thread. The ready list, the sleep heap and
+ * waiters hold plain struct pointers, valid because only unfinished tasks
+ * are ever in them. A sleeping task thus costs its coroutine plus about 80
+ * bytes.
  *
  * What few tasks need lives in the extras table, keyed by the thread, only
  * while the task is unfinished: its done callbacks, a cancel message and
  * the count of cancel requests (asyncio's cancelling()). The entry is the
  * callback itself when that is all (gather and TaskGroup add one callback
- * to each child), else a table {callbacks..., msg=, count=}. Names live in
- * a weak-keyed table, since a finished task keeps its name. */
+ * to each child), else a table {callbacks..., msg=, count=}. */
 #include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,73 +30,24 @@
 
 #define ERROR_MT "tulua.error"
 
-enum {
-  T_READY, /* queued to run */
-  T_NEW, /* queued to run for the first time */
-  T_RUNNING, /* resumed right now (or a coroutine of it is) */
-  T_WAITING /* suspended in a wait */
-};
-
-struct tulua__task {
-  lua_State *co;
-  tulua__waiter *w; /* the wait in progress (or to deliver), or NULL */
-  tulua__task *next_ready; /* in the ready list */
-  tulua__waiter *joiners; /* join ops waiting for this task */
-  /* sleeping: the loop time (ms) to wake up at, shifted left by SEQ_BITS,
-   * with a sequence number below it so that equal deadlines wake FIFO */
-  uint64_t key;
-  int ref; /* the thread's slot in the live table */
-  unsigned heap_idx : 22; /* sleeping: position in the heap */
-  unsigned state : 2;
-  unsigned cancelling : 1; /* cancel() asked; raised at the next wait */
-  unsigned woken_by_cancel : 1;
-  unsigned observed : 1; /* someone joined or got the result/error */
-  unsigned is_call : 1; /* tulua_call's task: errors go to the caller */
-  unsigned interrupted : 1; /* cancelled by an interrupt (Ctrl-C) */
-  unsigned by_interrupt : 1; /* ... during tulua_run: reported if unjoined */
-  unsigned has_extra : 1; /* an entry in the extras table (below) */
-};
-
 #define MAX_SLEEPERS ((size_t)1 << 22)
 
-/* The extra space of a thread:
- * - an unfinished task's: its tulua__task, tagged X_TASK;
- * - a finished task's: the runtime, tagged X_FINISHED and X_FAILED or
- *   X_CANCELLED (neither: it returned);
- * - any other thread's: the runtime (new threads copy it from the main
- *   thread), where coro.c may set its WAITING tag (2).
- * The runtime is 16-byte aligned, tasks come from 16-byte size classes. */
-#define X_TASK      ((uintptr_t)1)
-#define X_CANCELLED ((uintptr_t)2)
-#define X_FINISHED  ((uintptr_t)4)
-#define X_FAILED    ((uintptr_t)8)
-#define X_TAGS      ((uintptr_t)15)
-
-static uintptr_t *xspace(lua_State *L) {
-  return (uintptr_t *)lua_getextraspace(L);
-}
-
-static tulua_runtime *rt_of(const tulua__task *t) {
-  return (tulua_runtime *)((char *)tulua__heap_of(t) -
-                           offsetof(tulua_runtime, lua_heap));
-}
-
 tulua__task *tulua__task_of(lua_State *co) {
-  uintptr_t p = *xspace(co);
+  uintptr_t p = *tulua__xspace(co);
   return (p & X_TASK) ? (tulua__task *)(p & ~X_TASK) : NULL;
 }
 
 int tulua__is_task(lua_State *co) {
-  return (*xspace(co) & (X_TASK | X_FINISHED)) != 0;
+  return (*tulua__xspace(co) & (X_TASK | X_FINISHED)) != 0;
 }
 
 int tulua__task_finished(lua_State *co) {
-  return (*xspace(co) & X_FINISHED) != 0;
+  return (*tulua__xspace(co) & X_FINISHED) != 0;
 }
 
 tulua_runtime *tulua__runtime(lua_State *L) {
-  uintptr_t p = *xspace(L);
-  if (p & X_TASK) return rt_of((tulua__task *)(p & ~X_TASK));
+  uintptr_t p = *tulua__xspace(L);
+  if (p & X_TASK) return tulua__task_rt((tulua__task *)(p & ~X_TASK));
   return (tulua_runtime *)(p & ~X_TAGS);
 }
 
@@ -143,6 +93,11 @@ static int error_tostring(lua_State *L) {
   }
   lua_pushstring(L, luaL_optstring(L, -1, "error"));
   return 1;
+}
+
+int tulua__invalid_state(lua_State *L, const char *msg) {
+  tulua__push_error(L, "EINVALIDSTATE", msg);
+  return lua_error(L);
 }
 
 /* ---- the ready list ---- */
@@ -242,21 +197,47 @@ static void timer_cb(uv_timer_t *h) { /* no Lua API here */
   arm_timer(rt);
 }
 
-/* ---- waiting ---- */
-
-static void push_thread(lua_State *L, tulua_runtime *rt, tulua__task *t);
-static void push_name(lua_State *L, tulua_runtime *rt, int idx);
-static void push_extra_table(lua_State *L, tulua__task *t);
-static void format_error(lua_State *L, lua_State *co, int level);
+/* ---- the extras table (see the top of the file) ---- */
 
 /* Pushes the extras entry of the unfinished task t, or nil. [-0, +1, -] */
-static void push_extra(lua_State *L, tulua__task *t) {
-  tulua_runtime *rt = rt_of(t);
+void tulua__push_extra(lua_State *L, tulua__task *t) {
+  tulua_runtime *rt = tulua__task_rt(t);
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->extras_ref);
-  push_thread(L, rt, t);
+  tulua__push_thread(L, rt, t);
   lua_rawget(L, -2);
   lua_remove(L, -2);
 }
+
+/* Sets the extras entry of the unfinished task t to the value on top of
+ * L, popping it. [-1, +0, m] */
+void tulua__set_extra(lua_State *L, tulua__task *t) {
+  tulua_runtime *rt = tulua__task_rt(t);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->extras_ref);
+  tulua__push_thread(L, rt, t);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 2);
+  t->has_extra = 1;
+}
+
+/* Pushes the extras entry of the unfinished task t as a table, turning a
+ * lone callback (or nothing) into one. [-0, +1, m] */
+void tulua__push_extra_table(lua_State *L, tulua__task *t) {
+  tulua__push_extra(L, t);
+  if (lua_istable(L, -1)) return;
+  lua_createtable(L, 1, 2);
+  if (!lua_isnil(L, -2)) {
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, -2, 1);
+  }
+  lua_remove(L, -2);
+  lua_pushvalue(L, -1);
+  tulua__set_extra(L, t);
+}
+
+/* ---- waiting ---- */
+
+static void format_error(lua_State *L, lua_State *co, int level);
 
 /* Pushes the cancellation error t gets now: "interrupted!" for Ctrl-C, the
  * message given to cancel(msg), or the default. Takes the message: the next
@@ -268,7 +249,7 @@ static void push_cancel_error(lua_State *L, tulua__task *t) {
     return;
   }
   if (t->has_extra) {
-    push_extra(L, t);
+    tulua__push_extra(L, t);
     int is_table = lua_istable(L, -1);
     if (is_table && lua_getfield(L, -1, "msg") == LUA_TSTRING) {
       tulua__push_cancelled(L, lua_tostring(L, -1));
@@ -290,20 +271,12 @@ static void raise_cancelled(lua_State *L, tulua__task *t) {
 
 /* Returns 1 if a wait in L would not raise tulua__check_wait's misuse
  * errors (a pending cancellation aside). */
-static int can_wait(lua_State *L) {
+int tulua__can_wait(lua_State *L) {
   tulua_runtime *rt = tulua__runtime(L);
   if (rt->current == NULL || rt->depth == 0 || rt->chain[rt->depth - 1] != L)
     return 0;
   for (int i = 0; i < rt->depth; i++)
     if (!lua_isyieldable(rt->chain[i])) return 0;
-  return 1;
-}
-
-/* tulua.can_wait() -> boolean: whether the running code may wait here
- * (false outside a task and where Lua cannot yield, e.g. in a __close
- * that runs because of an error). */
-static int l_can_wait(lua_State *L) {
-  lua_pushboolean(L, can_wait(L));
   return 1;
 }
 
@@ -374,7 +347,7 @@ int tulua__wake(tulua__waiter *w) {
   tulua__task *t = w->task;
   if (t == NULL) return 0;
   w->task = NULL; /* t->w stays: shutdown must deliver it if t never runs */
-  make_ready(rt_of(t), t, T_READY);
+  make_ready(tulua__task_rt(t), t, T_READY);
   return 1;
 }
 
@@ -484,7 +457,7 @@ static int park_k(lua_State *L, int status, lua_KContext ctx) {
 /* tulua.park() -> true | false, err: suspends the current task until
  * tulua.unpark(task). A cancellation is returned, not raised, so that the
  * caller can first undo its bookkeeping (then it must raise err). */
-static int l_park(lua_State *L) {
+int tulua__park(lua_State *L) {
   tulua_runtime *rt = tulua__runtime(L);
   tulua__task *t = rt->current;
   if (t != NULL && t->cancelling && rt->depth > 0 &&
@@ -503,34 +476,26 @@ static int l_park(lua_State *L) {
 
 /* tulua.unpark(task) -> boolean: makes a task parked in tulua.park() ready;
  * false if it is not parked (it never was, was woken or cancelled). */
-static int l_unpark(lua_State *L) {
+int tulua__unpark(lua_State *L) {
   lua_State *co = lua_tothread(L, 1);
   if (co == NULL) luaL_typeerror(L, 1, "Task");
   tulua__task *t = tulua__task_of(co);
   int parked = t != NULL && t->state == T_WAITING && t->w == PARK_W;
-  if (parked) make_ready(rt_of(t), t, T_READY);
+  if (parked) make_ready(tulua__task_rt(t), t, T_READY);
   lua_pushboolean(L, parked);
   return 1;
 }
 
 /* ---- tasks ---- */
 
-/* Returns the thread at idx if it is a Task (finished or not), else
- * raises "Task expected". */
-static lua_State *check_task(lua_State *L, int idx) {
-  lua_State *co = lua_tothread(L, idx);
-  if (co == NULL || !tulua__is_task(co)) luaL_typeerror(L, idx, "Task");
-  return co;
-}
-
 /* Pushes the live table. [-0, +1, -] */
-static void push_live(lua_State *L, tulua_runtime *rt) {
+void tulua__push_live(lua_State *L, tulua_runtime *rt) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->live_ref);
 }
 
 /* Pushes the thread of an unfinished task. [-0, +1, -] */
-static void push_thread(lua_State *L, tulua_runtime *rt, tulua__task *t) {
-  push_live(L, rt);
+void tulua__push_thread(lua_State *L, tulua_runtime *rt, tulua__task *t) {
+  tulua__push_live(L, rt);
   lua_rawgeti(L, -1, t->ref);
   lua_remove(L, -2);
 }
@@ -558,7 +523,7 @@ static int protected_msgh(lua_State *L) {
   if (t != NULL && !is_cancel_error(L, 1)) {
     lua_pushvalue(L, 1);
     format_error(L, L, 1); /* level 1: not this handler */
-    push_extra_table(L, t);
+    tulua__push_extra_table(L, t);
     lua_insert(L, -2);
     lua_setfield(L, -2, "report");
     lua_settop(L, 1);
@@ -601,11 +566,11 @@ static tulua__task *new_task(lua_State *L, int nargs, int tramp) {
     lua_pushcfunction(co,
                       tramp == TRAMP_CALL ? trampoline : protected_trampoline);
   lua_xmove(L, co, nargs + 1);
-  push_live(L, rt);
+  tulua__push_live(L, rt);
   lua_pushvalue(L, fidx);
   t->ref = luaL_ref(L, -2);
   lua_pop(L, 1);
-  *xspace(co) = (uintptr_t)t | X_TASK;
+  *tulua__xspace(co) = (uintptr_t)t | X_TASK;
   rt->ntasks++;
   make_ready(rt, t, T_NEW);
   return t;
@@ -613,6 +578,10 @@ static tulua__task *new_task(lua_State *L, int nargs, int tramp) {
 
 void tulua__spawn(lua_State *L, int nargs) {
   new_task(L, nargs, TRAMP_NONE);
+}
+
+void tulua__spawn_protected(lua_State *L, int nargs) {
+  new_task(L, nargs, TRAMP_PROTECTED);
 }
 
 lua_State *tulua__spawn_main(lua_State *L, int nargs) {
@@ -719,7 +688,7 @@ static void run_done_callbacks(lua_State *L, tulua_runtime *rt, int idx) {
 /* Returns 1 if the unfinished task t has done callbacks. */
 static int has_callbacks(lua_State *L, tulua__task *t) {
   if (!t->has_extra) return 0;
-  push_extra(L, t);
+  tulua__push_extra(L, t);
   int yes =
       lua_isfunction(L, -1) || (lua_istable(L, -1) && lua_rawlen(L, -1) > 0);
   lua_pop(L, 1);
@@ -731,7 +700,7 @@ static int has_callbacks(lua_State *L, tulua__task *t) {
  * thread's frames. [-0, +1, m] */
 static void push_report(lua_State *L, tulua__task *t) {
   if (t->has_extra) {
-    push_extra(L, t);
+    tulua__push_extra(L, t);
     if (lua_istable(L, -1) && lua_getfield(L, -1, "report") == LUA_TSTRING) {
       lua_pushnil(L);
       lua_setfield(L, -3, "report");
@@ -797,10 +766,10 @@ static void finish(lua_State *L, tulua_runtime *rt, tulua__task *t, int status,
   int ref = t->ref, has_extra = t->has_extra;
   wake_joiners(t);
   rt->ntasks--;
-  *xspace(co) = (uintptr_t)rt | how;
+  *tulua__xspace(co) = (uintptr_t)rt | how;
   tulua__heap_put(&rt->lua_heap, t, sizeof *t);
   if (unobserved) report(L, rt, co);
-  push_live(L, rt);
+  tulua__push_live(L, rt);
   lua_rawgeti(L, -1, ref);
   luaL_unref(L, -2, ref); /* stack: live co; co stays alive on the stack */
   if (has_extra) run_done_callbacks(L, rt, lua_gettop(L));
@@ -816,7 +785,7 @@ static void report_slow(lua_State *L, tulua_runtime *rt, uint64_t ns,
     lua_State *co = lua_tothread(L, -1);
     char secs[32];
     snprintf(secs, sizeof secs, "%.3f", ns / 1e9);
-    push_name(L, rt, -1);
+    tulua__push_task_name(L, rt, -1);
     const char *msg = lua_pushfstring(L, "task '%s' blocked the loop for %s s",
                                       lua_tostring(L, -1), secs);
     if (yielded)
@@ -844,7 +813,7 @@ static void run_task(lua_State *L, tulua_runtime *rt, tulua__task *t) {
   int nargs = t->state == T_NEW ? lua_gettop(co) - 1 : 0;
   uint64_t t0 = 0;
   if (rt->debug) {
-    push_thread(L, rt, t); /* for the report: t may finish */
+    tulua__push_thread(L, rt, t); /* for the report: t may finish */
     t0 = uv_hrtime();
   }
   t->state = T_RUNNING;
@@ -882,11 +851,9 @@ static void run_task(lua_State *L, tulua_runtime *rt, tulua__task *t) {
  * loop has polled for I/O. */
 static int drain(lua_State *L) {
   tulua_runtime *rt = lua_touserdata(L, 1);
-  while (rt->jobs != NULL) {
-    tulua__job *j = rt->jobs;
-    rt->jobs = j->next;
-    if (rt->jobs == NULL) rt->jobs_tail = NULL;
-    j->next = NULL;
+  tulua__queue *q;
+  while ((q = tulua__queue_pop(&rt->jobs)) != NULL) {
+    tulua__job *j = tulua__container_of(q, tulua__job, node);
     j->posted = 0;
     j->run(L, j);
   }
@@ -936,12 +903,13 @@ static void check_cb(uv_check_t *h) {
   }
   lua_settop(L, top);
   rt->in_drain = 0;
-  if (rt->ready_len == 0 && rt->jobs == NULL) uv_idle_stop(&rt->idle);
+  if (rt->ready_len == 0 && tulua__queue_empty(&rt->jobs))
+    uv_idle_stop(&rt->idle);
 }
 
 /* Asks t to stop: a waiting task resumes with the cancellation error, a
  * ready or running one gets it at its next wait, a new one never runs. */
-static void cancel_task(tulua_runtime *rt, tulua__task *t) {
+void tulua__cancel_task(tulua_runtime *rt, tulua__task *t) {
   if (t->state == T_WAITING && t->w != NULL)
     cancel_wait(rt, t);
   else
@@ -955,7 +923,7 @@ lua_State *tulua__running(tulua_runtime *rt) {
 int tulua__cancel_wait(lua_State *co) {
   tulua__task *t = tulua__task_of(co);
   if (t == NULL || t->state != T_WAITING || t->w == NULL) return 0;
-  cancel_wait(rt_of(t), t);
+  cancel_wait(tulua__task_rt(t), t);
   return 1;
 }
 
@@ -971,7 +939,7 @@ static void async_cb(uv_async_t *h) {
     tulua__task *t = tulua__task_of(rt->call_co);
     if (t != NULL) {
       t->interrupted = 1;
-      cancel_task(rt, t);
+      tulua__cancel_task(rt, t);
     }
   }
 }
@@ -983,18 +951,17 @@ static void async_cb(uv_async_t *h) {
  * stops asyncio.run. With no task to cancel, the interrupt itself is
  * reported ("interrupted!"), so that it is not silent. */
 static void interrupt_all(lua_State *L, tulua__job *job) {
-  tulua_runtime *rt =
-      (tulua_runtime *)((char *)job - offsetof(tulua_runtime, interrupt_job));
+  tulua_runtime *rt = tulua__container_of(job, tulua_runtime, interrupt_job);
   int n = 0;
   rt->stop_requested = 1;
-  push_live(L, rt);
+  tulua__push_live(L, rt);
   lua_pushnil(L);
   while (lua_next(L, -2) != 0) {
     lua_State *co = lua_tothread(L, -1); /* or luaL_ref's free list */
     tulua__task *t = co ? tulua__task_of(co) : NULL;
     if (t != NULL) {
       t->interrupted = t->by_interrupt = 1;
-      cancel_task(rt, t);
+      tulua__cancel_task(rt, t);
       n++;
     }
     lua_pop(L, 1);
@@ -1006,447 +973,23 @@ static void interrupt_all(lua_State *L, tulua__job *job) {
 void tulua__post(tulua_runtime *rt, tulua__job *job) {
   if (job->posted) return;
   job->posted = 1;
-  job->next = NULL;
-  if (rt->jobs_tail)
-    rt->jobs_tail->next = job;
-  else
-    rt->jobs = job;
-  rt->jobs_tail = job;
+  tulua__queue_insert_tail(&rt->jobs, &job->node);
   if (!uv_is_active((uv_handle_t *)&rt->idle))
     uv_idle_start(&rt->idle, idle_cb);
 }
 
 void tulua__unpost(tulua_runtime *rt, tulua__job *job) {
+  (void)rt; /* the node knows its neighbours */
   if (!job->posted) return;
-  tulua__job **p = &rt->jobs, *prev = NULL;
-  while (*p != job) {
-    prev = *p;
-    p = &(*p)->next;
-  }
-  *p = job->next;
-  if (rt->jobs_tail == job) rt->jobs_tail = prev;
-  job->next = NULL;
+  tulua__queue_remove(&job->node);
   job->posted = 0;
 }
 
-/* ---- Task methods ---- */
-
-/* Pushes the outcome of the finished task co: its results, or raises its
- * error (a string error with the task's traceback attached, any other
- * error object as it is) or its cancellation. */
-int tulua__task_push_outcome(lua_State *L, lua_State *co) {
-  uintptr_t how = *xspace(co);
-  if (!(how & (X_FAILED | X_CANCELLED))) {
-    int n = lua_gettop(co);
-    luaL_checkstack(L, n, "too many results");
-    for (int i = 1; i <= n; i++) {
-      if (!lua_checkstack(co, 1)) luaL_error(L, "not enough memory");
-      lua_pushvalue(co, i);
-      lua_xmove(co, L, 1);
-    }
-    return n;
-  }
-  int idx = (how & X_FAILED) && lua_type(co, 1) == LUA_TSTRING ? 2 : 1;
-  if (!lua_checkstack(co, 1)) luaL_error(L, "not enough memory");
-  lua_pushvalue(co, idx);
-  lua_xmove(co, L, 1);
-  return lua_error(L);
-}
-
-/* A task waiting in join(): its waiter sits in the target's joiners. */
-typedef struct {
-  tulua__waiter w;
-  tulua_runtime *rt;
-  tulua__task *target; /* unfinished while the join waits */
-  lua_State *target_co; /* on the joining frame's stack: alive */
-} join_op;
-
-static int join_deliver(lua_State *L, void *ud) {
-  join_op *op = ud;
-  lua_State *co = op->target_co;
-  tulua__heap_put(&op->rt->lua_heap, op, sizeof *op);
-  return tulua__task_push_outcome(L, co);
-}
-
-/* Unlinks the cancelled joiner from the target and frees it: no libuv
- * callback will. */
-static void join_cancel(void *ud) {
-  join_op *op = ud;
-  tulua__waiter **p = &op->target->joiners;
-  while (*p != NULL && *p != &op->w)
-    p = &(*p)->next;
-  if (*p != NULL) *p = op->w.next;
-  tulua__heap_put(&op->rt->lua_heap, op, sizeof *op);
-}
-
-static int task_join(lua_State *L) {
-  lua_State *co = check_task(L, 1);
-  if (tulua__task_finished(co)) return tulua__task_push_outcome(L, co);
-  tulua__check_wait(L, "join");
-  tulua_runtime *rt = tulua__runtime(L);
-  tulua__task *t = tulua__task_of(co);
-  if (rt->current == t) return luaL_error(L, "a task cannot join itself");
-  join_op *op = tulua__heap_get(&rt->lua_heap, sizeof *op);
-  if (op == NULL) return luaL_error(L, "not enough memory");
-  op->rt = rt;
-  op->target = t;
-  op->target_co = co;
-  t->observed = 1;
-  op->w.next = t->joiners;
-  t->joiners = &op->w;
-  lua_settop(L, 1); /* the target stays referenced while we wait */
-  return tulua__wait(L, &op->w, join_deliver, join_cancel, op);
-}
-
-/* Sets the extras entry of the unfinished task t to the value on top of
- * L, popping it. [-1, +0, m] */
-static void set_extra(lua_State *L, tulua__task *t) {
-  tulua_runtime *rt = rt_of(t);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->extras_ref);
-  push_thread(L, rt, t);
-  lua_pushvalue(L, -3);
-  lua_rawset(L, -3);
-  lua_pop(L, 2);
-  t->has_extra = 1;
-}
-
-/* Pushes the extras entry of the unfinished task t as a table, turning a
- * lone callback (or nothing) into one. [-0, +1, m] */
-static void push_extra_table(lua_State *L, tulua__task *t) {
-  push_extra(L, t);
-  if (lua_istable(L, -1)) return;
-  lua_createtable(L, 1, 2);
-  if (!lua_isnil(L, -2)) {
-    lua_pushvalue(L, -2);
-    lua_rawseti(L, -2, 1);
-  }
-  lua_remove(L, -2);
-  lua_pushvalue(L, -1);
-  set_extra(L, t);
-}
-
-/* Returns the count of cancel requests of t (asyncio's cancelling()). */
-static lua_Integer cancel_count(lua_State *L, tulua__task *t) {
-  lua_Integer n = 0;
-  if (t == NULL || !t->has_extra) return 0;
-  push_extra(L, t);
-  if (lua_istable(L, -1)) {
-    lua_getfield(L, -1, "count");
-    n = lua_tointeger(L, -1);
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-  return n;
-}
-
-static void set_cancel_count(lua_State *L, tulua__task *t, lua_Integer n) {
-  push_extra_table(L, t);
-  lua_pushinteger(L, n);
-  lua_setfield(L, -2, "count");
-  lua_pop(L, 1);
-}
-
-static int task_cancel(lua_State *L) {
-  lua_State *co = check_task(L, 1);
-  const char *msg = luaL_optstring(L, 2, NULL);
-  tulua__task *t = tulua__task_of(co);
-  if (t != NULL) {
-    set_cancel_count(L, t, cancel_count(L, t) + 1);
-    if (msg != NULL) {
-      push_extra_table(L, t);
-      lua_pushvalue(L, 2);
-      lua_setfield(L, -2, "msg");
-      lua_pop(L, 1);
-    }
-    cancel_task(tulua__runtime(L), t);
-  }
-  lua_pushboolean(L, t != NULL);
-  return 1;
-}
-
-static int task_cancelling(lua_State *L) {
-  lua_pushinteger(L, cancel_count(L, tulua__task_of(check_task(L, 1))));
-  return 1;
-}
-
-/* Withdraws one cancel request; at zero a request not yet delivered is
- * withdrawn too (Python 3.13's uncancel). */
-static int task_uncancel(lua_State *L) {
-  tulua__task *t = tulua__task_of(check_task(L, 1));
-  lua_Integer n = cancel_count(L, t);
-  if (n > 0) {
-    set_cancel_count(L, t, --n);
-    if (n == 0) t->cancelling = 0;
-  }
-  lua_pushinteger(L, n);
-  return 1;
-}
-
-int tulua__invalid_state(lua_State *L, const char *msg) {
-  tulua__push_error(L, "EINVALIDSTATE", msg);
-  return lua_error(L);
-}
-
-static int task_exception(lua_State *L) {
-  lua_State *co = check_task(L, 1);
-  uintptr_t how = *xspace(co);
-  if (!(how & X_FINISHED))
-    return tulua__invalid_state(L, "the task is not done");
-  if (!(how & (X_FAILED | X_CANCELLED))) return 0;
-  if (!lua_checkstack(co, 1)) luaL_error(L, "not enough memory");
-  lua_pushvalue(co, 1);
-  lua_xmove(co, L, 1);
-  if (how & X_CANCELLED) return lua_error(L);
-  return 1;
-}
-
-static int task_add_done_callback(lua_State *L) {
-  lua_State *co = check_task(L, 1);
-  luaL_checktype(L, 2, LUA_TFUNCTION);
-  tulua__task *t = tulua__task_of(co);
-  lua_settop(L, 2);
-  if (t == NULL) { /* finished: on the next loop turn */
-    lua_pushvalue(L, 1);
-    tulua__spawn(L, 1);
-    return 0;
-  }
-  push_extra(L, t);
-  if (lua_isnil(L, -1)) {
-    lua_pushvalue(L, 2);
-    set_extra(L, t);
-  } else {
-    lua_pop(L, 1);
-    push_extra_table(L, t);
-    lua_pushvalue(L, 2);
-    lua_rawseti(L, -2, luaL_len(L, -2) + 1);
-  }
-  return 0;
-}
-
-static int task_remove_done_callback(lua_State *L) {
-  lua_State *co = check_task(L, 1);
-  luaL_checktype(L, 2, LUA_TFUNCTION);
-  tulua__task *t = tulua__task_of(co);
-  lua_Integer removed = 0;
-  if (t != NULL && t->has_extra) {
-    push_extra(L, t);
-    if (lua_rawequal(L, -1, 2)) {
-      removed = 1;
-      lua_pushnil(L);
-      set_extra(L, t);
-    } else if (lua_istable(L, -1)) {
-      lua_Integer n = luaL_len(L, -1), j = 1;
-      for (lua_Integer i = 1; i <= n; i++) {
-        lua_rawgeti(L, -1, i);
-        if (lua_rawequal(L, -1, 2)) {
-          lua_pop(L, 1);
-          removed++;
-          continue;
-        }
-        lua_rawseti(L, -2, j++);
-      }
-      for (; j <= n; j++) {
-        lua_pushnil(L);
-        lua_rawseti(L, -2, j);
-      }
-    }
-  }
-  lua_pushinteger(L, removed);
-  return 1;
-}
-
-/* Pushes the name of the task thread at idx; the first time, a task
- * without one is named "Task-<n>". [-0, +1, m] */
-static void push_name(lua_State *L, tulua_runtime *rt, int idx) {
-  idx = lua_absindex(L, idx);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->names_ref);
-  lua_pushvalue(L, idx);
-  if (lua_rawget(L, -2) == LUA_TNIL) {
-    lua_pop(L, 1);
-    lua_pushfstring(L, "Task-%I", (LUAI_UACINT)++rt->name_seq);
-    lua_pushvalue(L, idx);
-    lua_pushvalue(L, -2);
-    lua_rawset(L, -4);
-  }
-  lua_remove(L, -2);
-}
-
-static int task_get_name(lua_State *L) {
-  check_task(L, 1);
-  push_name(L, tulua__runtime(L), 1);
-  return 1;
-}
-
-static int task_set_name(lua_State *L) {
-  check_task(L, 1);
-  luaL_checkany(L, 2);
-  tulua_runtime *rt = tulua__runtime(L);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->names_ref);
-  lua_pushvalue(L, 1);
-  luaL_tolstring(L, 2, NULL);
-  lua_rawset(L, -3);
-  return 0;
-}
-
-static int task_done(lua_State *L) {
-  lua_pushboolean(L, tulua__task_finished(check_task(L, 1)));
-  return 1;
-}
-
-static int task_cancelled(lua_State *L) {
-  uintptr_t both = X_FINISHED | X_CANCELLED;
-  lua_pushboolean(L, (*xspace(check_task(L, 1)) & both) == both);
-  return 1;
-}
-
-static int task_result(lua_State *L) {
-  lua_State *co = check_task(L, 1);
-  if (!tulua__task_finished(co))
-    return tulua__invalid_state(
-        L, "attempt to get the result of an unfinished task");
-  return tulua__task_push_outcome(L, co);
-}
-
-static const char *status_of(lua_State *co) {
-  static const char *const unfinished[] = {"ready", "ready", "running",
-                                           "waiting"};
-  uintptr_t x = *xspace(co);
-  if (x & X_TASK) return unfinished[tulua__task_of(co)->state];
-  return (x & X_FAILED) ? "failed" : (x & X_CANCELLED) ? "cancelled" : "done";
-}
-
-static int task_status(lua_State *L) {
-  lua_pushstring(L, status_of(check_task(L, 1)));
-  return 1;
-}
-
-/* __index of every thread: a Task's methods; indexing any other thread
- * raises as in standard Lua. */
-static int thread_index(lua_State *L) {
-  lua_State *co = lua_tothread(L, 1);
-  if (co == NULL || !tulua__is_task(co)) {
-    luaL_where(L, 1); /* the code that indexed */
-    lua_pushliteral(L, "attempt to index a thread value");
-    lua_concat(L, 2);
-    return lua_error(L);
-  }
-  lua_pushvalue(L, 2);
-  lua_rawget(L, lua_upvalueindex(1));
-  return 1;
-}
-
-/* ---- the module ---- */
-
-static int l_spawn(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  tulua__spawn(L, lua_gettop(L) - 1);
-  return 1;
-}
-
-static int l_spawn_protected(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  new_task(L, lua_gettop(L) - 1, TRAMP_PROTECTED);
-  return 1;
-}
-
-static int l_current(lua_State *L) {
-  tulua_runtime *rt = tulua__runtime(L);
-  if (rt->current == NULL) return 0;
-  push_thread(L, rt, rt->current);
-  return 1;
-}
-
-static int l_all_tasks(lua_State *L) {
-  tulua_runtime *rt = tulua__runtime(L);
-  lua_Integer n = 0;
-  lua_createtable(L, rt->ntasks, 0);
-  push_live(L, rt);
-  lua_pushnil(L);
-  while (lua_next(L, -2) != 0) {
-    lua_State *co = lua_tothread(L, -1); /* or luaL_ref's free list */
-    if (co != NULL && tulua__task_of(co) != NULL)
-      lua_rawseti(L, -4, ++n);
-    else
-      lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-  return 1;
-}
-
-static int l_new_error(lua_State *L) {
-  tulua__push_error(L, luaL_checkstring(L, 1), luaL_checkstring(L, 2));
-  return 1;
-}
-
-static int l_set_debug(lua_State *L) {
-  tulua_runtime *rt = tulua__runtime(L);
-  rt->debug = lua_toboolean(L, 1);
-  if (rt->debug) lua_warning(L, "@on", 0); /* the reports are warnings */
-  return 0;
-}
-
-static int l_get_debug(lua_State *L) {
-  lua_pushboolean(L, tulua__runtime(L)->debug);
-  return 1;
-}
-
-static int l_now(lua_State *L) {
-  lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
-  return 1;
-}
-
-int luaopen_tulua(lua_State *L) {
-  static const luaL_Reg funcs[] = {{"spawn", l_spawn},
-                                   {"spawn_protected", l_spawn_protected},
-                                   {"sleep", tulua__sleep},
-                                   {"now", l_now},
-                                   {"current", l_current},
-                                   {"all_tasks", l_all_tasks},
-                                   {"park", l_park},
-                                   {"can_wait", l_can_wait},
-                                   {"unpark", l_unpark},
-                                   {"new_error", l_new_error},
-                                   {"set_debug", l_set_debug},
-                                   {"get_debug", l_get_debug},
-                                   {NULL, NULL}};
-  luaL_newlib(L, funcs);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, tulua__runtime(L)->methods_ref);
-  lua_setfield(L, -2, "Task");
-  luaL_requiref(L, "tulua.timer", luaopen_tulua_timer, 0);
-  lua_setfield(L, -2, "timer");
-  return 1;
-}
-
-/* Creates the threads' metatable, the error metatable and the live table.
- * Runs in tulua_open. */
+/* Creates the threads' metatable (task.c), the error metatable, the live
+ * and the extras table. Runs in tulua_open. */
 static int sched_open(lua_State *L) {
-  static const luaL_Reg task_methods[] = {
-      {"join", task_join},
-      {"cancel", task_cancel},
-      {"done", task_done},
-      {"cancelled", task_cancelled},
-      {"result", task_result},
-      {"status", task_status},
-      {"exception", task_exception},
-      {"cancelling", task_cancelling},
-      {"uncancel", task_uncancel},
-      {"add_done_callback", task_add_done_callback},
-      {"remove_done_callback", task_remove_done_callback},
-      {"get_name", task_get_name},
-      {"set_name", task_set_name},
-      {NULL, NULL}};
   tulua_runtime *rt = lua_touserdata(L, 1);
-  lua_pushthread(L);
-  /* only __index: a __tostring would change what lua.c prints for a
-   * thread raised as an error */
-  lua_createtable(L, 0, 1);
-  luaL_newlib(L, task_methods);
-  lua_pushvalue(L, -1);
-  rt->methods_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_pushcclosure(L, thread_index, 1);
-  lua_setfield(L, -2, "__index");
-  lua_setmetatable(L, -2); /* of every thread */
-  lua_pop(L, 1);
+  tulua__open_task_class(L, rt);
   luaL_newmetatable(L, ERROR_MT);
   lua_pushcfunction(L, error_tostring);
   lua_setfield(L, -2, "__tostring");
@@ -1454,18 +997,13 @@ static int sched_open(lua_State *L) {
   rt->live_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_newtable(L);
   rt->extras_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_newtable(L); /* names: weak keys, a name dies with its task */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  rt->names_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
 
 int tulua__sched_init(tulua_runtime *rt) {
   lua_State *L = rt->L;
-  *xspace(L) = (uintptr_t)rt;
+  tulua__queue_init(&rt->jobs);
+  *tulua__xspace(L) = (uintptr_t)rt;
   uv_check_init(rt->loop, &rt->check);
   uv_idle_init(rt->loop, &rt->idle);
   uv_timer_init(rt->loop, &rt->timer);
@@ -1517,7 +1055,7 @@ void tulua__sched_shutdown(tulua_runtime *rt) {
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);
   }
   if (rt->live_ref != LUA_NOREF) {
-    push_live(L, rt);
+    tulua__push_live(L, rt);
     lua_pushnil(L);
     while (lua_next(L, -2) != 0) {
       lua_State *co = lua_tothread(L, -1); /* or luaL_ref's free list */

@@ -5,7 +5,34 @@
  * tulua_wakeup. Functions that return int return 0 (or a documented
  * non-negative value) on success and a negative UV_E* or TULUA_E* code on
  * failure; the text of the last failure is in tulua_errmsg. No function here
- * prints, exits or aborts, and no Lua error escapes to the host. */
+ * prints, exits or aborts, and no Lua error escapes to the host.
+ *
+ * Process-wide state. A runtime is confined to its thread, but signal
+ * dispositions and a few hooks belong to the process; a host that embeds
+ * tulua gives these up:
+ * - SIGRTMIN + 4 stops the job a pool worker computes. The first thread
+ *   pool opened, and a process pool's worker, install a handler for it
+ *   (SA_SIGINFO); a process pool's parent sends it to its workers with
+ *   sigqueue, and worker threads unblock it. The host must leave this
+ *   signal alone.
+ * - SIGPIPE: when a module with streams (tulua.net, tulua.tty, a pipe of
+ *   tulua.process, a process pool) opens and SIGPIPE still has its default
+ *   action, it gets a handler that does nothing, so that a write to a
+ *   closed peer fails with EPIPE. Not SIG_IGN: an ignored signal stays
+ *   ignored across exec, and the programs of os.execute and io.popen would
+ *   inherit it. print and io writes still end the process on a closed pipe,
+ *   as in lua5.4. A disposition the host set first is kept.
+ * - A signal that process.signal or process.wait_signal listens for has
+ *   libuv's handler meanwhile; the last listener of any runtime puts back
+ *   the disposition the first one found.
+ * - SIGINT is not touched by the library: the tulua command line installs
+ *   its own handler while it runs Lua, which calls tulua_interrupt. A host
+ *   wanting Ctrl-C does the same.
+ * - The job context: a thread that runs pool jobs has one, per thread
+ *   (_Thread_local), which that signal's handler reads, and a process
+ *   runs at most one process pool worker. The hook that stops a job (or
+ *   an interrupted chunk) follows coroutine.resume into the coroutines it
+ *   resumes: one such hook per process. */
 #ifndef TULUA_H
 #define TULUA_H
 
@@ -25,8 +52,12 @@ extern "C" {
 typedef struct tulua_runtime tulua_runtime;
 
 /* Receives an uncaught task error: msg is the error text with the task's
- * traceback, valid only during the call. Called on the runtime's thread,
- * from inside tulua_run, tulua_step or tulua_call. */
+ * traceback, valid only during the call. Also receives the report of an
+ * error that the runtime caught and went on from (a failing done callback
+ * of a Future, a process pool's lost worker), a line of text of its own
+ * that tulua_uncaught_errors does not count: a host tells the two apart by
+ * that count. Called on the runtime's thread, from inside tulua_run,
+ * tulua_step or tulua_call. */
 typedef void (*tulua_error_fn)(tulua_runtime *rt, const char *msg, void *ud);
 
 typedef struct tulua_config {
@@ -131,7 +162,8 @@ int tulua_wakeup(tulua_runtime *rt);
 int tulua_interrupt(tulua_runtime *rt);
 
 /* Returns how many task errors went uncaught (reported through on_error)
- * since the runtime was created. */
+ * since the runtime was created; the other reports on_error receives are
+ * not counted. */
 int tulua_uncaught_errors(tulua_runtime *rt);
 
 #ifdef __cplusplus

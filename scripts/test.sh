@@ -1,11 +1,13 @@
 #!/bin/sh
 # The second command of the README (and CI's): installs what is missing,
-# builds with AddressSanitizer and UndefinedBehaviorSanitizer into
-# build-asan/, checks formatting and Lua lint, and runs every test, then
-# fuzzes the transfer format for 15 seconds (build-fuzz/, clang).
+# checks that host/ names nothing of bindings/ (check_layers.sh), builds
+# with AddressSanitizer and UndefinedBehaviorSanitizer into build-asan/,
+# checks formatting and Lua lint, and runs every test, then fuzzes the
+# transfer format for 15 seconds (build-fuzz/, clang).
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/deps.sh
+sh scripts/check_layers.sh
 clang-format --dry-run --Werror host/*.c host/*.h bindings/*.c bindings/*.h tests/c/*.c tests/c/*.h tests/fuzz/*.c
 luacheck -q tests/spec tests/fuzz scripts lua
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DTULUA_SANITIZE=ON >/dev/null

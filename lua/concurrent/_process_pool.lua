@@ -71,7 +71,7 @@ local owners = setmetatable({}, {__mode = "kv"})
 local busy = {}
 
 local function report(err)
-  io.stderr:write("tulua: process pool: ", tostring(err), "\n")
+  tulua._report("tulua: process pool: " .. tostring(err))
 end
 
 local Pool = {}

@@ -96,7 +96,7 @@ end
 future.set_hooks {
   remote_error = remote_error,
   report = function(f, err)
-    io.stderr:write("exception calling callback for ", tostring(f), ": ", tostring(err), "\n")
+    tulua._report("exception calling callback for " .. tostring(f) .. ": " .. tostring(err))
   end,
   idle = function(ex) ex:_idle() end,
 }

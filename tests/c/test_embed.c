@@ -15,7 +15,7 @@
 #include <lauxlib.h>
 #include <uv.h>
 
-#include "../../host/tulua.h"
+#include "tulua.h"
 #include "check.h"
 
 /* ---- helpers ---- */
@@ -756,6 +756,19 @@ static int test_on_error(void) {
                             0));
   CHECK_EQ(3, e.calls);
   CHECK_CONTAINS(e.last, "in call\nstack traceback:\n");
+  CHECK_EQ(3, tulua_uncaught_errors(h.rt));
+
+  /* an error the runtime went on from (a failing Future callback) is
+   * reported too, but not counted */
+  CHECK_EQ(LUA_OK,
+           call_lua(h.rt,
+                    "local f = require('concurrent.futures').Future()\n"
+                    "f:add_done_callback(function() error('cb', 0) end)\n"
+                    "f:set_result(1)",
+                    0));
+  CHECK_EQ(4, e.calls);
+  CHECK_EQ(0, strcmp("exception calling callback for <Future finished>: cb",
+                     e.last));
   CHECK_EQ(3, tulua_uncaught_errors(h.rt));
   CHECK_EQ(0, host_close(&h));
 

@@ -1,6 +1,6 @@
 /* test_queue.c: the intrusive queue of host/queue.h, which every FIFO of the
  * scheduler and the bindings is built on. */
-#include "../../host/queue.h"
+#include "queue.h"
 #include "check.h"
 
 typedef struct {

@@ -1,12 +1,13 @@
-/* sched.h: the scheduler's internal API (tasks, wait, wake, cancel), used by
- * host/ and bindings/. Nothing here is public: see tulua.h for that. */
-#ifndef TULUA_SCHED_H
-#define TULUA_SCHED_H
+/* scheduler.h: the scheduler's internal API (tasks, wait, wake, cancel), used
+ * by host/ and bindings/. Nothing here is public: see tulua.h for that. */
+#ifndef TULUA_SCHEDULER_H
+#define TULUA_SCHEDULER_H
 
 #include <stdint.h>
 #include <lua.h>
 #include <uv.h>
 
+#include "queue.h"
 #include "tulua.h"
 
 typedef struct tulua__task tulua__task;
@@ -34,7 +35,7 @@ typedef struct tulua__waiter {
  * lua_pcall. Embedded in its owner; posted at most once at a time. */
 typedef struct tulua__job {
   void (*run)(lua_State *L, struct tulua__job *job);
-  struct tulua__job *next;
+  tulua__queue node; /* in the runtime's posted jobs, while posted */
   int posted;
 } tulua__job;
 
@@ -116,9 +117,11 @@ tulua__task *tulua__task_of(lua_State *co);
 /* Returns 1 if co is the thread of a task, finished or not. */
 int tulua__is_task(lua_State *co);
 
+/* Pushes the table of the core module 'tulua' (tasks, sleep, park...):
+ * the bindings' luaopen_tulua adds the timer to it. [-0, +1, m] */
+int tulua__open_core(lua_State *L);
 
-/* The core module 'tulua' and the forwarding coroutine library (coro.c). */
-int luaopen_tulua(lua_State *L);
+/* Opens the forwarding coroutine library (coro.c). */
 void tulua__open_coro(lua_State *L);
 
 /* Makes hook, a hook that stops the code it fires in (a pool job's
@@ -126,22 +129,11 @@ void tulua__open_coro(lua_State *L);
  * does. One such hook in the process. */
 void tulua__hook_follows_resumes(lua_Hook hook);
 
-/* The binding modules, preloaded by the runtime. */
-int luaopen_tulua_timer(lua_State *L);
-int luaopen_tulua_fs(lua_State *L);
-int luaopen_tulua_process(lua_State *L);
-int luaopen_tulua_tty(lua_State *L);
-int luaopen_tulua_dns(lua_State *L);
-int luaopen_tulua_udp(lua_State *L);
-int luaopen_tulua_net(lua_State *L);
-int luaopen_tulua_transfer(lua_State *L);
-int luaopen_tulua_thread_pool(lua_State *L);
-int luaopen_tulua_future(lua_State *L);
-int luaopen_tulua_process_pool(lua_State *L);
-
-/* Adds fs.watch (fs_event.c) to the tulua.fs module table on top of the
- * stack. [-0, +0, m] */
-void tulua__fs_event_open(lua_State *L);
+/* Sets the loader of every binding module (tulua, tulua.fs, ...) in the
+ * package.preload table on top of the stack. Defined by the bindings layer
+ * (bindings/modules.c), as lualib.h declares luaL_openlibs for linit.c:
+ * the only name of the layer above that host/ knows. [-0, +0, m] */
+void tulua__preload_bindings(lua_State *L);
 
 /* tulua.sleep(s): suspends the current task (s = 0 yields to the loop). */
 int tulua__sleep(lua_State *L);

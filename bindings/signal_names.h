@@ -1,7 +1,7 @@
-/* process.h: what the two halves of the module 'tulua.process' share:
- * process.c (uv_process_t) and signal.c (uv_signal_t, signal names). */
-#ifndef TULUA_PROCESS_H
-#define TULUA_PROCESS_H
+/* signal_names.h: the names of signals (signal.c), which process.c also
+ * takes and gives (kill, a child's exit signal). */
+#ifndef TULUA_SIGNAL_NAMES_H
+#define TULUA_SIGNAL_NAMES_H
 
 #include "common.h"
 
@@ -13,9 +13,5 @@ int tulua__signal_check(lua_State *L, int idx, int def);
 /* Pushes the name of signal signum ("SIGKILL"), or "SIG<n>" for a signal
  * without one (real-time signals). [-0, +1, m] */
 void tulua__signal_push_name(lua_State *L, int signum);
-
-/* Adds signal.c's functions (wait_signal, signal, signals) to the module
- * table on top of the stack. [-0, +0, m] */
-void tulua__signal_open(lua_State *L);
 
 #endif

@@ -1,0 +1,426 @@
+/* task.c: the Task class (the methods of task threads) and the module
+ * 'tulua' (spawn, sleep, current, all_tasks, park...), over the scheduler
+ * of sched.c, as Lua keeps lcorolib.c over ldo.c.
+ *
+ * A Task is its own thread: every thread shares one metatable whose
+ * __index finds the Task methods for task threads (tostring shows
+ * "thread: 0x...", as for any thread; status() tells the state). Names
+ * live in a weak-keyed table, since a finished task keeps its name. */
+#include <stdint.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "runtime.h"
+
+/* Returns the thread at idx if it is a Task (finished or not), else
+ * raises "Task expected". */
+static lua_State *check_task(lua_State *L, int idx) {
+  lua_State *co = lua_tothread(L, idx);
+  if (co == NULL || !tulua__is_task(co)) luaL_typeerror(L, idx, "Task");
+  return co;
+}
+
+/* ---- Task methods ---- */
+
+/* Pushes the outcome of the finished task co: its results, or raises its
+ * error (a string error with the task's traceback attached, any other
+ * error object as it is) or its cancellation. */
+int tulua__task_push_outcome(lua_State *L, lua_State *co) {
+  uintptr_t how = *tulua__xspace(co);
+  if (!(how & (X_FAILED | X_CANCELLED))) {
+    int n = lua_gettop(co);
+    luaL_checkstack(L, n, "too many results");
+    for (int i = 1; i <= n; i++) {
+      if (!lua_checkstack(co, 1)) luaL_error(L, "not enough memory");
+      lua_pushvalue(co, i);
+      lua_xmove(co, L, 1);
+    }
+    return n;
+  }
+  int idx = (how & X_FAILED) && lua_type(co, 1) == LUA_TSTRING ? 2 : 1;
+  if (!lua_checkstack(co, 1)) luaL_error(L, "not enough memory");
+  lua_pushvalue(co, idx);
+  lua_xmove(co, L, 1);
+  return lua_error(L);
+}
+
+/* A task waiting in join(): its waiter sits in the target's joiners. */
+typedef struct {
+  tulua__waiter w;
+  tulua_runtime *rt;
+  tulua__task *target; /* unfinished while the join waits */
+  lua_State *target_co; /* on the joining frame's stack: alive */
+} join_op;
+
+static int join_deliver(lua_State *L, void *ud) {
+  join_op *op = ud;
+  lua_State *co = op->target_co;
+  tulua__heap_put(&op->rt->lua_heap, op, sizeof *op);
+  return tulua__task_push_outcome(L, co);
+}
+
+/* Unlinks the cancelled joiner from the target and frees it: no libuv
+ * callback will. */
+static void join_cancel(void *ud) {
+  join_op *op = ud;
+  tulua__waiter **p = &op->target->joiners;
+  while (*p != NULL && *p != &op->w)
+    p = &(*p)->next;
+  if (*p != NULL) *p = op->w.next;
+  tulua__heap_put(&op->rt->lua_heap, op, sizeof *op);
+}
+
+static int task_join(lua_State *L) {
+  lua_State *co = check_task(L, 1);
+  if (tulua__task_finished(co)) return tulua__task_push_outcome(L, co);
+  tulua__check_wait(L, "join");
+  tulua_runtime *rt = tulua__runtime(L);
+  tulua__task *t = tulua__task_of(co);
+  if (rt->current == t) return luaL_error(L, "a task cannot join itself");
+  join_op *op = tulua__heap_get(&rt->lua_heap, sizeof *op);
+  if (op == NULL) return luaL_error(L, "not enough memory");
+  op->rt = rt;
+  op->target = t;
+  op->target_co = co;
+  t->observed = 1;
+  op->w.next = t->joiners;
+  t->joiners = &op->w;
+  lua_settop(L, 1); /* the target stays referenced while we wait */
+  return tulua__wait(L, &op->w, join_deliver, join_cancel, op);
+}
+
+/* Returns the count of cancel requests of t (asyncio's cancelling()). */
+static lua_Integer cancel_count(lua_State *L, tulua__task *t) {
+  lua_Integer n = 0;
+  if (t == NULL || !t->has_extra) return 0;
+  tulua__push_extra(L, t);
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "count");
+    n = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return n;
+}
+
+static void set_cancel_count(lua_State *L, tulua__task *t, lua_Integer n) {
+  tulua__push_extra_table(L, t);
+  lua_pushinteger(L, n);
+  lua_setfield(L, -2, "count");
+  lua_pop(L, 1);
+}
+
+static int task_cancel(lua_State *L) {
+  lua_State *co = check_task(L, 1);
+  const char *msg = luaL_optstring(L, 2, NULL);
+  tulua__task *t = tulua__task_of(co);
+  if (t != NULL) {
+    set_cancel_count(L, t, cancel_count(L, t) + 1);
+    if (msg != NULL) {
+      tulua__push_extra_table(L, t);
+      lua_pushvalue(L, 2);
+      lua_setfield(L, -2, "msg");
+      lua_pop(L, 1);
+    }
+    tulua__cancel_task(tulua__runtime(L), t);
+  }
+  lua_pushboolean(L, t != NULL);
+  return 1;
+}
+
+static int task_cancelling(lua_State *L) {
+  lua_pushinteger(L, cancel_count(L, tulua__task_of(check_task(L, 1))));
+  return 1;
+}
+
+/* Withdraws one cancel request; at zero a request not yet delivered is
+ * withdrawn too (Python 3.13's uncancel). */
+static int task_uncancel(lua_State *L) {
+  tulua__task *t = tulua__task_of(check_task(L, 1));
+  lua_Integer n = cancel_count(L, t);
+  if (n > 0) {
+    set_cancel_count(L, t, --n);
+    if (n == 0) t->cancelling = 0;
+  }
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+static int task_exception(lua_State *L) {
+  lua_State *co = check_task(L, 1);
+  uintptr_t how = *tulua__xspace(co);
+  if (!(how & X_FINISHED))
+    return tulua__invalid_state(L, "the task is not done");
+  if (!(how & (X_FAILED | X_CANCELLED))) return 0;
+  if (!lua_checkstack(co, 1)) luaL_error(L, "not enough memory");
+  lua_pushvalue(co, 1);
+  lua_xmove(co, L, 1);
+  if (how & X_CANCELLED) return lua_error(L);
+  return 1;
+}
+
+static int task_add_done_callback(lua_State *L) {
+  lua_State *co = check_task(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  tulua__task *t = tulua__task_of(co);
+  lua_settop(L, 2);
+  if (t == NULL) { /* finished: on the next loop turn */
+    lua_pushvalue(L, 1);
+    tulua__spawn(L, 1);
+    return 0;
+  }
+  tulua__push_extra(L, t);
+  if (lua_isnil(L, -1)) {
+    lua_pushvalue(L, 2);
+    tulua__set_extra(L, t);
+  } else {
+    lua_pop(L, 1);
+    tulua__push_extra_table(L, t);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, luaL_len(L, -2) + 1);
+  }
+  return 0;
+}
+
+static int task_remove_done_callback(lua_State *L) {
+  lua_State *co = check_task(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  tulua__task *t = tulua__task_of(co);
+  lua_Integer removed = 0;
+  if (t != NULL && t->has_extra) {
+    tulua__push_extra(L, t);
+    if (lua_rawequal(L, -1, 2)) {
+      removed = 1;
+      lua_pushnil(L);
+      tulua__set_extra(L, t);
+    } else if (lua_istable(L, -1)) {
+      lua_Integer n = luaL_len(L, -1), j = 1;
+      for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        if (lua_rawequal(L, -1, 2)) {
+          lua_pop(L, 1);
+          removed++;
+          continue;
+        }
+        lua_rawseti(L, -2, j++);
+      }
+      for (; j <= n; j++) {
+        lua_pushnil(L);
+        lua_rawseti(L, -2, j);
+      }
+    }
+  }
+  lua_pushinteger(L, removed);
+  return 1;
+}
+
+/* Pushes the name of the task thread at idx; the first time, a task
+ * without one is named "Task-<n>". [-0, +1, m] */
+void tulua__push_task_name(lua_State *L, tulua_runtime *rt, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->names_ref);
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, -2) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushfstring(L, "Task-%I", (LUAI_UACINT)++rt->name_seq);
+    lua_pushvalue(L, idx);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+  }
+  lua_remove(L, -2);
+}
+
+static int task_get_name(lua_State *L) {
+  check_task(L, 1);
+  tulua__push_task_name(L, tulua__runtime(L), 1);
+  return 1;
+}
+
+static int task_set_name(lua_State *L) {
+  check_task(L, 1);
+  luaL_checkany(L, 2);
+  tulua_runtime *rt = tulua__runtime(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->names_ref);
+  lua_pushvalue(L, 1);
+  luaL_tolstring(L, 2, NULL);
+  lua_rawset(L, -3);
+  return 0;
+}
+
+static int task_done(lua_State *L) {
+  lua_pushboolean(L, tulua__task_finished(check_task(L, 1)));
+  return 1;
+}
+
+static int task_cancelled(lua_State *L) {
+  uintptr_t both = X_FINISHED | X_CANCELLED;
+  lua_pushboolean(L, (*tulua__xspace(check_task(L, 1)) & both) == both);
+  return 1;
+}
+
+static int task_result(lua_State *L) {
+  lua_State *co = check_task(L, 1);
+  if (!tulua__task_finished(co))
+    return tulua__invalid_state(
+        L, "attempt to get the result of an unfinished task");
+  return tulua__task_push_outcome(L, co);
+}
+
+static const char *status_of(lua_State *co) {
+  static const char *const unfinished[] = {"ready", "ready", "running",
+                                           "waiting"};
+  uintptr_t x = *tulua__xspace(co);
+  if (x & X_TASK) return unfinished[tulua__task_of(co)->state];
+  return (x & X_FAILED) ? "failed" : (x & X_CANCELLED) ? "cancelled" : "done";
+}
+
+static int task_status(lua_State *L) {
+  lua_pushstring(L, status_of(check_task(L, 1)));
+  return 1;
+}
+
+/* __index of every thread: a Task's methods; indexing any other thread
+ * raises as in standard Lua. */
+static int thread_index(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  if (co == NULL || !tulua__is_task(co)) {
+    luaL_where(L, 1); /* the code that indexed */
+    lua_pushliteral(L, "attempt to index a thread value");
+    lua_concat(L, 2);
+    return lua_error(L);
+  }
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(1));
+  return 1;
+}
+
+/* ---- the module ---- */
+
+static int l_spawn(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  tulua__spawn(L, lua_gettop(L) - 1);
+  return 1;
+}
+
+static int l_spawn_protected(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  tulua__spawn_protected(L, lua_gettop(L) - 1);
+  return 1;
+}
+
+/* tulua.can_wait() -> boolean: whether the running code may wait here
+ * (false outside a task and where Lua cannot yield, e.g. in a __close
+ * that runs because of an error). */
+static int l_can_wait(lua_State *L) {
+  lua_pushboolean(L, tulua__can_wait(L));
+  return 1;
+}
+
+static int l_current(lua_State *L) {
+  tulua_runtime *rt = tulua__runtime(L);
+  if (rt->current == NULL) return 0;
+  tulua__push_thread(L, rt, rt->current);
+  return 1;
+}
+
+static int l_all_tasks(lua_State *L) {
+  tulua_runtime *rt = tulua__runtime(L);
+  lua_Integer n = 0;
+  lua_createtable(L, rt->ntasks, 0);
+  tulua__push_live(L, rt);
+  lua_pushnil(L);
+  while (lua_next(L, -2) != 0) {
+    lua_State *co = lua_tothread(L, -1); /* or luaL_ref's free list */
+    if (co != NULL && tulua__task_of(co) != NULL)
+      lua_rawseti(L, -4, ++n);
+    else
+      lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return 1;
+}
+
+static int l_new_error(lua_State *L) {
+  tulua__push_error(L, luaL_checkstring(L, 1), luaL_checkstring(L, 2));
+  return 1;
+}
+
+static int l_set_debug(lua_State *L) {
+  tulua_runtime *rt = tulua__runtime(L);
+  rt->debug = lua_toboolean(L, 1);
+  if (rt->debug) lua_warning(L, "@on", 0); /* the reports are warnings */
+  return 0;
+}
+
+static int l_get_debug(lua_State *L) {
+  lua_pushboolean(L, tulua__runtime(L)->debug);
+  return 1;
+}
+
+/* tulua._report(text): hands text to the host's error callback
+ * (cfg.on_error) without counting it in tulua_uncaught_errors: the report
+ * of an error that the runtime caught and went on from, such as a failing
+ * done callback of a Future or a process pool's lost worker, so that the
+ * library itself never prints. Internal (the underscore): for lua/. */
+static int l_report(lua_State *L) {
+  const char *msg = luaL_checkstring(L, 1);
+  tulua_runtime *rt = tulua__runtime(L);
+  if (rt->cfg.on_error) rt->cfg.on_error(rt, msg, rt->cfg.userdata);
+  return 0;
+}
+
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
+  return 1;
+}
+
+int tulua__open_core(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+      {"spawn", l_spawn},         {"spawn_protected", l_spawn_protected},
+      {"sleep", tulua__sleep},    {"now", l_now},
+      {"current", l_current},     {"all_tasks", l_all_tasks},
+      {"park", tulua__park},      {"can_wait", l_can_wait},
+      {"unpark", tulua__unpark},  {"new_error", l_new_error},
+      {"set_debug", l_set_debug}, {"get_debug", l_get_debug},
+      {"_report", l_report},      {NULL, NULL}};
+  luaL_newlib(L, funcs);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, tulua__runtime(L)->methods_ref);
+  lua_setfield(L, -2, "Task");
+  return 1;
+}
+
+void tulua__open_task_class(lua_State *L, tulua_runtime *rt) {
+  static const luaL_Reg task_methods[] = {
+      {"join", task_join},
+      {"cancel", task_cancel},
+      {"done", task_done},
+      {"cancelled", task_cancelled},
+      {"result", task_result},
+      {"status", task_status},
+      {"exception", task_exception},
+      {"cancelling", task_cancelling},
+      {"uncancel", task_uncancel},
+      {"add_done_callback", task_add_done_callback},
+      {"remove_done_callback", task_remove_done_callback},
+      {"get_name", task_get_name},
+      {"set_name", task_set_name},
+      {NULL, NULL}};
+  lua_pushthread(L);
+  /* only __index: a __tostring would change what lua.c prints for a
+   * thread raised as an error */
+  lua_createtable(L, 0, 1);
+  luaL_newlib(L, task_methods);
+  lua_pushvalue(L, -1);
+  rt->methods_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushcclosure(L, thread_index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2); /* of every thread */
+  lua_pop(L, 1);
+  lua_newtable(L); /* names: weak keys, a name dies with its task */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  rt->names_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
