@@ -242,7 +242,7 @@ static int fstream_read_all(lua_State *L) {
 
 static int fstream_lines(lua_State *L) {
   check_fstream(L, 1);
-  return tulua__stream_lines(L);
+  return tulua__rbuf_lines(L);
 }
 
 static void w_cb(uv_fs_t *req);
