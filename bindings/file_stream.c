@@ -64,7 +64,7 @@ struct fstream {
 
 static void f_maybe_free(fstream *f) {
   if (!f->collected || f->reading || f->whead != NULL || f->wakes > 0) return;
-  free(f->rb.buf);
+  tulua__bytes_free(&f->rb.b);
   free(f);
 }
 
@@ -84,7 +84,7 @@ static int f_satisfied(fstream *f) {
  * still lacks (read_exactly, read_all), up to CHUNK_MAX. */
 static size_t f_need(const fstream *f) {
   const tulua__rbuf *rb = &f->rb;
-  size_t n = tulua__rbuf_avail(rb), need = CHUNK;
+  size_t n = tulua__bytes_avail(&rb->b), need = CHUNK;
   if (rb->mode == TULUA__R_EXACT && rb->want > n)
     need = rb->want - n;
   else if (rb->mode == TULUA__R_ALL) /* grows with what came: few trips */
@@ -99,9 +99,9 @@ static void f_read_cb(uv_fs_t *req);
  * the callback. Returns 0 or a negative libuv code (nothing started). */
 static int f_start_read(fstream *f) {
   size_t need = f_need(f);
-  int rc = tulua__rbuf_reserve(&f->rb, need);
+  int rc = tulua__bytes_reserve(&f->rb.b, need);
   if (rc < 0) return rc;
-  uv_buf_t b = {.base = f->rb.buf + f->rb.len, .len = need};
+  uv_buf_t b = {.base = f->rb.b.base + f->rb.b.len, .len = need};
   f->rreq.data = f;
   rc = uv_fs_read(f->loop, &f->rreq, f->fd, &b, 1, -1, f_read_cb);
   if (rc == 0) f->reading = 1;
@@ -114,7 +114,7 @@ static void f_read_cb(uv_fs_t *req) { /* no Lua API here */
   uv_fs_req_cleanup(req);
   f->reading = 0;
   if (n > 0)
-    f->rb.len += (size_t)n;
+    f->rb.b.len += (size_t)n;
   else if (n == 0)
     f->rb.eof = 1;
   else if (n != UV_ECANCELED) /* cancelled: the bytes are still there */

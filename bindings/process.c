@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "process.h"
+#include "byte_buffer.h"
 #include "stream.h"
 
 #define PROCESS_MT "tulua.process"
@@ -725,17 +726,12 @@ static int process_index(lua_State *L) {
 /* ---- process.run: one wait for the whole life of a child ---- */
 
 typedef struct {
-  char *buf;
-  size_t len, cap;
-} outbuf;
-
-typedef struct {
   uv_process_t proc;
   uv_pipe_t pipe[3]; /* the child's stdin (input), stdout, stderr */
   uv_timer_t timer;
   uv_write_t wreq;
   tulua__waiter w;
-  outbuf out[3]; /* [1] and [2]: what was read from stdout and stderr */
+  tulua__bytes out[3]; /* [1] and [2]: what was read from stdout and stderr */
   int refs; /* handles not closed yet, plus 1 while a task owns the op */
   int reading; /* output pipes not at their end yet */
   int err; /* a read failed (with this libuv code): stop early */
@@ -756,7 +752,7 @@ typedef struct {
 
 static void run_free(run_op *op) {
   for (int i = 1; i < 3; i++)
-    free(op->out[i].buf);
+    tulua__bytes_free(&op->out[i]);
   free(op);
 }
 
@@ -815,21 +811,14 @@ static void run_timer_cb(uv_timer_t *h) {
 
 static void run_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   run_op *op = h->data;
-  outbuf *o = &op->out[(uv_pipe_t *)h - op->pipe];
+  tulua__bytes *o = &op->out[(uv_pipe_t *)h - op->pipe];
   (void)hint;
-  if (o->cap - o->len < READ_CHUNK) {
-    size_t cap =
-        o->cap * 2 > o->len + READ_CHUNK ? o->cap * 2 : o->len + READ_CHUNK;
-    char *nbuf = realloc(o->buf, cap);
-    if (nbuf == NULL) { /* read_cb gets UV_ENOBUFS */
-      buf->base = NULL;
-      buf->len = 0;
-      return;
-    }
-    o->buf = nbuf;
-    o->cap = cap;
+  if (tulua__bytes_reserve(o, READ_CHUNK) < 0) { /* read_cb gets ENOBUFS */
+    buf->base = NULL;
+    buf->len = 0;
+    return;
   }
-  buf->base = o->buf + o->len;
+  buf->base = o->base + o->len;
   buf->len = o->cap - o->len;
 }
 
@@ -900,7 +889,8 @@ static int run_push(lua_State *L) {
   }
   for (int i = 1; i < 3; i++)
     if (op->captured[i])
-      lua_pushlstring(L, op->out[i].buf ? op->out[i].buf : "", op->out[i].len);
+      lua_pushlstring(L, op->out[i].base ? op->out[i].base : "",
+                      op->out[i].len);
     else
       lua_pushnil(L);
   return n + 2;
@@ -915,10 +905,8 @@ static int run_deliver(lua_State *L, void *ud) {
   lua_pushcfunction(L, run_push);
   lua_pushlightuserdata(L, op);
   int st = lua_pcall(L, 1, LUA_MULTRET, 0);
-  for (int i = 1; i < 3; i++) {
-    free(op->out[i].buf);
-    op->out[i].buf = NULL;
-  }
+  for (int i = 1; i < 3; i++)
+    tulua__bytes_free(&op->out[i]);
   if (--op->refs == 0) run_free(op);
   if (st != LUA_OK) return lua_error(L);
   return lua_gettop(L) - top;

@@ -7,7 +7,6 @@
  * tulua__rbuf_satisfied says the request can be answered, and
  * tulua__rbuf_push answers it. So every stream type answers a read with the
  * same values and the same messages. */
-#include <stdlib.h>
 #include <string.h>
 
 #include "read_buffer.h"
@@ -16,13 +15,9 @@
 #define KEEP_BUF     (16 * 1024) /* an emptied buffer bigger than this goes */
 #define LINE_MAX_DEF (64 * 1024)
 
-size_t tulua__rbuf_avail(const tulua__rbuf *rb) {
-  return rb->len - rb->pos;
-}
-
 int tulua__rbuf_satisfied(tulua__rbuf *rb) {
   if (rb->eof || rb->err) return 1;
-  size_t n = tulua__rbuf_avail(rb);
+  size_t n = tulua__bytes_avail(&rb->b);
   switch (rb->mode) {
     case TULUA__R_ANY:
       return n > 0;
@@ -35,7 +30,7 @@ int tulua__rbuf_satisfied(tulua__rbuf *rb) {
       /* a separator may straddle what was scanned and what came since */
       size_t from =
           rb->scanned >= rb->seplen ? rb->scanned - rb->seplen + 1 : 0;
-      if (from < n && memmem(rb->buf + rb->pos + from, n - from, rb->sep,
+      if (from < n && memmem(rb->b.base + rb->b.pos + from, n - from, rb->sep,
                              rb->seplen) != NULL)
         return 1;
       rb->scanned = n;
@@ -44,35 +39,17 @@ int tulua__rbuf_satisfied(tulua__rbuf *rb) {
   }
 }
 
-int tulua__rbuf_reserve(tulua__rbuf *rb, size_t n) {
-  if (rb->pos > 0 && rb->len + n > rb->cap) { /* make room at the front */
-    memmove(rb->buf, rb->buf + rb->pos, tulua__rbuf_avail(rb));
-    rb->len -= rb->pos;
-    rb->pos = 0;
-  }
-  if (rb->len + n > rb->cap) {
-    size_t cap = rb->cap ? rb->cap : 1024;
-    while (cap < rb->len + n)
-      cap *= 2;
-    char *b = realloc(rb->buf, cap);
-    if (b == NULL) return UV_ENOMEM;
-    rb->buf = b;
-    rb->cap = cap;
-  }
-  return 0;
-}
-
-void tulua__rbuf_consume(tulua__rbuf *rb, size_t n, int may_free) {
-  rb->pos += n;
+/* Drops n consumed bytes. An emptied buffer starts again at the front, and
+ * a big one goes, unless a read writes into it (!may_free): then the bytes
+ * must stay where they are. */
+static void consume(tulua__rbuf *rb, size_t n, int may_free) {
   rb->scanned = 0;
-  if (rb->pos == rb->len && may_free) {
-    rb->pos = rb->len = 0;
-    if (rb->cap > KEEP_BUF) {
-      free(rb->buf);
-      rb->buf = NULL;
-      rb->cap = 0;
-    }
+  if (!may_free) {
+    rb->b.pos += n;
+    return;
   }
+  tulua__bytes_consume(&rb->b, n);
+  if (rb->b.len == 0 && rb->b.cap > KEEP_BUF) tulua__bytes_free(&rb->b);
 }
 
 static size_t check_size(lua_State *L, int idx, lua_Integer def) {
@@ -141,19 +118,19 @@ int tulua__rbuf_request(lua_State *L, tulua__rbuf *rb, int mode) {
 
 int tulua__rbuf_push(lua_State *L, tulua__rbuf *rb, const char *what,
                      const char *subject, int may_free) {
-  size_t n = tulua__rbuf_avail(rb);
-  const char *p = rb->buf + rb->pos;
+  size_t n = tulua__bytes_avail(&rb->b);
+  const char *p = rb->b.base + rb->b.pos;
   switch (rb->mode) {
     case TULUA__R_ANY:
       if (n == 0) break;
       if (n > rb->want) n = rb->want;
       lua_pushlstring(L, p, n);
-      tulua__rbuf_consume(rb, n, may_free);
+      consume(rb, n, may_free);
       return 1;
     case TULUA__R_EXACT:
       if (n >= rb->want) {
         lua_pushlstring(L, p, rb->want);
-        tulua__rbuf_consume(rb, rb->want, may_free);
+        consume(rb, rb->want, may_free);
         return 1;
       }
       if (rb->eof && !rb->err) { /* the partial data stays readable */
@@ -173,7 +150,7 @@ int tulua__rbuf_push(lua_State *L, tulua__rbuf *rb, const char *what,
       }
       if (rb->eof && !rb->err) {
         lua_pushlstring(L, n ? p : "", n);
-        tulua__rbuf_consume(rb, n, may_free);
+        consume(rb, n, may_free);
         return 1;
       }
       break;
@@ -182,7 +159,7 @@ int tulua__rbuf_push(lua_State *L, tulua__rbuf *rb, const char *what,
       if (at != NULL && (size_t)(at - p) <= rb->want) {
         size_t line = (size_t)(at - p);
         lua_pushlstring(L, p, line);
-        tulua__rbuf_consume(rb, line + rb->seplen, may_free);
+        consume(rb, line + rb->seplen, may_free);
         return 1;
       }
       if (n > rb->want) {
@@ -194,7 +171,7 @@ int tulua__rbuf_push(lua_State *L, tulua__rbuf *rb, const char *what,
       }
       if (rb->eof && n > 0 && !rb->err) { /* the last line, unended */
         lua_pushlstring(L, p, n);
-        tulua__rbuf_consume(rb, n, may_free);
+        consume(rb, n, may_free);
         return 1;
       }
       break;

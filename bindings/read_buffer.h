@@ -5,6 +5,7 @@
 #ifndef TULUA_READ_BUFFER_H
 #define TULUA_READ_BUFFER_H
 
+#include "byte_buffer.h"
 #include "common.h"
 
 /* What a read asks for. */
@@ -14,8 +15,7 @@ enum { TULUA__R_ANY, TULUA__R_EXACT, TULUA__R_LINE, TULUA__R_ALL };
  * for every stream (stream.c's and file_stream.c's). No Lua API in the
  * functions without a lua_State. */
 typedef struct tulua__rbuf {
-  char *buf; /* unread bytes at buf[pos..len) */
-  size_t pos, len, cap;
+  tulua__bytes b; /* the unread bytes */
   size_t scanned; /* read_line: bytes after pos known to hold no separator */
   size_t want; /* bytes (R_EXACT), else the most (R_ANY, R_LINE, R_ALL) */
   char sep[8]; /* read_line's separator */
@@ -24,16 +24,8 @@ typedef struct tulua__rbuf {
   unsigned char mode, eof;
 } tulua__rbuf;
 
-size_t tulua__rbuf_avail(const tulua__rbuf *rb);
-
 /* Whether the read asked for can be answered now (or the stream ended). */
 int tulua__rbuf_satisfied(tulua__rbuf *rb);
-
-/* Makes room for n more bytes after len; returns 0 or UV_ENOMEM. */
-int tulua__rbuf_reserve(tulua__rbuf *rb, size_t n);
-
-/* Drops n consumed bytes; an emptied big buffer is freed if may_free. */
-void tulua__rbuf_consume(tulua__rbuf *rb, size_t n, int may_free);
 
 /* Reads the arguments of read(n), read_exactly(n), read_line(opts) or
  * read_all(max) (from index 2) into rb's request, and sets the stack to
@@ -43,7 +35,8 @@ int tulua__rbuf_request(lua_State *L, tulua__rbuf *rb, int mode);
 
 /* Pushes the answer to the request, which must be satisfied: what names
  * the stream in messages ("tcp stream"), subject in failures ("tcp").
- * Consumes what it returns (with may_free as tulua__rbuf_consume). */
+ * Consumes what it returns; an emptied big buffer is freed if may_free (0
+ * while a read writes into it). */
 int tulua__rbuf_push(lua_State *L, tulua__rbuf *rb, const char *what,
                      const char *subject, int may_free);
 

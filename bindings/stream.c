@@ -97,7 +97,7 @@ static void maybe_free(tulua__stream *s) {
     wake_closed(s->server);
     maybe_free_server(s->server);
   }
-  free(s->rb.buf);
+  tulua__bytes_free(&s->rb.b);
   free(s);
 }
 
@@ -264,13 +264,10 @@ static void idle_reading(tulua__stream *s) {
 static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
   tulua__stream *s = h->data; /* no Lua API here */
   if (nread > 0) {
-    int rc = tulua__rbuf_reserve(&s->rb, (size_t)nread);
+    int rc = tulua__bytes_append(&s->rb.b, buf->base, (size_t)nread);
     if (rc < 0) {
       s->rb.err = rc;
       stop_reading(s);
-    } else {
-      memcpy(s->rb.buf + s->rb.len, buf->base, (size_t)nread);
-      s->rb.len += (size_t)nread;
     }
   } else if (nread == UV_EOF) {
     s->rb.eof = 1;
@@ -279,7 +276,7 @@ static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
     s->rb.err = (int)nread;
     stop_reading(s);
   }
-  if (s->reading && tulua__rbuf_avail(&s->rb) >= limit(s)) stop_reading(s);
+  if (s->reading && tulua__bytes_avail(&s->rb.b) >= limit(s)) stop_reading(s);
   if (s->rw.task != NULL && satisfied(s)) {
     s->wakes++;
     tulua__wake(&s->rw);
@@ -289,7 +286,7 @@ static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
 /* Reads ahead again once the buffer has room. */
 static int resume_reading(tulua__stream *s) {
   if (s->reading || s->rb.eof || s->rb.err || s->closed) return 0;
-  if (tulua__rbuf_avail(&s->rb) >= limit(s)) return 0;
+  if (tulua__bytes_avail(&s->rb.b) >= limit(s)) return 0;
   int rc = uv_read_start(&s->u.s, alloc_cb, read_cb);
   if (rc == 0) s->reading = 1;
   return rc;
