@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../host/queue.h"
 #include "file_stream.h"
 #include "read_buffer.h"
 
@@ -41,7 +42,7 @@ typedef struct write_op {
   uv_fs_t req;
   tulua__waiter w;
   fstream *box; /* until the op leaves the queue */
-  struct write_op *next; /* in box's queue */
+  tulua__queue link; /* in box's writes */
   const char *name; /* the box's (static) name, for deliver */
   int status; /* 0 or a negative libuv code */
   size_t len;
@@ -57,13 +58,16 @@ struct fstream {
   tulua__waiter rw; /* the task waiting in a read */
   tulua__waiter sw; /* the task waiting in shutdown */
   tulua__rbuf rb; /* unread bytes, and what the waiting reader wants */
-  write_op *whead, *wtail; /* queued writes; the head is in flight */
+  tulua__queue writes; /* write_op.link, in call order; the head is in
+                        * flight */
   int wakes; /* woken tasks that have not delivered yet */
   unsigned char reading, busy, closed, collected, shut;
 };
 
 static void f_maybe_free(fstream *f) {
-  if (!f->collected || f->reading || f->whead != NULL || f->wakes > 0) return;
+  if (!f->collected || f->reading || !tulua__queue_empty(&f->writes) ||
+      f->wakes > 0)
+    return;
   tulua__bytes_free(&f->rb.b);
   free(f);
 }
@@ -206,10 +210,16 @@ static int fstream_lines(lua_State *L) {
 
 static void w_cb(uv_fs_t *req);
 
+/* Returns the write in flight, or NULL. */
+static write_op *w_head(fstream *f) {
+  tulua__queue *q = tulua__queue_head(&f->writes);
+  return q != NULL ? tulua__container_of(q, write_op, link) : NULL;
+}
+
 /* Starts the head of the queue. Returns 0 or a negative libuv code (then
  * the head was not started). No Lua API. */
 static int w_start_head(fstream *f) {
-  write_op *op = f->whead;
+  write_op *op = w_head(f);
   uv_buf_t b = {.base = op->data, .len = op->len};
   op->req.data = op;
   return uv_fs_write(f->loop, &op->req, f->fd, &b, 1, -1, w_cb);
@@ -218,9 +228,8 @@ static int w_start_head(fstream *f) {
 /* Takes the head off the queue and hands it to its task, or frees it if the
  * task is gone. No Lua API. */
 static void w_pop(fstream *f) {
-  write_op *op = f->whead;
-  f->whead = op->next;
-  if (f->whead == NULL) f->wtail = NULL;
+  write_op *op = w_head(f);
+  tulua__queue_remove(&op->link);
   op->box = NULL;
   if (!tulua__wake(&op->w)) free(op);
 }
@@ -229,13 +238,14 @@ static void w_pop(fstream *f) {
  * start, or come after a close, end at once); once the queue is empty,
  * wakes a task in shutdown. May free f. No Lua API. */
 static void w_advance(fstream *f) {
-  while (f->whead != NULL) {
+  write_op *op;
+  while ((op = w_head(f)) != NULL) {
     if (f->closed) {
-      f->whead->status = UV_ECANCELED;
+      op->status = UV_ECANCELED;
     } else {
       int rc = w_start_head(f);
       if (rc == 0) return;
-      f->whead->status = rc;
+      op->status = rc;
     }
     w_pop(f);
   }
@@ -287,14 +297,12 @@ static int fstream_write(lua_State *L) {
   op->box = f;
   op->name = f->name;
   if (f->cfile != NULL) fflush(f->cfile); /* keep io.write's order */
-  if (f->wtail != NULL) {
-    f->wtail->next = op;
-    f->wtail = op;
-  } else {
-    f->whead = f->wtail = op;
+  int first = tulua__queue_empty(&f->writes);
+  tulua__queue_insert_tail(&f->writes, &op->link);
+  if (first) {
     int rc = w_start_head(f);
     if (rc < 0) { /* libuv will not call back */
-      f->whead = f->wtail = NULL;
+      tulua__queue_remove(&op->link);
       free(op);
       return push_fail(L, f->name, rc);
     }
@@ -317,7 +325,7 @@ static int shutdown_deliver(lua_State *L, void *ud) {
  * writes fail with EPIPE. The descriptor stays open. */
 static int fstream_shutdown(lua_State *L) {
   fstream *f = check_fstream(L, 1);
-  if (f->whead == NULL || f->sw.task != NULL) {
+  if (tulua__queue_empty(&f->writes) || f->sw.task != NULL) {
     f->shut = 1;
     lua_pushboolean(L, 1);
     return 1;
@@ -343,17 +351,15 @@ static void f_release(fstream *f) {
     tulua__wake(&f->sw);
   }
   if (f->reading) uv_cancel((uv_req_t *)&f->rreq);
-  if (f->whead != NULL) {
-    write_op *op = f->whead->next;
-    f->whead->next = NULL;
-    f->wtail = f->whead;
-    uv_cancel((uv_req_t *)&f->whead->req);
-    while (op != NULL) {
-      write_op *next = op->next;
+  write_op *head = w_head(f);
+  if (head != NULL) {
+    uv_cancel((uv_req_t *)&head->req);
+    while (head->link.next != &f->writes) { /* those after the head */
+      write_op *op = tulua__container_of(head->link.next, write_op, link);
+      tulua__queue_remove(&op->link);
       op->status = UV_ECANCELED;
       op->box = NULL;
       if (!tulua__wake(&op->w)) free(op);
-      op = next;
     }
   }
 }
@@ -400,6 +406,7 @@ void tulua__file_stream_push(lua_State *L, int fd, const char *name,
   f->fd = fd;
   f->name = name;
   f->cfile = cfile;
+  tulua__queue_init(&f->writes);
   *p = f;
 }
 

@@ -30,6 +30,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../host/queue.h"
 #include "byte_buffer.h"
 #include "common.h"
 
@@ -50,7 +51,7 @@ typedef struct {
   uv_loop_t *loop;
   uv_file fd;
   char *path; /* as given to open, for messages */
-  fs_op *ops; /* requests using fd whose callback has not run */
+  tulua__queue ops; /* fs_op.link: requests using fd, callback not run */
   uv_fs_t close_req; /* closes fd once closed is set and ops is empty */
   tulua__waiter close_w; /* the task waiting in close(), if any */
   int close_rc;
@@ -69,7 +70,7 @@ struct fs_op {
 
   tulua__waiter w; /* links the op to its task; cleared on cancel */
   file_box *file; /* whose fd the request uses, until its callback */
-  fs_op *prev, *next; /* in file->ops */
+  tulua__queue link; /* in file->ops */
   unsigned char subject;
   unsigned char is_work;
   unsigned char aborted; /* the file was closed while the request ran */
@@ -165,20 +166,11 @@ static int push_owned(lua_State *L, fs_op *op, const char *s, size_t n) {
 
 static void file_link(file_box *b, fs_op *op) {
   op->file = b;
-  op->prev = NULL;
-  op->next = b->ops;
-  if (b->ops != NULL) b->ops->prev = op;
-  b->ops = op;
+  tulua__queue_insert_tail(&b->ops, &op->link);
 }
 
 static void file_unlink(fs_op *op) {
-  file_box *b = op->file;
-  if (op->prev != NULL)
-    op->prev->next = op->next;
-  else
-    b->ops = op->next;
-  if (op->next != NULL) op->next->prev = op->prev;
-  op->prev = op->next = NULL;
+  tulua__queue_remove(&op->link);
   op->file = NULL;
 }
 
@@ -211,7 +203,7 @@ static void close_start(file_box *b) {
 static void file_done(fs_op *op) {
   file_box *b = op->file;
   file_unlink(op);
-  if (b->closed && b->ops == NULL) close_start(b);
+  if (b->closed && tulua__queue_empty(&b->ops)) close_start(b);
 }
 
 /* Closes b for Lua: requests in flight get "file closed" (queued ones are
@@ -221,11 +213,13 @@ static void file_done(fs_op *op) {
 static void file_release(file_box *b) {
   if (b->closed) return;
   b->closed = 1;
-  for (fs_op *op = b->ops; op != NULL; op = op->next) {
+  tulua__queue *q;
+  tulua__queue_foreach(q, &b->ops) {
+    fs_op *op = tulua__container_of(q, fs_op, link);
     op->aborted = 1;
     uv_cancel(&op->u.req); /* fails once running: the callback waits */
   }
-  if (b->ops == NULL) close_start(b);
+  if (tulua__queue_empty(&b->ops)) close_start(b);
 }
 
 /* Takes fd into a new box for the File userdata at idx (created closed
@@ -246,6 +240,7 @@ static int file_adopt(lua_State *L, int idx, const char *path, uv_file fd) {
   b->loop = tulua__loop(L);
   b->fd = fd;
   b->path = copy;
+  tulua__queue_init(&b->ops);
   *p = b;
   return 0;
 }

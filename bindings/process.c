@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "process.h"
+#include "../host/queue.h"
 #include "byte_buffer.h"
 #include "stream.h"
 
@@ -378,14 +379,14 @@ typedef struct proc_box proc_box;
 /* The runtime's processes whose handle is open (their child has not been
  * reaped), in a userdata the registry holds until lua_close. */
 typedef struct {
-  proc_box *head;
+  tulua__queue boxes; /* proc_box.link */
 } proc_list;
 
 struct proc_box {
   uv_process_t h;
-  proc_list *list; /* in it while the handle is open and the list lives */
-  proc_box *prev, *next;
-  wait_op *waiters; /* tasks in wait() or close() */
+  tulua__queue link; /* in the proc_list while the handle is open and the
+                      * list lives */
+  tulua__queue waiters; /* wait_op.link: tasks in wait() or close() */
   int64_t exit_status;
   int term_signal;
   int pid;
@@ -399,7 +400,7 @@ struct proc_box {
 struct wait_op {
   tulua__waiter w;
   proc_box *b;
-  wait_op *next;
+  tulua__queue link; /* in b->waiters until exit_cb or the cancel */
   int64_t exit_status; /* copied by exit_cb */
   int term_signal;
   int kill_on_cancel; /* close(): a cancelled close kills the child */
@@ -412,22 +413,7 @@ static void proc_close_cb(uv_handle_t *h) {
 }
 
 static void list_add(proc_list *l, proc_box *b) {
-  b->list = l;
-  b->prev = NULL;
-  b->next = l->head;
-  if (l->head != NULL) l->head->prev = b;
-  l->head = b;
-}
-
-static void list_remove(proc_box *b) {
-  proc_list *l = b->list;
-  if (l == NULL) return;
-  if (b->prev != NULL)
-    b->prev->next = b->next;
-  else
-    l->head = b->next;
-  if (b->next != NULL) b->next->prev = b->prev;
-  b->list = NULL;
+  tulua__queue_insert_tail(&l->boxes, &b->link);
 }
 
 /* The list's __gc, at lua_close (the registry holds it until then): the
@@ -437,9 +423,9 @@ static void list_remove(proc_box *b) {
  * init reaps them. No task waits any more (shutdown cancelled them). */
 static int list_gc(lua_State *L) {
   proc_list *l = lua_touserdata(L, 1);
-  while (l->head != NULL) {
-    proc_box *b = l->head;
-    list_remove(b);
+  tulua__queue *q;
+  while ((q = tulua__queue_pop(&l->boxes)) != NULL) {
+    proc_box *b = tulua__container_of(q, proc_box, link);
     uv_close((uv_handle_t *)&b->h, proc_close_cb);
   }
   return 0;
@@ -450,19 +436,16 @@ static const char list_key = 0; /* its address keys the list in the registry */
 /* The child has exited and libuv has reaped it. No Lua API here. */
 static void exit_cb(uv_process_t *h, int64_t exit_status, int term_signal) {
   proc_box *b = h->data;
-  list_remove(b);
+  tulua__queue_remove(&b->link); /* closed below, not by list_gc */
   b->exited = 1;
   b->exit_status = exit_status;
   b->term_signal = term_signal;
-  wait_op *op = b->waiters;
-  b->waiters = NULL;
-  while (op != NULL) {
-    wait_op *next = op->next;
-    op->next = NULL;
+  tulua__queue *q;
+  while ((q = tulua__queue_pop(&b->waiters)) != NULL) {
+    wait_op *op = tulua__container_of(q, wait_op, link);
     op->exit_status = exit_status;
     op->term_signal = term_signal;
     if (!tulua__wake(&op->w)) free(op); /* never: cancel unlinks first */
-    op = next;
   }
   uv_close((uv_handle_t *)h, proc_close_cb);
 }
@@ -479,10 +462,7 @@ static int wait_deliver(lua_State *L, void *ud) {
 static void wait_cancel(void *ud) {
   wait_op *op = ud;
   proc_box *b = op->b; /* alive: the waiting call holds the Process */
-  wait_op **p = &b->waiters;
-  while (*p != NULL && *p != op)
-    p = &(*p)->next;
-  if (*p != NULL) *p = op->next;
+  tulua__queue_remove(&op->link); /* a no-op if exit_cb took it already */
   if (op->kill_on_cancel && !b->exited) uv_process_kill(&b->h, SIGKILL);
   free(op);
 }
@@ -493,8 +473,7 @@ static int wait_start(lua_State *L, proc_box *b, int kill_on_cancel) {
   if (op == NULL) return luaL_error(L, "not enough memory");
   op->b = b;
   op->kill_on_cancel = kill_on_cancel;
-  op->next = b->waiters;
-  b->waiters = op;
+  tulua__queue_insert_tail(&b->waiters, &op->link);
   return tulua__wait(L, &op->w, wait_deliver, wait_cancel, op);
 }
 
@@ -551,6 +530,8 @@ static int process_spawn(lua_State *L) {
     return push_fail(L, s.args[0], UV_ENOMEM);
   }
   memcpy(b->name, s.args[0], namelen + 1);
+  tulua__queue_init(&b->link);
+  tulua__queue_init(&b->waiters);
   b->h.data = b;
   uv_process_options_t o;
   set_options(&o, &s, stdio);
@@ -1046,7 +1027,7 @@ int luaopen_tulua_process(lua_State *L) {
   tulua__stream_register(L, TULUA_PIPE, NULL); /* the pipes' metatable */
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &list_key) == LUA_TNIL) {
     proc_list *l = lua_newuserdatauv(L, sizeof *l, 0);
-    l->head = NULL;
+    tulua__queue_init(&l->boxes);
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, list_gc);
     lua_setfield(L, -2, "__gc");

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../host/queue.h"
 #include "stream.h"
 
 #define HWM       (64 * 1024) /* read ahead at most this much */
@@ -578,8 +579,7 @@ static void server_stop(lua_State *L, tulua__server *srv) {
 }
 
 static void accept_all(lua_State *L, tulua__job *job) {
-  tulua__server *srv =
-      (tulua__server *)((char *)job - offsetof(tulua__server, accept_job));
+  tulua__server *srv = tulua__container_of(job, tulua__server, accept_job);
   while (srv->pending > 0 && !srv->closed) {
     srv->pending--;
     int top = lua_gettop(L);
