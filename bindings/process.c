@@ -17,9 +17,13 @@
  * - A task in p:wait() or p:close() owns a wait_op linked in the box's
  *   list; exit_cb wakes it, or the cancel hook unlinks and frees it (no
  *   libuv callback would: it belongs to no request).
- * - process.run's run_op embeds the process, its pipes and timer; each
- *   open handle holds a share of it, and the waiting task one more. The
- *   last close callback, or the deliver step, frees it. */
+ * - process.run's run_op embeds the process and the timer; each open
+ *   handle holds a share of it, as does the write of the input while in
+ *   flight, and the waiting task one more. The last close callback, the
+ *   write's callback or the deliver step frees it. Its pipes are streams
+ *   (stream.c boxes without a Lua object) that own themselves: the output
+ *   is read to its end through stream.c and taken out of them before they
+ *   are discarded. */
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -34,7 +38,6 @@
 #include "stream.h"
 
 #define PROCESS_MT "tulua.process"
-#define READ_CHUNK 65536 /* free space offered to each read */
 #define SHELL      "/bin/sh"
 
 /* ---- the spawn specification: argv, env, cwd and the three stdio ---- */
@@ -708,18 +711,20 @@ static int process_index(lua_State *L) {
 
 typedef struct {
   uv_process_t proc;
-  uv_pipe_t pipe[3]; /* the child's stdin (input), stdout, stderr */
   uv_timer_t timer;
-  uv_write_t wreq;
+  uv_write_t wreq; /* writes the input into pipe[0] */
   tulua__waiter w;
+  /* The child's stdin (input), stdout and stderr when they are pipes: boxes
+   * of stream.c with no Lua object, NULL once discarded. */
+  tulua__stream *pipe[3];
   tulua__bytes out[3]; /* [1] and [2]: what was read from stdout and stderr */
-  int refs; /* handles not closed yet, plus 1 while a task owns the op */
+  int refs; /* the process and timer handles not closed yet, the write in
+             * flight, plus 1 while a task owns the op */
   int reading; /* output pipes not at their end yet */
   int err; /* a read failed (with this libuv code): stop early */
   int64_t exit_status;
   int term_signal;
   double timeout;
-  unsigned char pipe_open[3]; /* initialized, uv_close not called yet */
   unsigned char captured[3]; /* stdout/stderr read into out[] */
   unsigned char timer_open;
   unsigned char exited;
@@ -742,11 +747,17 @@ static void run_close_cb(uv_handle_t *h) {
   if (--op->refs == 0) run_free(op);
 }
 
+/* Discards pipe i, first taking what was read from an output pipe. Its box
+ * frees itself once closed: the op need not outlive it. */
 static void run_close_pipe(run_op *op, int i) {
-  if (!op->pipe_open[i]) return;
-  op->pipe_open[i] = 0;
-  if (i > 0 && op->captured[i]) op->reading--;
-  uv_close((uv_handle_t *)&op->pipe[i], run_close_cb);
+  tulua__stream *s = op->pipe[i];
+  if (s == NULL) return;
+  op->pipe[i] = NULL;
+  if (op->captured[i]) {
+    op->reading--;
+    tulua__stream_take(s, &op->out[i]);
+  }
+  tulua__stream_discard(s);
 }
 
 static void run_close_timer(run_op *op) {
@@ -790,46 +801,30 @@ static void run_timer_cb(uv_timer_t *h) {
   run_stop_early(op);
 }
 
-static void run_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
-  run_op *op = h->data;
-  tulua__bytes *o = &op->out[(uv_pipe_t *)h - op->pipe];
-  (void)hint;
-  if (tulua__bytes_reserve(o, READ_CHUNK) < 0) { /* read_cb gets ENOBUFS */
-    buf->base = NULL;
-    buf->len = 0;
-    return;
-  }
-  buf->base = o->base + o->len;
-  buf->len = o->cap - o->len;
-}
-
-static void run_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
-  run_op *op = s->data;
-  int i = (int)((uv_pipe_t *)s - op->pipe);
-  (void)buf;
-  if (nread > 0) {
-    op->out[i].len += (size_t)nread;
-    return;
-  }
-  if (nread == 0) return; /* EAGAIN */
-  run_close_pipe(op, i);
-  if (nread != UV_EOF && op->err == 0) {
-    op->err = nread == UV_ENOBUFS ? UV_ENOMEM : (int)nread;
+/* An output pipe has ended (stream.c's read callback: no Lua API). */
+static void run_end_cb(tulua__stream *s, int status, void *ud) {
+  run_op *op = ud;
+  run_close_pipe(op, s == op->pipe[1] ? 1 : 2);
+  if (status < 0 && op->err == 0) {
+    op->err = status;
     run_stop_early(op);
     return;
   }
   run_check_done(op);
 }
 
+/* The input is written, or cannot be (EPIPE: the child did not read it
+ * all; not our error), or pipe[0] was discarded (ECANCELED). */
 static void run_write_cb(uv_write_t *req, int status) {
   run_op *op = req->data;
-  (void)status; /* EPIPE: the child did not read it all; not our error */
+  (void)status;
   run_close_pipe(op, 0); /* the end of its input */
+  if (--op->refs == 0) run_free(op); /* the write's share */
 }
 
 /* The task gave up (cancel or shutdown): the child gets SIGKILL and every
  * handle is closed; the close callbacks free the op (at least the
- * process's or an output pipe's close is still to come). */
+ * process's close is still to come: it waits for the exit). */
 static void run_cancel(void *ud) {
   run_op *op = ud;
   op->done = 1;
@@ -868,12 +863,14 @@ static int run_push(lua_State *L) {
     lua_pushinteger(L, status);
     n = 1;
   }
-  for (int i = 1; i < 3; i++)
+  for (int i = 1; i < 3; i++) {
+    const tulua__bytes *o = &op->out[i];
     if (op->captured[i])
-      lua_pushlstring(L, op->out[i].base ? op->out[i].base : "",
-                      op->out[i].len);
+      lua_pushlstring(L, o->base ? o->base + o->pos : "",
+                      tulua__bytes_avail(o));
     else
       lua_pushnil(L);
+  }
   return n + 2;
 }
 
@@ -903,6 +900,7 @@ static int process_run(lua_State *L) {
   spawn_spec s;
   check_spec(L, 1, &s);
   tulua__check_wait(L, "process.run");
+  char *scratch = tulua__stream_scratch(L); /* before the op: may raise */
   const char *name = s.args[0];
   size_t namelen = strlen(name);
   run_op *op = calloc(1, sizeof *op + s.input_len + namelen + 1);
@@ -929,18 +927,22 @@ static int process_run(lua_State *L) {
       io_container(io, i, &stdio[i]);
       continue;
     }
-    uv_pipe_init(loop, &op->pipe[i], 0); /* cannot fail on Unix */
-    op->pipe[i].data = op;
-    op->pipe_open[i] = 1;
-    op->refs++;
+    op->pipe[i] = tulua__stream_alloc(scratch, TULUA_PIPE);
+    if (op->pipe[i] == NULL) {
+      rc = UV_ENOMEM;
+      break;
+    }
+    uv_pipe_t *h = (uv_pipe_t *)tulua__stream_handle(op->pipe[i]);
+    uv_pipe_init(loop, h, 0); /* cannot fail on Unix */
+    tulua__stream_ready(op->pipe[i]);
     if (i > 0) {
       op->captured[i] = 1;
       op->reading++;
     }
     stdio[i].flags = pipe_flags(i);
-    stdio[i].data.stream = (uv_stream_t *)&op->pipe[i];
+    stdio[i].data.stream = (uv_stream_t *)h;
     if (i == 1 && s.io[2].kind == IO_STDOUT) {
-      rc = open_merged(&op->pipe[1], merged);
+      rc = open_merged(h, merged);
       if (rc < 0) break;
       stdio[1].flags = UV_INHERIT_FD;
       stdio[1].data.fd = merged[1];
@@ -969,17 +971,20 @@ static int process_run(lua_State *L) {
     if (--op->refs == 0) run_free(op);
     return push_fail(L, name, rc);
   }
-  if (op->pipe_open[0]) {
+  if (op->pipe[0] != NULL) {
     uv_buf_t b;
     b.base = op->data;
     b.len = op->input_len;
-    if (op->input_len == 0 || uv_write(&op->wreq, (uv_stream_t *)&op->pipe[0],
-                                       &b, 1, run_write_cb) < 0)
+    if (op->input_len > 0 &&
+        uv_write(&op->wreq, tulua__stream_handle(op->pipe[0]), &b, 1,
+                 run_write_cb) == 0)
+      op->refs++; /* the write's share: its callback comes */
+    else
       run_close_pipe(op, 0); /* nothing to write: the end of its input */
   }
   for (int i = 1; i < 3; i++)
-    if (op->captured[i] && uv_read_start((uv_stream_t *)&op->pipe[i],
-                                         run_alloc_cb, run_read_cb) < 0)
+    if (op->pipe[i] != NULL &&
+        tulua__stream_read_to_end(op->pipe[i], run_end_cb, op) < 0)
       run_close_pipe(op, i); /* as if at its end */
   if (op->timer_open) {
     double ms = ceil(s.timeout * 1000.0);

@@ -21,6 +21,7 @@
  * shutdown ops own themselves, as fs ops do. A connection a server
  * accepted holds its server's box until the connection is closed. */
 #include <assert.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -74,6 +75,8 @@ struct tulua__stream {
   unsigned char kind, inited, closed, close_done, reading;
   unsigned char busy; /* a task waits in a read */
   unsigned char readahead; /* read on when nobody waits (not stdin) */
+  tulua__stream_end_fn on_end; /* reading to the end for C (read_to_end) */
+  void *end_ud;
 };
 
 /* ---- boxes and release ---- */
@@ -235,6 +238,7 @@ static int satisfied(tulua__stream *s) {
 /* How much the buffer may hold before reading stops: what the waiting
  * reader needs, and HWM more when the stream reads ahead. */
 static size_t limit(const tulua__stream *s) {
+  if (s->on_end != NULL) return SIZE_MAX; /* its reader wants it all */
   size_t want = s->busy ? s->rb.want + s->rb.seplen + 1 : 0;
   if (!s->readahead) return s->busy ? want : 0;
   return want > HWM ? want : HWM;
@@ -278,6 +282,12 @@ static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
     stop_reading(s);
   }
   if (s->reading && tulua__bytes_avail(&s->rb.b) >= limit(s)) stop_reading(s);
+  if (s->on_end != NULL && (s->rb.eof || s->rb.err)) {
+    tulua__stream_end_fn on_end = s->on_end;
+    s->on_end = NULL; /* once */
+    on_end(s, s->rb.err, s->end_ud); /* last: it may discard s */
+    return;
+  }
   if (s->rw.task != NULL && satisfied(s)) {
     s->wakes++;
     tulua__wake(&s->rw);
@@ -291,6 +301,20 @@ static int resume_reading(tulua__stream *s) {
   int rc = uv_read_start(&s->u.s, alloc_cb, read_cb);
   if (rc == 0) s->reading = 1;
   return rc;
+}
+
+int tulua__stream_read_to_end(tulua__stream *s, tulua__stream_end_fn on_end,
+                              void *ud) {
+  s->on_end = on_end;
+  s->end_ud = ud;
+  int rc = resume_reading(s);
+  if (rc < 0) s->on_end = NULL;
+  return rc;
+}
+
+void tulua__stream_take(tulua__stream *s, tulua__bytes *out) {
+  *out = s->rb.b;
+  memset(&s->rb.b, 0, sizeof s->rb.b);
 }
 
 /* Pushes the answer to the read (satisfied, or the stream ended). */

@@ -34,6 +34,25 @@ tulua__stream *tulua__stream_alloc(char *scratch, tulua__stream_kind kind);
 void tulua__stream_push(lua_State *L, tulua__stream *s);
 void tulua__stream_discard(tulua__stream *s);
 
+/* What tulua__stream_read_to_end calls once the stream has ended: status
+ * is 0 at the end of the stream, else the negative libuv code that ended
+ * the reading. Runs in libuv's read callback: no Lua API. It may discard
+ * s. */
+typedef void (*tulua__stream_end_fn)(tulua__stream *s, int status, void *ud);
+
+/* Reads the stream of a box no task reads (tulua__stream_alloc) to its end
+ * into its buffer, without limit, then calls on_end(s, status, ud); the
+ * bytes are then taken with tulua__stream_take. This is how process.run
+ * captures a child's output with the reads of every stream. Returns 0, or
+ * a negative libuv code (nothing started, on_end never called). No Lua
+ * API. */
+int tulua__stream_read_to_end(tulua__stream *s, tulua__stream_end_fn on_end,
+                              void *ud);
+
+/* Moves the unread bytes of s into *out, leaving s's buffer empty; the
+ * caller frees them with tulua__bytes_free. No Lua API. */
+void tulua__stream_take(tulua__stream *s, tulua__bytes *out);
+
 /* Whether the stream reads ahead (the default): it goes on reading, up to
  * 64 KiB, when no task waits, so that data is ready for the next read.
  * Turn it off for a descriptor others read too (stdin). */
