@@ -11,6 +11,10 @@
  * stream's buffer (read_buffer.c), which is allocated at the first byte, so an
  * idle connection costs no buffer at all.
  *
+ * A box that no task reads (process.run's pipes) can instead be read to
+ * its end for C code (tulua__stream_read_to_end): no limit, and a callback
+ * once the stream has ended.
+ *
  * One task reads at a time: its wait is embedded in the box (rw). Writes
  * first try uv_try_write; only what the kernel did not take is copied into
  * a write op, and the writer waits until it is written: the backpressure.
