@@ -4,9 +4,9 @@
  * The bytes held are base[pos..len): a reader consumes from the front
  * (pos), a producer appends at the end (len), and the room freed at the
  * front is reused when the end runs out of it. Every size computation is
- * checked for overflow: a request that cannot be represented fails with
- * UV_ENOMEM like one that malloc refuses. Nothing here calls the Lua API,
- * so a libuv callback or a pool thread may use it. */
+ * checked for overflow: a size past PTRDIFF_MAX (the largest object C
+ * allows) fails with UV_ENOMEM like one that malloc refuses. Nothing here
+ * calls the Lua API, so a libuv callback or a pool thread may use it. */
 #ifndef TULUA_BYTE_BUFFER_H
 #define TULUA_BYTE_BUFFER_H
 
@@ -41,9 +41,9 @@ static inline int tulua__bytes_reserve(tulua__bytes *b, size_t n) {
     b->pos = 0;
     if (n <= b->cap - b->len) return 0;
   }
-  if (n > SIZE_MAX - b->len) return UV_ENOMEM;
+  if (n > (size_t)PTRDIFF_MAX - b->len) return UV_ENOMEM; /* too big */
   size_t need = b->len + n;
-  size_t cap = b->cap <= SIZE_MAX / 2 ? b->cap * 2 : need;
+  size_t cap = b->cap <= (size_t)PTRDIFF_MAX / 2 ? b->cap * 2 : need;
   if (cap < need) cap = need;
   if (cap < TULUA__BYTES_MIN) cap = TULUA__BYTES_MIN;
   char *p = realloc(b->base, cap);
