@@ -30,6 +30,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "queue.h"
+#include "byte_buffer.h"
 #include "common.h"
 
 #define FILE_MT  "tulua.file"
@@ -49,7 +51,7 @@ typedef struct {
   uv_loop_t *loop;
   uv_file fd;
   char *path; /* as given to open, for messages */
-  fs_op *ops; /* requests using fd whose callback has not run */
+  tulua__queue ops; /* fs_op.link: requests using fd, callback not run */
   uv_fs_t close_req; /* closes fd once closed is set and ops is empty */
   tulua__waiter close_w; /* the task waiting in close(), if any */
   int close_rc;
@@ -68,7 +70,7 @@ struct fs_op {
 
   tulua__waiter w; /* links the op to its task; cleared on cancel */
   file_box *file; /* whose fd the request uses, until its callback */
-  fs_op *prev, *next; /* in file->ops */
+  tulua__queue link; /* in file->ops */
   unsigned char subject;
   unsigned char is_work;
   unsigned char aborted; /* the file was closed while the request ran */
@@ -89,8 +91,7 @@ typedef struct {
 } dir_state;
 
 typedef struct {
-  char *buf; /* bytes read and not yet returned: [start, len) */
-  size_t start, len, cap;
+  tulua__bytes b; /* bytes read and not yet returned */
   int eof;
 } lines_state;
 
@@ -165,20 +166,11 @@ static int push_owned(lua_State *L, fs_op *op, const char *s, size_t n) {
 
 static void file_link(file_box *b, fs_op *op) {
   op->file = b;
-  op->prev = NULL;
-  op->next = b->ops;
-  if (b->ops != NULL) b->ops->prev = op;
-  b->ops = op;
+  tulua__queue_insert_tail(&b->ops, &op->link);
 }
 
 static void file_unlink(fs_op *op) {
-  file_box *b = op->file;
-  if (op->prev != NULL)
-    op->prev->next = op->next;
-  else
-    b->ops = op->next;
-  if (op->next != NULL) op->next->prev = op->prev;
-  op->prev = op->next = NULL;
+  tulua__queue_remove(&op->link);
   op->file = NULL;
 }
 
@@ -211,7 +203,7 @@ static void close_start(file_box *b) {
 static void file_done(fs_op *op) {
   file_box *b = op->file;
   file_unlink(op);
-  if (b->closed && b->ops == NULL) close_start(b);
+  if (b->closed && tulua__queue_empty(&b->ops)) close_start(b);
 }
 
 /* Closes b for Lua: requests in flight get "file closed" (queued ones are
@@ -221,11 +213,13 @@ static void file_done(fs_op *op) {
 static void file_release(file_box *b) {
   if (b->closed) return;
   b->closed = 1;
-  for (fs_op *op = b->ops; op != NULL; op = op->next) {
+  tulua__queue *q;
+  tulua__queue_foreach(q, &b->ops) {
+    fs_op *op = tulua__container_of(q, fs_op, link);
     op->aborted = 1;
     uv_cancel(&op->u.req); /* fails once running: the callback waits */
   }
-  if (b->ops == NULL) close_start(b);
+  if (tulua__queue_empty(&b->ops)) close_start(b);
 }
 
 /* Takes fd into a new box for the File userdata at idx (created closed
@@ -246,6 +240,7 @@ static int file_adopt(lua_State *L, int idx, const char *path, uv_file fd) {
   b->loop = tulua__loop(L);
   b->fd = fd;
   b->path = copy;
+  tulua__queue_init(&b->ops);
   *p = b;
   return 0;
 }
@@ -743,36 +738,29 @@ static void read_file_work(uv_work_t *req) { /* a pool thread: no Lua */
     return;
   }
   struct stat st;
-  size_t cap = 8192, len = 0;
+  size_t size = 8192;
   if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
-    cap = (size_t)st.st_size + 1; /* + 1: see the end without growing */
-  char *buf = malloc(cap);
-  int err = buf == NULL ? UV_ENOMEM : 0;
+    size = (size_t)st.st_size + 1; /* + 1: see the end without growing */
+  tulua__bytes b = {0};
+  int err = tulua__bytes_reserve(&b, size);
   while (err == 0) {
-    if (len == cap) {
-      char *nbuf = cap > SIZE_MAX / 2 ? NULL : realloc(buf, cap * 2);
-      if (nbuf == NULL) {
-        err = UV_ENOMEM;
-        break;
-      }
-      buf = nbuf;
-      cap *= 2;
-    }
-    size_t want = cap - len > MAX_RW ? MAX_RW : cap - len;
-    ssize_t r = read(fd, buf + len, want);
+    if (b.len == b.cap) err = tulua__bytes_reserve(&b, b.cap); /* doubles */
+    if (err != 0) break;
+    size_t want = b.cap - b.len > MAX_RW ? MAX_RW : b.cap - b.len;
+    ssize_t r = read(fd, b.base + b.len, want);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) err = uv_translate_sys_error(errno);
     if (r <= 0) break;
-    len += (size_t)r;
+    b.len += (size_t)r;
   }
   close(fd); /* nothing to lose on a descriptor we only read */
   if (err != 0) {
-    free(buf);
+    tulua__bytes_free(&b);
     op->err = err;
     return;
   }
-  op->buf = buf;
-  op->buflen = len;
+  op->buf = b.base;
+  op->buflen = b.len;
 }
 
 static int read_file_deliver(lua_State *L, void *ud) {
@@ -1234,28 +1222,7 @@ static int file_tostring(lua_State *L) {
 
 static int lines_free(lua_State *L) {
   lines_state *s = luaL_checkudata(L, 1, LINES_MT);
-  free(s->buf);
-  s->buf = NULL;
-  s->start = s->len = s->cap = 0;
-  return 0;
-}
-
-/* Appends n bytes to s. Returns 0 or UV_ENOMEM. No Lua API. */
-static int lines_append(lines_state *s, const char *p, size_t n) {
-  if (s->start > 0) { /* drop what was returned already */
-    memmove(s->buf, s->buf + s->start, s->len - s->start);
-    s->len -= s->start;
-    s->start = 0;
-  }
-  if (s->len + n > s->cap) {
-    size_t cap = s->cap * 2 > s->len + n ? s->cap * 2 : s->len + n;
-    char *nbuf = realloc(s->buf, cap);
-    if (nbuf == NULL) return UV_ENOMEM;
-    s->buf = nbuf;
-    s->cap = cap;
-  }
-  memcpy(s->buf + s->len, p, n);
-  s->len += n;
+  tulua__bytes_free(&s->b);
   return 0;
 }
 
@@ -1284,7 +1251,7 @@ static int lines_deliver(lua_State *L, void *ud) {
   int aborted = op->aborted;
   b->lines_busy = 0;
   if (!aborted && rc > 0)
-    rc = lines_append(s, op->data, (size_t)rc);
+    rc = tulua__bytes_append(&s->b, op->data, (size_t)rc);
   else if (!aborted && rc == 0)
     s->eof = 1;
   op_free(op);
@@ -1324,17 +1291,17 @@ static int lines_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
   for (;;) {
-    size_t avail = s->len - s->start;
-    const char *p = avail > 0 ? s->buf + s->start : NULL;
+    size_t avail = tulua__bytes_avail(&s->b);
+    const char *p = avail > 0 ? s->b.base + s->b.pos : NULL;
     const char *nl = avail > 0 ? memchr(p, '\n', avail) : NULL;
     if (nl != NULL) {
       lua_pushlstring(L, p, (size_t)(nl - p));
-      s->start += (size_t)(nl - p) + 1;
+      tulua__bytes_consume(&s->b, (size_t)(nl - p) + 1);
       return 1;
     }
     if (s->eof && avail > 0) { /* a last line without "\n" */
       lua_pushlstring(L, p, avail);
-      s->start = s->len;
+      tulua__bytes_consume(&s->b, avail);
       return 1;
     }
     if (s->eof) {

@@ -26,13 +26,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "queue.h"
 #include "common.h"
 
 #define WATCHER_MT "tulua.watcher"
 #define MAX_QUEUED 1024 /* events queued before overflow */
 
 typedef struct watcher_event {
-  struct watcher_event *next;
+  tulua__queue link; /* in the box's events */
   int events; /* UV_RENAME | UV_CHANGE */
   int has_name; /* libuv may give no file name */
   char name[];
@@ -41,7 +42,7 @@ typedef struct watcher_event {
 typedef struct {
   uv_fs_event_t h;
   tulua__waiter w; /* the task waiting in next(), while busy */
-  watcher_event *head, *tail; /* the queue, oldest first */
+  tulua__queue events; /* watcher_event.link, oldest first */
   unsigned count; /* events in the queue */
   int err; /* 0, or a failure libuv reported (the watching stopped) */
   unsigned char busy; /* a task waits in next() or has yet to deliver */
@@ -52,12 +53,9 @@ typedef struct {
 } watcher_box;
 
 static void free_events(watcher_box *b) {
-  while (b->head != NULL) {
-    watcher_event *e = b->head;
-    b->head = e->next;
-    free(e);
-  }
-  b->tail = NULL;
+  tulua__queue *q;
+  while ((q = tulua__queue_pop(&b->events)) != NULL)
+    free(tulua__container_of(q, watcher_event, link));
   b->count = 0;
 }
 
@@ -78,15 +76,10 @@ static void enqueue(watcher_box *b, const char *name, int events) {
     b->overflow = 1;
     return;
   }
-  e->next = NULL;
   e->events = events;
   e->has_name = name != NULL;
   memcpy(e->name, name != NULL ? name : "", len + 1);
-  if (b->tail != NULL)
-    b->tail->next = e;
-  else
-    b->head = e;
-  b->tail = e;
+  tulua__queue_insert_tail(&b->events, &e->link);
   b->count++;
 }
 
@@ -103,7 +96,7 @@ static void events_cb(uv_fs_event_t *h, const char *name, int events,
 }
 
 static int has_result(const watcher_box *b) {
-  return b->head != NULL || b->overflow || b->err != 0;
+  return !tulua__queue_empty(&b->events) || b->overflow || b->err != 0;
 }
 
 static void set_true(lua_State *L, const char *k) {
@@ -116,8 +109,9 @@ static void set_true(lua_State *L, const char *k) {
  * then the failure that stopped the watching, as nil, message, code (every
  * time: the watching does not resume). [-0, +1|3, m] */
 static int push_next(lua_State *L, watcher_box *b) {
-  watcher_event *e = b->head;
-  if (e != NULL) {
+  tulua__queue *q = tulua__queue_head(&b->events);
+  if (q != NULL) {
+    watcher_event *e = tulua__container_of(q, watcher_event, link);
     lua_createtable(L, 0, 2);
     if (e->has_name) {
       lua_pushstring(L, e->name);
@@ -125,8 +119,7 @@ static int push_next(lua_State *L, watcher_box *b) {
     }
     if (e->events & UV_CHANGE) set_true(L, "change");
     if (e->events & UV_RENAME) set_true(L, "rename");
-    b->head = e->next;
-    if (b->head == NULL) b->tail = NULL;
+    tulua__queue_remove(q);
     b->count--;
     free(e);
     return 1;
@@ -239,6 +232,7 @@ static int fs_watch(lua_State *L) {
   watcher_box *b = calloc(1, sizeof *b + len + 1);
   if (b == NULL) return push_fail(L, path, UV_ENOMEM);
   memcpy(b->path, path, len + 1);
+  tulua__queue_init(&b->events);
   b->h.data = b;
   uv_fs_event_init(tulua__loop(L), &b->h); /* cannot fail */
   int rc = uv_fs_event_start(&b->h, events_cb, path, flags);

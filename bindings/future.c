@@ -48,7 +48,7 @@
 
 #include "common.h"
 #include "future.h"
-#include "../host/queue.h"
+#include "queue.h"
 
 #define FUTURE_MT "concurrent.futures.Future"
 #define CORE_MT   "tulua.executor_core"

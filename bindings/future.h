@@ -30,7 +30,7 @@
  *     or to the caller of forget or cancel.
  *
  * The waits of result(), exception() and map's step are not hooks: they
- * are in future.c, as any wait on an operation (host/sched.h). */
+ * are in future.c, as any wait on an operation (host/scheduler.h). */
 #ifndef TULUA_FUTURE_H
 #define TULUA_FUTURE_H
 

@@ -1,6 +1,6 @@
 /* process.c: uv_process_t as Process objects (process.spawn) and as the
  * one wait of process.run; backs the module 'tulua.process', whose signal
- * half is signal.c.
+ * half is signal.c and whose options spawn_options.c reads.
  *
  * Reaping. libuv reaps every child it started, in its SIGCHLD handler,
  * while the uv_process_t is open, and calls exit_cb. So the handle stays
@@ -17,345 +17,27 @@
  * - A task in p:wait() or p:close() owns a wait_op linked in the box's
  *   list; exit_cb wakes it, or the cancel hook unlinks and frees it (no
  *   libuv callback would: it belongs to no request).
- * - process.run's run_op embeds the process, its pipes and timer; each
- *   open handle holds a share of it, and the waiting task one more. The
- *   last close callback, or the deliver step, frees it. */
+ * - process.run's run_op embeds the process and the timer; each open
+ *   handle holds a share of it, as does the write of the input while in
+ *   flight, and the waiting task one more. The last close callback, the
+ *   write's callback or the deliver step frees it. Its pipes are streams
+ *   (stream.c boxes without a Lua object) that own themselves: the output
+ *   is read to its end through stream.c and taken out of them before they
+ *   are discarded. */
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "queue.h"
 #include "signal_names.h"
+#include "byte_buffer.h"
+#include "spawn_options.h"
 #include "stream.h"
 
 #define PROCESS_MT "tulua.process"
-#define READ_CHUNK 65536 /* free space offered to each read */
-#define SHELL      "/bin/sh"
-
-/* ---- the spawn specification: argv, env, cwd and the three stdio ---- */
-
-enum { IO_INHERIT, IO_PIPE, IO_NULL, IO_FD, IO_STREAM, IO_STDOUT };
-
-typedef struct {
-  int kind;
-  int fd; /* IO_FD */
-  uv_stream_t *stream; /* IO_STREAM */
-} io_spec;
-
-/* Strings and arrays live in Lua memory anchored in a "keep" table on the
- * stack, so that an argument error may be raised at any point. */
-typedef struct {
-  char **args; /* NULL-ended */
-  char **env; /* NULL-ended, or NULL: the parent's environment */
-  const char *cwd;
-  int detached;
-  int check; /* run */
-  const char *input; /* run: bytes for stdin, or NULL */
-  size_t input_len;
-  double timeout; /* run: seconds, or -1 */
-  io_spec io[3];
-} spawn_spec;
-
-static const char *const io_keys[] = {"stdin", "stdout", "stderr"};
-
-/* Moves the value on top into the keep table at index keep. [-1, +0, m] */
-static void keep_top(lua_State *L, int keep) {
-  lua_rawseti(L, keep, (lua_Integer)lua_rawlen(L, keep) + 1);
-}
-
-/* Allocates n pointers in Lua memory, anchored in keep. [-0, +0, m] */
-static char **keep_array(lua_State *L, int keep, size_t n) {
-  char **a = lua_newuserdatauv(L, n * sizeof *a, 0);
-  keep_top(L, keep);
-  return a;
-}
-
-/* Returns the string or number on top as an anchored C string, popping
- * it; NULL if it is neither or holds a zero byte. [-1, +0, m] */
-static const char *keep_string(lua_State *L, int keep) {
-  int t = lua_type(L, -1);
-  size_t len;
-  const char *s = NULL;
-  if (t == LUA_TSTRING || t == LUA_TNUMBER) {
-    s = lua_tolstring(L, -1, &len); /* a number becomes a string here */
-    if (strlen(s) != len) s = NULL;
-  }
-  keep_top(L, keep);
-  return s;
-}
-
-static void check_argv(lua_State *L, int shell, int keep, spawn_spec *s) {
-  if (shell) { /* a command line for sh -c */
-    const char *cmd = luaL_checkstring(L, 1);
-    luaL_argcheck(L, strlen(cmd) == lua_rawlen(L, 1), 1,
-                  "command contains a zero byte");
-    s->args = keep_array(L, keep, 4);
-    s->args[0] = SHELL;
-    s->args[1] = "-c";
-    s->args[2] = (char *)cmd; /* argument 1 stays on the stack */
-    s->args[3] = NULL;
-    return;
-  }
-  luaL_checktype(L, 1, LUA_TTABLE);
-  lua_Integer n = luaL_len(L, 1);
-  luaL_argcheck(L, n >= 1, 1, "empty argv");
-  luaL_argcheck(L, n < INT_MAX / 16, 1, "argv too long");
-  s->args = keep_array(L, keep, (size_t)n + 1);
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_geti(L, 1, i);
-    int t = lua_type(L, -1);
-    const char *a = keep_string(L, keep);
-    if (a == NULL && (t == LUA_TSTRING || t == LUA_TNUMBER))
-      luaL_argerror(
-          L, 1,
-          lua_pushfstring(L, "argv[%I] contains a zero byte", (LUAI_UACINT)i));
-    if (a == NULL)
-      luaL_argerror(L, 1,
-                    lua_pushfstring(L, "argv[%I] is a %s, not a string",
-                                    (LUAI_UACINT)i, lua_typename(L, t)));
-    s->args[i - 1] = (char *)a;
-  }
-  s->args[n] = NULL;
-}
-
-/* options.env: a table name -> value replacing the environment. */
-static void check_env(lua_State *L, int opts, int keep, spawn_spec *s) {
-  if (lua_getfield(L, opts, "env") == LUA_TNIL) {
-    lua_pop(L, 1);
-    s->env = NULL;
-    return;
-  }
-  if (!lua_istable(L, -1))
-    luaL_argerror(L, opts,
-                  lua_pushfstring(L, "'env' must be a table, not a %s",
-                                  luaL_typename(L, -1)));
-  int env = lua_gettop(L);
-  size_t n = 0;
-  lua_pushnil(L);
-  while (lua_next(L, env) != 0) {
-    lua_pop(L, 1);
-    n++;
-  }
-  s->env = keep_array(L, keep, n + 1);
-  size_t i = 0;
-  lua_pushnil(L);
-  while (lua_next(L, env) != 0) { /* stack: env key value */
-    size_t klen;
-    const char *k =
-        lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &klen) : NULL;
-    if (k == NULL || klen == 0 || strlen(k) != klen || strchr(k, '=') != NULL)
-      luaL_argerror(L, opts, "invalid name in 'env'");
-    int t = lua_type(L, -1);
-    lua_pushvalue(L, -1); /* a number is converted in the copy */
-    const char *v = keep_string(L, keep);
-    if (v == NULL && (t == LUA_TSTRING || t == LUA_TNUMBER))
-      luaL_argerror(
-          L, opts,
-          lua_pushfstring(L, "env value of '%s' contains a zero byte", k));
-    if (v == NULL)
-      luaL_argerror(L, opts,
-                    lua_pushfstring(L,
-                                    "env value of '%s' is a %s, not a string",
-                                    k, lua_typename(L, t)));
-    lua_pushfstring(L, "%s=%s", k, v);
-    s->env[i++] = (char *)lua_tostring(L, -1);
-    keep_top(L, keep);
-    lua_pop(L, 1); /* the value; the key stays for lua_next */
-  }
-  s->env[i] = NULL;
-  lua_pop(L, 1); /* env */
-}
-
-/* Returns the stream at idx if it is a tulua stream (open: else raises),
- * or NULL for any other value. */
-static uv_stream_t *test_stream(lua_State *L, int idx) {
-  static const char *const mts[] = {"tulua.pipe", "tulua.tcp", "tulua.tty"};
-  for (size_t i = 0; i < sizeof mts / sizeof mts[0]; i++)
-    if (luaL_testudata(L, idx, mts[i]) != NULL)
-      return tulua__stream_handle(tulua__stream_check(L, idx));
-  return NULL;
-}
-
-/* options.stdin/stdout/stderr (which: 0, 1, 2) into s->io[which]. */
-static void check_io(lua_State *L, int opts, int which, int def, int is_run,
-                     spawn_spec *s) {
-  static const char *const names[] = {"inherit", "pipe", "null", "stdout",
-                                      NULL};
-  static const int kinds[] = {IO_INHERIT, IO_PIPE, IO_NULL, IO_STDOUT};
-  io_spec *io = &s->io[which];
-  const char *key = io_keys[which];
-  io->kind = def;
-  int t = lua_getfield(L, opts, key);
-  if (t == LUA_TSTRING) {
-    const char *v = lua_tostring(L, -1);
-    int i = 0;
-    while (names[i] != NULL && strcmp(names[i], v) != 0)
-      i++;
-    if (names[i] == NULL || (kinds[i] == IO_STDOUT && which != 2) ||
-        (kinds[i] == IO_PIPE && which == 0 && is_run))
-      luaL_argerror(L, opts, lua_pushfstring(L, "invalid %s '%s'", key, v));
-    io->kind = kinds[i];
-  } else if (t == LUA_TNUMBER) {
-    int isint;
-    lua_Integer fd = lua_tointegerx(L, -1, &isint);
-    if (!isint || fd < 0 || fd > INT_MAX)
-      luaL_argerror(L, opts, lua_pushfstring(L, "invalid %s descriptor", key));
-    io->kind = IO_FD;
-    io->fd = (int)fd;
-  } else if (t == LUA_TUSERDATA) {
-    luaL_Stream *f = luaL_testudata(L, -1, LUA_FILEHANDLE);
-    if (f != NULL) { /* a file of Lua's io library */
-      if (f->closef == NULL)
-        luaL_argerror(L, opts, lua_pushfstring(L, "%s is a closed file", key));
-      fflush(f->f); /* what it buffered goes before what the child writes */
-      io->kind = IO_FD;
-      io->fd = fileno(f->f);
-    } else if ((io->stream = test_stream(L, -1)) != NULL) {
-      io->kind = IO_STREAM;
-    } else {
-      luaL_argerror(
-          L, opts,
-          lua_pushfstring(L, "invalid %s (a %s)", key, luaL_typename(L, -1)));
-    }
-  } else if (t != LUA_TNIL) {
-    luaL_argerror(
-        L, opts,
-        lua_pushfstring(L, "invalid %s (a %s)", key, luaL_typename(L, -1)));
-  }
-  lua_pop(L, 1);
-}
-
-/* Reads argv (argument 1) and the options table (argument 2, optional)
- * into s; raises on misuse, naming any unknown option. The stack must be
- * [argv, options, keep]. */
-static void check_spec(lua_State *L, int is_run, spawn_spec *s) {
-  static const char *const spawn_opts[] = {
-      "env", "cwd", "stdin", "stdout", "stderr", "detached", "shell", NULL};
-  static const char *const run_opts[] = {"env",    "cwd",   "stdin",   "stdout",
-                                         "stderr", "input", "timeout", "check",
-                                         "shell",  NULL};
-  const int opts = 2, keep = 3;
-  memset(s, 0, sizeof *s);
-  s->timeout = -1;
-  if (lua_isnil(L, opts)) {
-    lua_newtable(L);
-    lua_replace(L, opts);
-  }
-  luaL_checktype(L, opts, LUA_TTABLE);
-  const char *const *known = is_run ? run_opts : spawn_opts;
-  lua_pushnil(L);
-  while (lua_next(L, opts) != 0) {
-    lua_pop(L, 1);
-    const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
-    int i = 0;
-    while (known[i] != NULL && strcmp(known[i], k) != 0)
-      i++;
-    if (known[i] == NULL)
-      luaL_argerror(L, opts,
-                    lua_pushfstring(L, "unknown option '%s'",
-                                    luaL_tolstring(L, -1, NULL)));
-  }
-  lua_getfield(L, opts, "shell");
-  int shell = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  check_argv(L, shell, keep, s);
-  check_env(L, opts, keep, s);
-  if (lua_getfield(L, opts, "cwd") != LUA_TNIL) {
-    if (lua_type(L, -1) != LUA_TSTRING)
-      luaL_argerror(L, opts, "'cwd' must be a string");
-    s->cwd = lua_tostring(L, -1); /* anchored by the options table */
-  }
-  lua_pop(L, 1);
-  lua_getfield(L, opts, "detached");
-  s->detached = lua_toboolean(L, -1);
-  lua_getfield(L, opts, "check");
-  s->check = lua_toboolean(L, -1);
-  lua_pop(L, 2);
-  if (lua_getfield(L, opts, "input") != LUA_TNIL) {
-    if (lua_type(L, -1) != LUA_TSTRING)
-      luaL_argerror(L, opts, "'input' must be a string");
-    s->input = lua_tolstring(L, -1, &s->input_len);
-  }
-  lua_pop(L, 1);
-  if (lua_getfield(L, opts, "timeout") != LUA_TNIL) {
-    int isnum;
-    lua_Number t = lua_tonumberx(L, -1, &isnum);
-    if (!isnum || !(t >= 0))
-      luaL_argerror(L, opts, "'timeout' must be a non-negative number");
-    s->timeout = t;
-  }
-  lua_pop(L, 1);
-  int out_def = is_run ? IO_PIPE : IO_INHERIT;
-  check_io(L, opts, 0, IO_INHERIT, is_run, s);
-  check_io(L, opts, 1, out_def, is_run, s);
-  check_io(L, opts, 2, out_def, is_run, s);
-  if (s->input != NULL) {
-    lua_getfield(L, opts, "stdin");
-    int both = !lua_isnil(L, -1);
-    lua_pop(L, 1);
-    luaL_argcheck(L, !both, opts, "'input' and 'stdin' are exclusive");
-    s->io[0].kind = IO_PIPE;
-  }
-}
-
-/* Fills the stdio container of a non-pipe io (IO_STDOUT is resolved by
- * the caller). */
-static void io_container(const io_spec *io, int which,
-                         uv_stdio_container_t *c) {
-  switch (io->kind) {
-    case IO_NULL:
-      c->flags = UV_IGNORE; /* libuv opens /dev/null for 0, 1 and 2 */
-      break;
-    case IO_FD:
-      c->flags = UV_INHERIT_FD;
-      c->data.fd = io->fd;
-      break;
-    case IO_STREAM:
-      c->flags = UV_INHERIT_STREAM;
-      c->data.stream = io->stream;
-      break;
-    default:
-      c->flags = UV_INHERIT_FD;
-      c->data.fd = which;
-      break;
-  }
-}
-
-static int pipe_flags(int which) { /* as the child sees the pipe */
-  return UV_CREATE_PIPE | (which == 0 ? UV_READABLE_PIPE : UV_WRITABLE_PIPE);
-}
-
-/* For stderr = "stdout" with a pipe: libuv cannot give one created pipe
- * to two descriptors, so the pipe is made here; h (initialized) takes the
- * read end, and the child inherits the write end, fds[1], as both stdout
- * and stderr (the caller closes it after uv_spawn). Returns 0 or a
- * negative libuv code, with nothing left open. */
-static int open_merged(uv_pipe_t *h, uv_file fds[2]) {
-  int rc = uv_pipe(fds, 0, 0);
-  if (rc < 0) return rc;
-  rc = uv_pipe_open(h, fds[0]);
-  if (rc < 0) {
-    close(fds[0]);
-    close(fds[1]);
-    fds[0] = fds[1] = -1;
-  }
-  return rc;
-}
-
-static void set_options(uv_process_options_t *o, const spawn_spec *s,
-                        uv_stdio_container_t *stdio) {
-  memset(o, 0, sizeof *o);
-  o->file = s->args[0];
-  o->args = s->args;
-  o->env = s->env;
-  o->cwd = s->cwd;
-  o->stdio = stdio;
-  o->stdio_count = 3;
-  if (s->detached) o->flags |= UV_PROCESS_DETACHED;
-}
 
 /* Pushes a process status: the exit code, or -signal and the signal's
  * name, as Python's returncode. [-0, +1|2, m] */
@@ -377,14 +59,14 @@ typedef struct proc_box proc_box;
 /* The runtime's processes whose handle is open (their child has not been
  * reaped), in a userdata the registry holds until lua_close. */
 typedef struct {
-  proc_box *head;
+  tulua__queue boxes; /* proc_box.link */
 } proc_list;
 
 struct proc_box {
   uv_process_t h;
-  proc_list *list; /* in it while the handle is open and the list lives */
-  proc_box *prev, *next;
-  wait_op *waiters; /* tasks in wait() or close() */
+  tulua__queue link; /* in the proc_list while the handle is open and the
+                      * list lives */
+  tulua__queue waiters; /* wait_op.link: tasks in wait() or close() */
   int64_t exit_status;
   int term_signal;
   int pid;
@@ -398,7 +80,7 @@ struct proc_box {
 struct wait_op {
   tulua__waiter w;
   proc_box *b;
-  wait_op *next;
+  tulua__queue link; /* in b->waiters until exit_cb or the cancel */
   int64_t exit_status; /* copied by exit_cb */
   int term_signal;
   int kill_on_cancel; /* close(): a cancelled close kills the child */
@@ -411,22 +93,7 @@ static void proc_close_cb(uv_handle_t *h) {
 }
 
 static void list_add(proc_list *l, proc_box *b) {
-  b->list = l;
-  b->prev = NULL;
-  b->next = l->head;
-  if (l->head != NULL) l->head->prev = b;
-  l->head = b;
-}
-
-static void list_remove(proc_box *b) {
-  proc_list *l = b->list;
-  if (l == NULL) return;
-  if (b->prev != NULL)
-    b->prev->next = b->next;
-  else
-    l->head = b->next;
-  if (b->next != NULL) b->next->prev = b->prev;
-  b->list = NULL;
+  tulua__queue_insert_tail(&l->boxes, &b->link);
 }
 
 /* The list's __gc, at lua_close (the registry holds it until then): the
@@ -436,9 +103,9 @@ static void list_remove(proc_box *b) {
  * init reaps them. No task waits any more (shutdown cancelled them). */
 static int list_gc(lua_State *L) {
   proc_list *l = lua_touserdata(L, 1);
-  while (l->head != NULL) {
-    proc_box *b = l->head;
-    list_remove(b);
+  tulua__queue *q;
+  while ((q = tulua__queue_pop(&l->boxes)) != NULL) {
+    proc_box *b = tulua__container_of(q, proc_box, link);
     uv_close((uv_handle_t *)&b->h, proc_close_cb);
   }
   return 0;
@@ -449,19 +116,16 @@ static const char list_key = 0; /* its address keys the list in the registry */
 /* The child has exited and libuv has reaped it. No Lua API here. */
 static void exit_cb(uv_process_t *h, int64_t exit_status, int term_signal) {
   proc_box *b = h->data;
-  list_remove(b);
+  tulua__queue_remove(&b->link); /* closed below, not by list_gc */
   b->exited = 1;
   b->exit_status = exit_status;
   b->term_signal = term_signal;
-  wait_op *op = b->waiters;
-  b->waiters = NULL;
-  while (op != NULL) {
-    wait_op *next = op->next;
-    op->next = NULL;
+  tulua__queue *q;
+  while ((q = tulua__queue_pop(&b->waiters)) != NULL) {
+    wait_op *op = tulua__container_of(q, wait_op, link);
     op->exit_status = exit_status;
     op->term_signal = term_signal;
     if (!tulua__wake(&op->w)) free(op); /* never: cancel unlinks first */
-    op = next;
   }
   uv_close((uv_handle_t *)h, proc_close_cb);
 }
@@ -478,10 +142,7 @@ static int wait_deliver(lua_State *L, void *ud) {
 static void wait_cancel(void *ud) {
   wait_op *op = ud;
   proc_box *b = op->b; /* alive: the waiting call holds the Process */
-  wait_op **p = &b->waiters;
-  while (*p != NULL && *p != op)
-    p = &(*p)->next;
-  if (*p != NULL) *p = op->next;
+  tulua__queue_remove(&op->link); /* a no-op if exit_cb took it already */
   if (op->kill_on_cancel && !b->exited) uv_process_kill(&b->h, SIGKILL);
   free(op);
 }
@@ -492,8 +153,7 @@ static int wait_start(lua_State *L, proc_box *b, int kill_on_cancel) {
   if (op == NULL) return luaL_error(L, "not enough memory");
   op->b = b;
   op->kill_on_cancel = kill_on_cancel;
-  op->next = b->waiters;
-  b->waiters = op;
+  tulua__queue_insert_tail(&b->waiters, &op->link);
   return tulua__wait(L, &op->w, wait_deliver, wait_cancel, op);
 }
 
@@ -510,21 +170,21 @@ static proc_box *check_process(lua_State *L) {
 static int process_spawn(lua_State *L) {
   lua_settop(L, 2);
   lua_newtable(L); /* 3: keep */
-  spawn_spec s;
-  check_spec(L, 0, &s);
+  tulua__spawn_spec s;
+  tulua__spawn_check(L, 0, &s);
   proc_box **p = lua_newuserdatauv(L, sizeof *p, 3); /* 4 */
   *p = NULL;
   luaL_setmetatable(L, PROCESS_MT);
   uv_stdio_container_t stdio[3];
   uv_file merged[2] = {-1, -1}; /* stderr = "stdout" with a pipe */
   for (int i = 0; i < 3; i++) {
-    io_spec *io = &s.io[i];
-    if (io->kind == IO_STDOUT) {
+    tulua__io_spec *io = &s.io[i];
+    if (io->kind == TULUA__IO_STDOUT) {
       stdio[i] = stdio[1]; /* stdout's, unless it is a pipe (below) */
       continue;
     }
-    if (io->kind != IO_PIPE) {
-      io_container(io, i, &stdio[i]);
+    if (io->kind != TULUA__IO_PIPE) {
+      tulua__spawn_stdio(io, i, &stdio[i]);
       continue;
     }
     tulua__stream *st = tulua__stream_new(L, TULUA_PIPE);
@@ -533,16 +193,16 @@ static int process_spawn(lua_State *L) {
     if (rc < 0) return push_fail(L, s.args[0], rc); /* GC frees the rest */
     tulua__stream_ready(st);
     lua_setiuservalue(L, 4, i + 1);
-    stdio[i].flags = pipe_flags(i);
+    stdio[i].flags = tulua__spawn_pipe_flags(i);
     stdio[i].data.stream = (uv_stream_t *)h;
-    if (i == 1 && s.io[2].kind == IO_STDOUT) {
-      rc = open_merged(h, merged);
+    if (i == 1 && s.io[2].kind == TULUA__IO_STDOUT) {
+      rc = tulua__spawn_open_merged(h, merged);
       if (rc < 0) return push_fail(L, s.args[0], rc);
       stdio[1].flags = UV_INHERIT_FD;
       stdio[1].data.fd = merged[1];
     }
   }
-  if (s.io[0].kind == IO_PIPE) tulua__ignore_sigpipe();
+  if (s.io[0].kind == TULUA__IO_PIPE) tulua__ignore_sigpipe();
   size_t namelen = strlen(s.args[0]);
   proc_box *b = calloc(1, sizeof *b + namelen + 1);
   if (b == NULL) {
@@ -550,9 +210,11 @@ static int process_spawn(lua_State *L) {
     return push_fail(L, s.args[0], UV_ENOMEM);
   }
   memcpy(b->name, s.args[0], namelen + 1);
+  tulua__queue_init(&b->link);
+  tulua__queue_init(&b->waiters);
   b->h.data = b;
   uv_process_options_t o;
-  set_options(&o, &s, stdio);
+  tulua__spawn_options(&o, &s, stdio);
   o.exit_cb = exit_cb;
   int rc = uv_spawn(tulua__loop(L), &b->h, &o);
   if (merged[1] >= 0) close(merged[1]); /* the child has its copy */
@@ -712,7 +374,7 @@ static int process_index(lua_State *L) {
       return 1;
     }
     for (int i = 0; i < 3; i++)
-      if (strcmp(k, io_keys[i]) == 0) {
+      if (strcmp(k, tulua__stdio_names[i]) == 0) {
         lua_getiuservalue(L, 1, i + 1);
         return 1;
       }
@@ -725,24 +387,21 @@ static int process_index(lua_State *L) {
 /* ---- process.run: one wait for the whole life of a child ---- */
 
 typedef struct {
-  char *buf;
-  size_t len, cap;
-} outbuf;
-
-typedef struct {
   uv_process_t proc;
-  uv_pipe_t pipe[3]; /* the child's stdin (input), stdout, stderr */
   uv_timer_t timer;
-  uv_write_t wreq;
+  uv_write_t wreq; /* writes the input into pipe[0] */
   tulua__waiter w;
-  outbuf out[3]; /* [1] and [2]: what was read from stdout and stderr */
-  int refs; /* handles not closed yet, plus 1 while a task owns the op */
+  /* The child's stdin (input), stdout and stderr when they are pipes: boxes
+   * of stream.c with no Lua object, NULL once discarded. */
+  tulua__stream *pipe[3];
+  tulua__bytes out[3]; /* [1] and [2]: what was read from stdout and stderr */
+  int refs; /* the process and timer handles not closed yet, the write in
+             * flight, plus 1 while a task owns the op */
   int reading; /* output pipes not at their end yet */
   int err; /* a read failed (with this libuv code): stop early */
   int64_t exit_status;
   int term_signal;
   double timeout;
-  unsigned char pipe_open[3]; /* initialized, uv_close not called yet */
   unsigned char captured[3]; /* stdout/stderr read into out[] */
   unsigned char timer_open;
   unsigned char exited;
@@ -756,7 +415,7 @@ typedef struct {
 
 static void run_free(run_op *op) {
   for (int i = 1; i < 3; i++)
-    free(op->out[i].buf);
+    tulua__bytes_free(&op->out[i]);
   free(op);
 }
 
@@ -765,11 +424,17 @@ static void run_close_cb(uv_handle_t *h) {
   if (--op->refs == 0) run_free(op);
 }
 
+/* Discards pipe i, first taking what was read from an output pipe. Its box
+ * frees itself once closed: the op need not outlive it. */
 static void run_close_pipe(run_op *op, int i) {
-  if (!op->pipe_open[i]) return;
-  op->pipe_open[i] = 0;
-  if (i > 0 && op->captured[i]) op->reading--;
-  uv_close((uv_handle_t *)&op->pipe[i], run_close_cb);
+  tulua__stream *s = op->pipe[i];
+  if (s == NULL) return;
+  op->pipe[i] = NULL;
+  if (op->captured[i]) {
+    op->reading--;
+    tulua__stream_take(s, &op->out[i]);
+  }
+  tulua__stream_discard(s);
 }
 
 static void run_close_timer(run_op *op) {
@@ -813,53 +478,30 @@ static void run_timer_cb(uv_timer_t *h) {
   run_stop_early(op);
 }
 
-static void run_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
-  run_op *op = h->data;
-  outbuf *o = &op->out[(uv_pipe_t *)h - op->pipe];
-  (void)hint;
-  if (o->cap - o->len < READ_CHUNK) {
-    size_t cap =
-        o->cap * 2 > o->len + READ_CHUNK ? o->cap * 2 : o->len + READ_CHUNK;
-    char *nbuf = realloc(o->buf, cap);
-    if (nbuf == NULL) { /* read_cb gets UV_ENOBUFS */
-      buf->base = NULL;
-      buf->len = 0;
-      return;
-    }
-    o->buf = nbuf;
-    o->cap = cap;
-  }
-  buf->base = o->buf + o->len;
-  buf->len = o->cap - o->len;
-}
-
-static void run_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
-  run_op *op = s->data;
-  int i = (int)((uv_pipe_t *)s - op->pipe);
-  (void)buf;
-  if (nread > 0) {
-    op->out[i].len += (size_t)nread;
-    return;
-  }
-  if (nread == 0) return; /* EAGAIN */
-  run_close_pipe(op, i);
-  if (nread != UV_EOF && op->err == 0) {
-    op->err = nread == UV_ENOBUFS ? UV_ENOMEM : (int)nread;
+/* An output pipe has ended (stream.c's read callback: no Lua API). */
+static void run_end_cb(tulua__stream *s, int status, void *ud) {
+  run_op *op = ud;
+  run_close_pipe(op, s == op->pipe[1] ? 1 : 2);
+  if (status < 0 && op->err == 0) {
+    op->err = status;
     run_stop_early(op);
     return;
   }
   run_check_done(op);
 }
 
+/* The input is written, or cannot be (EPIPE: the child did not read it
+ * all; not our error), or pipe[0] was discarded (ECANCELED). */
 static void run_write_cb(uv_write_t *req, int status) {
   run_op *op = req->data;
-  (void)status; /* EPIPE: the child did not read it all; not our error */
+  (void)status;
   run_close_pipe(op, 0); /* the end of its input */
+  if (--op->refs == 0) run_free(op); /* the write's share */
 }
 
 /* The task gave up (cancel or shutdown): the child gets SIGKILL and every
  * handle is closed; the close callbacks free the op (at least the
- * process's or an output pipe's close is still to come). */
+ * process's close is still to come: it waits for the exit). */
 static void run_cancel(void *ud) {
   run_op *op = ud;
   op->done = 1;
@@ -898,11 +540,14 @@ static int run_push(lua_State *L) {
     lua_pushinteger(L, status);
     n = 1;
   }
-  for (int i = 1; i < 3; i++)
+  for (int i = 1; i < 3; i++) {
+    const tulua__bytes *o = &op->out[i];
     if (op->captured[i])
-      lua_pushlstring(L, op->out[i].buf ? op->out[i].buf : "", op->out[i].len);
+      lua_pushlstring(L, o->base ? o->base + o->pos : "",
+                      tulua__bytes_avail(o));
     else
       lua_pushnil(L);
+  }
   return n + 2;
 }
 
@@ -915,10 +560,8 @@ static int run_deliver(lua_State *L, void *ud) {
   lua_pushcfunction(L, run_push);
   lua_pushlightuserdata(L, op);
   int st = lua_pcall(L, 1, LUA_MULTRET, 0);
-  for (int i = 1; i < 3; i++) {
-    free(op->out[i].buf);
-    op->out[i].buf = NULL;
-  }
+  for (int i = 1; i < 3; i++)
+    tulua__bytes_free(&op->out[i]);
   if (--op->refs == 0) run_free(op);
   if (st != LUA_OK) return lua_error(L);
   return lua_gettop(L) - top;
@@ -931,9 +574,10 @@ static int run_deliver(lua_State *L, void *ud) {
 static int process_run(lua_State *L) {
   lua_settop(L, 2);
   lua_newtable(L); /* 3: keep */
-  spawn_spec s;
-  check_spec(L, 1, &s);
+  tulua__spawn_spec s;
+  tulua__spawn_check(L, 1, &s);
   tulua__check_wait(L, "process.run");
+  char *scratch = tulua__stream_scratch(L); /* before the op: may raise */
   const char *name = s.args[0];
   size_t namelen = strlen(name);
   run_op *op = calloc(1, sizeof *op + s.input_len + namelen + 1);
@@ -951,27 +595,31 @@ static int process_run(lua_State *L) {
   uv_file merged[2] = {-1, -1};
   int rc = 0;
   for (int i = 0; i < 3; i++) {
-    io_spec *io = &s.io[i];
-    if (io->kind == IO_STDOUT) {
+    tulua__io_spec *io = &s.io[i];
+    if (io->kind == TULUA__IO_STDOUT) {
       stdio[i] = stdio[1];
       continue;
     }
-    if (io->kind != IO_PIPE) {
-      io_container(io, i, &stdio[i]);
+    if (io->kind != TULUA__IO_PIPE) {
+      tulua__spawn_stdio(io, i, &stdio[i]);
       continue;
     }
-    uv_pipe_init(loop, &op->pipe[i], 0); /* cannot fail on Unix */
-    op->pipe[i].data = op;
-    op->pipe_open[i] = 1;
-    op->refs++;
+    op->pipe[i] = tulua__stream_alloc(scratch, TULUA_PIPE);
+    if (op->pipe[i] == NULL) {
+      rc = UV_ENOMEM;
+      break;
+    }
+    uv_pipe_t *h = (uv_pipe_t *)tulua__stream_handle(op->pipe[i]);
+    uv_pipe_init(loop, h, 0); /* cannot fail on Unix */
+    tulua__stream_ready(op->pipe[i]);
     if (i > 0) {
       op->captured[i] = 1;
       op->reading++;
     }
-    stdio[i].flags = pipe_flags(i);
-    stdio[i].data.stream = (uv_stream_t *)&op->pipe[i];
-    if (i == 1 && s.io[2].kind == IO_STDOUT) {
-      rc = open_merged(&op->pipe[1], merged);
+    stdio[i].flags = tulua__spawn_pipe_flags(i);
+    stdio[i].data.stream = (uv_stream_t *)h;
+    if (i == 1 && s.io[2].kind == TULUA__IO_STDOUT) {
+      rc = tulua__spawn_open_merged(h, merged);
       if (rc < 0) break;
       stdio[1].flags = UV_INHERIT_FD;
       stdio[1].data.fd = merged[1];
@@ -983,9 +631,9 @@ static int process_run(lua_State *L) {
     op->refs++;
   }
   if (rc == 0) {
-    if (s.io[0].kind == IO_PIPE) tulua__ignore_sigpipe();
+    if (s.io[0].kind == TULUA__IO_PIPE) tulua__ignore_sigpipe();
     uv_process_options_t o;
-    set_options(&o, &s, stdio);
+    tulua__spawn_options(&o, &s, stdio);
     o.exit_cb = run_exit_cb;
     rc = uv_spawn(loop, &op->proc, &o);
     op->refs++; /* the handle is initialized, even when that failed */
@@ -1000,17 +648,20 @@ static int process_run(lua_State *L) {
     if (--op->refs == 0) run_free(op);
     return push_fail(L, name, rc);
   }
-  if (op->pipe_open[0]) {
+  if (op->pipe[0] != NULL) {
     uv_buf_t b;
     b.base = op->data;
     b.len = op->input_len;
-    if (op->input_len == 0 || uv_write(&op->wreq, (uv_stream_t *)&op->pipe[0],
-                                       &b, 1, run_write_cb) < 0)
+    if (op->input_len > 0 &&
+        uv_write(&op->wreq, tulua__stream_handle(op->pipe[0]), &b, 1,
+                 run_write_cb) == 0)
+      op->refs++; /* the write's share: its callback comes */
+    else
       run_close_pipe(op, 0); /* nothing to write: the end of its input */
   }
   for (int i = 1; i < 3; i++)
-    if (op->captured[i] && uv_read_start((uv_stream_t *)&op->pipe[i],
-                                         run_alloc_cb, run_read_cb) < 0)
+    if (op->pipe[i] != NULL &&
+        tulua__stream_read_to_end(op->pipe[i], run_end_cb, op) < 0)
       run_close_pipe(op, i); /* as if at its end */
   if (op->timer_open) {
     double ms = ceil(s.timeout * 1000.0);
@@ -1058,7 +709,7 @@ int luaopen_tulua_process(lua_State *L) {
   tulua__stream_register(L, TULUA_PIPE, NULL); /* the pipes' metatable */
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &list_key) == LUA_TNIL) {
     proc_list *l = lua_newuserdatauv(L, sizeof *l, 0);
-    l->head = NULL;
+    tulua__queue_init(&l->boxes);
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, list_gc);
     lua_setfield(L, -2, "__gc");

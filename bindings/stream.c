@@ -8,8 +8,12 @@
  * memory grow without bound, and an echo loop does not toggle epoll at every
  * message. libuv reads into one 64 KiB scratch buffer per runtime (alloc_cb
  * and read_cb run back to back), and read_cb appends what came to the
- * stream's buffer, which is allocated at the first byte, so an idle
- * connection costs no buffer at all.
+ * stream's buffer (read_buffer.c), which is allocated at the first byte, so an
+ * idle connection costs no buffer at all.
+ *
+ * A box that no task reads (process.run's pipes) can instead be read to
+ * its end for C code (tulua__stream_read_to_end): no limit, and a callback
+ * once the stream has ended.
  *
  * One task reads at a time: its wait is embedded in the box (rw). Writes
  * first try uv_try_write; only what the kernel did not take is copied into
@@ -21,16 +25,16 @@
  * shutdown ops own themselves, as fs ops do. A connection a server
  * accepted holds its server's box until the connection is closed. */
 #include <assert.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "queue.h"
 #include "stream.h"
 
-#define HWM          (64 * 1024) /* read ahead at most this much */
-#define SCRATCH      (64 * 1024)
-#define KEEP_BUF     (16 * 1024) /* an emptied buffer bigger than this goes */
-#define LINE_MAX_DEF (64 * 1024)
-#define SERVER_MT    "tulua.server"
+#define HWM       (64 * 1024) /* read ahead at most this much */
+#define SCRATCH   (64 * 1024)
+#define SERVER_MT "tulua.server"
 
 static const char *const KIND_MT[] = {"tulua.tcp", "tulua.pipe", "tulua.tty"};
 static const char *const KIND_NAME[] = {"tcp", "pipe", "tty"};
@@ -75,6 +79,8 @@ struct tulua__stream {
   unsigned char kind, inited, closed, close_done, reading;
   unsigned char busy; /* a task waits in a read */
   unsigned char readahead; /* read on when nobody waits (not stdin) */
+  tulua__stream_end_fn on_end; /* reading to the end for C (read_to_end) */
+  void *end_ud;
 };
 
 /* ---- boxes and release ---- */
@@ -99,7 +105,7 @@ static void maybe_free(tulua__stream *s) {
     wake_closed(s->server);
     maybe_free_server(s->server);
   }
-  free(s->rb.buf);
+  tulua__bytes_free(&s->rb.b);
   free(s);
 }
 
@@ -226,225 +232,6 @@ void tulua__stream_ready(tulua__stream *s) {
   s->u.h.data = s; /* uv_*_init may have cleared it */
 }
 
-/* ---- the read buffer, shared with tty.c ---- */
-
-size_t tulua__rbuf_avail(const tulua__rbuf *rb) {
-  return rb->len - rb->pos;
-}
-
-int tulua__rbuf_satisfied(tulua__rbuf *rb) {
-  if (rb->eof || rb->err) return 1;
-  size_t n = tulua__rbuf_avail(rb);
-  switch (rb->mode) {
-    case TULUA__R_ANY:
-      return n > 0;
-    case TULUA__R_EXACT:
-      return n >= rb->want;
-    case TULUA__R_ALL:
-      return n > rb->want; /* past the most: an error */
-    default: { /* TULUA__R_LINE */
-      if (n >= rb->want + rb->seplen) return 1;
-      /* a separator may straddle what was scanned and what came since */
-      size_t from =
-          rb->scanned >= rb->seplen ? rb->scanned - rb->seplen + 1 : 0;
-      if (from < n && memmem(rb->buf + rb->pos + from, n - from, rb->sep,
-                             rb->seplen) != NULL)
-        return 1;
-      rb->scanned = n;
-      return 0;
-    }
-  }
-}
-
-int tulua__rbuf_reserve(tulua__rbuf *rb, size_t n) {
-  if (rb->pos > 0 && rb->len + n > rb->cap) { /* make room at the front */
-    memmove(rb->buf, rb->buf + rb->pos, tulua__rbuf_avail(rb));
-    rb->len -= rb->pos;
-    rb->pos = 0;
-  }
-  if (rb->len + n > rb->cap) {
-    size_t cap = rb->cap ? rb->cap : 1024;
-    while (cap < rb->len + n)
-      cap *= 2;
-    char *b = realloc(rb->buf, cap);
-    if (b == NULL) return UV_ENOMEM;
-    rb->buf = b;
-    rb->cap = cap;
-  }
-  return 0;
-}
-
-void tulua__rbuf_consume(tulua__rbuf *rb, size_t n, int may_free) {
-  rb->pos += n;
-  rb->scanned = 0;
-  if (rb->pos == rb->len && may_free) {
-    rb->pos = rb->len = 0;
-    if (rb->cap > KEEP_BUF) {
-      free(rb->buf);
-      rb->buf = NULL;
-      rb->cap = 0;
-    }
-  }
-}
-
-static size_t check_size(lua_State *L, int idx, lua_Integer def) {
-  lua_Integer n = luaL_optinteger(L, idx, def);
-  luaL_argcheck(L, n > 0 && n <= 0x7fffffff, idx, "size out of range");
-  return (size_t)n;
-}
-
-/* Reads read_line's options {sep=, max=} at idx into rb. */
-static void line_opts(lua_State *L, tulua__rbuf *rb, int idx) {
-  const char *sep = "\n";
-  size_t seplen = 1;
-  rb->want = LINE_MAX_DEF;
-  if (!lua_isnoneornil(L, idx)) {
-    luaL_checktype(L, idx, LUA_TTABLE);
-    if (lua_getfield(L, idx, "sep") != LUA_TNIL) {
-      sep = lua_tolstring(L, -1, &seplen);
-      luaL_argcheck(L, sep != NULL && seplen > 0 && seplen <= sizeof rb->sep,
-                    idx, "'sep' must be a string of 1 to 8 bytes");
-    }
-    if (lua_getfield(L, idx, "max") != LUA_TNIL) {
-      lua_Integer m = lua_tointeger(L, -1);
-      luaL_argcheck(L, m > 0 && m <= 0x7fffffff, idx, "'max' out of range");
-      rb->want = (size_t)m;
-    }
-  }
-  memcpy(rb->sep, sep, seplen); /* sep is alive: in the table or a literal */
-  rb->seplen = seplen;
-}
-
-int tulua__rbuf_request(lua_State *L, tulua__rbuf *rb, int mode) {
-  tulua__rbuf opts;
-  size_t want = 0;
-  lua_Integer n;
-  switch (mode) {
-    case TULUA__R_ANY:
-      want = check_size(L, 2, HWM);
-      break;
-    case TULUA__R_EXACT:
-      n = luaL_checkinteger(L, 2);
-      luaL_argcheck(L, n >= 0 && n <= 0x7fffffff, 2, "size out of range");
-      if (n == 0) {
-        lua_pushliteral(L, "");
-        return 0;
-      }
-      want = (size_t)n;
-      break;
-    case TULUA__R_ALL:
-      n = luaL_optinteger(L, 2, 0x7ffffffe);
-      luaL_argcheck(L, n > 0 && n < 0x7fffffff, 2, "size out of range");
-      want = (size_t)n;
-      break;
-    default: /* TULUA__R_LINE: parsed aside, so that a bad argument
-              * leaves rb as it was */
-      line_opts(L, &opts, 2);
-      memcpy(rb->sep, opts.sep, sizeof rb->sep);
-      rb->seplen = opts.seplen;
-      want = opts.want;
-  }
-  lua_settop(L, 1);
-  rb->mode = (unsigned char)mode;
-  rb->want = want;
-  rb->scanned = 0;
-  return 1;
-}
-
-int tulua__rbuf_push(lua_State *L, tulua__rbuf *rb, const char *what,
-                     const char *subject, int may_free) {
-  size_t n = tulua__rbuf_avail(rb);
-  const char *p = rb->buf + rb->pos;
-  switch (rb->mode) {
-    case TULUA__R_ANY:
-      if (n == 0) break;
-      if (n > rb->want) n = rb->want;
-      lua_pushlstring(L, p, n);
-      tulua__rbuf_consume(rb, n, may_free);
-      return 1;
-    case TULUA__R_EXACT:
-      if (n >= rb->want) {
-        lua_pushlstring(L, p, rb->want);
-        tulua__rbuf_consume(rb, rb->want, may_free);
-        return 1;
-      }
-      if (rb->eof && !rb->err) { /* the partial data stays readable */
-        lua_pushnil(L);
-        lua_pushfstring(L, "%s: end of stream after %d of %d bytes", what,
-                        (int)n, (int)rb->want);
-        lua_pushliteral(L, "EOF");
-        return 3;
-      }
-      break;
-    case TULUA__R_ALL:
-      if (n > rb->want) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "%s: more than %d bytes", what, (int)rb->want);
-        lua_pushliteral(L, "ENOBUFS");
-        return 3;
-      }
-      if (rb->eof && !rb->err) {
-        lua_pushlstring(L, n ? p : "", n);
-        tulua__rbuf_consume(rb, n, may_free);
-        return 1;
-      }
-      break;
-    default: { /* TULUA__R_LINE */
-      const char *at = n ? memmem(p, n, rb->sep, rb->seplen) : NULL;
-      if (at != NULL && (size_t)(at - p) <= rb->want) {
-        size_t line = (size_t)(at - p);
-        lua_pushlstring(L, p, line);
-        tulua__rbuf_consume(rb, line + rb->seplen, may_free);
-        return 1;
-      }
-      if (n > rb->want) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "%s: line longer than %d bytes", what,
-                        (int)rb->want);
-        lua_pushliteral(L, "ENOBUFS");
-        return 3;
-      }
-      if (rb->eof && n > 0 && !rb->err) { /* the last line, unended */
-        lua_pushlstring(L, p, n);
-        tulua__rbuf_consume(rb, n, may_free);
-        return 1;
-      }
-      break;
-    }
-  }
-  if (rb->err) return push_fail(L, subject, rb->err);
-  lua_pushnil(L); /* the end of the stream */
-  return 1;
-}
-
-/* lines(): an iterator of the object's read_line; raises on a failure.
- * Upvalues: the stream, and the options (or nil). */
-static int lines_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status;
-  (void)ctx;
-  if (lua_gettop(L) >= 3 && lua_isnil(L, -3) && lua_isstring(L, -2))
-    return luaL_error(L, "%s", lua_tostring(L, -2));
-  return 1;
-}
-
-static int lines_next(lua_State *L) {
-  lua_settop(L, 0);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_getfield(L, 1, "read_line");
-  lua_insert(L, 1);
-  lua_pushvalue(L, lua_upvalueindex(2));
-  lua_callk(L, 2, LUA_MULTRET, 0, lines_k);
-  return lines_k(L, LUA_OK, 0);
-}
-
-int tulua__stream_lines(lua_State *L) {
-  luaL_checkany(L, 1);
-  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
-  lua_settop(L, 2);
-  lua_pushcclosure(L, lines_next, 2);
-  return 1;
-}
-
 /* ---- reading ---- */
 
 /* Whether the waiting reader can be served now. */
@@ -455,6 +242,7 @@ static int satisfied(tulua__stream *s) {
 /* How much the buffer may hold before reading stops: what the waiting
  * reader needs, and HWM more when the stream reads ahead. */
 static size_t limit(const tulua__stream *s) {
+  if (s->on_end != NULL) return SIZE_MAX; /* its reader wants it all */
   size_t want = s->busy ? s->rb.want + s->rb.seplen + 1 : 0;
   if (!s->readahead) return s->busy ? want : 0;
   return want > HWM ? want : HWM;
@@ -485,13 +273,10 @@ static void idle_reading(tulua__stream *s) {
 static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
   tulua__stream *s = h->data; /* no Lua API here */
   if (nread > 0) {
-    int rc = tulua__rbuf_reserve(&s->rb, (size_t)nread);
+    int rc = tulua__bytes_append(&s->rb.b, buf->base, (size_t)nread);
     if (rc < 0) {
       s->rb.err = rc;
       stop_reading(s);
-    } else {
-      memcpy(s->rb.buf + s->rb.len, buf->base, (size_t)nread);
-      s->rb.len += (size_t)nread;
     }
   } else if (nread == UV_EOF) {
     s->rb.eof = 1;
@@ -500,7 +285,13 @@ static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
     s->rb.err = (int)nread;
     stop_reading(s);
   }
-  if (s->reading && tulua__rbuf_avail(&s->rb) >= limit(s)) stop_reading(s);
+  if (s->reading && tulua__bytes_avail(&s->rb.b) >= limit(s)) stop_reading(s);
+  if (s->on_end != NULL && (s->rb.eof || s->rb.err)) {
+    tulua__stream_end_fn on_end = s->on_end;
+    s->on_end = NULL; /* once */
+    on_end(s, s->rb.err, s->end_ud); /* last: it may discard s */
+    return;
+  }
   if (s->rw.task != NULL && satisfied(s)) {
     s->wakes++;
     tulua__wake(&s->rw);
@@ -510,10 +301,24 @@ static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
 /* Reads ahead again once the buffer has room. */
 static int resume_reading(tulua__stream *s) {
   if (s->reading || s->rb.eof || s->rb.err || s->closed) return 0;
-  if (tulua__rbuf_avail(&s->rb) >= limit(s)) return 0;
+  if (tulua__bytes_avail(&s->rb.b) >= limit(s)) return 0;
   int rc = uv_read_start(&s->u.s, alloc_cb, read_cb);
   if (rc == 0) s->reading = 1;
   return rc;
+}
+
+int tulua__stream_read_to_end(tulua__stream *s, tulua__stream_end_fn on_end,
+                              void *ud) {
+  s->on_end = on_end;
+  s->end_ud = ud;
+  int rc = resume_reading(s);
+  if (rc < 0) s->on_end = NULL;
+  return rc;
+}
+
+void tulua__stream_take(tulua__stream *s, tulua__bytes *out) {
+  *out = s->rb.b;
+  memset(&s->rb.b, 0, sizeof s->rb.b);
 }
 
 /* Pushes the answer to the read (satisfied, or the stream ended). */
@@ -595,7 +400,7 @@ static int stream_read_all(lua_State *L) {
 
 static int stream_lines(lua_State *L) {
   tulua__stream_check(L, 1);
-  return tulua__stream_lines(L);
+  return tulua__rbuf_lines(L);
 }
 
 /* ---- writing ---- */
@@ -802,8 +607,7 @@ static void server_stop(lua_State *L, tulua__server *srv) {
 }
 
 static void accept_all(lua_State *L, tulua__job *job) {
-  tulua__server *srv =
-      (tulua__server *)((char *)job - offsetof(tulua__server, accept_job));
+  tulua__server *srv = tulua__container_of(job, tulua__server, accept_job);
   while (srv->pending > 0 && !srv->closed) {
     srv->pending--;
     int top = lua_gettop(L);

@@ -6,56 +6,13 @@
 #define TULUA_STREAM_H
 
 #include "common.h"
+#include "read_buffer.h"
 
 /* The kinds of stream; each has its metatable ("tulua.tcp", "tulua.pipe",
  * "tulua.tty") with the shared methods plus its own. */
 typedef enum { TULUA_TCP, TULUA_PIPE, TULUA_TTY } tulua__stream_kind;
 
 typedef struct tulua__stream tulua__stream;
-
-/* What a read asks for. */
-enum { TULUA__R_ANY, TULUA__R_EXACT, TULUA__R_LINE, TULUA__R_ALL };
-
-/* The unread bytes of a stream and the read its task waits for: one parser
- * for every stream (stream.c's and tty.c's file streams). No Lua API in the
- * functions without a lua_State. */
-typedef struct tulua__rbuf {
-  char *buf; /* unread bytes at buf[pos..len) */
-  size_t pos, len, cap;
-  size_t scanned; /* read_line: bytes after pos known to hold no separator */
-  size_t want; /* bytes (R_EXACT), else the most (R_ANY, R_LINE, R_ALL) */
-  char sep[8]; /* read_line's separator */
-  size_t seplen;
-  int err; /* a read error (negative), sticky */
-  unsigned char mode, eof;
-} tulua__rbuf;
-
-size_t tulua__rbuf_avail(const tulua__rbuf *rb);
-
-/* Whether the read asked for can be answered now (or the stream ended). */
-int tulua__rbuf_satisfied(tulua__rbuf *rb);
-
-/* Makes room for n more bytes after len; returns 0 or UV_ENOMEM. */
-int tulua__rbuf_reserve(tulua__rbuf *rb, size_t n);
-
-/* Drops n consumed bytes; an emptied big buffer is freed if may_free. */
-void tulua__rbuf_consume(tulua__rbuf *rb, size_t n, int may_free);
-
-/* Reads the arguments of read(n), read_exactly(n), read_line(opts) or
- * read_all(max) (from index 2) into rb's request, and sets the stack to
- * the stream alone. Returns 1, or 0 after pushing the answer itself
- * (read_exactly(0)). [-?, +(0|1), v] */
-int tulua__rbuf_request(lua_State *L, tulua__rbuf *rb, int mode);
-
-/* Pushes the answer to the request, which must be satisfied: what names
- * the stream in messages ("tcp stream"), subject in failures ("tcp").
- * Consumes what it returns (with may_free as tulua__rbuf_consume). */
-int tulua__rbuf_push(lua_State *L, tulua__rbuf *rb, const char *what,
-                     const char *subject, int may_free);
-
-/* The lines([opts]) method of any stream type with a read_line method: an
- * iterator of read_line's lines that raises on a failure. */
-int tulua__stream_lines(lua_State *L);
 
 /* Pushes a new Stream object of kind and returns its box. The caller then
  * initializes the handle (tulua__stream_handle) with uv_tcp_init,
@@ -76,6 +33,25 @@ char *tulua__stream_scratch(lua_State *L);
 tulua__stream *tulua__stream_alloc(char *scratch, tulua__stream_kind kind);
 void tulua__stream_push(lua_State *L, tulua__stream *s);
 void tulua__stream_discard(tulua__stream *s);
+
+/* What tulua__stream_read_to_end calls once the stream has ended: status
+ * is 0 at the end of the stream, else the negative libuv code that ended
+ * the reading. Runs in libuv's read callback: no Lua API. It may discard
+ * s. */
+typedef void (*tulua__stream_end_fn)(tulua__stream *s, int status, void *ud);
+
+/* Reads the stream of a box no task reads (tulua__stream_alloc) to its end
+ * into its buffer, without limit, then calls on_end(s, status, ud); the
+ * bytes are then taken with tulua__stream_take. This is how process.run
+ * captures a child's output with the reads of every stream. Returns 0, or
+ * a negative libuv code (nothing started, on_end never called). No Lua
+ * API. */
+int tulua__stream_read_to_end(tulua__stream *s, tulua__stream_end_fn on_end,
+                              void *ud);
+
+/* Moves the unread bytes of s into *out, leaving s's buffer empty; the
+ * caller frees them with tulua__bytes_free. No Lua API. */
+void tulua__stream_take(tulua__stream *s, tulua__bytes *out);
 
 /* Whether the stream reads ahead (the default): it goes on reading, up to
  * 64 KiB, when no task waits, so that data is ready for the next read.

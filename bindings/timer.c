@@ -2,6 +2,7 @@
  * the module 'tulua.timer' (tulua.timer.after / tulua.timer.every). */
 #include <stdlib.h>
 
+#include "queue.h"
 #include "common.h"
 
 #define TIMER_MT "tulua.timer"
@@ -35,7 +36,7 @@ static void unanchor(lua_State *L, timer_box *b) {
 
 /* Spawns fn(args...) from the user value: a packed table {n=, fn, ...}. */
 static void fire(lua_State *L, tulua__job *job) {
-  timer_box *b = (timer_box *)((char *)job - offsetof(timer_box, job));
+  timer_box *b = tulua__container_of(job, timer_box, job);
   if (b->ref == LUA_NOREF) return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->ref);
   int ud = lua_gettop(L);

@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "queue.h"
 #include "common.h"
 
 #define UDP_MT "tulua.udp"
@@ -47,7 +48,8 @@ typedef struct {
   uv_udp_t h;
   tulua_runtime *rt;
   tulua__job job; /* drops ref once nobody waits (posted by callbacks) */
-  recv_op *head, *tail; /* tasks waiting in recv_from, oldest first */
+  tulua__queue receivers; /* recv_op.link: tasks in recv_from, oldest
+                           * first */
   size_t nsend; /* uv_udp_send requests not yet called back */
   int ref; /* registry ref of the userdata while a task waits */
   unsigned char closing; /* released: callbacks post nothing any more */
@@ -58,7 +60,7 @@ typedef struct {
 struct recv_op {
   tulua__waiter w; /* links the op to its task; cleared on cancel */
   udp_box *box; /* while queued */
-  recv_op *prev, *next; /* in the box's queue */
+  tulua__queue link; /* in the box's receivers */
   ssize_t nread; /* bytes received, or a negative libuv code */
   unsigned char closed; /* woken by close() */
   struct sockaddr_storage addr; /* the sender, or the local address */
@@ -163,7 +165,7 @@ static udp_box *check_udp(lua_State *L) {
 }
 
 static int nobody_waits(const udp_box *b) {
-  return b->head == NULL && b->nsend == 0;
+  return tulua__queue_empty(&b->receivers) && b->nsend == 0;
 }
 
 /* Holds the userdata at 1 while a task waits on it. [-0, +0, m] */
@@ -181,7 +183,7 @@ static void unanchor(lua_State *L, udp_box *b) {
 
 /* The job: the last waiter left (callback side); still nobody waits? */
 static void unanchor_job(lua_State *L, tulua__job *job) {
-  udp_box *b = (udp_box *)((char *)job - offsetof(udp_box, job));
+  udp_box *b = tulua__container_of(job, udp_box, job);
   if (nobody_waits(b)) unanchor(L, b);
 }
 
@@ -191,17 +193,14 @@ static void maybe_unanchor_later(udp_box *b) {
     tulua__post(b->rt, &b->job);
 }
 
+/* Returns the receiver that gets the next datagram, or NULL. */
+static recv_op *first_receiver(udp_box *b) {
+  tulua__queue *q = tulua__queue_head(&b->receivers);
+  return q != NULL ? tulua__container_of(q, recv_op, link) : NULL;
+}
+
 static void queue_unlink(recv_op *op) {
-  udp_box *b = op->box;
-  if (op->prev != NULL)
-    op->prev->next = op->next;
-  else
-    b->head = op->next;
-  if (op->next != NULL)
-    op->next->prev = op->prev;
-  else
-    b->tail = op->prev;
-  op->prev = op->next = NULL;
+  tulua__queue_remove(&op->link);
   op->box = NULL;
 }
 
@@ -215,8 +214,8 @@ static void release(lua_State *L, udp_box **p) {
   b->closing = 1;
   tulua__unpost(b->rt, &b->job);
   unanchor(L, b);
-  while (b->head != NULL) {
-    recv_op *op = b->head;
+  recv_op *op;
+  while ((op = first_receiver(b)) != NULL) {
     queue_unlink(op);
     op->closed = 1;
     if (!tulua__wake(&op->w)) free(op); /* task gone: we are the owner */
@@ -240,6 +239,7 @@ static udp_box *new_udp(lua_State *L, int family, int *rc) {
   b->rt = tulua__runtime(L);
   b->ref = LUA_NOREF;
   b->job.run = unanchor_job;
+  tulua__queue_init(&b->receivers);
   *rc = uv_udp_init_ex(tulua__loop(L), &b->h, (unsigned)family);
   if (*rc < 0) { /* the handle was not initialised: nothing to close */
     free(b);
@@ -409,18 +409,19 @@ static int recv_deliver(lua_State *L, void *ud) { /* in the task */
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   udp_box *b = h->data;
   (void)suggested;
-  if (b->head == NULL) { /* not reached: reading implies a receiver */
+  recv_op *op = first_receiver(b);
+  if (op == NULL) { /* not reached: reading implies a receiver */
     *buf = uv_buf_init(NULL, 0); /* recv_cb gets UV_ENOBUFS */
     return;
   }
-  *buf = uv_buf_init(b->head->data, (unsigned)b->head->max);
+  *buf = uv_buf_init(op->data, (unsigned)op->max);
 }
 
 static void recv_cb(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
                     const struct sockaddr *addr,
                     unsigned flags) { /* no Lua API here */
   udp_box *b = h->data;
-  recv_op *op = b->head;
+  recv_op *op = first_receiver(b);
   (void)buf; /* op->data: alloc_cb lent it */
   (void)flags; /* UV_UDP_PARTIAL: truncated to max, as recvfrom(2) does */
   if (op == NULL) return;
@@ -436,8 +437,8 @@ static void recv_cb(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
     if (uv_udp_getsockname(h, (struct sockaddr *)&op->addr, &len) != 0)
       op->addr.ss_family = AF_UNSPEC;
   }
-  if (b->head == NULL) { /* nobody else waits: leave datagrams queued in
-                          * the kernel */
+  if (tulua__queue_empty(&b->receivers)) {
+    /* nobody else waits: leave datagrams queued in the kernel */
     uv_udp_recv_stop(h);
     maybe_unanchor_later(b);
   }
@@ -453,7 +454,7 @@ static void recv_cancel(void *ud) {
   udp_box *b = op->box;
   if (b != NULL) {
     queue_unlink(op);
-    if (b->head == NULL) {
+    if (tulua__queue_empty(&b->receivers)) {
       uv_udp_recv_stop(&b->h);
       maybe_unanchor_later(b);
     }
@@ -485,7 +486,7 @@ static int udp_recv_from(lua_State *L) {
   }
   memset(op, 0, sizeof *op);
   op->max = (size_t)max;
-  if (b->head == NULL) { /* not reading yet */
+  if (tulua__queue_empty(&b->receivers)) { /* not reading yet */
     int rc = uv_udp_recv_start(&b->h, alloc_cb, recv_cb);
     if (rc < 0) { /* libuv will not call back */
       free(op);
@@ -494,12 +495,7 @@ static int udp_recv_from(lua_State *L) {
     }
   }
   op->box = b;
-  op->prev = b->tail;
-  if (b->tail != NULL)
-    b->tail->next = op;
-  else
-    b->head = op;
-  b->tail = op;
+  tulua__queue_insert_tail(&b->receivers, &op->link);
   return tulua__wait(L, &op->w, recv_deliver, recv_cancel, op);
 }
 
