@@ -65,6 +65,7 @@
 
 #include "common.h"
 #include "transfer.h"
+#include "worker.h"
 
 #define LINK_MT "tulua.process_link"
 #define PORT_MT "tulua.process_port"
@@ -76,8 +77,7 @@
 #define WRITE_MAX  (1u << 30) /* bytes per uv_write */
 #define FRAME_MAX  ((size_t)UINT32_MAX - (HDR - 4))
 
-enum { ST_OK, ST_ERROR, ST_CANCELLED };
-
+/* A reply's status is the job's: TULUA_JOB_OK, _ERROR or _CANCELLED. */
 static const char *const status_names[] = {"ok", "error", "cancelled"};
 
 /* ---- byte buffers ---- */
@@ -522,7 +522,7 @@ static int link_recv(lua_State *L) {
     lua_pushlstring(L, body, len);
     return 5;
   }
-  if (kind != 'R' || len < TIMES || status > ST_CANCELLED)
+  if (kind != 'R' || len < TIMES || status > TULUA_JOB_CANCELLED)
     return protocol_error(l);
   uint64_t t0, t1;
   memcpy(&t0, body, 8);
@@ -645,6 +645,22 @@ static int pp_executable(lua_State *L) {
   return 2;
 }
 
+/* process_pool.cancel_process(pid, id) -> true | nil, msg, code: asks the
+ * worker process pid to stop job id, if it runs it: the signal of job
+ * control (bindings/worker.c), carrying the id. */
+static int pp_cancel_process(lua_State *L) {
+  lua_Integer pid = luaL_checkinteger(L, 1);
+  lua_Integer id = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, pid > 0 && pid <= INT_MAX, 1, "bad pid");
+  luaL_argcheck(L, id > 0 && id <= INT_MAX, 2, "job id out of range");
+  union sigval v;
+  v.sival_int = (int)id;
+  if (sigqueue((pid_t)pid, tulua__worker_signal(), v) != 0)
+    return push_fail(L, "cancel_process", uv_translate_sys_error(errno));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* ---- the worker's end: the port of the job runner ---- */
 
 typedef struct cjob {
@@ -667,6 +683,7 @@ typedef struct {
   size_t paths_len, init_len;
   int have_paths, have_init;
   int ready; /* told the parent */
+  tulua__worker_ctx *ctx; /* its job control */
   uv_poll_t *poll; /* while waiting for work; freed by its close callback */
   tulua__waiter w;
   int waiting;
@@ -836,6 +853,7 @@ static int pp_port_open(lua_State *L) {
   }
   if (!p->have_paths || !p->have_init)
     return luaL_error(L, "the parent closed the channel before the start");
+  p->ctx = tulua__worker_control(L);
   return 1;
 }
 
@@ -859,8 +877,8 @@ static int port_init(lua_State *L) {
 /* port.take(p) -> "job" | "idle" | "stop": takes the next job read, if
  * any; a job cancelled before it was taken is answered "cancelled" and
  * skipped. The first call tells the parent that the worker is ready: the
- * initializer has run, and the job runner (thread_pool.job_control, which
- * must have been called) handles the signal that interrupts a job. */
+ * initializer has run, and the job control (port_open made it) handles the
+ * signal that interrupts a job. */
 static int port_take(lua_State *L) {
   port *p = check_port(L);
   if (!p->ready) {
@@ -876,7 +894,7 @@ static int port_take(lua_State *L) {
     p->head = j->next;
     if (p->head == NULL) p->tail = NULL;
     uint64_t now = uv_hrtime();
-    send_reply(p, j->id, ST_CANCELLED, now, now, NULL, 0);
+    send_reply(p, j->id, TULUA_JOB_CANCELLED, now, now, NULL, 0);
     free(j);
   }
   if (p->eof) {
@@ -946,17 +964,17 @@ static int port_wait(lua_State *L) {
   return tulua__wait(L, &p->w, wait_deliver, wait_cancel, p);
 }
 
-/* port.job(p) -> id, fn, ...: decodes the job taken, for
- * thread_pool.call(id, fn, ...). Raises if it cannot be decoded (a module
- * missing here), and raises the cancellation error if a cancel for it has
- * come meanwhile: a signal sent before the job started did not stop it. */
-static int port_job(lua_State *L) {
+/* port.run(p) -> ...: decodes the job taken and calls it, as the job that
+ * process_pool.cancel_process(pid, id) stops. Raises if it cannot decode
+ * it (a module missing here), and raises the cancellation error if a
+ * cancel for it has come meanwhile: a signal sent before the job started
+ * did not stop it. */
+static int port_run(lua_State *L) {
   port *p = check_port(L);
   cjob *j = p->current;
   luaL_argcheck(L, j != NULL, 1, "no job taken");
   lua_settop(L, 1);
   p->started = uv_hrtime();
-  lua_pushinteger(L, (lua_Integer)j->id);
   int n = tulua__transfer_decode(L, j->body, j->len);
   if (n < 0) return lua_error(L);
   bytes_trim(&p->in);
@@ -965,121 +983,49 @@ static int port_job(lua_State *L) {
     tulua__push_cancelled(L, NULL);
     return lua_error(L);
   }
-  return n + 1;
+  return tulua__worker_call(L, p->ctx, (long long)j->id, 2);
 }
 
-/* port.current(p) -> the id of the job taken, or nil. */
-static int port_current(lua_State *L) {
-  port *p = check_port(L);
-  if (p->current == NULL) return 0;
-  lua_pushinteger(L, (lua_Integer)p->current->id);
-  return 1;
-}
-
+/* A reply's encoded bytes (tulua__worker_store_fn): the encoder's own
+ * buffer, written out before the next encode. */
 typedef struct {
-  char *buf;
+  const char *buf;
   size_t len;
 } encoded;
 
-static int encode_main(lua_State *L) {
-  encoded *e = lua_touserdata(L, 1);
-  e->buf = tulua__transfer_encode(L, 2, lua_gettop(L) - 1, &e->len);
+static int store_reply(void *ud, const char *p, size_t len) {
+  encoded *e = ud;
+  e->buf = p;
+  e->len = p != NULL ? len : 0;
   return 0;
 }
 
-/* Encodes the values from first to the top into e and pops them; on
- * failure leaves the message instead. */
-static int encode_values(lua_State *L, encoded *e, int first) {
-  lua_pushcfunction(L, encode_main);
-  lua_pushlightuserdata(L, e);
-  lua_rotate(L, first, 2);
-  return lua_pcall(L, lua_gettop(L) - first, 0, 0);
-}
-
-/* Returns the start of the line before the one at line (each starts with
- * "\n"), or NULL. */
-static const char *line_before(const char *tb, const char *line) {
-  while (line > tb) {
-    line--;
-    if (*line == '\n') return line;
-  }
-  return NULL;
-}
-
-/* The handler's traceback ends with the runner's frames: the call of the
- * job (thread_pool.call), run, xpcall and what is below. Cut there, it
- * shows the job's frames only, as a thread worker's does. */
-static void trim_traceback(lua_State *L, int idx) {
-  static const char xp[] = "\n\t[C]: in function 'xpcall'";
-  if (lua_type(L, idx) != LUA_TSTRING) return;
-  const char *tb = lua_tostring(L, idx), *last = NULL;
-  for (const char *s = tb; (s = strstr(s, xp)) != NULL; s++)
-    last = s; /* the runner's xpcall is the lowest */
-  const char *run = last ? line_before(tb, last) : NULL;
-  const char *call = run ? line_before(tb, run) : NULL;
-  if (call == NULL || strncmp(call, "\n\t[C]: in ", 8) != 0) return;
-  lua_pushlstring(L, tb, (size_t)(call - tb));
-  lua_replace(L, idx);
-}
-
-/* port.reply(p, cancelled, ok, ...) after the job's xpcall: sends its
- * results, or its error and traceback (or that it was cancelled: it was
- * asked to stop and ended with an error) back. Results that cannot cross
- * fail the job instead. */
-static int port_reply(lua_State *L) {
+/* port.finish(p, ok, ...) -> as port.take: after the job's xpcall, sends
+ * its results, or its error and traceback (or that it was cancelled: it
+ * was asked to stop and ended with an error), back, and takes the next
+ * job. Results that cannot cross fail the job instead. */
+static int port_finish(lua_State *L) {
   port *p = check_port(L);
   cjob *j = p->current;
   luaL_argcheck(L, j != NULL, 1, "no job taken");
+  int cancelled = tulua__worker_end(p->ctx, (long long)j->id);
   uint64_t stopped = uv_hrtime();
-  int status = ST_OK;
-  if (!lua_toboolean(L, 3)) {
-    status = lua_toboolean(L, 2) || p->cancel_current ? ST_CANCELLED : ST_ERROR;
-    lua_settop(L, 4);
-    int plain = lua_type(L, 4) == LUA_TTABLE && !lua_getmetatable(L, 4);
-    if (lua_gettop(L) > 4) lua_pop(L, 1); /* the metatable */
-    if (plain) { /* {err, traceback} from thread_pool.handler */
-      lua_rawgeti(L, 4, 1);
-      lua_rawgeti(L, 4, 2);
-      lua_remove(L, 4);
-      trim_traceback(L, 5);
-    } else { /* a cancellation, or the handler's own failure */
-      lua_pushnil(L);
-    }
-    if (status == ST_CANCELLED) lua_settop(L, 3);
-  }
+  int status = tulua__worker_outcome(L, 2, cancelled || p->cancel_current);
   encoded e = {NULL, 0};
-  if (encode_values(L, &e, 4) != LUA_OK) { /* stack: 1-3, message */
-    const char *msg = lua_tostring(L, -1);
-    lua_pushfstring(L, "%s (in the job's %s)", msg ? msg : "cannot transfer",
-                    status == ST_OK ? "results" : "error");
-    lua_remove(L, -2);
-    lua_pushnil(L); /* no traceback */
-    status = ST_ERROR;
-    if (encode_values(L, &e, 4) != LUA_OK) { /* out of memory */
-      lua_pop(L, 1);
-      e.buf = NULL;
-      e.len = 0;
-    }
-  }
+  status = tulua__worker_reply(L, 3, status, store_reply, &e);
   if (e.len > FRAME_MAX - TIMES) { /* cannot be framed */
-    free(e.buf);
-    lua_settop(L, 3);
+    lua_settop(L, 2);
     lua_pushliteral(L, "the job's results are too large (over 4 GiB)");
     lua_pushnil(L);
-    status = ST_ERROR;
-    if (encode_values(L, &e, 4) != LUA_OK) {
-      lua_pop(L, 1);
-      e.buf = NULL;
-      e.len = 0;
-    }
+    status = tulua__worker_reply(L, 3, TULUA_JOB_ERROR, store_reply, &e);
   }
   uint32_t id = j->id;
   p->current = NULL;
   p->cancel_current = 0;
   free(j);
   send_reply(p, id, status, p->started, stopped, e.buf, e.len);
-  free(e.buf);
-  return 0;
+  lua_settop(L, 1);
+  return port_take(L);
 }
 
 /* port.broken(p, message): the initializer failed; the parent marks the
@@ -1125,12 +1071,18 @@ int luaopen_tulua_process_pool(lua_State *L) {
       {"send", link_send},     {"recv", link_recv},   {"ref", link_ref},
       {"status", link_status}, {"close", link_close}, {"reap", link_reap},
       {"alive", link_alive},   {NULL, NULL}};
-  static const luaL_Reg port_funcs[] = {
-      {"paths", port_paths}, {"init", port_init},     {"take", port_take},
-      {"wait", port_wait},   {"job", port_job},       {"current", port_current},
-      {"reply", port_reply}, {"broken", port_broken}, {NULL, NULL}};
+  static const luaL_Reg port_funcs[] = {{"paths", port_paths},
+                                        {"init", port_init},
+                                        {"take", port_take},
+                                        {"wait", port_wait},
+                                        {"run", port_run},
+                                        {"finish", port_finish},
+                                        {"broken", port_broken},
+                                        {"handler", tulua__worker_handler},
+                                        {NULL, NULL}};
   static const luaL_Reg funcs[] = {{"spawn", pp_spawn},
                                    {"executable", pp_executable},
+                                   {"cancel_process", pp_cancel_process},
                                    {"port_open", pp_port_open},
                                    {NULL, NULL}};
   static const luaL_Reg link_meta[] = {{"__gc", link_gc}, {NULL, NULL}};

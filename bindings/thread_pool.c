@@ -1,7 +1,5 @@
 /* thread_pool.c: the module 'tulua.thread_pool', the thread backend of
- * concurrent.futures (lua/concurrent/futures.lua), and the worker-side job
- * control that thread and process workers share (cancelling the job that
- * runs).
+ * concurrent.futures (lua/concurrent/futures.lua).
  *
  * A pool is n OS threads of its own (not libuv's thread pool: CPU work there
  * would delay file operations and DNS). Each worker thread runs a whole
@@ -23,26 +21,20 @@
  *          every finished job to the core (tulua__core_deliver): a Future's
  *          results are set from C.
  *
- * Cancelling the job a worker runs: the owner marks it, wakes the worker's
- * loop (a job that waits is cancelled there) and sends the worker thread a
- * signal (a job that computes): the handler, on the worker's own thread as
- * Lua's own SIGINT handling does it, sets a hook that raises the
- * cancellation error at the next instruction. A hook cannot be set safely
- * from another thread. Process workers get the same signal from their
- * parent, with the job's number as its value. */
-#include <errno.h>
-#include <limits.h>
+ * Cancelling the job a worker runs is the job control of bindings/worker.c,
+ * which process workers share. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "common.h"
+#include "cpu.h"
 #include "future.h"
 #include "transfer.h"
+#include "worker.h"
 
 #define POOL_MT "tulua.ThreadPool"
 
@@ -50,96 +42,6 @@
  * long it naps between two looks. */
 #define SPIN_NS 100000
 #define NAP_NS  2000
-
-/* ---- the worker side of a job, shared with process workers ---- */
-
-/* What the signal handler of a worker's thread needs: the runtime and the
- * number of the job that runs (0: none). Lives as long as the worker. */
-typedef struct job_ctx {
-  tulua_runtime *rt;
-  uv_async_t *wake; /* in the worker's loop: a cancelled wait ends there */
-  _Atomic long long running; /* the job being run, 0 between jobs */
-  _Atomic long long cancel; /* the job asked to stop */
-  lua_State *co; /* the task that runs jobs */
-  pthread_t thread; /* a process worker's: the thread of its runtime */
-  int base; /* the stack slots of the running call below its results */
-} job_ctx;
-
-static _Thread_local job_ctx *current_ctx;
-
-/* The job control of this process's process-pool worker, if it is one. */
-static job_ctx *_Atomic process_ctx;
-
-static int cancel_signal(void) {
-  return SIGRTMIN + 4;
-}
-
-/* Raises the cancellation error in the running job at its next instruction
- * (set by the signal handler or the wake callback, on the job's thread). */
-static void cancel_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  lua_sethook(L, NULL, 0, 0);
-  job_ctx *c = current_ctx;
-  if (c == NULL) return;
-  long long id = atomic_load(&c->running);
-  if (id == 0 || atomic_load(&c->cancel) != id) return; /* stale */
-  tulua__push_cancelled(L, NULL);
-  lua_error(L);
-}
-
-static void arm_hook(lua_State *co) {
-  lua_sethook(co, cancel_hook,
-              LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT, 1);
-}
-
-/* The handler of cancel_signal(): async-signal-safe (atomics, lua_sethook
- * as lua.c's SIGINT handler uses it, uv_async_send). */
-static void on_cancel_signal(int sig, siginfo_t *si, void *uc) {
-  (void)sig;
-  (void)uc;
-  job_ctx *c = current_ctx;
-  if (si->si_code == SI_QUEUE) { /* from a parent process: the job's id */
-    /* sent to the process, it may land on any thread (libuv's, a pool's):
-     * the process worker's thread must set the hook itself */
-    job_ctx *pc = atomic_load(&process_ctx);
-    long long id = si->si_value.sival_int;
-    if (pc == NULL || id == 0 || atomic_load(&pc->running) != id) return;
-    atomic_store(&pc->cancel, id);
-    if (pc != c) {
-      pthread_kill(pc->thread, cancel_signal());
-      return;
-    }
-  }
-  if (c == NULL) return;
-  long long id = atomic_load(&c->running);
-  if (id == 0 || atomic_load(&c->cancel) != id) return;
-  lua_State *co = tulua__running(c->rt);
-  if (co != NULL) arm_hook(co);
-  if (c->wake) uv_async_send(c->wake);
-}
-
-static void install_handler_once(void) {
-  tulua__hook_follows_resumes(cancel_hook);
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_sigaction = on_cancel_signal;
-  sa.sa_flags = SA_SIGINFO | SA_RESTART;
-  sigemptyset(&sa.sa_mask);
-  sigaction(cancel_signal(), &sa, NULL);
-}
-
-static void install_handler(void) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, install_handler_once);
-}
-
-/* On the worker's thread, from its loop: the job asked to stop waits (or
- * is about to run again): end its wait, or make it stop when it runs. */
-static void ctx_check_cancel(job_ctx *c) {
-  long long id = atomic_load(&c->running);
-  if (id == 0 || atomic_load(&c->cancel) != id || c->co == NULL) return;
-  if (!tulua__cancel_wait(c->co)) arm_hook(c->co);
-}
 
 /* ---- the pool, shared by the owner and its threads ---- */
 
@@ -210,7 +112,7 @@ typedef struct worker {
   int wake_ready; /* wake may be sent to */
   job *current; /* the job it runs */
   /* the worker thread's own */
-  job_ctx ctx;
+  tulua__worker_ctx ctx;
   uv_async_t wake;
   tulua__waiter w;
   int waiting;
@@ -353,7 +255,7 @@ static void wake_cb(uv_async_t *h) { /* no Lua API */
     w->waiting = 0;
     tulua__wake(&w->w);
   }
-  ctx_check_cancel(&w->ctx);
+  tulua__worker_check_cancel(&w->ctx);
 }
 
 /* port:init() -> fn, ... | nothing: the initializer to run first. */
@@ -404,31 +306,6 @@ static int port_broken(lua_State *L) {
   return 0;
 }
 
-/* The end of a job's call, however it ends: from here on a cancellation
- * signal is stale. */
-static int call_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status;
-  atomic_store(&((job_ctx *)ctx)->running, 0);
-  return lua_gettop(L) - ((job_ctx *)ctx)->base;
-}
-
-/* Calls the function at first with the values above it as job id, the
- * job the cancellation signal may stop; returns its results. */
-static int call_job(lua_State *L, job_ctx *c, long long id, int first) {
-  if (lua_type(L, first) != LUA_TFUNCTION)
-    return luaL_error(L, "job without a function");
-  c->co = L;
-  atomic_store(&c->running, id);
-  if (atomic_load(&c->cancel) == id) { /* cancelled as it started */
-    atomic_store(&c->running, 0);
-    tulua__push_cancelled(L, NULL);
-    return lua_error(L);
-  }
-  c->base = first - 1; /* what is below the results */
-  lua_callk(L, lua_gettop(L) - first, LUA_MULTRET, (lua_KContext)c, call_k);
-  return call_k(L, LUA_OK, (lua_KContext)c);
-}
-
 /* Pushes the function of b in the worker's state: loaded once, then kept
  * by id in a registry table (emptied past 256 functions). Returns 0, or
  * pushes a message and returns -1. */
@@ -472,74 +349,16 @@ static int port_run(lua_State *L) {
     if (push_shared(L, w, j->fn) != 0) return lua_error(L);
     lua_replace(L, 2);
   }
-  return call_job(L, &w->ctx, j->id, 2);
+  return tulua__worker_call(L, &w->ctx, j->id, 2);
 }
 
-/* The message handler of a job's xpcall: {err, traceback}, or a
- * cancellation error as it is. A C function, so that a cancellation hook
- * cannot fire inside it once the job is over. */
-static int job_handler(lua_State *L) {
-  job_ctx *c = current_ctx;
-  if (c != NULL) atomic_store(&c->running, 0);
-  if (lua_type(L, 1) == LUA_TTABLE && luaL_getmetafield(L, 1, "__name")) {
-    int is_error = strcmp(lua_tostring(L, -1), "tulua.error") == 0;
-    lua_pop(L, 1);
-    if (is_error) {
-      lua_getfield(L, 1, "code");
-      int is_cancel =
-          lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "ECANCELED") == 0;
-      lua_pop(L, 1);
-      if (is_cancel) return 1;
-    }
+/* Stores the reply to a job in it (tulua__worker_store_fn). */
+static int store_reply(void *ud, const char *p, size_t len) {
+  if (p == NULL) {
+    drop_buf(ud);
+    return 0;
   }
-  lua_createtable(L, 2, 0);
-  switch (lua_type(L, 1)) {
-    case LUA_TSTRING:
-    case LUA_TNUMBER:
-    case LUA_TTABLE:
-    case LUA_TBOOLEAN:
-    case LUA_TNIL:
-      lua_pushvalue(L, 1);
-      break;
-    default: /* cannot cross: its text does */
-      luaL_tolstring(L, 1, NULL);
-  }
-  lua_rawseti(L, -2, 1);
-  luaL_traceback(L, L, NULL, 1);
-  lua_rawseti(L, -2, 2);
-  return 1;
-}
-
-static int encode_main(lua_State *L) {
-  job *j = lua_touserdata(L, 1);
-  size_t len;
-  const char *p =
-      tulua__transfer_encode_temp(L, 2, lua_gettop(L) - 1, &len, NULL);
-  if (set_buf(j, p, len) != 0) return luaL_error(L, "not enough memory");
-  return 0;
-}
-
-/* Encodes the values from first to the top into the job's reply (popping
- * them); one that cannot cross fails the job with that error instead. */
-static void encode_reply(lua_State *L, job *j, int first, int status) {
-  j->status = status;
-  lua_pushcfunction(L, encode_main);
-  lua_pushlightuserdata(L, j);
-  lua_rotate(L, first, 2);
-  if (lua_pcall(L, lua_gettop(L) - first, 0, 0) == LUA_OK) return;
-  const char *msg = lua_tostring(L, -1);
-  lua_pushfstring(L, "%s (in the job's %s)", msg ? msg : "cannot transfer",
-                  status == TULUA_JOB_OK ? "results" : "error");
-  j->status = TULUA_JOB_ERROR;
-  lua_pushcfunction(L, encode_main);
-  lua_pushlightuserdata(L, j);
-  lua_rotate(L, -3, 2);
-  lua_pushnil(L); /* no traceback */
-  if (lua_pcall(L, 3, 0, 0) != LUA_OK) { /* out of memory */
-    lua_pop(L, 1);
-    drop_buf(j);
-  }
-  lua_pop(L, 1);
+  return set_buf(ud, p, len);
 }
 
 /* port.finish(w, ok, ...) -> as port.take: after xpcall, the results, or
@@ -552,22 +371,8 @@ static int port_finish(lua_State *L) {
   int cancelled = atomic_load(&w->ctx.cancel) == j->id;
   atomic_store(&w->ctx.running, 0);
   j->t_stop = uv_hrtime();
-  int status = TULUA_JOB_OK;
-  if (!lua_toboolean(L, 2)) {
-    status = cancelled ? TULUA_JOB_CANCELLED : TULUA_JOB_ERROR;
-    lua_settop(L, 3);
-    int plain = lua_type(L, 3) == LUA_TTABLE && !lua_getmetatable(L, 3);
-    if (lua_gettop(L) > 3) lua_pop(L, 1); /* the metatable */
-    if (plain) { /* {err, traceback} from the handler */
-      lua_rawgeti(L, 3, 1);
-      lua_rawgeti(L, 3, 2);
-      lua_remove(L, 3);
-    } else { /* a cancellation, or the handler's own failure */
-      lua_pushnil(L);
-    }
-    if (status == TULUA_JOB_CANCELLED) lua_settop(L, 2);
-  }
-  encode_reply(L, j, 3, status);
+  int status = tulua__worker_outcome(L, 2, cancelled);
+  j->status = tulua__worker_reply(L, 3, status, store_reply, j);
   pool *p = w->p;
   atomic_store(&w->ctx.cancel, 0);
   /* one lock for handing this job back and taking the next: the owner
@@ -580,8 +385,6 @@ static int port_finish(lua_State *L) {
   return push_next(L, w, stop);
 }
 
-static void accept_signal(void);
-
 static void worker_main(void *arg) {
   worker *w = arg;
   pool *p = w->p;
@@ -590,7 +393,7 @@ static void worker_main(void *arg) {
   pthread_setname_np(pthread_self(), name);
   /* naps and timers of this thread end when asked, not up to 50 us late */
   prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);
-  accept_signal();
+  tulua__worker_accept_signal();
 
   tulua_runtime *rt = NULL;
   int failed = 0;
@@ -599,7 +402,7 @@ static void worker_main(void *arg) {
     w->wake.data = w;
     w->ctx.rt = rt;
     w->ctx.wake = &w->wake;
-    current_ctx = &w->ctx;
+    tulua__worker_set_current(&w->ctx);
     uv_mutex_lock(&p->mu);
     w->wake_ready = 1;
     uv_mutex_unlock(&p->mu);
@@ -621,7 +424,7 @@ static void worker_main(void *arg) {
       uv_mutex_unlock(&p->mu);
       lua_pop(L, 1);
     }
-    current_ctx = NULL;
+    tulua__worker_set_current(NULL);
     uv_mutex_lock(&p->mu);
     w->wake_ready = 0;
     w->idle = 0;
@@ -906,7 +709,7 @@ static int tp_new(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_setiuservalue(L, -2, OUV_FNS);
   tulua__core_set_submit(L, 3, tp_submit, -1);
-  install_handler();
+  tulua__worker_install();
   return 1;
 }
 
@@ -1021,11 +824,8 @@ static int tp_state(lua_State *L) {
 
 /* Asks the worker running its job to stop it. Under p->mu. */
 static void interrupt(worker *w) {
-  atomic_store(&w->ctx.cancel, w->current->id);
-  if (w->wake_ready) {
-    uv_async_send(&w->wake);
-    pthread_kill(w->thread, cancel_signal());
-  }
+  tulua__worker_interrupt(&w->ctx, w->current->id,
+                          w->wake_ready ? &w->thread : NULL);
 }
 
 /* pool:cancel(id) -> "removed" (it was queued: it will not be delivered)
@@ -1147,153 +947,26 @@ static int tp_threads(lua_State *L) {
   return 1;
 }
 
-/* ---- job control for process workers ---- */
-
-static void ctx_wake_cb(uv_async_t *h) { /* no Lua API */
-  job_ctx *c = h->data;
-  if (c != NULL) ctx_check_cancel(c);
-}
-
-static void ctx_close_cb(uv_handle_t *h) {
-  free(h);
-}
-
-static int ctx_gc(lua_State *L) {
-  job_ctx *c = lua_touserdata(L, 1);
-  if (current_ctx == c) current_ctx = NULL;
-  job_ctx *expected = c;
-  atomic_compare_exchange_strong(&process_ctx, &expected, NULL);
-  if (c->wake != NULL) {
-    c->wake->data = NULL;
-    uv_close((uv_handle_t *)c->wake, ctx_close_cb);
-    c->wake = NULL;
-  }
-  return 0;
-}
-
-/* Lets the cancellation signal reach the jobs this thread runs: blocks it
- * nowhere, installs the handler. */
-static void accept_signal(void) {
-  install_handler();
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, cancel_signal());
-  pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-}
-
-/* thread_pool.job_control(): makes this runtime a worker whose jobs
- * (thread_pool.call) the cancellation signal stops; a process worker calls
- * it once. Raises in a thread pool's worker, which has its own. */
-static int tp_job_control(lua_State *L) {
-  if (current_ctx != NULL) {
-    if (current_ctx->rt == tulua__runtime(L)) return 0;
-    return luaL_error(L, "this thread already runs a worker");
-  }
-  job_ctx *c = lua_newuserdatauv(L, sizeof *c, 0);
-  memset(c, 0, sizeof *c);
-  lua_newtable(L);
-  lua_pushcfunction(L, ctx_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_setmetatable(L, -2);
-  c->wake = malloc(sizeof *c->wake);
-  if (c->wake == NULL) return luaL_error(L, "not enough memory");
-  if (uv_async_init(tulua__loop(L), c->wake, ctx_wake_cb) != 0) {
-    free(c->wake);
-    c->wake = NULL;
-    return luaL_error(L, "cannot create the worker's wake-up handle");
-  }
-  uv_unref((uv_handle_t *)c->wake);
-  c->wake->data = c;
-  c->rt = tulua__runtime(L);
-  c->thread = pthread_self();
-  luaL_ref(L, LUA_REGISTRYINDEX); /* lives as long as the state */
-  current_ctx = c;
-  job_ctx *expected = NULL; /* the first one in a process gets its signals */
-  atomic_compare_exchange_strong(&process_ctx, &expected, c);
-  accept_signal();
-  return 0;
-}
-
-static job_ctx *need_ctx(lua_State *L) {
-  job_ctx *c = current_ctx;
-  if (c == NULL || c->rt != tulua__runtime(L))
-    luaL_error(L, "not a worker (call thread_pool.job_control first)");
-  return c;
-}
-
-/* thread_pool.call(id, fn, ...) -> ...: calls fn(...) as job id, which
- * thread_pool.cancel_process(pid, id) stops; use under xpcall with
- * thread_pool.handler. */
-static int tp_call(lua_State *L) {
-  job_ctx *c = need_ctx(L);
-  lua_Integer id = luaL_checkinteger(L, 1);
-  luaL_argcheck(L, id > 0 && id <= INT_MAX, 1, "job id out of range");
-  return call_job(L, c, (long long)id, 2);
-}
-
-/* thread_pool.job_end(id) -> boolean: whether job id was asked to stop
- * (an error it ended with is then its cancellation). */
-static int tp_job_end(lua_State *L) {
-  job_ctx *c = need_ctx(L);
-  long long id = (long long)luaL_checkinteger(L, 1);
-  atomic_store(&c->running, 0);
-  lua_pushboolean(L, atomic_exchange(&c->cancel, 0) == id);
-  return 1;
-}
-
-/* thread_pool.cancel_process(pid, id) -> true | nil, msg, code: asks the
- * worker process pid to stop job id (a signal carrying the id). */
-static int tp_cancel_process(lua_State *L) {
-  lua_Integer pid = luaL_checkinteger(L, 1);
-  lua_Integer id = luaL_checkinteger(L, 2);
-  luaL_argcheck(L, pid > 0 && pid <= INT_MAX, 1, "bad pid");
-  luaL_argcheck(L, id > 0 && id <= INT_MAX, 2, "job id out of range");
-  union sigval v;
-  v.sival_int = (int)id;
-  if (sigqueue((pid_t)pid, cancel_signal(), v) != 0)
-    return push_fail(L, "cancel_process", uv_translate_sys_error(errno));
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-/* thread_pool.cpu_count() -> the CPUs of the system, as os.cpu_count() */
-static int tp_cpu_count(lua_State *L) {
-  long n = sysconf(_SC_NPROCESSORS_ONLN);
-  lua_pushinteger(L, n > 0 ? n : 1);
-  return 1;
-}
-
-/* thread_pool.process_cpu_count() -> the CPUs this process may use (its
- * affinity), as os.process_cpu_count() */
-static int tp_process_cpu_count(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)uv_available_parallelism());
-  return 1;
-}
-
 int luaopen_tulua_thread_pool(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"state", tp_state}, {"cancel", tp_cancel},   {"shutdown", tp_shutdown},
       {"close", tp_close}, {"threads", tp_threads}, {NULL, NULL}};
   static const luaL_Reg meta[] = {{"__gc", tp_close}, {NULL, NULL}};
-  static const luaL_Reg port[] = {{"take", port_take}, {"wait", port_wait},
-                                  {"init", port_init}, {"broken", port_broken},
-                                  {"run", port_run},   {"finish", port_finish},
+  static const luaL_Reg port[] = {{"take", port_take},
+                                  {"wait", port_wait},
+                                  {"init", port_init},
+                                  {"broken", port_broken},
+                                  {"run", port_run},
+                                  {"finish", port_finish},
+                                  {"handler", tulua__worker_handler},
                                   {NULL, NULL}};
-  static const luaL_Reg funcs[] = {{"new", tp_new},
-                                   {"cpu_count", tp_cpu_count},
-                                   {"process_cpu_count", tp_process_cpu_count},
-                                   {"job_control", tp_job_control},
-                                   {"call", tp_call},
-                                   {"job_end", tp_job_end},
-                                   {"cancel_process", tp_cancel_process},
-                                   {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"new", tp_new}, {NULL, NULL}};
   static const luaL_Reg fn_meta[] = {{"__gc", fn_gc}, {NULL, NULL}};
   tulua__new_class(L, POOL_MT, meta, methods);
   tulua__new_class(L, FN_MT, fn_meta, NULL);
   luaL_newlib(L, funcs);
+  tulua__cpu_open(L);
   luaL_newlib(L, port); /* the worker side: the runner calls port.take(w) */
   lua_setfield(L, -2, "port");
-  lua_pushcfunction(L, job_handler);
-  lua_setfield(L, -2, "handler");
   return 1;
 }
