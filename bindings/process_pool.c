@@ -63,6 +63,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../host/queue.h"
 #include "common.h"
 #include "transfer.h"
 #include "worker.h"
@@ -322,7 +323,7 @@ static void reap(wlink *l, double grace) {
  * Link, which takes the frames read with recv() and looks at status();
  * once the child has exited, the anchor goes. */
 static void link_job_run(lua_State *L, tulua__job *job) {
-  wlink *l = (wlink *)((char *)job - offsetof(wlink, job));
+  wlink *l = tulua__container_of(job, wlink, job);
   if (l->anchor == LUA_NOREF) return;
   int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, l->anchor); /* keeps l alive */
@@ -664,7 +665,7 @@ static int pp_cancel_process(lua_State *L) {
 /* ---- the worker's end: the port of the job runner ---- */
 
 typedef struct cjob {
-  struct cjob *next;
+  tulua__queue node; /* in the port's jobs */
   uint32_t id;
   int cancelled;
   size_t len;
@@ -675,7 +676,7 @@ typedef struct {
   int fd; /* the channel; -1 until open */
   int eof; /* the parent closed it (or it failed): stop */
   bytes in;
-  cjob *head, *tail; /* read, not taken yet */
+  tulua__queue jobs; /* read, not taken yet */
   cjob *current; /* taken, not replied to yet */
   int cancel_current; /* a cancel for current was read */
   uint64_t started;
@@ -727,23 +728,22 @@ static void port_parse(port *p) {
           p->eof = 1;
           return;
         }
-        j->next = NULL;
         j->id = id;
         j->cancelled = 0;
         j->len = len;
         memcpy(j->body, body, len);
-        if (p->tail)
-          p->tail->next = j;
-        else
-          p->head = j;
-        p->tail = j;
+        tulua__queue_insert_tail(&p->jobs, &j->node);
         break;
       }
-      case 'C':
+      case 'C': {
         if (p->current != NULL && p->current->id == id) p->cancel_current = 1;
-        for (cjob *j = p->head; j != NULL; j = j->next)
+        tulua__queue *q;
+        tulua__queue_foreach(q, &p->jobs) {
+          cjob *j = tulua__container_of(q, cjob, node);
           if (j->id == id) j->cancelled = 1;
+        }
         break;
+      }
       case 'P':
         free(p->paths);
         p->paths = copy_body(body, len);
@@ -836,6 +836,7 @@ static int pp_port_open(lua_State *L) {
 #endif
   port *p = lua_newuserdatauv(L, sizeof *p, 0);
   memset(p, 0, sizeof *p);
+  tulua__queue_init(&p->jobs);
   p->fd = -1;
   luaL_setmetatable(L, PORT_MT);
   int fl = fcntl(fd, F_GETFL);
@@ -889,22 +890,19 @@ static int port_take(lua_State *L) {
     p->ready = 1;
   }
   port_drain(p);
-  while (!p->eof && p->head != NULL && p->head->cancelled) {
-    cjob *j = p->head;
-    p->head = j->next;
-    if (p->head == NULL) p->tail = NULL;
+  tulua__queue *q;
+  while (!p->eof && (q = tulua__queue_head(&p->jobs)) != NULL &&
+         tulua__container_of(q, cjob, node)->cancelled) {
+    tulua__queue_remove(q);
+    cjob *j = tulua__container_of(q, cjob, node);
     uint64_t now = uv_hrtime();
     send_reply(p, j->id, TULUA_JOB_CANCELLED, now, now, NULL, 0);
     free(j);
   }
   if (p->eof) {
     lua_pushliteral(L, "stop");
-  } else if (p->head != NULL) {
-    cjob *j = p->head;
-    p->head = j->next;
-    if (p->head == NULL) p->tail = NULL;
-    j->next = NULL;
-    p->current = j;
+  } else if ((q = tulua__queue_pop(&p->jobs)) != NULL) {
+    p->current = tulua__container_of(q, cjob, node);
     p->cancel_current = 0;
     lua_pushliteral(L, "job");
   } else {
@@ -945,7 +943,7 @@ static void poll_close_cb(uv_handle_t *h) {
 static int port_wait(lua_State *L) {
   port *p = check_port(L);
   tulua__check_wait(L, "port.wait");
-  if (p->eof || p->head != NULL) return 0;
+  if (p->eof || !tulua__queue_empty(&p->jobs)) return 0;
   if (p->poll == NULL) {
     uv_poll_t *h = malloc(sizeof *h);
     if (h == NULL || uv_poll_init(tulua__loop(L), h, p->fd) < 0) {
@@ -1046,11 +1044,9 @@ static int port_broken(lua_State *L) {
 
 static int port_gc(lua_State *L) {
   port *p = luaL_checkudata(L, 1, PORT_MT);
-  while (p->head != NULL) {
-    cjob *j = p->head;
-    p->head = j->next;
-    free(j);
-  }
+  tulua__queue *q;
+  while ((q = tulua__queue_pop(&p->jobs)) != NULL)
+    free(tulua__container_of(q, cjob, node));
   free(p->current);
   p->current = NULL;
   free(p->in.p);

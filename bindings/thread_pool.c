@@ -30,6 +30,7 @@
 #include <sys/prctl.h>
 #include <time.h>
 
+#include "../host/queue.h"
 #include "common.h"
 #include "cpu.h"
 #include "future.h"
@@ -69,7 +70,7 @@ static void release_blob(blob *b) { /* on the owner's thread */
 /* A job: its request, then its reply, in inl when they fit (a job is one
  * allocation, and a worker's reply to it often none). */
 typedef struct job {
-  struct job *next;
+  tulua__queue node; /* in the pool's queue or done list, or the owner's */
   long long id;
   blob *fn; /* the function (the request holds nil for it), or NULL */
   char *buf; /* the request, then the reply: inl or malloc'd */
@@ -121,8 +122,8 @@ typedef struct worker {
 
 struct pool {
   uv_mutex_t mu;
-  job *q_head, *q_tail; /* queued */
-  job *d_head, *d_tail; /* done, for the owner */
+  tulua__queue queue; /* jobs queued */
+  tulua__queue done; /* jobs done, for the owner */
   int stopping; /* no new jobs: workers end when the queue is empty */
   int nworkers, nstarted;
   char *init; /* the initializer and its arguments, encoded, or NULL */
@@ -140,23 +141,22 @@ static void wake_owner(pool *p) { /* under p->mu */
 
 /* Hands a finished job to the owner. Under p->mu. */
 static void push_done(pool *p, job *j) {
-  if (p->d_tail)
-    p->d_tail->next = j;
-  else
-    p->d_head = j;
-  p->d_tail = j;
+  tulua__queue_insert_tail(&p->done, &j->node);
   wake_owner(p);
 }
 
-/* Frees a list of jobs; on the owner's thread (they hold blobs). */
-static void free_jobs(job *j) {
-  while (j != NULL) {
-    job *n = j->next;
-    drop_buf(j);
-    release_blob(j->fn);
-    free(j);
-    j = n;
-  }
+/* Frees a job; on the owner's thread (it holds a blob). */
+static void free_job(job *j) {
+  drop_buf(j);
+  release_blob(j->fn);
+  free(j);
+}
+
+/* Frees the jobs of a queue and leaves it empty; on the owner's thread. */
+static void free_jobs(tulua__queue *h) {
+  tulua__queue *q;
+  while ((q = tulua__queue_pop(h)) != NULL)
+    free_job(tulua__container_of(q, job, node));
 }
 
 /* ---- the worker thread ---- */
@@ -172,15 +172,14 @@ static worker *check_port(lua_State *L) {
  * worker must end. */
 static int take_locked(worker *w) {
   pool *p = w->p;
-  job *j = p->q_head;
-  if (j != NULL && !p->broken) {
-    p->q_head = j->next;
-    if (p->q_head == NULL) p->q_tail = NULL;
-    j->next = NULL;
+  tulua__queue *q = tulua__queue_head(&p->queue);
+  if (q != NULL && !p->broken) {
+    tulua__queue_remove(q);
+    job *j = tulua__container_of(q, job, node);
     j->worker = w->index;
     w->current = j;
   }
-  return (j == NULL && p->stopping) || p->broken;
+  return (q == NULL && p->stopping) || p->broken;
 }
 
 /* Pushes what the runner does next: "job" (one was taken), "stop" or
@@ -232,12 +231,12 @@ static int port_wait(lua_State *L) {
    * 1.45M -> 1.56M jobs/s, medians of 9 interleaved runs). */
   uint64_t until = uv_hrtime() + SPIN_NS;
   const struct timespec nap = {0, NAP_NS};
-  while (__atomic_load_n(&p->q_head, __ATOMIC_RELAXED) == NULL &&
+  while (__atomic_load_n(&p->queue.next, __ATOMIC_RELAXED) == &p->queue &&
          !__atomic_load_n(&p->stopping, __ATOMIC_RELAXED) &&
          uv_hrtime() < until)
     nanosleep(&nap, NULL);
   uv_mutex_lock(&p->mu);
-  int ready = p->q_head != NULL || p->stopping || p->broken;
+  int ready = !tulua__queue_empty(&p->queue) || p->stopping || p->broken;
   if (!ready) w->idle = 1;
   uv_mutex_unlock(&p->mu);
   if (ready) return 0;
@@ -275,18 +274,13 @@ static void break_pool(pool *p, char *msg) {
   else
     p->broken_msg = msg;
   p->broken = 1;
-  for (job *j = p->q_head; j != NULL; j = j->next) {
+  tulua__queue *q;
+  tulua__queue_foreach(q, &p->queue) {
+    job *j = tulua__container_of(q, job, node);
     drop_buf(j);
     j->status = TULUA_JOB_BROKEN;
   }
-  if (p->q_head != NULL) {
-    if (p->d_tail)
-      p->d_tail->next = p->q_head;
-    else
-      p->d_head = p->q_head;
-    p->d_tail = p->q_tail;
-    p->q_head = p->q_tail = NULL;
-  }
+  tulua__queue_move(&p->queue, &p->done);
   for (int i = 0; i < p->nworkers; i++)
     if (p->workers[i].idle && p->workers[i].wake_ready) {
       p->workers[i].idle = 0;
@@ -455,7 +449,7 @@ typedef struct owner {
   uv_async_t *async; /* in the owner's loop; freed by its close callback */
   tulua_runtime *rt;
   tulua__job job; /* delivers the done list */
-  job *list; /* taken from the done list, being delivered */
+  tulua__queue list; /* taken from the done list, being delivered */
   const char *broken; /* the pool's broken_msg, read under its lock */
   blob *last; /* the blob of the last function submitted (OUV_LAST) */
   int anchor_ref; /* registry: the box itself, while work is outstanding */
@@ -507,9 +501,9 @@ static void owner_async_cb(uv_async_t *h) { /* no Lua API */
  * settled (which runs callbacks), so that an error loses that one only. */
 static int deliver_main(lua_State *L) {
   owner *o = lua_touserdata(L, 1);
-  while (o->list != NULL) {
-    job *j = o->list;
-    o->list = j->next;
+  tulua__queue *q;
+  while ((q = tulua__queue_pop(&o->list)) != NULL) {
+    job *j = tulua__container_of(q, job, node);
     long long id = j->id;
     int status = j->status, by = j->worker, n = 0;
     double t0 = (double)j->t_start / 1e9, t1 = (double)j->t_stop / 1e9;
@@ -528,8 +522,7 @@ static int deliver_main(lua_State *L) {
         n = 2;
       }
     }
-    j->next = NULL;
-    free_jobs(j);
+    free_job(j);
     if (o->p != NULL) set_outstanding(L, o, 1, o->outstanding - 1);
     tulua__core_deliver(L, 2, id, status, by, t0, t1, n);
   }
@@ -537,19 +530,18 @@ static int deliver_main(lua_State *L) {
 }
 
 static void deliver_run(lua_State *L, tulua__job *tj) {
-  owner *o = (owner *)((char *)tj - offsetof(owner, job));
+  owner *o = tulua__container_of(tj, owner, job);
   pool *p = o->p;
   if (p == NULL) return;
   uv_mutex_lock(&p->mu);
-  o->list = p->d_head;
-  p->d_head = p->d_tail = NULL;
+  tulua__queue_move(&p->done, &o->list);
   o->broken = p->broken_msg; /* set once, freed with the pool */
   uv_mutex_unlock(&p->mu);
-  if (o->list == NULL) return;
+  if (tulua__queue_empty(&o->list)) return;
   int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, o->anchor_ref); /* the box: kept here */
   lua_getiuservalue(L, top + 1, OUV_CORE);
-  while (o->list != NULL) {
+  while (!tulua__queue_empty(&o->list)) {
     lua_pushcfunction(L, deliver_main);
     lua_pushvalue(L, top + 1);
     lua_pushvalue(L, top + 2);
@@ -668,6 +660,7 @@ static int tp_new(lua_State *L) {
   }
   owner *o = lua_newuserdatauv(L, sizeof *o, OWNER_NUV);
   memset(o, 0, sizeof *o);
+  tulua__queue_init(&o->list);
   o->anchor_ref = LUA_NOREF;
   luaL_setmetatable(L, POOL_MT);
   pool *p = calloc(1, sizeof *p + (size_t)n * sizeof(worker));
@@ -687,6 +680,8 @@ static int tp_new(lua_State *L) {
   }
   uv_unref((uv_handle_t *)a);
   a->data = o;
+  tulua__queue_init(&p->queue);
+  tulua__queue_init(&p->done);
   p->nworkers = (int)n;
   p->init = init;
   p->init_len = init_len;
@@ -757,16 +752,12 @@ static int tp_submit(lua_State *L, int bidx, lua_Integer id, int first, int n) {
     snprintf(why, sizeof why, "%s",
              p->broken_msg ? p->broken_msg : "a worker failed");
     uv_mutex_unlock(&p->mu);
-    free_jobs(j);
+    free_job(j);
     set_outstanding(L, o, bidx, o->outstanding - 1);
     lua_pushfstring(L, "the pool is broken: %s", why);
     return TULUA_SUBMIT_BROKEN;
   }
-  if (p->q_tail)
-    p->q_tail->next = j;
-  else
-    p->q_head = j;
-  p->q_tail = j;
+  tulua__queue_insert_tail(&p->queue, &j->node);
   int woke = 0;
   for (int i = 0; i < p->nstarted && !woke; i++) {
     worker *w = &p->workers[i];
@@ -811,11 +802,13 @@ static int tp_state(lua_State *L) {
   if (running_on(p, id) != NULL) {
     s = "running";
   } else {
-    for (job *j = p->q_head; j != NULL; j = j->next)
-      if (j->id == id) {
+    tulua__queue *q;
+    tulua__queue_foreach(q, &p->queue) {
+      if (tulua__container_of(q, job, node)->id == id) {
         s = "pending";
         break;
       }
+    }
   }
   uv_mutex_unlock(&p->mu);
   lua_pushstring(L, s);
@@ -840,19 +833,18 @@ static int tp_cancel(lua_State *L) {
   if ((w = running_on(p, id)) != NULL) {
     interrupt(w);
   } else {
-    for (job **pp = &p->q_head, *prev = NULL; *pp != NULL;
-         prev = *pp, pp = &(*pp)->next) {
-      if ((*pp)->id != id) continue;
-      removed = *pp;
-      *pp = removed->next;
-      if (p->q_tail == removed) p->q_tail = prev;
+    tulua__queue *q;
+    tulua__queue_foreach(q, &p->queue) {
+      job *j = tulua__container_of(q, job, node);
+      if (j->id != id) continue;
+      tulua__queue_remove(q);
+      removed = j;
       break;
     }
   }
   uv_mutex_unlock(&p->mu);
   if (removed != NULL) {
-    removed->next = NULL;
-    free_jobs(removed);
+    free_job(removed);
     set_outstanding(L, o, 1, o->outstanding - 1);
     lua_pushliteral(L, "removed");
   } else if (w != NULL) {
@@ -864,20 +856,15 @@ static int tp_cancel(lua_State *L) {
 }
 
 /* Stops taking work and wakes the idle workers so that they end; with
- * cancel, removes the queued jobs and returns their ids. Under p->mu. */
-static job *stop(pool *p, int cancel) {
-  job *removed = NULL;
+ * cancel, moves the queued jobs to removed. Under p->mu. */
+static void stop(pool *p, int cancel, tulua__queue *removed) {
   p->stopping = 1;
-  if (cancel) {
-    removed = p->q_head;
-    p->q_head = p->q_tail = NULL;
-  }
+  if (cancel) tulua__queue_move(&p->queue, removed);
   for (int i = 0; i < p->nstarted; i++)
     if (p->workers[i].idle && p->workers[i].wake_ready) {
       p->workers[i].idle = 0;
       uv_async_send(&p->workers[i].wake);
     }
-  return removed;
 }
 
 /* pool:shutdown(cancel_pending) -> {ids removed}: no new jobs; workers
@@ -885,17 +872,21 @@ static job *stop(pool *p, int cancel) {
 static int tp_shutdown(lua_State *L) {
   owner *o = check_open(L);
   int cancel = lua_toboolean(L, 2);
+  tulua__queue removed, *q;
+  tulua__queue_init(&removed);
   uv_mutex_lock(&o->p->mu);
-  job *removed = stop(o->p, cancel);
+  stop(o->p, cancel, &removed);
   uv_mutex_unlock(&o->p->mu);
   lua_newtable(L);
   lua_Integer k = 0;
   long long n = 0;
-  for (job *j = removed; j != NULL; j = j->next, n++) {
-    lua_pushinteger(L, (lua_Integer)j->id); /* memory errors leak the */
-    lua_rawseti(L, -2, ++k); /* list: acceptable at that point */
+  tulua__queue_foreach(q, &removed) {
+    /* memory errors leak the jobs: acceptable at that point */
+    lua_pushinteger(L, (lua_Integer)tulua__container_of(q, job, node)->id);
+    lua_rawseti(L, -2, ++k);
+    n++;
   }
-  free_jobs(removed);
+  free_jobs(&removed);
   set_outstanding(L, o, 1, o->outstanding - n);
   return 1;
 }
@@ -905,17 +896,18 @@ static int tp_shutdown(lua_State *L) {
 static void close_pool(lua_State *L, owner *o) {
   pool *p = o->p;
   if (p == NULL) return;
+  tulua__queue removed;
+  tulua__queue_init(&removed);
   uv_mutex_lock(&p->mu);
-  job *removed = stop(p, 1);
+  stop(p, 1, &removed);
   for (int i = 0; i < p->nstarted; i++)
     if (p->workers[i].current) interrupt(&p->workers[i]);
   uv_mutex_unlock(&p->mu);
-  free_jobs(removed);
+  free_jobs(&removed);
   for (int i = 0; i < p->nworkers; i++)
     if (p->workers[i].started) uv_thread_join(&p->workers[i].thread);
-  free_jobs(p->d_head);
-  free_jobs(o->list); /* closed from a callback while they were delivered */
-  o->list = NULL;
+  free_jobs(&p->done);
+  free_jobs(&o->list); /* closed from a callback while they were delivered */
   uv_mutex_destroy(&p->mu);
   free(p->init);
   free(p->broken_msg);
