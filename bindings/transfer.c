@@ -4,7 +4,7 @@
  *
  * One concern in one file, though it is over 1,500 lines: the format
  * below, written by the encoder and read by the decoder, which mirror each
- * other tag by tag and share its constants and the cache of functions;
+ * other tag by tag and share its constants and its function blocks;
  * the fuzz target (tests/fuzz) builds this file alone, without the
  * runtime.
  *
