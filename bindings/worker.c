@@ -231,8 +231,7 @@ int tulua__worker_handler(lua_State *L) {
 
 /* ---- the outcome of a job ---- */
 
-int tulua__worker_outcome(lua_State *L, int ok, int cancelled) {
-  if (lua_toboolean(L, ok)) return TULUA_JOB_OK;
+int tulua__worker_failure(lua_State *L, int ok, int cancelled) {
   int status = cancelled ? TULUA_JOB_CANCELLED : TULUA_JOB_ERROR;
   int err = ok + 1;
   lua_settop(L, err);
