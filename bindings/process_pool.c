@@ -2,6 +2,8 @@
  * the module 'tulua.process_pool', the transport under the process backend
  * of concurrent.futures (lua/concurrent/_process_pool.lua keeps the queue,
  * the windows and the futures' ids; this file moves bytes and processes).
+ * This is the parent's end of the channel; the protocol is in
+ * process_pool.h, the worker's end in process_worker.c.
  *
  * A worker is a tulua process started from this very binary
  * (/proc/self/exe: the file on disk may have been replaced meanwhile) as
@@ -14,119 +16,39 @@
  * channel. The child runs in a session of its own (detached), so Ctrl-C and
  * job control reach the parent only, which then ends its workers.
  *
- * Frames, both ways, in the machine's byte order (both ends are this
- * binary): u32 size of what follows, u8 kind, u8 status, u32 job, body.
- *   parent -> worker: 'P' the package path and cpath (transfer), 'I' the
- *     initializer and its arguments (transfer; empty: none), 'J' a job (fn
- *     and its arguments, transfer), 'C' cancel that job (no body).
- *   worker -> parent: 'H' ready: the worker has run its initializer and
- *     handles the signal that interrupts a job (before, that signal would
- *     kill it); 'R' the
- *     outcome of a job, status 0 ok, 1 error, 2 cancelled; body: u64 start
- *     and stop (uv_hrtime), then the results, or the error and its
- *     traceback (transfer; nothing for a cancelled job); 'B' the
- *     initializer failed, body: the message.
- * Job numbers are the parent's counter per worker, 1 to 2^31 - 1 (they
- * travel as the value of the signal that interrupts a running job), and a
- * worker answers its jobs in the order it got them.
- *
- * Parent side: a Link object per worker holds the process handle, the pipe
- * handle on the parent's end of the pair, and a prepare handle that
- * flushes the frames queued during a loop turn in one write. Reading never
- * stops; a posted job hands what was read (and the exit) to a Lua handler.
+ * A Link object per worker holds the process handle, the pipe handle on
+ * the parent's end of the pair, and a prepare handle that flushes the
+ * frames queued during a loop turn in one write. Reading never stops; a
+ * posted job hands what was read (and the exit) to a Lua handler.
  * Ownership: the Link userdata points at a malloc'd link, freed once its
  * handles are closed and the userdata is collected (the last of the close
  * callbacks or __gc frees). The registry anchors the userdata while the
  * child lives, so that an exit always finds its handler. libuv reaps the
  * child while the process handle is open (exit_cb); a Link collected
- * before that (at lua_close) ends and reaps its child synchronously.
- *
- * Worker side: the port of lua/concurrent/_worker.lua's job runner. It reads
- * the channel without libuv (non-blocking reads between jobs, so that a
- * cancel sent for a job queued here is seen before the job starts; a poll
- * handle while it waits for work) and writes replies with blocking writes:
- * the worker has nothing else to do meanwhile, and the parent always
- * reads. */
+ * before that (at lua_close) ends and reaps its child synchronously. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <poll.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
-#ifdef __linux__
-#include <sys/prctl.h>
-#endif
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "queue.h"
 #include "common.h"
+#include "process_pool.h"
 #include "transfer.h"
+#include "worker.h"
 
 #define LINK_MT "tulua.process_link"
-#define PORT_MT "tulua.process_port"
 
-#define HDR        10 /* u32 size, u8 kind, u8 status, u32 job */
-#define TIMES      16 /* a reply's u64 start and stop */
-#define READ_CHUNK 65536 /* free space offered to each read */
-#define KEEP_MAX   (1u << 20) /* an empty buffer larger than this is freed */
-#define WRITE_MAX  (1u << 30) /* bytes per uv_write */
-#define FRAME_MAX  ((size_t)UINT32_MAX - (HDR - 4))
+#define WRITE_MAX (1u << 30) /* bytes per uv_write */
 
-enum { ST_OK, ST_ERROR, ST_CANCELLED };
-
+/* A reply's status is the job's: TULUA_JOB_OK, _ERROR or _CANCELLED. */
 static const char *const status_names[] = {"ok", "error", "cancelled"};
-
-/* ---- byte buffers ---- */
-
-/* Bytes [start, len) of p are pending: written or not yet read. */
-typedef struct {
-  char *p;
-  size_t start, len, cap;
-} bytes;
-
-/* Makes room for extra more bytes after len; moves the pending bytes to
- * the front first (pointers into the buffer do not survive). Returns 0 or
- * UV_ENOMEM. */
-static int bytes_reserve(bytes *b, size_t extra) {
-  if (b->start == b->len) b->start = b->len = 0;
-  if (b->cap - b->len >= extra) return 0;
-  if (b->start > 0) {
-    memmove(b->p, b->p + b->start, b->len - b->start);
-    b->len -= b->start;
-    b->start = 0;
-    if (b->cap - b->len >= extra) return 0;
-  }
-  size_t cap = b->cap > 0 ? b->cap : 4096;
-  while (cap - b->len < extra) {
-    if (cap > SIZE_MAX / 2) return UV_ENOMEM;
-    cap *= 2;
-  }
-  char *p = realloc(b->p, cap);
-  if (p == NULL) return UV_ENOMEM;
-  b->p = p;
-  b->cap = cap;
-  return 0;
-}
-
-/* Frees an empty buffer that a large batch has grown. */
-static void bytes_trim(bytes *b) {
-  if (b->start != b->len || b->cap <= KEEP_MAX) return;
-  free(b->p);
-  memset(b, 0, sizeof *b);
-}
-
-static void put_header(char *h, size_t body, int kind, int status,
-                       uint32_t job) {
-  uint32_t size = (uint32_t)(body + HDR - 4);
-  memcpy(h, &size, 4);
-  h[4] = (char)kind;
-  h[5] = (char)status;
-  memcpy(h + 6, &job, 4);
-}
 
 /* Appends a frame to b. Returns 0 or UV_ENOMEM. */
 static int bytes_frame(bytes *b, int kind, uint32_t job, const char *body,
@@ -322,7 +244,7 @@ static void reap(wlink *l, double grace) {
  * Link, which takes the frames read with recv() and looks at status();
  * once the child has exited, the anchor goes. */
 static void link_job_run(lua_State *L, tulua__job *job) {
-  wlink *l = (wlink *)((char *)job - offsetof(wlink, job));
+  wlink *l = tulua__container_of(job, wlink, job);
   if (l->anchor == LUA_NOREF) return;
   int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, l->anchor); /* keeps l alive */
@@ -522,7 +444,7 @@ static int link_recv(lua_State *L) {
     lua_pushlstring(L, body, len);
     return 5;
   }
-  if (kind != 'R' || len < TIMES || status > ST_CANCELLED)
+  if (kind != 'R' || len < TIMES || status > TULUA_JOB_CANCELLED)
     return protocol_error(l);
   uint64_t t0, t1;
   memcpy(&t0, body, 8);
@@ -645,479 +567,20 @@ static int pp_executable(lua_State *L) {
   return 2;
 }
 
-/* ---- the worker's end: the port of the job runner ---- */
-
-typedef struct cjob {
-  struct cjob *next;
-  uint32_t id;
-  int cancelled;
-  size_t len;
-  char body[];
-} cjob;
-
-typedef struct {
-  int fd; /* the channel; -1 until open */
-  int eof; /* the parent closed it (or it failed): stop */
-  bytes in;
-  cjob *head, *tail; /* read, not taken yet */
-  cjob *current; /* taken, not replied to yet */
-  int cancel_current; /* a cancel for current was read */
-  uint64_t started;
-  char *paths, *init;
-  size_t paths_len, init_len;
-  int have_paths, have_init;
-  int ready; /* told the parent */
-  uv_poll_t *poll; /* while waiting for work; freed by its close callback */
-  tulua__waiter w;
-  int waiting;
-} port;
-
-static port *check_port(lua_State *L) {
-  port *p = luaL_checkudata(L, 1, PORT_MT);
-  if (p->fd < 0) luaL_error(L, "attempt to use a closed port");
-  return p;
-}
-
-static char *copy_body(const char *body, size_t len) {
-  char *c = malloc(len > 0 ? len : 1);
-  if (c != NULL && len > 0) memcpy(c, body, len);
-  return c;
-}
-
-/* Takes the complete frames read: jobs join the queue, a cancel marks its
- * job (queued: it will be skipped; taken: it must not start). */
-static void port_parse(port *p) {
-  for (;;) {
-    size_t avail = p->in.len - p->in.start;
-    if (avail < 4) return;
-    uint32_t size;
-    memcpy(&size, p->in.p + p->in.start, 4);
-    if (size < HDR - 4) {
-      p->eof = 1; /* garbage: not our parent */
-      return;
-    }
-    if (avail - 4 < size) return;
-    const char *f = p->in.p + p->in.start + 4;
-    const char *body = f + HDR - 4;
-    size_t len = size - (HDR - 4);
-    uint32_t id;
-    memcpy(&id, f + 2, 4);
-    p->in.start += 4 + (size_t)size;
-    switch (f[0]) {
-      case 'J': {
-        cjob *j = malloc(sizeof *j + len);
-        if (j == NULL) { /* out of memory: stop; the parent sees a crash */
-          p->eof = 1;
-          return;
-        }
-        j->next = NULL;
-        j->id = id;
-        j->cancelled = 0;
-        j->len = len;
-        memcpy(j->body, body, len);
-        if (p->tail)
-          p->tail->next = j;
-        else
-          p->head = j;
-        p->tail = j;
-        break;
-      }
-      case 'C':
-        if (p->current != NULL && p->current->id == id) p->cancel_current = 1;
-        for (cjob *j = p->head; j != NULL; j = j->next)
-          if (j->id == id) j->cancelled = 1;
-        break;
-      case 'P':
-        free(p->paths);
-        p->paths = copy_body(body, len);
-        p->paths_len = len;
-        p->have_paths = p->paths != NULL;
-        break;
-      case 'I':
-        free(p->init);
-        p->init = copy_body(body, len);
-        p->init_len = len;
-        p->have_init = p->init != NULL;
-        break;
-      default:
-        p->eof = 1;
-        return;
-    }
-  }
-}
-
-/* Reads whatever the channel holds, without waiting, and parses it. */
-static void port_drain(port *p) {
-  while (!p->eof) {
-    if (bytes_reserve(&p->in, READ_CHUNK) < 0) {
-      p->eof = 1;
-      break;
-    }
-    ssize_t n = read(p->fd, p->in.p + p->in.len, p->in.cap - p->in.len);
-    if (n > 0) {
-      p->in.len += (size_t)n;
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else {
-      if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) p->eof = 1;
-      break;
-    }
-  }
-  port_parse(p);
-}
-
-/* Writes the iovecs whole, blocking while the channel is full. Returns 0,
- * or -1 once the parent is gone (eof is then set). */
-static int port_write(port *p, struct iovec *iov, int n) {
-  while (n > 0) {
-    ssize_t w = writev(p->fd, iov, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        struct pollfd pf = {.fd = p->fd, .events = POLLOUT};
-        poll(&pf, 1, -1);
-        continue;
-      }
-      p->eof = 1;
-      return -1;
-    }
-    while (n > 0 && (size_t)w >= iov->iov_len) {
-      w -= (ssize_t)iov->iov_len;
-      iov++;
-      n--;
-    }
-    if (n > 0) {
-      iov->iov_base = (char *)iov->iov_base + w;
-      iov->iov_len -= (size_t)w;
-    }
-  }
-  return 0;
-}
-
-/* Sends the reply to job id. The job's prints come first. */
-static void send_reply(port *p, uint32_t id, int status, uint64_t t0,
-                       uint64_t t1, const char *body, size_t len) {
-  char h[HDR + TIMES];
-  put_header(h, TIMES + len, 'R', status, id);
-  memcpy(h + HDR, &t0, 8);
-  memcpy(h + HDR + 8, &t1, 8);
-  struct iovec iov[2] = {{h, sizeof h}, {(void *)body, len}};
-  fflush(stdout);
-  port_write(p, iov, len > 0 ? 2 : 1);
-}
-
-/* process_pool.port_open(fd) -> port: the worker's end of the channel on
- * descriptor fd. Waits (blocking) for the package paths and the
- * initializer the parent sends first. On Linux the worker is also killed
- * when its parent dies (a job that never ends would keep it alive, in a
- * session of its own that a Ctrl-C does not reach); had the parent died
- * already, the channel is closed and this fails. */
-static int pp_port_open(lua_State *L) {
-  int fd = (int)luaL_checkinteger(L, 1);
-#ifdef __linux__
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-#endif
-  port *p = lua_newuserdatauv(L, sizeof *p, 0);
-  memset(p, 0, sizeof *p);
-  p->fd = -1;
-  luaL_setmetatable(L, PORT_MT);
-  int fl = fcntl(fd, F_GETFL);
-  if (fl < 0)
-    return luaL_error(L, "no channel to a parent on descriptor %d", fd);
-  fcntl(fd, F_SETFD, FD_CLOEXEC); /* not for the programs a job starts */
-  fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-  p->fd = fd;
-  tulua__ignore_sigpipe();
-  for (;;) {
-    port_drain(p);
-    if ((p->have_paths && p->have_init) || p->eof) break;
-    struct pollfd pf = {.fd = fd, .events = POLLIN};
-    poll(&pf, 1, -1);
-  }
-  if (!p->have_paths || !p->have_init)
-    return luaL_error(L, "the parent closed the channel before the start");
+/* process_pool.cancel_process(pid, id) -> true | nil, msg, code: asks the
+ * worker process pid to stop job id, if it runs it: the signal of job
+ * control (bindings/worker.c), carrying the id. */
+static int pp_cancel_process(lua_State *L) {
+  lua_Integer pid = luaL_checkinteger(L, 1);
+  lua_Integer id = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, pid > 0 && pid <= INT_MAX, 1, "bad pid");
+  luaL_argcheck(L, id > 0 && id <= INT_MAX, 2, "job id out of range");
+  union sigval v;
+  v.sival_int = (int)id;
+  if (sigqueue((pid_t)pid, tulua__worker_signal(), v) != 0)
+    return push_fail(L, "cancel_process", uv_translate_sys_error(errno));
+  lua_pushboolean(L, 1);
   return 1;
-}
-
-/* port.paths(p) -> package.path, package.cpath: the parent's. */
-static int port_paths(lua_State *L) {
-  port *p = check_port(L);
-  int n = tulua__transfer_decode(L, p->paths, p->paths_len);
-  if (n < 0) return lua_error(L);
-  return n;
-}
-
-/* port.init(p) -> fn, ... | nothing: the initializer to run first. */
-static int port_init(lua_State *L) {
-  port *p = check_port(L);
-  if (p->init_len == 0) return 0;
-  int n = tulua__transfer_decode(L, p->init, p->init_len);
-  if (n < 0) return lua_error(L);
-  return n;
-}
-
-/* port.take(p) -> "job" | "idle" | "stop": takes the next job read, if
- * any; a job cancelled before it was taken is answered "cancelled" and
- * skipped. The first call tells the parent that the worker is ready: the
- * initializer has run, and the job runner (thread_pool.job_control, which
- * must have been called) handles the signal that interrupts a job. */
-static int port_take(lua_State *L) {
-  port *p = check_port(L);
-  if (!p->ready) {
-    char h[HDR];
-    put_header(h, 0, 'H', 0, 0);
-    struct iovec iov = {h, sizeof h};
-    port_write(p, &iov, 1);
-    p->ready = 1;
-  }
-  port_drain(p);
-  while (!p->eof && p->head != NULL && p->head->cancelled) {
-    cjob *j = p->head;
-    p->head = j->next;
-    if (p->head == NULL) p->tail = NULL;
-    uint64_t now = uv_hrtime();
-    send_reply(p, j->id, ST_CANCELLED, now, now, NULL, 0);
-    free(j);
-  }
-  if (p->eof) {
-    lua_pushliteral(L, "stop");
-  } else if (p->head != NULL) {
-    cjob *j = p->head;
-    p->head = j->next;
-    if (p->head == NULL) p->tail = NULL;
-    j->next = NULL;
-    p->current = j;
-    p->cancel_current = 0;
-    lua_pushliteral(L, "job");
-  } else {
-    lua_pushliteral(L, "idle");
-  }
-  return 1;
-}
-
-static void poll_cb(uv_poll_t *h, int status, int events) { /* no Lua API */
-  (void)status;
-  (void)events;
-  port *p = h->data;
-  uv_poll_stop(h);
-  if (p->waiting) {
-    p->waiting = 0;
-    tulua__wake(&p->w); /* nothing to free if the task is gone */
-  }
-}
-
-static int wait_deliver(lua_State *L, void *ud) {
-  (void)L;
-  (void)ud;
-  return 0;
-}
-
-static void wait_cancel(void *ud) {
-  port *p = ud;
-  p->waiting = 0;
-  uv_poll_stop(p->poll);
-}
-
-static void poll_close_cb(uv_handle_t *h) {
-  free(h);
-}
-
-/* port.wait(p): suspends the job runner until the channel has something
- * to read. */
-static int port_wait(lua_State *L) {
-  port *p = check_port(L);
-  tulua__check_wait(L, "port.wait");
-  if (p->eof || p->head != NULL) return 0;
-  if (p->poll == NULL) {
-    uv_poll_t *h = malloc(sizeof *h);
-    if (h == NULL || uv_poll_init(tulua__loop(L), h, p->fd) < 0) {
-      free(h);
-      p->eof = 1; /* cannot wait: the worker ends, the parent sees it */
-      return 0;
-    }
-    h->data = p;
-    p->poll = h;
-  }
-  if (uv_poll_start(p->poll, UV_READABLE, poll_cb) < 0) {
-    p->eof = 1;
-    return 0;
-  }
-  p->waiting = 1;
-  return tulua__wait(L, &p->w, wait_deliver, wait_cancel, p);
-}
-
-/* port.job(p) -> id, fn, ...: decodes the job taken, for
- * thread_pool.call(id, fn, ...). Raises if it cannot be decoded (a module
- * missing here), and raises the cancellation error if a cancel for it has
- * come meanwhile: a signal sent before the job started did not stop it. */
-static int port_job(lua_State *L) {
-  port *p = check_port(L);
-  cjob *j = p->current;
-  luaL_argcheck(L, j != NULL, 1, "no job taken");
-  lua_settop(L, 1);
-  p->started = uv_hrtime();
-  lua_pushinteger(L, (lua_Integer)j->id);
-  int n = tulua__transfer_decode(L, j->body, j->len);
-  if (n < 0) return lua_error(L);
-  bytes_trim(&p->in);
-  port_drain(p);
-  if (p->cancel_current) {
-    tulua__push_cancelled(L, NULL);
-    return lua_error(L);
-  }
-  return n + 1;
-}
-
-/* port.current(p) -> the id of the job taken, or nil. */
-static int port_current(lua_State *L) {
-  port *p = check_port(L);
-  if (p->current == NULL) return 0;
-  lua_pushinteger(L, (lua_Integer)p->current->id);
-  return 1;
-}
-
-typedef struct {
-  char *buf;
-  size_t len;
-} encoded;
-
-static int encode_main(lua_State *L) {
-  encoded *e = lua_touserdata(L, 1);
-  e->buf = tulua__transfer_encode(L, 2, lua_gettop(L) - 1, &e->len);
-  return 0;
-}
-
-/* Encodes the values from first to the top into e and pops them; on
- * failure leaves the message instead. */
-static int encode_values(lua_State *L, encoded *e, int first) {
-  lua_pushcfunction(L, encode_main);
-  lua_pushlightuserdata(L, e);
-  lua_rotate(L, first, 2);
-  return lua_pcall(L, lua_gettop(L) - first, 0, 0);
-}
-
-/* Returns the start of the line before the one at line (each starts with
- * "\n"), or NULL. */
-static const char *line_before(const char *tb, const char *line) {
-  while (line > tb) {
-    line--;
-    if (*line == '\n') return line;
-  }
-  return NULL;
-}
-
-/* The handler's traceback ends with the runner's frames: the call of the
- * job (thread_pool.call), run, xpcall and what is below. Cut there, it
- * shows the job's frames only, as a thread worker's does. */
-static void trim_traceback(lua_State *L, int idx) {
-  static const char xp[] = "\n\t[C]: in function 'xpcall'";
-  if (lua_type(L, idx) != LUA_TSTRING) return;
-  const char *tb = lua_tostring(L, idx), *last = NULL;
-  for (const char *s = tb; (s = strstr(s, xp)) != NULL; s++)
-    last = s; /* the runner's xpcall is the lowest */
-  const char *run = last ? line_before(tb, last) : NULL;
-  const char *call = run ? line_before(tb, run) : NULL;
-  if (call == NULL || strncmp(call, "\n\t[C]: in ", 8) != 0) return;
-  lua_pushlstring(L, tb, (size_t)(call - tb));
-  lua_replace(L, idx);
-}
-
-/* port.reply(p, cancelled, ok, ...) after the job's xpcall: sends its
- * results, or its error and traceback (or that it was cancelled: it was
- * asked to stop and ended with an error) back. Results that cannot cross
- * fail the job instead. */
-static int port_reply(lua_State *L) {
-  port *p = check_port(L);
-  cjob *j = p->current;
-  luaL_argcheck(L, j != NULL, 1, "no job taken");
-  uint64_t stopped = uv_hrtime();
-  int status = ST_OK;
-  if (!lua_toboolean(L, 3)) {
-    status = lua_toboolean(L, 2) || p->cancel_current ? ST_CANCELLED : ST_ERROR;
-    lua_settop(L, 4);
-    int plain = lua_type(L, 4) == LUA_TTABLE && !lua_getmetatable(L, 4);
-    if (lua_gettop(L) > 4) lua_pop(L, 1); /* the metatable */
-    if (plain) { /* {err, traceback} from thread_pool.handler */
-      lua_rawgeti(L, 4, 1);
-      lua_rawgeti(L, 4, 2);
-      lua_remove(L, 4);
-      trim_traceback(L, 5);
-    } else { /* a cancellation, or the handler's own failure */
-      lua_pushnil(L);
-    }
-    if (status == ST_CANCELLED) lua_settop(L, 3);
-  }
-  encoded e = {NULL, 0};
-  if (encode_values(L, &e, 4) != LUA_OK) { /* stack: 1-3, message */
-    const char *msg = lua_tostring(L, -1);
-    lua_pushfstring(L, "%s (in the job's %s)", msg ? msg : "cannot transfer",
-                    status == ST_OK ? "results" : "error");
-    lua_remove(L, -2);
-    lua_pushnil(L); /* no traceback */
-    status = ST_ERROR;
-    if (encode_values(L, &e, 4) != LUA_OK) { /* out of memory */
-      lua_pop(L, 1);
-      e.buf = NULL;
-      e.len = 0;
-    }
-  }
-  if (e.len > FRAME_MAX - TIMES) { /* cannot be framed */
-    free(e.buf);
-    lua_settop(L, 3);
-    lua_pushliteral(L, "the job's results are too large (over 4 GiB)");
-    lua_pushnil(L);
-    status = ST_ERROR;
-    if (encode_values(L, &e, 4) != LUA_OK) {
-      lua_pop(L, 1);
-      e.buf = NULL;
-      e.len = 0;
-    }
-  }
-  uint32_t id = j->id;
-  p->current = NULL;
-  p->cancel_current = 0;
-  free(j);
-  send_reply(p, id, status, p->started, stopped, e.buf, e.len);
-  free(e.buf);
-  return 0;
-}
-
-/* port.broken(p, message): the initializer failed; the parent marks the
- * pool broken, and this worker stops. */
-static int port_broken(lua_State *L) {
-  port *p = check_port(L);
-  size_t len;
-  const char *msg = luaL_checklstring(L, 2, &len);
-  if (len > FRAME_MAX) len = FRAME_MAX;
-  char h[HDR];
-  put_header(h, len, 'B', 0, 0);
-  struct iovec iov[2] = {{h, sizeof h}, {(void *)msg, len}};
-  fflush(stdout);
-  port_write(p, iov, 2);
-  p->eof = 1;
-  return 0;
-}
-
-static int port_gc(lua_State *L) {
-  port *p = luaL_checkudata(L, 1, PORT_MT);
-  while (p->head != NULL) {
-    cjob *j = p->head;
-    p->head = j->next;
-    free(j);
-  }
-  free(p->current);
-  p->current = NULL;
-  free(p->in.p);
-  free(p->paths);
-  free(p->init);
-  memset(&p->in, 0, sizeof p->in);
-  p->paths = p->init = NULL;
-  if (p->poll != NULL) {
-    uv_close((uv_handle_t *)p->poll, poll_close_cb);
-    p->poll = NULL;
-  }
-  p->fd = -1;
-  return 0;
 }
 
 int luaopen_tulua_process_pool(lua_State *L) {
@@ -1125,20 +588,13 @@ int luaopen_tulua_process_pool(lua_State *L) {
       {"send", link_send},     {"recv", link_recv},   {"ref", link_ref},
       {"status", link_status}, {"close", link_close}, {"reap", link_reap},
       {"alive", link_alive},   {NULL, NULL}};
-  static const luaL_Reg port_funcs[] = {
-      {"paths", port_paths}, {"init", port_init},     {"take", port_take},
-      {"wait", port_wait},   {"job", port_job},       {"current", port_current},
-      {"reply", port_reply}, {"broken", port_broken}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {{"spawn", pp_spawn},
                                    {"executable", pp_executable},
-                                   {"port_open", pp_port_open},
+                                   {"cancel_process", pp_cancel_process},
                                    {NULL, NULL}};
   static const luaL_Reg link_meta[] = {{"__gc", link_gc}, {NULL, NULL}};
-  static const luaL_Reg port_meta[] = {{"__gc", port_gc}, {NULL, NULL}};
   tulua__new_class(L, LINK_MT, link_meta, link_methods);
-  tulua__new_class(L, PORT_MT, port_meta, NULL);
   luaL_newlib(L, funcs);
-  luaL_newlib(L, port_funcs);
-  lua_setfield(L, -2, "port");
+  tulua__process_worker_open(L);
   return 1;
 }

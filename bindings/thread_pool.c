@@ -1,7 +1,5 @@
 /* thread_pool.c: the module 'tulua.thread_pool', the thread backend of
- * concurrent.futures (lua/concurrent/futures.lua), and the worker-side job
- * control that thread and process workers share (cancelling the job that
- * runs).
+ * concurrent.futures (lua/concurrent/futures.lua).
  *
  * A pool is n OS threads of its own (not libuv's thread pool: CPU work there
  * would delay file operations and DNS). Each worker thread runs a whole
@@ -23,26 +21,22 @@
  *          every finished job to the core (tulua__core_deliver): a Future's
  *          results are set from C.
  *
- * Cancelling the job a worker runs: the owner marks it, wakes the worker's
- * loop (a job that waits is cancelled there) and sends the worker thread a
- * signal (a job that computes): the handler, on the worker's own thread as
- * Lua's own SIGINT handling does it, sets a hook that raises the
- * cancellation error at the next instruction. A hook cannot be set safely
- * from another thread. Process workers get the same signal from their
- * parent, with the job's number as its value. */
-#include <errno.h>
-#include <limits.h>
+ * Cancelling the job a worker runs is the job control of bindings/worker.c,
+ * which process workers share. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <time.h>
-#include <unistd.h>
 
+#include "queue.h"
 #include "common.h"
+#include "cpu.h"
 #include "future.h"
 #include "transfer.h"
+#include "worker.h"
 
 #define POOL_MT "tulua.ThreadPool"
 
@@ -50,96 +44,6 @@
  * long it naps between two looks. */
 #define SPIN_NS 100000
 #define NAP_NS  2000
-
-/* ---- the worker side of a job, shared with process workers ---- */
-
-/* What the signal handler of a worker's thread needs: the runtime and the
- * number of the job that runs (0: none). Lives as long as the worker. */
-typedef struct job_ctx {
-  tulua_runtime *rt;
-  uv_async_t *wake; /* in the worker's loop: a cancelled wait ends there */
-  _Atomic long long running; /* the job being run, 0 between jobs */
-  _Atomic long long cancel; /* the job asked to stop */
-  lua_State *co; /* the task that runs jobs */
-  pthread_t thread; /* a process worker's: the thread of its runtime */
-  int base; /* the stack slots of the running call below its results */
-} job_ctx;
-
-static _Thread_local job_ctx *current_ctx;
-
-/* The job control of this process's process-pool worker, if it is one. */
-static job_ctx *_Atomic process_ctx;
-
-static int cancel_signal(void) {
-  return SIGRTMIN + 4;
-}
-
-/* Raises the cancellation error in the running job at its next instruction
- * (set by the signal handler or the wake callback, on the job's thread). */
-static void cancel_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  lua_sethook(L, NULL, 0, 0);
-  job_ctx *c = current_ctx;
-  if (c == NULL) return;
-  long long id = atomic_load(&c->running);
-  if (id == 0 || atomic_load(&c->cancel) != id) return; /* stale */
-  tulua__push_cancelled(L, NULL);
-  lua_error(L);
-}
-
-static void arm_hook(lua_State *co) {
-  lua_sethook(co, cancel_hook,
-              LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT, 1);
-}
-
-/* The handler of cancel_signal(): async-signal-safe (atomics, lua_sethook
- * as lua.c's SIGINT handler uses it, uv_async_send). */
-static void on_cancel_signal(int sig, siginfo_t *si, void *uc) {
-  (void)sig;
-  (void)uc;
-  job_ctx *c = current_ctx;
-  if (si->si_code == SI_QUEUE) { /* from a parent process: the job's id */
-    /* sent to the process, it may land on any thread (libuv's, a pool's):
-     * the process worker's thread must set the hook itself */
-    job_ctx *pc = atomic_load(&process_ctx);
-    long long id = si->si_value.sival_int;
-    if (pc == NULL || id == 0 || atomic_load(&pc->running) != id) return;
-    atomic_store(&pc->cancel, id);
-    if (pc != c) {
-      pthread_kill(pc->thread, cancel_signal());
-      return;
-    }
-  }
-  if (c == NULL) return;
-  long long id = atomic_load(&c->running);
-  if (id == 0 || atomic_load(&c->cancel) != id) return;
-  lua_State *co = tulua__running(c->rt);
-  if (co != NULL) arm_hook(co);
-  if (c->wake) uv_async_send(c->wake);
-}
-
-static void install_handler_once(void) {
-  tulua__hook_follows_resumes(cancel_hook);
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_sigaction = on_cancel_signal;
-  sa.sa_flags = SA_SIGINFO | SA_RESTART;
-  sigemptyset(&sa.sa_mask);
-  sigaction(cancel_signal(), &sa, NULL);
-}
-
-static void install_handler(void) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, install_handler_once);
-}
-
-/* On the worker's thread, from its loop: the job asked to stop waits (or
- * is about to run again): end its wait, or make it stop when it runs. */
-static void ctx_check_cancel(job_ctx *c) {
-  long long id = atomic_load(&c->running);
-  if (id == 0 || atomic_load(&c->cancel) != id || c->co == NULL) return;
-  if (!tulua__cancel_wait(c->co)) arm_hook(c->co);
-}
 
 /* ---- the pool, shared by the owner and its threads ---- */
 
@@ -167,20 +71,24 @@ static void release_blob(blob *b) { /* on the owner's thread */
 /* A job: its request, then its reply, in inl when they fit (a job is one
  * allocation, and a worker's reply to it often none). */
 typedef struct job {
-  struct job *next;
+  tulua__queue node; /* in the pool's queue or done list, or the owner's */
   long long id;
   blob *fn; /* the function (the request holds nil for it), or NULL */
   char *buf; /* the request, then the reply: inl or malloc'd */
   size_t len;
-  size_t cap; /* bytes at inl */
-  int status; /* TULUA_JOB_* */
-  int worker; /* 1-based */
+  uint32_t cap; /* bytes at inl */
+  short worker; /* 1-based */
+  unsigned char status; /* TULUA_JOB_* */
   uint64_t t_start, t_stop; /* uv_hrtime */
   char inl[];
 } job;
 
-/* Room for a small reply in every job. */
+/* Room for a small reply in every job. A job with it is 120 bytes at
+ * most, a 128-byte chunk of glibc's malloc, the largest that its fastbins
+ * keep: one byte more, and freeing each job costs the owner 70
+ * instructions more (callgrind, W4). */
 #define REPLY_ROOM 48
+_Static_assert(sizeof(job) + REPLY_ROOM <= 120, "a job outgrows fastbins");
 
 static void drop_buf(job *j) {
   if (j->buf != j->inl) free(j->buf);
@@ -210,7 +118,7 @@ typedef struct worker {
   int wake_ready; /* wake may be sent to */
   job *current; /* the job it runs */
   /* the worker thread's own */
-  job_ctx ctx;
+  tulua__worker_ctx ctx;
   uv_async_t wake;
   tulua__waiter w;
   int waiting;
@@ -219,8 +127,8 @@ typedef struct worker {
 
 struct pool {
   uv_mutex_t mu;
-  job *q_head, *q_tail; /* queued */
-  job *d_head, *d_tail; /* done, for the owner */
+  tulua__queue queue; /* jobs queued */
+  tulua__queue done; /* jobs done, for the owner */
   int stopping; /* no new jobs: workers end when the queue is empty */
   int nworkers, nstarted;
   char *init; /* the initializer and its arguments, encoded, or NULL */
@@ -238,23 +146,22 @@ static void wake_owner(pool *p) { /* under p->mu */
 
 /* Hands a finished job to the owner. Under p->mu. */
 static void push_done(pool *p, job *j) {
-  if (p->d_tail)
-    p->d_tail->next = j;
-  else
-    p->d_head = j;
-  p->d_tail = j;
+  tulua__queue_insert_tail(&p->done, &j->node);
   wake_owner(p);
 }
 
-/* Frees a list of jobs; on the owner's thread (they hold blobs). */
-static void free_jobs(job *j) {
-  while (j != NULL) {
-    job *n = j->next;
-    drop_buf(j);
-    release_blob(j->fn);
-    free(j);
-    j = n;
-  }
+/* Frees a job; on the owner's thread (it holds a blob). */
+static void free_job(job *j) {
+  drop_buf(j);
+  release_blob(j->fn);
+  free(j);
+}
+
+/* Frees the jobs of a queue and leaves it empty; on the owner's thread. */
+static void free_jobs(tulua__queue *h) {
+  tulua__queue *q;
+  while ((q = tulua__queue_pop(h)) != NULL)
+    free_job(tulua__container_of(q, job, node));
 }
 
 /* ---- the worker thread ---- */
@@ -270,15 +177,14 @@ static worker *check_port(lua_State *L) {
  * worker must end. */
 static int take_locked(worker *w) {
   pool *p = w->p;
-  job *j = p->q_head;
-  if (j != NULL && !p->broken) {
-    p->q_head = j->next;
-    if (p->q_head == NULL) p->q_tail = NULL;
-    j->next = NULL;
+  tulua__queue *q = tulua__queue_head(&p->queue);
+  if (q != NULL && !p->broken) {
+    tulua__queue_remove(q);
+    job *j = tulua__container_of(q, job, node);
     j->worker = w->index;
     w->current = j;
   }
-  return (j == NULL && p->stopping) || p->broken;
+  return (q == NULL && p->stopping) || p->broken;
 }
 
 /* Pushes what the runner does next: "job" (one was taken), "stop" or
@@ -330,12 +236,12 @@ static int port_wait(lua_State *L) {
    * 1.45M -> 1.56M jobs/s, medians of 9 interleaved runs). */
   uint64_t until = uv_hrtime() + SPIN_NS;
   const struct timespec nap = {0, NAP_NS};
-  while (__atomic_load_n(&p->q_head, __ATOMIC_RELAXED) == NULL &&
+  while (__atomic_load_n(&p->queue.next, __ATOMIC_RELAXED) == &p->queue &&
          !__atomic_load_n(&p->stopping, __ATOMIC_RELAXED) &&
          uv_hrtime() < until)
     nanosleep(&nap, NULL);
   uv_mutex_lock(&p->mu);
-  int ready = p->q_head != NULL || p->stopping || p->broken;
+  int ready = !tulua__queue_empty(&p->queue) || p->stopping || p->broken;
   if (!ready) w->idle = 1;
   uv_mutex_unlock(&p->mu);
   if (ready) return 0;
@@ -353,7 +259,7 @@ static void wake_cb(uv_async_t *h) { /* no Lua API */
     w->waiting = 0;
     tulua__wake(&w->w);
   }
-  ctx_check_cancel(&w->ctx);
+  tulua__worker_check_cancel(&w->ctx);
 }
 
 /* port:init() -> fn, ... | nothing: the initializer to run first. */
@@ -373,18 +279,13 @@ static void break_pool(pool *p, char *msg) {
   else
     p->broken_msg = msg;
   p->broken = 1;
-  for (job *j = p->q_head; j != NULL; j = j->next) {
+  tulua__queue *q;
+  tulua__queue_foreach(q, &p->queue) {
+    job *j = tulua__container_of(q, job, node);
     drop_buf(j);
     j->status = TULUA_JOB_BROKEN;
   }
-  if (p->q_head != NULL) {
-    if (p->d_tail)
-      p->d_tail->next = p->q_head;
-    else
-      p->d_head = p->q_head;
-    p->d_tail = p->q_tail;
-    p->q_head = p->q_tail = NULL;
-  }
+  tulua__queue_move(&p->queue, &p->done);
   for (int i = 0; i < p->nworkers; i++)
     if (p->workers[i].idle && p->workers[i].wake_ready) {
       p->workers[i].idle = 0;
@@ -402,31 +303,6 @@ static int port_broken(lua_State *L) {
   break_pool(w->p, copy);
   uv_mutex_unlock(&w->p->mu);
   return 0;
-}
-
-/* The end of a job's call, however it ends: from here on a cancellation
- * signal is stale. */
-static int call_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status;
-  atomic_store(&((job_ctx *)ctx)->running, 0);
-  return lua_gettop(L) - ((job_ctx *)ctx)->base;
-}
-
-/* Calls the function at first with the values above it as job id, the
- * job the cancellation signal may stop; returns its results. */
-static int call_job(lua_State *L, job_ctx *c, long long id, int first) {
-  if (lua_type(L, first) != LUA_TFUNCTION)
-    return luaL_error(L, "job without a function");
-  c->co = L;
-  atomic_store(&c->running, id);
-  if (atomic_load(&c->cancel) == id) { /* cancelled as it started */
-    atomic_store(&c->running, 0);
-    tulua__push_cancelled(L, NULL);
-    return lua_error(L);
-  }
-  c->base = first - 1; /* what is below the results */
-  lua_callk(L, lua_gettop(L) - first, LUA_MULTRET, (lua_KContext)c, call_k);
-  return call_k(L, LUA_OK, (lua_KContext)c);
 }
 
 /* Pushes the function of b in the worker's state: loaded once, then kept
@@ -472,74 +348,16 @@ static int port_run(lua_State *L) {
     if (push_shared(L, w, j->fn) != 0) return lua_error(L);
     lua_replace(L, 2);
   }
-  return call_job(L, &w->ctx, j->id, 2);
+  return tulua__worker_call(L, &w->ctx, j->id, 2);
 }
 
-/* The message handler of a job's xpcall: {err, traceback}, or a
- * cancellation error as it is. A C function, so that a cancellation hook
- * cannot fire inside it once the job is over. */
-static int job_handler(lua_State *L) {
-  job_ctx *c = current_ctx;
-  if (c != NULL) atomic_store(&c->running, 0);
-  if (lua_type(L, 1) == LUA_TTABLE && luaL_getmetafield(L, 1, "__name")) {
-    int is_error = strcmp(lua_tostring(L, -1), "tulua.error") == 0;
-    lua_pop(L, 1);
-    if (is_error) {
-      lua_getfield(L, 1, "code");
-      int is_cancel =
-          lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "ECANCELED") == 0;
-      lua_pop(L, 1);
-      if (is_cancel) return 1;
-    }
+/* Stores the reply to a job in it (tulua__worker_store_fn). */
+static int store_reply(void *ud, const char *p, size_t len) {
+  if (p == NULL) {
+    drop_buf(ud);
+    return 0;
   }
-  lua_createtable(L, 2, 0);
-  switch (lua_type(L, 1)) {
-    case LUA_TSTRING:
-    case LUA_TNUMBER:
-    case LUA_TTABLE:
-    case LUA_TBOOLEAN:
-    case LUA_TNIL:
-      lua_pushvalue(L, 1);
-      break;
-    default: /* cannot cross: its text does */
-      luaL_tolstring(L, 1, NULL);
-  }
-  lua_rawseti(L, -2, 1);
-  luaL_traceback(L, L, NULL, 1);
-  lua_rawseti(L, -2, 2);
-  return 1;
-}
-
-static int encode_main(lua_State *L) {
-  job *j = lua_touserdata(L, 1);
-  size_t len;
-  const char *p =
-      tulua__transfer_encode_temp(L, 2, lua_gettop(L) - 1, &len, NULL);
-  if (set_buf(j, p, len) != 0) return luaL_error(L, "not enough memory");
-  return 0;
-}
-
-/* Encodes the values from first to the top into the job's reply (popping
- * them); one that cannot cross fails the job with that error instead. */
-static void encode_reply(lua_State *L, job *j, int first, int status) {
-  j->status = status;
-  lua_pushcfunction(L, encode_main);
-  lua_pushlightuserdata(L, j);
-  lua_rotate(L, first, 2);
-  if (lua_pcall(L, lua_gettop(L) - first, 0, 0) == LUA_OK) return;
-  const char *msg = lua_tostring(L, -1);
-  lua_pushfstring(L, "%s (in the job's %s)", msg ? msg : "cannot transfer",
-                  status == TULUA_JOB_OK ? "results" : "error");
-  j->status = TULUA_JOB_ERROR;
-  lua_pushcfunction(L, encode_main);
-  lua_pushlightuserdata(L, j);
-  lua_rotate(L, -3, 2);
-  lua_pushnil(L); /* no traceback */
-  if (lua_pcall(L, 3, 0, 0) != LUA_OK) { /* out of memory */
-    lua_pop(L, 1);
-    drop_buf(j);
-  }
-  lua_pop(L, 1);
+  return set_buf(ud, p, len);
 }
 
 /* port.finish(w, ok, ...) -> as port.take: after xpcall, the results, or
@@ -552,22 +370,8 @@ static int port_finish(lua_State *L) {
   int cancelled = atomic_load(&w->ctx.cancel) == j->id;
   atomic_store(&w->ctx.running, 0);
   j->t_stop = uv_hrtime();
-  int status = TULUA_JOB_OK;
-  if (!lua_toboolean(L, 2)) {
-    status = cancelled ? TULUA_JOB_CANCELLED : TULUA_JOB_ERROR;
-    lua_settop(L, 3);
-    int plain = lua_type(L, 3) == LUA_TTABLE && !lua_getmetatable(L, 3);
-    if (lua_gettop(L) > 3) lua_pop(L, 1); /* the metatable */
-    if (plain) { /* {err, traceback} from the handler */
-      lua_rawgeti(L, 3, 1);
-      lua_rawgeti(L, 3, 2);
-      lua_remove(L, 3);
-    } else { /* a cancellation, or the handler's own failure */
-      lua_pushnil(L);
-    }
-    if (status == TULUA_JOB_CANCELLED) lua_settop(L, 2);
-  }
-  encode_reply(L, j, 3, status);
+  int status = tulua__worker_outcome(L, 2, cancelled);
+  j->status = tulua__worker_reply(L, 3, status, store_reply, j);
   pool *p = w->p;
   atomic_store(&w->ctx.cancel, 0);
   /* one lock for handing this job back and taking the next: the owner
@@ -580,8 +384,6 @@ static int port_finish(lua_State *L) {
   return push_next(L, w, stop);
 }
 
-static void accept_signal(void);
-
 static void worker_main(void *arg) {
   worker *w = arg;
   pool *p = w->p;
@@ -590,7 +392,7 @@ static void worker_main(void *arg) {
   pthread_setname_np(pthread_self(), name);
   /* naps and timers of this thread end when asked, not up to 50 us late */
   prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);
-  accept_signal();
+  tulua__worker_accept_signal();
 
   tulua_runtime *rt = NULL;
   int failed = 0;
@@ -599,7 +401,7 @@ static void worker_main(void *arg) {
     w->wake.data = w;
     w->ctx.rt = rt;
     w->ctx.wake = &w->wake;
-    current_ctx = &w->ctx;
+    tulua__worker_set_current(&w->ctx);
     uv_mutex_lock(&p->mu);
     w->wake_ready = 1;
     uv_mutex_unlock(&p->mu);
@@ -621,7 +423,7 @@ static void worker_main(void *arg) {
       uv_mutex_unlock(&p->mu);
       lua_pop(L, 1);
     }
-    current_ctx = NULL;
+    tulua__worker_set_current(NULL);
     uv_mutex_lock(&p->mu);
     w->wake_ready = 0;
     w->idle = 0;
@@ -652,7 +454,7 @@ typedef struct owner {
   uv_async_t *async; /* in the owner's loop; freed by its close callback */
   tulua_runtime *rt;
   tulua__job job; /* delivers the done list */
-  job *list; /* taken from the done list, being delivered */
+  tulua__queue list; /* taken from the done list, being delivered */
   const char *broken; /* the pool's broken_msg, read under its lock */
   blob *last; /* the blob of the last function submitted (OUV_LAST) */
   int anchor_ref; /* registry: the box itself, while work is outstanding */
@@ -704,9 +506,9 @@ static void owner_async_cb(uv_async_t *h) { /* no Lua API */
  * settled (which runs callbacks), so that an error loses that one only. */
 static int deliver_main(lua_State *L) {
   owner *o = lua_touserdata(L, 1);
-  while (o->list != NULL) {
-    job *j = o->list;
-    o->list = j->next;
+  tulua__queue *q;
+  while ((q = tulua__queue_pop(&o->list)) != NULL) {
+    job *j = tulua__container_of(q, job, node);
     long long id = j->id;
     int status = j->status, by = j->worker, n = 0;
     double t0 = (double)j->t_start / 1e9, t1 = (double)j->t_stop / 1e9;
@@ -725,8 +527,7 @@ static int deliver_main(lua_State *L) {
         n = 2;
       }
     }
-    j->next = NULL;
-    free_jobs(j);
+    free_job(j);
     if (o->p != NULL) set_outstanding(L, o, 1, o->outstanding - 1);
     tulua__core_deliver(L, 2, id, status, by, t0, t1, n);
   }
@@ -734,19 +535,18 @@ static int deliver_main(lua_State *L) {
 }
 
 static void deliver_run(lua_State *L, tulua__job *tj) {
-  owner *o = (owner *)((char *)tj - offsetof(owner, job));
+  owner *o = tulua__container_of(tj, owner, job);
   pool *p = o->p;
   if (p == NULL) return;
   uv_mutex_lock(&p->mu);
-  o->list = p->d_head;
-  p->d_head = p->d_tail = NULL;
+  tulua__queue_move(&p->done, &o->list);
   o->broken = p->broken_msg; /* set once, freed with the pool */
   uv_mutex_unlock(&p->mu);
-  if (o->list == NULL) return;
+  if (tulua__queue_empty(&o->list)) return;
   int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, o->anchor_ref); /* the box: kept here */
   lua_getiuservalue(L, top + 1, OUV_CORE);
-  while (o->list != NULL) {
+  while (!tulua__queue_empty(&o->list)) {
     lua_pushcfunction(L, deliver_main);
     lua_pushvalue(L, top + 1);
     lua_pushvalue(L, top + 2);
@@ -865,6 +665,7 @@ static int tp_new(lua_State *L) {
   }
   owner *o = lua_newuserdatauv(L, sizeof *o, OWNER_NUV);
   memset(o, 0, sizeof *o);
+  tulua__queue_init(&o->list);
   o->anchor_ref = LUA_NOREF;
   luaL_setmetatable(L, POOL_MT);
   pool *p = calloc(1, sizeof *p + (size_t)n * sizeof(worker));
@@ -884,6 +685,8 @@ static int tp_new(lua_State *L) {
   }
   uv_unref((uv_handle_t *)a);
   a->data = o;
+  tulua__queue_init(&p->queue);
+  tulua__queue_init(&p->done);
   p->nworkers = (int)n;
   p->init = init;
   p->init_len = init_len;
@@ -906,7 +709,7 @@ static int tp_new(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_setiuservalue(L, -2, OUV_FNS);
   tulua__core_set_submit(L, 3, tp_submit, -1);
-  install_handler();
+  tulua__worker_install();
   return 1;
 }
 
@@ -933,16 +736,19 @@ static int tp_submit(lua_State *L, int bidx, lua_Integer id, int first, int n) {
   const char *req = tulua__transfer_encode_temp(L, first, n, &len, "submit");
   /* what may raise is done: once queued, the job must be the core's */
   set_outstanding(L, o, bidx, o->outstanding + 1);
-  size_t cap = len > REPLY_ROOM ? len : REPLY_ROOM;
+  /* the request in inl, unless it is over 4 GiB (cap's limit) */
+  size_t cap = len <= REPLY_ROOM || len > UINT32_MAX ? REPLY_ROOM : len;
   job *j = malloc(sizeof *j + cap);
-  if (j == NULL) {
+  if (j != NULL) {
+    memset(j, 0, sizeof *j);
+    j->id = id;
+    j->cap = (uint32_t)cap;
+  }
+  if (j == NULL || set_buf(j, req, len) != 0) {
+    free(j);
     set_outstanding(L, o, bidx, o->outstanding - 1);
     return luaL_error(L, "not enough memory");
   }
-  memset(j, 0, sizeof *j);
-  j->id = id;
-  j->cap = cap;
-  set_buf(j, req, len); /* fits */
   if (fn != NULL) {
     j->fn = fn;
     fn->refs++;
@@ -954,16 +760,12 @@ static int tp_submit(lua_State *L, int bidx, lua_Integer id, int first, int n) {
     snprintf(why, sizeof why, "%s",
              p->broken_msg ? p->broken_msg : "a worker failed");
     uv_mutex_unlock(&p->mu);
-    free_jobs(j);
+    free_job(j);
     set_outstanding(L, o, bidx, o->outstanding - 1);
     lua_pushfstring(L, "the pool is broken: %s", why);
     return TULUA_SUBMIT_BROKEN;
   }
-  if (p->q_tail)
-    p->q_tail->next = j;
-  else
-    p->q_head = j;
-  p->q_tail = j;
+  tulua__queue_insert_tail(&p->queue, &j->node);
   int woke = 0;
   for (int i = 0; i < p->nstarted && !woke; i++) {
     worker *w = &p->workers[i];
@@ -1008,11 +810,13 @@ static int tp_state(lua_State *L) {
   if (running_on(p, id) != NULL) {
     s = "running";
   } else {
-    for (job *j = p->q_head; j != NULL; j = j->next)
-      if (j->id == id) {
+    tulua__queue *q;
+    tulua__queue_foreach(q, &p->queue) {
+      if (tulua__container_of(q, job, node)->id == id) {
         s = "pending";
         break;
       }
+    }
   }
   uv_mutex_unlock(&p->mu);
   lua_pushstring(L, s);
@@ -1021,11 +825,8 @@ static int tp_state(lua_State *L) {
 
 /* Asks the worker running its job to stop it. Under p->mu. */
 static void interrupt(worker *w) {
-  atomic_store(&w->ctx.cancel, w->current->id);
-  if (w->wake_ready) {
-    uv_async_send(&w->wake);
-    pthread_kill(w->thread, cancel_signal());
-  }
+  tulua__worker_interrupt(&w->ctx, w->current->id,
+                          w->wake_ready ? &w->thread : NULL);
 }
 
 /* pool:cancel(id) -> "removed" (it was queued: it will not be delivered)
@@ -1040,19 +841,18 @@ static int tp_cancel(lua_State *L) {
   if ((w = running_on(p, id)) != NULL) {
     interrupt(w);
   } else {
-    for (job **pp = &p->q_head, *prev = NULL; *pp != NULL;
-         prev = *pp, pp = &(*pp)->next) {
-      if ((*pp)->id != id) continue;
-      removed = *pp;
-      *pp = removed->next;
-      if (p->q_tail == removed) p->q_tail = prev;
+    tulua__queue *q;
+    tulua__queue_foreach(q, &p->queue) {
+      job *j = tulua__container_of(q, job, node);
+      if (j->id != id) continue;
+      tulua__queue_remove(q);
+      removed = j;
       break;
     }
   }
   uv_mutex_unlock(&p->mu);
   if (removed != NULL) {
-    removed->next = NULL;
-    free_jobs(removed);
+    free_job(removed);
     set_outstanding(L, o, 1, o->outstanding - 1);
     lua_pushliteral(L, "removed");
   } else if (w != NULL) {
@@ -1064,20 +864,15 @@ static int tp_cancel(lua_State *L) {
 }
 
 /* Stops taking work and wakes the idle workers so that they end; with
- * cancel, removes the queued jobs and returns their ids. Under p->mu. */
-static job *stop(pool *p, int cancel) {
-  job *removed = NULL;
+ * cancel, moves the queued jobs to removed. Under p->mu. */
+static void stop(pool *p, int cancel, tulua__queue *removed) {
   p->stopping = 1;
-  if (cancel) {
-    removed = p->q_head;
-    p->q_head = p->q_tail = NULL;
-  }
+  if (cancel) tulua__queue_move(&p->queue, removed);
   for (int i = 0; i < p->nstarted; i++)
     if (p->workers[i].idle && p->workers[i].wake_ready) {
       p->workers[i].idle = 0;
       uv_async_send(&p->workers[i].wake);
     }
-  return removed;
 }
 
 /* pool:shutdown(cancel_pending) -> {ids removed}: no new jobs; workers
@@ -1085,17 +880,21 @@ static job *stop(pool *p, int cancel) {
 static int tp_shutdown(lua_State *L) {
   owner *o = check_open(L);
   int cancel = lua_toboolean(L, 2);
+  tulua__queue removed, *q;
+  tulua__queue_init(&removed);
   uv_mutex_lock(&o->p->mu);
-  job *removed = stop(o->p, cancel);
+  stop(o->p, cancel, &removed);
   uv_mutex_unlock(&o->p->mu);
   lua_newtable(L);
   lua_Integer k = 0;
   long long n = 0;
-  for (job *j = removed; j != NULL; j = j->next, n++) {
-    lua_pushinteger(L, (lua_Integer)j->id); /* memory errors leak the */
-    lua_rawseti(L, -2, ++k); /* list: acceptable at that point */
+  tulua__queue_foreach(q, &removed) {
+    /* memory errors leak the jobs: acceptable at that point */
+    lua_pushinteger(L, (lua_Integer)tulua__container_of(q, job, node)->id);
+    lua_rawseti(L, -2, ++k);
+    n++;
   }
-  free_jobs(removed);
+  free_jobs(&removed);
   set_outstanding(L, o, 1, o->outstanding - n);
   return 1;
 }
@@ -1105,17 +904,18 @@ static int tp_shutdown(lua_State *L) {
 static void close_pool(lua_State *L, owner *o) {
   pool *p = o->p;
   if (p == NULL) return;
+  tulua__queue removed;
+  tulua__queue_init(&removed);
   uv_mutex_lock(&p->mu);
-  job *removed = stop(p, 1);
+  stop(p, 1, &removed);
   for (int i = 0; i < p->nstarted; i++)
     if (p->workers[i].current) interrupt(&p->workers[i]);
   uv_mutex_unlock(&p->mu);
-  free_jobs(removed);
+  free_jobs(&removed);
   for (int i = 0; i < p->nworkers; i++)
     if (p->workers[i].started) uv_thread_join(&p->workers[i].thread);
-  free_jobs(p->d_head);
-  free_jobs(o->list); /* closed from a callback while they were delivered */
-  o->list = NULL;
+  free_jobs(&p->done);
+  free_jobs(&o->list); /* closed from a callback while they were delivered */
   uv_mutex_destroy(&p->mu);
   free(p->init);
   free(p->broken_msg);
@@ -1147,153 +947,26 @@ static int tp_threads(lua_State *L) {
   return 1;
 }
 
-/* ---- job control for process workers ---- */
-
-static void ctx_wake_cb(uv_async_t *h) { /* no Lua API */
-  job_ctx *c = h->data;
-  if (c != NULL) ctx_check_cancel(c);
-}
-
-static void ctx_close_cb(uv_handle_t *h) {
-  free(h);
-}
-
-static int ctx_gc(lua_State *L) {
-  job_ctx *c = lua_touserdata(L, 1);
-  if (current_ctx == c) current_ctx = NULL;
-  job_ctx *expected = c;
-  atomic_compare_exchange_strong(&process_ctx, &expected, NULL);
-  if (c->wake != NULL) {
-    c->wake->data = NULL;
-    uv_close((uv_handle_t *)c->wake, ctx_close_cb);
-    c->wake = NULL;
-  }
-  return 0;
-}
-
-/* Lets the cancellation signal reach the jobs this thread runs: blocks it
- * nowhere, installs the handler. */
-static void accept_signal(void) {
-  install_handler();
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, cancel_signal());
-  pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-}
-
-/* thread_pool.job_control(): makes this runtime a worker whose jobs
- * (thread_pool.call) the cancellation signal stops; a process worker calls
- * it once. Raises in a thread pool's worker, which has its own. */
-static int tp_job_control(lua_State *L) {
-  if (current_ctx != NULL) {
-    if (current_ctx->rt == tulua__runtime(L)) return 0;
-    return luaL_error(L, "this thread already runs a worker");
-  }
-  job_ctx *c = lua_newuserdatauv(L, sizeof *c, 0);
-  memset(c, 0, sizeof *c);
-  lua_newtable(L);
-  lua_pushcfunction(L, ctx_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_setmetatable(L, -2);
-  c->wake = malloc(sizeof *c->wake);
-  if (c->wake == NULL) return luaL_error(L, "not enough memory");
-  if (uv_async_init(tulua__loop(L), c->wake, ctx_wake_cb) != 0) {
-    free(c->wake);
-    c->wake = NULL;
-    return luaL_error(L, "cannot create the worker's wake-up handle");
-  }
-  uv_unref((uv_handle_t *)c->wake);
-  c->wake->data = c;
-  c->rt = tulua__runtime(L);
-  c->thread = pthread_self();
-  luaL_ref(L, LUA_REGISTRYINDEX); /* lives as long as the state */
-  current_ctx = c;
-  job_ctx *expected = NULL; /* the first one in a process gets its signals */
-  atomic_compare_exchange_strong(&process_ctx, &expected, c);
-  accept_signal();
-  return 0;
-}
-
-static job_ctx *need_ctx(lua_State *L) {
-  job_ctx *c = current_ctx;
-  if (c == NULL || c->rt != tulua__runtime(L))
-    luaL_error(L, "not a worker (call thread_pool.job_control first)");
-  return c;
-}
-
-/* thread_pool.call(id, fn, ...) -> ...: calls fn(...) as job id, which
- * thread_pool.cancel_process(pid, id) stops; use under xpcall with
- * thread_pool.handler. */
-static int tp_call(lua_State *L) {
-  job_ctx *c = need_ctx(L);
-  lua_Integer id = luaL_checkinteger(L, 1);
-  luaL_argcheck(L, id > 0 && id <= INT_MAX, 1, "job id out of range");
-  return call_job(L, c, (long long)id, 2);
-}
-
-/* thread_pool.job_end(id) -> boolean: whether job id was asked to stop
- * (an error it ended with is then its cancellation). */
-static int tp_job_end(lua_State *L) {
-  job_ctx *c = need_ctx(L);
-  long long id = (long long)luaL_checkinteger(L, 1);
-  atomic_store(&c->running, 0);
-  lua_pushboolean(L, atomic_exchange(&c->cancel, 0) == id);
-  return 1;
-}
-
-/* thread_pool.cancel_process(pid, id) -> true | nil, msg, code: asks the
- * worker process pid to stop job id (a signal carrying the id). */
-static int tp_cancel_process(lua_State *L) {
-  lua_Integer pid = luaL_checkinteger(L, 1);
-  lua_Integer id = luaL_checkinteger(L, 2);
-  luaL_argcheck(L, pid > 0 && pid <= INT_MAX, 1, "bad pid");
-  luaL_argcheck(L, id > 0 && id <= INT_MAX, 2, "job id out of range");
-  union sigval v;
-  v.sival_int = (int)id;
-  if (sigqueue((pid_t)pid, cancel_signal(), v) != 0)
-    return push_fail(L, "cancel_process", uv_translate_sys_error(errno));
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-/* thread_pool.cpu_count() -> the CPUs of the system, as os.cpu_count() */
-static int tp_cpu_count(lua_State *L) {
-  long n = sysconf(_SC_NPROCESSORS_ONLN);
-  lua_pushinteger(L, n > 0 ? n : 1);
-  return 1;
-}
-
-/* thread_pool.process_cpu_count() -> the CPUs this process may use (its
- * affinity), as os.process_cpu_count() */
-static int tp_process_cpu_count(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)uv_available_parallelism());
-  return 1;
-}
-
 int luaopen_tulua_thread_pool(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"state", tp_state}, {"cancel", tp_cancel},   {"shutdown", tp_shutdown},
       {"close", tp_close}, {"threads", tp_threads}, {NULL, NULL}};
   static const luaL_Reg meta[] = {{"__gc", tp_close}, {NULL, NULL}};
-  static const luaL_Reg port[] = {{"take", port_take}, {"wait", port_wait},
-                                  {"init", port_init}, {"broken", port_broken},
-                                  {"run", port_run},   {"finish", port_finish},
+  static const luaL_Reg port[] = {{"take", port_take},
+                                  {"wait", port_wait},
+                                  {"init", port_init},
+                                  {"broken", port_broken},
+                                  {"run", port_run},
+                                  {"finish", port_finish},
+                                  {"handler", tulua__worker_handler},
                                   {NULL, NULL}};
-  static const luaL_Reg funcs[] = {{"new", tp_new},
-                                   {"cpu_count", tp_cpu_count},
-                                   {"process_cpu_count", tp_process_cpu_count},
-                                   {"job_control", tp_job_control},
-                                   {"call", tp_call},
-                                   {"job_end", tp_job_end},
-                                   {"cancel_process", tp_cancel_process},
-                                   {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"new", tp_new}, {NULL, NULL}};
   static const luaL_Reg fn_meta[] = {{"__gc", fn_gc}, {NULL, NULL}};
   tulua__new_class(L, POOL_MT, meta, methods);
   tulua__new_class(L, FN_MT, fn_meta, NULL);
   luaL_newlib(L, funcs);
+  tulua__cpu_open(L);
   luaL_newlib(L, port); /* the worker side: the runner calls port.take(w) */
   lua_setfield(L, -2, "port");
-  lua_pushcfunction(L, job_handler);
-  lua_setfield(L, -2, "handler");
   return 1;
 }

@@ -2,6 +2,12 @@
  * concept); backs the module 'tulua.transfer' and the thread and process
  * pools.
  *
+ * One concern in one file, though it is over 1,500 lines: the format
+ * below, written by the encoder and read by the decoder, which mirror each
+ * other tag by tag and share its constants and its function blocks;
+ * the fuzz target (tests/fuzz) builds this file alone, without the
+ * runtime.
+ *
  * Format, version 2 (all multi-byte integers little-endian; "uvar" is an
  * unsigned LEB128 of at most 10 bytes):
  *   header  "\x1bTLX" 0x02, a flags byte, uvar count, then count values,

@@ -21,7 +21,7 @@
 -- the signal that interrupts one) and answered in order: the oldest job
 -- of its window is the one it runs, the others have not started. Cancel
 -- sends a frame (the worker skips a job it has not started) and, to the
--- job that runs, thread_pool.cancel_process's signal.
+-- job that runs, cancel_process's signal.
 --
 -- Crashes. A worker that dies fails the job it was running ("crashed",
 -- naming its exit status or signal); the jobs queued behind it had not
@@ -39,10 +39,9 @@
 local tulua = require "tulua"
 local C = require "tulua.process_pool"
 local transfer = require "tulua.transfer"
-local thread_pool = require "tulua.thread_pool"
 
 local encode = transfer.encode
-local cancel_process = thread_pool.cancel_process
+local cancel_process = C.cancel_process
 local now = tulua.now
 local pcall, error, setmetatable, pairs, next, select, tostring =
   pcall, error, setmetatable, pairs, next, select, tostring
@@ -542,20 +541,9 @@ end
 -- (concurrent._worker's loop over this module's port), then exits, as
 -- Python's workers do, without waiting for anything a job left running.
 function M.worker_main(fd)
-  local P = C.port
   local port = C.port_open(fd)
-  package.path, package.cpath = P.paths(port)
-  thread_pool.job_control()
-  local call, job_end = thread_pool.call, thread_pool.job_end
-  local job, current, reply = P.job, P.current, P.reply
-  require("concurrent._worker").serve(port, {
-    init = P.init, broken = P.broken, take = P.take, wait = P.wait,
-    run = function(p) return call(job(p)) end,
-    finish = function(p, ok, ...)
-      reply(p, job_end(current(p)), ok, ...)
-      return P.take(p)
-    end,
-  })
+  package.path, package.cpath = C.port.paths(port)
+  require("concurrent._worker").serve(port, C.port)
   io.stdout:flush()
   os.exit(0)
 end

@@ -3,10 +3,10 @@
 -- it jobs: port.take(w) says whether one was taken ("job"), none is queued
 -- ("idle": port.wait(w) suspends until there is) or the worker must end
 -- ("stop"); port.run(w) decodes the job taken and calls it, and
--- port.finish(w, ok, ...) sends the outcome back and, as take, takes the
--- next. The thread pool's port is C (bindings/thread_pool.c); a process
--- worker's reads its pipe.
-local handler = require("tulua.thread_pool").handler
+-- port.finish(w, ok, ...) sends the outcome back (port.handler is the
+-- message handler of the call) and, as take, takes the next. Both ports
+-- are C, sharing bindings/worker.c: a thread pool's (bindings/thread_pool.c)
+-- and a process worker's, which reads its channel (process_pool.c).
 local xpcall = xpcall
 
 local M = {}
@@ -26,6 +26,7 @@ function M.serve(w, port)
     end
   end
   local take, wait, run, finish = port.take, port.wait, port.run, port.finish
+  local handler = port.handler
   local ok, err = xpcall(function() call_init(port.init(w)) end, handler)
   if not ok then
     local msg = type(err) == "table" and not getmetatable(err) and

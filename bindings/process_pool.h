@@ -1,0 +1,86 @@
+/* process_pool.h: the channel protocol of the process pool, shared by its
+ * two ends: the parent's (bindings/process_pool.c) and the worker's
+ * (bindings/process_worker.c).
+ *
+ * Frames, both ways, in the machine's byte order (both ends are this
+ * binary): u32 size of what follows, u8 kind, u8 status, u32 job, body.
+ *   parent -> worker: 'P' the package path and cpath (transfer), 'I' the
+ *     initializer and its arguments (transfer; empty: none), 'J' a job (fn
+ *     and its arguments, transfer), 'C' cancel that job (no body).
+ *   worker -> parent: 'H' ready: the worker has run its initializer and
+ *     handles the signal that interrupts a job (before, that signal would
+ *     kill it); 'R' the outcome of a job, status TULUA_JOB_OK (0), _ERROR
+ *     (1) or _CANCELLED (2); body: u64 start and stop (uv_hrtime), then
+ *     the results, or the error and its traceback (transfer; nothing for a
+ *     cancelled job); 'B' the initializer failed, body: the message.
+ * Job numbers are the parent's counter per worker, 1 to 2^31 - 1 (they
+ * travel as the value of the signal that interrupts a running job), and a
+ * worker answers its jobs in the order it got them. */
+#ifndef TULUA_PROCESS_POOL_H
+#define TULUA_PROCESS_POOL_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lua.h>
+#include <uv.h>
+
+#define HDR        10 /* u32 size, u8 kind, u8 status, u32 job */
+#define TIMES      16 /* a reply's u64 start and stop */
+#define READ_CHUNK 65536 /* free space offered to each read */
+#define KEEP_MAX   (1u << 20) /* an empty buffer larger than this is freed */
+#define FRAME_MAX  ((size_t)UINT32_MAX - (HDR - 4))
+
+/* Bytes [start, len) of p are pending: written or not yet read. */
+typedef struct {
+  char *p;
+  size_t start, len, cap;
+} bytes;
+
+/* Makes room for extra more bytes after len; moves the pending bytes to
+ * the front first (pointers into the buffer do not survive). Returns 0 or
+ * UV_ENOMEM. */
+static inline int bytes_reserve(bytes *b, size_t extra) {
+  if (b->start == b->len) b->start = b->len = 0;
+  if (b->cap - b->len >= extra) return 0;
+  if (b->start > 0) {
+    memmove(b->p, b->p + b->start, b->len - b->start);
+    b->len -= b->start;
+    b->start = 0;
+    if (b->cap - b->len >= extra) return 0;
+  }
+  size_t cap = b->cap > 0 ? b->cap : 4096;
+  while (cap - b->len < extra) {
+    if (cap > SIZE_MAX / 2) return UV_ENOMEM;
+    cap *= 2;
+  }
+  char *p = realloc(b->p, cap);
+  if (p == NULL) return UV_ENOMEM;
+  b->p = p;
+  b->cap = cap;
+  return 0;
+}
+
+/* Frees an empty buffer that a large batch has grown. */
+static inline void bytes_trim(bytes *b) {
+  if (b->start != b->len || b->cap <= KEEP_MAX) return;
+  free(b->p);
+  memset(b, 0, sizeof *b);
+}
+
+/* Writes a frame's header at h, for a body of the given size. */
+static inline void put_header(char *h, size_t body, int kind, int status,
+                              uint32_t job) {
+  uint32_t size = (uint32_t)(body + HDR - 4);
+  memcpy(h, &size, 4);
+  h[4] = (char)kind;
+  h[5] = (char)status;
+  memcpy(h + 6, &job, 4);
+}
+
+/* Adds the worker's end, port_open and the port functions, to the module
+ * table on top of the stack (tulua.process_pool). [-0, +0, m] */
+void tulua__process_worker_open(lua_State *L);
+
+#endif
