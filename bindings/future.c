@@ -28,7 +28,7 @@
  *   job to tulua__core_deliver. A thread-pool job costs about a
  *   microsecond of the owner's time, so a Lua call on either side would
  *   be a large share of it.
- * - the process pool (lua/concurrent/process_pool.lua over the transport
+ * - the process pool (lua/concurrent/_process_pool.lua over the transport
  *   of bindings/process_pool.c) submits through its Lua submit, which the
  *   core calls under lua_pcall, and delivers through core:deliver. Its
  *   protocol stays in Lua on purpose: each job is framed onto a socket and

@@ -166,7 +166,7 @@ static proc_box *check_process(lua_State *L) {
 
 /* process.spawn(argv [, options]) -> Process | nil, message, code: starts
  * a program (argv[1], searched in PATH) with arguments, without a shell.
- * See the README for the options. */
+ * Its options: bindings/process.md. */
 static int process_spawn(lua_State *L) {
   lua_settop(L, 2);
   lua_newtable(L); /* 3: keep */
@@ -569,8 +569,8 @@ static int run_deliver(lua_State *L, void *ud) {
 
 /* process.run(argv [, options]) -> status, stdout, stderr | nil, message,
  * code [, stdout, stderr]: runs a program to its end, feeding it
- * options.input, capturing its output, within options.timeout. See the
- * README. */
+ * options.input, capturing its output, within options.timeout (see
+ * bindings/process.md). */
 static int process_run(lua_State *L) {
   lua_settop(L, 2);
   lua_newtable(L); /* 3: keep */

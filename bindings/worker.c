@@ -1,5 +1,5 @@
 /* worker.c: the worker side of a pool job, for thread and process workers
- * alike (the C half of lua/concurrent/worker.lua's job runner, under both
+ * alike (the C half of lua/concurrent/_worker.lua's job runner, under both
  * pools' ports): the job control that interrupts the job that runs, the
  * call of a job, and the encoding of its outcome.
  *

@@ -3,7 +3,7 @@
  * interrupts a running job, and the parts of a port's run and finish that
  * do not depend on how jobs travel.
  *
- * Both pools give their job runner (lua/concurrent/worker.lua) a port of
+ * Both pools give their job runner (lua/concurrent/_worker.lua) a port of
  * the same shape: take, wait, init, broken, handler, and
  *   port.run(w) -> ...: decodes the job taken and calls it, with
  *     tulua__worker_call, as the job the cancellation signal stops;

@@ -66,7 +66,7 @@ typedef struct tulua_config {
   void *userdata; /* passed back to on_error */
   int open_stdlibs; /* 1: open Lua's standard libraries (default), with
                        tulua's print and io functions in place of some
-                       (README: differences from lua5.4) */
+                       (host/cli.md: differences from lua5.4) */
   int debug; /* 1: warn (lua_warning) about task steps that keep the loop
               * busy for more than 100 ms, as asyncio's debug mode */
 } tulua_config;

@@ -18,12 +18,18 @@ local function read(path)
   return s
 end
 
--- The paths in the first column of the README's table rows.
+local FILE_EXT = {c = true, h = true, lua = true, md = true, cmake = true, sh = true, py = true, js = true}
+
+-- The paths in the first column of the README's table rows: a name with a
+-- file's extension, or a folder's (ending in "/"); module names such as
+-- `tulua.fs` in other tables are not paths.
 local function table_entries(text)
   local names = {}
   for line in text:gmatch("[^\n]+") do
     local name = line:match("^|%s*`([^`]+)`%s*|")
-    if name then names[name] = true end
+    if name and (name:sub(-1) == "/" or FILE_EXT[name:match("%.(%w+)$")]) then
+      names[name] = true
+    end
   end
   return names
 end

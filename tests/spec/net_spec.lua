@@ -1314,7 +1314,7 @@ describe("tulua.net", function()
   describe("cancellation races", function()
     -- A reader woken by its data but cancelled before it runs must leave the
     -- bytes in the buffer (it once consumed them in its deliver and then
-    -- dropped the results), as tulua.tty's README promises.
+    -- dropped the results), as bindings/tty.md promises.
     it("give the bytes of a reader woken then cancelled to the next reader", bounded(function()
       local c, s = pair(TRANSPORTS[1])
       local reader = tulua.spawn(s.read, s)
