@@ -1,4 +1,4 @@
--- The map is true: every source file of host/, bindings/, lua/ and tests/ is
+-- The map is true: every file of host/, bindings/, lua/, scripts/ and tests/ is
 -- named in its folder's README (a table row "| `file` | what it holds |"),
 -- and every file a README's table names exists. Files are the ones git
 -- tracks, so build trees and scratch files do not count.
@@ -39,6 +39,7 @@ local folders = {
   {dir = "host", wants = function(rel) return not rel:find("/") end},
   {dir = "bindings", wants = function(rel) return not rel:find("/") end},
   {dir = "lua", wants = function() return true end},
+  {dir = "scripts", wants = function() return true end},
   {
     dir = "tests",
     -- the specs, C tests, fuzz target and tools; fixtures, the fuzz corpus
