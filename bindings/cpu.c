@@ -1,6 +1,6 @@
 /* cpu.c: the machine's CPUs, as Python's os.cpu_count() and
  * os.process_cpu_count() count them (libuv's uv_available_parallelism);
- * the functions of 'tulua.thread_pool' that concurrent.futures exports. */
+ * the functions of 'tulua._thread_pool' that concurrent.futures exports. */
 #include <unistd.h>
 
 #include "common.h"

@@ -5,7 +5,7 @@
 #include <lua.h>
 
 /* Adds cpu_count and process_cpu_count to the module table on top of the
- * stack (tulua.thread_pool, whose names they have). [-0, +0, m] */
+ * stack (tulua._thread_pool, whose names they have). [-0, +0, m] */
 void tulua__cpu_open(lua_State *L);
 
 #endif

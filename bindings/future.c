@@ -1,4 +1,4 @@
-/* future.c: the module 'tulua.future', the C half of concurrent.futures
+/* future.c: the module 'tulua._future', the C half of concurrent.futures
  * (lua/concurrent/futures.lua): its Future, and the executor core that
  * numbers jobs, keeps their futures until they are delivered, and records
  * the timeline.

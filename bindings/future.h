@@ -5,7 +5,7 @@
  * The hooks are the one place where bindings/ calls into lua/ at run
  * time. lua/concurrent/futures.lua is their only owner: it installs all
  * three once, as it loads, with future.set_hooks{remote_error =, report =,
- * idle =} (the module 'tulua.future'), and set_hooks refuses a missing or
+ * idle =} (the module 'tulua._future'), and set_hooks refuses a missing or
  * unknown one. They live in the registry of the Lua state that loaded it;
  * a core used before they are installed raises "concurrent.futures is
  * not loaded". All run on the owner's thread, in its main state or in the

@@ -26,9 +26,9 @@ static const luaL_Reg modules[] = {
     {"tulua.udp", luaopen_tulua_udp},
     {"tulua.net", luaopen_tulua_net},
     {"tulua.transfer", luaopen_tulua_transfer},
-    {"tulua.future", luaopen_tulua_future},
-    {"tulua.thread_pool", luaopen_tulua_thread_pool},
-    {"tulua.process_pool", luaopen_tulua_process_pool},
+    {"tulua._future", luaopen_tulua_future},
+    {"tulua._thread_pool", luaopen_tulua_thread_pool},
+    {"tulua._process_pool", luaopen_tulua_process_pool},
     {NULL, NULL}};
 
 void tulua__preload_bindings(lua_State *L) {

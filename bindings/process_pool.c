@@ -1,5 +1,5 @@
 /* process_pool.c: uv_process_t with a socket pair per worker process; backs
- * the module 'tulua.process_pool', the transport under the process backend
+ * the module 'tulua._process_pool', the transport under the process backend
  * of concurrent.futures (lua/concurrent/_process_pool.lua keeps the queue,
  * the windows and the futures' ids; this file moves bytes and processes).
  * This is the parent's end of the channel; the protocol is in

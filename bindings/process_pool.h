@@ -80,7 +80,7 @@ static inline void put_header(char *h, size_t body, int kind, int status,
 }
 
 /* Adds the worker's end, port_open and the port functions, to the module
- * table on top of the stack (tulua.process_pool). [-0, +0, m] */
+ * table on top of the stack (tulua._process_pool). [-0, +0, m] */
 void tulua__process_worker_open(lua_State *L);
 
 #endif

@@ -1,7 +1,7 @@
 /* process_worker.c: the worker's end of the process pool's channel (see
  * process_pool.h): the port of a worker process's job runner
  * (lua/concurrent/_worker.lua), as process_pool.port_open and
- * process_pool.port in the module 'tulua.process_pool'.
+ * process_pool.port in the module 'tulua._process_pool'.
  *
  * It reads the channel without libuv (non-blocking reads between jobs, so
  * that a cancel sent for a job queued here is seen before the job starts;

@@ -1,4 +1,4 @@
-/* thread_pool.c: the module 'tulua.thread_pool', the thread backend of
+/* thread_pool.c: the module 'tulua._thread_pool', the thread backend of
  * concurrent.futures (lua/concurrent/futures.lua).
  *
  * A pool is n OS threads of its own (not libuv's thread pool: CPU work there

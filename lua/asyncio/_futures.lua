@@ -165,7 +165,7 @@ function M.wait_done(f)
 end
 
 local function is_cf_future(x)
-  local mod = package.loaded["tulua.future"]
+  local mod = package.loaded["tulua._future"]
   return mod ~= nil and mod.is_future(x)
 end
 

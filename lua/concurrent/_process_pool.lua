@@ -37,7 +37,7 @@
 -- workers end at once and running jobs are interrupted, then waits for the
 -- processes (SIGKILL after GRACE seconds), leaving no zombie.
 local tulua = require "tulua"
-local C = require "tulua.process_pool"
+local C = require "tulua._process_pool"
 local transfer = require "tulua.transfer"
 
 local encode = transfer.encode

@@ -19,7 +19,7 @@ end
 -- An initializer that fails breaks the pool (port.broken), as in Python.
 function M.serve(w, port)
   if port == nil then
-    port = require("tulua.thread_pool").port
+    port = require("tulua._thread_pool").port
     -- in a thread, os.exit would end the whole process, the owner included
     os.exit = function() -- luacheck: ignore 122
       error("os.exit in a thread-pool worker would end the whole process", 2)

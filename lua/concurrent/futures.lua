@@ -18,7 +18,7 @@
 -- among the jobs in flight and is given again once it is delivered or
 -- removed: a backend forgets an id before it delivers it.
 local tulua = require "tulua"
-local thread_pool = require "tulua.thread_pool"
+local thread_pool = require "tulua._thread_pool"
 
 local now = tulua.now
 local type, select, error, pcall, setmetatable, getmetatable, tostring =
@@ -55,7 +55,7 @@ function M.is_timeout(err) return M.is_error(err, M.TimeoutError) end
 -- userdata per job, whose results a pool's deliverer sets without calling
 -- Lua. C calls up into this file only through the hooks installed below
 -- (bindings/future.h).
-local future = require "tulua.future"
+local future = require "tulua._future"
 local is_future, state_of, failed = future.is_future, future.state, future.failed
 local add_waiter, remove_waiter, settle_cancelled = future.add_waiter, future.remove_waiter, future.cancel
 -- wait_done(f, timeout, name) -> whether f is done: waits in the current

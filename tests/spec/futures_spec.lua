@@ -476,7 +476,7 @@ describe("concurrent.futures", function()
     end)
 
     it("takes exactly the hooks of bindings/future.h from concurrent.futures", function()
-      local set_hooks = require("tulua.future").set_hooks
+      local set_hooks = require("tulua._future").set_hooks
       local fn = function() end
       assert.matches("%(function 'idle' expected%)$", raised(set_hooks, {remote_error = fn, report = fn}))
       assert.matches("%(unknown hook wait%)$",
@@ -670,7 +670,7 @@ describe("concurrent.futures", function()
   end)
 
   describe("job numbers", function()
-    local job_of = require("tulua.future").job
+    local job_of = require("tulua._future").job
 
     it("are reused once a job is done, while the timeline keeps the submission order", function()
       local a = ex:submit(tulua.sleep, 0.05)

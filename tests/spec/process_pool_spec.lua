@@ -9,7 +9,7 @@ local futures = require("concurrent.futures")
 local tulua = require("tulua")
 local fs = require("tulua.fs")
 local process = require("tulua.process")
-local job_of = require("tulua.future").job
+local job_of = require("tulua._future").job
 
 package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
 local support = require("support")

@@ -408,7 +408,7 @@ describe("tulua.transfer", function()
 
     it("see modules and C functions that appeared after an earlier encode", function()
       assert.is_truthy(transfer.encode({}, string.rep)) -- the map of names is built
-      local cf = require("tulua.thread_pool").cpu_count
+      local cf = require("tulua._thread_pool").cpu_count
       local mod = {count = cf}
       package.loaded["transfer_spec_mod"] = mod
       local ok, err = pcall(function()
