@@ -51,11 +51,11 @@
 static const char *const status_names[] = {"ok", "error", "cancelled"};
 
 /* Appends a frame to b. Returns 0 or UV_ENOMEM. */
-static int bytes_frame(bytes *b, int kind, uint32_t job, const char *body,
-                       size_t len) {
-  if (bytes_reserve(b, HDR + len) < 0) return UV_ENOMEM;
-  put_header(b->p + b->len, len, kind, 0, job);
-  if (len > 0) memcpy(b->p + b->len + HDR, body, len);
+static int bytes_frame(tulua__bytes *b, int kind, uint32_t job,
+                       const char *body, size_t len) {
+  if (tulua__bytes_reserve(b, HDR + len) < 0) return UV_ENOMEM;
+  put_header(b->base + b->len, len, kind, 0, job);
+  if (len > 0) memcpy(b->base + b->len + HDR, body, len);
   b->len += HDR + len;
   return 0;
 }
@@ -80,15 +80,15 @@ typedef struct wlink {
   int64_t exit_status;
   int term_signal;
   size_t wsize;
-  bytes out; /* frames queued since the last write */
-  bytes wbuf; /* the frames being written */
-  bytes in; /* read, not yet taken by recv */
+  tulua__bytes out; /* frames queued since the last write */
+  tulua__bytes wbuf; /* the frames being written */
+  tulua__bytes in; /* read, not yet taken by recv */
 } wlink;
 
 static void free_link(wlink *l) {
-  free(l->out.p);
-  free(l->wbuf.p);
-  free(l->in.p);
+  free(l->out.base);
+  free(l->wbuf.base);
+  free(l->in.base);
   free(l);
 }
 
@@ -112,19 +112,19 @@ static void write_cb(uv_write_t *req, int status);
  * at most one write is in flight. */
 static void start_write(wlink *l) {
   if (l->writing || !l->pipe_open) return;
-  if (l->wbuf.start == l->wbuf.len) { /* take the queued frames */
-    if (l->out.start == l->out.len) return;
-    bytes t = l->wbuf;
+  if (l->wbuf.pos == l->wbuf.len) { /* take the queued frames */
+    if (l->out.pos == l->out.len) return;
+    tulua__bytes t = l->wbuf;
     l->wbuf = l->out;
     l->out = t;
-    l->out.start = l->out.len = 0;
+    l->out.pos = l->out.len = 0;
   }
-  size_t n = l->wbuf.len - l->wbuf.start;
+  size_t n = l->wbuf.len - l->wbuf.pos;
   if (n > WRITE_MAX) n = WRITE_MAX;
-  uv_buf_t b = uv_buf_init(l->wbuf.p + l->wbuf.start, (unsigned)n);
+  uv_buf_t b = uv_buf_init(l->wbuf.base + l->wbuf.pos, (unsigned)n);
   l->wreq.data = l;
   if (uv_write(&l->wreq, (uv_stream_t *)&l->pipe, &b, 1, write_cb) < 0) {
-    l->wbuf.start = l->wbuf.len = 0; /* the child is gone: its exit tells */
+    l->wbuf.pos = l->wbuf.len = 0; /* the child is gone: its exit tells */
     return;
   }
   l->wsize = n;
@@ -142,24 +142,24 @@ static void write_cb(uv_write_t *req, int status) {
   l->writing = 0;
   if (!l->pipe_open) return; /* closing: status is UV_ECANCELED */
   if (status < 0) { /* EPIPE: the child is gone, and its exit tells */
-    l->wbuf.start = l->wbuf.len = 0;
-    l->out.start = l->out.len = 0;
+    l->wbuf.pos = l->wbuf.len = 0;
+    l->out.pos = l->out.len = 0;
     return;
   }
-  l->wbuf.start += l->wsize;
+  l->wbuf.pos += l->wsize;
   bytes_trim(&l->wbuf);
-  if (l->wbuf.start < l->wbuf.len || l->out.start < l->out.len)
+  if (l->wbuf.pos < l->wbuf.len || l->out.pos < l->out.len)
     uv_prepare_start(&l->flush, flush_cb); /* the next turn */
 }
 
 static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   (void)hint;
   wlink *l = h->data;
-  if (bytes_reserve(&l->in, READ_CHUNK) < 0) {
+  if (tulua__bytes_reserve(&l->in, READ_CHUNK) < 0) {
     *buf = uv_buf_init(NULL, 0); /* read_cb gets UV_ENOBUFS */
     return;
   }
-  *buf = uv_buf_init(l->in.p + l->in.len, (unsigned)(l->in.cap - l->in.len));
+  *buf = uv_buf_init(l->in.base + l->in.len, (unsigned)(l->in.cap - l->in.len));
 }
 
 static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
@@ -183,8 +183,8 @@ static void drain_pipe(wlink *l) {
   uv_os_fd_t fd;
   if (uv_fileno((uv_handle_t *)&l->pipe, &fd) < 0) return;
   for (;;) {
-    if (bytes_reserve(&l->in, READ_CHUNK) < 0) return;
-    ssize_t n = read(fd, l->in.p + l->in.len, l->in.cap - l->in.len);
+    if (tulua__bytes_reserve(&l->in, READ_CHUNK) < 0) return;
+    ssize_t n = read(fd, l->in.base + l->in.len, l->in.cap - l->in.len);
     if (n > 0)
       l->in.len += (size_t)n;
     else if (n < 0 && errno == EINTR)
@@ -398,7 +398,7 @@ static int link_send(lua_State *L) {
 /* Gives up on a worker that broke the protocol: what it sent is dropped
  * and it is killed; its exit fails its jobs. */
 static int protocol_error(wlink *l) {
-  l->in.start = l->in.len = 0;
+  l->in.pos = l->in.len = 0;
   if (!l->exited) uv_process_kill(&l->proc, SIGKILL);
   return 0;
 }
@@ -413,29 +413,29 @@ static int protocol_error(wlink *l) {
 static int link_recv(lua_State *L) {
   wlink *l = check_link(L);
   if (l == NULL) return 0;
-  bytes *in = &l->in;
-  size_t avail = in->len - in->start;
+  tulua__bytes *in = &l->in;
+  size_t avail = in->len - in->pos;
   if (avail == 0) bytes_trim(in);
   if (avail < 4) return 0;
   uint32_t size;
-  memcpy(&size, in->p + in->start, 4);
+  memcpy(&size, in->base + in->pos, 4);
   if (size < HDR - 4) return protocol_error(l);
   if (avail - 4 < size) return 0;
-  const char *f = in->p + in->start + 4;
+  const char *f = in->base + in->pos + 4;
   const char *body = f + HDR - 4;
   size_t len = size - (HDR - 4);
   int kind = f[0], status = (unsigned char)f[1];
   uint32_t job;
   memcpy(&job, f + 2, 4);
   if (kind == 'H') {
-    in->start += 4 + (size_t)size;
+    in->pos += 4 + (size_t)size;
     lua_settop(L, 1);
     lua_pushinteger(L, 0);
     lua_pushliteral(L, "ready");
     return 2;
   }
   if (kind == 'B') {
-    in->start += 4 + (size_t)size; /* the bytes stay until the next read */
+    in->pos += 4 + (size_t)size; /* the bytes stay until the next read */
     lua_settop(L, 1);
     lua_pushinteger(L, 0);
     lua_pushliteral(L, "broken");
@@ -451,7 +451,7 @@ static int link_recv(lua_State *L) {
   memcpy(&t1, body + 8, 8);
   body += TIMES;
   len -= TIMES;
-  in->start += 4 + (size_t)size;
+  in->pos += 4 + (size_t)size;
   lua_settop(L, 1);
   lua_pushinteger(L, (lua_Integer)job);
   lua_pushstring(L, status_names[status]);

@@ -26,47 +26,17 @@
 #include <lua.h>
 #include <uv.h>
 
+#include "byte_buffer.h"
+
 #define HDR        10 /* u32 size, u8 kind, u8 status, u32 job */
 #define TIMES      16 /* a reply's u64 start and stop */
 #define READ_CHUNK 65536 /* free space offered to each read */
 #define KEEP_MAX   (1u << 20) /* an empty buffer larger than this is freed */
 #define FRAME_MAX  ((size_t)UINT32_MAX - (HDR - 4))
 
-/* Bytes [start, len) of p are pending: written or not yet read. */
-typedef struct {
-  char *p;
-  size_t start, len, cap;
-} bytes;
-
-/* Makes room for extra more bytes after len; moves the pending bytes to
- * the front first (pointers into the buffer do not survive). Returns 0 or
- * UV_ENOMEM. */
-static inline int bytes_reserve(bytes *b, size_t extra) {
-  if (b->start == b->len) b->start = b->len = 0;
-  if (b->cap - b->len >= extra) return 0;
-  if (b->start > 0) {
-    memmove(b->p, b->p + b->start, b->len - b->start);
-    b->len -= b->start;
-    b->start = 0;
-    if (b->cap - b->len >= extra) return 0;
-  }
-  size_t cap = b->cap > 0 ? b->cap : 4096;
-  while (cap - b->len < extra) {
-    if (cap > SIZE_MAX / 2) return UV_ENOMEM;
-    cap *= 2;
-  }
-  char *p = realloc(b->p, cap);
-  if (p == NULL) return UV_ENOMEM;
-  b->p = p;
-  b->cap = cap;
-  return 0;
-}
-
 /* Frees an empty buffer that a large batch has grown. */
-static inline void bytes_trim(bytes *b) {
-  if (b->start != b->len || b->cap <= KEEP_MAX) return;
-  free(b->p);
-  memset(b, 0, sizeof *b);
+static inline void bytes_trim(tulua__bytes *b) {
+  if (b->pos == b->len && b->cap > KEEP_MAX) tulua__bytes_free(b);
 }
 
 /* Writes a frame's header at h, for a body of the given size. */

@@ -39,7 +39,7 @@ typedef struct cjob {
 typedef struct {
   int fd; /* the channel; -1 until open */
   int eof; /* the parent closed it (or it failed): stop */
-  bytes in;
+  tulua__bytes in;
   tulua__queue jobs; /* read, not taken yet */
   cjob *current; /* taken, not replied to yet */
   int cancel_current; /* a cancel for current was read */
@@ -70,21 +70,21 @@ static char *copy_body(const char *body, size_t len) {
  * job (queued: it will be skipped; taken: it must not start). */
 static void port_parse(port *p) {
   for (;;) {
-    size_t avail = p->in.len - p->in.start;
+    size_t avail = p->in.len - p->in.pos;
     if (avail < 4) return;
     uint32_t size;
-    memcpy(&size, p->in.p + p->in.start, 4);
+    memcpy(&size, p->in.base + p->in.pos, 4);
     if (size < HDR - 4) {
       p->eof = 1; /* garbage: not our parent */
       return;
     }
     if (avail - 4 < size) return;
-    const char *f = p->in.p + p->in.start + 4;
+    const char *f = p->in.base + p->in.pos + 4;
     const char *body = f + HDR - 4;
     size_t len = size - (HDR - 4);
     uint32_t id;
     memcpy(&id, f + 2, 4);
-    p->in.start += 4 + (size_t)size;
+    p->in.pos += 4 + (size_t)size;
     switch (f[0]) {
       case 'J': {
         cjob *j = malloc(sizeof *j + len);
@@ -130,11 +130,11 @@ static void port_parse(port *p) {
 /* Reads whatever the channel holds, without waiting, and parses it. */
 static void port_drain(port *p) {
   while (!p->eof) {
-    if (bytes_reserve(&p->in, READ_CHUNK) < 0) {
+    if (tulua__bytes_reserve(&p->in, READ_CHUNK) < 0) {
       p->eof = 1;
       break;
     }
-    ssize_t n = read(p->fd, p->in.p + p->in.len, p->in.cap - p->in.len);
+    ssize_t n = read(p->fd, p->in.base + p->in.len, p->in.cap - p->in.len);
     if (n > 0) {
       p->in.len += (size_t)n;
     } else if (n < 0 && errno == EINTR) {
@@ -413,7 +413,7 @@ static int port_gc(lua_State *L) {
     free(tulua__container_of(q, cjob, node));
   free(p->current);
   p->current = NULL;
-  free(p->in.p);
+  free(p->in.base);
   free(p->paths);
   free(p->init);
   memset(&p->in, 0, sizeof p->in);
