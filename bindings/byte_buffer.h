@@ -1,5 +1,6 @@
 /* byte_buffer.h: the one growable byte buffer of bindings/ (stream and file
- * stream reads, process.run's captured output, fs.read_file, fs.lines).
+ * stream reads, process.run's captured output, fs.read_file, fs.lines, the
+ * process pool's channel, the transfer encoder's output).
  *
  * The bytes held are base[pos..len): a reader consumes from the front
  * (pos), a producer appends at the end (len), and the room freed at the

@@ -67,6 +67,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "byte_buffer.h"
 #include "transfer.h"
 
 #define LOADED_MT "tulua.transfer_loaded"
@@ -252,8 +253,7 @@ typedef struct {
 /* The encoder's box: one per state (encoding runs no Lua code, so it
  * never nests), kept in the registry; __gc frees both blocks. */
 typedef struct {
-  char *p; /* malloc'd output */
-  size_t len, cap;
+  tulua__bytes out; /* the output, base[0..len) (pos stays 0) */
   refslot *refs; /* malloc'd; nslots is 0 or a power of 2 */
   size_t nslots;
   uint32_t stamp; /* the current encode's, never 0 */
@@ -293,9 +293,7 @@ typedef struct {
 
 static int box_gc(lua_State *L) {
   xbox *b = lua_touserdata(L, 1);
-  free(b->p);
-  b->p = NULL;
-  b->cap = 0;
+  tulua__bytes_free(&b->out);
   free(b->refs);
   b->refs = NULL;
   b->nslots = 0;
@@ -306,19 +304,10 @@ static int box_gc(lua_State *L) {
  * all n. */
 static unsigned char *grow(encoder *e, size_t n) {
   xbox *b = e->b;
-  if (n > b->cap - b->len) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap - b->len < n) {
-      if (cap > SIZE_MAX / 2) luaL_error(e->L, "not enough memory");
-      cap *= 2;
-    }
-    char *np = realloc(b->p, cap);
-    if (np == NULL) luaL_error(e->L, "not enough memory");
-    b->p = np;
-    b->cap = cap;
-  }
-  unsigned char *w = (unsigned char *)b->p + b->len;
-  b->len += n;
+  if (tulua__bytes_reserve(&b->out, n) < 0)
+    luaL_error(e->L, "not enough memory");
+  unsigned char *w = (unsigned char *)b->out.base + b->out.len;
+  b->out.len += n;
   return w;
 }
 
@@ -578,7 +567,7 @@ static int put_ref(encoder *e, int idx) {
   if (i == 0) return 0;
   put_byte(e, T_REF);
   put_uvar(e, i);
-  e->b->p[MAGIC_LEN + 1] |= F_REFS;
+  e->b->out.base[MAGIC_LEN + 1] |= F_REFS;
   return 1;
 }
 
@@ -596,7 +585,7 @@ static void enc_table(encoder *e, int idx) {
   put_byte(e, T_TABLE);
   /* one byte for the pair count, widened after the pairs if they are 128
    * or more: counting them first would walk the table twice */
-  size_t at = e->b->len;
+  size_t at = e->b->out.len;
   put_byte(e, 0);
   uint64_t count = 0;
   lua_pushnil(L);
@@ -611,31 +600,18 @@ static void enc_table(encoder *e, int idx) {
   }
   size_t w = uvar_len(count);
   if (w > 1) {
-    size_t body = e->b->len - at - 1;
+    size_t body = e->b->out.len - at - 1;
     grow(e, w - 1);
-    memmove(e->b->p + at + w, e->b->p + at + 1, body);
+    memmove(e->b->out.base + at + w, e->b->out.base + at + 1, body);
   }
-  uvar_write((unsigned char *)e->b->p + at, count);
+  uvar_write((unsigned char *)e->b->out.base + at, count);
   e->depth--;
 }
 
 static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
-  xbox *b = ud; /* must not raise: grows by hand */
+  xbox *b = ud; /* must not raise */
   (void)L;
-  if (n > b->cap - b->len) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap - b->len < n) {
-      if (cap > SIZE_MAX / 2) return 1;
-      cap *= 2;
-    }
-    char *np = realloc(b->p, cap);
-    if (np == NULL) return 1;
-    b->p = np;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, p, n);
-  b->len += n;
-  return 0;
+  return tulua__bytes_append(&b->out, p, n) < 0;
 }
 
 /* The fingerprint of a bytecode block: FNV-1a, then mixed so that its low
@@ -702,18 +678,19 @@ static void enc_function(encoder *e, int idx) {
     lua_pop(L, 1);
     /* the fingerprint and a 10-byte length go before the bytecode; both
      * are known after the dump, and the length then shrinks to its size */
-    size_t at = e->b->len;
+    size_t at = e->b->out.len;
     grow(e, 18);
     lua_pushvalue(L, idx);
     int rc = lua_dump(L, dump_writer, e->b, 0); /* 0: keep line info */
     if (rc != 0) luaL_error(L, "not enough memory");
-    unsigned char *p = (unsigned char *)e->b->p + at; /* the dump moved it */
-    size_t len = e->b->len - at - 18;
+    unsigned char *p =
+        (unsigned char *)e->b->out.base + at; /* the dump moved it */
+    size_t len = e->b->out.len - at - 18;
     size_t w = uvar_len(len);
     u64_write(p, fingerprint(p + 18, len));
     memmove(p + 8 + w, p + 18, len);
     uvar_write(p + 8, len);
-    e->b->len -= 10 - w;
+    e->b->out.len -= 10 - w;
     int nups, only = env_only(L, idx, &nups);
     if (only) {
       put_byte(e, nups);
@@ -721,7 +698,7 @@ static void enc_function(encoder *e, int idx) {
         put_byte(e, T_GLOBALS);
     }
     /* stack: ..., function; function -> these bytes */
-    lua_pushlstring(L, e->b->p + at, e->b->len - at);
+    lua_pushlstring(L, e->b->out.base + at, e->b->out.len - at);
     lua_rawset(L, e->dumps);
     if (only) {
       e->depth--;
@@ -827,12 +804,9 @@ static xbox *encode_to_box(lua_State *L, int first, int n,
   e.b = push_box(L);
   e.box = lua_gettop(L);
   xbox *b = e.b;
-  b->len = 0; /* a buffer left by a failed encode is reused */
-  if (b->cap > BOX_KEEP_BYTES) { /* a large one (a failed encode's) */
-    free(b->p);
-    b->p = NULL;
-    b->cap = 0;
-  }
+  b->out.len = 0; /* a buffer left by a failed encode is reused */
+  if (b->out.cap > BOX_KEEP_BYTES) /* a large one (a failed encode's) */
+    tulua__bytes_free(&b->out);
   if (b->nslots > BOX_KEEP_SLOTS) {
     free(b->refs);
     b->refs = NULL;
@@ -880,16 +854,16 @@ char *tulua__transfer_encode(lua_State *L, int first, int n, size_t *len) {
   }
   xbox *b = encode_to_box(L, first, n, NULL);
   char *p;
-  if (b->cap > BOX_KEEP_BYTES) { /* ours now: the box no longer frees it */
-    p = b->p;
-    b->p = NULL;
-    b->cap = 0;
+  if (b->out.cap > BOX_KEEP_BYTES) { /* ours now: the box no longer frees it */
+    p = b->out.base;
+    b->out.base = NULL;
+    b->out.cap = 0;
   } else { /* a copy of the exact size; the box keeps its buffer */
-    p = malloc(b->len);
+    p = malloc(b->out.len);
     if (p == NULL) luaL_error(L, "not enough memory");
-    memcpy(p, b->p, b->len);
+    memcpy(p, b->out.base, b->out.len);
   }
-  *len = b->len;
+  *len = b->out.len;
   lua_pop(L, 1);
   return p;
 }
@@ -901,21 +875,21 @@ const char *tulua__transfer_encode_temp(lua_State *L, int first, int n,
   xbox *b;
   if (size > 0) {
     b = push_box(L);
-    if (b->cap < size || b->cap > BOX_KEEP_BYTES) { /* as grow would */
+    if (b->out.cap < size || b->out.cap > BOX_KEEP_BYTES) { /* as grow would */
       size_t cap = size > 256 ? size : 256;
-      char *np = realloc(b->p, cap);
+      char *np = realloc(b->out.base, cap);
       if (np == NULL) luaL_error(L, "not enough memory");
-      b->p = np;
-      b->cap = cap;
+      b->out.base = np;
+      b->out.cap = cap;
     }
-    scalars_write(L, first, n, (unsigned char *)b->p);
-    b->len = size;
+    scalars_write(L, first, n, (unsigned char *)b->out.base);
+    b->out.len = size;
   } else {
     b = encode_to_box(L, first, n, context);
   }
-  *len = b->len;
+  *len = b->out.len;
   lua_pop(L, 1); /* the registry keeps the box */
-  return b->p;
+  return b->out.base;
 }
 
 const char *tulua__transfer_dump(lua_State *L, int idx, size_t *len) {
@@ -1588,12 +1562,9 @@ static int transfer_encode(lua_State *L) {
     return 1;
   }
   xbox *b = encode_to_box(L, 1, n, NULL);
-  lua_pushlstring(L, b->p, b->len); /* on error, the box still owns b->p */
-  if (b->cap > BOX_KEEP_BYTES) {
-    free(b->p);
-    b->p = NULL;
-    b->cap = 0;
-  }
+  lua_pushlstring(L, b->out.base,
+                  b->out.len); /* on error, the box still owns it */
+  if (b->out.cap > BOX_KEEP_BYTES) tulua__bytes_free(&b->out);
   return 1;
 }
 
