@@ -373,11 +373,14 @@ static int port_finish(lua_State *L) {
   int status = tulua__worker_outcome(L, 2, cancelled);
   j->status = tulua__worker_reply(L, 3, status, store_reply, j);
   pool *p = w->p;
-  atomic_store(&w->ctx.cancel, 0);
   /* one lock for handing this job back and taking the next: the owner
    * and the other workers contend for it on every job */
   uv_mutex_lock(&p->mu);
   w->current = NULL;
+  /* cleared under the lock, once pool:cancel can no longer find the job:
+   * a cancel that came after the outcome was read must not stay set for a
+   * later job that gets the same id */
+  atomic_store(&w->ctx.cancel, 0);
   push_done(p, j);
   int stop = take_locked(w);
   uv_mutex_unlock(&p->mu);
