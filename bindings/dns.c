@@ -1,7 +1,7 @@
 /* dns.c: uv_getaddrinfo_t and uv_getnameinfo_t requests on libuv's thread
  * pool; backs the module 'tulua.dns'.
  *
- * Both functions wait (the one pattern of STYLE.md): they check their
+ * Both functions wait (bindings/README.md, step by step): they check their
  * arguments, malloc one op embedding the libuv request and the waiter,
  * start the request and suspend the task. The callback calls no Lua API;
  * the deliver step, in the task, turns the result into Lua values.

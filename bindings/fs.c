@@ -1,7 +1,7 @@
 /* fs.c: uv_fs_t requests on libuv's thread pool; backs the module
  * 'tulua.fs'.
  *
- * Every function here waits (the one pattern of STYLE.md): it checks its
+ * Every function here waits (bindings/README.md, step by step): it checks its
  * arguments, mallocs one fs_op embedding the libuv request and the waiter,
  * starts the request and suspends the task. The request's callback calls no
  * Lua API; the deliver step, in the task, turns the result into Lua values.

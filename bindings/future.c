@@ -12,8 +12,8 @@
  *
  * The Future lives here whole: its state, its results, every method, and
  * the waits of result(), exception() and map's step. A task waits as on
- * any other operation (STYLE.md's pattern, tulua__wait): its wait_op sits
- * in the future's queue of parked tasks, and settling the future, or the
+ * any other operation (bindings/README.md's steps, tulua__wait): its wait_op
+ * sits in the future's queue of parked tasks, and settling the future, or the
  * op's own timer, wakes it. running(), cancel() and tostring ask the
  * executor's backend where the job is, through the backend interface
  * written at the top of futures.lua (as the core's submit does for a
@@ -309,8 +309,9 @@ static int opt_timeout(lua_State *L, const char *name, lua_Number *t) {
  * timeout at 2 (seconds, nil: none) passes; then ends as end_wait. A
  * cancelled future ends result() and exception() at once, whatever the
  * timeout. name is the public function's, for misuse errors, which are
- * the runtime's (tulua__check_wait). The wait is STYLE.md's pattern with
- * the future as the event: settle() and the op's timer wake the task. */
+ * the runtime's (tulua__check_wait). The wait follows bindings/README.md's
+ * steps, with the future as the event: settle() and the op's timer wake the
+ * task. */
 static int wait_on(lua_State *L, future *f, int kind, const char *name) {
   lua_Number timeout = 0;
   if (kind != WAIT_DONE && f->state == F_CANCELLED) return end_wait(L, f, kind);

@@ -1,6 +1,6 @@
 /* udp.c: uv_udp_t as UDP socket objects; backs the module 'tulua.udp'.
  *
- * Box and lifetime (STYLE.md, Handles): a socket userdata points at a
+ * Box and lifetime (bindings/README.md): a socket userdata points at a
  * malloc'd udp_box that embeds the uv_udp_t. close(), __close and __gc all
  * come to release(), which sets the userdata's pointer to NULL, wakes the
  * waiting receivers and calls uv_close once; close_cb frees the box. libuv
