@@ -366,8 +366,11 @@ static void settle(lua_State *L, int fidx, int state) {
  * CancelledError, or TimeoutError when the time is up. */
 static int f_result(lua_State *L) {
   future *f = check_future(L, 1);
+  if (f->state == F_FINISHED) { /* the common case: no wait */
+    lua_settop(L, 1);
+    return push_outcome(L, 1);
+  }
   lua_settop(L, 2);
-  if (f->state == F_FINISHED) return end_wait(L, f, WAIT_RESULT);
   return wait_on(L, f, WAIT_RESULT, "result");
 }
 
