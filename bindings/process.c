@@ -7,7 +7,10 @@
  * open until the child has exited, whatever happens to its Lua object:
  * exit_cb closes it, never close()/__gc (closing earlier would leave a
  * zombie). A running child keeps the loop, and thus the program, alive,
- * unless it was spawned detached (then its handle is unref'd).
+ * unless it was spawned detached: then its handle is unref'd, except while
+ * a task waits on it (wait() or close()), for the loop must not end, and
+ * the scheduler must not see a deadlock, while a task waits for an exit
+ * that will come.
  *
  * Ownership:
  * - A Process userdata points at a malloc'd proc_box, freed when both the
@@ -74,6 +77,7 @@ struct proc_box {
   unsigned char handle_closed; /* close_cb ran */
   unsigned char collected; /* the userdata is gone (or there never was one) */
   unsigned char released; /* close(), __close or __gc: methods raise */
+  unsigned char detached; /* its handle is ref'd only while tasks wait */
   char name[]; /* argv[1], for messages */
 };
 
@@ -144,6 +148,8 @@ static void wait_cancel(void *ud) {
   proc_box *b = op->b; /* alive: the waiting call holds the Process */
   tulua__queue_remove(&op->link); /* a no-op if exit_cb took it already */
   if (op->kill_on_cancel && !b->exited) uv_process_kill(&b->h, SIGKILL);
+  if (b->detached && !b->exited && tulua__queue_empty(&b->waiters))
+    uv_unref((uv_handle_t *)&b->h); /* the last waiter gave up */
   free(op);
 }
 
@@ -153,6 +159,8 @@ static int wait_start(lua_State *L, proc_box *b, int kill_on_cancel) {
   if (op == NULL) return luaL_error(L, "not enough memory");
   op->b = b;
   op->kill_on_cancel = kill_on_cancel;
+  if (b->detached && tulua__queue_empty(&b->waiters))
+    uv_ref((uv_handle_t *)&b->h); /* the first waiter: see the top */
   tulua__queue_insert_tail(&b->waiters, &op->link);
   return tulua__wait(L, &op->w, wait_deliver, wait_cancel, op);
 }
@@ -224,6 +232,7 @@ static int process_spawn(lua_State *L) {
     return push_fail(L, s.args[0], rc);
   }
   b->pid = b->h.pid;
+  b->detached = (unsigned char)s.detached;
   if (s.detached) uv_unref((uv_handle_t *)&b->h);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &list_key);
   list_add(lua_touserdata(L, -1), b);
