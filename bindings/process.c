@@ -54,6 +54,18 @@ static int push_status(lua_State *L, int64_t exit_status, int term_signal) {
   return 1;
 }
 
+/* The SIGKILL that tulua sends on the user's behalf (a cancel, an error
+ * leaving a block, a timeout): to the child, or with process_group to its
+ * whole group, even once the child has exited, since the group may outlive
+ * its leader (a pgid is not reused while the group has members). h is
+ * open while !exited. */
+static void kill_for_user(uv_process_t *h, int pid, int exited, int group) {
+  if (group)
+    uv_kill(-pid, SIGKILL);
+  else if (!exited)
+    uv_process_kill(h, SIGKILL);
+}
+
 /* ---- Process objects ---- */
 
 typedef struct wait_op wait_op;
@@ -78,6 +90,8 @@ struct proc_box {
   unsigned char collected; /* the userdata is gone (or there never was one) */
   unsigned char released; /* close(), __close or __gc: methods raise */
   unsigned char detached; /* its handle is ref'd only while tasks wait */
+  unsigned char leads_group; /* detached or process_group: pgid == pid */
+  unsigned char kill_group; /* process_group: our SIGKILLs go to the group */
   char name[]; /* argv[1], for messages */
 };
 
@@ -147,7 +161,8 @@ static void wait_cancel(void *ud) {
   wait_op *op = ud;
   proc_box *b = op->b; /* alive: the waiting call holds the Process */
   tulua__queue_remove(&op->link); /* a no-op if exit_cb took it already */
-  if (op->kill_on_cancel && !b->exited) uv_process_kill(&b->h, SIGKILL);
+  if (op->kill_on_cancel)
+    kill_for_user(&b->h, b->pid, b->exited, b->kill_group);
   if (b->detached && !b->exited && tulua__queue_empty(&b->waiters))
     uv_unref((uv_handle_t *)&b->h); /* the last waiter gave up */
   free(op);
@@ -233,6 +248,8 @@ static int process_spawn(lua_State *L) {
   }
   b->pid = b->h.pid;
   b->detached = (unsigned char)s.detached;
+  b->leads_group = (unsigned char)(s.detached || s.process_group);
+  b->kill_group = (unsigned char)s.process_group;
   if (s.detached) uv_unref((uv_handle_t *)&b->h);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &list_key);
   list_add(lua_touserdata(L, -1), b);
@@ -260,15 +277,39 @@ static int process_poll(lua_State *L) {
   return push_status(L, b->exit_status, b->term_signal);
 }
 
-/* p:kill([sig]) -> true | nil, message, code: sends a signal (a name such
- * as "SIGKILL" or a number; default SIGTERM) to the child. Fails with
- * ESRCH once the child has exited and been reaped: its pid may belong to
- * another process by then. */
+/* Reads kill's options at idx (a table or none): returns whether the
+ * group is asked for. Raises on an unknown key. */
+static int check_kill_options(lua_State *L, int idx) {
+  static const char *const known[] = {"group", NULL};
+  if (lua_isnoneornil(L, idx)) return 0;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  tulua__spawn_check_keys(L, idx, known);
+  lua_getfield(L, idx, "group");
+  int group = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return group;
+}
+
+/* p:kill([sig [, options]]) -> true | nil, message, code: sends a signal
+ * (a name such as "SIGKILL" or a number; default SIGTERM) to the child, or
+ * with options.group to its process group (the child must lead one). Fails
+ * with ESRCH once the child has exited and been reaped, as its pid may
+ * belong to another process by then; the group, once it has no member
+ * left. */
 static int process_kill(lua_State *L) {
   proc_box *b = check_process(L);
   int signum = tulua__signal_check(L, 2, SIGTERM);
-  if (b->exited) return push_fail(L, b->name, UV_ESRCH);
-  int rc = uv_process_kill(&b->h, signum);
+  int group = check_kill_options(L, 3);
+  luaL_argcheck(
+      L, !group || b->leads_group, 3,
+      "the process leads no group: spawn it with process_group = true");
+  int rc;
+  if (group)
+    rc = uv_kill(-b->pid, signum);
+  else if (b->exited)
+    rc = UV_ESRCH;
+  else
+    rc = uv_process_kill(&b->h, signum);
   if (rc < 0) return push_fail(L, b->name, rc);
   lua_pushboolean(L, 1);
   return 1;
@@ -319,7 +360,7 @@ static int close_meta_k(lua_State *L, int status, lua_KContext ctx) {
    * its scope, and exit_cb reaps it later */
   proc_box *b = *(proc_box **)lua_touserdata(L, 1);
   b->released = 1;
-  if (!b->exited) uv_process_kill(&b->h, SIGKILL);
+  kill_for_user(&b->h, b->pid, b->exited, b->kill_group);
   return 0;
 }
 
@@ -332,7 +373,8 @@ static int process_close_meta(lua_State *L) {
   proc_box **p = luaL_checkudata(L, 1, PROCESS_MT);
   proc_box *b = *p;
   if (b == NULL || b->released) return 0;
-  if (!lua_isnoneornil(L, 2) && !b->exited) uv_process_kill(&b->h, SIGKILL);
+  if (!lua_isnoneornil(L, 2))
+    kill_for_user(&b->h, b->pid, b->exited, b->kill_group);
   lua_settop(L, 1);
   lua_pushvalue(L, lua_upvalueindex(1)); /* tulua.can_wait */
   lua_callk(L, 0, 1, 0, close_meta_k); /* callk: keeps L yieldable */
@@ -417,6 +459,8 @@ typedef struct {
   unsigned char timed_out;
   unsigned char done; /* the task was woken, or gave up (cancel) */
   unsigned char check;
+  unsigned char kill_group; /* process_group */
+  int pid;
   const char *name; /* in data */
   size_t input_len;
   char data[]; /* the input, then the name and a NUL */
@@ -473,10 +517,10 @@ static void run_exit_cb(uv_process_t *h, int64_t exit_status, int term_signal) {
   run_check_done(op);
 }
 
-/* Stops early: the child gets SIGKILL and is waited for, not its
- * output (a grandchild may hold the pipes open). */
+/* Stops early: the child (or its group) gets SIGKILL and is waited for,
+ * not its output (a grandchild may hold the pipes open). */
 static void run_stop_early(run_op *op) {
-  if (!op->exited) uv_process_kill(&op->proc, SIGKILL);
+  kill_for_user(&op->proc, op->pid, op->exited, op->kill_group);
   run_check_done(op);
 }
 
@@ -508,13 +552,13 @@ static void run_write_cb(uv_write_t *req, int status) {
   if (--op->refs == 0) run_free(op); /* the write's share */
 }
 
-/* The task gave up (cancel or shutdown): the child gets SIGKILL and every
- * handle is closed; the close callbacks free the op (at least the
- * process's close is still to come: it waits for the exit). */
+/* The task gave up (cancel or shutdown): the child (or its group) gets
+ * SIGKILL and every handle is closed; the close callbacks free the op (at
+ * least the process's close is still to come: it waits for the exit). */
 static void run_cancel(void *ud) {
   run_op *op = ud;
   op->done = 1;
-  if (!op->exited) uv_process_kill(&op->proc, SIGKILL);
+  kill_for_user(&op->proc, op->pid, op->exited, op->kill_group);
   for (int i = 0; i < 3; i++)
     run_close_pipe(op, i);
   run_close_timer(op);
@@ -597,6 +641,7 @@ static int process_run(lua_State *L) {
   op->input_len = s.input_len;
   op->timeout = s.timeout;
   op->check = (unsigned char)s.check;
+  op->kill_group = (unsigned char)s.process_group;
   op->refs = 1; /* the task's share */
   op->proc.data = op->timer.data = op->wreq.data = op;
   uv_loop_t *loop = tulua__loop(L);
@@ -647,6 +692,7 @@ static int process_run(lua_State *L) {
     rc = uv_spawn(loop, &op->proc, &o);
     op->refs++; /* the handle is initialized, even when that failed */
     if (rc < 0) uv_close((uv_handle_t *)&op->proc, run_close_cb);
+    op->pid = op->proc.pid;
   }
   if (merged[1] >= 0) close(merged[1]); /* the child has its copy */
   if (rc < 0) { /* no callback will wake us: undo, then fail */

@@ -183,15 +183,31 @@ static void check_io(lua_State *L, int opts, int which, int def, int is_run,
   lua_pop(L, 1);
 }
 
+void tulua__spawn_check_keys(lua_State *L, int idx, const char *const known[]) {
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    lua_pop(L, 1);
+    const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+    int i = 0;
+    while (known[i] != NULL && strcmp(known[i], k) != 0)
+      i++;
+    if (known[i] == NULL)
+      luaL_argerror(L, idx,
+                    lua_pushfstring(L, "unknown option '%s'",
+                                    luaL_tolstring(L, -1, NULL)));
+  }
+}
+
 /* Reads argv (argument 1) and the options table (argument 2, optional)
  * into s; raises on misuse, naming any unknown option. The stack must be
  * [argv, options, keep]. */
 void tulua__spawn_check(lua_State *L, int is_run, tulua__spawn_spec *s) {
   static const char *const spawn_opts[] = {
-      "env", "cwd", "stdin", "stdout", "stderr", "detached", "shell", NULL};
-  static const char *const run_opts[] = {"env",    "cwd",   "stdin",   "stdout",
-                                         "stderr", "input", "timeout", "check",
-                                         "shell",  NULL};
+      "env",      "cwd",   "stdin",         "stdout", "stderr",
+      "detached", "shell", "process_group", NULL};
+  static const char *const run_opts[] = {
+      "env",     "cwd",   "stdin", "stdout",        "stderr", "input",
+      "timeout", "check", "shell", "process_group", NULL};
   const int opts = 2, keep = 3;
   memset(s, 0, sizeof *s);
   s->timeout = -1;
@@ -200,19 +216,7 @@ void tulua__spawn_check(lua_State *L, int is_run, tulua__spawn_spec *s) {
     lua_replace(L, opts);
   }
   luaL_checktype(L, opts, LUA_TTABLE);
-  const char *const *known = is_run ? run_opts : spawn_opts;
-  lua_pushnil(L);
-  while (lua_next(L, opts) != 0) {
-    lua_pop(L, 1);
-    const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
-    int i = 0;
-    while (known[i] != NULL && strcmp(known[i], k) != 0)
-      i++;
-    if (known[i] == NULL)
-      luaL_argerror(L, opts,
-                    lua_pushfstring(L, "unknown option '%s'",
-                                    luaL_tolstring(L, -1, NULL)));
-  }
+  tulua__spawn_check_keys(L, opts, is_run ? run_opts : spawn_opts);
   lua_getfield(L, opts, "shell");
   int shell = lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -228,7 +232,9 @@ void tulua__spawn_check(lua_State *L, int is_run, tulua__spawn_spec *s) {
   s->detached = lua_toboolean(L, -1);
   lua_getfield(L, opts, "check");
   s->check = lua_toboolean(L, -1);
-  lua_pop(L, 2);
+  lua_getfield(L, opts, "process_group");
+  s->process_group = lua_toboolean(L, -1);
+  lua_pop(L, 3);
   if (lua_getfield(L, opts, "input") != LUA_TNIL) {
     if (lua_type(L, -1) != LUA_TSTRING)
       luaL_argerror(L, opts, "'input' must be a string");
@@ -309,5 +315,13 @@ void tulua__spawn_options(uv_process_options_t *o, const tulua__spawn_spec *s,
   o->cwd = s->cwd;
   o->stdio = stdio;
   o->stdio_count = 3;
-  if (s->detached) o->flags |= UV_PROCESS_DETACHED;
+  /* A process group of its own, through a session of its own: libuv 1.44
+   * can make the child call setsid but not setpgid, and the parent cannot
+   * set the group for it, since uv_spawn returns once the child has run
+   * exec (setpgid then fails with EACCES), by which time it may have
+   * started children of its own in the parent's group. So the child
+   * leads a new session, and thus a new group whose id is its pid, with
+   * no controlling terminal (bindings/process.md says what that
+   * changes). */
+  if (s->detached || s->process_group) o->flags |= UV_PROCESS_DETACHED;
 }

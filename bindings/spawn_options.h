@@ -1,5 +1,6 @@
 /* spawn_options.h: the options of process.spawn and process.run (argv,
- * env, cwd, the three stdio, and run's input, timeout and check), read from
+ * env, cwd, the three stdio, detached and process_group, and run's input,
+ * timeout and check), read from
  * Lua and turned into libuv's uv_process_options_t. Defined in
  * spawn_options.c; used by process.c. */
 #ifndef TULUA_SPAWN_OPTIONS_H
@@ -30,6 +31,8 @@ typedef struct {
   char **env; /* NULL-ended, or NULL: the parent's environment */
   const char *cwd;
   int detached;
+  int process_group; /* the child leads a group; kills on its behalf reach
+                      * the group */
   int check; /* run */
   const char *input; /* run: bytes for stdin, or NULL */
   size_t input_len;
@@ -45,6 +48,11 @@ extern const char *const tulua__stdio_names[3];
  * any unknown option. The stack must be [argv, options, keep]: the strings
  * and arrays of s live in Lua memory anchored in keep. [-0, +0, v] */
 void tulua__spawn_check(lua_State *L, int is_run, tulua__spawn_spec *s);
+
+/* Raises "bad argument #idx to 'f' (unknown option 'k')" for a key of the
+ * options table at idx that is not in known (NULL-ended): spawn's, run's,
+ * and Process:kill's. [-0, +0, v] */
+void tulua__spawn_check_keys(lua_State *L, int idx, const char *const known[]);
 
 /* Fills the stdio container of a stdio which (0, 1, 2) that is no pipe
  * (TULUA__IO_STDOUT is resolved by the caller). */

@@ -599,6 +599,132 @@ describe("tulua.process", function()
     end)
   end)
 
+  describe("process_group", function()
+    -- The process group of a process, from /proc (field 5 of stat).
+    local function pgrp(pid)
+      local f = assert(io.open("/proc/" .. pid .. "/stat"))
+      local s = f:read("a")
+      f:close()
+      return tonumber((s:match("^%d+ %b() %a %d+ (%d+)")))
+    end
+
+    -- Gone or a zombie: killed, if not reaped yet by whoever inherited it.
+    local function dead(pid)
+      return function()
+        local state = proc_state(pid)
+        return state == nil or state == "Z"
+      end
+    end
+
+    -- The pids written into path by a shell, once it has written them all.
+    local function read_pids(path, n)
+      local pids
+      assert.is_true(eventually(function()
+        pids = {}
+        for pid in (fs.read_file(path) or ""):gmatch("(%d+)\n") do pids[#pids + 1] = tonumber(pid) end
+        return #pids == n
+      end))
+      return pids
+    end
+
+    -- A shell leading a group, waiting for its child sleep 7, and that
+    -- child's pid.
+    local function group_with_grandchild()
+      local pids = dir .. "/pids"
+      local p = assert(process.spawn({"sh", "-c", "sleep 7 & echo $! > " .. pids .. "; wait"},
+        {process_group = true}))
+      return p, read_pids(pids, 1)[1]
+    end
+
+    it("makes the child of spawn lead a group of its own", bounded(function()
+      local p = assert(process.spawn({"sleep", "5"}, {process_group = true}))
+      assert.are.equal(p.pid, pgrp(p.pid))
+      local q = assert(process.spawn({"sleep", "5"}))
+      assert.are.equal(pgrp(process.getpid()), pgrp(q.pid))
+      assert.is_true(p:kill("SIGKILL"))
+      assert.is_true(q:kill("SIGKILL"))
+      assert.are.same({-9, "SIGKILL"}, {p:wait()})
+      assert.are.same({-9, "SIGKILL"}, {q:wait()})
+    end))
+
+    it("kills the whole group of run's child at its timeout", bounded(function()
+      local pids = dir .. "/pids"
+      local r = results(process.run({"sh", "-c", "sleep 7 & echo $! > " .. pids .. "; echo $$ >> " .. pids
+        .. "; exec sleep 7"}, {timeout = 0.2, process_group = true}))
+      assert.are.same({nil, "sh: timed out after 0.2 s", "ETIMEDOUT"}, {r[1], r[2], r[3]})
+      for _, pid in ipairs(read_pids(pids, 2)) do
+        assert.is_true(eventually(dead(pid)), "pid " .. pid .. " still runs")
+      end
+    end))
+
+    it("kills the group of a child that has exited, leaving its grandchild, at run's timeout", bounded(function()
+      local pids = dir .. "/pids"
+      local r = results(process.run({"sh", "-c", "sleep 7 & echo $! > " .. pids},
+        {timeout = 0.3, process_group = true}))
+      assert.are.same({nil, "sh: timed out after 0.3 s", "ETIMEDOUT"}, {r[1], r[2], r[3]})
+      assert.is_true(eventually(dead(read_pids(pids, 1)[1])))
+    end))
+
+    it("kills the whole group of run's child when its task is cancelled", bounded(function()
+      local pids = dir .. "/pids"
+      local runner = tulua.spawn(function()
+        return process.run({"sh", "-c", "sleep 7 & echo $! > " .. pids .. "; echo $$ >> " .. pids
+          .. "; exec sleep 7"}, {process_group = true})
+      end)
+      local killed = read_pids(pids, 2)
+      runner:cancel()
+      local ok, err = pcall(runner.join, runner)
+      assert.is_false(ok)
+      assert.are.equal("ECANCELED", err.code)
+      for _, pid in ipairs(killed) do
+        assert.is_true(eventually(dead(pid)), "pid " .. pid .. " still runs")
+      end
+    end))
+
+    it("sends a signal to the whole group with kill's group option", bounded(function()
+      local p, grandchild = group_with_grandchild()
+      assert.is_true(p:kill("SIGTERM", {group = true}))
+      assert.are.same({-15, "SIGTERM"}, {p:wait()})
+      assert.is_true(eventually(dead(grandchild)))
+      -- ESRCH once the group has no member left (a zombie is one)
+      local r
+      assert.is_true(eventually(function()
+        r = results(p:kill("SIGTERM", {group = true}))
+        return r[1] == nil
+      end))
+      assert.are.same({nil, "sh: no such process", "ESRCH"}, {r[1], r[2], r[3]})
+    end))
+
+    it("kills the group of a Process whose task is cancelled in close", bounded(function()
+      local p, grandchild = group_with_grandchild()
+      local closer = tulua.spawn(p.close, p)
+      tulua.sleep(0)
+      closer:cancel()
+      assert.is_false(pcall(closer.join, closer))
+      assert.is_true(eventually(dead(grandchild)))
+      assert.is_true(eventually(dead(p.pid)))
+    end))
+
+    it("raises on misuse", bounded(function()
+      local p = assert(process.spawn({"sleep", "5"}))
+      assert.has_error(function() p:kill("SIGTERM", {group = true}) end,
+        "bad argument #2 to 'kill' (the process leads no group: spawn it with process_group = true)")
+      local q = assert(process.spawn({"sleep", "5"}, {process_group = true}))
+      assert.has_error(function() q:kill("SIGTERM", {gruop = true}) end,
+        "bad argument #2 to 'kill' (unknown option 'gruop')")
+      assert.has_error(function() q:kill("SIGTERM", 1) end,
+        "bad argument #2 to 'kill' (table expected, got number)")
+      assert.has_error(function() process.spawn({"true"}, {process_groups = true}) end,
+        "bad argument #2 to 'spawn' (unknown option 'process_groups')")
+      assert.has_error(function() process.run({"true"}, {process_groups = true}) end,
+        "bad argument #2 to 'run' (unknown option 'process_groups')")
+      assert.is_true(p:kill("SIGKILL"))
+      assert.is_true(q:kill("SIGKILL"))
+      p:wait()
+      q:wait()
+    end))
+  end)
+
   describe("wait_signal", function()
     local me = process.getpid()
 
