@@ -17,6 +17,8 @@
  *   handle is closed (close_cb, after the exit) and the userdata is
  *   collected, whichever comes last. close() and __close only mark the
  *   box released for Lua: its pid and status stay readable.
+ * - The Process's pipes and its pty's master side are streams of
+ *   stream.c, in the userdata's user values (stdin, stdout, stderr, pty).
  * - A task in p:wait() or p:close() owns a wait_op linked in the box's
  *   list; exit_cb wakes it, or the cancel hook unlinks and frees it (no
  *   libuv callback would: it belongs to no request).
@@ -27,11 +29,14 @@
  *   (stream.c boxes without a Lua object) that own themselves: the output
  *   is read to its end through stream.c and taken out of them before they
  *   are discarded. */
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "queue.h"
@@ -90,7 +95,7 @@ struct proc_box {
   unsigned char collected; /* the userdata is gone (or there never was one) */
   unsigned char released; /* close(), __close or __gc: methods raise */
   unsigned char detached; /* its handle is ref'd only while tasks wait */
-  unsigned char leads_group; /* detached or process_group: pgid == pid */
+  unsigned char leads_group; /* detached, process_group or pty: pgid == pid */
   unsigned char kill_group; /* process_group: our SIGKILLs go to the group */
   char name[]; /* argv[1], for messages */
 };
@@ -187,6 +192,42 @@ static proc_box *check_process(lua_State *L) {
   return *p;
 }
 
+/* Opens a pseudo-terminal of 80 columns and 24 rows for spawn: its master
+ * side becomes a pipe stream, pushed; *slave is the terminal's side, for
+ * the child's stdin, stdout and stderr (close-on-exec here: libuv's dup2
+ * gives the child its copies; the caller closes it after uv_spawn, so that
+ * the master reads its end, EIO, once the child and its children have
+ * closed theirs). Returns 0, or a negative libuv code with nothing open
+ * but the pushed stream (its __gc closes it). [-0, +1, m] */
+static int open_pty(lua_State *L, int *slave) {
+  tulua__stream *st = tulua__stream_new(L, TULUA_PIPE); /* may raise */
+  uv_pipe_t *h = (uv_pipe_t *)tulua__stream_handle(st);
+  int rc = uv_pipe_init(tulua__loop(L), h, 0);
+  if (rc < 0) return rc;
+  tulua__stream_ready(st);
+  char name[128];
+  int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (m < 0) return uv_translate_sys_error(errno);
+  int s = -1;
+  struct winsize ws = {.ws_row = 24, .ws_col = 80};
+  if (grantpt(m) < 0 || unlockpt(m) < 0 ||
+      (errno = ptsname_r(m, name, sizeof name)) != 0 ||
+      (s = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0 ||
+      ioctl(m, TIOCSWINSZ, &ws) < 0) {
+    rc = uv_translate_sys_error(errno);
+  } else {
+    rc = uv_pipe_open(h, m);
+  }
+  if (rc < 0) {
+    if (s >= 0) close(s);
+    close(m);
+    return rc;
+  }
+  tulua__stream_eio_is_eof(st);
+  *slave = s;
+  return 0;
+}
+
 /* process.spawn(argv [, options]) -> Process | nil, message, code: starts
  * a program (argv[1], searched in PATH) with arguments, without a shell.
  * Its options: bindings/process.md. */
@@ -195,12 +236,22 @@ static int process_spawn(lua_State *L) {
   lua_newtable(L); /* 3: keep */
   tulua__spawn_spec s;
   tulua__spawn_check(L, 0, &s);
-  proc_box **p = lua_newuserdatauv(L, sizeof *p, 3); /* 4 */
+  /* user values: stdin, stdout, stderr, pty */
+  proc_box **p = lua_newuserdatauv(L, sizeof *p, 4); /* 4 */
   *p = NULL;
   luaL_setmetatable(L, PROCESS_MT);
   uv_stdio_container_t stdio[3];
   uv_file merged[2] = {-1, -1}; /* stderr = "stdout" with a pipe */
-  for (int i = 0; i < 3; i++) {
+  if (s.pty) {
+    int rc = open_pty(L, &merged[1]);
+    if (rc < 0) return push_fail(L, s.args[0], rc);
+    lua_setiuservalue(L, 4, 4);
+    for (int i = 0; i < 3; i++) {
+      stdio[i].flags = UV_INHERIT_FD;
+      stdio[i].data.fd = merged[1]; /* closed below as merged's */
+    }
+  }
+  for (int i = 0; i < 3 && !s.pty; i++) {
     tulua__io_spec *io = &s.io[i];
     if (io->kind == TULUA__IO_STDOUT) {
       stdio[i] = stdio[1]; /* stdout's, unless it is a pipe (below) */
@@ -248,7 +299,7 @@ static int process_spawn(lua_State *L) {
   }
   b->pid = b->h.pid;
   b->detached = (unsigned char)s.detached;
-  b->leads_group = (unsigned char)(s.detached || s.process_group);
+  b->leads_group = (unsigned char)(s.detached || s.process_group || s.pty);
   b->kill_group = (unsigned char)s.process_group;
   if (s.detached) uv_unref((uv_handle_t *)&b->h);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &list_key);
@@ -315,11 +366,11 @@ static int process_kill(lua_State *L) {
   return 1;
 }
 
-/* Closes the pipes from user value ctx on (each stream's close may wait),
- * then waits for the child. */
+/* Closes the pipes and the pty from user value ctx on (each stream's close
+ * may wait), then waits for the child. */
 static int close_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
-  for (int i = (int)ctx; i <= 3; i++) {
+  for (int i = (int)ctx; i <= 4; i++) {
     if (lua_getiuservalue(L, 1, i) == LUA_TNIL) {
       lua_pop(L, 1);
       continue;
@@ -333,8 +384,8 @@ static int close_k(lua_State *L, int status, lua_KContext ctx) {
   return wait_start(L, b, 1);
 }
 
-/* p:close() -> status [, signal]: closes p.stdin, p.stdout and p.stderr
- * (stdin first, so that a filter sees the end of its input), then waits
+/* p:close() -> status [, signal]: closes p.stdin, p.stdout, p.stderr and
+ * p.pty (stdin first, so that a filter sees the end of its input), then waits
  * for the child to exit and returns as wait. If the task is cancelled
  * meanwhile, the child gets SIGKILL. Afterwards methods raise "attempt to
  * use a closed process"; p.pid stays. A second close returns as poll. */
@@ -413,8 +464,8 @@ static int process_tostring(lua_State *L) {
   return 1;
 }
 
-/* __index: the fields pid, stdin, stdout, stderr, then the methods (the
- * upvalue). */
+/* __index: the fields pid, stdin, stdout, stderr, pty, then the methods
+ * (the upvalue). */
 static int process_index(lua_State *L) {
   proc_box **p = luaL_checkudata(L, 1, PROCESS_MT);
   if (lua_type(L, 2) == LUA_TSTRING) {
@@ -429,9 +480,35 @@ static int process_index(lua_State *L) {
         lua_getiuservalue(L, 1, i + 1);
         return 1;
       }
+    if (strcmp(k, "pty") == 0) {
+      lua_getiuservalue(L, 1, 4);
+      return 1;
+    }
   }
   lua_pushvalue(L, 2);
   lua_rawget(L, lua_upvalueindex(1));
+  return 1;
+}
+
+/* p:set_size(cols, rows) -> true | nil, message, code: sets the size of
+ * the child's pseudo-terminal (spawned with pty = true). */
+static int process_set_size(lua_State *L) {
+  proc_box *b = check_process(L);
+  lua_Integer cols = luaL_checkinteger(L, 2);
+  lua_Integer rows = luaL_checkinteger(L, 3);
+  luaL_argcheck(L, cols >= 1 && cols <= USHRT_MAX, 2, "columns out of range");
+  luaL_argcheck(L, rows >= 1 && rows <= USHRT_MAX, 3, "rows out of range");
+  if (lua_getiuservalue(L, 1, 4) == LUA_TNIL)
+    return luaL_error(L, "the process has no pty (spawn it with pty = true)");
+  uv_os_fd_t fd;
+  int rc = uv_fileno(
+      (uv_handle_t *)tulua__stream_handle(tulua__stream_check(L, -1)), &fd);
+  struct winsize ws = {.ws_row = (unsigned short)rows,
+                       .ws_col = (unsigned short)cols};
+  if (rc == 0 && ioctl(fd, TIOCSWINSZ, &ws) < 0)
+    rc = uv_translate_sys_error(errno);
+  if (rc < 0) return push_fail(L, b->name, rc);
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -751,11 +828,10 @@ static int process_getpid(lua_State *L) {
 }
 
 int luaopen_tulua_process(lua_State *L) {
-  static const luaL_Reg methods[] = {{"wait", process_wait},
-                                     {"poll", process_poll},
-                                     {"kill", process_kill},
-                                     {"close", process_close},
-                                     {NULL, NULL}};
+  static const luaL_Reg methods[] = {
+      {"wait", process_wait},         {"poll", process_poll},
+      {"kill", process_kill},         {"close", process_close},
+      {"set_size", process_set_size}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {{"spawn", process_spawn},
                                    {"run", process_run},
                                    {"kill", process_kill_pid},

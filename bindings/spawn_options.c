@@ -204,7 +204,7 @@ void tulua__spawn_check_keys(lua_State *L, int idx, const char *const known[]) {
 void tulua__spawn_check(lua_State *L, int is_run, tulua__spawn_spec *s) {
   static const char *const spawn_opts[] = {
       "env",      "cwd",   "stdin",         "stdout", "stderr",
-      "detached", "shell", "process_group", NULL};
+      "detached", "shell", "process_group", "pty",    NULL};
   static const char *const run_opts[] = {
       "env",     "cwd",   "stdin", "stdout",        "stderr", "input",
       "timeout", "check", "shell", "process_group", NULL};
@@ -259,6 +259,18 @@ void tulua__spawn_check(lua_State *L, int is_run, tulua__spawn_spec *s) {
     lua_pop(L, 1);
     luaL_argcheck(L, !both, opts, "'input' and 'stdin' are exclusive");
     s->io[0].kind = TULUA__IO_PIPE;
+  }
+  lua_getfield(L, opts, "pty");
+  s->pty = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  for (int i = 0; s->pty && i < 3; i++) {
+    lua_getfield(L, opts, tulua__stdio_names[i]);
+    int both = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (both)
+      luaL_argerror(L, opts,
+                    lua_pushfstring(L, "'pty' and '%s' are exclusive",
+                                    tulua__stdio_names[i]));
   }
 }
 
@@ -322,6 +334,8 @@ void tulua__spawn_options(uv_process_options_t *o, const tulua__spawn_spec *s,
    * started children of its own in the parent's group. So the child
    * leads a new session, and thus a new group whose id is its pid, with
    * no controlling terminal (bindings/process.md says what that
-   * changes). */
-  if (s->detached || s->process_group) o->flags |= UV_PROCESS_DETACHED;
+   * changes). A child on a pty gets a session too, so that /dev/tty is
+   * not the parent's terminal, which it would otherwise share. */
+  if (s->detached || s->process_group || s->pty)
+    o->flags |= UV_PROCESS_DETACHED;
 }

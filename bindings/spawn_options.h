@@ -1,5 +1,6 @@
 /* spawn_options.h: the options of process.spawn and process.run (argv,
- * env, cwd, the three stdio, detached and process_group, and run's input,
+ * env, cwd, the three stdio, detached, process_group and spawn's pty, and
+ * run's input,
  * timeout and check), read from
  * Lua and turned into libuv's uv_process_options_t. Defined in
  * spawn_options.c; used by process.c. */
@@ -33,6 +34,7 @@ typedef struct {
   int detached;
   int process_group; /* the child leads a group; kills on its behalf reach
                       * the group */
+  int pty; /* spawn: stdin, stdout and stderr are a new terminal */
   int check; /* run */
   const char *input; /* run: bytes for stdin, or NULL */
   size_t input_len;

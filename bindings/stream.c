@@ -79,6 +79,7 @@ struct tulua__stream {
   unsigned char kind, inited, closed, close_done, reading;
   unsigned char busy; /* a task waits in a read */
   unsigned char readahead; /* read on when nobody waits (not stdin) */
+  unsigned char eio_is_eof; /* a pty's master: EIO is its end */
   tulua__stream_end_fn on_end; /* reading to the end for C (read_to_end) */
   void *end_ud;
 };
@@ -202,6 +203,10 @@ void tulua__stream_readahead(tulua__stream *s, int on) {
   s->readahead = (unsigned char)(on != 0);
 }
 
+void tulua__stream_eio_is_eof(tulua__stream *s) {
+  s->eio_is_eof = 1;
+}
+
 void tulua__stream_push(lua_State *L, tulua__stream *s) {
   tulua__stream **p = lua_newuserdatauv(L, sizeof *p, 0);
   *p = s;
@@ -278,7 +283,7 @@ static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
       s->rb.err = rc;
       stop_reading(s);
     }
-  } else if (nread == UV_EOF) {
+  } else if (nread == UV_EOF || (nread == UV_EIO && s->eio_is_eof)) {
     s->rb.eof = 1;
     stop_reading(s);
   } else if (nread < 0) {

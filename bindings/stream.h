@@ -58,6 +58,10 @@ void tulua__stream_take(tulua__stream *s, tulua__bytes *out);
  * Turn it off for a descriptor others read too (stdin). */
 void tulua__stream_readahead(tulua__stream *s, int on);
 
+/* Makes EIO the end of the stream: a pty's master reads EIO once no
+ * process holds the terminal's side any more (process.c). */
+void tulua__stream_eio_is_eof(tulua__stream *s);
+
 /* Returns the box's handle, for uv_*_init and kind-specific calls. */
 uv_stream_t *tulua__stream_handle(tulua__stream *s);
 

@@ -725,6 +725,50 @@ describe("tulua.process", function()
     end))
   end)
 
+  describe("pty", function()
+    it("gives the child a terminal as stdin, stdout and stderr", bounded(function()
+      local p = assert(process.spawn({"sh", "-c", "test -t 0 && test -t 1 && test -t 2 && echo yes; tty"},
+        {pty = true}))
+      assert.are.same({nil, nil, nil}, {p.stdin, p.stdout, p.stderr})
+      local out = p.pty:read_all() -- to its end: the terminal's side closed
+      assert.is_truthy(out:match("^yes\r\n/dev/pts/%d+\r\n$"), out)
+      assert.are.same({0}, {p:close()})
+      assert.is_true(p.pty:is_closed())
+    end))
+
+    it("writes to the child through the terminal, which echoes", bounded(function()
+      local p = assert(process.spawn({"sh", "-c", "read x; echo \"got $x\""}, {pty = true}))
+      assert(p.pty:write("hi\n"))
+      assert.are.equal("hi\r\ngot hi\r\n", p.pty:read_all())
+      assert.are.same({0}, {p:wait()})
+      p:close()
+    end))
+
+    it("opens a terminal of 80 by 24 and resizes it with set_size", bounded(function()
+      local p = assert(process.spawn({"sh", "-c", "stty size; read x; stty size"}, {pty = true}))
+      assert.are.equal("24 80\r", p.pty:read_line())
+      assert.is_true(p:set_size(100, 40))
+      assert(p.pty:write("\n"))
+      assert.are.equal("\r\n40 100\r\n", p.pty:read_all())
+      assert.are.same({0}, {p:close()})
+    end))
+
+    it("raises on misuse", bounded(function()
+      assert.has_error(function() process.spawn({"true"}, {pty = true, stdout = "pipe"}) end,
+        "bad argument #2 to 'spawn' ('pty' and 'stdout' are exclusive)")
+      assert.has_error(function() process.run({"true"}, {pty = true}) end,
+        "bad argument #2 to 'run' (unknown option 'pty')")
+      local p = assert(process.spawn({"true"}))
+      assert.has_error(function() p:set_size(80, 24) end, "the process has no pty (spawn it with pty = true)")
+      p:close()
+      local q = assert(process.spawn({"true"}, {pty = true}))
+      assert.has_error(function() q:set_size(0, 24) end, "bad argument #1 to 'set_size' (columns out of range)")
+      assert.has_error(function() q:set_size(80, 65536) end, "bad argument #2 to 'set_size' (rows out of range)")
+      q:close()
+      assert.has_error(function() q:set_size(80, 24) end, "attempt to use a closed process")
+    end))
+  end)
+
   describe("wait_signal", function()
     local me = process.getpid()
 
