@@ -195,6 +195,10 @@ void tulua__interrupt_hook(lua_State *L, lua_Debug *ar);
  * co, its results, or raises its error or its cancellation. */
 int tulua__task_push_outcome(lua_State *L, lua_State *co);
 
+/* task.c, for runtime.c: os.exit, whose close closes the main chunk's
+ * task as lua_close closes lua.c's main thread. After luaL_openlibs. */
+void tulua__open_exit(lua_State *L);
+
 /* io.c, for runtime.c: tulua's print and io functions in place of Lua's
  * (close-on-exec files, SIGPIPE as lua5.4 has it). After luaL_openlibs. */
 void tulua__open_io(lua_State *L);

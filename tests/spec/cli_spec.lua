@@ -366,6 +366,31 @@ show(type(it), a, b, io.type(c), it(), it(), it(), it(), it(), io.type(c))
       end
     end)
 
+    it("closes the main chunk's to-be-closed variables on os.exit(status, true)", function()
+      local guard = "setmetatable({}, {__close = function() print('closed') end})"
+      local r = same({"-e", "do local x <close> = " .. guard .. " os.exit(true, true) end"})
+      assert.are.same({0, "closed\n"}, {r.status, r.stdout})
+      write("exit_close.lua", "local x <close> = setmetatable({}, {__close = function() print(120) end})\n"
+        .. "io.stderr:write('Ok')\nos.exit(true, true)\n")
+      r = same({"exit_close.lua"})
+      assert.are.same({0, "120\n", "Ok"}, {r.status, r.stdout, r.stderr})
+      -- from inside a coroutine: the main chunk's close, the coroutine's not
+      r = same({"-e", "local x <close> = setmetatable({}, {__close = function() print('main') end})"
+        .. " coroutine.wrap(function() local y <close> = setmetatable({}, {__close = function() print('co') end})"
+        .. " os.exit(3, true) end)()"})
+      assert.are.same({3, "main\n"}, {r.status, r.stdout})
+    end)
+
+    it("closes only the main chunk's to-be-closed variables when a task calls os.exit(status, true)", function()
+      -- as lua5.4 closes the main thread's and not a suspended coroutine's
+      local r = run("tulua", {"-e", "local t = require 'tulua'"
+        .. " local function guard(s) return setmetatable({}, {__close = function() print(s) end}) end"
+        .. " t.spawn(function() local y <close> = guard('sleeper') t.sleep(10) end)"
+        .. " t.spawn(function() local z <close> = guard('caller') t.sleep(0.01) os.exit(5, true) end)"
+        .. " local x <close> = guard('main') t.sleep(10)"})
+      assert.are.same({5, "main\n", ""}, {r.status, r.stdout, r.stderr})
+    end)
+
     it("is 0 after a script that ran to its end", function()
       assert.are.same(0, same({"-e", "return 1, 2"}).status)
     end)
