@@ -483,6 +483,39 @@ show(type(it), a, b, io.type(c), it(), it(), it(), it(), it(), io.type(c))
     end)
   end)
 
+  describe("tests/lua_testes.sh", function()
+    local SCRIPT = absolute("tests/lua_testes.sh")
+
+    -- Runs the script with the environment words env; returns status, output.
+    local function testes(env)
+      local cmd = string.format("%s %s TULUA=%s sh %s > %s/testes.txt 2>&1", CLEAN_ENV, env,
+        shell_quote(TULUA), shell_quote(SCRIPT), shell_quote(dir))
+      local _, _, code = os.execute(cmd)
+      return code, read_file(dir .. "/testes.txt")
+    end
+
+    it("skips with a message and status 0 without LUA_TESTES", function()
+      local code, out = testes("-u LUA_TESTES")
+      assert.are.same(0, code)
+      assert.is_truthy(out:find("skipped: LUA_TESTES is not set", 1, true))
+    end)
+
+    it("runs all.lua of the copy in portable mode with tulua, and passes on its status", function()
+      os.execute("mkdir -p " .. shell_quote(dir .. "/copy/testes"))
+      write("copy/testes/all.lua", "local i = 0 while arg[i - 1] do i = i - 1 end\n"
+        .. "print(_U, arg[0], arg[i] == os.getenv('TULUA'), require('tulua') ~= nil)\nos.exit(_U and 3 or 4)\n")
+      local code, out = testes("LUA_TESTES=" .. shell_quote(dir .. "/copy"))
+      assert.are.same(3, code)
+      assert.is_truthy(out:find("\ntrue\tall.lua\ttrue\ttrue\n", 1, true))
+    end)
+
+    it("fails with a message for a folder without all.lua", function()
+      local code, out = testes("LUA_TESTES=" .. shell_quote(dir .. "/none"))
+      assert.are.same(2, code)
+      assert.is_truthy(out:find("no all.lua in", 1, true))
+    end)
+  end)
+
   describe("--version", function()
     it("prints tulua's, libuv's and Lua's versions", function()
       local r = run("tulua", {"--version"})
