@@ -109,6 +109,7 @@ struct tulua__task {
   unsigned interrupted : 1; /* cancelled by an interrupt (Ctrl-C) */
   unsigned by_interrupt : 1; /* ... during tulua_run: reported if unjoined */
   unsigned has_extra : 1; /* an entry in the extras table (sched.c) */
+  unsigned hidden : 1; /* left out of all_tasks: a REPL line's (task.c) */
 };
 
 /* The extra space of a thread (lua_getextraspace), a pointer with tags in

@@ -334,7 +334,8 @@ static int l_all_tasks(lua_State *L) {
   lua_pushnil(L);
   while (lua_next(L, -2) != 0) {
     lua_State *co = lua_tothread(L, -1); /* or luaL_ref's free list */
-    if (co != NULL && tulua__task_of(co) != NULL)
+    tulua__task *t = co != NULL ? tulua__task_of(co) : NULL;
+    if (t != NULL && !t->hidden)
       lua_rawseti(L, -4, ++n);
     else
       lua_pop(L, 1);
@@ -372,20 +373,38 @@ static int l_report(lua_State *L) {
   return 0;
 }
 
+/* tulua._hide_current(): leaves the current task out of all_tasks from
+ * now on. For the command line's REPL, whose line tasks stand for lua.c's
+ * main thread at the prompt, as Python's asyncio REPL runs a line in no
+ * task: the user's tasks are the background ones. Internal (the
+ * underscore). */
+static int l_hide_current(lua_State *L) {
+  tulua_runtime *rt = tulua__runtime(L);
+  if (rt->current != NULL) rt->current->hidden = 1;
+  return 0;
+}
+
 static int l_now(lua_State *L) {
   lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
   return 1;
 }
 
 int tulua__open_core(lua_State *L) {
-  static const luaL_Reg funcs[] = {
-      {"spawn", l_spawn},         {"spawn_protected", l_spawn_protected},
-      {"sleep", tulua__sleep},    {"now", l_now},
-      {"current", l_current},     {"all_tasks", l_all_tasks},
-      {"park", tulua__park},      {"can_wait", l_can_wait},
-      {"unpark", tulua__unpark},  {"new_error", l_new_error},
-      {"set_debug", l_set_debug}, {"get_debug", l_get_debug},
-      {"_report", l_report},      {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"spawn", l_spawn},
+                                   {"spawn_protected", l_spawn_protected},
+                                   {"sleep", tulua__sleep},
+                                   {"now", l_now},
+                                   {"current", l_current},
+                                   {"all_tasks", l_all_tasks},
+                                   {"park", tulua__park},
+                                   {"can_wait", l_can_wait},
+                                   {"unpark", tulua__unpark},
+                                   {"new_error", l_new_error},
+                                   {"set_debug", l_set_debug},
+                                   {"get_debug", l_get_debug},
+                                   {"_report", l_report},
+                                   {"_hide_current", l_hide_current},
+                                   {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_rawgeti(L, LUA_REGISTRYINDEX, tulua__runtime(L)->methods_ref);
   lua_setfield(L, -2, "Task");

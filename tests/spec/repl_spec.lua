@@ -263,6 +263,13 @@ describe("tulua's terminal REPL", function()
       expect_tail(term, {"> " .. line, "tick", "> 123", "123", ">"})
     end)
 
+    it("lists only the background tasks in tulua.all_tasks(), not the line's own", function()
+      local term <close> = open_repl()
+      enter(term, "tulua.all_tasks()", {"{}"})
+      enter(term, "bg = tulua.spawn(tulua.sleep, 60)")
+      enter(term, "#tulua.all_tasks(), tulua.all_tasks()[1] == bg", {"1       true"})
+    end)
+
     it("waits only the line that calls tulua.sleep, then prompts again", function()
       local term <close> = open_repl()
       local line = 'print("before") tulua.sleep(0.3) print("after")'
