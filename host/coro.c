@@ -209,9 +209,17 @@ static int co_isyieldable(lua_State *L) {
 
 static int co_close(lua_State *L) {
   lua_State *co = getco(L);
-  if (tulua__is_task(co))
-    return luaL_error(L, "cannot close a task (cancel it instead)");
   int st = status_of(L, co);
+  if (tulua__is_task(co)) {
+    /* Lua's messages where Lua has the case: the task runs this code, or
+     * is inside a resume of the coroutine that runs it. A task suspended
+     * by the scheduler (also "normal" to status) is tulua's own case. */
+    lua_Debug ar;
+    int resuming = st == 2 && lua_status(co) == LUA_OK &&
+                   !tulua__task_finished(co) && lua_getstack(co, 0, &ar);
+    if (st != 0 && !resuming)
+      return luaL_error(L, "cannot close a task (cancel it instead)");
+  }
   if (st != 1 && st != 3)
     return luaL_error(L, "cannot close a %s coroutine", status_names[st]);
   if (lua_resetthread(co) == LUA_OK) {

@@ -156,6 +156,23 @@ static int run_k(lua_State *L, int status, lua_KContext ctx) {
   return lua_gettop(L); /* true, results... or false, error */
 }
 
+/* A REPL line's task is left out of tulua.all_tasks (tulua._hide_current):
+ * at the prompt it stands for lua.c's main thread, and would show there as
+ * a finished task once the results print. */
+static void hide_line_task(lua_State *L) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_getfield(L, -1, "tulua");
+  lua_CFunction open = lua_tocfunction(L, -1);
+  lua_pop(L, 2);
+  if (open == NULL) return; /* a host without the module */
+  luaL_requiref(L, "tulua", open, 0);
+  if (lua_getfield(L, -1, "_hide_current") == LUA_TFUNCTION)
+    lua_call(L, 0, 0);
+  else
+    lua_pop(L, 1);
+  lua_pop(L, 1);
+}
+
 /* The main task's function: calls the chunk (argument 1) with the other
  * arguments under lua.c's message handler (or none, in TULUA__CALL_PLAIN
  * mode) and returns true and the results, or false and the error. Catching
@@ -168,6 +185,7 @@ static int run_chunk(lua_State *L) {
   int nargs = lua_gettop(L) - 1;
   int mode = (int)lua_tointeger(L, lua_upvalueindex(1));
   int under = mode == TULUA__CALL_MAIN ? 2 : 1;
+  if (mode == TULUA__CALL_REPL) hide_line_task(L);
   if (under > 1) {
     lua_pushnil(L); /* the pad */
     lua_insert(L, 1);

@@ -112,8 +112,7 @@ static struct {
   int shown; /* the prompt line is on the screen */
   int hidden; /* output erased the prompt: draw it again */
   int at_bol; /* the last output ended a line */
-  unsigned char keys[256]; /* read from stdin, not yet given to libedit */
-  size_t nkeys, next_key;
+  int pending; /* a key read from stdin, not yet given to libedit, or -1 */
   unsigned char last_key; /* the last key libedit took */
   pthread_t thread; /* the REPL's: the one that owns the prompt */
 } E;
@@ -263,46 +262,82 @@ static void on_line(char *line) {
   R.rl_callback_handler_remove(); /* the terminal back to normal */
 }
 
-/* libedit's input: the keys poll_cb read. A key that needs more (the
- * rest of an incremental search, started by Ctrl-R, which libedit reads in
- * a loop of its own) is waited for, as libedit itself would: the loop
- * pauses while a search is typed. */
-static int getc_fn(FILE *f) {
-  (void)f;
-  if (E.next_key >= E.nkeys) {
-    ssize_t n;
-    fflush(E.term);
-    do
-      n = read(STDIN_FILENO, E.keys, sizeof E.keys);
-    while (n < 0 && errno == EINTR);
-    if (n <= 0) return EOF;
-    E.nkeys = (size_t)n;
-    E.next_key = 0;
-  }
-  E.last_key = E.keys[E.next_key];
-  return E.keys[E.next_key++];
+/* Reads one key from stdin, which is blocking; returns it, EOF at the end
+ * of the input, or -2 when there is nothing to read after all. One byte at
+ * a time, as readline reads: the bytes after the line that ends stay in
+ * the terminal, in order, for the next prompt or for io.read in the chunk
+ * the line runs (a paste is several lines at once). */
+static int read_key(void) {
+  unsigned char c;
+  ssize_t n;
+  do
+    n = read(STDIN_FILENO, &c, 1);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && errno == EAGAIN) return -2;
+  return n == 1 ? c : EOF;
 }
 
-static void poll_cb(uv_poll_t *h, int status, int events) {
-  (void)h;
-  (void)events;
-  ssize_t n = status < 0 ? 0 : read(STDIN_FILENO, E.keys, sizeof E.keys);
-  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
-  if (n <= 0) { /* stdin is gone: as an end of input */
-    on_line(NULL);
-    return;
+/* libedit's input: the key poll_cb read, then stdin. A key that needs
+ * more (an escape sequence, or the rest of an incremental search started
+ * by Ctrl-R, which libedit reads in a loop of its own) is waited for, as
+ * libedit itself would: the loop pauses while a search is typed. */
+static int getc_fn(FILE *f) {
+  (void)f;
+  int key = E.pending;
+  E.pending = -1;
+  if (key < 0) {
+    fflush(E.term);
+    key = read_key();
+    if (key < 0) return EOF;
   }
-  E.nkeys = (size_t)n;
-  E.next_key = 0;
-  while (E.next_key < E.nkeys && !E.done) {
-    unsigned char key = E.keys[E.next_key];
+  E.last_key = (unsigned char)key;
+  return key;
+}
+
+/* Returns 1 if stdin has bytes that a read takes without waiting. */
+static int keys_waiting(void) {
+  int n = 0;
+  return ioctl(STDIN_FILENO, FIONREAD, &n) == 0 && n > 0;
+}
+
+/* Gives libedit the keys that stdin has, one by one, until a line ends. */
+static void feed_keys(void) {
+  while (!E.done && (E.pending >= 0 || keys_waiting())) {
+    if (E.pending < 0) {
+      int key = read_key();
+      if (key == -2) return;
+      if (key == EOF) { /* stdin is gone: as an end of input */
+        on_line(NULL);
+        return;
+      }
+      E.pending = key;
+    }
+    unsigned char key = (unsigned char)E.pending;
     R.rl_callback_read_char();
     /* A search ends at a key it pushes back into libedit's own input
      * (Ctrl-G aborts it instead): act on that key now, not at the next. */
     if ((key == 0x12 || key == 0x13) && !E.done && E.last_key != 0x07)
       R.rl_callback_read_char();
   }
-  E.nkeys = E.next_key = 0;
+}
+
+static void poll_cb(uv_poll_t *h, int status, int events) {
+  (void)h;
+  (void)events;
+  if (status < 0) {
+    on_line(NULL);
+    return;
+  }
+  /* readable: a key, or the end of the input (which FIONREAD counts as
+   * nothing), so the first read is made whatever FIONREAD says */
+  int key = read_key();
+  if (key == -2) return;
+  if (key == EOF) {
+    on_line(NULL);
+    return;
+  }
+  E.pending = key;
+  feed_keys();
 }
 
 /* Ctrl-C at the prompt drops what was typed and shows a new prompt. */
@@ -333,6 +368,7 @@ char *tulua__edit_read(const char *prompt) {
   swap_io(L, "stderr", E.saved_err, E.err);
   uv_poll_start(&E.poll, UV_READABLE, poll_cb);
   uv_signal_start(&E.sigint, sigint_cb, SIGINT);
+  feed_keys(); /* a paste's next line, already there */
   while (!E.done) {
     uv_run(E.loop, UV_RUN_ONCE);
     if (!E.done) show_again();
@@ -361,6 +397,7 @@ int tulua__edit_open(tulua_runtime *rt) {
   static const cookie_io_functions_t err_fns = {NULL, err_write, NULL, NULL};
   if (load_libedit() < 0) return -1;
   memset(&E, 0, sizeof E);
+  E.pending = -1;
   E.rt = rt;
   E.thread = pthread_self();
   E.loop = tulua_loop(rt);

@@ -60,6 +60,7 @@ static int open_libs(lua_State *L) {
   if (rt->cfg.open_stdlibs) {
     luaL_openlibs(L);
     tulua__open_io(L);
+    tulua__open_exit(L);
   }
   tulua__open_coro(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);

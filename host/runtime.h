@@ -109,6 +109,7 @@ struct tulua__task {
   unsigned interrupted : 1; /* cancelled by an interrupt (Ctrl-C) */
   unsigned by_interrupt : 1; /* ... during tulua_run: reported if unjoined */
   unsigned has_extra : 1; /* an entry in the extras table (sched.c) */
+  unsigned hidden : 1; /* left out of all_tasks: a REPL line's (task.c) */
 };
 
 /* The extra space of a thread (lua_getextraspace), a pointer with tags in
@@ -194,6 +195,10 @@ void tulua__interrupt_hook(lua_State *L, lua_Debug *ar);
 /* task.c, for runtime.c and join: pushes the outcome of the finished task
  * co, its results, or raises its error or its cancellation. */
 int tulua__task_push_outcome(lua_State *L, lua_State *co);
+
+/* task.c, for runtime.c: os.exit, whose close closes the main chunk's
+ * task as lua_close closes lua.c's main thread. After luaL_openlibs. */
+void tulua__open_exit(lua_State *L);
 
 /* io.c, for runtime.c: tulua's print and io functions in place of Lua's
  * (close-on-exec files, SIGPIPE as lua5.4 has it). After luaL_openlibs. */

@@ -1,12 +1,14 @@
 /* task.c: the Task class (the methods of task threads) and the module
  * 'tulua' (spawn, sleep, current, all_tasks, park...), over the scheduler
- * of sched.c, as Lua keeps lcorolib.c over ldo.c.
+ * of sched.c, as Lua keeps lcorolib.c over ldo.c; and os.exit, which closes
+ * the main chunk's task as lua_close closes lua.c's main thread.
  *
  * A Task is its own thread: every thread shares one metatable whose
  * __index finds the Task methods for task threads (tostring shows
  * "thread: 0x...", as for any thread; status() tells the state). Names
  * live in a weak-keyed table, since a finished task keeps its name. */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <lauxlib.h>
@@ -332,7 +334,8 @@ static int l_all_tasks(lua_State *L) {
   lua_pushnil(L);
   while (lua_next(L, -2) != 0) {
     lua_State *co = lua_tothread(L, -1); /* or luaL_ref's free list */
-    if (co != NULL && tulua__task_of(co) != NULL)
+    tulua__task *t = co != NULL ? tulua__task_of(co) : NULL;
+    if (t != NULL && !t->hidden)
       lua_rawseti(L, -4, ++n);
     else
       lua_pop(L, 1);
@@ -370,20 +373,38 @@ static int l_report(lua_State *L) {
   return 0;
 }
 
+/* tulua._hide_current(): leaves the current task out of all_tasks from
+ * now on. For the command line's REPL, whose line tasks stand for lua.c's
+ * main thread at the prompt, as Python's asyncio REPL runs a line in no
+ * task: the user's tasks are the background ones. Internal (the
+ * underscore). */
+static int l_hide_current(lua_State *L) {
+  tulua_runtime *rt = tulua__runtime(L);
+  if (rt->current != NULL) rt->current->hidden = 1;
+  return 0;
+}
+
 static int l_now(lua_State *L) {
   lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
   return 1;
 }
 
 int tulua__open_core(lua_State *L) {
-  static const luaL_Reg funcs[] = {
-      {"spawn", l_spawn},         {"spawn_protected", l_spawn_protected},
-      {"sleep", tulua__sleep},    {"now", l_now},
-      {"current", l_current},     {"all_tasks", l_all_tasks},
-      {"park", tulua__park},      {"can_wait", l_can_wait},
-      {"unpark", tulua__unpark},  {"new_error", l_new_error},
-      {"set_debug", l_set_debug}, {"get_debug", l_get_debug},
-      {"_report", l_report},      {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"spawn", l_spawn},
+                                   {"spawn_protected", l_spawn_protected},
+                                   {"sleep", tulua__sleep},
+                                   {"now", l_now},
+                                   {"current", l_current},
+                                   {"all_tasks", l_all_tasks},
+                                   {"park", tulua__park},
+                                   {"can_wait", l_can_wait},
+                                   {"unpark", tulua__unpark},
+                                   {"new_error", l_new_error},
+                                   {"set_debug", l_set_debug},
+                                   {"get_debug", l_get_debug},
+                                   {"_report", l_report},
+                                   {"_hide_current", l_hide_current},
+                                   {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_rawgeti(L, LUA_REGISTRYINDEX, tulua__runtime(L)->methods_ref);
   lua_setfield(L, -2, "Task");
@@ -423,4 +444,51 @@ void tulua__open_task_class(lua_State *L, tulua_runtime *rt) {
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
   rt->names_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* ---- os.exit ---- */
+
+/* Returns the unfinished task of tulua_call (the command line's main
+ * chunk, or a REPL line), or NULL. Leaves L's stack as it was. */
+static lua_State *call_task(lua_State *L, tulua_runtime *rt) {
+  lua_State *found = NULL;
+  tulua__push_live(L, rt);
+  lua_pushnil(L);
+  while (found == NULL && lua_next(L, -2) != 0) {
+    lua_State *co = lua_tothread(L, -1);
+    tulua__task *t = co != NULL ? tulua__task_of(co) : NULL;
+    if (t != NULL && t->is_call) found = co;
+    lua_pop(L, 1);
+  }
+  lua_settop(L, lua_gettop(L) - (found != NULL ? 2 : 1));
+  return found;
+}
+
+/* os.exit([status [, close]]): Lua's, where lua_close closes the
+ * to-be-closed variables of lua.c's main thread, whose part here the main
+ * chunk's task plays: its variables are closed first, wherever os.exit is
+ * called from. Other tasks' are not, as lua5.4 leaves those of suspended
+ * coroutines; their objects are collected (__gc) with the state. */
+static int os_exit(lua_State *L) {
+  int status;
+  if (lua_isboolean(L, 1))
+    status = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+  else
+    status = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+  if (lua_toboolean(L, 2)) {
+    lua_State *main = call_task(L, tulua__runtime(L));
+    /* as lua_close does to lua.c's main thread, even while it runs: the
+     * call stack is dropped and nothing returns to it */
+    if (main != NULL && !tulua__task_finished(main)) lua_resetthread(main);
+    lua_close(L);
+  }
+  exit(status);
+}
+
+void tulua__open_exit(lua_State *L) {
+  if (lua_getglobal(L, "os") == LUA_TTABLE) {
+    lua_pushcfunction(L, os_exit);
+    lua_setfield(L, -2, "exit");
+  }
+  lua_pop(L, 1);
 }

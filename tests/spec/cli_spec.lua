@@ -366,6 +366,31 @@ show(type(it), a, b, io.type(c), it(), it(), it(), it(), it(), io.type(c))
       end
     end)
 
+    it("closes the main chunk's to-be-closed variables on os.exit(status, true)", function()
+      local guard = "setmetatable({}, {__close = function() print('closed') end})"
+      local r = same({"-e", "do local x <close> = " .. guard .. " os.exit(true, true) end"})
+      assert.are.same({0, "closed\n"}, {r.status, r.stdout})
+      write("exit_close.lua", "local x <close> = setmetatable({}, {__close = function() print(120) end})\n"
+        .. "io.stderr:write('Ok')\nos.exit(true, true)\n")
+      r = same({"exit_close.lua"})
+      assert.are.same({0, "120\n", "Ok"}, {r.status, r.stdout, r.stderr})
+      -- from inside a coroutine: the main chunk's close, the coroutine's not
+      r = same({"-e", "local x <close> = setmetatable({}, {__close = function() print('main') end})"
+        .. " coroutine.wrap(function() local y <close> = setmetatable({}, {__close = function() print('co') end})"
+        .. " os.exit(3, true) end)()"})
+      assert.are.same({3, "main\n"}, {r.status, r.stdout})
+    end)
+
+    it("closes only the main chunk's to-be-closed variables when a task calls os.exit(status, true)", function()
+      -- as lua5.4 closes the main thread's and not a suspended coroutine's
+      local r = run("tulua", {"-e", "local t = require 'tulua'"
+        .. " local function guard(s) return setmetatable({}, {__close = function() print(s) end}) end"
+        .. " t.spawn(function() local y <close> = guard('sleeper') t.sleep(10) end)"
+        .. " t.spawn(function() local z <close> = guard('caller') t.sleep(0.01) os.exit(5, true) end)"
+        .. " local x <close> = guard('main') t.sleep(10)"})
+      assert.are.same({5, "main\n", ""}, {r.status, r.stdout, r.stderr})
+    end)
+
     it("is 0 after a script that ran to its end", function()
       assert.are.same(0, same({"-e", "return 1, 2"}).status)
     end)
@@ -455,6 +480,39 @@ show(type(it), a, b, io.type(c), it(), it(), it(), it(), it(), io.type(c))
           .. " os.exit(" .. case[1] .. ") end) io.write('main ')"})
         assert.are.same({case[2], "main out", ""}, {r.status, r.stdout, r.stderr})
       end
+    end)
+  end)
+
+  describe("tests/lua_testes.sh", function()
+    local SCRIPT = absolute("tests/lua_testes.sh")
+
+    -- Runs the script with the environment words env; returns status, output.
+    local function testes(env)
+      local cmd = string.format("%s %s TULUA=%s sh %s > %s/testes.txt 2>&1", CLEAN_ENV, env,
+        shell_quote(TULUA), shell_quote(SCRIPT), shell_quote(dir))
+      local _, _, code = os.execute(cmd)
+      return code, read_file(dir .. "/testes.txt")
+    end
+
+    it("skips with a message and status 0 without LUA_TESTES", function()
+      local code, out = testes("-u LUA_TESTES")
+      assert.are.same(0, code)
+      assert.is_truthy(out:find("skipped: LUA_TESTES is not set", 1, true))
+    end)
+
+    it("runs all.lua of the copy in portable mode with tulua, and passes on its status", function()
+      os.execute("mkdir -p " .. shell_quote(dir .. "/copy/testes"))
+      write("copy/testes/all.lua", "local i = 0 while arg[i - 1] do i = i - 1 end\n"
+        .. "print(_U, arg[0], arg[i] == os.getenv('TULUA'), require('tulua') ~= nil)\nos.exit(_U and 3 or 4)\n")
+      local code, out = testes("LUA_TESTES=" .. shell_quote(dir .. "/copy"))
+      assert.are.same(3, code)
+      assert.is_truthy(out:find("\ntrue\tall.lua\ttrue\ttrue\n", 1, true))
+    end)
+
+    it("fails with a message for a folder without all.lua", function()
+      local code, out = testes("LUA_TESTES=" .. shell_quote(dir .. "/none"))
+      assert.are.same(2, code)
+      assert.is_truthy(out:find("no all.lua in", 1, true))
     end)
   end)
 

@@ -263,8 +263,29 @@ describe("coroutine", function()
       assert.are.same({false, string.format("%s:%d: in close", HERE, err_line)}, result)
     end)
 
-    it("raises for a task's thread", function()
-      assert.are.equal("cannot close a task (cancel it instead)", raised(coroutine.close, coroutine.running()))
+    it("raises Lua's message for the running task's own thread", function()
+      assert.are.equal("cannot close a running coroutine", raised(coroutine.close, coroutine.running()))
+    end)
+
+    it("raises Lua's message for a task that resumed the caller (normal)", function()
+      local task = coroutine.running()
+      local co = coroutine.wrap(function() return raised(coroutine.close, task) end)
+      assert.are.equal("cannot close a normal coroutine", co())
+    end)
+
+    it("raises Lua's message for a coroutine that resumed the caller (normal)", function()
+      local outer
+      outer = coroutine.create(function()
+        return coroutine.wrap(function() return raised(coroutine.close, outer) end)()
+      end)
+      assert.are.same({true, "cannot close a normal coroutine"}, {coroutine.resume(outer)})
+    end)
+
+    it("raises tulua's message for a suspended task closed from outside", function()
+      local t = tulua.spawn(function() tulua.sleep(0.01) end)
+      tulua.sleep(0)
+      assert.are.equal("cannot close a task (cancel it instead)", raised(coroutine.close, t))
+      t:join()
     end)
   end)
 
