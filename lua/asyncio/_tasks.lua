@@ -11,7 +11,8 @@ local timeouts = require "asyncio._timeouts"
 local spawn, current = tulua.spawn_protected, tulua.current
 local need_task, new_waker = common.need_task, common.new_waker
 local check_timeout, check_return_when = common.check_timeout, common.check_return_when
-local type_error = require("tulua._args").type_error
+local args = require("tulua._args")
+local type_error, check_options = args.type_error, args.check_options
 local CancelledError, TimeoutError = exceptions.CancelledError, exceptions.TimeoutError
 local Future, to_future, wait_done = futures.Future, futures.to_future, futures.wait_done
 local timeout_scope = timeouts.timeout
@@ -77,11 +78,14 @@ local function split_args(...)
   return {...}, n, opts
 end
 
+local GATHER_OPTIONS = {return_exceptions = true}
+
 --- Waits for every awaitable; returns {n =, first result of each...} in order.
 -- Without return_exceptions the first error is raised at once; cancelling
 -- the gathering task cancels the children.
 function M.gather(...)
   local list, n, opts = split_args(...)
+  if opts then check_options(opts, GATHER_OPTIONS, select("#", ...), "gather") end
   local return_exceptions = opts and opts.return_exceptions
   local children = {}
   for i = 1, n do children[i] = to_future(list[i], i, "gather") end
@@ -135,6 +139,8 @@ M.FIRST_COMPLETED = common.FIRST_COMPLETED
 M.FIRST_EXCEPTION = common.FIRST_EXCEPTION
 M.ALL_COMPLETED = common.ALL_COMPLETED
 
+local WAIT_OPTIONS = {timeout = true, return_when = true}
+
 local completion_ops = {
   done = function(f) return f:done() end,
   failed = function(f) return f:status() == "failed" end,
@@ -149,7 +155,9 @@ function M.wait(aws, opts)
   if type(aws) ~= "table" then
     type_error(1, "wait", "table", aws)
   end
+  if opts ~= nil and type(opts) ~= "table" then type_error(2, "wait", "table", opts) end
   opts = opts or {}
+  check_options(opts, WAIT_OPTIONS, 2, "wait")
   local timeout = check_timeout(opts.timeout, 2, "wait")
   local when = check_return_when(opts.return_when, 2, "wait")
   local fs = {}

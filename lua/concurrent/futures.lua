@@ -31,7 +31,7 @@ local ERROR_MT, error_class, need_task, new_waker = common.ERROR_MT, common.erro
   common.need_task, common.new_waker
 local check_timeout, check_return_when = common.check_timeout, common.check_return_when
 local args = require "tulua._args"
-local arg_error, type_error = args.arg_error, args.type_error
+local arg_error, type_error, check_options = args.arg_error, args.type_error, args.check_options
 
 -- ---- errors ----
 
@@ -118,6 +118,8 @@ local function check_futures(fs, fname)
   end
 end
 
+local WAIT_OPTIONS = {timeout = true, return_when = true}
+
 local completion_ops = {done = is_done, failed = failed, listen = add_waiter, unlisten = remove_waiter}
 
 --- Waits until return_when holds (ALL_COMPLETED by default) or timeout
@@ -129,6 +131,7 @@ function M.wait(fs, opts)
     type_error(2, "wait", "table", opts)
   end
   opts = opts or {}
+  check_options(opts, WAIT_OPTIONS, 2, "wait")
   local timeout = check_timeout(opts.timeout, 2, "wait")
   local when = check_return_when(opts.return_when, 2, "wait")
   local done, not_done = common.wait(fs, completion_ops, timeout, when, "wait")
@@ -228,10 +231,14 @@ local function zip(fname, n, ...)
   end
 end
 
+-- map's last argument is its options when it is a plain table with no [1]
+-- (an iterable has items, an object has a metatable): so a misspelt
+-- option is an error rather than an empty iterable
 local function is_options(x)
-  if type(x) ~= "table" or x[1] ~= nil then return false end
-  return next(x) == nil or x.timeout ~= nil or x.chunksize ~= nil or x.buffersize ~= nil
+  return type(x) == "table" and getmetatable(x) == nil and x[1] == nil
 end
+
+local MAP_OPTIONS = {timeout = true, chunksize = true, buffersize = true}
 
 -- Runs a chunk of map's items in the worker: the first result of each.
 local function run_chunk(fn, multi, items)
@@ -271,6 +278,7 @@ function Executor:map(fn, ...)
     n = n - 1
   end
   if n == 0 then arg_error(2, "map", "at least one iterable expected") end
+  check_options(opts, MAP_OPTIONS, n + 2, "map")
   local timeout = check_timeout(opts.timeout, n + 2, "map")
   local chunksize = opts.chunksize or 1
   if math.type(chunksize) ~= "integer" or chunksize < 1 then
@@ -411,11 +419,17 @@ local function check_workers(n, fname, default)
   return n
 end
 
+local POOL_OPTIONS = {
+  ThreadPoolExecutor = {initializer = true, initargs = true, thread_name_prefix = true},
+  ProcessPoolExecutor = {initializer = true, initargs = true, max_tasks_per_child = true, executable = true},
+}
+
 local function check_opts(opts, fname)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
     type_error(2, fname, "table", opts, 3)
   end
+  check_options(opts, POOL_OPTIONS[fname], 2, fname, 3)
   if opts.initializer ~= nil and type(opts.initializer) ~= "function" then
     arg_error(2, fname, "initializer must be a function", 3)
   end

@@ -12,7 +12,8 @@ local format, rep, sub = string.format, string.rep, string.sub
 local concat, sort = table.concat, table.sort
 local floor, ceil, max, min, log = math.floor, math.ceil, math.max, math.min, math.log
 local math_type = math.type
-local arg_error = require("tulua._args").arg_error
+local args = require("tulua._args")
+local arg_error = args.arg_error
 
 -- Job marks, by submission number: 1-9, then a-z, then again from 1. A
 -- failed or cancelled job is drawn with its status mark instead: its bar
@@ -37,10 +38,13 @@ local function is_time(x)
   return type(x) == "number" and x >= 0 and x < math.huge
 end
 
+local OPTIONS = {width = true, workers = true, now = true}
+
 -- Checks opts and returns width, workers, now.
 local function check_opts(opts)
   if opts == nil then return DEFAULT_WIDTH, 0, nil end
   if type(opts) ~= "table" then bad_arg(2, "table expected, got " .. type(opts)) end
+  args.check_options(opts, OPTIONS, 2, "render", 3)
   local width, workers, now = opts.width or DEFAULT_WIDTH, opts.workers or 0, opts.now
   if math_type(width) ~= "integer" or width < 1 then
     bad_arg(2, "field 'width' must be a positive integer")

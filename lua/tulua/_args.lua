@@ -8,7 +8,8 @@
 -- which is right when a public function calls the helper itself; a local
 -- checker one call deeper passes 3. Never call them in a tail call (`return
 -- arg_error(...)`): a tail call drops the frame the level counts.
-local type, error, getmetatable, format = type, error, getmetatable, string.format
+local type, error, getmetatable, next, tostring, format =
+  type, error, getmetatable, next, tostring, string.format
 
 local M = {}
 
@@ -33,6 +34,17 @@ function M.check_self(self, kind, fname, level)
   local mt = type(self) == "table" and getmetatable(self)
   if not (mt and mt._kind == kind) then
     arg_error(1, fname, kind .. " expected, got " .. (mt and mt.__name or type(self)), (level or 2) + 1)
+  end
+end
+
+--- Raises "bad argument #argn to 'fname' (unknown option 'key')" for a key
+-- of the table opts that the set known lacks, as process.spawn does in C:
+-- a misspelt option is an error, never a default.
+function M.check_options(opts, known, argn, fname, level)
+  for k in next, opts do
+    if not known[k] then
+      arg_error(argn, fname, "unknown option '" .. tostring(k) .. "'", (level or 2) + 1)
+    end
   end
 end
 

@@ -136,6 +136,13 @@ describe("asyncio", function()
       assert.is_true(inside)
       assert.is_false(tulua.get_debug())
     end)
+
+    it("raises for options that are not a table or that it does not know", function()
+      assert.has_error(function() asyncio.run(print, 0) end,
+        "bad argument #2 to 'run' (table expected, got number)")
+      assert.has_error(function() asyncio.run(print, {degub = true}) end,
+        "bad argument #2 to 'run' (unknown option 'degub')")
+    end)
   end)
 
   describe("create_task", function()
@@ -672,6 +679,14 @@ describe("asyncio", function()
       assert.are.equal(e, r[1])
     end)
 
+    it("raises for an unknown option, naming the argument that holds it", function()
+      local function ok() return "ok" end
+      assert.has_error(function() asyncio.gather({ok}, {return_exception = true}) end,
+        "bad argument #2 to 'gather' (unknown option 'return_exception')")
+      assert.has_error(function() asyncio.gather(ok, ok, {return_exception = true}) end,
+        "bad argument #3 to 'gather' (unknown option 'return_exception')")
+    end)
+
     it("cancels every child when the gathering task is cancelled", function()
       local a = asyncio.create_task(asyncio.sleep, 1)
       local b = asyncio.create_task(asyncio.sleep, 1)
@@ -777,6 +792,12 @@ describe("asyncio", function()
       local done, pending = asyncio.wait({a}, {return_when = asyncio.ALL_COMPLETED})
       assert.are.same({[a] = true}, done)
       assert.are.same({}, pending)
+    end)
+
+    it("raises for options that are not a table or that it does not know", function()
+      assert.has_error(function() asyncio.wait({}, 5) end, "bad argument #2 to 'wait' (table expected, got number)")
+      assert.has_error(function() asyncio.wait({}, {time_out = 5}) end,
+        "bad argument #2 to 'wait' (unknown option 'time_out')")
     end)
 
     it("raises where it cannot wait even when everything is done, as Python's coroutine does", function()

@@ -217,6 +217,13 @@ describe("concurrent.futures", function()
       assert.matches("table or iterator function expected, got number", raised(ex.map, ex, print, 5))
       assert.matches("chunksize must be a positive integer", raised(ex.map, ex, print, {1}, {chunksize = 0}))
     end)
+
+    it("raises for an unknown option rather than take its table for an iterable", function()
+      assert.has_error(function() ex:map(print, {1}, {chunk_size = 2}) end,
+        "bad argument #3 to 'map' (unknown option 'chunk_size')")
+      assert.has_error(function() ex:map(print, {1}, {2}, {timeout = 1, buffer_size = 2}) end,
+        "bad argument #4 to 'map' (unknown option 'buffer_size')")
+    end)
   end)
 
   describe("as_completed and wait", function()
@@ -266,6 +273,8 @@ describe("concurrent.futures", function()
       assert.is_true(not_done[b])
       assert.matches("invalid return_when", raised(futures.wait, {b}, {return_when = "SOON"}))
       assert.matches("not a Future", raised(futures.wait, {1}))
+      assert.has_error(function() futures.wait({b}, {time_out = 1}) end,
+        "bad argument #2 to 'wait' (unknown option 'time_out')")
     end)
 
     it("with a timeout of 0 or less returns what is done at the call, without letting a task run", function()
@@ -709,6 +718,21 @@ describe("concurrent.futures", function()
       pool:shutdown()
       assert.matches("max_workers must be a positive integer", raised(futures.ThreadPoolExecutor, 0))
       assert.matches("initializer must be a function", raised(futures.ThreadPoolExecutor, 1, {initializer = 1}))
+    end)
+
+    it("raises for an unknown option of an executor, as process.spawn does", function()
+      assert.has_error(function() futures.ThreadPoolExecutor(1, {initialiser = print}) end,
+        "bad argument #2 to 'ThreadPoolExecutor' (unknown option 'initialiser')")
+      assert.has_error(function() futures.ThreadPoolExecutor(1, {max_tasks_per_child = 1}) end,
+        "bad argument #2 to 'ThreadPoolExecutor' (unknown option 'max_tasks_per_child')")
+      assert.has_error(function() futures.ProcessPoolExecutor(1, {max_task_per_child = 1}) end,
+        "bad argument #2 to 'ProcessPoolExecutor' (unknown option 'max_task_per_child')")
+      assert.has_error(function() futures.ProcessPoolExecutor(1, {mp_context = "spawn"}) end,
+        "bad argument #2 to 'ProcessPoolExecutor' (unknown option 'mp_context')")
+      assert.has_error(function() futures.ProcessPoolExecutor(1, {thread_name_prefix = "x"}) end,
+        "bad argument #2 to 'ProcessPoolExecutor' (unknown option 'thread_name_prefix')")
+      assert.has_error(function() futures.ThreadPoolExecutor(1, {"x"}) end,
+        "bad argument #2 to 'ThreadPoolExecutor' (unknown option '1')")
     end)
 
     it("lets a script end while its jobs finish, and an idle pool does not keep it alive", function()

@@ -163,6 +163,8 @@ describe("concurrent.timeline", function()
         "bad argument #2 to 'render' (field 'workers' must be a non-negative integer)")
       assert.has_error(function() timeline.render({}, {now = 0 / 0}) end,
         "bad argument #2 to 'render' (field 'now' must be a non-negative number)")
+      assert.has_error(function() timeline.render({}, {widht = 20}) end,
+        "bad argument #2 to 'render' (unknown option 'widht')")
     end)
 
     it("blames the line that called it, as Lua's own functions do", function()
