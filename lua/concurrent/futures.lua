@@ -31,7 +31,12 @@ local ERROR_MT, error_class, need_task, new_waker = common.ERROR_MT, common.erro
   common.need_task, common.new_waker
 local check_timeout, check_return_when = common.check_timeout, common.check_return_when
 local args = require "tulua._args"
-local arg_error, type_error, check_options = args.arg_error, args.type_error, args.check_options
+local arg_error, type_error, check_options, check_count =
+  args.arg_error, args.type_error, args.check_options, args.check_count
+
+-- The most workers a pool may have (bindings/thread_pool.c refuses more
+-- too): every pool keeps per-worker state, and a process pool forks them.
+local MAX_WORKERS = 1024
 
 -- ---- errors ----
 
@@ -412,11 +417,8 @@ M.cpu_count = thread_pool.cpu_count
 M.process_cpu_count = thread_pool.process_cpu_count
 
 local function check_workers(n, fname, default)
-  if n == nil then return default end
-  if math.type(n) ~= "integer" or n < 1 then
-    arg_error(1, fname, "max_workers must be a positive integer", 3)
-  end
-  return n
+  if n == nil then return math.min(default, MAX_WORKERS) end
+  return check_count(n, MAX_WORKERS, 1, fname, "max_workers", 3)
 end
 
 local POOL_OPTIONS = {

@@ -717,6 +717,8 @@ describe("concurrent.futures", function()
       assert.are.equal(math.min(32, futures.process_cpu_count() + 4), pool:max_workers())
       pool:shutdown()
       assert.matches("max_workers must be a positive integer", raised(futures.ThreadPoolExecutor, 0))
+      assert.has_error(function() futures.ThreadPoolExecutor(1025) end,
+        "bad argument #1 to 'ThreadPoolExecutor' (max_workers must be 1 to 1024)")
       assert.matches("initializer must be a function", raised(futures.ThreadPoolExecutor, 1, {initializer = 1}))
     end)
 

@@ -409,6 +409,27 @@ describe("ProcessPoolExecutor", function()
     end)
   end)
 
+  describe("max_workers", function()
+    it("is at most 1024, as the thread pool's", function()
+      assert.has_error(function() futures.ProcessPoolExecutor(1 << 40) end,
+        "bad argument #1 to 'ProcessPoolExecutor' (max_workers must be 1 to 1024)")
+      assert.has_error(function() futures.ProcessPoolExecutor(1025) end,
+        "bad argument #1 to 'ProcessPoolExecutor' (max_workers must be 1 to 1024)")
+      assert.has_error(function() futures.ProcessPoolExecutor(0) end,
+        "bad argument #1 to 'ProcessPoolExecutor' (max_workers must be a positive integer)")
+      local pool = futures.ProcessPoolExecutor(1024)
+      assert.are.equal(1024, pool:max_workers())
+      pool:shutdown(true)
+    end)
+
+    it("costs only the workers started: no loop runs up to the bound", bounded(function()
+      local status, out, err = run_fixture("process_pool_wide.lua")
+      assert.are.equal("", err)
+      assert.are.equal("sum 42\ndone\n", out)
+      assert.are.equal(0, status)
+    end))
+  end)
+
   describe("the program", function()
     it("waits for the jobs left when the main chunk ends, and an idle pool does not keep it alive",
       bounded(function()
