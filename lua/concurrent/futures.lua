@@ -37,6 +37,10 @@ local arg_error, type_error, check_options, check_count =
 -- The most workers a pool may have (bindings/thread_pool.c refuses more
 -- too): every pool keeps per-worker state, and a process pool forks them.
 local MAX_WORKERS = 1024
+-- The bound of the other counts (map's chunksize and buffersize,
+-- max_tasks_per_child): far above any use, and index arithmetic on it
+-- cannot overflow.
+local MAX_COUNT = 0x7fffffff
 
 -- ---- errors ----
 
@@ -285,14 +289,9 @@ function Executor:map(fn, ...)
   if n == 0 then arg_error(2, "map", "at least one iterable expected") end
   check_options(opts, MAP_OPTIONS, n + 2, "map")
   local timeout = check_timeout(opts.timeout, n + 2, "map")
-  local chunksize = opts.chunksize or 1
-  if math.type(chunksize) ~= "integer" or chunksize < 1 then
-    arg_error(n + 2, "map", "chunksize must be a positive integer")
-  end
-  local window = opts.buffersize or math.max(2 * self._max_workers, 64)
-  if math.type(window) ~= "integer" or window < 1 then
-    arg_error(n + 2, "map", "buffersize must be a positive integer")
-  end
+  local chunksize = check_count(opts.chunksize or 1, MAX_COUNT, n + 2, "map", "chunksize")
+  local window = check_count(opts.buffersize or math.max(2 * self._max_workers, 64), MAX_COUNT,
+    n + 2, "map", "buffersize")
   local multi = n > 1
   local nextitem = zip("map", n, ...)
   local array = n == 1 and type((...)) == "table" and ... or nil
@@ -311,8 +310,10 @@ function Executor:map(fn, ...)
       else
         local items
         if array then -- a slice, without a call per item
-          items = table.move(array, pos, math.min(pos + chunksize - 1, #array), 1, {})
-          pos = pos + chunksize
+          -- #array - pos: pos + chunksize could pass maxinteger
+          local last = #array - pos < chunksize and #array or pos + chunksize - 1
+          items = table.move(array, pos, last, 1, {})
+          pos = last + 1
           if pos > #array then exhausted = true end
         else
           items = {}
@@ -458,9 +459,8 @@ end
 function M.ProcessPoolExecutor(max_workers, opts)
   max_workers = check_workers(max_workers, "ProcessPoolExecutor", M.process_cpu_count())
   opts = check_opts(opts, "ProcessPoolExecutor")
-  local mtpc = opts.max_tasks_per_child
-  if mtpc ~= nil and (math.type(mtpc) ~= "integer" or mtpc < 1) then
-    arg_error(2, "ProcessPoolExecutor", "max_tasks_per_child must be a positive integer")
+  if opts.max_tasks_per_child ~= nil then
+    check_count(opts.max_tasks_per_child, MAX_COUNT, 2, "ProcessPoolExecutor", "max_tasks_per_child")
   end
   local backend = require("concurrent._process_pool").new
   local ok, ex = pcall(new_executor, "ProcessPoolExecutor", max_workers, backend, opts)

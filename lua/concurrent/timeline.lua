@@ -21,6 +21,9 @@ local arg_error = args.arg_error
 local MARKS = "123456789abcdefghijklmnopqrstuvwxyz"
 local STATUS_MARKS = {failed = "X", cancelled = "-"}
 local DEFAULT_WIDTH = 60
+-- Bounds of the sizes the picture follows (its loops and strings): wider
+-- than any screen, and as many workers as a pool may have.
+local MAX_WIDTH, MAX_WORKERS = 10000, 1024
 local MIN_TICK_GAP = 6 -- columns between ticks at least, so the axis stays readable
 
 -- Formats seconds with the given number of decimals (Lua has no "%.*f").
@@ -48,9 +51,13 @@ local function check_opts(opts)
   local width, workers, now = opts.width or DEFAULT_WIDTH, opts.workers or 0, opts.now
   if math_type(width) ~= "integer" or width < 1 then
     bad_arg(2, "field 'width' must be a positive integer")
+  elseif width > MAX_WIDTH then
+    bad_arg(2, format("field 'width' must be 1 to %d", MAX_WIDTH))
   end
   if math_type(workers) ~= "integer" or workers < 0 then
     bad_arg(2, "field 'workers' must be a non-negative integer")
+  elseif workers > MAX_WORKERS then
+    bad_arg(2, format("field 'workers' must be 0 to %d", MAX_WORKERS))
   end
   if now ~= nil and not is_time(now) then bad_arg(2, "field 'now' must be a non-negative number") end
   return width, workers, now
@@ -69,6 +76,7 @@ local function check_records(records)
     local index = r.index == nil and i or r.index
     if math_type(index) ~= "integer" or index < 1 then bad_field("index", "a positive integer") end
     if math_type(r.worker) ~= "integer" or r.worker < 1 then bad_field("worker", "a positive integer") end
+    if r.worker > MAX_WORKERS then bad_field("worker", "1 to " .. MAX_WORKERS) end
     if not is_time(r.start) then bad_field("start", "a non-negative number") end
     if r.finish ~= nil and not (is_time(r.finish) and r.finish >= r.start) then
       bad_field("finish", "nil or a number not below 'start'")

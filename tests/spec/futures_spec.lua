@@ -218,6 +218,25 @@ describe("concurrent.futures", function()
       assert.matches("chunksize must be a positive integer", raised(ex.map, ex, print, {1}, {chunksize = 0}))
     end)
 
+    it("bounds chunksize and buffersize, and a chunk never reads past the items", function()
+      local out = {}
+      for r in ex:map(function(x) return x * 2 end, {1, 2, 3}, {chunksize = 0x7fffffff}) do out[#out + 1] = r end
+      assert.are.same({2, 4, 6}, out)
+      out = {}
+      for r in ex:map(function(x) return x end, {1, 2, 3, 4, 5}, {chunksize = 2, buffersize = 0x7fffffff}) do
+        out[#out + 1] = r
+      end
+      assert.are.same({1, 2, 3, 4, 5}, out)
+      assert.has_error(function() ex:map(print, {1}, {chunksize = math.maxinteger}) end,
+        "bad argument #3 to 'map' (chunksize must be 1 to 2147483647)")
+      assert.has_error(function() ex:map(print, {1}, {buffersize = 1 << 40}) end,
+        "bad argument #3 to 'map' (buffersize must be 1 to 2147483647)")
+      assert.has_error(function() ex:map(print, {1}, {buffersize = 0.5}) end,
+        "bad argument #3 to 'map' (buffersize must be a positive integer)")
+      assert.has_error(function() ex:map(print, {1}, {chunksize = 0 / 0}) end,
+        "bad argument #3 to 'map' (chunksize must be a positive integer)")
+    end)
+
     it("raises for an unknown option rather than take its table for an iterable", function()
       assert.has_error(function() ex:map(print, {1}, {chunk_size = 2}) end,
         "bad argument #3 to 'map' (unknown option 'chunk_size')")

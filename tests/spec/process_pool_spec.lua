@@ -343,6 +343,13 @@ describe("ProcessPoolExecutor", function()
   end)
 
   describe("max_tasks_per_child", function()
+    it("is a positive integer up to 2^31 - 1", function()
+      assert.has_error(function() futures.ProcessPoolExecutor(1, {max_tasks_per_child = 0}) end,
+        "bad argument #2 to 'ProcessPoolExecutor' (max_tasks_per_child must be a positive integer)")
+      assert.has_error(function() futures.ProcessPoolExecutor(1, {max_tasks_per_child = math.maxinteger}) end,
+        "bad argument #2 to 'ProcessPoolExecutor' (max_tasks_per_child must be 1 to 2147483647)")
+    end)
+
     it("replaces a worker after that many jobs", bounded(function()
       local one = futures.ProcessPoolExecutor(1, {max_tasks_per_child = 2})
       local pids = {}
