@@ -11,6 +11,7 @@ local spawn, current, now = tulua.spawn_protected, tulua.current, tulua.now
 local after = require("tulua.timer").after
 local need_task, check_timeout = common.need_task, common.check_timeout
 local type_error = require("tulua._args").type_error
+local start_task = require("asyncio._tasks")._start
 local Future, to_future, wrap_future = futures.Future, futures.to_future, futures.wrap_future
 local wq_new, wq_wait, wq_wake_all = waiters.new, waiters.wait, waiters.wake_all
 local pack, unpack = table.pack, table.unpack
@@ -141,8 +142,9 @@ function Loop:call_at(when, fn, ...)
 end
 
 function Loop:create_task(fn, ...)
-  check_fn(fn, 1, "create_task")
-  return spawn(fn, ...)
+  if type(fn) ~= "table" then check_fn(fn, 1, "create_task") end
+  local t = start_task("create_task", fn, ...)
+  return t
 end
 
 function Loop:create_future() return Future() end

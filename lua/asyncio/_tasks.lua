@@ -12,17 +12,63 @@ local spawn, current = tulua.spawn_protected, tulua.current
 local need_task, new_waker = common.need_task, common.new_waker
 local check_timeout, check_return_when = common.check_timeout, common.check_return_when
 local args = require("tulua._args")
-local type_error, check_options = args.type_error, args.check_options
+local arg_error, type_error, check_options = args.arg_error, args.type_error, args.check_options
 local CancelledError, TimeoutError = exceptions.CancelledError, exceptions.TimeoutError
 local Future, to_future, wait_done = futures.Future, futures.to_future, futures.wait_done
 local timeout_scope = timeouts.timeout
 local pack, unpack = table.pack, table.unpack
-local type, select, error, pcall, getmetatable, ipairs =
-  type, select, error, pcall, getmetatable, ipairs
+local type, select, error, pcall, getmetatable, ipairs, next, tostring, math_type =
+  type, select, error, pcall, getmetatable, ipairs, next, tostring, math.type
 
 local M = {}
 
-M.create_task = spawn
+-- Most arguments a task spec's n may give (spawn passes them on a stack).
+local MAX_TASK_ARGS = 0xffff
+
+-- Starts the task of a create_task (asyncio's, a TaskGroup's or a loop's,
+-- named fname): fn(...), or from one table {fn, arg..., name =, n =}, the
+-- table form being how a task gets a name at creation (Python's name=)
+-- that no argument can be mistaken for. Blames the caller of the function
+-- that calls it.
+function M._start(fname, fn, ...)
+  if type(fn) == "function" then return spawn(fn, ...) end
+  if type(fn) ~= "table" or getmetatable(fn) ~= nil then
+    type_error(1, fname, "function", fn, 3)
+  end
+  if select("#", ...) > 0 then
+    arg_error(2, fname, "arguments go in the task table", 3)
+  end
+  local spec = fn
+  local n = spec.n
+  if n == nil then
+    n = #spec
+  else
+    args.check_count(n, MAX_TASK_ARGS, 1, fname, "field 'n'", 3)
+  end
+  for k in next, spec do
+    if not (k == "name" or k == "n" or (math_type(k) == "integer" and k >= 1 and k <= n)) then
+      arg_error(1, fname, "unknown option '" .. tostring(k) .. "'", 3)
+    end
+  end
+  if type(spec[1]) ~= "function" then
+    arg_error(1, fname, "field 1 must be a function, got " .. type(spec[1]), 3)
+  end
+  local name = spec.name
+  if name ~= nil and type(name) ~= "string" then
+    arg_error(1, fname, "field 'name' must be a string, got " .. type(name), 3)
+  end
+  local t = spawn(unpack(spec, 1, n))
+  if name then t:set_name(name) end
+  return t
+end
+
+--- Starts fn(...) as a task, or from a table {fn, arg..., name = "x"}
+-- (arguments up to n = or #, name the task's name); returns the Task.
+function M.create_task(fn, ...)
+  if type(fn) == "function" then return spawn(fn, ...) end
+  local t = M._start("create_task", fn, ...) -- not a tail call: it blames our caller
+  return t
+end
 M.sleep = tulua.sleep
 --- Returns the running Task, or nil outside a task.
 function M.current_task()

@@ -166,6 +166,36 @@ describe("asyncio", function()
       assert.are.equal(tulua.Task.cancelling, t.cancelling)
       t:join()
     end)
+
+    it("names the task given as one table {fn, arguments..., name =}, which no argument is taken for", function()
+      local t = asyncio.create_task{function(...) return table.pack(...) end, 1, nil, "three", n = 4, name = "fetch"}
+      assert.are.equal("fetch", t:get_name())
+      assert.are.same({n = 3, 1, nil, "three"}, t:join())
+      assert.are.equal("fetch", t:get_name())
+      local plain = asyncio.create_task{function(...) return select("#", ...) end}
+      assert.matches("^Task%-%d+$", plain:get_name())
+      assert.are.equal(0, plain:join())
+      -- a table after fn stays an argument, as it always was
+      local opts = {name = "x"}
+      local u = asyncio.create_task(function(o) return o end, opts)
+      assert.are.equal(opts, u:join())
+      assert.are_not.equal("x", u:get_name())
+    end)
+
+    it("raises for a task table of the wrong shape", function()
+      assert.has_error(function() asyncio.create_task{print, nmae = "x"} end,
+        "bad argument #1 to 'create_task' (unknown option 'nmae')")
+      assert.has_error(function() asyncio.create_task{name = "x"} end,
+        "bad argument #1 to 'create_task' (field 1 must be a function, got nil)")
+      assert.has_error(function() asyncio.create_task{print, name = 3} end,
+        "bad argument #1 to 'create_task' (field 'name' must be a string, got number)")
+      assert.has_error(function() asyncio.create_task({print}, 1) end,
+        "bad argument #2 to 'create_task' (arguments go in the task table)")
+      assert.has_error(function() asyncio.create_task{print, n = 1 << 40} end,
+        "bad argument #1 to 'create_task' (field 'n' must be 1 to 65535)")
+      assert.has_error(function() asyncio.create_task(5) end,
+        "bad argument #1 to 'create_task' (function expected, got number)")
+    end)
   end)
 
   describe("sleep", function()
@@ -1236,6 +1266,21 @@ describe("asyncio", function()
       assert.is_true(elapsed >= 0.095, "elapsed " .. elapsed)
     end)
 
+    it("names a task given as one table {fn, arguments..., name =}", function()
+      local ok, got = scoped(function()
+        local t
+        do
+          local tg <close> = asyncio.TaskGroup()
+          t = tg:create_task{function(x) return x .. "!" end, "b", name = "worker"}
+          assert.has_error(function() tg:create_task{print, nmae = "x"} end,
+            "bad argument #1 to 'create_task' (unknown option 'nmae')")
+        end
+        return {t:get_name(), t:result()}
+      end)
+      assert.is_true(ok, tostring(got))
+      assert.are.same({"worker", "b!"}, got)
+    end)
+
     it("cancels the other tasks when one fails, and raises the errors together as EGROUP", function()
       local e1 = tulua.new_error("EFIRST", "first failed")
       local e2 = tulua.new_error("ESECOND", "second failed while cancelled")
@@ -1601,6 +1646,9 @@ describe("asyncio", function()
       local t = asyncio.get_event_loop():create_task(function(a, b) return a + b end, 2, 3)
       assert.are.equal("thread", type(t))
       assert.are.equal(5, t:join())
+      local named = asyncio.get_event_loop():create_task{function(a) return a end, 7, name = "seven"}
+      assert.are.equal("seven", named:get_name())
+      assert.are.equal(7, named:join())
     end)
 
     it("set_debug and get_debug switch debug mode", function()
