@@ -138,7 +138,11 @@ function M.gather(...)
   local me = need_task("gather")
   local remaining, bad = 0, nil
   local wait, wake = new_waker()
+  local raised = false
   local function on_done(f)
+    -- after gather raised, the callback stays so that a later failure
+    -- counts as seen (Python's gather marks it retrieved), and does nothing
+    if raised then return end
     remaining = remaining - 1
     if not return_exceptions and bad == nil and ended_badly(f) then bad = f end
     if remaining == 0 or bad then wake() end
@@ -166,10 +170,8 @@ function M.gather(...)
     end
   end
   if bad then
-    -- the others go on unwatched: a later failure of theirs is reported
-    for i = 1, n do
-      if not children[i]:done() then children[i]:remove_done_callback(on_done) end
-    end
+    -- the others go on; a later failure of theirs is not reported
+    raised = true
     bad:result() -- raises its error or cancellation
   end
   local out = {n = n}
