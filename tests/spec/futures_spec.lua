@@ -373,10 +373,10 @@ describe("concurrent.futures", function()
     it("interrupts a running job that waits", function()
       local f = ex:submit(tulua.sleep, 30)
       assert.is_true(support.eventually(function() return f:running() end))
-      local t0 = tulua.now()
       f:cancel()
       ex:shutdown(true)
-      assert.is_true(tulua.now() - t0 < 5)
+      -- a job left to run its 30 s would end "done": cancelled means interrupted
+      assert.is_true(f:cancelled())
       assert.are.equal("cancelled", ex:timeline()[1].status)
     end)
 
@@ -434,7 +434,6 @@ describe("concurrent.futures", function()
 
     it("wakes every waiting task, in the order they waited, and ends a timed wait early", function()
       local f, order = futures.Future(), {}
-      local started = tulua.now()
       local waiters = {}
       for i = 1, 3 do
         waiters[i] = tulua.spawn(function()
@@ -445,8 +444,8 @@ describe("concurrent.futures", function()
       local setter = tulua.spawn(function() tulua.sleep(0.02); f:set_result("x") end)
       for i = 1, 3 do waiters[i]:join() end
       setter:join()
+      -- "2x": the timed wait got the result, it did not time out
       assert.are.same({"1x", "2x", "3x"}, order)
-      assert.is_true(tulua.now() - started < 5, "the timed wait ended when the future did")
       local g = futures.Future()
       local got
       local waiter = tulua.spawn(function() got = g:exception(30) end)
@@ -558,9 +557,9 @@ describe("concurrent.futures", function()
       local queued = {}
       for i = 1, 5 do queued[i] = one:submit(function() return i end) end
       assert.is_true(support.eventually(function() return running:running() end))
-      local t0 = tulua.now()
       one:shutdown(false, true)
-      assert.is_true(tulua.now() - t0 < 0.05)
+      -- at once: the running job's result comes only once this task waits
+      assert.is_false(running:done())
       for i = 1, 5 do assert.is_true(queued[i]:cancelled()) end
       assert.is_nil(running:result())
     end)
@@ -618,9 +617,10 @@ describe("concurrent.futures", function()
         for i = 1, 4 do if not spinning[i]:running() then return false end end
         return true
       end))
-      local t0 = tulua.now()
+      -- on libuv's 4 threads, the stat would wait for a spinner to end,
+      -- which only the cancels below make them do
       assert.is_truthy(fs.stat("/"))
-      assert.is_true(tulua.now() - t0 < 0.5)
+      for i = 1, 4 do assert.is_true(spinning[i]:running()) end
       for i = 1, 4 do spinning[i]:cancel() end
       hog:shutdown(true)
       assert.are.equal(4, #hog:timeline())
