@@ -5,7 +5,8 @@ local exceptions = require "asyncio._exceptions"
 
 local current = tulua.current
 local new_waker = require("tulua._common").new_waker
-local type_error = require("tulua._args").type_error
+local args = require("tulua._args")
+local type_error, check_self = args.type_error, args.check_self
 local start_task = require("asyncio._tasks")._start
 local can_wait, new_error = tulua.can_wait, tulua.new_error
 local is_cancelled = exceptions.is_cancelled
@@ -16,6 +17,7 @@ local M = {}
 local TaskGroup = {}
 TaskGroup.__index = TaskGroup
 TaskGroup.__name = "asyncio.TaskGroup"
+TaskGroup._kind = "asyncio.TaskGroup"
 
 local function tg_abort(self)
   self._aborting = true
@@ -54,6 +56,7 @@ end
 --- Starts fn(...) as a task of the group, or from a table {fn, arg...,
 -- name = "x"} as asyncio.create_task; returns the task.
 function TaskGroup:create_task(fn, ...)
+  check_self(self, "asyncio.TaskGroup", "create_task")
   if type(fn) ~= "function" and type(fn) ~= "table" then
     type_error(1, "create_task", "function", fn)
   end

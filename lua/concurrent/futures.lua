@@ -31,8 +31,8 @@ local ERROR_MT, error_class, need_task, new_waker = common.ERROR_MT, common.erro
   common.need_task, common.new_waker
 local check_timeout, check_return_when = common.check_timeout, common.check_return_when
 local args = require "tulua._args"
-local arg_error, type_error, check_options, check_count =
-  args.arg_error, args.type_error, args.check_options, args.check_count
+local arg_error, type_error, check_options, check_count, check_self =
+  args.arg_error, args.type_error, args.check_options, args.check_count, args.check_self
 
 -- The most workers a pool may have (bindings/thread_pool.c refuses more
 -- too): every pool keeps per-worker state, and a process pool forks them.
@@ -163,6 +163,8 @@ end
 local Executor = {}
 Executor.__index = Executor
 Executor.__name = "concurrent.futures.Executor"
+-- check_self's mark of the class (an executor's own _kind names its pool)
+Executor._kind = "concurrent.futures.Executor"
 
 local function new_executor(kind, max_workers, backend_new, opts)
   local core = future.core()
@@ -277,6 +279,7 @@ end
 -- per job), buffersize. A job's error is raised by the iterator when its
 -- turn comes; breaking out of the loop cancels the jobs still in flight.
 function Executor:map(fn, ...)
+  check_self(self, "concurrent.futures.Executor", "map")
   if type(fn) ~= "function" then
     type_error(1, "map", "function", fn)
   end
@@ -367,6 +370,7 @@ end
 -- until every submitted job has ended and the workers are gone; with
 -- cancel_futures, cancels the jobs that have not started.
 function Executor:shutdown(wait, cancel_futures)
+  check_self(self, "concurrent.futures.Executor", "shutdown")
   if wait == nil then wait = true end
   local core = self._core
   if not self._shutdown then
@@ -404,10 +408,16 @@ Executor.__close = function(self) self:shutdown(true) end
 --- Returns the jobs that ended (the most recent 4096), in submission
 -- order: {index=, worker=, start=, finish=, status=} with times in seconds
 -- since the executor was created, status "done", "failed" or "cancelled".
-function Executor:timeline() return self._core:timeline() end
+function Executor:timeline()
+  check_self(self, "concurrent.futures.Executor", "timeline")
+  return self._core:timeline()
+end
 
 --- The number of workers.
-function Executor:max_workers() return self._max_workers end
+function Executor:max_workers()
+  check_self(self, "concurrent.futures.Executor", "max_workers")
+  return self._max_workers
+end
 
 -- ---- the pools ----
 

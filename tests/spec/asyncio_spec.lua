@@ -1705,4 +1705,35 @@ describe("asyncio", function()
       assert.is_truthy(traceback:find("\n\tdebug_run.lua:15: in function <debug_run.lua:12>\n", 1, true), stderr)
     end)
   end)
+
+  describe("at the API boundary", function()
+    it("checks self and the arguments, blaming the caller with a bad argument error", function()
+      local ok, errs = scoped(function()
+        local t <close> = asyncio.timeout(10)
+        local tg <close> = asyncio.TaskGroup()
+        local function err_of(...)
+          local good, e = pcall(...)
+          assert(not good)
+          return message(e)
+        end
+        return {
+          err_of(t.reschedule, t, true),
+          err_of(t.when, {}),
+          err_of(asyncio.Future().result, {}),
+          err_of(asyncio.get_event_loop().time, {}),
+          err_of(asyncio.set_event_loop, 5),
+          err_of(tg.create_task, nil, print),
+        }
+      end)
+      assert.is_true(ok, tostring(errs))
+      assert.are.same({
+        "bad argument #1 to 'reschedule' (number expected, got boolean)",
+        "bad argument #1 to 'when' (asyncio.Timeout expected, got table)",
+        "bad argument #1 to 'result' (asyncio.Future expected, got table)",
+        "bad argument #1 to 'time' (asyncio.Loop expected, got table)",
+        "bad argument #1 to 'set_event_loop' (asyncio.Loop expected, got number)",
+        "bad argument #1 to 'create_task' (asyncio.TaskGroup expected, got nil)",
+      }, errs)
+    end)
+  end)
 end)

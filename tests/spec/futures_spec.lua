@@ -812,4 +812,15 @@ describe("concurrent.futures", function()
       assert.is_true(support.eventually(function() return f:cancelled() end))
     end)
   end)
+
+  describe("at the API boundary", function()
+    it("checks an executor method's self, blaming the caller with a bad argument error", function()
+      assert.has_error(function() futures.Executor.map({}, print, {1}) end,
+        "bad argument #1 to 'map' (concurrent.futures.Executor expected, got table)")
+      assert.has_error(function() futures.Executor.shutdown(3) end,
+        "bad argument #1 to 'shutdown' (concurrent.futures.Executor expected, got number)")
+      assert.has_error(function() futures.Executor.max_workers() end,
+        "bad argument #1 to 'max_workers' (concurrent.futures.Executor expected, got nil)")
+    end)
+  end)
 end)
