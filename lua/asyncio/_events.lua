@@ -39,14 +39,8 @@ function Handle:cancel()
   if self._task then self._task:cancel() end
 end
 
-function Handle:cancelled()
-  check_self(self, "asyncio.Handle", "cancelled")
-  return self._cancelled
-end
-function Handle:when()
-  check_self(self, "asyncio.Handle", "when")
-  return self._when
-end
+Handle.cancelled = args.getter("asyncio.Handle", "cancelled", "_cancelled")
+Handle.when = args.getter("asyncio.Handle", "when", "_when")
 
 local loop_obj
 
@@ -119,10 +113,7 @@ function Loop:is_running()
   check_self(self, "asyncio.Loop", "is_running")
   return self._running > 0 or current() ~= nil
 end
-function Loop:is_closed()
-  check_self(self, "asyncio.Loop", "is_closed")
-  return self._closed
-end
+Loop.is_closed = args.getter("asyncio.Loop", "is_closed", "_closed")
 
 --- Closes the loop object; raises if it is running.
 function Loop:close()

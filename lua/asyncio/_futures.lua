@@ -91,10 +91,7 @@ function Future:cancelled()
 end
 
 --- "pending", "done", "failed" or "cancelled".
-function Future:status()
-  check_self(self, "asyncio.Future", "status")
-  return self._state
-end
+Future.status = args.getter("asyncio.Future", "status", "_state")
 
 --- Returns the results, or raises the error, CancelledError or InvalidStateError.
 function Future:result()

@@ -52,10 +52,7 @@ function Lock:release()
   lock_pass(self)
 end
 
-function Lock:locked()
-  check_self(self, "asyncio.Lock", "locked")
-  return self._locked
-end
+Lock.locked = args.getter("asyncio.Lock", "locked", "_locked")
 
 local Event = {__name = "asyncio.Event", _kind = "asyncio.Event"}
 Event.__index = Event
@@ -79,10 +76,7 @@ function Event:clear()
   self._set = false
 end
 
-function Event:is_set()
-  check_self(self, "asyncio.Event", "is_set")
-  return self._set
-end
+Event.is_set = args.getter("asyncio.Event", "is_set", "_set")
 
 --- Waits until the flag is set; returns true.
 function Event:wait()

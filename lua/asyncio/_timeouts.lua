@@ -44,10 +44,7 @@ function Timeout:reschedule(when)
 end
 
 --- The deadline (loop:time() seconds), or nil for none.
-function Timeout:when()
-  check_self(self, "asyncio.Timeout", "when")
-  return self._when
-end
+Timeout.when = require("tulua._args").getter("asyncio.Timeout", "when", "_when")
 
 --- Whether the deadline passed (and cancelled the task).
 function Timeout:expired()

@@ -37,6 +37,15 @@ function M.check_self(self, kind, fname, level)
   end
 end
 
+--- Returns a method that returns self[field] once check_self(self, kind,
+-- fname) holds: the getters of the Lua-side classes (lock:locked()...).
+function M.getter(kind, fname, field)
+  return function(self)
+    M.check_self(self, kind, fname)
+    return self[field]
+  end
+end
+
 --- Returns v if it is an integer from 1 to max; else raises "bad argument
 -- #argn to 'fname' (what must be a positive integer)", or "(what must be 1
 -- to max)" when it is larger: a size or a count that a loop or an
