@@ -191,6 +191,7 @@ end
 -- copied to the worker, which has a Lua state of its own.
 function Loop:run_in_executor(executor, fn, ...)
   check_self(self, "asyncio.Loop", "run_in_executor")
+  if executor ~= nil then check_self(executor, "concurrent.futures.Executor", "run_in_executor") end
   check_open(self)
   if executor == nil then
     executor = self._default_executor
@@ -205,6 +206,7 @@ end
 --- Makes executor the default of run_in_executor and to_thread.
 function Loop:set_default_executor(executor)
   check_self(self, "asyncio.Loop", "set_default_executor")
+  if executor ~= nil then check_self(executor, "concurrent.futures.Executor", "set_default_executor") end
   self._default_executor = executor
 end
 

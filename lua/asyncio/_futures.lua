@@ -152,7 +152,8 @@ end
 -- An awaitable: a Task, a Future, or a function (started as a task).
 local function to_future(aw, argn, fname)
   local t = type(aw)
-  if t == "thread" or is_future(aw) then return aw end
+  -- a coroutine that is no task has no Task methods: Task.done raises
+  if (t == "thread" and pcall(Task.done, aw)) or is_future(aw) then return aw end
   if t == "function" then return spawn(aw) end
   type_error(argn, fname, "Task, Future or function", aw, 3)
 end

@@ -1728,6 +1728,9 @@ describe("asyncio", function()
           err_of(asyncio.get_event_loop().time, {}),
           err_of(asyncio.set_event_loop, 5),
           err_of(tg.create_task, nil, print),
+          err_of(asyncio.wait_for, coroutine.create(print), 1),
+          err_of(asyncio.gather, coroutine.create(print)),
+          err_of(asyncio.get_event_loop().run_in_executor, asyncio.get_event_loop(), 5, print),
         }
       end)
       assert.is_true(ok, tostring(errs))
@@ -1738,6 +1741,9 @@ describe("asyncio", function()
         "bad argument #1 to 'time' (asyncio.Loop expected, got table)",
         "bad argument #1 to 'set_event_loop' (asyncio.Loop expected, got number)",
         "bad argument #1 to 'create_task' (asyncio.TaskGroup expected, got nil)",
+        "bad argument #1 to 'wait_for' (Task, Future or function expected, got thread)",
+        "bad argument #1 to 'gather' (Task, Future or function expected, got thread)",
+        "bad argument #1 to 'run_in_executor' (concurrent.futures.Executor expected, got number)",
       }, errs)
     end)
   end)
