@@ -758,7 +758,7 @@ static void finish(lua_State *L, tulua_runtime *rt, tulua__task *t, int status,
     }
   }
   /* a done callback gets the outcome too: a failure it will see is not
-   * reported (one removed meanwhile, as gather's after it raised, is not
+   * reported (one removed meanwhile with remove_done_callback is not
    * there any more) */
   int unobserved =
       !t->observed && !has_callbacks(L, t) &&

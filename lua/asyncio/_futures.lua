@@ -11,7 +11,8 @@ local waiters = require "asyncio._waiters"
 -- timeout's __close may still wait.
 local spawn, Task = tulua.spawn_protected, tulua.Task
 local need_task = common.need_task
-local type_error = require("tulua._args").type_error
+local args = require("tulua._args")
+local type_error, check_self = args.type_error, args.check_self
 local CancelledError, InvalidStateError = exceptions.CancelledError, exceptions.InvalidStateError
 local wq_new, wq_wake_all, wq_wait = waiters.new, waiters.wake_all, waiters.wait
 local pack, unpack = table.pack, table.unpack
@@ -22,6 +23,7 @@ local M = {}
 local Future = {}
 Future.__index = Future
 Future.__name = "asyncio.Future"
+Future._kind = "asyncio.Future"
 
 --- Creates a pending Future.
 function M.Future()
@@ -55,6 +57,7 @@ end
 
 --- Sets the future's results and wakes its waiters.
 function Future:set_result(...)
+  check_self(self, "asyncio.Future", "set_result")
   check_pending(self, "set the result of")
   self._result = pack(...)
   finish_future(self, "done")
@@ -62,6 +65,7 @@ end
 
 --- Makes the future fail with err.
 function Future:set_exception(err)
+  check_self(self, "asyncio.Future", "set_exception")
   check_pending(self, "set the exception of")
   self._error = err
   finish_future(self, "failed")
@@ -69,20 +73,29 @@ end
 
 --- Cancels a pending future; returns false if it is done.
 function Future:cancel(msg)
+  check_self(self, "asyncio.Future", "cancel")
   if self._state ~= "pending" then return false end
   self._msg = msg
   finish_future(self, "cancelled")
   return true
 end
 
-function Future:done() return self._state ~= "pending" end
-function Future:cancelled() return self._state == "cancelled" end
+function Future:done()
+  check_self(self, "asyncio.Future", "done")
+  return self._state ~= "pending"
+end
+
+function Future:cancelled()
+  check_self(self, "asyncio.Future", "cancelled")
+  return self._state == "cancelled"
+end
 
 --- "pending", "done", "failed" or "cancelled".
-function Future:status() return self._state end
+Future.status = args.getter("asyncio.Future", "status", "_state")
 
 --- Returns the results, or raises the error, CancelledError or InvalidStateError.
 function Future:result()
+  check_self(self, "asyncio.Future", "result")
   local s = self._state
   if s == "done" then return unpack(self._result, 1, self._result.n) end
   if s == "failed" then error(self._error, 0) end
@@ -92,6 +105,7 @@ end
 
 --- Returns the error (nil when it succeeded); raises as result() when not failed.
 function Future:exception()
+  check_self(self, "asyncio.Future", "exception")
   local s = self._state
   if s == "done" then return nil end
   if s == "failed" then return self._error end
@@ -100,6 +114,7 @@ end
 
 --- Waits until the future is done; returns its results or raises its error.
 function Future:join()
+  check_self(self, "asyncio.Future", "join")
   if self._state == "pending" then
     wq_wait(self._waiters, need_task("join"))
   end
@@ -108,6 +123,7 @@ end
 
 --- Calls fn(future) on the next loop turn after it is done.
 function Future:add_done_callback(fn)
+  check_self(self, "asyncio.Future", "add_done_callback")
   if type(fn) ~= "function" then
     type_error(1, "add_done_callback", "function", fn)
   end
@@ -122,6 +138,7 @@ end
 
 --- Removes every registration of fn; returns how many there were.
 function Future:remove_done_callback(fn)
+  check_self(self, "asyncio.Future", "remove_done_callback")
   local cbs, n, j = self._callbacks, 0, 1
   if not cbs then return 0 end
   for i = 1, #cbs do
@@ -135,7 +152,8 @@ end
 -- An awaitable: a Task, a Future, or a function (started as a task).
 local function to_future(aw, argn, fname)
   local t = type(aw)
-  if t == "thread" or is_future(aw) then return aw end
+  -- a coroutine that is no task has no Task methods: Task.done raises
+  if (t == "thread" and pcall(Task.done, aw)) or is_future(aw) then return aw end
   if t == "function" then return spawn(aw) end
   type_error(argn, fname, "Task, Future or function", aw, 3)
 end

@@ -52,7 +52,7 @@ function Lock:release()
   lock_pass(self)
 end
 
-function Lock:locked() return self._locked end
+Lock.locked = args.getter("asyncio.Lock", "locked", "_locked")
 
 local Event = {__name = "asyncio.Event", _kind = "asyncio.Event"}
 Event.__index = Event
@@ -71,8 +71,12 @@ function Event:set()
   end
 end
 
-function Event:clear() self._set = false end
-function Event:is_set() return self._set end
+function Event:clear()
+  check_self(self, "asyncio.Event", "clear")
+  self._set = false
+end
+
+Event.is_set = args.getter("asyncio.Event", "is_set", "_set")
 
 --- Waits until the flag is set; returns true.
 function Event:wait()
@@ -137,6 +141,7 @@ end
 
 --- Whether acquire() would wait.
 function Semaphore:locked()
+  check_self(self, "asyncio.Semaphore", "locked")
   return self._value == 0 or wq_live(self._waiters)
 end
 
@@ -166,7 +171,10 @@ function Condition:release()
   self._lock:release()
 end
 
-function Condition:locked() return self._lock:locked() end
+function Condition:locked()
+  check_self(self, "asyncio.Condition", "locked")
+  return self._lock:locked()
+end
 
 local function note_woken(box, woken)
   box.woken = woken

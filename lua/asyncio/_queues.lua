@@ -48,10 +48,20 @@ function Queue:_get()
   self._head = h + 1
   return item
 end
-function Queue:qsize() return self._tail - self._head + 1 end
+function Queue:qsize()
+  check_self(self, "asyncio.Queue", "qsize")
+  return self._tail - self._head + 1
+end
 
-function Queue:empty() return self:qsize() == 0 end
-function Queue:full() return self.maxsize > 0 and self:qsize() >= self.maxsize end
+function Queue:empty()
+  check_self(self, "asyncio.Queue", "empty")
+  return self:qsize() == 0
+end
+
+function Queue:full()
+  check_self(self, "asyncio.Queue", "full")
+  return self.maxsize > 0 and self:qsize() >= self.maxsize
+end
 
 local function wake_if(q, cond)
   if cond then wq_wake(q) end
@@ -177,7 +187,10 @@ function LifoQueue:_get()
   items[#items] = nil
   return item
 end
-function LifoQueue:qsize() return #self._items end
+function LifoQueue:qsize()
+  check_self(self, "asyncio.Queue", "qsize")
+  return #self._items
+end
 
 local PriorityQueue = setmetatable({__name = "asyncio.PriorityQueue"}, {__index = Queue})
 PriorityQueue.__index = PriorityQueue
@@ -204,7 +217,10 @@ function M.PriorityQueue(maxsize)
   return q
 end
 function PriorityQueue:_init() self._items = {} end
-function PriorityQueue:qsize() return #self._items end
+function PriorityQueue:qsize()
+  check_self(self, "asyncio.Queue", "qsize")
+  return #self._items
+end
 
 function PriorityQueue:_put(item)
   local h = self._items

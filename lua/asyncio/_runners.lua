@@ -8,13 +8,16 @@ local tasks = require "asyncio._tasks"
 
 local spawn = tulua.spawn_protected
 local need_task = common.need_task
-local type_error = require("tulua._args").type_error
+local args = require("tulua._args")
+local type_error = args.type_error
 local wait_done = futures.wait_done
 local all_tasks, gather = tasks.all_tasks, tasks.gather
 local pack, unpack = table.pack, table.unpack
 local type, error, pcall, ipairs = type, error, pcall, ipairs
 
 local M = {}
+
+local RUN_OPTIONS = {debug = true}
 
 --- Runs fn() as a new task and waits for it, then cancels the tasks
 -- started meanwhile that are still running and waits for them; returns
@@ -23,6 +26,10 @@ local M = {}
 function M.run(fn, opts)
   if type(fn) ~= "function" then
     type_error(1, "run", "function", fn)
+  end
+  if opts ~= nil then
+    if type(opts) ~= "table" then type_error(2, "run", "table", opts) end
+    args.check_options(opts, RUN_OPTIONS, 2, "run")
   end
   local me = need_task("run")
   local before = all_tasks()

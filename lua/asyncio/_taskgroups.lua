@@ -3,9 +3,11 @@
 local tulua = require "tulua"
 local exceptions = require "asyncio._exceptions"
 
-local spawn, current = tulua.spawn_protected, tulua.current
+local current = tulua.current
 local new_waker = require("tulua._common").new_waker
-local type_error = require("tulua._args").type_error
+local args = require("tulua._args")
+local type_error, check_self = args.type_error, args.check_self
+local start_task = require("asyncio._tasks")._start
 local can_wait, new_error = tulua.can_wait, tulua.new_error
 local is_cancelled = exceptions.is_cancelled
 local type, error, setmetatable, pairs, tostring = type, error, setmetatable, pairs, tostring
@@ -15,6 +17,7 @@ local M = {}
 local TaskGroup = {}
 TaskGroup.__index = TaskGroup
 TaskGroup.__name = "asyncio.TaskGroup"
+TaskGroup._kind = "asyncio.TaskGroup"
 
 local function tg_abort(self)
   self._aborting = true
@@ -50,14 +53,16 @@ function M.TaskGroup()
   return self
 end
 
---- Starts fn(...) as a task of the group; returns the task.
+--- Starts fn(...) as a task of the group, or from a table {fn, arg...,
+-- name = "x"} as asyncio.create_task; returns the task.
 function TaskGroup:create_task(fn, ...)
-  if type(fn) ~= "function" then
+  check_self(self, "asyncio.TaskGroup", "create_task")
+  if type(fn) ~= "function" and type(fn) ~= "table" then
     type_error(1, "create_task", "function", fn)
   end
   if self._closed then error("attempt to add a task to a finished TaskGroup", 2) end
   if self._aborting then error("attempt to add a task to a TaskGroup that is shutting down", 2) end
-  local t = spawn(fn, ...)
+  local t = start_task("create_task", fn, ...)
   self._tasks[t] = true
   self._n = self._n + 1
   t:add_done_callback(self._on_done)

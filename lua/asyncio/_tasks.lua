@@ -11,17 +11,64 @@ local timeouts = require "asyncio._timeouts"
 local spawn, current = tulua.spawn_protected, tulua.current
 local need_task, new_waker = common.need_task, common.new_waker
 local check_timeout, check_return_when = common.check_timeout, common.check_return_when
-local type_error = require("tulua._args").type_error
+local args = require("tulua._args")
+local arg_error, type_error, check_options = args.arg_error, args.type_error, args.check_options
 local CancelledError, TimeoutError = exceptions.CancelledError, exceptions.TimeoutError
 local Future, to_future, wait_done = futures.Future, futures.to_future, futures.wait_done
 local timeout_scope = timeouts.timeout
 local pack, unpack = table.pack, table.unpack
-local type, select, error, pcall, getmetatable, ipairs =
-  type, select, error, pcall, getmetatable, ipairs
+local type, select, error, pcall, getmetatable, ipairs, next, tostring, math_type =
+  type, select, error, pcall, getmetatable, ipairs, next, tostring, math.type
 
 local M = {}
 
-M.create_task = spawn
+-- Most arguments a task spec's n may give (spawn passes them on a stack).
+local MAX_TASK_ARGS = 0xffff
+
+-- Starts the task of a create_task (asyncio's, a TaskGroup's or a loop's,
+-- named fname): fn(...), or from one table {fn, arg..., name =, n =}, the
+-- table form being how a task gets a name at creation (Python's name=)
+-- that no argument can be mistaken for. Blames the caller of the function
+-- that calls it.
+function M._start(fname, fn, ...)
+  if type(fn) == "function" then return spawn(fn, ...) end
+  if type(fn) ~= "table" or getmetatable(fn) ~= nil then
+    type_error(1, fname, "function", fn, 3)
+  end
+  if select("#", ...) > 0 then
+    arg_error(2, fname, "arguments go in the task table", 3)
+  end
+  local spec = fn
+  local n = spec.n
+  if n == nil then
+    n = #spec
+  else
+    args.check_count(n, MAX_TASK_ARGS, 1, fname, "field 'n'", 3)
+  end
+  for k in next, spec do
+    if not (k == "name" or k == "n" or (math_type(k) == "integer" and k >= 1 and k <= n)) then
+      arg_error(1, fname, "unknown option '" .. tostring(k) .. "'", 3)
+    end
+  end
+  if type(spec[1]) ~= "function" then
+    arg_error(1, fname, "field 1 must be a function, got " .. type(spec[1]), 3)
+  end
+  local name = spec.name
+  if name ~= nil and type(name) ~= "string" then
+    arg_error(1, fname, "field 'name' must be a string, got " .. type(name), 3)
+  end
+  local t = spawn(unpack(spec, 1, n))
+  if name then t:set_name(name) end
+  return t
+end
+
+--- Starts fn(...) as a task, or from a table {fn, arg..., name = "x"}
+-- (arguments up to n = or #, name the task's name); returns the Task.
+function M.create_task(fn, ...)
+  if type(fn) == "function" then return spawn(fn, ...) end
+  local t = M._start("create_task", fn, ...) -- not a tail call: it blames our caller
+  return t
+end
 M.sleep = tulua.sleep
 --- Returns the running Task, or nil outside a task.
 function M.current_task()
@@ -77,18 +124,25 @@ local function split_args(...)
   return {...}, n, opts
 end
 
+local GATHER_OPTIONS = {return_exceptions = true}
+
 --- Waits for every awaitable; returns {n =, first result of each...} in order.
 -- Without return_exceptions the first error is raised at once; cancelling
 -- the gathering task cancels the children.
 function M.gather(...)
   local list, n, opts = split_args(...)
+  if opts then check_options(opts, GATHER_OPTIONS, select("#", ...), "gather") end
   local return_exceptions = opts and opts.return_exceptions
   local children = {}
   for i = 1, n do children[i] = to_future(list[i], i, "gather") end
   local me = need_task("gather")
   local remaining, bad = 0, nil
   local wait, wake = new_waker()
+  local raised = false
   local function on_done(f)
+    -- after gather raised, the callback stays so that a later failure
+    -- counts as seen (Python's gather marks it retrieved), and does nothing
+    if raised then return end
     remaining = remaining - 1
     if not return_exceptions and bad == nil and ended_badly(f) then bad = f end
     if remaining == 0 or bad then wake() end
@@ -116,10 +170,8 @@ function M.gather(...)
     end
   end
   if bad then
-    -- the others go on unwatched: a later failure of theirs is reported
-    for i = 1, n do
-      if not children[i]:done() then children[i]:remove_done_callback(on_done) end
-    end
+    -- the others go on; a later failure of theirs is not reported
+    raised = true
     bad:result() -- raises its error or cancellation
   end
   local out = {n = n}
@@ -135,6 +187,8 @@ M.FIRST_COMPLETED = common.FIRST_COMPLETED
 M.FIRST_EXCEPTION = common.FIRST_EXCEPTION
 M.ALL_COMPLETED = common.ALL_COMPLETED
 
+local WAIT_OPTIONS = {timeout = true, return_when = true}
+
 local completion_ops = {
   done = function(f) return f:done() end,
   failed = function(f) return f:status() == "failed" end,
@@ -149,7 +203,9 @@ function M.wait(aws, opts)
   if type(aws) ~= "table" then
     type_error(1, "wait", "table", aws)
   end
+  if opts ~= nil and type(opts) ~= "table" then type_error(2, "wait", "table", opts) end
   opts = opts or {}
+  check_options(opts, WAIT_OPTIONS, 2, "wait")
   local timeout = check_timeout(opts.timeout, 2, "wait")
   local when = check_return_when(opts.return_when, 2, "wait")
   local fs = {}

@@ -10,6 +10,7 @@ local current, now = tulua.current, tulua.now
 local after = require("tulua.timer").after
 local check_timeout = common.check_timeout
 local is_cancelled, TimeoutError = exceptions.is_cancelled, exceptions.TimeoutError
+local check_self = require("tulua._args").check_self
 local error, setmetatable = error, setmetatable
 
 local M = {}
@@ -17,6 +18,7 @@ local M = {}
 local Timeout = {}
 Timeout.__index = Timeout
 Timeout.__name = "asyncio.Timeout"
+Timeout._kind = "asyncio.Timeout"
 
 local function on_timeout(self)
   self._timer = nil
@@ -28,6 +30,8 @@ end
 
 --- Moves the deadline to `when` (loop:time() seconds, nil: never).
 function Timeout:reschedule(when)
+  check_self(self, "asyncio.Timeout", "reschedule")
+  check_timeout(when, 1, "reschedule")
   if self._state ~= "active" then
     error("attempt to reschedule a timeout that has " ..
       (self._state == "exited" and "ended" or "expired"), 2)
@@ -39,10 +43,12 @@ function Timeout:reschedule(when)
   end
 end
 
-function Timeout:when() return self._when end
+--- The deadline (loop:time() seconds), or nil for none.
+Timeout.when = require("tulua._args").getter("asyncio.Timeout", "when", "_when")
 
 --- Whether the deadline passed (and cancelled the task).
 function Timeout:expired()
+  check_self(self, "asyncio.Timeout", "expired")
   return self._state == "expiring" or self._state == "expired"
 end
 

@@ -186,6 +186,7 @@ local function start_worker(pool, slot)
   owners[link] = w
   pool.slots[slot] = w
   pool.nslots = pool.nslots + 1
+  if slot > pool.high then pool.high = slot end
   return w
 end
 
@@ -205,16 +206,19 @@ local function retire(pool, w)
   w.link:close()
 end
 
--- Picks the worker for the next job: an idle one, else a new one, else the
--- least loaded one with room in its window. nil, and the reason when no
--- worker could start, if none.
+-- Picks the worker for the next job: an idle one, else a new one (in the
+-- lowest free slot), else the least loaded one with room in its window.
+-- nil, and the reason when no worker could start, if none. The loop goes
+-- up to the highest slot ever taken, never to max_workers: a pool that
+-- may have many workers costs only those it started.
 local function pick(pool)
   local best, free_slot, t
-  local slots = pool.slots
-  for k = 1, pool.max do
+  local slots, high = pool.slots, pool.high
+  if high < pool.max then free_slot = high + 1 end
+  for k = 1, high do
     local w = slots[k]
     if w == nil then
-      free_slot = free_slot or k
+      if free_slot == nil or k < free_slot then free_slot = k end
     elseif not w.retiring then
       local n = w.n
       if n == 0 then return w end
@@ -468,7 +472,7 @@ function Pool:shutdown(cancel)
   if cancel and not self.closed then
     removed = take_queue(self)
     add_outstanding(self, -#removed)
-    for k = 1, self.max do
+    for k = 1, self.high do
       local w = self.slots[k]
       if w then
         for i = w.fh + 1, w.ft do w.link:send("C", w.fwid[i]) end
@@ -490,7 +494,7 @@ function Pool:close()
     self.resender = nil
   end
   local links = {}
-  for k = 1, self.max do
+  for k = 1, self.high do
     local w = self.slots[k]
     if w then
       if w.n > 0 and signalable(w) then cancel_process(w.pid, w.fwid[w.fh]) end
@@ -526,6 +530,7 @@ function M.new(max_workers, opts, core)
     max = max_workers, core = core, init = init, mtpc = opts.max_tasks_per_child,
     file = file, argv = {name, "-E", "-e", WORKER_CODE},
     slots = {}, nslots = 0, exiting = {},
+    high = 0, -- the highest slot ever taken: loops over slots stop there
     -- the queue: payloads and ids from qh to qt (id false: cancelled),
     -- id -> index, and how many are live
     q = {}, qid = {}, qpos = {}, qh = 1, qt = 0, nqueued = 0,

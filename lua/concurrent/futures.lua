@@ -31,7 +31,16 @@ local ERROR_MT, error_class, need_task, new_waker = common.ERROR_MT, common.erro
   common.need_task, common.new_waker
 local check_timeout, check_return_when = common.check_timeout, common.check_return_when
 local args = require "tulua._args"
-local arg_error, type_error = args.arg_error, args.type_error
+local arg_error, type_error, check_options, check_count, check_self =
+  args.arg_error, args.type_error, args.check_options, args.check_count, args.check_self
+
+-- The most workers a pool may have (bindings/thread_pool.c refuses more
+-- too): every pool keeps per-worker state, and a process pool forks them.
+local MAX_WORKERS = 1024
+-- The bound of the other counts (map's chunksize and buffersize,
+-- max_tasks_per_child): far above any use, and index arithmetic on it
+-- cannot overflow.
+local MAX_COUNT = 0x7fffffff
 
 -- ---- errors ----
 
@@ -118,6 +127,8 @@ local function check_futures(fs, fname)
   end
 end
 
+local WAIT_OPTIONS = {timeout = true, return_when = true}
+
 local completion_ops = {done = is_done, failed = failed, listen = add_waiter, unlisten = remove_waiter}
 
 --- Waits until return_when holds (ALL_COMPLETED by default) or timeout
@@ -129,6 +140,7 @@ function M.wait(fs, opts)
     type_error(2, "wait", "table", opts)
   end
   opts = opts or {}
+  check_options(opts, WAIT_OPTIONS, 2, "wait")
   local timeout = check_timeout(opts.timeout, 2, "wait")
   local when = check_return_when(opts.return_when, 2, "wait")
   local done, not_done = common.wait(fs, completion_ops, timeout, when, "wait")
@@ -151,6 +163,8 @@ end
 local Executor = {}
 Executor.__index = Executor
 Executor.__name = "concurrent.futures.Executor"
+-- check_self's mark of the class (an executor's own _kind names its pool)
+Executor._kind = "concurrent.futures.Executor"
 
 local function new_executor(kind, max_workers, backend_new, opts)
   local core = future.core()
@@ -228,10 +242,14 @@ local function zip(fname, n, ...)
   end
 end
 
+-- map's last argument is its options when it is a plain table with no [1]
+-- (an iterable has items, an object has a metatable): so a misspelt
+-- option is an error rather than an empty iterable
 local function is_options(x)
-  if type(x) ~= "table" or x[1] ~= nil then return false end
-  return next(x) == nil or x.timeout ~= nil or x.chunksize ~= nil or x.buffersize ~= nil
+  return type(x) == "table" and getmetatable(x) == nil and x[1] == nil
 end
+
+local MAP_OPTIONS = {timeout = true, chunksize = true, buffersize = true}
 
 -- Runs a chunk of map's items in the worker: the first result of each.
 local function run_chunk(fn, multi, items)
@@ -261,6 +279,7 @@ end
 -- per job), buffersize. A job's error is raised by the iterator when its
 -- turn comes; breaking out of the loop cancels the jobs still in flight.
 function Executor:map(fn, ...)
+  check_self(self, "concurrent.futures.Executor", "map")
   if type(fn) ~= "function" then
     type_error(1, "map", "function", fn)
   end
@@ -271,15 +290,11 @@ function Executor:map(fn, ...)
     n = n - 1
   end
   if n == 0 then arg_error(2, "map", "at least one iterable expected") end
+  check_options(opts, MAP_OPTIONS, n + 2, "map")
   local timeout = check_timeout(opts.timeout, n + 2, "map")
-  local chunksize = opts.chunksize or 1
-  if math.type(chunksize) ~= "integer" or chunksize < 1 then
-    arg_error(n + 2, "map", "chunksize must be a positive integer")
-  end
-  local window = opts.buffersize or math.max(2 * self._max_workers, 64)
-  if math.type(window) ~= "integer" or window < 1 then
-    arg_error(n + 2, "map", "buffersize must be a positive integer")
-  end
+  local chunksize = check_count(opts.chunksize or 1, MAX_COUNT, n + 2, "map", "chunksize")
+  local window = check_count(opts.buffersize or math.max(2 * self._max_workers, 64), MAX_COUNT,
+    n + 2, "map", "buffersize")
   local multi = n > 1
   local nextitem = zip("map", n, ...)
   local array = n == 1 and type((...)) == "table" and ... or nil
@@ -298,8 +313,10 @@ function Executor:map(fn, ...)
       else
         local items
         if array then -- a slice, without a call per item
-          items = table.move(array, pos, math.min(pos + chunksize - 1, #array), 1, {})
-          pos = pos + chunksize
+          -- #array - pos: pos + chunksize could pass maxinteger
+          local last = #array - pos < chunksize and #array or pos + chunksize - 1
+          items = table.move(array, pos, last, 1, {})
+          pos = last + 1
           if pos > #array then exhausted = true end
         else
           items = {}
@@ -353,6 +370,7 @@ end
 -- until every submitted job has ended and the workers are gone; with
 -- cancel_futures, cancels the jobs that have not started.
 function Executor:shutdown(wait, cancel_futures)
+  check_self(self, "concurrent.futures.Executor", "shutdown")
   if wait == nil then wait = true end
   local core = self._core
   if not self._shutdown then
@@ -390,10 +408,16 @@ Executor.__close = function(self) self:shutdown(true) end
 --- Returns the jobs that ended (the most recent 4096), in submission
 -- order: {index=, worker=, start=, finish=, status=} with times in seconds
 -- since the executor was created, status "done", "failed" or "cancelled".
-function Executor:timeline() return self._core:timeline() end
+function Executor:timeline()
+  check_self(self, "concurrent.futures.Executor", "timeline")
+  return self._core:timeline()
+end
 
 --- The number of workers.
-function Executor:max_workers() return self._max_workers end
+function Executor:max_workers()
+  check_self(self, "concurrent.futures.Executor", "max_workers")
+  return self._max_workers
+end
 
 -- ---- the pools ----
 
@@ -404,18 +428,21 @@ M.cpu_count = thread_pool.cpu_count
 M.process_cpu_count = thread_pool.process_cpu_count
 
 local function check_workers(n, fname, default)
-  if n == nil then return default end
-  if math.type(n) ~= "integer" or n < 1 then
-    arg_error(1, fname, "max_workers must be a positive integer", 3)
-  end
-  return n
+  if n == nil then return math.min(default, MAX_WORKERS) end
+  return check_count(n, MAX_WORKERS, 1, fname, "max_workers", 3)
 end
+
+local POOL_OPTIONS = {
+  ThreadPoolExecutor = {initializer = true, initargs = true, thread_name_prefix = true},
+  ProcessPoolExecutor = {initializer = true, initargs = true, max_tasks_per_child = true, executable = true},
+}
 
 local function check_opts(opts, fname)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
     type_error(2, fname, "table", opts, 3)
   end
+  check_options(opts, POOL_OPTIONS[fname], 2, fname, 3)
   if opts.initializer ~= nil and type(opts.initializer) ~= "function" then
     arg_error(2, fname, "initializer must be a function", 3)
   end
@@ -442,9 +469,8 @@ end
 function M.ProcessPoolExecutor(max_workers, opts)
   max_workers = check_workers(max_workers, "ProcessPoolExecutor", M.process_cpu_count())
   opts = check_opts(opts, "ProcessPoolExecutor")
-  local mtpc = opts.max_tasks_per_child
-  if mtpc ~= nil and (math.type(mtpc) ~= "integer" or mtpc < 1) then
-    arg_error(2, "ProcessPoolExecutor", "max_tasks_per_child must be a positive integer")
+  if opts.max_tasks_per_child ~= nil then
+    check_count(opts.max_tasks_per_child, MAX_COUNT, 2, "ProcessPoolExecutor", "max_tasks_per_child")
   end
   local backend = require("concurrent._process_pool").new
   local ok, ex = pcall(new_executor, "ProcessPoolExecutor", max_workers, backend, opts)

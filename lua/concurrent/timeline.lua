@@ -12,7 +12,8 @@ local format, rep, sub = string.format, string.rep, string.sub
 local concat, sort = table.concat, table.sort
 local floor, ceil, max, min, log = math.floor, math.ceil, math.max, math.min, math.log
 local math_type = math.type
-local arg_error = require("tulua._args").arg_error
+local args = require("tulua._args")
+local arg_error = args.arg_error
 
 -- Job marks, by submission number: 1-9, then a-z, then again from 1. A
 -- failed or cancelled job is drawn with its status mark instead: its bar
@@ -20,6 +21,9 @@ local arg_error = require("tulua._args").arg_error
 local MARKS = "123456789abcdefghijklmnopqrstuvwxyz"
 local STATUS_MARKS = {failed = "X", cancelled = "-"}
 local DEFAULT_WIDTH = 60
+-- Bounds of the sizes the picture follows (its loops and strings): wider
+-- than any screen, and as many workers as a pool may have.
+local MAX_WIDTH, MAX_WORKERS = 10000, 1024
 local MIN_TICK_GAP = 6 -- columns between ticks at least, so the axis stays readable
 
 -- Formats seconds with the given number of decimals (Lua has no "%.*f").
@@ -37,16 +41,23 @@ local function is_time(x)
   return type(x) == "number" and x >= 0 and x < math.huge
 end
 
+local OPTIONS = {width = true, workers = true, now = true}
+
 -- Checks opts and returns width, workers, now.
 local function check_opts(opts)
   if opts == nil then return DEFAULT_WIDTH, 0, nil end
   if type(opts) ~= "table" then bad_arg(2, "table expected, got " .. type(opts)) end
+  args.check_options(opts, OPTIONS, 2, "render", 3)
   local width, workers, now = opts.width or DEFAULT_WIDTH, opts.workers or 0, opts.now
   if math_type(width) ~= "integer" or width < 1 then
     bad_arg(2, "field 'width' must be a positive integer")
+  elseif width > MAX_WIDTH then
+    bad_arg(2, format("field 'width' must be 1 to %d", MAX_WIDTH))
   end
   if math_type(workers) ~= "integer" or workers < 0 then
     bad_arg(2, "field 'workers' must be a non-negative integer")
+  elseif workers > MAX_WORKERS then
+    bad_arg(2, format("field 'workers' must be 0 to %d", MAX_WORKERS))
   end
   if now ~= nil and not is_time(now) then bad_arg(2, "field 'now' must be a non-negative number") end
   return width, workers, now
@@ -65,6 +76,7 @@ local function check_records(records)
     local index = r.index == nil and i or r.index
     if math_type(index) ~= "integer" or index < 1 then bad_field("index", "a positive integer") end
     if math_type(r.worker) ~= "integer" or r.worker < 1 then bad_field("worker", "a positive integer") end
+    if r.worker > MAX_WORKERS then bad_field("worker", "1 to " .. MAX_WORKERS) end
     if not is_time(r.start) then bad_field("start", "a non-negative number") end
     if r.finish ~= nil and not (is_time(r.finish) and r.finish >= r.start) then
       bad_field("finish", "nil or a number not below 'start'")

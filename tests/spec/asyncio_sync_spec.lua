@@ -1472,4 +1472,21 @@ describe("asyncio", function()
         .. "true\n"}, {status, output})
     end)
   end)
+
+  describe("at the API boundary", function()
+    it("checks self, blaming the caller with a bad argument error", function()
+      assert.has_error(function() asyncio.Condition().locked(asyncio.Lock()) end,
+        "bad argument #1 to 'locked' (asyncio.Condition expected, got asyncio.Lock)")
+      assert.has_error(function() asyncio.Lock().locked({}) end,
+        "bad argument #1 to 'locked' (asyncio.Lock expected, got table)")
+      assert.has_error(function() asyncio.Semaphore().locked(nil) end,
+        "bad argument #1 to 'locked' (asyncio.Semaphore expected, got nil)")
+      assert.has_error(function() asyncio.Event().is_set(5) end,
+        "bad argument #1 to 'is_set' (asyncio.Event expected, got number)")
+      assert.has_error(function() asyncio.Queue().qsize({}) end,
+        "bad argument #1 to 'qsize' (asyncio.Queue expected, got table)")
+      assert.has_error(function() asyncio.LifoQueue().full(asyncio.Event()) end,
+        "bad argument #1 to 'full' (asyncio.Queue expected, got asyncio.Event)")
+    end)
+  end)
 end)

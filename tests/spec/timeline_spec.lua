@@ -163,6 +163,14 @@ describe("concurrent.timeline", function()
         "bad argument #2 to 'render' (field 'workers' must be a non-negative integer)")
       assert.has_error(function() timeline.render({}, {now = 0 / 0}) end,
         "bad argument #2 to 'render' (field 'now' must be a non-negative number)")
+      assert.has_error(function() timeline.render({}, {width = math.maxinteger}) end,
+        "bad argument #2 to 'render' (field 'width' must be 1 to 10000)")
+      assert.has_error(function() timeline.render({}, {workers = 1 << 40}) end,
+        "bad argument #2 to 'render' (field 'workers' must be 0 to 1024)")
+      assert.has_error(function() timeline.render({job(1, 1 << 40, 0, 1)}) end,
+        "bad argument #1 to 'render' (record 1: field 'worker' must be 1 to 1024)")
+      assert.has_error(function() timeline.render({}, {widht = 20}) end,
+        "bad argument #2 to 'render' (unknown option 'widht')")
     end)
 
     it("blames the line that called it, as Lua's own functions do", function()
