@@ -14,7 +14,7 @@
  *   pool opened, and a process pool's worker, install a handler for it
  *   (SA_SIGINFO); a process pool's parent sends it to its workers with
  *   sigqueue, and worker threads unblock it. The host must leave this
- *   signal alone.
+ *   signal alone; process.signal and process.wait_signal refuse it.
  * - SIGPIPE: when a module with streams (tulua.net, tulua.tty, a pipe of
  *   tulua.process, a process pool) opens and SIGPIPE still has its default
  *   action, it gets a handler that does nothing, so that a write to a
