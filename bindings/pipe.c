@@ -3,10 +3,25 @@
  * carry subprocess stdio (process.c). */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 
 #include "stream.h"
 
 #define BACKLOG 511
+
+/* Returns the path argument of connect_unix or serve_unix and checks that
+ * it fits in a sockaddr_un: libuv cuts a longer one short, which would bind
+ * or reach another socket, so *rc is UV_ENAMETOOLONG then (else 0). An
+ * empty path raises: Linux would give the socket an abstract name, which
+ * has no file and so no permissions. [-0, +0, v] */
+static const char *check_socket_path(lua_State *L, int *rc) {
+  size_t len;
+  const char *path = tulua__check_path(L, 1, &len);
+  luaL_argcheck(L, len > 0, 1, "empty path");
+  *rc = len >= sizeof(((struct sockaddr_un *)NULL)->sun_path) ? UV_ENAMETOOLONG
+                                                              : 0;
+  return path;
+}
 
 typedef struct {
   uv_connect_t req;
@@ -52,8 +67,10 @@ static void pipe_connect_cancel(void *ud) {
 
 /* net.connect_unix(path) -> pipe stream | nil, msg, code */
 static int net_connect_unix(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  int rc;
+  const char *path = check_socket_path(L, &rc);
   tulua__check_wait(L, "net.connect_unix");
+  if (rc < 0) return push_fail(L, path, rc);
   pipe_connect_op *op = calloc(1, sizeof *op);
   tulua__stream *box =
       op ? tulua__stream_alloc(tulua__stream_scratch(L), TULUA_PIPE) : NULL;
@@ -62,7 +79,7 @@ static int net_connect_unix(lua_State *L) {
     return push_fail(L, path, UV_ENOMEM);
   }
   uv_pipe_t *pipe = (uv_pipe_t *)tulua__stream_handle(box);
-  int rc = uv_pipe_init(tulua__loop(L), pipe, 0);
+  rc = uv_pipe_init(tulua__loop(L), pipe, 0);
   if (rc < 0) {
     free(box);
     free(op);
@@ -78,7 +95,8 @@ static int net_connect_unix(lua_State *L) {
 
 /* net.serve_unix(path, handler [, {backlog=}]) -> server | nil, msg, code */
 static int net_serve_unix(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  int rc;
+  const char *path = check_socket_path(L, &rc);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   int backlog = BACKLOG;
   if (!lua_isnoneornil(L, 3)) {
@@ -88,9 +106,10 @@ static int net_serve_unix(lua_State *L) {
                   "'backlog' must be a positive integer");
     backlog = (int)b;
   }
+  if (rc < 0) return push_fail(L, path, rc);
   tulua__server *srv = tulua__server_new(L, TULUA_PIPE, 2);
   uv_pipe_t *pipe = (uv_pipe_t *)tulua__server_handle(srv);
-  int rc = uv_pipe_init(tulua__loop(L), pipe, 0);
+  rc = uv_pipe_init(tulua__loop(L), pipe, 0);
   if (rc == 0) {
     tulua__server_ready(srv);
     rc = uv_pipe_bind(pipe, path);

@@ -1073,6 +1073,46 @@ describe("tulua.net", function()
     end)
   end
 
+  describe("unix-socket paths", function()
+    -- sun_path holds 108 bytes with the terminating zero
+    local function path_of(len)
+      local p = dir .. "/"
+      return p .. string.rep("a", len - #p)
+    end
+
+    it("take a path of the kernel's limit, 107 bytes", bounded(function()
+      local path = path_of(107)
+      local srv = assert(net.serve_unix(path, function(s) s:write("ok\n") end))
+      defer(function() close_server(srv) end)
+      local c <close> = assert(net.connect_unix(path))
+      assert.are.equal("ok", c:read_line())
+    end))
+
+    it("fail with ENAMETOOLONG beyond it, instead of cutting the path short", bounded(function()
+      local path = path_of(108)
+      local msg = path .. ": name too long"
+      assert.are.same({nil, msg, "ENAMETOOLONG"}, {net.serve_unix(path, function() end)})
+      local short = assert(net.serve_unix(path_of(107), function() end))
+      defer(function() close_server(short) end)
+      assert.are.same({nil, msg, "ENAMETOOLONG"}, {net.connect_unix(path)})
+    end))
+
+    it("refuse an empty path, which would make an abstract socket", function()
+      assert.has_error(function() net.serve_unix("", function() end) end,
+        "bad argument #1 to 'serve_unix' (empty path)")
+      assert.has_error(function() net.connect_unix("") end,
+        "bad argument #1 to 'connect_unix' (empty path)")
+    end)
+
+    it("refuse a path with a zero byte instead of cutting it there", function()
+      local path = socket_path()
+      assert.has_error(function() net.serve_unix(path .. "\0x", function() end) end,
+        "bad argument #1 to 'serve_unix' (path contains a zero byte)")
+      assert.has_error(function() net.connect_unix(path .. "\0x") end,
+        "bad argument #1 to 'connect_unix' (path contains a zero byte)")
+    end)
+  end)
+
   describe("tcp streams", function()
     it("give their local and peer addresses", bounded(function()
       for _, t in ipairs({TRANSPORTS[1], TRANSPORTS[2]}) do
