@@ -215,7 +215,7 @@ static int watcher_tostring(lua_State *L) {
  * elsewhere it fails with ENOSYS rather than being ignored. Does not wait. */
 static int fs_watch(lua_State *L) {
   size_t len;
-  const char *path = luaL_checklstring(L, 1, &len);
+  const char *path = tulua__check_path(L, 1, &len);
   unsigned flags = 0;
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
