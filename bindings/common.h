@@ -2,8 +2,10 @@
 #ifndef TULUA_COMMON_H
 #define TULUA_COMMON_H
 
+#include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <lauxlib.h>
 #include <uv.h>
@@ -67,6 +69,47 @@ static inline lua_Number tulua__opt_field_number(lua_State *L, int idx,
   if (!isnum)
     luaL_argerror(L, idx, lua_pushfstring(L, "'%s' must be a number", field));
   return n;
+}
+
+/* Raises "bad argument #idx to 'f' (unknown option 'k')" for a key of the
+ * options table at idx that is not in known (NULL-terminated), so that a
+ * misspelt option fails instead of being ignored. Returns 0 when the
+ * argument is none or nil, 1 for a table; raises for another type.
+ * [-0, +0, v] */
+static inline int tulua__check_options(lua_State *L, int idx,
+                                       const char *const known[]) {
+  if (lua_isnoneornil(L, idx)) return 0;
+  idx = lua_absindex(L, idx);
+  luaL_checktype(L, idx, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    lua_pop(L, 1); /* stack: key */
+    size_t i = 0;
+    if (lua_type(L, -1) == LUA_TSTRING)
+      while (known[i] != NULL && strcmp(known[i], lua_tostring(L, -1)) != 0)
+        i++;
+    else
+      while (known[i] != NULL)
+        i++;
+    if (known[i] == NULL)
+      luaL_argerror(L, idx,
+                    lua_pushfstring(L, "unknown option '%s'",
+                                    luaL_tolstring(L, -1, NULL)));
+  }
+  return 1;
+}
+
+/* Sets SO_REUSEPORT on the socket of h, which must exist already (a handle
+ * made by uv_tcp_init_ex or uv_udp_init_ex with a family) and be unbound:
+ * libuv 1.44 has no flag for it. Returns 0 or a negative libuv code. */
+static inline int tulua__set_reuseport(uv_handle_t *h) {
+  uv_os_fd_t fd;
+  int rc = uv_fileno(h, &fd);
+  if (rc < 0) return rc;
+  int on = 1;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0)
+    return uv_translate_sys_error(errno);
+  return 0;
 }
 
 /* Registers the metatable `name` once (luaL_newmetatable): the

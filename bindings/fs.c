@@ -352,10 +352,6 @@ static int opt_bool_field(lua_State *L, int idx, const char *name) {
   return yes;
 }
 
-static void opt_options(lua_State *L, int idx) {
-  if (!lua_isnoneornil(L, idx)) luaL_checktype(L, idx, LUA_TTABLE);
-}
-
 /* Parses fopen's modes: r, w, a, each with an optional +, b (ignored) and,
  * with w, x (fail if the file exists). */
 static int check_flags(lua_State *L, int idx) {
@@ -573,8 +569,10 @@ static void mkdir_work(uv_work_t *req) { /* a pool thread: no Lua */
 static int fs_mkdir(lua_State *L) {
   size_t len;
   const char *path = tulua__check_path(L, 1, &len);
+  static const char *const options[] = {"mode", "parents", NULL};
   int mode = 0777, parents = 0;
   if (lua_istable(L, 2)) {
+    tulua__check_options(L, 2, options);
     mode = opt_mode_field(L, 2, 0777);
     parents = opt_bool_field(L, 2, "parents");
   } else if (!lua_isnoneornil(L, 2)) {
@@ -623,9 +621,9 @@ static int fs_realpath(lua_State *L) {
 static int fs_copyfile(lua_State *L) {
   const char *from = tulua__check_path(L, 1, NULL);
   const char *to = tulua__check_path(L, 2, NULL);
-  opt_options(L, 3);
+  static const char *const options[] = {"excl", NULL};
   int flags = 0;
-  if (lua_istable(L, 3) && opt_bool_field(L, 3, "excl"))
+  if (tulua__check_options(L, 3, options) && opt_bool_field(L, 3, "excl"))
     flags |= UV_FS_COPYFILE_EXCL;
   tulua__check_wait(L, "fs.copyfile");
   fs_op *op = op_new(SUBJ_PATHS, 0);
@@ -882,9 +880,9 @@ static int fs_write_file(lua_State *L) {
   size_t plen, len;
   const char *path = tulua__check_path(L, 1, &plen);
   const char *data = luaL_checklstring(L, 2, &len);
-  opt_options(L, 3);
+  static const char *const options[] = {"mode", "atomic", NULL};
   int mode = 0666, atomic = 0;
-  if (lua_istable(L, 3)) {
+  if (tulua__check_options(L, 3, options)) {
     mode = opt_mode_field(L, 3, 0666);
     atomic = opt_bool_field(L, 3, "atomic");
   }

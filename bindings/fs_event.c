@@ -217,8 +217,8 @@ static int fs_watch(lua_State *L) {
   size_t len;
   const char *path = tulua__check_path(L, 1, &len);
   unsigned flags = 0;
-  if (!lua_isnoneornil(L, 2)) {
-    luaL_checktype(L, 2, LUA_TTABLE);
+  static const char *const options[] = {"recursive", NULL};
+  if (tulua__check_options(L, 2, options)) {
     lua_getfield(L, 2, "recursive");
     if (lua_toboolean(L, -1)) flags |= UV_FS_EVENT_RECURSIVE;
     lua_pop(L, 1);

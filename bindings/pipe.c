@@ -98,9 +98,9 @@ static int net_serve_unix(lua_State *L) {
   int rc;
   const char *path = check_socket_path(L, &rc);
   luaL_checktype(L, 2, LUA_TFUNCTION);
+  static const char *const options[] = {"backlog", NULL};
   int backlog = BACKLOG;
-  if (!lua_isnoneornil(L, 3)) {
-    luaL_checktype(L, 3, LUA_TTABLE);
+  if (tulua__check_options(L, 3, options)) {
     lua_Number b = tulua__opt_field_number(L, 3, "backlog", BACKLOG);
     luaL_argcheck(L, b >= 1 && b <= 0x7fffffff && b == (int)b, 3,
                   "'backlog' must be a positive integer");

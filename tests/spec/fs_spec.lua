@@ -42,6 +42,17 @@ describe("tulua.fs", function()
     remove_tree(dir)
   end)
 
+  describe("options tables", function()
+    it("raise for an unknown key", function()
+      assert.has_error(function() fs.mkdir(dir .. "/a", {parent = true}) end,
+        "bad argument #2 to 'mkdir' (unknown option 'parent')")
+      assert.has_error(function() fs.copyfile(dir .. "/a", dir .. "/b", {exclusive = true}) end,
+        "bad argument #3 to 'copyfile' (unknown option 'exclusive')")
+      assert.has_error(function() fs.write_file(dir .. "/a", "x", {atomically = true}) end,
+        "bad argument #3 to 'write_file' (unknown option 'atomically')")
+    end)
+  end)
+
   describe("paths with a zero byte", function()
     -- the kernel would read such a path up to the zero: "secret\0.txt"
     -- would name "secret"

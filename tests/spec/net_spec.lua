@@ -1073,6 +1073,31 @@ describe("tulua.net", function()
     end)
   end
 
+  describe("options", function()
+    it("raise for an unknown key", function()
+      local f = function() end
+      assert.has_error(function() net.serve("127.0.0.1", 0, f, {reuse_port = true}) end,
+        "bad argument #4 to 'serve' (unknown option 'reuse_port')")
+      assert.has_error(function() net.connect("127.0.0.1", 1, {timout = 1}) end,
+        "bad argument #3 to 'connect' (unknown option 'timout')")
+      assert.has_error(function() net.serve_unix(socket_path(), f, {reuseport = true}) end,
+        "bad argument #3 to 'serve_unix' (unknown option 'reuseport')")
+    end)
+
+    it("reuseport lets two servers listen on one port, and not without it", bounded(function()
+      local a = assert(net.serve("127.0.0.1", 0, function(s) s:write("a\n") end, {reuseport = true}))
+      defer(function() close_server(a) end)
+      local port = select(2, a:address())
+      local b = assert(net.serve("127.0.0.1", port, function(s) s:write("b\n") end, {reuseport = true}))
+      defer(function() close_server(b) end)
+      assert.are.same({nil, "127.0.0.1:" .. port .. ": address already in use", "EADDRINUSE"},
+        {net.serve("127.0.0.1", port, function() end)})
+      local c <close> = assert(net.connect("127.0.0.1", port))
+      local line = c:read_line()
+      assert.is_true(line == "a" or line == "b")
+    end))
+  end)
+
   describe("unix-socket paths", function()
     -- sun_path holds 108 bytes with the terminating zero
     local function path_of(len)
