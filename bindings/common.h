@@ -134,8 +134,9 @@ static inline void tulua__new_class(lua_State *L, const char *name,
  * that writes fail with EPIPE, unless the program chose a disposition.
  * With a handler that does nothing rather than SIG_IGN: an ignored signal
  * stays ignored across exec, and the programs of os.execute and io.popen
- * would then miss theirs. Called when a module with streams opens, so that
- * a script that uses none keeps lua5.4's behaviour; Lua's own stdio writes
+ * would then miss theirs. Called when a module with streams or files opens
+ * (tulua.fs too: a FIFO's reader may leave), so that a script that uses
+ * none keeps lua5.4's behaviour; Lua's own stdio writes
  * keep it in any case (host/runtime.c). */
 static inline void tulua__ignore_sigpipe(void) {
   struct sigaction sa;

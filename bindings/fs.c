@@ -1399,5 +1399,8 @@ int luaopen_tulua_fs(lua_State *L) {
   tulua__new_class(L, LINES_MT, lines_meta, NULL);
   luaL_newlib(L, funcs);
   tulua__fs_event_open(L); /* fs.watch, in fs_event.c */
+  /* a write to a FIFO or a socket file whose reader left: nil, message,
+   * "EPIPE", as promised, rather than the death of the process */
+  tulua__ignore_sigpipe();
   return 1;
 }

@@ -15,8 +15,8 @@
  *   (SA_SIGINFO); a process pool's parent sends it to its workers with
  *   sigqueue, and worker threads unblock it. The host must leave this
  *   signal alone; process.signal and process.wait_signal refuse it.
- * - SIGPIPE: when a module with streams (tulua.net, tulua.tty, a pipe of
- *   tulua.process, a process pool) opens and SIGPIPE still has its default
+ * - SIGPIPE: when a module with streams or files (tulua.net, tulua.tty,
+ *   tulua.fs, a pipe of tulua.process, a process pool) opens and SIGPIPE still has its default
  *   action, it gets a handler that does nothing, so that a write to a
  *   closed peer fails with EPIPE. Not SIG_IGN: an ignored signal stays
  *   ignored across exec, and the programs of os.execute and io.popen would

@@ -42,6 +42,18 @@ describe("tulua.fs", function()
     remove_tree(dir)
   end)
 
+  describe("in a script that loads only tulua.fs", function()
+    it("returns nil, message and EPIPE for a write to a FIFO whose reader left", function()
+      local fifo = make_fifo(dir .. "/fifo")
+      local err = dir .. "/err"
+      local _, how, status = os.execute(string.format("cd %s && %s fs_fifo_epipe.lua %s 2> %s",
+        support.shell_quote(support.FIXTURES), support.shell_quote(support.TULUA),
+        support.shell_quote(fifo), support.shell_quote(err)))
+      assert.are.same({"exit", 0}, {how, status})
+      assert.are.equal("nil\t" .. fifo .. ": broken pipe\tEPIPE\n", support.read_file(err))
+    end)
+  end)
+
   describe("options tables", function()
     it("raise for an unknown key", function()
       assert.has_error(function() fs.mkdir(dir .. "/a", {parent = true}) end,
