@@ -1098,6 +1098,30 @@ describe("tulua.net", function()
     end))
   end)
 
+  describe("at the descriptor limit", function()
+    local function run(mode)
+      local out, err = os.tmpname(), os.tmpname()
+      local _, _, status = os.execute(string.format("cd %s && ulimit -n 64 && %s net_emfile.lua %s > %s 2> %s",
+        support.shell_quote(support.FIXTURES), support.shell_quote(TULUA), mode,
+        support.shell_quote(out), support.shell_quote(err)))
+      local stdout, stderr = support.read_file(out), support.read_file(err)
+      os.remove(out)
+      os.remove(err)
+      return status, stdout, stderr
+    end
+
+    it("a server closes the connections it cannot accept and counts them", function()
+      local status, out, err = run("plain")
+      assert.are.same({0, "1\nhi\t1\n", ""}, {status, out, err})
+    end)
+
+    it("a server in debug mode warns of them", function()
+      local status, out, err = run("debug")
+      assert.are.same({0, "1\nhi\t1\n"}, {status, out})
+      assert.matches("^Lua warning: server /[^ ]+ closed 1 connection at the descriptor limit %(EMFILE%)\n$", err)
+    end)
+  end)
+
   describe("unix-socket paths", function()
     -- sun_path holds 108 bytes with the terminating zero
     local function path_of(len)
