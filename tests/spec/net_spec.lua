@@ -1100,14 +1100,8 @@ describe("tulua.net", function()
 
   describe("at the descriptor limit", function()
     local function run(mode)
-      local out, err = os.tmpname(), os.tmpname()
-      local _, _, status = os.execute(string.format("cd %s && ulimit -n 64 && %s net_emfile.lua %s > %s 2> %s",
-        support.shell_quote(support.FIXTURES), support.shell_quote(TULUA), mode,
-        support.shell_quote(out), support.shell_quote(err)))
-      local stdout, stderr = support.read_file(out), support.read_file(err)
-      os.remove(out)
-      os.remove(err)
-      return status, stdout, stderr
+      return process.run({"sh", "-c", 'ulimit -n 64 && exec "$0" net_emfile.lua "$1"', TULUA, mode},
+        {cwd = support.FIXTURES})
     end
 
     it("a server closes the connections it cannot accept and counts them", function()
