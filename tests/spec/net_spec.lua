@@ -1147,6 +1147,21 @@ describe("tulua.net", function()
         "bad argument #1 to 'connect_unix' (empty path)")
     end)
 
+    it("name an abstract socket only when asked, without a file", bounded(function()
+      local name = "tulua-spec-" .. process.getpid() .. "-" .. socket_path():match("(%d+)%.sock$")
+      local srv = assert(net.serve_unix(name, function(s) s:write("abstract\n") end, {abstract = true}))
+      defer(function() close_server(srv) end)
+      assert.are.equal("\0" .. name, srv:address())
+      assert.are.same({nil, name .. ": no such file or directory", "ENOENT"}, {fs.stat(name)})
+      local c <close> = assert(net.connect_unix(name, {abstract = true}))
+      assert.are.equal("abstract", c:read_line())
+      assert.are.same({nil, "@" .. name .. "x: connection refused", "ECONNREFUSED"},
+        {net.connect_unix(name .. "x", {abstract = true})})
+      assert.are.same({nil, name .. ": no such file or directory", "ENOENT"}, {net.connect_unix(name)})
+      assert.has_error(function() net.connect_unix(name, {abstrct = true}) end,
+        "bad argument #2 to 'connect_unix' (unknown option 'abstrct')")
+    end))
+
     it("refuse a path with a zero byte instead of cutting it there", function()
       local path = socket_path()
       assert.has_error(function() net.serve_unix(path .. "\0x", function() end) end,
