@@ -352,14 +352,12 @@ static int opt_bool_field(lua_State *L, int idx, const char *name) {
   return yes;
 }
 
-static void opt_options(lua_State *L, int idx) {
-  if (!lua_isnoneornil(L, idx)) luaL_checktype(L, idx, LUA_TTABLE);
-}
-
 /* Parses fopen's modes: r, w, a, each with an optional +, b (ignored) and,
  * with w, x (fail if the file exists). */
 static int check_flags(lua_State *L, int idx) {
-  const char *s = luaL_optstring(L, idx, "r");
+  size_t len;
+  const char *s = luaL_optlstring(L, idx, "r", &len);
+  luaL_argcheck(L, strlen(s) == len, idx, "flags contain a zero byte");
   int flags, plus = 0, excl = 0, bin = 0;
   switch (s[0]) {
     case 'r':
@@ -492,7 +490,7 @@ static int path_deliver(lua_State *L, void *ud) { /* mkdtemp: req->path */
  * atime, mtime, ctime, birthtime in seconds (floats). Raises on a non-string
  * path. */
 static int fs_stat(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = tulua__check_path(L, 1, NULL);
   tulua__check_wait(L, "fs.stat");
   fs_op *op = op_new(SUBJ_PATH, 0);
   if (op == NULL) return push_fail(L, path, UV_ENOMEM);
@@ -503,7 +501,7 @@ static int fs_stat(lua_State *L) {
 /* fs.lstat(path) -> table | nil, message, code: as fs.stat, but a symbolic
  * link describes itself (type "link"). */
 static int fs_lstat(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = tulua__check_path(L, 1, NULL);
   tulua__check_wait(L, "fs.lstat");
   fs_op *op = op_new(SUBJ_PATH, 0);
   if (op == NULL) return push_fail(L, path, UV_ENOMEM);
@@ -514,8 +512,8 @@ static int fs_lstat(lua_State *L) {
 /* fs.rename(from, to) -> true | nil, "from -> to: message", code: renames
  * or moves a file or directory, replacing to if it exists. */
 static int fs_rename(lua_State *L) {
-  const char *from = luaL_checkstring(L, 1);
-  const char *to = luaL_checkstring(L, 2);
+  const char *from = tulua__check_path(L, 1, NULL);
+  const char *to = tulua__check_path(L, 2, NULL);
   tulua__check_wait(L, "fs.rename");
   fs_op *op = op_new(SUBJ_PATHS, 0);
   if (op == NULL) return push_op_fail(L, SUBJ_PATHS, UV_ENOMEM);
@@ -526,7 +524,7 @@ static int fs_rename(lua_State *L) {
 /* fs.unlink(path) -> true | nil, message, code: removes a file (not a
  * directory: EISDIR). */
 static int fs_unlink(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = tulua__check_path(L, 1, NULL);
   tulua__check_wait(L, "fs.unlink");
   fs_op *op = op_new(SUBJ_PATH, 0);
   if (op == NULL) return push_fail(L, path, UV_ENOMEM);
@@ -570,9 +568,11 @@ static void mkdir_work(uv_work_t *req) { /* a pool thread: no Lua */
  * on a bad mode (not an integer in 0..07777). */
 static int fs_mkdir(lua_State *L) {
   size_t len;
-  const char *path = luaL_checklstring(L, 1, &len);
+  const char *path = tulua__check_path(L, 1, &len);
+  static const char *const options[] = {"mode", "parents", NULL};
   int mode = 0777, parents = 0;
   if (lua_istable(L, 2)) {
+    tulua__check_options(L, 2, options);
     mode = opt_mode_field(L, 2, 0777);
     parents = opt_bool_field(L, 2, "parents");
   } else if (!lua_isnoneornil(L, 2)) {
@@ -596,7 +596,7 @@ static int fs_mkdir(lua_State *L) {
 /* fs.rmdir(path) -> true | nil, message, code: removes an empty directory
  * (ENOTEMPTY otherwise). */
 static int fs_rmdir(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = tulua__check_path(L, 1, NULL);
   tulua__check_wait(L, "fs.rmdir");
   fs_op *op = op_new(SUBJ_PATH, 0);
   if (op == NULL) return push_fail(L, path, UV_ENOMEM);
@@ -607,7 +607,7 @@ static int fs_rmdir(lua_State *L) {
 /* fs.realpath(path) -> string | nil, message, code: the canonical absolute
  * path, with symbolic links, "." and ".." resolved; the path must exist. */
 static int fs_realpath(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = tulua__check_path(L, 1, NULL);
   tulua__check_wait(L, "fs.realpath");
   fs_op *op = op_new(SUBJ_PATH, 0);
   if (op == NULL) return push_fail(L, path, UV_ENOMEM);
@@ -619,11 +619,11 @@ static int fs_realpath(lua_State *L) {
  * code: copies a file's contents and mode, replacing to unless options.excl
  * is true (then EEXIST if to exists). */
 static int fs_copyfile(lua_State *L) {
-  const char *from = luaL_checkstring(L, 1);
-  const char *to = luaL_checkstring(L, 2);
-  opt_options(L, 3);
+  const char *from = tulua__check_path(L, 1, NULL);
+  const char *to = tulua__check_path(L, 2, NULL);
+  static const char *const options[] = {"excl", NULL};
   int flags = 0;
-  if (lua_istable(L, 3) && opt_bool_field(L, 3, "excl"))
+  if (tulua__check_options(L, 3, options) && opt_bool_field(L, 3, "excl"))
     flags |= UV_FS_COPYFILE_EXCL;
   tulua__check_wait(L, "fs.copyfile");
   fs_op *op = op_new(SUBJ_PATHS, 0);
@@ -636,8 +636,8 @@ static int fs_copyfile(lua_State *L) {
  * creates the symbolic link path pointing at target (which need not exist;
  * a relative target is relative to path's directory). */
 static int fs_symlink(lua_State *L) {
-  const char *target = luaL_checkstring(L, 1);
-  const char *path = luaL_checkstring(L, 2);
+  const char *target = tulua__check_path(L, 1, NULL);
+  const char *path = tulua__check_path(L, 2, NULL);
   tulua__check_wait(L, "fs.symlink");
   fs_op *op = op_new(SUBJ_PATHS, 0);
   if (op == NULL) return push_op_fail(L, SUBJ_PATHS, UV_ENOMEM);
@@ -648,7 +648,7 @@ static int fs_symlink(lua_State *L) {
 /* fs.readlink(path) -> string | nil, message, code: the target of a
  * symbolic link (EINVAL if path is not one). */
 static int fs_readlink(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = tulua__check_path(L, 1, NULL);
   tulua__check_wait(L, "fs.readlink");
   fs_op *op = op_new(SUBJ_PATH, 0);
   if (op == NULL) return push_fail(L, path, UV_ENOMEM);
@@ -659,7 +659,7 @@ static int fs_readlink(lua_State *L) {
 /* fs.chmod(path, mode) -> true | nil, message, code: sets the permission
  * bits. Raises unless mode is an integer in 0..07777. */
 static int fs_chmod(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = tulua__check_path(L, 1, NULL);
   int mode = check_mode(L, 2);
   tulua__check_wait(L, "fs.chmod");
   fs_op *op = op_new(SUBJ_PATH, 0);
@@ -672,7 +672,7 @@ static int fs_chmod(lua_State *L) {
  * access and modification times, in seconds since the epoch (floats); each
  * defaults to now. */
 static int fs_utime(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = tulua__check_path(L, 1, NULL);
   uv_timeval64_t tv;
   double now = 0;
   if (lua_isnoneornil(L, 2) || lua_isnoneornil(L, 3)) {
@@ -692,8 +692,10 @@ static int fs_utime(lua_State *L) {
  * process may use path; mode is a string of 'r', 'w', 'x' (default: "",
  * only existence). Raises on any other letter. */
 static int fs_access(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
-  const char *m = luaL_optstring(L, 2, "");
+  const char *path = tulua__check_path(L, 1, NULL);
+  size_t len;
+  const char *m = luaL_optlstring(L, 2, "", &len);
+  luaL_argcheck(L, strlen(m) == len, 2, "mode contains a zero byte");
   int amode = F_OK;
   for (const char *c = m; *c != '\0'; c++) {
     if (*c == 'r')
@@ -718,7 +720,7 @@ static int fs_access(lua_State *L) {
  * "XXXXXX". */
 static int fs_mkdtemp(lua_State *L) {
   size_t len;
-  const char *tpl = luaL_checklstring(L, 1, &len);
+  const char *tpl = tulua__check_path(L, 1, &len);
   luaL_argcheck(L, len >= 6 && strcmp(tpl + len - 6, "XXXXXX") == 0, 1,
                 "template must end in 'XXXXXX'");
   tulua__check_wait(L, "fs.mkdtemp");
@@ -773,7 +775,7 @@ static int read_file_deliver(lua_State *L, void *ud) {
  * a file (binary-safe). A directory fails with EISDIR. */
 static int fs_read_file(lua_State *L) {
   size_t len;
-  const char *path = luaL_checklstring(L, 1, &len);
+  const char *path = tulua__check_path(L, 1, &len);
   tulua__check_wait(L, "fs.read_file");
   fs_op *op = op_new(SUBJ_PATH, len + 1);
   if (op == NULL) return push_fail(L, path, UV_ENOMEM);
@@ -876,11 +878,11 @@ static void write_file_work(uv_work_t *req) { /* a pool thread: no Lua */
  * not followed. */
 static int fs_write_file(lua_State *L) {
   size_t plen, len;
-  const char *path = luaL_checklstring(L, 1, &plen);
+  const char *path = tulua__check_path(L, 1, &plen);
   const char *data = luaL_checklstring(L, 2, &len);
-  opt_options(L, 3);
+  static const char *const options[] = {"mode", "atomic", NULL};
   int mode = 0666, atomic = 0;
-  if (lua_istable(L, 3)) {
+  if (tulua__check_options(L, 3, options)) {
     mode = opt_mode_field(L, 3, 0666);
     atomic = opt_bool_field(L, 3, "atomic");
   }
@@ -981,7 +983,7 @@ static int readdir_deliver(lua_State *L, void *ud) {
 
 static int start_scandir(lua_State *L, const char *name,
                          tulua__deliver_fn deliver) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = tulua__check_path(L, 1, NULL);
   lua_settop(L, 1);
   tulua__check_wait(L, name);
   dir_state *s = lua_newuserdatauv(L, sizeof *s, 0); /* 2 */
@@ -1027,7 +1029,7 @@ static int open_deliver(lua_State *L, void *ud) {
  * exists. mode (default 0666, less the umask) applies to a new file. Raises
  * on bad flags or mode. */
 static int fs_open(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = tulua__check_path(L, 1, NULL);
   int flags = check_flags(L, 2);
   int mode = lua_isnoneornil(L, 3) ? 0666 : check_mode(L, 3);
   lua_settop(L, 3);
@@ -1349,7 +1351,7 @@ static int lines_deliver_open(lua_State *L, void *ud) {
  * The iterator raises "<path>: <message>" if a read fails, and when two
  * tasks use it at once. */
 static int fs_lines(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = tulua__check_path(L, 1, NULL);
   lua_settop(L, 1);
   tulua__check_wait(L, "fs.lines");
   new_file_ud(L); /* 2 */
@@ -1397,5 +1399,8 @@ int luaopen_tulua_fs(lua_State *L) {
   tulua__new_class(L, LINES_MT, lines_meta, NULL);
   luaL_newlib(L, funcs);
   tulua__fs_event_open(L); /* fs.watch, in fs_event.c */
+  /* a write to a FIFO or a socket file whose reader left: nil, message,
+   * "EPIPE", as promised, rather than the death of the process */
+  tulua__ignore_sigpipe();
   return 1;
 }

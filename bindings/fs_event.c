@@ -215,10 +215,10 @@ static int watcher_tostring(lua_State *L) {
  * elsewhere it fails with ENOSYS rather than being ignored. Does not wait. */
 static int fs_watch(lua_State *L) {
   size_t len;
-  const char *path = luaL_checklstring(L, 1, &len);
+  const char *path = tulua__check_path(L, 1, &len);
   unsigned flags = 0;
-  if (!lua_isnoneornil(L, 2)) {
-    luaL_checktype(L, 2, LUA_TTABLE);
+  static const char *const options[] = {"recursive", NULL};
+  if (tulua__check_options(L, 2, options)) {
     lua_getfield(L, 2, "recursive");
     if (lua_toboolean(L, -1)) flags |= UV_FS_EVENT_RECURSIVE;
     lua_pop(L, 1);

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "signal_names.h"
+#include "worker.h"
 
 #define SIGNAL_MT "tulua.signal"
 
@@ -262,10 +263,16 @@ static sig_box *box_start(lua_State *L, int signum, int oneshot, int *rc) {
   return b;
 }
 
-/* Raises for the signals no process can catch. */
+/* Raises for the signals no process can catch, and for the one the pools
+ * reserve: a listener of it would take the job interrupt from worker.c's
+ * handler (a cancelled job then runs on), and its last stop would put back
+ * SIG_DFL, whose next job cancel kills the process. */
 static int check_catchable(lua_State *L, int idx) {
   int signum = tulua__signal_check(L, idx, 0);
   if (signum == 0) return luaL_typeerror(L, idx, "signal name or number");
+  if (signum == tulua__worker_signal())
+    return luaL_argerror(
+        L, idx, "SIGRTMIN+4 is reserved by tulua: it interrupts pool jobs");
   if (signum == SIGKILL || signum == SIGSTOP) {
     tulua__signal_push_name(L, signum);
     return luaL_argerror(
@@ -278,7 +285,7 @@ static int check_catchable(lua_State *L, int idx) {
  * signal (a name such as "SIGUSR1" or a number) arrives, and returns its
  * name. The signal is caught from the call until it returns, and has its
  * previous disposition again afterwards. Raises for an unknown signal, for
- * SIGKILL and SIGSTOP, and outside a task. */
+ * SIGKILL and SIGSTOP, for the pools' SIGRTMIN + 4, and outside a task. */
 static int process_wait_signal(lua_State *L) {
   int signum = check_catchable(L, 1);
   tulua__check_wait(L, "process.wait_signal");

@@ -25,9 +25,15 @@
  * shutdown ops own themselves, as fs ops do. A connection a server
  * accepted holds its server's box until the connection is closed. */
 #include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
 
 #include "queue.h"
 #include "stream.h"
@@ -60,6 +66,14 @@ struct tulua__server {
   tulua_runtime *rt;
   unsigned char kind, inited, closed, close_done, collected;
   int listen_err;
+  /* the descriptor limit: see connection_cb */
+  uv_prepare_t guard; /* hides libuv's spare before each poll */
+  uv_check_t unguard; /* and gives it back after the poll */
+  int hidden; /* libuv's spare while hidden, else -1 */
+  int reserve; /* our spare descriptor, -1 when none */
+  int closes; /* close callbacks still to come: the handle, the guards */
+  long long refused; /* connections closed for want of a descriptor */
+  long long warned; /* how many of them debug mode reported */
 };
 
 struct tulua__stream {
@@ -578,6 +592,7 @@ void tulua__stream_register(lua_State *L, tulua__stream_kind kind,
 
 static void server_close_cb(uv_handle_t *h) {
   tulua__server *srv = h->data;
+  if (--srv->closes > 0) return; /* the other handle's callback is to come */
   srv->close_done = 1;
   maybe_free_server(srv);
 }
@@ -605,14 +620,57 @@ static void server_stop(lua_State *L, tulua__server *srv) {
   luaL_unref(L, LUA_REGISTRYINDEX, srv->conn_main_ref);
   srv->ref = srv->handler_ref = srv->conn_main_ref = LUA_NOREF;
   wake_closed(srv);
+  if (srv->reserve >= 0) close(srv->reserve);
+  srv->reserve = -1;
+  srv->closes = 1;
+  if (srv->guard.type == UV_PREPARE) { /* listening started both */
+    srv->closes += 2;
+    uv_close((uv_handle_t *)&srv->guard, server_close_cb);
+    uv_close((uv_handle_t *)&srv->unguard, server_close_cb);
+    if (srv->hidden >= 0) { /* closed during the poll: libuv's again */
+      srv->u.h.loop->emfile_fd = srv->hidden;
+      srv->hidden = -1;
+    }
+  }
   if (srv->inited)
     uv_close(&srv->u.h, server_close_cb);
   else
     server_close_cb(&srv->u.h);
 }
 
+/* Warns (lua_warning: shown in debug mode, or with warnings on) of the
+ * connections srv closed at the descriptor limit since the last warning.
+ * In the drain. */
+static void warn_refused(lua_State *L, tulua__server *srv) {
+  long long n = srv->refused - srv->warned;
+  srv->warned = srv->refused;
+  char where[INET6_ADDRSTRLEN + 8] = "?"; /* or a path, cut short */
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  if (srv->kind == TULUA_TCP &&
+      uv_tcp_getsockname(&srv->u.tcp, (struct sockaddr *)&ss, &len) == 0) {
+    char ip[INET6_ADDRSTRLEN] = "";
+    uv_ip_name((struct sockaddr *)&ss, ip, sizeof ip);
+    int port =
+        ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                       : ((struct sockaddr_in *)&ss)->sin_port);
+    snprintf(where, sizeof where,
+             ss.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
+  } else if (srv->kind == TULUA_PIPE) {
+    size_t wn = sizeof where;
+    if (uv_pipe_getsockname(&srv->u.pipe, where, &wn) != 0) strcpy(where, "?");
+  }
+  char msg[160];
+  snprintf(msg, sizeof msg,
+           "server %s closed %lld connection%s at the descriptor "
+           "limit (EMFILE)",
+           where, n, n == 1 ? "" : "s");
+  lua_warning(L, msg, 0);
+}
+
 static void accept_all(lua_State *L, tulua__job *job) {
   tulua__server *srv = tulua__container_of(job, tulua__server, accept_job);
+  if (srv->refused > srv->warned) warn_refused(L, srv);
   while (srv->pending > 0 && !srv->closed) {
     srv->pending--;
     int top = lua_gettop(L);
@@ -639,9 +697,68 @@ static void accept_all(lua_State *L, tulua__job *job) {
   }
 }
 
+/* At the descriptor limit, a connection nobody accepts would stay in the
+ * backlog, and the listening socket would wake every poll. libuv's answer
+ * (uv__emfile_trick) frees a spare descriptor, accepts and closes what is
+ * pending, and takes the spare again, but tells nobody. So each listening
+ * server keeps a spare of its own, and its guard, a prepare handle, hides
+ * libuv's spare (loop->emfile_fd, a field of libuv 1.44's unix loop)
+ * during each poll: libuv then reports EMFILE here, and drain_refused does
+ * the same work, counting. The spare stays open, hidden, so that the
+ * process's descriptors do not change; the check handle after the poll
+ * gives it back. Both are unreferenced: they keep nothing alive. */
+static void guard_cb(uv_prepare_t *h) {
+  tulua__server *srv = h->data;
+  if (h->loop->emfile_fd >= 0 && srv->hidden < 0) {
+    srv->hidden = h->loop->emfile_fd;
+    h->loop->emfile_fd = -1;
+  }
+  if (srv->reserve < 0) srv->reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+static void unguard_cb(uv_check_t *h) {
+  tulua__server *srv = h->data;
+  if (srv->hidden < 0) return;
+  if (h->loop->emfile_fd < 0)
+    h->loop->emfile_fd = srv->hidden;
+  else
+    close(srv->hidden); /* libuv opened another meanwhile */
+  srv->hidden = -1;
+}
+
+/* Accepts and closes what waits in srv's backlog, with the spare freed for
+ * it, and counts the connections. The spare stays free until the guard
+ * takes it again before the next poll: libuv tries to accept once more
+ * when this returns, and only a free descriptor makes that accept end its
+ * loop (EAGAIN; at the limit the kernel says EMFILE before looking at the
+ * backlog). Without a spare (another descriptor took its place), nothing
+ * can be drained and libuv calls again until one is free. */
+static void drain_refused(tulua__server *srv) {
+  if (srv->reserve < 0) return;
+  close(srv->reserve);
+  srv->reserve = -1;
+  uv_os_fd_t lfd;
+  if (uv_fileno(&srv->u.h, &lfd) == 0) {
+    for (;;) {
+      int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+      if (fd >= 0) {
+        close(fd);
+        srv->refused++;
+      } else if (errno != EINTR && errno != ECONNABORTED) {
+        break;
+      }
+    }
+  }
+}
+
 static void connection_cb(uv_stream_t *h, int status) {
   tulua__server *srv = h->data; /* no Lua API here */
-  if (status < 0) return; /* EMFILE and the like: the next one may work */
+  if (status == UV_EMFILE || status == UV_ENFILE) {
+    drain_refused(srv);
+    tulua__post(srv->rt, &srv->accept_job); /* to warn in debug mode */
+    return;
+  }
+  if (status < 0) return; /* the next one may work */
   srv->pending++;
   tulua__post(srv->rt, &srv->accept_job);
 }
@@ -663,6 +780,7 @@ tulua__server *tulua__server_new(lua_State *L, tulua__stream_kind kind,
   srv->kind = (unsigned char)kind;
   srv->rt = tulua__runtime(L);
   srv->ref = srv->handler_ref = srv->conn_main_ref = LUA_NOREF;
+  srv->reserve = srv->hidden = -1;
   srv->accept_job.run = accept_all;
   srv->u.h.data = srv;
   *p = srv;
@@ -685,7 +803,18 @@ void tulua__server_ready(tulua__server *srv) {
 
 int tulua__server_listen(tulua__server *srv, int backlog) {
   int rc = uv_listen(&srv->u.s, backlog, connection_cb);
-  return rc;
+  if (rc < 0) return rc;
+  srv->reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (srv->reserve < 0) return uv_translate_sys_error(errno);
+  uv_prepare_init(srv->u.h.loop, &srv->guard);
+  srv->guard.data = srv;
+  uv_prepare_start(&srv->guard, guard_cb);
+  uv_unref((uv_handle_t *)&srv->guard);
+  uv_check_init(srv->u.h.loop, &srv->unguard);
+  srv->unguard.data = srv;
+  uv_check_start(&srv->unguard, unguard_cb);
+  uv_unref((uv_handle_t *)&srv->unguard);
+  return 0;
 }
 
 static int server_close(lua_State *L) {
@@ -739,6 +868,14 @@ static int server_connections(lua_State *L) {
   return 1;
 }
 
+/* server:refused() -> integer: how many connections the server closed at
+ * once because the process had no descriptor left to accept them. */
+static int server_refused(lua_State *L) {
+  tulua__server **p = to_server(L, 1);
+  lua_pushinteger(L, *p ? (lua_Integer)(*p)->refused : 0);
+  return 1;
+}
+
 static int server_is_closed(lua_State *L) {
   tulua__server **p = to_server(L, 1);
   lua_pushboolean(L, *p == NULL || (*p)->closed);
@@ -756,6 +893,7 @@ void tulua__server_register(lua_State *L, const luaL_Reg *extra) {
   static const luaL_Reg methods[] = {{"close", server_close},
                                      {"wait_closed", server_wait_closed},
                                      {"connections", server_connections},
+                                     {"refused", server_refused},
                                      {"is_closed", server_is_closed},
                                      {NULL, NULL}};
   static const luaL_Reg meta[] = {{"__gc", server_gc},

@@ -190,9 +190,9 @@ static void connect_cancel(void *ud) {
 static int net_connect(lua_State *L) {
   const char *host = luaL_checkstring(L, 1);
   int port = check_port(L, 2);
+  static const char *const options[] = {"timeout", NULL};
   lua_Number timeout = 0;
-  if (!lua_isnoneornil(L, 3)) {
-    luaL_checktype(L, 3, LUA_TTABLE);
+  if (tulua__check_options(L, 3, options)) {
     timeout = tulua__opt_field_number(L, 3, "timeout", 0);
     luaL_argcheck(L, timeout >= 0 && timeout == timeout, 3,
                   "'timeout' must be a non-negative number");
@@ -231,15 +231,21 @@ static int net_connect(lua_State *L) {
 
 /* ---- serve ---- */
 
-/* net.serve(host, port, handler [, {backlog=}]) -> server | nil, msg, code
- * Each connection runs handler(stream) in a task of its own. */
+/* net.serve(host, port, handler [, {backlog=, reuseport=}]) -> server |
+ * nil, msg, code. Each connection runs handler(stream) in a task of its
+ * own. reuseport sets SO_REUSEPORT, with which several sockets (of this or
+ * other processes) listen on one port and the kernel spreads connections
+ * among them. */
 static int net_serve(lua_State *L) {
+  static const char *const options[] = {"backlog", "reuseport", NULL};
   const char *host = luaL_checkstring(L, 1);
   int port = check_port(L, 2);
   luaL_checktype(L, 3, LUA_TFUNCTION);
-  int backlog = BACKLOG;
-  if (!lua_isnoneornil(L, 4)) {
-    luaL_checktype(L, 4, LUA_TTABLE);
+  int backlog = BACKLOG, reuseport = 0;
+  if (tulua__check_options(L, 4, options)) {
+    lua_getfield(L, 4, "reuseport");
+    reuseport = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     lua_Number b = tulua__opt_field_number(L, 4, "backlog", BACKLOG);
     luaL_argcheck(L, b >= 1 && b <= 0x7fffffff && b == (int)b, 4,
                   "'backlog' must be a positive integer");
@@ -252,9 +258,14 @@ static int net_serve(lua_State *L) {
   tulua__stream_register(L, TULUA_TCP, NULL);
   tulua__server *srv = tulua__server_new(L, TULUA_TCP, 3);
   uv_tcp_t *tcp = (uv_tcp_t *)tulua__server_handle(srv);
-  rc = uv_tcp_init(tulua__loop(L), tcp);
+  /* with the family, libuv makes the socket now: SO_REUSEPORT must be on
+   * it before the bind */
+  rc = uv_tcp_init_ex(tulua__loop(L), tcp, ss.ss_family);
   if (rc == 0) {
     tulua__server_ready(srv);
+    if (reuseport) rc = tulua__set_reuseport((uv_handle_t *)tcp);
+  }
+  if (rc == 0) {
     rc = uv_tcp_bind(tcp, (struct sockaddr *)&ss, 0);
   }
   if (rc == 0) rc = tulua__server_listen(srv, backlog);

@@ -271,22 +271,28 @@ static int udp_new(lua_State *L) {
  * socket bound to a numeric address and a port (0: any free port; see
  * local_address). options: reuseaddr (SO_REUSEADDR: several sockets may
  * bind the same address and port), ipv6only (an IPv6 socket that does not
- * take IPv4 datagrams). Failures name "host:port": EADDRINUSE,
- * EADDRNOTAVAIL. Raises on a host name (resolve it with
- * tulua.dns), a port outside 0..65535, or ipv6only with an IPv4 host. */
+ * take IPv4 datagrams), reuseport (SO_REUSEPORT: several sockets, of any
+ * process of the same user, share the port, and the kernel spreads the
+ * datagrams among them); any other key raises. Failures name "host:port":
+ * EADDRINUSE, EADDRNOTAVAIL. Raises on a host name (resolve it with tulua.dns),
+ * a port outside 0..65535, or ipv6only with an IPv4 host. */
 static int udp_bind(lua_State *L) {
   struct sockaddr_storage ss;
   char subject[SUBJECT_LEN];
   unsigned flags = 0;
   int rc;
+  static const char *const options[] = {"reuseaddr", "ipv6only", "reuseport",
+                                        NULL};
+  int reuseport = 0;
   check_addr(L, 1, &ss);
-  if (!lua_isnoneornil(L, 3)) {
-    luaL_checktype(L, 3, LUA_TTABLE);
+  if (tulua__check_options(L, 3, options)) {
     lua_getfield(L, 3, "reuseaddr");
     if (lua_toboolean(L, -1)) flags |= UV_UDP_REUSEADDR;
     lua_getfield(L, 3, "ipv6only");
     if (lua_toboolean(L, -1)) flags |= UV_UDP_IPV6ONLY;
-    lua_pop(L, 2);
+    lua_getfield(L, 3, "reuseport");
+    reuseport = lua_toboolean(L, -1);
+    lua_pop(L, 3);
   }
   luaL_argcheck(L, !(flags & UV_UDP_IPV6ONLY) || ss.ss_family == AF_INET6, 3,
                 "ipv6only needs an IPv6 address");
@@ -294,7 +300,8 @@ static int udp_bind(lua_State *L) {
   lua_settop(L, 3);
   udp_box *b = new_udp(L, ss.ss_family, &rc); /* 4 */
   if (b == NULL) return push_fail(L, subject, rc);
-  rc = uv_udp_bind(&b->h, (struct sockaddr *)&ss, flags);
+  rc = reuseport ? tulua__set_reuseport((uv_handle_t *)&b->h) : 0;
+  if (rc == 0) rc = uv_udp_bind(&b->h, (struct sockaddr *)&ss, flags);
   if (rc < 0) {
     release(L, lua_touserdata(L, 4));
     return push_fail(L, subject, rc);

@@ -42,6 +42,70 @@ describe("tulua.fs", function()
     remove_tree(dir)
   end)
 
+  describe("in a script that loads only tulua.fs", function()
+    it("returns nil, message and EPIPE for a write to a FIFO whose reader left", function()
+      local fifo = make_fifo(dir .. "/fifo")
+      local err = dir .. "/err"
+      local _, how, status = os.execute(string.format("cd %s && %s fs_fifo_epipe.lua %s 2> %s",
+        support.shell_quote(support.FIXTURES), support.shell_quote(support.TULUA),
+        support.shell_quote(fifo), support.shell_quote(err)))
+      assert.are.same({"exit", 0}, {how, status})
+      assert.are.equal("nil\t" .. fifo .. ": broken pipe\tEPIPE\n", support.read_file(err))
+    end)
+  end)
+
+  describe("options tables", function()
+    it("raise for an unknown key", function()
+      assert.has_error(function() fs.mkdir(dir .. "/a", {parent = true}) end,
+        "bad argument #2 to 'mkdir' (unknown option 'parent')")
+      assert.has_error(function() fs.copyfile(dir .. "/a", dir .. "/b", {exclusive = true}) end,
+        "bad argument #3 to 'copyfile' (unknown option 'exclusive')")
+      assert.has_error(function() fs.write_file(dir .. "/a", "x", {atomically = true}) end,
+        "bad argument #3 to 'write_file' (unknown option 'atomically')")
+    end)
+  end)
+
+  describe("paths with a zero byte", function()
+    -- the kernel would read such a path up to the zero: "secret\0.txt"
+    -- would name "secret"
+    local function refused(name, argn, ...)
+      -- called by pcall, the function is named by its place in
+      -- package.loaded
+      local ok, err = pcall(fs[name], ...)
+      assert.is_false(ok)
+      assert.are.equal("bad argument #" .. argn .. " to 'tulua.fs." .. name
+        .. "' (path contains a zero byte)", err)
+    end
+
+    it("are refused by every function instead of cut at the zero", function()
+      local secret = dir .. "/secret"
+      assert(fs.write_file(secret, "s"))
+      local bad = secret .. "\0.txt"
+      for _, name in ipairs({"stat", "lstat", "unlink", "mkdir", "rmdir", "scandir",
+          "readdir", "realpath", "readlink", "access", "read_file", "open", "lines"}) do
+        refused(name, 1, bad)
+      end
+      refused("mkdtemp", 1, dir .. "/\0XXXXXX")
+      refused("chmod", 1, bad, 420)
+      refused("utime", 1, bad, 0, 0)
+      refused("write_file", 1, bad, "x")
+      for _, name in ipairs({"rename", "copyfile", "symlink"}) do
+        refused(name, 1, bad, dir .. "/b")
+        refused(name, 2, dir .. "/b", bad)
+      end
+      assert.are.equal("s", fs.read_file(secret))
+    end)
+
+    it("raise with the function's name, and in access's mode and open's flags too", function()
+      assert.has_error(function() fs.read_file(dir .. "/secret\0.txt") end,
+        "bad argument #1 to 'read_file' (path contains a zero byte)")
+      assert.has_error(function() fs.access(dir, "r\0w") end,
+        "bad argument #2 to 'access' (mode contains a zero byte)")
+      assert.has_error(function() fs.open(dir .. "/a", "w\0x") end,
+        "bad argument #2 to 'open' (flags contain a zero byte)")
+    end)
+  end)
+
   describe("mkdtemp", function()
     it("creates a new private directory from the template", function()
       assert.is_truthy(dir:match("^/tmp/tulua%-fs%-spec%-%w%w%w%w%w%w$"))

@@ -197,6 +197,9 @@ describe("tulua.fs", function()
 
     it("raises on bad arguments", function()
       assert.has_error(function() fs.watch() end, "bad argument #1 to 'watch' (string expected, got no value)")
+      assert.has_error(function() fs.watch(dir .. "\0/x") end, "bad argument #1 to 'watch' (path contains a zero byte)")
+      assert.has_error(function() fs.watch(dir, {recursve = true}) end,
+        "bad argument #2 to 'watch' (unknown option 'recursve')")
       assert.has_error(function() fs.watch(dir, "r") end, "bad argument #2 to 'watch' (table expected, got string)")
       local w <close> = assert(fs.watch(dir))
       assert.has_error(function() w.next(42) end, "bad argument #1 to 'next' (tulua.watcher expected, got number)")

@@ -1073,6 +1073,104 @@ describe("tulua.net", function()
     end)
   end
 
+  describe("options", function()
+    it("raise for an unknown key", function()
+      local f = function() end
+      assert.has_error(function() net.serve("127.0.0.1", 0, f, {reuse_port = true}) end,
+        "bad argument #4 to 'serve' (unknown option 'reuse_port')")
+      assert.has_error(function() net.connect("127.0.0.1", 1, {timout = 1}) end,
+        "bad argument #3 to 'connect' (unknown option 'timout')")
+      assert.has_error(function() net.serve_unix(socket_path(), f, {reuseport = true}) end,
+        "bad argument #3 to 'serve_unix' (unknown option 'reuseport')")
+    end)
+
+    it("reuseport lets two servers listen on one port, and not without it", bounded(function()
+      local a = assert(net.serve("127.0.0.1", 0, function(s) s:write("a\n") end, {reuseport = true}))
+      defer(function() close_server(a) end)
+      local port = select(2, a:address())
+      local b = assert(net.serve("127.0.0.1", port, function(s) s:write("b\n") end, {reuseport = true}))
+      defer(function() close_server(b) end)
+      assert.are.same({nil, "127.0.0.1:" .. port .. ": address already in use", "EADDRINUSE"},
+        {net.serve("127.0.0.1", port, function() end)})
+      local c <close> = assert(net.connect("127.0.0.1", port))
+      local line = c:read_line()
+      assert.is_true(line == "a" or line == "b")
+    end))
+  end)
+
+  describe("at the descriptor limit", function()
+    local function run(mode)
+      return process.run({"sh", "-c", 'ulimit -n 64 && exec "$0" net_emfile.lua "$1"', TULUA, mode},
+        {cwd = support.FIXTURES})
+    end
+
+    it("a server closes the connections it cannot accept and counts them", function()
+      local status, out, err = run("plain")
+      assert.are.same({0, "1\nhi\t1\n", ""}, {status, out, err})
+    end)
+
+    it("a server in debug mode warns of them", function()
+      local status, out, err = run("debug")
+      assert.are.same({0, "1\nhi\t1\n"}, {status, out})
+      assert.matches("^Lua warning: server /[^ ]+ closed 1 connection at the descriptor limit %(EMFILE%)\n$", err)
+    end)
+  end)
+
+  describe("unix-socket paths", function()
+    -- sun_path holds 108 bytes with the terminating zero
+    local function path_of(len)
+      local p = dir .. "/"
+      return p .. string.rep("a", len - #p)
+    end
+
+    it("take a path of the kernel's limit, 107 bytes", bounded(function()
+      local path = path_of(107)
+      local srv = assert(net.serve_unix(path, function(s) s:write("ok\n") end))
+      defer(function() close_server(srv) end)
+      local c <close> = assert(net.connect_unix(path))
+      assert.are.equal("ok", c:read_line())
+    end))
+
+    it("fail with ENAMETOOLONG beyond it, instead of cutting the path short", bounded(function()
+      local path = path_of(108)
+      local msg = path .. ": name too long"
+      assert.are.same({nil, msg, "ENAMETOOLONG"}, {net.serve_unix(path, function() end)})
+      local short = assert(net.serve_unix(path_of(107), function() end))
+      defer(function() close_server(short) end)
+      assert.are.same({nil, msg, "ENAMETOOLONG"}, {net.connect_unix(path)})
+    end))
+
+    it("refuse an empty path, which would make an abstract socket", function()
+      assert.has_error(function() net.serve_unix("", function() end) end,
+        "bad argument #1 to 'serve_unix' (empty path)")
+      assert.has_error(function() net.connect_unix("") end,
+        "bad argument #1 to 'connect_unix' (empty path)")
+    end)
+
+    it("name an abstract socket only when asked, without a file", bounded(function()
+      local name = "tulua-spec-" .. process.getpid() .. "-" .. socket_path():match("(%d+)%.sock$")
+      local srv = assert(net.serve_unix(name, function(s) s:write("abstract\n") end, {abstract = true}))
+      defer(function() close_server(srv) end)
+      assert.are.equal("\0" .. name, srv:address())
+      assert.are.same({nil, name .. ": no such file or directory", "ENOENT"}, {fs.stat(name)})
+      local c <close> = assert(net.connect_unix(name, {abstract = true}))
+      assert.are.equal("abstract", c:read_line())
+      assert.are.same({nil, "@" .. name .. "x: connection refused", "ECONNREFUSED"},
+        {net.connect_unix(name .. "x", {abstract = true})})
+      assert.are.same({nil, name .. ": no such file or directory", "ENOENT"}, {net.connect_unix(name)})
+      assert.has_error(function() net.connect_unix(name, {abstrct = true}) end,
+        "bad argument #2 to 'connect_unix' (unknown option 'abstrct')")
+    end))
+
+    it("refuse a path with a zero byte instead of cutting it there", function()
+      local path = socket_path()
+      assert.has_error(function() net.serve_unix(path .. "\0x", function() end) end,
+        "bad argument #1 to 'serve_unix' (path contains a zero byte)")
+      assert.has_error(function() net.connect_unix(path .. "\0x") end,
+        "bad argument #1 to 'connect_unix' (path contains a zero byte)")
+    end)
+  end)
+
   describe("tcp streams", function()
     it("give their local and peer addresses", bounded(function()
       for _, t in ipairs({TRANSPORTS[1], TRANSPORTS[2]}) do

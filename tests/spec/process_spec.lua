@@ -818,6 +818,24 @@ describe("tulua.process", function()
     end)
   end)
 
+  describe("reserved signals", function()
+    -- SIGRTMIN + 4 interrupts pool jobs (bindings/worker.c); glibc's
+    -- SIGRTMIN is 34 on Linux, so it is 38 there
+    local reserved = 38
+
+    it("are refused by wait_signal and signal", bounded(function()
+      assert.has_error(function() process.wait_signal(reserved) end,
+        "bad argument #1 to 'wait_signal' (SIGRTMIN+4 is reserved by tulua: it interrupts pool jobs)")
+      assert.has_error(function() process.signal(reserved) end,
+        "bad argument #1 to 'signal' (SIGRTMIN+4 is reserved by tulua: it interrupts pool jobs)")
+    end))
+
+    it("leave the other real-time signals open", function()
+      local sig <close> = assert(process.signal(reserved + 1))
+      assert.are.equal("Signal (SIG" .. (reserved + 1) .. ")", tostring(sig))
+    end)
+  end)
+
   describe("signal", function()
     local me = process.getpid()
 

@@ -76,6 +76,22 @@ describe("tulua.udp", function()
       assert.are.equal(port_of(a), port_of(b))
     end)
 
+    it("lets two sockets share a port with reuseport, and not without it", function()
+      local a <close> = assert(udp.bind("127.0.0.1", 0, {reuseport = true}))
+      local port = port_of(a)
+      local b <close> = assert(udp.bind("127.0.0.1", port, {reuseport = true}))
+      assert.are.equal(port, port_of(b))
+      assert.are.same({nil, "127.0.0.1:" .. port .. ": address already in use", "EADDRINUSE"},
+        {udp.bind("127.0.0.1", port)})
+    end)
+
+    it("raises for an unknown option", function()
+      assert.has_error(function() udp.bind("127.0.0.1", 0, {reuse_port = true}) end,
+        "bad argument #3 to 'bind' (unknown option 'reuse_port')")
+      assert.has_error(function() udp.bind("127.0.0.1", 0, {[1] = true}) end,
+        "bad argument #3 to 'bind' (unknown option '1')")
+    end)
+
     it("returns EADDRNOTAVAIL for an address of no local interface", function()
       assert.are.same({nil, "203.0.113.1:0: address not available", "EADDRNOTAVAIL"},
         {udp.bind("203.0.113.1", 0)})
