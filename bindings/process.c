@@ -332,9 +332,7 @@ static int process_poll(lua_State *L) {
  * group is asked for. Raises on an unknown key. */
 static int check_kill_options(lua_State *L, int idx) {
   static const char *const known[] = {"group", NULL};
-  if (lua_isnoneornil(L, idx)) return 0;
-  luaL_checktype(L, idx, LUA_TTABLE);
-  tulua__spawn_check_keys(L, idx, known);
+  if (!tulua__check_options(L, idx, known)) return 0;
   lua_getfield(L, idx, "group");
   int group = lua_toboolean(L, -1);
   lua_pop(L, 1);

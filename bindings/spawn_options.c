@@ -183,21 +183,6 @@ static void check_io(lua_State *L, int opts, int which, int def, int is_run,
   lua_pop(L, 1);
 }
 
-void tulua__spawn_check_keys(lua_State *L, int idx, const char *const known[]) {
-  lua_pushnil(L);
-  while (lua_next(L, idx) != 0) {
-    lua_pop(L, 1);
-    const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
-    int i = 0;
-    while (known[i] != NULL && strcmp(known[i], k) != 0)
-      i++;
-    if (known[i] == NULL)
-      luaL_argerror(L, idx,
-                    lua_pushfstring(L, "unknown option '%s'",
-                                    luaL_tolstring(L, -1, NULL)));
-  }
-}
-
 /* Reads argv (argument 1) and the options table (argument 2, optional)
  * into s; raises on misuse, naming any unknown option. The stack must be
  * [argv, options, keep]. */
@@ -216,16 +201,19 @@ void tulua__spawn_check(lua_State *L, int is_run, tulua__spawn_spec *s) {
     lua_replace(L, opts);
   }
   luaL_checktype(L, opts, LUA_TTABLE);
-  tulua__spawn_check_keys(L, opts, is_run ? run_opts : spawn_opts);
+  tulua__check_options(L, opts, is_run ? run_opts : spawn_opts);
   lua_getfield(L, opts, "shell");
   int shell = lua_toboolean(L, -1);
   lua_pop(L, 1);
   check_argv(L, shell, keep, s);
   check_env(L, opts, keep, s);
   if (lua_getfield(L, opts, "cwd") != LUA_TNIL) {
+    size_t n;
     if (lua_type(L, -1) != LUA_TSTRING)
       luaL_argerror(L, opts, "'cwd' must be a string");
-    s->cwd = lua_tostring(L, -1); /* anchored by the options table */
+    s->cwd = lua_tolstring(L, -1, &n); /* anchored by the options table */
+    if (strlen(s->cwd) != n)
+      luaL_argerror(L, opts, "'cwd' contains a zero byte");
   }
   lua_pop(L, 1);
   lua_getfield(L, opts, "detached");

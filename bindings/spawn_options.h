@@ -51,11 +51,6 @@ extern const char *const tulua__stdio_names[3];
  * and arrays of s live in Lua memory anchored in keep. [-0, +0, v] */
 void tulua__spawn_check(lua_State *L, int is_run, tulua__spawn_spec *s);
 
-/* Raises "bad argument #idx to 'f' (unknown option 'k')" for a key of the
- * options table at idx that is not in known (NULL-ended): spawn's, run's,
- * and Process:kill's. [-0, +0, v] */
-void tulua__spawn_check_keys(lua_State *L, int idx, const char *const known[]);
-
 /* Fills the stdio container of a stdio which (0, 1, 2) that is no pipe
  * (TULUA__IO_STDOUT is resolved by the caller). */
 void tulua__spawn_stdio(const tulua__io_spec *io, int which,

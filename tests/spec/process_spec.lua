@@ -263,6 +263,10 @@ describe("tulua.process", function()
         "bad argument #2 to 'spawn' (invalid name in 'env')")
       assert.has_error(function() process.spawn({"ls"}, {cwd = 1}) end,
         "bad argument #2 to 'spawn' ('cwd' must be a string)")
+      assert.has_error(function() process.spawn({"ls"}, {cwd = "/tmp\0/etc"}) end,
+        "bad argument #2 to 'spawn' ('cwd' contains a zero byte)")
+      assert.has_error(function() process.run({"ls"}, {cwd = "/\0"}) end,
+        "bad argument #2 to 'run' ('cwd' contains a zero byte)")
       assert.has_error(function() process.spawn({"ls"}, "x") end,
         "bad argument #2 to 'spawn' (table expected, got string)")
       local closed = assert(io.open("/dev/null"))
