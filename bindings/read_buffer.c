@@ -62,9 +62,9 @@ static size_t check_size(lua_State *L, int idx, lua_Integer def) {
 static void line_opts(lua_State *L, tulua__rbuf *rb, int idx) {
   const char *sep = "\n";
   size_t seplen = 1;
+  static const char *const known[] = {"sep", "max", NULL};
   rb->want = LINE_MAX_DEF;
-  if (!lua_isnoneornil(L, idx)) {
-    luaL_checktype(L, idx, LUA_TTABLE);
+  if (tulua__check_options(L, idx, known)) {
     if (lua_getfield(L, idx, "sep") != LUA_TNIL) {
       sep = lua_tolstring(L, -1, &seplen);
       luaL_argcheck(L, sep != NULL && seplen > 0 && seplen <= sizeof rb->sep,

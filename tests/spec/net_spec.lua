@@ -643,6 +643,8 @@ describe("tulua.net", function()
         it("raises on bad options", bounded(function()
           local _, s = pair(t)
           assert.has_error(function() s:read_line(5) end, "bad argument #1 to 'read_line' (table expected, got number)")
+          assert.has_error(function() s:read_line({seperator = "\r\n"}) end,
+            "bad argument #1 to 'read_line' (unknown option 'seperator')")
           assert.has_error(function() s:read_line({sep = ""}) end,
             "bad argument #1 to 'read_line' ('sep' must be a string of 1 to 8 bytes)")
           assert.has_error(function() s:read_line({sep = "123456789"}) end,
