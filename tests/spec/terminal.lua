@@ -26,7 +26,7 @@ local shell_quote = support.shell_quote
 
 local M = {}
 
-M.TIMEOUT = 5     -- seconds any wait may take
+M.TIMEOUT = 15    -- seconds any wait may take: a cut-off for a hang, so generous for a loaded machine
 M.WIDTH, M.HEIGHT = 100, 30
 M.EXIT_MARK = "%[exit status (%d+)%]"
 
