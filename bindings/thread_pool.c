@@ -45,6 +45,10 @@
 #define SPIN_NS 100000
 #define NAP_NS  2000
 
+/* How often a running job being cancelled is asked again, as the process
+ * pool re-sends its signal (lua/concurrent/_process_pool.lua's RESEND). */
+#define RESEND_MS 50
+
 /* ---- the pool, shared by the owner and its threads ---- */
 
 /* A function without upvalues of its own (none, or _ENV) travels once:
@@ -455,6 +459,7 @@ static void worker_main(void *arg) {
 typedef struct owner {
   pool *p; /* NULL once closed */
   uv_async_t *async; /* in the owner's loop; freed by its close callback */
+  uv_timer_t *resend; /* asks cancelled running jobs again, or NULL */
   tulua_runtime *rt;
   tulua__job job; /* delivers the done list */
   tulua__queue list; /* taken from the done list, being delivered */
@@ -564,7 +569,7 @@ static void deliver_run(lua_State *L, tulua__job *tj) {
   lua_settop(L, top);
 }
 
-static void async_close_cb(uv_handle_t *h) {
+static void handle_close_cb(uv_handle_t *h) {
   free(h);
 }
 
@@ -832,6 +837,46 @@ static void interrupt(worker *w) {
                           w->wake_ready ? &w->thread : NULL);
 }
 
+/* Whether w runs a job that was asked to stop. Under p->mu. */
+static int stopping_job(const worker *w) {
+  return w->current != NULL && atomic_load(&w->ctx.cancel) == w->current->id;
+}
+
+/* Asks every job still running after its cancel again; once none is, the
+ * timer stops. No Lua API. */
+static void resend_cb(uv_timer_t *h) {
+  owner *o = h->data;
+  pool *p = o != NULL ? o->p : NULL;
+  int left = 0;
+  if (p != NULL) {
+    uv_mutex_lock(&p->mu);
+    for (int i = 0; i < p->nstarted; i++)
+      if (stopping_job(&p->workers[i])) {
+        interrupt(&p->workers[i]);
+        left = 1;
+      }
+    uv_mutex_unlock(&p->mu);
+  }
+  if (!left) uv_timer_stop(h);
+}
+
+/* Starts the resend timer, made on the first cancel of a running job. A
+ * failure leaves the one interrupt sent. */
+static void start_resend(lua_State *L, owner *o) {
+  if (o->resend == NULL) {
+    uv_timer_t *t = malloc(sizeof *t);
+    if (t == NULL || uv_timer_init(tulua__loop(L), t) != 0) {
+      free(t);
+      return;
+    }
+    uv_unref((uv_handle_t *)t); /* the job's delivery holds the loop */
+    t->data = o;
+    o->resend = t;
+  }
+  if (!uv_is_active((uv_handle_t *)o->resend))
+    uv_timer_start(o->resend, resend_cb, RESEND_MS, RESEND_MS);
+}
+
 /* pool:cancel(id) -> "removed" (it was queued: it will not be delivered)
  * | "running" (interrupted: deliver says how it ended) | false */
 static int tp_cancel(lua_State *L) {
@@ -859,6 +904,7 @@ static int tp_cancel(lua_State *L) {
     set_outstanding(L, o, 1, o->outstanding - 1);
     lua_pushliteral(L, "removed");
   } else if (w != NULL) {
+    start_resend(L, o);
     lua_pushliteral(L, "running");
   } else {
     lua_pushboolean(L, 0);
@@ -930,8 +976,13 @@ static void close_pool(lua_State *L, owner *o) {
   tulua__unpost(o->rt, &o->job);
   set_outstanding(L, o, 1, 0);
   o->async->data = NULL;
-  uv_close((uv_handle_t *)o->async, async_close_cb);
+  uv_close((uv_handle_t *)o->async, handle_close_cb);
   o->async = NULL;
+  if (o->resend != NULL) {
+    o->resend->data = NULL;
+    uv_close((uv_handle_t *)o->resend, handle_close_cb);
+    o->resend = NULL;
+  }
 }
 
 /* pool:close(): joins the threads; jobs still running are interrupted. */

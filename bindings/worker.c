@@ -9,8 +9,10 @@
  * Lua's own SIGINT handling does it, sets a hook that raises the
  * cancellation error at the next instruction. A hook cannot be set safely
  * from another thread. Process workers get the same signal from their
- * parent, with the job's number as its value. The signal and its handler
- * are the process's: an embedder gives the signal up. */
+ * parent, with the job's number as its value. Both owners ask again every
+ * 50 ms until the job ends: one signal can land in another task of the
+ * worker, and a job may go on after its wait's cancellation. The signal
+ * and its handler are the process's: an embedder gives the signal up. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -100,7 +102,15 @@ void tulua__worker_set_current(tulua__worker_ctx *c) {
 void tulua__worker_check_cancel(tulua__worker_ctx *c) {
   long long id = atomic_load(&c->running);
   if (id == 0 || atomic_load(&c->cancel) != id || c->co == NULL) return;
-  if (!tulua__cancel_wait(c->co)) arm_hook(c->co);
+  /* a job asked again after its wait's cancellation went on regardless
+   * (a loop around tulua.park, which returns the cancellation): the hook
+   * stops it when the wait's end resumes it, and follows into the nested
+   * coroutine that waited */
+  int again = c->waked == id;
+  if (!tulua__cancel_wait(c->co) || again)
+    arm_hook(c->co);
+  else
+    c->waked = id;
 }
 
 void tulua__worker_interrupt(tulua__worker_ctx *c, long long id,
@@ -181,6 +191,7 @@ int tulua__worker_call(lua_State *L, tulua__worker_ctx *c, long long id,
   if (lua_type(L, first) != LUA_TFUNCTION)
     return luaL_error(L, "job without a function");
   c->co = L;
+  c->waked = 0;
   atomic_store(&c->running, id);
   if (atomic_load(&c->cancel) == id) { /* cancelled as it started */
     atomic_store(&c->running, 0);

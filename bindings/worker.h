@@ -31,6 +31,7 @@ typedef struct tulua__worker_ctx {
   _Atomic long long running; /* the job being run, 0 between jobs */
   _Atomic long long cancel; /* the job asked to stop */
   lua_State *co; /* the task that runs jobs */
+  long long waked; /* the job whose wait was cancelled once (worker's) */
   pthread_t thread; /* a process worker's: the thread of its runtime */
   int base; /* the stack slots of the running call below its results */
 } tulua__worker_ctx;
@@ -61,12 +62,19 @@ tulua__worker_ctx *tulua__worker_control(lua_State *L);
 /* Asks the worker of c to stop job id: marks it and, with thread set (the
  * worker's loop and thread can be told), wakes the worker's loop (a job
  * that waits is cancelled there) and signals its thread (a job that
- * computes stops at its next instruction). Any thread may call it. */
+ * computes stops at its next instruction). Any thread may call it. One
+ * call may not be enough (the signal may land in another task of the
+ * worker, the job may go on after its wait's cancellation): the owner
+ * calls it again until the job ends, as the process pool re-sends its
+ * signal. */
 void tulua__worker_interrupt(tulua__worker_ctx *c, long long id,
                              const pthread_t *thread);
 
 /* On the worker's thread, from its loop: if the job that runs was asked to
- * stop, ends its wait or makes it stop as it runs. Calls no Lua API but
+ * stop, ends its wait or makes it stop as it runs. The first time for a job
+ * that waits, only its wait ends (the job may clean up); if it is still
+ * running when asked again (it went on and waits, or computes, in a nested
+ * coroutine), it also stops at its next instruction. Calls no Lua API but
  * lua_sethook (for libuv callbacks). */
 void tulua__worker_check_cancel(tulua__worker_ctx *c);
 

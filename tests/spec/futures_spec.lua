@@ -380,6 +380,12 @@ describe("concurrent.futures", function()
       assert.are.equal("cancelled", ex:timeline()[1].status)
     end)
 
+    it("interrupts a job whose code runs in a nested coroutine while its task is ready", function()
+      local status, stdout, stderr = support.run_fixture("cancel_nested_ready.lua")
+      assert.are.equal("", stderr)
+      assert.are.equal(("free\n"):rep(20), stdout)
+      assert.are.equal(0, status)
+    end)
   end)
 
   describe("a Future made by hand", function()
