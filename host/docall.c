@@ -29,6 +29,7 @@
 static tulua_runtime *sig_rt; /* the runtime SIGINT interrupts */
 static volatile sig_atomic_t sig_count; /* SIGINTs since the handler was set */
 static volatile sig_atomic_t sig_strict; /* 1: the second SIGINT kills */
+static int sig_held; /* tulua__sigint_hold: stop keeps the handler */
 
 static void set_sigint(void (*handler)(int)) {
   struct sigaction sa;
@@ -56,6 +57,20 @@ void tulua__sigint_start(tulua_runtime *rt, int strict) {
 }
 
 void tulua__sigint_stop(void) {
+  if (sig_held) {
+    sig_strict = 0;
+    return;
+  }
+  set_sigint(SIG_DFL);
+}
+
+void tulua__sigint_hold(tulua_runtime *rt) {
+  sig_held = 1;
+  tulua__sigint_start(rt, 0);
+}
+
+void tulua__sigint_release(void) {
+  sig_held = 0;
   set_sigint(SIG_DFL);
 }
 

@@ -27,7 +27,17 @@ int tulua__docall(tulua_runtime *rt, int nargs, int nresults, int mode);
  * SIGINT. Not reentrant: one runtime at a time. */
 void tulua__sigint_start(tulua_runtime *rt, int strict);
 
-/* Gives SIGINT its default action back. */
+/* Gives SIGINT its default action back, unless it is held: then it stays
+ * with rt, not strict, so that the next start takes over without a gap. */
 void tulua__sigint_stop(void);
+
+/* Holds SIGINT for rt from now on, across chunks and until the loop that
+ * follows them (main.c, when no REPL runs): a Ctrl-C that comes between two
+ * of them interrupts what runs next, where SIGINT's default action would
+ * kill the process with status 130. */
+void tulua__sigint_hold(tulua_runtime *rt);
+
+/* Ends the hold and gives SIGINT its default action back. */
+void tulua__sigint_release(void);
 
 #endif

@@ -315,6 +315,12 @@ static int pmain(lua_State *L) {
   if (args & has_E) set_noenv(L);
   createargtable(L, argv, argc, script);
   lua_gc(L, LUA_GCGEN, 0, 0);
+  /* without a REPL, SIGINT stays with the runtime from the first chunk to
+   * the end of the loop: a Ctrl-C just after the script, before the loop
+   * runs its tasks, must stop them as one a moment later does */
+  int repl = (args & has_i) || (script == argc && !(args & (has_e | has_v)) &&
+                                isatty(STDIN_FILENO));
+  if (!repl) tulua__sigint_hold(rt);
   if (!(args & has_E) && handle_luainit(rt) != LUA_OK) return 0;
   if (!runargs(rt, argv, script)) return 0;
   if (script < argc && handle_script(rt, argv + script) != LUA_OK) return 0;
@@ -363,6 +369,7 @@ int main(int argc, char **argv) {
   lua_pushlightuserdata(L, argv);
   lua_pushlightuserdata(L, rt);
   int status = lua_pcall(L, 3, 1, 0);
+  tulua__sigint_release();
   int result = lua_toboolean(L, -1);
   report(L, status);
   int failed = !result || status != LUA_OK || tulua_uncaught_errors(rt) > 0;

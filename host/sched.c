@@ -944,7 +944,6 @@ static void async_cb(uv_async_t *h) {
   }
 }
 
-/* Cancels every unfinished task, as an interrupt during tulua_run. */
 /* Cancels every unfinished task, as an interrupt during tulua_run, and
  * makes tulua_run return once they have ended, even if handles (a server,
  * a timer) would keep the loop going: Ctrl-C stops a server script, as it
