@@ -526,16 +526,18 @@ show(type(it), a, b, io.type(c), it(), it(), it(), it(), it(), io.type(c))
   end)
 
   describe("Ctrl-C", function()
-    -- Starts `lua script` in the background, waits (at most 5 s) until it
+    -- Starts `lua script` in the background, waits (at most 30 s) until it
     -- printed "ready", sends it `signals` SIGINTs 0.2 s apart and waits for
-    -- it (a watchdog kills it after 10 s). Returns {status=, stdout=, stderr=}.
+    -- it (a watchdog kills it after 60 s: only a hang, since the scripts'
+    -- sleeps end by themselves after 10 s; 10 s was too short when another
+    -- spec loaded both cores). Returns {status=, stdout=, stderr=}.
     local function interrupt(which, script, signals)
       write("sig.lua", script)
       local cmd = string.format([[
 cd %s && PATH=%s/%s:"$PATH"
 lua sig.lua > out.txt 2> err.txt < /dev/null & pid=$!
-(sleep 10; kill -9 $pid) 2> /dev/null & dog=$!
-i=0; while [ $i -lt 100 ] && ! grep -q ready out.txt; do sleep 0.05; i=$((i+1)); done
+(sleep 60; kill -9 $pid) 2> /dev/null & dog=$!
+i=0; while [ $i -lt 600 ] && ! grep -q ready out.txt; do sleep 0.05; i=$((i+1)); done
 n=0; while [ $n -lt %d ]; do kill -INT $pid; sleep 0.2; n=$((n+1)); done
 wait $pid; rc=$?; kill $dog 2> /dev/null; exit $rc]], shell_quote(dir), shell_quote(dir), which, signals)
       local _, _, code = os.execute(cmd)
