@@ -83,6 +83,34 @@ static void print_usage(const char *badoption) {
   fflush(stderr);
 }
 
+/* -h, --help: tulua's own usage, on stdout (lua5.4 has none). */
+static void print_help(void) {
+  printf(
+      "usage: %s [options] [script [args]]\n"
+      "Runs Lua 5.4 code as tasks on an event loop (a drop-in for lua5.4).\n"
+      "Available options are:\n"
+      "  -e stat   execute string 'stat'\n"
+      "  -i        enter interactive mode after executing 'script'\n"
+      "  -l mod    require library 'mod' into global 'mod'\n"
+      "  -l g=mod  require library 'mod' into global 'g'\n"
+      "  -v        show version information\n"
+      "  -E        ignore environment variables\n"
+      "  -W        turn warnings on\n"
+      "  --        stop handling options\n"
+      "  -         stop handling options and execute stdin\n"
+      "  --version show tulua's, libuv's and Lua's versions\n"
+      "  -h, --help  show this help\n"
+      "Environment variables:\n"
+      "  LUA_INIT_5_4, LUA_INIT  code (or @file) run first\n"
+      "  LUA_PATH_5_4, LUA_PATH, LUA_CPATH_5_4, LUA_CPATH  require's paths\n"
+      "  TULUA_DEBUG  not empty or 0: report task steps that block the loop\n"
+      "               for more than 100 ms\n"
+      "  TULUA_TRACE  record a trace of the runtime's tasks into a file\n"
+      "Documentation: man tulua; host/cli.md and README.md of the source\n"
+      "tree (installed in /usr/share/doc/tulua with the package).\n",
+      progname);
+}
+
 static void print_version(void) {
   lua_writestring(LUA_COPYRIGHT, strlen(LUA_COPYRIGHT));
   lua_writeline();
@@ -169,6 +197,7 @@ static int handle_script(tulua_runtime *rt, char **argv) {
 #define has_e     8 /* -e */
 #define has_E     16 /* -E */
 #define has_V     32 /* --version */
+#define has_h     64 /* -h or --help: alone, like has_error */
 
 /* Checks the options up to the script name. Returns the flags above, or
  * has_error alone with *first at the bad option; else *first is the
@@ -189,6 +218,7 @@ static int collectargs(char **argv, int *first) {
           args |= has_V | has_v;
           break;
         }
+        if (strcmp(argv[i], "--help") == 0) return has_h;
         if (argv[i][2] != '\0') return has_error;
         *first = i + 1;
         return args;
@@ -201,6 +231,9 @@ static int collectargs(char **argv, int *first) {
       case 'W':
         if (argv[i][2] != '\0') return has_error;
         break;
+      case 'h':
+        if (argv[i][2] != '\0') return has_error;
+        return has_h;
       case 'i':
         args |= has_i; /* -i implies -v */
         /* fall through */
@@ -307,6 +340,11 @@ static int pmain(lua_State *L) {
   if (args == has_error) {
     print_usage(argv[script]);
     return 0;
+  }
+  if (args == has_h) {
+    print_help();
+    lua_pushboolean(L, 1);
+    return 1;
   }
   if (args & has_V)
     print_long_version();

@@ -46,6 +46,14 @@ extern "C" {
 
 #define TULUA_VERSION "tulua 0.1.0"
 
+/* Marks the API: libtulua.so is built with hidden visibility and exports
+ * only what carries it. */
+#if defined(__GNUC__)
+#define TULUA_API __attribute__((visibility("default")))
+#else
+#define TULUA_API
+#endif
+
 /* Error codes of their own; the rest are libuv's UV_E* codes. */
 #define TULUA_ELUA   (-30001) /* a Lua error: the message is in tulua_errmsg */
 #define TULUA_ESTATE (-30002) /* the runtime is closed or busy */
@@ -73,13 +81,13 @@ typedef struct tulua_config {
 } tulua_config;
 
 /* Fills cfg with the defaults: own loop, no error callback, stdlibs open. */
-void tulua_config_init(tulua_config *cfg);
+TULUA_API void tulua_config_init(tulua_config *cfg);
 
 /* Creates a runtime: a Lua state with the tulua modules preloaded, on cfg's
  * loop or on a new one (cfg may be NULL for the defaults; it is copied).
  * Stores the runtime in *out and returns 0, or returns UV_ENOMEM (or the
  * libuv error of creating the loop) and stores NULL. */
-int tulua_open(tulua_runtime **out, const tulua_config *cfg);
+TULUA_API int tulua_open(tulua_runtime **out, const tulua_config *cfg);
 
 /* Closes the runtime: cancels every task, closes the Lua state (running
  * __gc and __close), closes every handle the runtime opened and, when the
@@ -87,38 +95,39 @@ int tulua_open(tulua_runtime **out, const tulua_config *cfg);
  * open: the host must run it until it is idle (close callbacks and file
  * operations still on libuv's thread pool free their memory then) before
  * closing it. NULL is ignored. */
-void tulua_close(tulua_runtime *rt);
+TULUA_API void tulua_close(tulua_runtime *rt);
 
 /* Returns the runtime's Lua state: the host may push values and call the
  * Lua C API on it between calls into tulua, but must not yield. */
-lua_State *tulua_state(tulua_runtime *rt);
+TULUA_API lua_State *tulua_state(tulua_runtime *rt);
 
 /* Returns the loop the runtime runs on. */
-uv_loop_t *tulua_loop(tulua_runtime *rt);
+TULUA_API uv_loop_t *tulua_loop(tulua_runtime *rt);
 
 /* Returns the text of the last failure, valid until the next call. */
-const char *tulua_errmsg(tulua_runtime *rt);
+TULUA_API const char *tulua_errmsg(tulua_runtime *rt);
 
 /* Registers a module that require(name) opens with the given function
  * (package.preload). Returns 0, or TULUA_ELUA if Lua ran out of memory. */
-int tulua_preload(tulua_runtime *rt, const char *name, lua_CFunction open);
+TULUA_API int tulua_preload(tulua_runtime *rt, const char *name,
+                            lua_CFunction open);
 
 /* Loads a chunk of Lua source or bytecode, as luaL_loadbufferx with mode
  * "bt", and pushes the compiled function on the state's stack. Returns 0,
  * or TULUA_ELUA with nothing pushed and the syntax error in tulua_errmsg. */
-int tulua_load_string(tulua_runtime *rt, const char *code, size_t len,
-                      const char *chunkname);
+TULUA_API int tulua_load_string(tulua_runtime *rt, const char *code, size_t len,
+                                const char *chunkname);
 
 /* Loads a file as luaL_loadfile does (NULL reads stdin; a first line
  * starting with '#' is skipped) and pushes the function. Returns 0, or
  * TULUA_ELUA with nothing pushed and the message in tulua_errmsg. */
-int tulua_load_file(tulua_runtime *rt, const char *path);
+TULUA_API int tulua_load_file(tulua_runtime *rt, const char *path);
 
 /* Pops a function and its nargs arguments from the state's stack and starts
  * it as a task; it first runs on the next loop iteration. The task runs to
  * its end even if nothing refers to it; if it fails, its error goes to
  * on_error. Pushes nothing. Returns 0 or TULUA_ELUA. Does not block. */
-int tulua_spawn(tulua_runtime *rt, int nargs);
+TULUA_API int tulua_spawn(tulua_runtime *rt, int nargs);
 
 /* Pops a function and its nargs arguments, runs the function as a task and
  * runs the loop (other tasks and handles too) until that task has ended,
@@ -128,29 +137,29 @@ int tulua_spawn(tulua_runtime *rt, int nargs);
  * error object itself when it is not a string and has no __tostring. A
  * SIGINT delivered while it waits cancels the task (see tulua_interrupt).
  * Blocks; must not be called from inside a task. */
-int tulua_call(tulua_runtime *rt, int nargs, int nresults);
+TULUA_API int tulua_call(tulua_runtime *rt, int nargs, int nresults);
 
 /* Runs the loop until no task is left and no handle keeps it alive, or,
  * after tulua_interrupt, until the tasks it cancelled have ended (handles
  * such as a listening server may still be active: tulua_close closes them).
  * Returns 0, or TULUA_ESTATE when called from inside a task. Blocks. */
-int tulua_run(tulua_runtime *rt);
+TULUA_API int tulua_run(tulua_runtime *rt);
 
 /* Runs one loop iteration without blocking: due timers fire, ready I/O is
  * handled and ready tasks run. With budget > 0 (seconds) it stops resuming
  * tasks once that much time has passed; the rest run at the next step.
  * Returns 1 if the runtime still has work (tasks or active handles), 0 if
  * it is idle, or TULUA_ESTATE. For a host's frame loop. */
-int tulua_step(tulua_runtime *rt, double budget);
+TULUA_API int tulua_step(tulua_runtime *rt, double budget);
 
 /* Returns how many seconds the host may sleep before the runtime needs the
  * next step: 0 when tasks are ready, the time to the next timer, or -1 when
  * nothing is scheduled (only I/O can wake it; see tulua_wakeup). */
-double tulua_next_deadline(tulua_runtime *rt);
+TULUA_API double tulua_next_deadline(tulua_runtime *rt);
 
 /* Wakes the runtime's loop from any thread, e.g. to end a uv_run that is
  * blocked in polling. Async-signal-safe. Returns 0 or a UV_E* code. */
-int tulua_wakeup(tulua_runtime *rt);
+TULUA_API int tulua_wakeup(tulua_runtime *rt);
 
 /* Asks the runtime to interrupt what it runs, as a Ctrl-C does: Lua code
  * that is running gets the error "interrupted!" at its next instruction;
@@ -160,12 +169,12 @@ int tulua_wakeup(tulua_runtime *rt);
  * 1 if an earlier interrupt is still pending (a host ends the process on
  * a second Ctrl-C), else 0. Async-signal-safe: call it from a SIGINT
  * handler. */
-int tulua_interrupt(tulua_runtime *rt);
+TULUA_API int tulua_interrupt(tulua_runtime *rt);
 
 /* Returns how many task errors went uncaught (reported through on_error)
  * since the runtime was created; the other reports on_error receives are
  * not counted. */
-int tulua_uncaught_errors(tulua_runtime *rt);
+TULUA_API int tulua_uncaught_errors(tulua_runtime *rt);
 
 #ifdef __cplusplus
 }

@@ -121,8 +121,8 @@ Available options are:
       same({"-l", "a-b", "-e", "print(rawget(_G, 'a'), rawget(_G, 'a-b').x)"})
     end)
 
-    it("shows the usage for an unknown option, -h and --help included", function()
-      for _, opt in ipairs({"-h", "--help", "-x", "-ix", "-vx", "-Ex", "-Wx", "--x"}) do
+    it("shows the usage for an unknown option", function()
+      for _, opt in ipairs({"-hx", "--helpx", "-x", "-ix", "-vx", "-Ex", "-Wx", "--x"}) do
         local r = same({opt, "-e", "print(1)"})
         assert.are.same({1, "", "lua: unrecognized option '" .. opt .. "'\n" .. USAGE}, {r.status, r.stdout, r.stderr})
       end
@@ -522,6 +522,26 @@ show(type(it), a, b, io.type(c), it(), it(), it(), it(), it(), io.type(c))
       local uv = capture("pkg-config --modversion libuv")
       assert.are.same({0, "tulua 0.1.0\nlibuv " .. uv .. "\nLua 5.4.4  Copyright (C) 1994-2022 Lua.org, PUC-Rio\n", ""},
         {r.status, r.stdout, r.stderr})
+    end)
+  end)
+
+  describe("-h and --help", function()
+    it("print tulua's usage on stdout, run nothing and exit with 0", function()
+      for _, opt in ipairs({"-h", "--help"}) do
+        local r = run("tulua", {opt, "-e", "print('ran')"})
+        assert.are.same({0, ""}, {r.status, r.stderr})
+        assert.is_truthy(r.stdout:find("^usage: lua %[options%] %[script %[args%]%]\n"))
+        assert.is_nil(r.stdout:find("ran", 1, true))
+        for _, word in ipairs({"-e stat", "-l g=mod", "-W ", "--version", "-h, --help",
+                               "LUA_INIT", "LUA_CPATH", "TULUA_DEBUG", "TULUA_TRACE", "man tulua", "host/cli.md"}) do
+          assert.is_truthy(r.stdout:find(word, 1, true), word)
+        end
+      end
+    end)
+
+    it("leave -v byte-identical to lua5.4's", function()
+      local t, l = run("tulua", {"-v"}), run("ref", {"-v"})
+      assert.are.same({l.status, l.stdout, l.stderr}, {t.status, t.stdout, t.stderr})
     end)
   end)
 
