@@ -8,7 +8,7 @@ set -eu
 cd "$(dirname "$0")/.."
 sh scripts/deps.sh
 sh scripts/check_layers.sh
-clang-format --dry-run --Werror host/*.c host/*.h bindings/*.c bindings/*.h tests/c/*.c tests/c/*.h tests/fuzz/*.c
+clang-format --dry-run --Werror host/*.c host/*.h bindings/*.c bindings/*.h tests/c/*.c tests/c/*.h tests/fuzz/*.c scripts/embed/*.c
 luacheck -q tests/spec tests/fuzz scripts lua
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DTULUA_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$(nproc)"

@@ -1,6 +1,13 @@
 # install.cmake: the shared library, `cmake --install`, tulua.pc, the CMake
 # package, the man page and the Debian package (cpack -G DEB); included by
 # the top-level CMakeLists.txt after libtulua and tulua are defined.
+# Debian's multiarch library folder under any prefix (GNUInstallDirs picks
+# it for /usr only): the .deb then installs where Debian's own libraries
+# are, and /usr/local/lib/<arch> is in the linker's and pkg-config's paths too
+if(CMAKE_LIBRARY_ARCHITECTURE AND EXISTS /etc/debian_version)
+  set(CMAKE_INSTALL_LIBDIR lib/${CMAKE_LIBRARY_ARCHITECTURE} CACHE PATH
+    "object code libraries (lib/<multiarch> on Debian)")
+endif()
 include(GNUInstallDirs)
 
 # libtulua.so is libtulua.a's objects, whole, with Lua linked as the shared
@@ -78,3 +85,14 @@ set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
   ${CMAKE_CURRENT_LIST_DIR}/postinst ${CMAKE_CURRENT_LIST_DIR}/prerm)
 set(CPACK_DEBIAN_PACKAGE_CONTROL_STRICT_PERMISSION ON)
 include(CPack)
+
+# ---- tests: the install used by the examples, the package installed ----
+if(TULUA_SANITIZE)
+  set(TULUA_TEST_SAN "${SAN}")
+  list(JOIN TULUA_TEST_SAN " " TULUA_TEST_SAN)
+endif()
+add_test(NAME install/prefix COMMAND sh ${CMAKE_SOURCE_DIR}/tests/install/install_test.sh)
+add_test(NAME install/deb COMMAND sh ${CMAKE_SOURCE_DIR}/tests/install/deb_test.sh)
+set_tests_properties(install/prefix install/deb PROPERTIES TIMEOUT 400
+  ENVIRONMENT "BUILD=${CMAKE_BINARY_DIR};SRC=${CMAKE_SOURCE_DIR};CFLAGS_SAN=${TULUA_TEST_SAN}"
+  RESOURCE_LOCK tulua_install)

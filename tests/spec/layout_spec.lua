@@ -19,6 +19,9 @@ local function read(path)
 end
 
 local FILE_EXT = {c = true, h = true, lua = true, md = true, cmake = true, sh = true, py = true, js = true}
+-- templates (.in), the man page (.1), data (.txt) and names without an extension
+FILE_EXT["in"], FILE_EXT["1"], FILE_EXT.txt = true, true, true
+local FILE_NAMES = {Makefile = true, postinst = true, prerm = true}
 
 -- The paths in the first column of the README's table rows: a name with a
 -- file's extension, or a folder's (ending in "/"); module names such as
@@ -27,7 +30,8 @@ local function table_entries(text)
   local names = {}
   for line in text:gmatch("[^\n]+") do
     local name = line:match("^|%s*`([^`]+)`%s*|")
-    if name and (name:sub(-1) == "/" or FILE_EXT[name:match("%.(%w+)$")]) then
+    if name and (name:sub(-1) == "/" or FILE_EXT[name:match("%.(%w+)$")]
+                 or FILE_NAMES[name:match("[^/]+$")]) then
       names[name] = true
     end
   end
