@@ -61,6 +61,19 @@ static void on_error(tulua_runtime *rt, const char *msg, void *ud) {
   counted = n;
 }
 
+/* lua.c's list of options, which both usages show */
+#define LUA_OPTIONS                                                            \
+  "Available options are:\n"                                                   \
+  "  -e stat   execute string 'stat'\n"                                        \
+  "  -i        enter interactive mode after executing 'script'\n"              \
+  "  -l mod    require library 'mod' into global 'mod'\n"                      \
+  "  -l g=mod  require library 'mod' into global 'g'\n"                        \
+  "  -v        show version information\n"                                     \
+  "  -E        ignore environment variables\n"                                 \
+  "  -W        turn warnings on\n"                                             \
+  "  --        stop handling options\n"                                        \
+  "  -         stop handling options and execute stdin\n"
+
 static void print_usage(const char *badoption) {
   fprintf(stderr, "%s: ", progname);
   if (badoption[1] == 'e' || badoption[1] == 'l')
@@ -69,17 +82,8 @@ static void print_usage(const char *badoption) {
     fprintf(stderr, "unrecognized option '%s'\n", badoption);
   fprintf(stderr,
           "usage: %s [options] [script [args]]\n"
-          "Available options are:\n"
-          "  -e stat   execute string 'stat'\n"
-          "  -i        enter interactive mode after executing 'script'\n"
-          "  -l mod    require library 'mod' into global 'mod'\n"
-          "  -l g=mod  require library 'mod' into global 'g'\n"
-          "  -v        show version information\n"
-          "  -E        ignore environment variables\n"
-          "  -W        turn warnings on\n"
-          "  --        stop handling options\n"
-          "  -         stop handling options and execute stdin\n",
-          progname);
+          "%s",
+          progname, LUA_OPTIONS);
   fflush(stderr);
 }
 
@@ -88,16 +92,7 @@ static void print_help(void) {
   printf(
       "usage: %s [options] [script [args]]\n"
       "Runs Lua 5.4 code as tasks on an event loop (a drop-in for lua5.4).\n"
-      "Available options are:\n"
-      "  -e stat   execute string 'stat'\n"
-      "  -i        enter interactive mode after executing 'script'\n"
-      "  -l mod    require library 'mod' into global 'mod'\n"
-      "  -l g=mod  require library 'mod' into global 'g'\n"
-      "  -v        show version information\n"
-      "  -E        ignore environment variables\n"
-      "  -W        turn warnings on\n"
-      "  --        stop handling options\n"
-      "  -         stop handling options and execute stdin\n"
+      "%s"
       "  --version show tulua's, libuv's and Lua's versions\n"
       "  -h, --help  show this help\n"
       "Environment variables:\n"
@@ -108,7 +103,7 @@ static void print_help(void) {
       "  TULUA_TRACE  record a trace of the runtime's tasks into a file\n"
       "Documentation: man tulua; host/cli.md and README.md of the source\n"
       "tree (installed in /usr/share/doc/tulua with the package).\n",
-      progname);
+      progname, LUA_OPTIONS);
 }
 
 static void print_version(void) {
