@@ -66,6 +66,11 @@ install(FILES ${CMAKE_SOURCE_DIR}/host/embedding.md ${CMAKE_SOURCE_DIR}/host/cli
   DESTINATION ${CMAKE_INSTALL_DOCDIR})
 
 # ---- the Debian package: cpack -G DEB in the build folder ----
+# CPack rather than a debian/ recipe: the package holds exactly what
+# `cmake --install` installs (one list of files, above), the tree's top
+# level stays as it is, and dpkg-shlibdeps still computes the Depends from
+# what the binaries link. One package (no libtulua0/libtulua-dev split):
+# the library has no other users yet.
 set(CPACK_GENERATOR DEB)
 set(CPACK_PACKAGE_NAME tulua)
 set(CPACK_PACKAGE_VENDOR "tulua")
