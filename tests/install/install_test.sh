@@ -52,6 +52,14 @@ make -s -C "$SRC/scripts/embed" O="$P/pc" \
   CFLAGS="-O1 -Wall -Wextra -Werror $CFLAGS_SAN -Wl,-rpath,$P/$L" >/dev/null
 ldd "$P/pc/engine" | grep -q "$P/$L/libtulua.so.0.1" || fail "engine does not link the installed libtulua.so"
 
+step "a static link through pkg-config --static (every dependency named in tulua.pc)"
+mkdir -p "$P/pcs"
+# shellcheck disable=SC2046
+cc -O1 $CFLAGS_SAN -o "$P/pcs/uv_tool" "$SRC/scripts/embed/uv_tool.c" $(pkg-config --cflags tulua) \
+  "$P/$L/libtulua.a" $(pkg-config --static --libs tulua | sed 's/-ltulua\b//') ||
+  fail "static link with pkg-config --static"
+timeout 60 "$P/pcs/uv_tool" | grep -q "ok$" || fail "the static uv_tool"
+
 for kind in shared static; do
   step "building the examples through find_package(tulua) ($kind)"
   static=OFF
