@@ -1,10 +1,12 @@
 #!/bin/sh
 # deb_test.sh: `cpack -G DEB` of the build, its control data checked; where dpkg can (root, no tulua installed yet) installed with apt, smoke-tested and removed
-# Run by ctest as install/deb: BUILD is the build folder. The install part
+# Run by ctest as install/deb: BUILD is the build folder, SRC the source
+# tree, CFLAGS_SAN the build's sanitizer flags (for the example built
+# against the installed package). The install part
 # holds a lock so that two builds' tests do not install at once, and the
 # exit trap removes the package whatever happened.
 set -eu
-: "${BUILD:?}"
+: "${BUILD:?}" "${SRC:?}"
 D=$(mktemp -d /tmp/tulua-deb.XXXXXX)
 INSTALLED=
 cleanup() {
@@ -61,6 +63,12 @@ echo "# priorities: tulua $tp, lua5.4 ${lp:-none}"
 [ -z "$lp" ] || [ "$tp" -lt "$lp" ] || fail "tulua's priority $tp is not below lua5.4's $lp"
 man -w tulua >/dev/null 2>&1 || fail "man tulua"
 [ "$(pkg-config --modversion tulua)" = 0.1.0 ] || fail "pkg-config tulua"
+step "find_package(tulua) finds the package in /usr"
+cmake -S "$SRC/scripts/embed" -B "$D/cm" -DCMAKE_C_FLAGS="${CFLAGS_SAN:-}" \
+  -DCMAKE_EXE_LINKER_FLAGS="${CFLAGS_SAN:-}" > "$D/cm.log" 2>&1 || { cat "$D/cm.log"; fail "cmake"; }
+cmake --build "$D/cm" --target uv_tool > "$D/cm.log" 2>&1 || { cat "$D/cm.log"; fail "cmake --build"; }
+ldd "$D/cm/uv_tool" | grep -q "=> /\(usr/\)\{0,1\}lib/.*libtulua.so.0.1" || fail "uv_tool does not link /usr's libtulua"
+timeout 60 "$D/cm/uv_tool" | grep -q "ok$" || fail "uv_tool against the package"
 
 step "apt-get remove"
 timeout 120 apt-get remove -y -q --purge tulua > "$D/apt.log" 2>&1 || { cat "$D/apt.log"; fail "apt-get remove"; }
