@@ -5,13 +5,13 @@
  *
  * Runs script.lua as a task with the module "engine" preloaded, then draws
  * frames at 60 per second: each frame handles SDL's events and the messages
- * of a second thread, gives tulua at most TULUA_BUDGET seconds
- * (tulua_step), draws the entities the Lua tasks move, and sleeps until the
- * next frame or the runtime's next deadline, whichever comes first, waking
- * early for I/O. After `frames` frames (default 600; 0: until engine.quit()
- * or the window closes) it closes the runtime and prints the frame times.
- * Built against the installed tulua (scripts/embed/README in
- * host/embedding.md walks through this file). */
+ * of a second thread, gives tulua a budget of TULUA_BUDGET seconds per
+ * frame (tulua_step), draws the entities the Lua tasks move, and sleeps
+ * until the next frame or the runtime's next deadline, whichever comes
+ * first, waking early for I/O. After `frames` frames (default 600; 0: until
+ * engine.quit() or the window closes) it closes the runtime and prints the
+ * frame times. Built against the installed tulua (scripts/README.md says
+ * how); host/embedding.md walks through this file. */
 #define _GNU_SOURCE /* ppoll: a sleep finer than poll's milliseconds */
 #include <math.h>
 #include <poll.h>
