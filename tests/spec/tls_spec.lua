@@ -341,6 +341,7 @@ describe("tulua.tls", function()
       half:write("\22\3\1\0\200") -- a record header, then the hangup
       half:close()
       local good <close> = assert(net.connect("127.0.0.1", port_of(srv), {tls = {verify = false}}))
+      assert.are.equal("CN=localhost", good:tls_info().subject)
       assert(eventually(function() return ran == 1 end))
       assert.are.equal(1, ran)
     end, 20))
