@@ -411,6 +411,7 @@ static void read_cancel(void *ud) {
 static int start_read(lua_State *L, tulua__stream *s, const char *op) {
   if (satisfied(s)) return push_read(L, s);
   tulua__check_wait(L, op);
+  if (s->tls != NULL) tulua__tls_flush(s->tls); /* the reader waits */
   s->busy = 1; /* before resume_reading: limit() counts the reader */
   int rc = resume_reading(s);
   if (rc < 0) {

@@ -335,6 +335,8 @@ struct tulua__tls {
   tulua__stream *s;
   int state;
   unsigned char got_close, sent_close;
+  unsigned char truncated; /* the peer's end came without close_notify */
+  unsigned char deferred; /* output waits for the reader's next move */
   wop *head, *tail; /* writes and shutdowns, in order */
   int sends; /* a write's records queued in the stream, not yet sent */
   int werr; /* the failure that ended writing, sticky */
@@ -446,6 +448,8 @@ static void fail_ssl(tulua__tls *t, int err) {
  * session tickets). */
 static void step(tulua__tls *t) {
   tulua__rbuf *rb = tulua__stream_rbuf(t->s);
+  int was_open = t->state == TULUA__TLS_OPEN || t->ctx->server;
+  size_t before = rb->b.len - rb->b.pos;
   ERR_clear_error();
   if (t->state == TULUA__TLS_HANDSHAKE) {
     int r = SSL_do_handshake(t->ssl);
@@ -477,8 +481,23 @@ static void step(tulua__tls *t) {
     }
     break;
   }
+  /* Records that come with data (a server's session tickets after the
+   * handshake, a KeyUpdate's answer) wait for what the reader does next:
+   * its answer then leaves in the same write. A client's Finished never
+   * waits. */
+  if (was_open && rb->b.len - rb->b.pos > before && !rb->err && !rb->eof) {
+    t->deferred = 1;
+    return;
+  }
+  t->deferred = 0;
   if (flush(t, 0) < 0 && t->state == TULUA__TLS_HANDSHAKE)
     fail(t, "ETLS", "tls handshake: ", "cannot send to the peer");
+}
+
+void tulua__tls_flush(tulua__tls *t) {
+  if (!t->deferred) return;
+  t->deferred = 0;
+  (void)flush(t, 0); /* a failure shows at the next write */
 }
 
 void tulua__tls_begin(tulua__tls *t, tulua__stream *s) {
@@ -515,6 +534,7 @@ void tulua__tls_eof(tulua__tls *t) {
   else
     fail(t, "ETLS", "tls: ",
          "the peer closed the connection without close_notify (truncated)");
+  t->truncated = 1; /* no close_notify for a peer that left */
 }
 
 /* ---- writing ---- */
@@ -703,7 +723,9 @@ int tulua__tls_shutdown(lua_State *L, tulua__tls *t) {
 void tulua__tls_close(tulua__tls *t) {
   /* close_notify, if it can go now: the peer then knows the end is no
    * truncation */
-  if (t->state != TULUA__TLS_OPEN || t->sent_close || t->head != NULL) return;
+  if (t->state != TULUA__TLS_OPEN || t->sent_close || t->head != NULL ||
+      t->truncated)
+    return;
   t->sent_close = 1;
   ERR_clear_error();
   SSL_shutdown(t->ssl);

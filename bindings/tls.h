@@ -20,6 +20,10 @@ void tulua__tls_begin(tulua__tls *t, tulua__stream *s);
  * is set. No Lua API. */
 void tulua__tls_input(tulua__tls *t, const char *p, size_t n);
 
+/* Sends the records that wait for the reader's next move (a read that
+ * waits calls it; writes, shutdown and close send them anyway). No Lua API. */
+void tulua__tls_flush(tulua__tls *t);
+
 /* The peer ended the connection: the end of the stream after a
  * close_notify, else an error (truncation, or the handshake cut). */
 void tulua__tls_eof(tulua__tls *t);
