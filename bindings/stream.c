@@ -631,6 +631,9 @@ int tulua__stream_send_shutdown(tulua__stream *s, tulua__send_fn done,
 int tulua__stream_start_tls(lua_State *L, tulua__stream *s, tulua__tls *t) {
   s->tls = t;
   s->hs_wait = 1;
+  /* records go out whole, each in one write: Nagle would only hold the
+   * last one back until the peer's ACK (as Go and Node, no delay) */
+  if (s->kind == TULUA_TCP) (void)uv_tcp_nodelay(&s->u.tcp, 1);
   tulua__tls_begin(t, s); /* the bytes read ahead are the peer's first */
   if (s->rb.eof || s->rb.err) stop_reading(s);
   lua_settop(L, 1);

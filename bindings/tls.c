@@ -34,6 +34,7 @@
 #define CONTEXT_MT  "tulua.tls.context"
 #define CHUNK       (64 * 1024) /* plaintext encrypted per send */
 #define READ_ROOM   (16 * 1024) /* a record's most plaintext */
+#define READ_MIN    2048 /* less room than this: make READ_ROOM */
 #define DEFAULT_KEY "tulua.tls.default" /* registry: tls = true's context */
 #define CACHE_KEY   "tulua.tls.cache" /* registry: options table -> context */
 
@@ -461,7 +462,10 @@ static void step(tulua__tls *t) {
     }
   }
   while (t->state == TULUA__TLS_OPEN && !rb->err && !t->got_close) {
-    if (tulua__bytes_reserve(&rb->b, READ_ROOM) < 0) {
+    /* room for a record's plaintext, kept across reads: SSL keeps what
+     * does not fit for the next call */
+    if (rb->b.cap - rb->b.len < READ_MIN &&
+        tulua__bytes_reserve(&rb->b, READ_ROOM) < 0) {
       rb->err = UV_ENOMEM;
       break;
     }
