@@ -286,9 +286,9 @@ static int net_connect(lua_State *L) {
   }
   lua_settop(L, 3);
   lua_getfield(L, 3, "tls");
-  int n = tulua__tls_client_context(L, -1);
-  if (n != 1) return n;
-  lua_remove(L, -2); /* stack: host, port, options, context */
+  lua_replace(L, 3); /* misuse in it is argument 3's */
+  int n = tulua__tls_client_context(L, 3);
+  if (n != 1) return n; /* stack: host, port, tls option, context */
   tulua__check_wait(L, "net.connect");
   lua_pushcfunction(L, connect_plain);
   lua_pushvalue(L, 1);
@@ -314,12 +314,6 @@ static int net_serve(lua_State *L) {
   lua_settop(L, 4);
   lua_pushnil(L); /* 5: the TLS context */
   if (tulua__check_options(L, 4, options)) {
-    if (lua_getfield(L, 4, "tls") != LUA_TNIL) {
-      int n = tulua__tls_server_context(L, -1);
-      if (n != 1) return n;
-      lua_replace(L, 5);
-    }
-    lua_pop(L, 1);
     lua_getfield(L, 4, "reuseport");
     reuseport = lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -327,6 +321,12 @@ static int net_serve(lua_State *L) {
     luaL_argcheck(L, b >= 1 && b <= 0x7fffffff && b == (int)b, 4,
                   "'backlog' must be a positive integer");
     backlog = (int)b;
+  }
+  if (lua_istable(L, 4) && lua_getfield(L, 4, "tls") != LUA_TNIL) {
+    lua_replace(L, 4); /* misuse in it is argument 4's */
+    int n = tulua__tls_server_context(L, 4);
+    if (n != 1) return n;
+    lua_replace(L, 5);
   }
   struct sockaddr_storage ss;
   int rc = parse_addr(host, port, &ss);

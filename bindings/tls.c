@@ -305,9 +305,6 @@ static int option_context(lua_State *L, int idx, int server) {
   return 1;
 }
 
-/* The tls option lies inside the options at index idx: raise with its
- * position, which is the options' (the option's own table's index is the
- * one pushed). */
 int tulua__tls_client_context(lua_State *L, int idx) {
   return option_context(L, idx, 0);
 }
@@ -754,6 +751,8 @@ static tulua__stream *check_plain(lua_State *L) {
 /* The handshake on stream 1 with context 2 and name: waits. */
 static int start(lua_State *L, tulua__stream *s, const char *name) {
   tls_ctx *c = *to_context(L, 2);
+  if (!c->server && c->verify && c->server_name == NULL && name == NULL)
+    luaL_argerror(L, 2, "a checked client needs 'server_name'");
   tulua__check_wait(L, "start_tls");
   tulua__tls *t = tls_new(c, name);
   if (t == NULL) return push_fail(L, "start_tls", UV_ENOMEM);
