@@ -484,9 +484,11 @@ static void step(tulua__tls *t) {
   }
   /* Records that come with data (a server's session tickets after the
    * handshake, a KeyUpdate's answer) wait for what the reader does next:
-   * its answer then leaves in the same write. A client's Finished never
-   * waits. */
-  if (was_open && rb->b.len - rb->b.pos > before && !rb->err && !rb->eof) {
+   * its answer then leaves in the same write. Only in TLS 1.3, where they
+   * hold nothing the peer waits for: a client's Finished, and a TLS 1.2
+   * server's, never wait. */
+  if (was_open && rb->b.len - rb->b.pos > before && !rb->err && !rb->eof &&
+      SSL_version(t->ssl) == TLS1_3_VERSION) {
     t->deferred = 1;
     return;
   }

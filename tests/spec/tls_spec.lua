@@ -441,6 +441,36 @@ describe("tulua.tls", function()
       assert.are.equal("56789", c:read_all())
     end, 20))
 
+    it("take records that come a byte at a time, the handshake's included", bounded(function()
+      local srv <close> = upper_server(server_opts("server"))
+      -- a relay that passes the server's bytes on one by one, each in a
+      -- segment of its own
+      local relay <close> = assert(net.serve("127.0.0.1", 0, function(client)
+        client:set_nodelay(true)
+        local up <close> = assert(net.connect("127.0.0.1", port_of(srv)))
+        local pump = tulua.spawn(function()
+          while true do
+            local d = client:read()
+            if not d then break end
+            up:write(d)
+          end
+        end)
+        while true do
+          local d = up:read()
+          if not d then break end
+          for i = 1, #d do
+            client:write(d:sub(i, i))
+            if i % 64 == 0 then tulua.sleep(0.001) end
+          end
+        end
+        pump:cancel()
+      end))
+      local c <close> = assert(net.connect("127.0.0.1", port_of(relay), {tls = {ca = path("ca.pem")}}))
+      c:write("slow\n")
+      assert.are.equal("SLOW alpn=nil peer=nil TLSv1.3", c:read_line())
+      assert.are.same({n = 1}, table.pack(c:read())) -- then the server's close_notify
+    end, 20))
+
     it("have tls_info only with TLS", bounded(function()
       local srv <close> = assert(net.serve("127.0.0.1", 0, function(s) s:read() end))
       local c <close> = assert(net.connect("127.0.0.1", port_of(srv)))
