@@ -322,7 +322,8 @@ static int net_serve(lua_State *L) {
                   "'backlog' must be a positive integer");
     backlog = (int)b;
   }
-  if (lua_istable(L, 4) && lua_getfield(L, 4, "tls") != LUA_TNIL) {
+  if (lua_istable(L, 4) && lua_getfield(L, 4, "tls") != LUA_TNIL &&
+      !(lua_isboolean(L, -1) && !lua_toboolean(L, -1))) { /* false: none */
     lua_replace(L, 4); /* misuse in it is argument 4's */
     int n = tulua__tls_server_context(L, 4);
     if (n != 1) return n;

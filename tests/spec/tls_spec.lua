@@ -485,9 +485,9 @@ describe("tulua.tls", function()
       assert.are.same({n = 1}, table.pack(c:read())) -- then the server's close_notify
     end, 20))
 
-    it("have tls_info only with TLS", bounded(function()
-      local srv <close> = assert(net.serve("127.0.0.1", 0, function(s) s:read() end))
-      local c <close> = assert(net.connect("127.0.0.1", port_of(srv)))
+    it("have tls_info only with TLS; tls = false is plain", bounded(function()
+      local srv <close> = assert(net.serve("127.0.0.1", 0, function(s) s:read() end, {tls = false}))
+      local c <close> = assert(net.connect("127.0.0.1", port_of(srv), {tls = false}))
       assert.is_nil(c:tls_info())
     end))
   end)
