@@ -206,7 +206,7 @@ static int new_context(lua_State *L, int idx, int server) {
   SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
   /* an idle connection keeps no 34 KiB of record buffers (as a plain
    * stream keeps no read buffer); callgrind puts its cost at ~6% of an
-   * echo's instructions, under 1% of its CPU (syscalls dominate) */
+   * echo's user-space instructions, a few percent of its CPU */
   SSL_CTX_set_mode(c->ctx, SSL_MODE_RELEASE_BUFFERS);
   if (cert != NULL && SSL_CTX_use_certificate_chain_file(c->ctx, cert) != 1)
     return push_load_fail(L, "certificate", cert);
