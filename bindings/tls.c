@@ -702,9 +702,10 @@ static int enqueue(lua_State *L, tulua__tls *t, const char *p, size_t n,
 int tulua__tls_write(lua_State *L, tulua__tls *t, const char *p, size_t n) {
   int refused = write_refused(L, t, "write");
   if (refused) return refused;
-  tulua__check_wait(L, "write");
-  if (t->head != NULL || t->sends > 0) /* after the writes before it */
+  if (t->head != NULL || t->sends > 0) { /* after the writes before it */
+    tulua__check_wait(L, "write");
     return enqueue(L, t, p, n, 0, 0);
+  }
   /* from the caller's string first: most writes need no copy */
   size_t off = 0;
   int rc = pump(t, p, n, &off);
@@ -716,7 +717,9 @@ int tulua__tls_write(lua_State *L, tulua__tls *t, const char *p, size_t n) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  /* the kernel is full: wait until it takes the records, then go on */
+  /* the kernel is full: wait until it takes the records, then go on (as
+   * a plain write, outside a task this raises with the start sent) */
+  tulua__check_wait(L, "write");
   return enqueue(L, t, p, n, off, 0);
 }
 
