@@ -390,7 +390,10 @@ static tulua__tls *tls_new(tls_ctx *c, const char *name) {
   return t;
 }
 
+static void fail_all(tulua__tls *t, int status);
+
 void tulua__tls_free(tulua__tls *t) {
+  fail_all(t, UV_ECANCELED); /* none left: their sends' callbacks came */
   SSL_free(t->ssl); /* and its BIOs */
   ctx_unref(t->ctx);
   free(t);
