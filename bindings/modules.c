@@ -25,6 +25,7 @@ static const luaL_Reg modules[] = {
     {"tulua.dns", luaopen_tulua_dns},
     {"tulua.udp", luaopen_tulua_udp},
     {"tulua.net", luaopen_tulua_net},
+    {"tulua.tls", luaopen_tulua_tls},
     {"tulua.transfer", luaopen_tulua_transfer},
     {"tulua._future", luaopen_tulua_future},
     {"tulua._thread_pool", luaopen_tulua_thread_pool},

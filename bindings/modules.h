@@ -16,6 +16,7 @@ int luaopen_tulua_tty(lua_State *L);
 int luaopen_tulua_dns(lua_State *L);
 int luaopen_tulua_udp(lua_State *L);
 int luaopen_tulua_net(lua_State *L);
+int luaopen_tulua_tls(lua_State *L);
 int luaopen_tulua_transfer(lua_State *L);
 int luaopen_tulua_thread_pool(lua_State *L);
 int luaopen_tulua_future(lua_State *L);

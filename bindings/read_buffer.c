@@ -177,6 +177,12 @@ int tulua__rbuf_push(lua_State *L, tulua__rbuf *rb, const char *what,
       break;
     }
   }
+  if (rb->err && rb->err_msg != NULL) {
+    lua_pushnil(L);
+    lua_pushstring(L, rb->err_msg);
+    lua_pushstring(L, rb->err_code);
+    return 3;
+  }
   if (rb->err) return push_fail(L, subject, rb->err);
   lua_pushnil(L); /* the end of the stream */
   return 1;

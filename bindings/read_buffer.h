@@ -21,6 +21,8 @@ typedef struct tulua__rbuf {
   char sep[8]; /* read_line's separator */
   size_t seplen;
   int err; /* a read error (negative), sticky */
+  const char *err_msg, *err_code; /* err's message and code when no libuv
+                                   * code says it (TLS's, tls.c) */
   unsigned char mode, eof;
 } tulua__rbuf;
 

@@ -37,6 +37,7 @@
 
 #include "queue.h"
 #include "stream.h"
+#include "tls.h"
 
 #define HWM       (64 * 1024) /* read ahead at most this much */
 #define SCRATCH   (64 * 1024)
@@ -62,6 +63,8 @@ struct tulua__server {
   int wakes; /* a woken wait_closed not yet delivered (it reads cw) */
   int ref; /* registry: the userdata while listening */
   int handler_ref; /* registry: the handler */
+  int context_ref; /* registry: what each connection's task gets after the
+                    * stream (tls.c's context), or LUA_NOREF */
   int conn_main_ref; /* registry: the function a connection task runs */
   tulua_runtime *rt;
   unsigned char kind, inited, closed, close_done, collected;
@@ -94,6 +97,8 @@ struct tulua__stream {
   unsigned char busy; /* a task waits in a read */
   unsigned char readahead; /* read on when nobody waits (not stdin) */
   unsigned char eio_is_eof; /* a pty's master: EIO is its end */
+  unsigned char hs_wait; /* the reader waits for the TLS handshake */
+  tulua__tls *tls; /* the TLS layer (tls.c), or NULL */
   tulua__stream_end_fn on_end; /* reading to the end for C (read_to_end) */
   void *end_ud;
 };
@@ -120,6 +125,7 @@ static void maybe_free(tulua__stream *s) {
     wake_closed(s->server);
     maybe_free_server(s->server);
   }
+  if (s->tls != NULL) tulua__tls_free(s->tls);
   tulua__bytes_free(&s->rb.b);
   free(s);
 }
@@ -136,6 +142,7 @@ static void release(tulua__stream **p) {
   tulua__stream *s = *p;
   if (s == NULL) return;
   *p = NULL;
+  if (s->tls != NULL && s->inited) tulua__tls_close(s->tls);
   s->closed = 1;
   if (s->rw.task != NULL) {
     s->wakes++;
@@ -255,6 +262,9 @@ void tulua__stream_ready(tulua__stream *s) {
 
 /* Whether the waiting reader can be served now. */
 static int satisfied(tulua__stream *s) {
+  if (s->hs_wait)
+    return s->closed || s->rb.err || s->rb.eof ||
+           tulua__tls_state(s->tls) != TULUA__TLS_HANDSHAKE;
   return s->closed || tulua__rbuf_satisfied(&s->rb);
 }
 
@@ -291,14 +301,20 @@ static void idle_reading(tulua__stream *s) {
 
 static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
   tulua__stream *s = h->data; /* no Lua API here */
-  if (nread > 0) {
+  if (nread > 0 && s->tls != NULL) {
+    tulua__tls_input(s->tls, buf->base, (size_t)nread);
+    if (s->rb.eof || s->rb.err) stop_reading(s);
+  } else if (nread > 0) {
     int rc = tulua__bytes_append(&s->rb.b, buf->base, (size_t)nread);
     if (rc < 0) {
       s->rb.err = rc;
       stop_reading(s);
     }
   } else if (nread == UV_EOF || (nread == UV_EIO && s->eio_is_eof)) {
-    s->rb.eof = 1;
+    if (s->tls != NULL)
+      tulua__tls_eof(s->tls); /* truncated unless close_notify came */
+    else
+      s->rb.eof = 1;
     stop_reading(s);
   } else if (nread < 0) {
     s->rb.err = (int)nread;
@@ -348,6 +364,16 @@ static int push_read(lua_State *L, tulua__stream *s) {
     lua_pushliteral(L, "ECANCELED");
     return 3;
   }
+  if (s->hs_wait) { /* the handshake ended, or the stream did */
+    s->hs_wait = 0;
+    if (tulua__tls_state(s->tls) == TULUA__TLS_OPEN) {
+      lua_pushboolean(L, 1);
+      resume_reading(s);
+      return 1;
+    }
+    s->rb.mode = TULUA__R_ANY; /* its error, as any read would see it */
+    s->rb.want = 1;
+  }
   int n =
       tulua__rbuf_push(L, &s->rb, KIND_WHAT[s->kind], KIND_NAME[s->kind], 1);
   resume_reading(s);
@@ -367,6 +393,7 @@ static int read_deliver(lua_State *L, void *ud) {
   }
   /* a cancelled reader takes nothing: the bytes stay for the next one */
   int n = tulua__cancel_pending(L) ? 0 : push_read(L, s);
+  s->hs_wait = 0;
   s->busy = 0; /* after push_read: its limit() still counted the reader */
   if (!s->closed) idle_reading(s);
   return n;
@@ -375,6 +402,7 @@ static int read_deliver(lua_State *L, void *ud) {
 static void read_cancel(void *ud) {
   tulua__stream *s = ud; /* what came stays buffered for the next read */
   s->busy = 0;
+  s->hs_wait = 0; /* a cancelled handshake leaves the stream unusable */
   idle_reading(s);
 }
 
@@ -472,6 +500,7 @@ static int stream_write(lua_State *L) {
   tulua__stream *s = tulua__stream_check(L, 1);
   size_t len;
   const char *data = luaL_checklstring(L, 2, &len);
+  if (s->tls != NULL) return tulua__tls_write(L, s->tls, data, len);
   size_t done = 0;
   if (uv_stream_get_write_queue_size(&s->u.s) == 0) { /* keep the order */
     int rc = len ? uv_try_write(&s->u.s, &(uv_buf_t){(char *)data, len}, 1) : 0;
@@ -511,6 +540,7 @@ static void shutdown_cb(uv_shutdown_t *req, int status) {
 static int stream_shutdown(lua_State *L) {
   tulua__stream *s = tulua__stream_check(L, 1);
   tulua__check_wait(L, "shutdown");
+  if (s->tls != NULL) return tulua__tls_shutdown(L, s->tls);
   shutdown_op *op = malloc(sizeof *op);
   if (op == NULL) return push_fail(L, "shutdown", UV_ENOMEM);
   op->req.data = op;
@@ -522,6 +552,95 @@ static int stream_shutdown(lua_State *L) {
     return push_fail(L, "shutdown", rc);
   }
   return tulua__wait(L, &op->r.w, result_deliver, NULL, op);
+}
+
+/* ---- the TLS layer's side (tls.c) ---- */
+
+tulua__tls *tulua__stream_tls(tulua__stream *s) {
+  return s->tls;
+}
+
+tulua__rbuf *tulua__stream_rbuf(tulua__stream *s) {
+  return &s->rb;
+}
+
+typedef struct {
+  uv_write_t req;
+  tulua__send_fn done;
+  void *ud;
+  char data[]; /* what uv_try_write did not take */
+} send_op;
+
+static void send_cb(uv_write_t *req, int status) {
+  send_op *op = req->data;
+  if (op->done != NULL) op->done(op->ud, status);
+  free(op);
+}
+
+int tulua__stream_send(tulua__stream *s, const char *p, size_t n,
+                       tulua__send_fn done, void *ud) {
+  if (s->closed) return UV_ECANCELED;
+  size_t sent = 0;
+  if (uv_stream_get_write_queue_size(&s->u.s) == 0) { /* keep the order */
+    int rc = n ? uv_try_write(&s->u.s, &(uv_buf_t){(char *)p, n}, 1) : 0;
+    if (rc < 0 && rc != UV_EAGAIN) return rc;
+    if (rc > 0) sent = (size_t)rc;
+    if (sent == n) return 0;
+  }
+  send_op *op = malloc(sizeof *op + (n - sent));
+  if (op == NULL) return UV_ENOMEM;
+  memcpy(op->data, p + sent, n - sent);
+  op->done = done;
+  op->ud = ud;
+  op->req.data = op;
+  uv_buf_t b = uv_buf_init(op->data, (unsigned)(n - sent));
+  int rc = uv_write(&op->req, &s->u.s, &b, 1, send_cb);
+  if (rc < 0) {
+    free(op);
+    return rc;
+  }
+  return 1;
+}
+
+typedef struct {
+  uv_shutdown_t req;
+  tulua__send_fn done;
+  void *ud;
+} send_shutdown_op;
+
+static void send_shutdown_cb(uv_shutdown_t *req, int status) {
+  send_shutdown_op *op = req->data;
+  op->done(op->ud, status);
+  free(op);
+}
+
+int tulua__stream_send_shutdown(tulua__stream *s, tulua__send_fn done,
+                                void *ud) {
+  if (s->closed) return UV_ECANCELED;
+  send_shutdown_op *op = malloc(sizeof *op);
+  if (op == NULL) return UV_ENOMEM;
+  op->done = done;
+  op->ud = ud;
+  op->req.data = op;
+  int rc = uv_shutdown(&op->req, &s->u.s, send_shutdown_cb);
+  if (rc < 0) free(op);
+  return rc;
+}
+
+int tulua__stream_start_tls(lua_State *L, tulua__stream *s, tulua__tls *t) {
+  s->tls = t;
+  s->hs_wait = 1;
+  tulua__tls_begin(t, s); /* the bytes read ahead are the peer's first */
+  if (s->rb.eof || s->rb.err) stop_reading(s);
+  lua_settop(L, 1);
+  return start_read(L, s, "start_tls");
+}
+
+void tulua__server_set_context(lua_State *L, tulua__server *srv, int idx) {
+  lua_pushvalue(L, idx);
+  luaL_unref(L, LUA_REGISTRYINDEX, srv->context_ref);
+  srv->context_ref = lua_isnil(L, -1) ? (lua_pop(L, 1), LUA_NOREF)
+                                      : luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 static int stream_close(lua_State *L) {
@@ -618,7 +737,9 @@ static void server_stop(lua_State *L, tulua__server *srv) {
   luaL_unref(L, LUA_REGISTRYINDEX, srv->ref);
   luaL_unref(L, LUA_REGISTRYINDEX, srv->handler_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, srv->conn_main_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, srv->context_ref);
   srv->ref = srv->handler_ref = srv->conn_main_ref = LUA_NOREF;
+  srv->context_ref = LUA_NOREF;
   wake_closed(srv);
   if (srv->reserve >= 0) close(srv->reserve);
   srv->reserve = -1;
@@ -677,6 +798,7 @@ static void accept_all(lua_State *L, tulua__job *job) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->conn_main_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->handler_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, srv->context_ref); /* nil if none */
     tulua__stream *s = tulua__stream_new(L, (tulua__stream_kind)srv->kind);
     int rc = srv->kind == TULUA_TCP
                  ? uv_tcp_init(tulua__loop(L), &s->u.tcp)
@@ -692,7 +814,8 @@ static void accept_all(lua_State *L, tulua__job *job) {
     }
     s->server = srv;
     srv->conns++;
-    tulua__spawn(L, 3); /* conn_main(server, handler, stream) */
+    lua_insert(L, -2); /* the stream before the context */
+    tulua__spawn(L, 4); /* conn_main(server, handler, stream, context) */
     lua_settop(L, top);
   }
 }
@@ -764,10 +887,14 @@ static void connection_cb(uv_stream_t *h, int status) {
 }
 
 /* The function each connection's task runs: the handler, then the
- * stream's close whatever happens. */
-static const char CONN_MAIN[] = "local _, handler, stream = ...\n"
-                                "local s <close> = stream\n"
-                                "return handler(s)\n";
+ * stream's close whatever happens. With a TLS context, the handshake
+ * first: a client that fails it is closed without running the handler.
+ * The handler's call stays on line 3: tracebacks show "server:3". */
+static const char CONN_MAIN[] =
+    "local _, handler, stream, context = ...\n"
+    "local s <close> = stream; if context ~= nil and not s:start_tls(context) "
+    "then return end\n"
+    "return handler(s)\n";
 
 tulua__server *tulua__server_new(lua_State *L, tulua__stream_kind kind,
                                  int handler_idx) {
@@ -780,6 +907,7 @@ tulua__server *tulua__server_new(lua_State *L, tulua__stream_kind kind,
   srv->kind = (unsigned char)kind;
   srv->rt = tulua__runtime(L);
   srv->ref = srv->handler_ref = srv->conn_main_ref = LUA_NOREF;
+  srv->context_ref = LUA_NOREF;
   srv->reserve = srv->hidden = -1;
   srv->accept_job.run = accept_all;
   srv->u.h.data = srv;

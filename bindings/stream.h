@@ -106,4 +106,40 @@ void tulua__server_register(lua_State *L, const luaL_Reg *extra);
  * (peer_name) stream.c gives every pipe stream. [-0, +0, m] */
 void tulua__pipe_open(lua_State *L);
 
+/* ---- what tls.c builds on (a stream carrying TLS) ---- */
+
+/* The TLS state of a stream (tls.c), or NULL for a plain one. */
+typedef struct tulua__tls tulua__tls;
+tulua__tls *tulua__stream_tls(tulua__stream *s);
+
+/* The stream's read buffer: tls.c decrypts into it and sets its end or
+ * error. No Lua API. */
+tulua__rbuf *tulua__stream_rbuf(tulua__stream *s);
+
+/* Sends the n bytes at p after what is queued: writes at once what the
+ * kernel takes and queues a copy of the rest. Returns 0 when all went at
+ * once, 1 when some is queued (then done(ud, status) is called once it is
+ * written or failed, unless done is NULL), or a negative libuv code
+ * (nothing queued, done never called). No Lua API. */
+typedef void (*tulua__send_fn)(void *ud, int status);
+int tulua__stream_send(tulua__stream *s, const char *p, size_t n,
+                       tulua__send_fn done, void *ud);
+
+/* Ends the writing half after what is queued; done(ud, status) follows.
+ * Returns 0 or a negative libuv code (done never called). No Lua API. */
+int tulua__stream_send_shutdown(tulua__stream *s, tulua__send_fn done,
+                                void *ud);
+
+/* Makes t the TLS layer of the open stream at index 1 and waits, as a read
+ * does, until its handshake has ended (tls.c's tulua__tls_begin starts
+ * it). Returns true, or nil, message, code; a tail call. The caller has
+ * checked the stream (no reader, no TLS yet) and tulua__check_wait. */
+int tulua__stream_start_tls(lua_State *L, tulua__stream *s, tulua__tls *t);
+
+/* The extra value a server passes to each connection's task, after the
+ * stream: handler(stream) runs only once the task's code has used it
+ * (tls.c's server context, for the handshake). Sets it to the value at idx
+ * (nil: none). [-0, +0, m] */
+void tulua__server_set_context(lua_State *L, tulua__server *srv, int idx);
+
 #endif

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "stream.h"
+#include "tls.h"
 
 #define BACKLOG 511 /* the most Linux takes by default (somaxconn 4096) */
 
@@ -186,18 +186,10 @@ static void connect_cancel(void *ud) {
   finish(op, UV_ECANCELED);
 }
 
-/* net.connect(host, port [, {timeout=}]) -> tcp stream | nil, msg, code */
-static int net_connect(lua_State *L) {
-  const char *host = luaL_checkstring(L, 1);
-  int port = check_port(L, 2);
-  static const char *const options[] = {"timeout", NULL};
-  lua_Number timeout = 0;
-  if (tulua__check_options(L, 3, options)) {
-    timeout = tulua__opt_field_number(L, 3, "timeout", 0);
-    luaL_argcheck(L, timeout >= 0 && timeout == timeout, 3,
-                  "'timeout' must be a non-negative number");
-  }
-  tulua__check_wait(L, "net.connect");
+/* Connects to host and port (checked) within timeout (0: none): the wait
+ * of net.connect. */
+static int start_connect(lua_State *L, const char *host, int port,
+                         lua_Number timeout) {
   tulua__stream_register(L, TULUA_TCP, NULL);
   connect_op *op = calloc(1, sizeof *op);
   if (op == NULL) return push_fail(L, host, UV_ENOMEM);
@@ -229,6 +221,83 @@ static int net_connect(lua_State *L) {
   return tulua__wait(L, &op->w, connect_deliver, connect_cancel, op);
 }
 
+/* The plain connect of a TLS one, called with (host, port, timeout). */
+static int connect_plain(lua_State *L) {
+  return start_connect(L, lua_tostring(L, 1), (int)lua_tointeger(L, 2),
+                       lua_tonumber(L, 3));
+}
+
+/* The stack of a TLS connect: the arguments (1 host, 3 options), the
+ * client context, the plain connect's three results, then the
+ * handshake's. */
+enum { TLS_CTX = 4, TLS_STREAM = 5, TLS_OK = 8 };
+
+static void close_stream(lua_State *L, int idx) {
+  lua_getfield(L, idx, "close");
+  lua_pushvalue(L, idx);
+  lua_call(L, 1, 0);
+}
+
+/* After the handshake (or its error: a cancellation) the stream is the
+ * caller's, or closed. */
+static int handshake_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
+  if (status != LUA_OK && status != LUA_YIELD) {
+    close_stream(L, TLS_STREAM);
+    return lua_error(L); /* the error object is on top */
+  }
+  if (lua_toboolean(L, TLS_OK)) {
+    lua_pushvalue(L, TLS_STREAM);
+    return 1;
+  }
+  close_stream(L, TLS_STREAM);
+  return 3; /* nil, message, code */
+}
+
+static int connected_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  if (lua_isnil(L, TLS_STREAM)) return 3; /* nil, message, code */
+  lua_pushcfunction(L, tulua__tls_start);
+  lua_pushvalue(L, TLS_STREAM);
+  lua_pushvalue(L, TLS_CTX);
+  lua_pushvalue(L, 1); /* the server's name, unless the context names one */
+  return handshake_k(L, lua_pcallk(L, 3, 3, 0, ctx, handshake_k), ctx);
+}
+
+/* net.connect(host, port [, {timeout=, tls=}]) -> tcp stream | nil, msg,
+ * code. With tls, the plain connect then the handshake (tls.c). */
+static int net_connect(lua_State *L) {
+  const char *host = luaL_checkstring(L, 1);
+  int port = check_port(L, 2);
+  static const char *const options[] = {"timeout", "tls", NULL};
+  lua_Number timeout = 0;
+  int tls = 0;
+  if (tulua__check_options(L, 3, options)) {
+    timeout = tulua__opt_field_number(L, 3, "timeout", 0);
+    luaL_argcheck(L, timeout >= 0 && timeout == timeout, 3,
+                  "'timeout' must be a non-negative number");
+    lua_getfield(L, 3, "tls");
+    tls = lua_toboolean(L, -1) || lua_istable(L, -1);
+    lua_pop(L, 1);
+  }
+  if (!tls) {
+    tulua__check_wait(L, "net.connect");
+    return start_connect(L, host, port, timeout);
+  }
+  lua_settop(L, 3);
+  lua_getfield(L, 3, "tls");
+  int n = tulua__tls_client_context(L, -1);
+  if (n != 1) return n;
+  lua_remove(L, -2); /* stack: host, port, options, context */
+  tulua__check_wait(L, "net.connect");
+  lua_pushcfunction(L, connect_plain);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_pushnumber(L, timeout);
+  lua_callk(L, 3, 3, 0, connected_k);
+  return connected_k(L, LUA_OK, 0);
+}
+
 /* ---- serve ---- */
 
 /* net.serve(host, port, handler [, {backlog=, reuseport=}]) -> server |
@@ -237,12 +306,20 @@ static int net_connect(lua_State *L) {
  * other processes) listen on one port and the kernel spreads connections
  * among them. */
 static int net_serve(lua_State *L) {
-  static const char *const options[] = {"backlog", "reuseport", NULL};
+  static const char *const options[] = {"backlog", "reuseport", "tls", NULL};
   const char *host = luaL_checkstring(L, 1);
   int port = check_port(L, 2);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   int backlog = BACKLOG, reuseport = 0;
+  lua_settop(L, 4);
+  lua_pushnil(L); /* 5: the TLS context */
   if (tulua__check_options(L, 4, options)) {
+    if (lua_getfield(L, 4, "tls") != LUA_TNIL) {
+      int n = tulua__tls_server_context(L, -1);
+      if (n != 1) return n;
+      lua_replace(L, 5);
+    }
+    lua_pop(L, 1);
     lua_getfield(L, 4, "reuseport");
     reuseport = lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -257,6 +334,7 @@ static int net_serve(lua_State *L) {
     return luaL_argerror(L, 1, "numeric address, 'localhost' or '*' expected");
   tulua__stream_register(L, TULUA_TCP, NULL);
   tulua__server *srv = tulua__server_new(L, TULUA_TCP, 3);
+  tulua__server_set_context(L, srv, 5);
   uv_tcp_t *tcp = (uv_tcp_t *)tulua__server_handle(srv);
   /* with the family, libuv makes the socket now: SO_REUSEPORT must be on
    * it before the bind */
@@ -352,6 +430,7 @@ int luaopen_tulua_net(lua_State *L) {
       {"connect", net_connect}, {"serve", net_serve}, {NULL, NULL}};
   tulua__stream_register(L, TULUA_TCP, tcp_methods);
   tulua__server_register(L, server_methods);
+  tulua__tls_open(L);
   luaL_newlib(L, funcs);
   tulua__pipe_open(L);
   /* one module for the network: net.dns, net.udp, and the lookups */
