@@ -41,6 +41,10 @@ local FAILED = {
 local WebSocket = {_kind = KIND, __name = "websocket"}
 WebSocket.__index = WebSocket
 
+function WebSocket:__tostring()
+  return self._done and "websocket (closed)" or "websocket (open)"
+end
+
 -- ---- parking: lists of tasks waiting for a step, a flush or the end ----
 
 local function wait_on(list)
@@ -97,7 +101,7 @@ local function flush(self, wait)
       if not ok or not r then
         self._writing = false
         wake_all(self._writers)
-        if not ok then error(r, 0) end -- cancelled: the frame may be half out
+        if not ok then error(r, 0) end -- cancelled: the write goes on without us
         finish(self, "websocket: " .. tostring(err), code)
         break
       end
@@ -193,7 +197,7 @@ function WebSocket:send(data, kind)
     arg_error(2, "send", "text is not UTF-8 (send it as 'binary')")
   end
   if self._done then return nil, self._done[1], self._done[2] end
-  if self._closing then return nil, "websocket closing", "ECLOSING" end
+  if self._closing then return nil, "websocket closing", "ECANCELED" end
   self._framer:queue(data, kind == "binary")
   return flush(self, true)
 end
@@ -255,13 +259,15 @@ end
 
 local TOKEN = "^[%w!#$%%&'*+%-.^_`|~]+$"
 
+-- (Called by common_options: the level blames the caller of the public
+-- function.)
 local function check_header_table(headers, argn, fname)
   for k, v in pairs(headers) do
     if type(k) ~= "string" or not k:find(TOKEN) then
-      arg_error(argn, fname, "invalid header name " .. tostring(k), 3)
+      arg_error(argn, fname, "invalid header name " .. tostring(k), 4)
     end
     if type(v) ~= "string" or v:find("[\r\n%z]") then
-      arg_error(argn, fname, "invalid value of header " .. k, 3)
+      arg_error(argn, fname, "invalid value of header " .. k, 4)
     end
   end
 end
@@ -282,10 +288,10 @@ local function has_token(value, token)
 end
 
 local function check_protocols(protocols, argn, fname)
-  if type(protocols) ~= "table" then type_error(argn, fname, "table", protocols, 3) end
+  if type(protocols) ~= "table" then type_error(argn, fname, "table", protocols, 4) end
   for _, p in ipairs(protocols) do
     if type(p) ~= "string" or not p:find(TOKEN) then
-      arg_error(argn, fname, "invalid protocol " .. tostring(p), 3)
+      arg_error(argn, fname, "invalid protocol " .. tostring(p), 4)
     end
   end
 end
@@ -321,14 +327,17 @@ end
 local CLIENT_OPTIONS = {host = true, target = true, headers = true, protocols = true,
   max_message = true, close_timeout = true}
 
-local function handshake_fail(msg, code)
+-- The stream is closed: what it holds is a half-read answer.
+local function handshake_fail(stream, msg, code)
+  stream:close()
   return nil, "websocket handshake: " .. msg, code or "EPROTO"
 end
 
 --- _websocket.connect_stream(stream, opts) -> ws, or nil, message, code:
 -- the client's handshake on a connected stream. opts: host (string, the
 -- Host header), target ("/"), headers (table), protocols (list),
--- max_message (16 MiB), close_timeout (5 s).
+-- max_message (16 MiB), close_timeout (5 s). On failure the stream is
+-- closed.
 function M.connect_stream(stream, opts)
   check_stream(stream, "connect_stream")
   if type(opts) ~= "table" then type_error(2, "connect_stream", "table", opts) end
@@ -353,46 +362,46 @@ function M.connect_stream(stream, opts)
   if opts.headers then req[#req + 1] = header_lines(opts.headers) end
   req[#req + 1] = "\r\n"
   local ok, err, code = stream:write(table.concat(req))
-  if not ok then return handshake_fail(tostring(err), code) end
+  if not ok then return handshake_fail(stream, tostring(err), code) end
 
   local line
   line, err, code = stream:read_line({sep = "\r\n", max = MAX_HEAD_LINE})
   if not line then
-    return handshake_fail(err or "connection closed before the response", err and code or "EOF")
+    return handshake_fail(stream, err or "connection closed before the response", err and code or "EOF")
   end
   local status, text = line:match("^HTTP/1%.%d (%d%d%d) ?(.*)$")
-  if not status then return handshake_fail("malformed status line") end
+  if not status then return handshake_fail(stream, "malformed status line") end
   if status ~= "101" then
-    return handshake_fail("server answered " .. status .. (text ~= "" and " " .. text or ""))
+    return handshake_fail(stream, "server answered " .. status .. (text ~= "" and " " .. text or ""))
   end
   local headers = {}
   for _ = 1, MAX_HEAD_LINES + 1 do
     line, err, code = stream:read_line({sep = "\r\n", max = MAX_HEAD_LINE})
     if not line then
-      return handshake_fail(err or "connection closed in the response head", err and code or "EOF")
+      return handshake_fail(stream, err or "connection closed in the response head", err and code or "EOF")
     end
     if line == "" then break end
     local name, value = line:match("^([^:%s]+):%s*(.-)%s*$")
-    if not name then return handshake_fail("malformed header line") end
+    if not name then return handshake_fail(stream, "malformed header line") end
     name = name:lower()
     headers[name] = headers[name] and headers[name] .. ", " .. value or value
   end
-  if line ~= "" then return handshake_fail("response head too long") end
+  if line ~= "" then return handshake_fail(stream, "response head too long") end
   if not has_token(headers.upgrade, "websocket") then
-    return handshake_fail("no 'Upgrade: websocket' in the response")
+    return handshake_fail(stream, "no 'Upgrade: websocket' in the response")
   end
   if not has_token(headers.connection, "upgrade") then
-    return handshake_fail("no 'Connection: Upgrade' in the response")
+    return handshake_fail(stream, "no 'Connection: Upgrade' in the response")
   end
   if headers["sec-websocket-accept"] ~= wslay.accept_key(key) then
-    return handshake_fail("wrong Sec-WebSocket-Accept")
+    return handshake_fail(stream, "wrong Sec-WebSocket-Accept")
   end
   if headers["sec-websocket-extensions"] then
-    return handshake_fail("extension not asked for: " .. headers["sec-websocket-extensions"])
+    return handshake_fail(stream, "extension not asked for: " .. headers["sec-websocket-extensions"])
   end
   local protocol = headers["sec-websocket-protocol"]
   if protocol and not offered[protocol] then
-    return handshake_fail("protocol not offered: " .. protocol)
+    return handshake_fail(stream, "protocol not offered: " .. protocol)
   end
   return new_websocket(stream, false, max, close_timeout, protocol)
 end
