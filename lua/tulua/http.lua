@@ -9,8 +9,8 @@ local timer = require "tulua.timer"
 local C = require "tulua._http"
 local args = require "tulua._args"
 
-local type, tonumber, pcall, xpcall, error, setmetatable, next =
-  type, tonumber, pcall, xpcall, error, setmetatable, next
+local type, tostring, tonumber, pcall, xpcall, error, setmetatable, next =
+  type, tostring, tonumber, pcall, xpcall, error, setmetatable, next
 local math_type, concat, traceback, now = math.type, table.concat, debug.traceback, tulua.now
 local arg_error, type_error, check_options = args.arg_error, args.type_error, args.check_options
 
@@ -498,9 +498,20 @@ function M.close_idle()
   end
 end
 
+-- The pool's key of a connection to u: the origin, the proxy, and for
+-- https the tls options table itself, so that a connection made with
+-- other certificate checks is never reused.
+local function pool_key(u, proxy, opts)
+  local key = u.scheme .. "://" .. u.hostport
+  if proxy then key = "proxy " .. proxy .. " " .. key end
+  if u.tls and type(opts.tls) == "table" then key = key .. " " .. tostring(opts.tls) end
+  return key
+end
+
 -- A new connection for u (through its proxy, if any): the client state c.
 local function connect(u, opts, remaining)
   local proxy = proxy_for(u, opts.proxy)
+  local key = pool_key(u, proxy, opts)
   local tls = u.tls and (opts.tls or true) or nil
   local copts = {timeout = remaining}
   local c = {buf = "", pos = 1, p = C.parser("response", DEFAULT_MAX_HEADER * 4)}
@@ -509,7 +520,7 @@ local function connect(u, opts, remaining)
     local conn, err, code = net.connect(u.host, u.port, copts)
     if not conn then return nil, err, code end
     c.conn = conn
-    c.key = u.scheme .. "://" .. u.hostport
+    c.key = key
     return c
   end
   local pu, perr = parse_url(proxy)
@@ -519,7 +530,7 @@ local function connect(u, opts, remaining)
   c.conn = conn
   if not u.tls then
     c.absolute = true                        -- the target is the whole URL
-    c.key = "proxy " .. proxy .. " " .. u.scheme .. "://" .. u.hostport
+    c.key = key
     return c
   end
   -- https through the proxy: a CONNECT tunnel, then TLS inside it
@@ -548,7 +559,7 @@ local function connect(u, opts, remaining)
   end
   if not ok then conn:close(); return nil, err, code end
   c.p = C.parser("response", DEFAULT_MAX_HEADER * 4)
-  c.key = "proxy " .. proxy .. " " .. u.scheme .. "://" .. u.hostport
+  c.key = key
   return c
 end
 
@@ -671,8 +682,7 @@ local EXTRA_GZIP = {["user-agent"] = "tulua", ["accept-encoding"] = "gzip, defla
 -- connection: a Response, or nil, message, code.
 local function exchange(method, u, opts, body, deadline)
   local proxy = proxy_for(u, opts.proxy)
-  local key = proxy and ("proxy " .. proxy .. " " .. u.scheme .. "://" .. u.hostport)
-    or (u.scheme .. "://" .. u.hostport)
+  local key = pool_key(u, proxy, opts)
   local length = nil
   if type(body) == "string" then length = #body elseif body then length = -1 end
   if length == nil and (method == "POST" or method == "PUT" or method == "PATCH") then length = 0 end

@@ -307,6 +307,11 @@ class H(http.server.BaseHTTPRequestHandler):
 class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 s = S(("127.0.0.1", 0), H)
+if len(sys.argv) > 1:
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+    s.socket = ctx.wrap_socket(s.socket, server_side=True)
 print(s.server_address[1], flush=True)
 s.serve_forever()
 ]==]
@@ -314,9 +319,23 @@ s.serve_forever()
 -- A forward proxy for plain http: fetches the absolute URL it is asked for
 -- and says so in a header.
 local PY_PROXY = [==[
-import http.server, urllib.request
+import http.server, select, socket, urllib.request
 class P(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a): pass
+    def do_CONNECT(self):
+        # every tunnel leads to 127.0.0.1, so that only the proxy can reach
+        # a host name that does not resolve
+        up = socket.create_connection(("127.0.0.1", int(self.path.rsplit(":", 1)[1])))
+        self.send_response(200); self.end_headers()
+        self.close_connection = True
+        ends = [self.connection, up]
+        while True:
+            ready, _, _ = select.select(ends, [], [], 10)
+            if not ready: return
+            for e in ready:
+                data = e.recv(65536)
+                if not data: return
+                (up if e is self.connection else self.connection).sendall(data)
     def do_GET(self):
         if not self.path.startswith("http://"):
             self.send_error(400); return
@@ -328,11 +347,22 @@ print(s.server_address[1], flush=True)
 s.serve_forever()
 ]==]
 
-local function python(code)
-  local p = assert(process.spawn({"python3", "-c", code}, {stdout = "pipe", stderr = "null",
+local function python(code, ...)
+  local p = assert(process.spawn({"/usr/bin/python3", "-c", code, ...}, {stdout = "pipe", stderr = "null",
     env = {PATH = os.getenv("PATH"), NO_PROXY = "*"}}))
   defer(function() p:kill("SIGKILL"); p:wait() end)
   return "http://127.0.0.1:" .. assert(p.stdout:read_line())
+end
+
+-- A self-signed certificate for localhost and 127.0.0.1 in dir; returns
+-- the paths of the certificate and its key.
+local function make_cert(name)
+  local cert, key = dir .. "/" .. name .. ".pem", dir .. "/" .. name .. ".key"
+  local status, _, err = process.run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+    "-out", cert, "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"},
+    {timeout = 30})
+  assert(status == 0, err)
+  return cert, key
 end
 
 describe("http.request against Python's http.server", function()
@@ -506,5 +536,92 @@ http {
     assert.matches("^nginx", headers.server)
     status = http.get(base .. "/nothing")
     assert.are.equal(404, status)
+  end, 30))
+end)
+
+describe("https", function()
+  it("serves curl --cacert and a tulua client, and refuses an unknown CA", bounded(function()
+    local cert, key = make_cert("server")
+    local other = make_cert("other")
+    local srv = assert(http.serve("127.0.0.1", 0, function(req) return 200, "secure " .. req.path end,
+      {tls = {cert = cert, key = key}}))
+    defer(function() srv:close() end)
+    local url = "https://127.0.0.1:" .. select(2, srv:address())
+    assert.are.same({0, "secure /curl", ""}, {run({"curl", "-sS", "--http1.1", "--cacert", cert, url .. "/curl"})})
+    local tls = {ca = cert}
+    local status, body = http.get(url .. "/tulua", {tls = tls})
+    assert.are.same({200, "secure /tulua"}, {status, body})
+    local r, msg, code = http.get(url .. "/", {tls = {ca = other}})
+    assert.are.same({nil, "ECERT"}, {r, code})
+    assert.matches("certificate verify failed", msg)
+  end, 60))
+
+  it("gets from Python's ssl server, directly and through a CONNECT proxy", bounded(function()
+    local cert, key = make_cert("py")
+    local port = python(PY_SERVER, cert, key):match("%d+$")
+    local tls = {ca = cert, server_name = "localhost"}
+    local status, body = http.get("https://localhost:" .. port .. "/hello", {tls = tls})
+    assert.are.same({200, "hello from python"}, {status, body})
+    local proxy = python(PY_PROXY)
+    status, body = http.get("https://tunnel.invalid:" .. port .. "/hello", {tls = tls, proxy = proxy})
+    assert.are.same({200, "hello from python"}, {status, body})
+    local r, _, code = http.get("https://tunnel.invalid:" .. port .. "/hello", {tls = tls, proxy = false})
+    assert.is_nil(r)
+    assert.is_string(code)
+  end, 60))
+end)
+
+describe("WebSocket through tulua.http", function()
+  local function echo_server()
+    return serve(function(req)
+      local ws, err = req:websocket()
+      if not ws then return 426, err end
+      while true do
+        local msg, kind = ws:receive()
+        if not msg then break end
+        assert(ws:send("echo " .. msg, kind))
+      end
+    end)
+  end
+
+  it("connects http.websocket to req:websocket; no upgrade gives nil, message", bounded(function()
+    local url = echo_server()
+    local ws = assert(http.websocket(url:gsub("^http", "ws") .. "/chat"))
+    assert(ws:send("hi"))
+    assert.are.same({"echo hi", "text"}, {ws:receive()})
+    assert(ws:send("\0\1", "binary"))
+    assert.are.same({"echo \0\1", "binary"}, {ws:receive()})
+    ws:close()
+    local status, body = http.get(url .. "/chat")
+    assert.are.equal(426, status)
+    assert.matches("no WebSocket upgrade", body)
+    assert.are.same({nil, "EINVAL"}, {select(1, http.websocket(url)), select(3, http.websocket(url))})
+  end, 30))
+
+  it("talks to Python's websockets as client and as server", bounded(function()
+    local url = echo_server():gsub("^http", "ws")
+    local code, out, err = process.run({"/usr/bin/python3", "-c", [[
+import asyncio, sys, websockets
+async def main():
+    async with websockets.connect(sys.argv[1]) as ws:
+        await ws.send("from python")
+        print(await ws.recv())
+asyncio.run(main())
+]], url .. "/py"}, {timeout = 20})
+    assert.are.same({0, "echo from python\n"}, {code, out}, err)
+    local base = python([[
+import asyncio, websockets
+async def echo(ws, path=None):
+    async for m in ws: await ws.send("py " + m)
+async def main():
+    async with websockets.serve(echo, "127.0.0.1", 0) as s:
+        print(s.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+asyncio.run(main())
+]])
+    local ws = assert(http.websocket(base:gsub("^http", "ws") .. "/"))
+    assert(ws:send("from tulua"))
+    assert.are.same({"py from tulua", "text"}, {ws:receive()})
+    ws:close()
   end, 30))
 end)
