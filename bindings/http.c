@@ -525,8 +525,10 @@ static void add_length(lua_State *L, tulua__bytes *b, lua_Integer n) {
 
 /* _http.response(status, headers, body, keep_alive, head_only) returns the
  * response's head (and body, when a string and not head_only) as one
- * string, and whether the script's headers asked to close. body nil: the
- * head of a chunked body, whose chunks follow. Date, Content-Length or
+ * string, and whether the script's headers asked to close. keep_alive
+ * false sends "Connection: close"; a string is sent as the Connection
+ * value (HTTP/1.0's "keep-alive"); true sends none (HTTP/1.1's default). body
+ * nil: the head of a chunked body, whose chunks follow. Date, Content-Length or
  * Transfer-Encoding, and Connection are set here. Raises for a bad header
  * name or value. */
 static int response(lua_State *L) {
@@ -559,8 +561,12 @@ static int response(lua_State *L) {
     else
       puts_(L, b, "Transfer-Encoding: chunked\r\n");
   }
-  if (!keep_alive && !(seen & SEEN_CONNECTION))
-    puts_(L, b, "Connection: close\r\n");
+  if (!(seen & SEEN_CONNECTION)) {
+    if (!keep_alive)
+      puts_(L, b, "Connection: close\r\n");
+    else if (lua_type(L, 4) == LUA_TSTRING)
+      add_header(L, b, "Connection", 10, lua_tostring(L, 4), lua_rawlen(L, 4));
+  }
   put(L, b, "\r\n", 2);
   if (body != NULL && !head_only && !bodiless) put(L, b, body, blen);
   lua_pushlstring(L, b->base + b->pos, b->len - b->pos);

@@ -190,8 +190,7 @@ function Request.respond(req, status, headers)
   if headers ~= nil and type(headers) ~= "table" then type_error(3, "respond", "table", headers) end
   local st = req._st
   if st.writer or st.upgraded then error("http: this request was answered already", 2) end
-  local keep = req.keep_alive and not req.upgrade
-  local head, close = C.response(status, headers, nil, keep, req.method == "HEAD")
+  local head, close = C.response(status, headers, nil, st.keep, req.method == "HEAD")
   local w = setmetatable({conn = st.conn, st = st, head_only = req.method == "HEAD"}, Writer)
   st.writer = w
   if close then st.broken = true end
@@ -302,6 +301,8 @@ local function serve_request(st, req, body, complete, handler)
   req._st = st
   local head_only = req.method == "HEAD"
   local keep = req.keep_alive and not req.upgrade
+  if keep and req.minor == 0 then keep = "keep-alive" end   -- HTTP/1.0 closes unless told
+  st.keep = keep
   local ok, out, fn = xpcall(run_handler, traceback, handler, req, keep, head_only)
   if st.upgraded then return false end
   if not ok then
