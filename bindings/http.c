@@ -264,6 +264,14 @@ static int parser_execute(lua_State *L) {
   ps->complete = 0;
   ps->head_done = 0;
   ps->body.pos = ps->body.len = 0;
+  if (llhttp_get_errno(&ps->p) == HPE_PAUSED_UPGRADE) {
+    /* after an upgrade the bytes are the new protocol's, never HTTP */
+    lua_settop(L, 0);
+    lua_pushnil(L);
+    lua_pushliteral(L, "http: the connection was upgraded");
+    lua_pushliteral(L, "400");
+    return 3;
+  }
   if (llhttp_get_errno(&ps->p) == HPE_PAUSED) llhttp_resume(&ps->p);
   const char *start = data + pos - 1;
   size_t n = len - (size_t)(pos - 1);

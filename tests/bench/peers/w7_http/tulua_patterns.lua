@@ -1,6 +1,7 @@
 -- W7 peer (ours): the Lua-pattern HTTP server that scripts/demo/http_server.lua was
 -- before tulua.http, kept to measure the real server against it (issue 13: not
--- slower). Same behaviour as then; the port is the first argument.
+-- slower). Same code as then, but "Hello, World!" on every path (the ruler
+-- fetches /hello); the port is the first argument.
 local net = require "tulua.net"
 
 local port = math.tointeger(tonumber(arg[1]))
@@ -64,7 +65,7 @@ local function serve(conn)
       if code == "ENOBUFS" then respond(conn, 431, "request line too long\n") end
       return
     end
-    local method, target, minor = line:match("^(%u+) (%S+) HTTP/1%.(%d)\r?$")
+    local method, _, minor = line:match("^(%u+) (%S+) HTTP/1%.(%d)\r?$")
     if not method then return respond(conn, 400, "bad request line\n") end
     local headers, status = read_headers(conn)
     if not headers then return status and respond(conn, status, REASON[status] .. "\n") end
@@ -87,7 +88,7 @@ local function serve(conn)
       keep_alive = not (connection and has_token(connection, "close")) and ""
     end
     local ok
-    if (method == "GET" or method == "HEAD") and target == "/" then
+    if method == "GET" or method == "HEAD" then  -- every path, as the ruler's W7 peers
       ok = respond(conn, 200, "Hello, World!", keep_alive, method == "HEAD")
     else
       ok = respond(conn, 404, "not found\n", keep_alive, method == "HEAD")
