@@ -162,10 +162,10 @@ static int on_headers_complete(llhttp_t *p) {
   lua_setfield(L, h, "minor");
   lua_pushboolean(L, llhttp_should_keep_alive(p));
   lua_setfield(L, h, "keep_alive");
-  if (llhttp_get_upgrade(p)) {
-    lua_pushboolean(L, 1);
-    lua_setfield(L, h, "upgrade");
-  }
+  /* always set: a missing field would cost the server a call to its
+   * __index for every request */
+  lua_pushboolean(L, llhttp_get_upgrade(p));
+  lua_setfield(L, h, "upgrade");
   if (ps->meta_idx != 0) {
     lua_pushvalue(L, ps->meta_idx);
     lua_setmetatable(L, h);

@@ -1,7 +1,7 @@
 -- The demos of scripts/demo/ against real peers: the echo client against the
 -- echo server, curl and raw sockets against the HTTP server, the downloader
 -- against the HTTP server, `python3 -m http.server` and small servers of
--- this spec, and the pipeline with real programs. Servers run as
+-- this spec (one https, its certificate made by openssl), and the pipeline with real programs. Servers run as
 -- subprocesses on free ports of 127.0.0.1 (each prints its port first) and
 -- are killed at the end of their test; every test runs under a 20 s
 -- watchdog and every program under a timeout.
@@ -302,6 +302,26 @@ describe("demos", function()
         assert.are.equal(data, assert(fs.read_file(("%s/got/%04d-noise.bin"):format(dir, i))))
         assert.matches("noise%.bin", assert(fs.read_file(("%s/got/%04d-index.html"):format(dir, i + 1))))
       end
+    end))
+
+    it("fetches https with the certificates of SSL_CERT_FILE, progress on stderr", bounded(function()
+      local cert, key = dir .. "/cert.pem", dir .. "/key.pem"
+      assert.are.equal(0, (run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+        "-out", cert, "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"})))
+      local big = ("0123456789abcdef"):rep(2 * 65536)                  -- 2 MiB
+      local srv = assert(require("tulua.http").serve("127.0.0.1", 0, function(req)
+        return 200, req.path == "/big" and big or "small"
+      end, {tls = {cert = cert, key = key}}))
+      local base = ("https://localhost:%d"):format(select(2, srv:address()))
+      local env = {PATH = os.getenv("PATH"), SSL_CERT_FILE = cert}
+      local status, out, err = run({TULUA, DEMO .. "download.lua", "-o", dir .. "/got", base .. "/big",
+        base .. "/small"}, {env = env})
+      srv:close()
+      assert.are.equal(0, status, err)
+      assert.matches("\n2 fetched %(2097157 bytes%), 0 failed, ", out)
+      assert.matches(base:gsub("%p", "%%%0") .. "/big: 2097152 of 2097152 bytes\n", err)
+      assert.are.equal(big, assert(fs.read_file(dir .. "/got/0001-big")))
+      assert.are.equal("small", assert(fs.read_file(dir .. "/got/0002-small")))
     end))
 
     it("gives up a request after -t seconds and reports unreachable servers", bounded(function()
