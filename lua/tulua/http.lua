@@ -680,8 +680,9 @@ local EXTRA = {["user-agent"] = "tulua"}
 local EXTRA_GZIP = {["user-agent"] = "tulua", ["accept-encoding"] = "gzip, deflate"}
 
 -- One exchange of a request and its response's head on a pooled or new
--- connection: a Response, or nil, message, code.
-local function exchange(method, u, opts, body, deadline)
+-- connection: a Response, or nil, message, code. state.c is the connection
+-- in use, for M.request to close when its timeout cuts the exchange.
+local function exchange(method, u, opts, body, state)
   local proxy = proxy_for(u, opts.proxy)
   local key = pool_key(u, proxy, opts)
   local length = nil
@@ -692,9 +693,10 @@ local function exchange(method, u, opts, body, deadline)
     local reused = c ~= nil
     if not c then
       local err, code
-      c, err, code = connect(u, opts, deadline and math.max(0.001, deadline - now()))
+      c, err, code = connect(u, opts)
       if not c then return nil, err, code end
     end
+    state.c = c
     c.got = false
     local target = c.absolute and (u.scheme .. "://" .. u.hostport .. u.target) or u.target
     local head, _, expect = C.request(method, target, opts.headers, u.hostport, length,
@@ -781,7 +783,7 @@ local function check_request_options(opts, argn, fname)
   return opts
 end
 
-local function do_request(method, url, opts, deadline)
+local function do_request(method, url, opts, state)
   local body = opts.body
   local follow = opts.follow or 5
   local redirects = 0
@@ -791,7 +793,7 @@ local function do_request(method, url, opts, deadline)
     if u.scheme ~= "http" and u.scheme ~= "https" then
       return nil, "not an http:// or https:// URL: " .. url, "EINVAL"
     end
-    local r, rerr, code = exchange(method, u, opts, body, deadline)
+    local r, rerr, code = exchange(method, u, opts, body, state)
     if not r then return nil, rerr, code end
     local s, location = r.status, r.headers.location
     if location and redirects < follow and (s == 301 or s == 302 or s == 303 or s == 307 or s == 308)
@@ -828,11 +830,14 @@ function M.request(method, url, opts)
   if type(url) ~= "string" then type_error(2, "request", "string", url) end
   opts = check_request_options(opts, 3, "request")
   method = method:upper()
-  if not opts.timeout then return do_request(method, url, opts) end
+  local state = {}
+  if not opts.timeout then return do_request(method, url, opts, state) end
   local asyncio = require "asyncio"
-  local r = table.pack(pcall(asyncio.wait_for, do_request, opts.timeout, method, url, opts))
+  local r = table.pack(pcall(asyncio.wait_for, do_request, opts.timeout, method, url, opts, state))
   if r[1] then return table.unpack(r, 2, r.n) end
   local e = r[2]
+  -- cut in the middle of an exchange: its connection is in an unknown state
+  if state.c then state.c.conn:close() end
   if type(e) == "table" and e.code == "ETIMEDOUT" then
     return nil, ("http: %s %s: timed out after %g s"):format(method, url, opts.timeout), "ETIMEDOUT"
   end
