@@ -149,6 +149,20 @@ describe("http.serve with raw bytes", function()
     assert.matches("Connection: close\r\n\r\n/last$", out)
   end, 30))
 
+  it("answers requests that nc pipelines, in order", bounded(function()
+    local url = serve(function(req) return 200, req.method .. " " .. req.path .. "\n" end)
+    local status, out = run({"nc", "-N", "127.0.0.1", tostring(port_of(url))},
+      "GET /one HTTP/1.1\r\nHost: x\r\n\r\nHEAD /two HTTP/1.1\r\nHost: x\r\n\r\n"
+      .. "POST /three HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET /four HTTP/1.1\r\nHost: x\r\n"
+      .. "Connection: close\r\n\r\n")
+    assert.are.equal(0, status)
+    local order = {}
+    for line in out:gmatch("\r\n\r\n(%u+ /%l+)\n") do order[#order + 1] = line end
+    assert.are.same({"GET /one", "POST /three", "GET /four"}, order)   -- HEAD: no body
+    local _, heads = out:gsub("HTTP/1.1 200 OK\r\n", "")
+    assert.are.equal(4, heads)
+  end, 30))
+
   it("answers a malformed request with 400 and closes", bounded(function()
     local url = serve(hello)
     local out = raw(port_of(url), "GARBAGE\r\n\r\n", true)
