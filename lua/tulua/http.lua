@@ -347,14 +347,17 @@ local function serve_connection(conn, handler, cfg)
   local ok, err = pcall(function()
     local wait = cfg.header_timeout
     while true do
+      if cfg.closed then return end
       st.deadline = now() + wait
       local started = false
       local pos, req, body, complete
+      st.idle = st.pos > #st.buf           -- between requests: Server:close ends it
       repeat
         if st.pos > #st.buf then
           local data = conn:read()
           if not data then return end        -- closed, reset or timed out
           st.buf, st.pos = data, 1
+          st.idle = false
         end
         pos, req, body, complete = st.p:execute(st.buf, st.pos)
         if not pos then
@@ -374,6 +377,35 @@ local function serve_connection(conn, handler, cfg)
   end)
   leave(cfg, st)
   if not ok then error(err, 0) end
+end
+
+-- The Server http.serve returns: net.serve's, whose methods it forwards,
+-- with a close that also ends the connections idle between requests
+-- (keep-alive), so that a closed server does not linger for them.
+local Server = {__name = "http server"}
+local server_methods = {}
+
+function Server.__index(s, k)
+  local m = server_methods[k]
+  if m then return m end
+  local v = s._srv[k]
+  if type(v) ~= "function" then return v end
+  m = function(self, ...) return v(self._srv, ...) end
+  server_methods[k] = m
+  return m
+end
+
+function Server.__tostring(s) return tostring(s._srv):gsub("^%a+", "http server", 1) end
+
+--- server:close(): stops accepting, and closes the connections that wait
+-- for a next request; requests under way are answered, then their
+-- connections close.
+function server_methods.close(s)
+  s._srv:close()
+  s._cfg.closed = true
+  for st in next, s._cfg.live do
+    if st.idle then st.conn:close() end
+  end
 end
 
 local SERVE_OPTIONS = {tls = true, max_header_bytes = true, max_body = true, header_timeout = true,
@@ -402,7 +434,9 @@ function M.serve(host, port, handler, opts)
   }
   cfg.sweep_every = math.max(0.05, math.min(1, cfg.header_timeout / 4, cfg.keepalive_timeout / 4))
   local net_opts = {backlog = opts.backlog, tls = opts.tls}
-  return net.serve(host, port, function(conn) serve_connection(conn, handler, cfg) end, net_opts)
+  local srv, err, code = net.serve(host, port, function(conn) serve_connection(conn, handler, cfg) end, net_opts)
+  if not srv then return nil, err, code end
+  return setmetatable({_srv = srv, _cfg = cfg}, Server)
 end
 
 ------------------------------------------------------------------------

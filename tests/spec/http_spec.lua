@@ -226,6 +226,19 @@ describe("http.serve with raw bytes", function()
     assert.is_true(tulua.now() - t0 >= 0.2)
   end, 30))
 
+  it("closes connections idle between requests when the server closes", bounded(function()
+    local srv = assert(http.serve("127.0.0.1", 0, hello, {keepalive_timeout = 60}))
+    local url = "http://127.0.0.1:" .. select(2, srv:address())
+    assert.are.equal(200, (http.get(url .. "/")))      -- its connection stays in the pool
+    assert.is_false(srv:is_closed())
+    local t0 = tulua.now()
+    srv:close()
+    assert.is_true(srv:wait_closed())
+    assert.is_true(srv:is_closed())
+    assert.is_true(tulua.now() - t0 < 30)              -- not the keep-alive's 60 s
+    assert.matches("^http server", tostring(srv))
+  end, 40))
+
   it("raises for unknown options and bad arguments", function()
     assert.has_error(function() http.serve("127.0.0.1", 0, hello, {max_headers = 1}) end,
       "bad argument #4 to 'serve' (unknown option 'max_headers')")
