@@ -329,7 +329,9 @@ local function serve_request(st, req, body, complete, handler)
   elseif not conn:write(out) then
     return false
   end
-  if not keep or st.broken then return false end
+  -- a body the client holds back for a 100 Continue nobody asked for: it
+  -- is not wanted, and the connection ends (RFC 9110, 10.1.1)
+  if not keep or st.broken or st.expect then return false end
   -- what the handler left of the body is read and dropped, up to max_body
   while not st.complete do
     local c = next_body(st)
