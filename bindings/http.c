@@ -524,11 +524,21 @@ static int add_headers(lua_State *L, tulua__bytes *b, int idx) {
   return seen;
 }
 
+/* Adds the decimal digits of n >= 0 (no printf on the hot path). */
+static void add_decimal(lua_State *L, tulua__bytes *b, lua_Integer n) {
+  char digits[24];
+  size_t i = sizeof digits;
+  do {
+    digits[--i] = (char)('0' + n % 10);
+    n /= 10;
+  } while (n > 0);
+  put(L, b, digits + i, sizeof digits - i);
+}
+
 static void add_length(lua_State *L, tulua__bytes *b, lua_Integer n) {
-  char line[48];
-  int len =
-      snprintf(line, sizeof line, "Content-Length: %lld\r\n", (long long)n);
-  put(L, b, line, (size_t)len);
+  put(L, b, "Content-Length: ", 16);
+  add_decimal(L, b, n);
+  put(L, b, "\r\n", 2);
 }
 
 /* _http.response(status, headers, body, keep_alive, head_only) returns the
@@ -550,9 +560,9 @@ static int response(lua_State *L) {
   int keep_alive = lua_toboolean(L, 4);
   int head_only = lua_toboolean(L, 5);
   tulua__bytes *b = scratch(L);
-  char line[64];
-  int n = snprintf(line, sizeof line, "HTTP/1.1 %d ", (int)status);
-  put(L, b, line, (size_t)n);
+  put(L, b, "HTTP/1.1 ", 9);
+  add_decimal(L, b, status);
+  put(L, b, " ", 1);
   puts_(L, b, reason_of((int)status));
   put(L, b, "\r\n", 2);
   int seen = lua_istable(L, 2) ? add_headers(L, b, 2) : 0;
