@@ -21,6 +21,7 @@ local DEFAULT_MAX_BODY = 8 * 1024 * 1024       -- the server's request bodies
 local CLIENT_MAX_BODY = 64 * 1024 * 1024       -- a response body read whole
 local POOL_MAX = 8                             -- idle connections kept per origin
 local POOL_IDLE = 30                           -- seconds an idle connection is kept
+local EXPECT_WAIT = 1                          -- seconds to wait for a 100 Continue
 
 -- level: as _args counts it, 3 when a public function calls the check.
 local function check_positive(v, what, argn, fname, level)
@@ -743,12 +744,20 @@ local function exchange(method, u, opts, body, state)
     if expect and length and length ~= 0 then
       ok, err, code = c.conn:write(head)
       if ok then
-        rhead, first, complete = M._read_head(c, no_body, true)
-        if not rhead then ok, err, code = nil, first, complete end
+        -- the interim 100, a final answer, or after a second the body
+        -- anyway (a server that ignores Expect), as curl does
+        local asyncio = require "asyncio"
+        local done, h, f, cmp = pcall(asyncio.wait_for, M._read_head, EXPECT_WAIT, c, no_body, true)
+        if done then
+          rhead, first, complete = h, f, cmp
+          if not rhead then ok, err, code = nil, first, complete end
+        elseif not asyncio.is_timeout(h) then
+          error(h, 0)
+        end
       end
-      if ok and rhead.status == 100 then
+      if ok and rhead and rhead.status == 100 then
         rhead = nil
-      elseif ok then
+      elseif ok and rhead then
         c.reusable = false                 -- answered without the body it announced
       end
     else

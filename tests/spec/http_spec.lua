@@ -435,6 +435,21 @@ describe("http.request against Python's http.server", function()
     assert.are.same({201, "got later"}, {status, body})
   end, 30))
 
+  it("sends the body after a second to a server that ignores Expect", bounded(function()
+    local srv = assert(net.serve("127.0.0.1", 0, function(conn)
+      local head = {}
+      repeat head[#head + 1] = conn:read_line() until head[#head] == "\r"
+      local body = conn:read_exactly(5)
+      conn:write("HTTP/1.1 200 OK\r\nContent-Length: " .. #body .. "\r\nConnection: close\r\n\r\n" .. body)
+    end))
+    defer(function() srv:close() end)
+    local t0 = tulua.now()
+    local status, body = http.request("POST", "http://127.0.0.1:" .. select(2, srv:address()) .. "/",
+      {body = "later", headers = {expect = "100-continue"}})
+    assert.are.same({200, "later"}, {status, body})
+    assert.is_true(tulua.now() - t0 >= 1)
+  end, 30))
+
   it("follows redirects up to follow", bounded(function()
     local base = python(PY_SERVER)
     local status, body = http.get(base .. "/redirect")
