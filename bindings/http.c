@@ -48,6 +48,7 @@ typedef struct {
   int too_large; /* the head passed max_head */
   int no_body; /* the response answers a HEAD request */
   int oom; /* a buffer could not grow */
+  const char *reason; /* why a callback of ours failed the message */
   llhttp_settings_t settings;
 } parser;
 
@@ -114,9 +115,13 @@ static void ensure_head(parser *ps) {
 static int on_header_value_complete(llhttp_t *p) {
   parser *ps = (parser *)p;
   lua_State *L = ps->L;
+  size_t nlen = ps->field.len - ps->field.pos;
+  if (nlen == 0) { /* llhttp lets ": x" through; no header has no name */
+    ps->reason = "Empty header name";
+    return HPE_USER;
+  }
   ensure_head(ps);
   char *name = ps->field.base + ps->field.pos;
-  size_t nlen = ps->field.len - ps->field.pos;
   for (size_t i = 0; i < nlen; i++)
     name[i] = (char)tolower((unsigned char)name[i]);
   const char *val = ps->value.base ? ps->value.base + ps->value.pos : "";
@@ -232,7 +237,8 @@ static int parse_fail(lua_State *L, parser *ps) {
   } else if (ps->oom) {
     return luaL_error(L, "not enough memory");
   } else {
-    lua_pushfstring(L, "http: %s (%s)", llhttp_get_error_reason(&ps->p),
+    lua_pushfstring(L, "http: %s (%s)",
+                    ps->reason ? ps->reason : llhttp_get_error_reason(&ps->p),
                     llhttp_errno_name(llhttp_get_errno(&ps->p)));
     lua_pushliteral(L, "400");
   }

@@ -37,13 +37,14 @@ static int feed(lua_State *L, const char *p, size_t n) {
     if (next < pos || (next == pos && !lua_toboolean(L, -1))) __builtin_trap();
     if (lua_istable(L, -3)) {
       /* answer it: _http.response(200, req.headers, "ok", keep_alive) */
+      int top = lua_gettop(L);
       lua_getfield(L, 1, "response");
       lua_pushinteger(L, 200);
       lua_getfield(L, -5, "headers");
       lua_pushliteral(L, "ok");
       lua_getfield(L, -7, "keep_alive");
       lua_pcall(L, 4, 2, 0); /* a bad header raises: fine */
-      lua_pop(L, 2);
+      lua_settop(L, top);
     }
     lua_pop(L, 4);
     pos = next;

@@ -168,6 +168,8 @@ describe("http.serve with raw bytes", function()
     local out = raw(port_of(url), "GARBAGE\r\n\r\n", true)
     assert.matches("^HTTP/1.1 400 Bad Request\r\n", out)
     assert.matches("Connection: close\r\n", out)
+    out = raw(port_of(url), "GET / HTTP/1.0\r\n: no name\r\n\r\n", true)   -- found by fuzz_http
+    assert.matches("^HTTP/1.1 400 Bad Request\r\n.*Empty header name", out)
   end, 30))
 
   it("refuses Content-Length beside Transfer-Encoding (request smuggling)", bounded(function()
