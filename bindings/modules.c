@@ -30,6 +30,8 @@ static const luaL_Reg modules[] = {
     {"tulua._future", luaopen_tulua_future},
     {"tulua._thread_pool", luaopen_tulua_thread_pool},
     {"tulua._process_pool", luaopen_tulua_process_pool},
+    {"tulua._http", luaopen_tulua_http_core},
+    {"tulua._wslay", luaopen_tulua_wslay},
     {NULL, NULL}};
 
 void tulua__preload_bindings(lua_State *L) {

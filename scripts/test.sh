@@ -3,7 +3,8 @@
 # checks that host/ names nothing of bindings/ (check_layers.sh), builds
 # with AddressSanitizer and UndefinedBehaviorSanitizer into build-asan/,
 # checks formatting and Lua lint, and runs every test, then fuzzes the
-# transfer format for 15 seconds (build-fuzz/, clang).
+# transfer format and the HTTP request parser for 15 seconds each
+# (build-fuzz/, clang).
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/deps.sh
@@ -21,3 +22,8 @@ rm -rf build-fuzz/corpus build-fuzz/artifacts
 mkdir -p build-fuzz/artifacts
 cp -R tests/fuzz/corpus build-fuzz/corpus
 build-fuzz/fuzz_transfer -max_total_time=15 -artifact_prefix=build-fuzz/artifacts/ build-fuzz/corpus
+# the request path of tulua.http (llhttp and the head serialiser), 15 s
+cmake --build build-fuzz --target fuzz_http -j"$(nproc)"
+rm -rf build-fuzz/corpus_http
+cp -R tests/fuzz/corpus_http build-fuzz/corpus_http
+build-fuzz/fuzz_http -max_total_time=15 -artifact_prefix=build-fuzz/artifacts/ build-fuzz/corpus_http

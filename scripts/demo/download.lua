@@ -1,15 +1,14 @@
--- download.lua: fetches many URLs over plain HTTP/1.1 (no TLS), at most K at
--- a time. K worker tasks take URLs from one shared list; each one keeps its
--- connection open from one request to the next (keep-alive) while the host
--- stays the same, so K is also the number of connections. Bodies (sized by
--- Content-Length, chunked, or up to the close) are streamed to a file, or
--- only counted. One line per URL, then a summary; the exit status is 1 if
--- any fetch failed.
+-- download.lua: fetches many http:// and https:// URLs with tulua.http, at
+-- most K at a time. K worker tasks take URLs from one shared list; tulua.http
+-- keeps their connections alive and reuses them per host, so K is also the
+-- number of connections to one host. Bodies (sized by Content-Length,
+-- chunked, or up to the close) are streamed to a file, or only counted; a
+-- body over 1 MiB shows its progress on stderr (unless -q). One line per
+-- URL, then a summary; the exit status is 1 if any fetch failed.
 --
 --   build/tulua scripts/demo/http_server.lua 8080 &
 --   build/tulua scripts/demo/download.lua -k 8 -n 1000 -q http://127.0.0.1:8080/
---   python3 -m http.server -b 127.0.0.1 8000 &          # serves the current directory
---   build/tulua scripts/demo/download.lua -o /tmp/dl http://127.0.0.1:8000/README.md http://127.0.0.1:8000/
+--   build/tulua scripts/demo/download.lua -o /tmp/dl https://deb.debian.org/debian/README
 --
 -- Options: -k K connections (default 4); -n N fetch the list N times (default
 -- 1); -o DIR save each body as DIR/<number>-<name>; -t S give up a request
@@ -17,7 +16,7 @@
 local tulua = require "tulua"
 local asyncio = require "asyncio"
 local fs = require "tulua.fs"
-local net = require "tulua.net"
+local http = require "tulua.http"
 
 local opts, urls = {k = "4", n = "1", t = "30"}, {}
 local i = 1
@@ -32,107 +31,50 @@ local K, N, TIMEOUT = math.tointeger(tonumber(opts.k)), math.tointeger(tonumber(
 assert(K and K > 0 and N and TIMEOUT and #urls > 0,
   "usage: download.lua [-k connections] [-n times] [-o dir] [-t seconds] [-q] URL...")
 
-local LINE = {max = 16 * 1024}     -- read_line's options: the longest header line
+local PROGRESS_FROM = 1024 * 1024  -- bodies longer than this show their progress
 
--- Returns v, or raises err (a read's message) or "connection closed early".
+-- Returns v, or raises err.
 local function need(v, err)
-  if v == nil then error(err or "connection closed early", 0) end
+  if v == nil then error(err or "failed", 0) end
   return v
 end
 
--- Reads the status line and the headers (names in lower case). Returns nil
--- when the server closed without answering.
-local function read_head(conn)
-  local line = conn:read_line(LINE)
-  if not line then return nil end
-  local minor, status = line:match("^HTTP/1%.(%d) (%d%d%d)")
-  if not status then error("not an HTTP/1.x response: " .. line, 0) end
-  local headers = {}
-  while true do
-    line = need(conn:read_line(LINE))
-    if line == "" or line == "\r" then return tonumber(status), headers, minor end
-    local name, value = line:match("^([^:]+):%s*(.-)%s*$")
-    if name then headers[name:lower()] = value end
-  end
+-- Shows "url: got of total" on stderr, at most every 0.2 s.
+local function progress(url, got, total, done)
+  io.stderr:write(("\r%s: %d%s bytes%s"):format(url, got, total and (" of " .. total) or "",
+    done and "\n" or ""))
 end
 
--- Passes the next n bytes of conn to sink.
-local function copy(conn, n, sink)
-  while n > 0 do
-    local chunk = need(conn:read(math.min(n, 64 * 1024)))
-    sink(chunk)
-    n = n - #chunk
-  end
-end
-
--- Streams a response's body to sink; returns whether the body's end is
--- known (else the server ends it by closing the connection).
-local function read_body(conn, status, headers, sink)
-  if status < 200 or status == 204 or status == 304 then return true end
-  if (headers["transfer-encoding"] or ""):lower():find("chunked", 1, true) then
-    while true do
-      local size = tonumber(need(conn:read_line(LINE)):match("^%x+") or "", 16)
-      if not size then error("bad chunk size", 0) end
-      if size == 0 then break end
-      copy(conn, size, sink)
-      need(conn:read_line(LINE))                   -- the CRLF after the chunk
-    end
-    repeat local line = need(conn:read_line(LINE)) until line == "" or line == "\r"  -- trailers
-    return true
-  elseif headers["content-length"] then
-    copy(conn, need(math.tointeger(tonumber(headers["content-length"])), "bad Content-Length"), sink)
-    return true
-  end
-  while true do                    -- no size given: the body ends with the connection
-    local chunk, err = conn:read()
-    if not chunk then
-      if err then error(err, 0) end
-      return false
-    end
-    sink(chunk)
-  end
-end
-
--- Fetches url (the index-th) on the worker's connection w.conn, opening
--- one if needed; returns the status and the body's size.
-local function fetch(w, index, url)
-  local host, port, path = url:match("^http://([%w%.%-]+):?(%d*)(/?[^#]*)")
-  if not host then error("not an http:// URL", 0) end
-  local key = host .. ":" .. (port ~= "" and port or "80")
-  if path == "" then path = "/" end
+-- Fetches url (the index-th) into its sink; returns the status and the
+-- body's size. cur.res holds the response, for the caller to close when a
+-- timeout cuts the fetch.
+local function fetch(index, url, cur)
+  local res = need(http.request("GET", url, {stream = true, headers = {["user-agent"] = "tulua-download"}}))
+  cur.res = res
   local bytes, file = 0, nil
-  local sink                       -- where the body's chunks go
   if opts.o then
-    local name = path:gsub("%?.*", ""):match("[^/]*$")
+    local name = url:gsub("^%a+://[^/]*", ""):gsub("[?#].*", ""):match("[^/]*$")
     file = need(fs.open(("%s/%04d-%s"):format(opts.o, index, name ~= "" and name or "index.html"), "w"))
-    sink = function(chunk) bytes = bytes + #chunk; need(file:write(chunk)) end
-  else
-    sink = function(chunk) bytes = bytes + #chunk end
   end
   local _ <close> = file
-  for _ = 1, 2 do                  -- a kept connection the server has dropped gets one more try
-    local fresh = w.conn == nil or w.key ~= key
-    if fresh then
-      if w.conn then w.conn:close() end
-      w.conn, w.key = need(net.connect(host, tonumber(key:match("%d+$")), {timeout = TIMEOUT})), key
+  local total = tonumber(res.headers["content-length"])
+  local shown, last = false, 0
+  while true do
+    local piece, err = res:read()
+    if not piece then
+      if err then error(err, 0) end
+      break
     end
-    local conn = w.conn
-    need(conn:write(("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tulua-download\r\n\r\n"):format(path, key)))
-    local status, headers, minor = read_head(conn)
-    if status then
-      local connection = (headers.connection or ""):lower()
-      local sized = read_body(conn, status, headers, sink)
-      if not sized or connection:find("close", 1, true)
-        or (minor == "0" and not connection:find("keep-alive", 1, true)) then
-        conn:close()
-        w.conn = nil
-      end
-      return status, bytes
+    bytes = bytes + #piece
+    if file then need(file:write(piece)) end
+    if not opts.q and bytes > PROGRESS_FROM and tulua.now() - last > 0.2 then
+      progress(url, bytes, total)
+      shown, last = true, tulua.now()
     end
-    conn:close()
-    w.conn = nil
-    if fresh then error("connection closed without an answer", 0) end
   end
+  if shown then progress(url, bytes, total, true) end
+  res:close()
+  return res.status, bytes
 end
 
 local jobs, results = {next = 1}, {}
@@ -142,17 +84,16 @@ end
 
 -- A worker: fetches the next URL of the list until none is left.
 local function worker()
-  local w = {}                     -- its connection (conn) and that connection's host:port (key)
   while jobs.next <= #jobs do
     local index = jobs.next
     jobs.next = index + 1
     local t0 = tulua.now()
-    local ok, status, bytes = pcall(asyncio.wait_for, fetch, TIMEOUT, w, index, jobs[index])
+    local cur = {}
+    local ok, status, bytes = pcall(asyncio.wait_for, fetch, TIMEOUT, index, jobs[index], cur)
     if not ok then
       if asyncio.is_cancelled(status) then error(status, 0) end   -- this worker is cancelled: stop
-      if w.conn then w.conn:close() end                            -- in the middle of something
-      w.conn = nil
-      status, bytes = nil, tostring(status)
+      if cur.res then cur.res:close() end                        -- in the middle of a body
+      status, bytes = nil, asyncio.is_timeout(status) and "timed out" or tostring(status)
     end
     results[index] = {status = status, bytes = bytes}
     if not opts.q then
@@ -160,7 +101,6 @@ local function worker()
         or ("ERR %s  %s"):format(bytes, jobs[index]))
     end
   end
-  if w.conn then w.conn:close() end
 end
 
 if opts.o then assert(fs.mkdir(opts.o, {parents = true})) end

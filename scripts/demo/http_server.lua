@@ -1,111 +1,43 @@
--- http_server.lua: a tiny HTTP/1.1 server on 127.0.0.1, one task per
--- connection. GET / (and HEAD /) answers "Hello, World!"; anything else is a
--- 404. Connections are kept alive (HTTP/1.1's default) until the client sends
--- "Connection: close" or closes; requests pipelined on one connection are
--- answered in order. Header lines longer than 8 KiB or more than 100 headers
--- get a 431, a malformed request a 400; request bodies (Content-Length, up to
--- 1 MiB) are read and dropped; chunked ones get a 501. There are no
--- timeouts: a client that stops sending keeps its task waiting (wrap the
--- reads in asyncio.wait_for to bound them). It prints "listening on
--- http://127.0.0.1:PORT/" and runs until killed (Ctrl-C).
+-- http_server.lua: a small HTTP/1.1 server on 127.0.0.1 with tulua.http.
+-- GET / (and HEAD /) answers "Hello, World!"; POST /echo answers its body
+-- (Content-Length or chunked, up to 1 MiB); GET /events streams three
+-- server-sent events; anything else is a 404. tulua.http does the rest:
+-- keep-alive and pipelining in order, Date and Content-Length, HEAD without
+-- a body, 400 for a malformed request, 431 for a head over 16 KiB, 413 for
+-- a body over 1 MiB, clients that stall dropped after 10 s. It prints
+-- "listening on http://127.0.0.1:PORT/" and runs until killed (Ctrl-C).
 --
 --   build/tulua scripts/demo/http_server.lua [port]    -- default 8080, 0: any free port
 --   curl -i http://127.0.0.1:8080/
+--   curl -N http://127.0.0.1:8080/events
 --   wrk -t1 -c50 -d5s http://127.0.0.1:8080/
-local net = require "tulua.net"
+local tulua = require "tulua"
+local http = require "tulua.http"
 
 local port = math.tointeger(tonumber(arg[1] or 8080))
 assert(port and port >= 0 and port <= 65535, "usage: http_server.lua [port]")
 
-local MAX_LINE = 8192              -- bytes in the request line or a header line
-local MAX_HEADERS = 100
-local MAX_BODY = 1024 * 1024
-local LINE = {max = MAX_LINE}      -- read_line's options, made once
-local REASON = {[200] = "OK", [400] = "Bad Request", [404] = "Not Found", [413] = "Content Too Large",
-  [431] = "Request Header Fields Too Large", [501] = "Not Implemented"}
+local TEXT = {["content-type"] = "text/plain"}
 
--- The Date header, formatted at most once a second.
-local date, date_time = nil, nil
-local function http_date()
-  local now = os.time()
-  if now ~= date_time then date, date_time = os.date("!%a, %d %b %Y %H:%M:%S GMT", now), now end
-  return date
-end
-
--- Writes a response. connection: the Connection header line to send ("" for
--- HTTP/1.1's keep-alive); nil or false: "close". Returns true, or nil when
--- the client is gone.
-local function respond(conn, status, body, connection, head_only)
-  return conn:write(("HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n%s")
-    :format(status, REASON[status], http_date(), #body, connection or "Connection: close\r\n",
-      head_only and "" or body))
-end
-
--- Whether a comma-separated header value lists token (case-insensitive).
-local function has_token(value, token)
-  for item in value:gmatch("[^,]+") do
-    if item:match("^%s*(.-)%s*$"):lower() == token then return true end
+local function handle(req)
+  local path = req.path
+  if path == "/" and (req.method == "GET" or req.method == "HEAD") then
+    return 200, "Hello, World!", TEXT
+  elseif path == "/echo" and req.method == "POST" then
+    local body, err = req:read_body()
+    if not body then return 413, err .. "\n", TEXT end
+    return 200, body, TEXT
+  elseif path == "/events" and req.method == "GET" then
+    local w = req:respond(200, {["content-type"] = "text/event-stream", ["cache-control"] = "no-cache"})
+    for i = 1, 3 do
+      if not w:write(("data: event %d\n\n"):format(i)) then return end
+      tulua.sleep(0.1)
+    end
+    return
   end
-  return false
+  return 404, "not found\n", TEXT
 end
 
--- Reads one request's header lines into a table (names in lower case);
--- returns it, or nil and the status to fail with.
-local function read_headers(conn)
-  local headers = {}
-  for _ = 1, MAX_HEADERS + 1 do
-    local line, _, code = conn:read_line(LINE)
-    if not line then return nil, code == "ENOBUFS" and 431 or nil end
-    if line == "" or line == "\r" then return headers end
-    local name, value = line:match("^([^:%s]+):[ \t]*(.-)[ \t\r]*$")
-    if not name then return nil, 400 end
-    headers[name:lower()] = value
-  end
-  return nil, 431
-end
-
--- Serves the requests of one connection until it should close.
-local function serve(conn)
-  while true do
-    local line, _, code = conn:read_line(LINE)
-    if line == "" or line == "\r" then       -- a stray CRLF between requests is allowed
-      line, _, code = conn:read_line(LINE)
-    end
-    if not line then                         -- the client closed (or sent a monster line)
-      if code == "ENOBUFS" then respond(conn, 431, "request line too long\n") end
-      return
-    end
-    local method, target, minor = line:match("^(%u+) (%S+) HTTP/1%.(%d)\r?$")
-    if not method then return respond(conn, 400, "bad request line\n") end
-    local headers, status = read_headers(conn)
-    if not headers then return status and respond(conn, status, REASON[status] .. "\n") end
-
-    if headers["transfer-encoding"] then return respond(conn, 501, "chunked bodies are not supported\n") end
-    local length = headers["content-length"]
-    if length then
-      length = math.tointeger(tonumber(length:match("^%d+$")))
-      if not length then return respond(conn, 400, "bad Content-Length\n") end
-      if length > MAX_BODY then return respond(conn, 413, "body too large\n") end
-      if length > 0 and not conn:read_exactly(length) then return end  -- drop the body
-    end
-
-    -- HTTP/1.1 keeps the connection unless told to close; 1.0 the other way round.
-    local connection = headers.connection
-    local keep_alive
-    if minor == "0" then
-      keep_alive = connection and has_token(connection, "keep-alive") and "Connection: keep-alive\r\n"
-    else
-      keep_alive = not (connection and has_token(connection, "close")) and ""
-    end
-    local ok
-    if (method == "GET" or method == "HEAD") and target == "/" then
-      ok = respond(conn, 200, "Hello, World!", keep_alive, method == "HEAD")
-    else
-      ok = respond(conn, 404, "not found\n", keep_alive, method == "HEAD")
-    end
-    if not ok or not keep_alive then return end
-  end
-end
-
-local server = assert(net.serve("127.0.0.1", port, serve))
+local server = assert(http.serve("127.0.0.1", port, handle,
+  {max_body = 1024 * 1024, header_timeout = 10, keepalive_timeout = 10}))
 print(("listening on http://%s:%d/"):format(server:address()))

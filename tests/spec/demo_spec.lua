@@ -1,7 +1,7 @@
 -- The demos of scripts/demo/ against real peers: the echo client against the
 -- echo server, curl and raw sockets against the HTTP server, the downloader
 -- against the HTTP server, `python3 -m http.server` and small servers of
--- this spec, and the pipeline with real programs. Servers run as
+-- this spec (one https, its certificate made by openssl), and the pipeline with real programs. Servers run as
 -- subprocesses on free ports of 127.0.0.1 (each prints its port first) and
 -- are killed at the end of their test; every test runs under a 20 s
 -- watchdog and every program under a timeout.
@@ -152,28 +152,33 @@ describe("demos", function()
       assert.are.equal(2, hellos) -- not for HEAD
     end))
 
-    it("limits the request line and header lines (read_line's max) and their number", bounded(function()
+    it("limits the head to 16 KiB (431) and the body to 1 MiB (413)", bounded(function()
       local server <close> = start_demo("http_server.lua")
-      local long = exchange(server.port, "GET /" .. ("a"):rep(10000) .. " HTTP/1.1\r\n\r\n")
+      local long = exchange(server.port, "GET /" .. ("a"):rep(20000) .. " HTTP/1.1\r\n\r\n")
       assert.matches("^HTTP/1.1 431 Request Header Fields Too Large\r\n", long)
-      local header = exchange(server.port, "GET / HTTP/1.1\r\nCookie: " .. ("b"):rep(9000) .. "\r\n\r\n")
+      local header = exchange(server.port, "GET / HTTP/1.1\r\nCookie: " .. ("b"):rep(17000) .. "\r\n\r\n")
       assert.matches("^HTTP/1.1 431 ", header)
       assert.matches("\r\nConnection: close\r\n", header)
-      local many = exchange(server.port, "GET / HTTP/1.1\r\n" .. ("X-A: 1\r\n"):rep(101) .. "\r\n")
-      assert.matches("^HTTP/1.1 431 ", many)
       local fine = exchange(server.port, "GET / HTTP/1.1\r\nCookie: " .. ("c"):rep(8000) .. "\r\n"
-        .. ("X-A: 1\r\n"):rep(98) .. "Connection: close\r\n\r\n") -- 100 headers: the most
+        .. ("X-A: 1\r\n"):rep(98) .. "Connection: close\r\n\r\n")
       assert.are.same({200}, statuses(fine))
+      assert.matches("^HTTP/1.1 413 ", exchange(server.port, "POST /echo HTTP/1.1\r\nContent-Length: 9999999\r\n\r\n"))
     end))
 
-    it("answers malformed requests with 400 and chunked bodies with 501, then closes", bounded(function()
+    it("answers malformed requests with 400, then closes; echoes chunked bodies", bounded(function()
       local server <close> = start_demo("http_server.lua")
       assert.matches("^HTTP/1.1 400 ", exchange(server.port, "HELLO THERE\r\n\r\n"))
       assert.matches("^HTTP/1.1 400 ", exchange(server.port, "GET / HTTP/1.1\r\nno colon here\r\n\r\n"))
       assert.matches("^HTTP/1.1 400 ", exchange(server.port, "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"))
-      assert.matches("^HTTP/1.1 413 ", exchange(server.port, "POST / HTTP/1.1\r\nContent-Length: 9999999\r\n\r\n"))
-      assert.matches("^HTTP/1.1 501 ", exchange(server.port,
-        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"))
+      local echo = exchange(server.port, "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+        .. "Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+      assert.matches("^HTTP/1.1 200 .*\r\n\r\nhello$", echo)
+    end))
+
+    it("streams server-sent events", bounded(function()
+      local server <close> = start_demo("http_server.lua")
+      assert.are.same({0, "data: event 1\n\ndata: event 2\n\ndata: event 3\n\n", ""},
+        {run({"curl", "-sS", "-N", server.url .. "events"})})
     end))
 
     it("speaks HTTP/1.0: closes unless asked to keep the connection", bounded(function()
@@ -299,6 +304,26 @@ describe("demos", function()
       end
     end))
 
+    it("fetches https with the certificates of SSL_CERT_FILE, progress on stderr", bounded(function()
+      local cert, key = dir .. "/cert.pem", dir .. "/key.pem"
+      assert.are.equal(0, (run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+        "-out", cert, "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"})))
+      local big = ("0123456789abcdef"):rep(2 * 65536)                  -- 2 MiB
+      local srv = assert(require("tulua.http").serve("127.0.0.1", 0, function(req)
+        return 200, req.path == "/big" and big or "small"
+      end, {tls = {cert = cert, key = key}}))
+      local base = ("https://localhost:%d"):format(select(2, srv:address()))
+      local env = {PATH = os.getenv("PATH"), SSL_CERT_FILE = cert}
+      local status, out, err = run({TULUA, DEMO .. "download.lua", "-o", dir .. "/got", base .. "/big",
+        base .. "/small"}, {env = env})
+      srv:close()
+      assert.are.equal(0, status, err)
+      assert.matches("\n2 fetched %(2097157 bytes%), 0 failed, ", out)
+      assert.matches(base:gsub("%p", "%%%0") .. "/big: 2097152 of 2097152 bytes\n", err)
+      assert.are.equal(big, assert(fs.read_file(dir .. "/got/0001-big")))
+      assert.are.equal("small", assert(fs.read_file(dir .. "/got/0002-small")))
+    end))
+
     it("gives up a request after -t seconds and reports unreachable servers", bounded(function()
       local _ <close>, url = serve({
         ["/silent"] = function(conn)
@@ -316,8 +341,32 @@ describe("demos", function()
       assert.are.equal(1, status)
       assert.matches("ERR timed out  http://[%d.:]+/silent\n", out)
       assert.matches("ERR [^\n]*connection refused[^\n]*\n", out)
-      assert.matches("ERR not an http:// URL  ftp://example.org/\n", out)
+      assert.matches("ERR unsupported URL scheme 'ftp'  ftp://example.org/\n", out)
       assert.matches("\n0 fetched %(0 bytes%), 3 failed, ", out)
+    end))
+  end)
+
+  describe("ws_chat.lua", function()
+    it("serves its page and relays messages between WebSocket members", bounded(function()
+      local http = require("tulua.http")
+      local server <close> = start_demo("ws_chat.lua")
+      local status, page = run({"curl", "-sS", server.url})
+      assert.are.equal(0, status)
+      assert.matches("<title>tulua chat</title>", page)
+      local chat = server.url:gsub("^http", "ws") .. "chat"
+      local a = assert(http.websocket(chat))
+      assert.are.same({"* 1 joined (1 here)", "text"}, {a:receive()})
+      local b = assert(http.websocket(chat))
+      assert.are.same({"* 2 joined (2 here)", "text"}, {a:receive()})
+      assert.are.same({"* 2 joined (2 here)", "text"}, {b:receive()})
+      assert(a:send("hi all"))
+      assert.are.same({"1: hi all", "text"}, {a:receive()})
+      assert.are.same({"1: hi all", "text"}, {b:receive()})
+      b:close()
+      assert.are.same({"* 2 left", "text"}, {a:receive()})
+      a:close()
+      local plain = exchange(server.port, "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+      assert.matches("^HTTP/1.1 426 ", plain)
     end))
   end)
 

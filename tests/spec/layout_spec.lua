@@ -46,10 +46,10 @@ local folders = {
   {dir = "scripts", wants = function() return true end},
   {
     dir = "tests",
-    -- the specs, C tests, fuzz target and tools; fixtures, the fuzz corpus
+    -- the specs, C tests, fuzz targets and tools; fixtures, the fuzz corpora
     -- and tests/bench (which has a README of its own) are listed as folders
     wants = function(rel)
-      return not rel:find("^spec/fixtures/") and not rel:find("^fuzz/corpus/")
+      return not rel:find("^spec/fixtures/") and not rel:find("^fuzz/corpus[%w_]*/")
         and not rel:find("^bench/")
     end,
   },
