@@ -29,6 +29,7 @@ static const luaL_Reg modules[] = {
     {"tulua._future", luaopen_tulua_future},
     {"tulua._thread_pool", luaopen_tulua_thread_pool},
     {"tulua._process_pool", luaopen_tulua_process_pool},
+    {"tulua._mpi", luaopen_tulua_mpi_loader},
     {NULL, NULL}};
 
 void tulua__preload_bindings(lua_State *L) {
