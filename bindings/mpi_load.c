@@ -32,7 +32,8 @@ int luaopen_tulua_mpi_loader(lua_State *L) {
       err = dlerror();
       continue;
     }
-    lua_CFunction open = (lua_CFunction)(uintptr_t)dlsym(lib, "luaopen_tulua_mpi");
+    lua_CFunction open =
+        (lua_CFunction)(uintptr_t)dlsym(lib, "luaopen_tulua_mpi");
     if (open == NULL) return luaL_error(L, "%s: no luaopen_tulua_mpi", path);
     return open(L);
   }

@@ -52,16 +52,33 @@
 #include "process_pool.h"
 #include "transfer.h"
 
-#define HUB_MT  "tulua.mpi_hub"
-#define LINK_MT "tulua.mpi_link"
-#define TAG     0x7475 /* "tu" */
+#define HUB_MT      "tulua.mpi_hub"
+#define LINK_MT     "tulua.mpi_link"
+#define TAG         0x7475 /* "tu" */
 #define BACKOFF_MIN 10000L /* ns: the first wait of an idle thread */
 #define BACKOFF_MAX 1000000L /* ns: the longest */
+#define BACKOFF_HOT 50000L /* ns: the longest while messages stream */
+#define HOT         5000000ULL /* ns since the last message: still streaming */
+
+/* The next wait of an idle prober: doubling from BACKOFF_MIN, up to
+ * BACKOFF_HOT within HOT of the last message, else BACKOFF_MAX. So a
+ * stream of small jobs sees tens of microseconds of latency, and a
+ * thread that waits for long jobs wakes a thousand times a second, which
+ * costs next to nothing. */
+static long next_backoff(long backoff, uint64_t last) {
+  backoff = backoff == 0 ? BACKOFF_MIN : backoff * 2;
+  long cap = uv_hrtime() - last < HOT ? BACKOFF_HOT : BACKOFF_MAX;
+  return backoff > cap ? cap : backoff;
+}
+
+#define SPINS 200 /* probes (some microseconds) before an idle worker sleeps   \
+                   */
+#define GRACE       2000000000ULL /* ns the workers have to leave at the end */
 #define WATCH_EVERY 50000000ULL /* ns between looks at the workers' pids */
 
 /* What the owner and its workers must agree on. */
-#define OWN_VERSION(buf)                                                   \
-  snprintf(buf, sizeof buf, "%s (transfer format %d)", TULUA_VERSION, \
+#define OWN_VERSION(buf)                                                       \
+  snprintf(buf, sizeof buf, "%s (transfer format %d)", TULUA_VERSION,          \
            TULUA_TRANSFER_FORMAT)
 
 /* ---- the owner: pools (hubs), their links, the communication thread ---- */
@@ -83,6 +100,7 @@ struct mlink {
   /* shared, under G.m */
   tulua__bytes s_in;
   int s_news, s_exited, s_pid;
+  int s_bye; /* the worker said 'E': it leaves MPI */
   double s_offset; /* seconds to add to the worker's clock */
   char s_host[256];
   char s_why[320];
@@ -106,6 +124,8 @@ struct hub {
   char fail[300];
   MPI_Comm comm; /* the thread's */
   int spawned; /* the thread's: comm is an intercommunicator */
+  int released; /* the thread's: the owner let go; it goes once its
+                   workers have left (said 'E' or are gone) */
   uint64_t watched; /* when the thread last looked at the pids */
 };
 
@@ -234,6 +254,7 @@ static int receive(hub *h) {
     }
     rc = MPI_Recv(buf, count, MPI_BYTE, st.MPI_SOURCE, TAG, h->comm,
                   MPI_STATUS_IGNORE);
+    if (rc == MPI_SUCCESS && count >= HDR && buf[4] == 'E') count = HDR;
     if (rc != MPI_SUCCESS) {
       free(buf);
       fail_hub(h, "MPI_Recv", rc);
@@ -247,7 +268,9 @@ static int receive(hub *h) {
     }
     mlink *l = &h->links[idx];
     pthread_mutex_lock(&G.m);
+    if (count >= HDR && buf[4] == 'E') l->s_bye = 1;
     size_t skip = take_hello(l, buf, (size_t)count);
+    if (l->s_bye) skip = (size_t)count;
     size_t rest = (size_t)count - skip;
     if (rest > 0 && tulua__bytes_reserve(&l->s_in, rest) == 0) {
       memcpy(l->s_in.base + l->s_in.len, buf + skip, rest);
@@ -375,16 +398,11 @@ static void run_cmd(cmd *c) {
       tulua__queue_insert_tail(&G.sends, &s->node);
       break;
     }
-    case CMD_RELEASE: {
-      if (!tulua__queue_empty(&h->node)) tulua__queue_remove(&h->node);
+    case CMD_RELEASE:
       /* an intercommunicator is left to MPI_Finalize: disconnecting
        * waits for every worker, a stuck one too */
-      pthread_mutex_lock(&G.m);
-      int last = unref_hub(h);
-      pthread_mutex_unlock(&G.m);
-      if (last) free_hub(h);
+      h->released = 1;
       break;
-    }
   }
   free(c->buf);
   free(c->hosts);
@@ -409,6 +427,45 @@ static int test_sends(void) {
   return !tulua__queue_empty(&G.sends);
 }
 
+/* How many workers of h have not left (thread). */
+static int live_workers(hub *h) {
+  int live = 0;
+  pthread_mutex_lock(&G.m);
+  if (!h->failed)
+    for (int i = 0; i < h->n; i++)
+      live += !h->links[i].s_bye && !h->links[i].s_exited;
+  pthread_mutex_unlock(&G.m);
+  return live;
+}
+
+/* Lets go of h (thread): out of the list, the thread's reference. */
+static void drop_hub(hub *h) {
+  tulua__queue_remove(&h->node);
+  pthread_mutex_lock(&G.m);
+  int last = unref_hub(h);
+  pthread_mutex_unlock(&G.m);
+  if (last) free_hub(h);
+}
+
+/* At the end, the workers on this host that did not leave in time (a job
+ * that never ends) are killed, as the process pool kills its workers
+ * after a grace: MPI_Finalize would wait for them. Elsewhere, Open MPI
+ * decides. Thread. */
+static void kill_stragglers(void) {
+  tulua__queue *q;
+  pthread_mutex_lock(&G.m);
+  tulua__queue_foreach(q, &G.hubs) {
+    hub *h = tulua__container_of(q, hub, node);
+    for (int i = 0; i < h->n; i++) {
+      mlink *l = &h->links[i];
+      if (!l->s_bye && !l->s_exited && l->s_pid > 0 &&
+          strcmp(l->s_host, G.host) == 0)
+        kill(l->s_pid, SIGKILL);
+    }
+  }
+  pthread_mutex_unlock(&G.m);
+}
+
 static void *comm_main(void *arg) {
   (void)arg;
   int provided = 0;
@@ -428,6 +485,9 @@ static void *comm_main(void *arg) {
   pthread_mutex_unlock(&G.m);
   if (rc != MPI_SUCCESS) return NULL;
   long backoff = 0;
+  uint64_t last = 0, stopped = 0;
+  int killed = 0;
+  tulua__queue *q;
   for (;;) {
     pthread_mutex_lock(&G.m);
     tulua__queue cmds;
@@ -436,24 +496,36 @@ static void *comm_main(void *arg) {
     int stop = G.stop;
     pthread_mutex_unlock(&G.m);
     int busy = !tulua__queue_empty(&cmds);
-    tulua__queue *q;
     while ((q = tulua__queue_pop(&cmds)) != NULL)
       run_cmd(tulua__container_of(q, cmd, node));
     int sending = test_sends();
-    tulua__queue_foreach(q, &G.hubs) {
+    tulua__queue *next;
+    for (q = tulua__queue_head(&G.hubs); q != NULL; q = next) {
+      next = q->next == &G.hubs ? NULL : q->next;
       hub *h = tulua__container_of(q, hub, node);
-      if (h->comm == MPI_COMM_NULL) continue;
-      if (receive(h)) busy = 1;
-      watch(h);
+      if (h->comm != MPI_COMM_NULL) {
+        if (receive(h)) busy = 1;
+        watch(h);
+      }
+      if (h->released && (h->comm == MPI_COMM_NULL || live_workers(h) == 0))
+        drop_hub(h);
     }
-    if (stop && !sending) break;
-    if (busy || sending) {
-      backoff = sending && !busy ? BACKOFF_MIN : 0;
-      if (backoff == 0) continue;
-    } else {
-      backoff = backoff == 0 ? BACKOFF_MIN : backoff * 2;
-      if (backoff > BACKOFF_MAX) backoff = BACKOFF_MAX;
+    if (stop) {
+      uint64_t t = uv_hrtime();
+      if (stopped == 0) stopped = t;
+      if (!sending && tulua__queue_empty(&G.hubs)) break;
+      if (!killed && t - stopped > GRACE) {
+        kill_stragglers();
+        killed = 1;
+      }
+      if (t - stopped > GRACE + GRACE / 2) break;
     }
+    if (busy) {
+      last = uv_hrtime();
+      backoff = 0;
+      continue;
+    }
+    backoff = sending ? BACKOFF_MIN : next_backoff(backoff, last);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_nsec += backoff;
@@ -466,6 +538,8 @@ static void *comm_main(void *arg) {
       pthread_cond_timedwait(&G.cv, &G.m, &ts);
     pthread_mutex_unlock(&G.m);
   }
+  while ((q = tulua__queue_head(&G.hubs)) != NULL)
+    drop_hub(tulua__container_of(q, hub, node));
   /* the ranks of a static start that no pool took are told to stop */
   if (G.world_rank == 0 && G.world_size > 1 && !G.world_taken) {
     char h[HDR];
@@ -493,7 +567,8 @@ static const char *start_thread(void) {
     }
     G.started = 1;
   }
-  while (G.init_state == 0) pthread_cond_wait(&G.init_cv, &G.m);
+  while (G.init_state == 0)
+    pthread_cond_wait(&G.init_cv, &G.m);
   pthread_mutex_unlock(&G.m);
   return G.init_state < 0 ? G.init_error : NULL;
 }
@@ -621,8 +696,10 @@ static int mpi_hub(lua_State *L) {
       return luaL_error(L, "the worker ranks of this mpiexec serve one pool, "
                            "and it was made already");
     if (n > size - 1)
-      return luaL_error(L, "%d workers asked, but mpiexec started %d ranks "
-                        "besides this one", (int)n, size - 1);
+      return luaL_error(L,
+                        "%d workers asked, but mpiexec started %d ranks "
+                        "besides this one",
+                        (int)n, size - 1);
   }
   lua_settop(L, 3);
   cmd *c = calloc(1, sizeof *c);
@@ -718,8 +795,7 @@ static int hub_gc(lua_State *L) {
   put_header(stop, 0, 'S', 0, 0);
   for (int i = 0; i < h->n; i++) {
     mlink *l = &h->links[i];
-    if (!l->stopped && !l->exited &&
-        tulua__bytes_reserve(&l->out, HDR) == 0) {
+    if (!l->stopped && !l->exited && tulua__bytes_reserve(&l->out, HDR) == 0) {
       memcpy(l->out.base + l->out.len, stop, HDR);
       l->out.len += HDR;
     }
@@ -886,9 +962,10 @@ static int link_info(lua_State *L) {
 typedef struct {
   MPI_Comm comm;
   tulua__bytes scratch;
+  uint64_t last; /* when the last message came */
 } wport;
 
-static wport W = {MPI_COMM_NULL, {0}};
+static wport W = {MPI_COMM_NULL, {0}, 0};
 
 static int w_drain(void *ud, tulua__bytes *in) {
   wport *w = ud;
@@ -903,6 +980,7 @@ static int w_drain(void *ud, tulua__bytes *in) {
                  MPI_STATUS_IGNORE) != MPI_SUCCESS)
       return -1;
     in->len += (size_t)count;
+    w->last = uv_hrtime();
   }
 }
 
@@ -924,13 +1002,13 @@ static int w_write(void *ud, struct iovec *iov, int n) {
 static void w_block(void *ud) {
   wport *w = ud;
   long backoff = 0;
-  for (;;) {
+  for (int spins = 0;; spins++) {
     int flag = 0;
     if (MPI_Iprobe(0, TAG, w->comm, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS ||
         flag)
       return;
-    backoff = backoff == 0 ? BACKOFF_MIN : backoff * 2;
-    if (backoff > BACKOFF_MAX) backoff = BACKOFF_MAX;
+    if (spins < SPINS) continue; /* the next job of a stream is near */
+    backoff = next_backoff(backoff, w->last);
     struct timespec ts = {0, backoff};
     nanosleep(&ts, NULL);
   }
@@ -938,7 +1016,8 @@ static void w_block(void *ud) {
 
 static const tulua__port_io w_io = {w_drain, w_write, w_block};
 
-/* mpi.worker_open() -> port, index, host: a worker rank's port (the port
+/* mpi.worker_open() -> port, index, host | nil (stopped unused): a
+ * worker rank's port (the port
  * functions of tulua._process_pool): MPI_Init on this thread, 'W' to rank
  * 0 of the owner, then the start frames (see port_open). A different
  * version of the owner is told to it and raised here. */
@@ -970,8 +1049,10 @@ static int mpi_worker_open(lua_State *L) {
     snprintf(version, sizeof version, "%s", fake);
   else
     OWN_VERSION(version);
-  const char *who = lua_pushfstring(L, "worker rank %d on host %s", index, host);
+  const char *who =
+      lua_pushfstring(L, "worker rank %d on host %s", index, host);
   tulua__port_open_io(L, &w_io, &W, lua_pushstring(L, version), who);
+  if (lua_isnil(L, -1)) return 1;
   lua_pushinteger(L, index);
   lua_pushstring(L, host);
   return 3;
@@ -1004,6 +1085,11 @@ static int mpi_worker_wait_stop(lua_State *L) {
  * owner first). */
 static int mpi_worker_close(lua_State *L) {
   (void)L;
+  if (W.comm != MPI_COMM_NULL) { /* 'E': the owner need not wait for it */
+    char bye[HDR];
+    put_header(bye, 0, 'E', 0, 0);
+    MPI_Send(bye, HDR, MPI_BYTE, 0, TAG, W.comm);
+  }
   W.comm = MPI_COMM_NULL;
   free(W.scratch.base);
   memset(&W.scratch, 0, sizeof W.scratch);

@@ -73,7 +73,8 @@ typedef struct tulua__port_io {
 } tulua__port_io;
 
 /* Pushes a worker's port (the one of process_pool.port_open, with the same
- * port functions) over io and waits, as port_open does, for its start. An
+ * port functions) over io and waits, as port_open does, for its start, or
+ * pushes nil if told to stop before it (a worker the pool never used). An
  * owner whose 'V' differs from version is told so (the message begins with
  * who: "worker rank 2 on host h"), and this raises that message.
  * [-0, +1, v] */

@@ -240,8 +240,13 @@ static int port_start(lua_State *L, port *p, const char *who) {
     port_write(p, iov, 2);
     return lua_error(L);
   }
-  if (!p->have_paths || !p->have_init)
+  if (!p->have_paths || !p->have_init) {
+    if (p->io != NULL) { /* stopped before it had work: nothing */
+      lua_pushnil(L);
+      return 1;
+    }
     return luaL_error(L, "the parent closed the channel before the start");
+  }
   p->ctx = tulua__worker_control(L);
   return 1;
 }

@@ -22,6 +22,8 @@ local M = {}
 -- pool's worker, LUA_INIT does not run and the paths are the owner's).
 local WORKER_CODE = "require('concurrent._mpi_pool').worker_main()"
 
+local FAST = 0.01 -- seconds (the process pool's is 0.001)
+
 -- set by concurrent.futures.mpi under mpiexec: the ranks of the job serve
 local static = false
 
@@ -76,6 +78,9 @@ function M.new(max_workers, opts, core)
     {__index = transport})
   local pool = process_pool.new(max_workers, opts, core, tr)
   pool.version = mpi.version()
+  -- a round trip through MPI and two idle waits takes longer than one
+  -- over a socket pair: the windows grow, and jobs go ahead, on that scale
+  pool.fast = FAST
   if static then
     pool.hub = mpi.hub(max_workers, process_pool.on_event)
   else
@@ -129,8 +134,8 @@ end
 -- stop.
 function M.worker_main()
   local ok, port = pcall(mpi.worker_open)
-  if not ok then
-    mpi.worker_wait_stop()
+  if not ok or port == nil then -- a version told to the owner; or stopped unused
+    if not ok then mpi.worker_wait_stop() end
     mpi.worker_close()
     os.exit(0)
   end
