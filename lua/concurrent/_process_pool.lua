@@ -301,7 +301,7 @@ end
 
 -- ---- events of a worker ----
 
-local function on_reply(pool, w, wid, status, t0, t1, err, tb, ...)
+local function on_reply(pool, w, wid, status, t0, t1, ...)
   if w.n == 0 or w.fwid[w.fh] ~= wid then -- not what it was asked
     w.link:reap(0)
     return
@@ -315,8 +315,11 @@ local function on_reply(pool, w, wid, status, t0, t1, err, tb, ...)
   end
   if w.retiring and w.n == 0 then retire(pool, w) end
   add_outstanding(pool, -1)
-  if status == "error" and pool.tr.failed then err, tb = pool.tr.failed(w, err, tb) end
-  deliver(pool, id, status, w.index, t0, t1, err, tb, ...)
+  if status == "error" and pool.tr.failed then
+    deliver(pool, id, status, w.index, t0, t1, pool.tr.failed(w, ...))
+  else
+    deliver(pool, id, status, w.index, t0, t1, ...)
+  end
 end
 
 -- The initializer failed in w: the pool is broken, and so are the jobs w
