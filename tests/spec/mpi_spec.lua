@@ -12,7 +12,7 @@ local support = require("support")
 
 local TULUA = support.TULUA
 local FIXTURES = support.FIXTURES
-local SPEC_DIR = FIXTURES:match("^(.*)/fixtures$")
+local SPEC_DIR = support.absolute(FIXTURES:match("^(.*)/fixtures$"))
 local q = support.shell_quote
 
 -- What Open MPI needs here, set for the runs of these specs only: CI runs
@@ -191,6 +191,18 @@ describe("MPIPoolExecutor", function()
         " runs tulua 9%.9, the script tulua %d+%.%d+%.%d+ %(transfer format %d+%)\n$", out)
     end)
   end
+
+  it("runs the talk's busy_cpu jobs on ranks (scripts/talk/mpi_cpu.lua)", function()
+    local script = q(SPEC_DIR .. "/../../scripts/talk/mpi_cpu.lua")
+    local status, out, err = run(static(4, script, "100000"))
+    assert.are.equal(0, status, err)
+    local finished = {}
+    for k in out:gmatch("Finish rank job (%d)\n") do finished[#finished + 1] = tonumber(k) end
+    table.sort(finished)
+    assert.are.same({0, 1, 2, 3, 4, 5}, finished)
+    for r = 1, 3 do assert.matches("\nrank " .. r .. " |", out) end
+    assert.matches("\n1 job 1  2 job 2  3 job 3  4 job 4  5 job 5  6 job 6\n$", out)
+  end)
 
   it("gives the workers env, wdir, path and the initializer", function()
     local dir = temp_dir()
