@@ -71,8 +71,9 @@ static long next_backoff(long backoff, uint64_t last) {
   return backoff > cap ? cap : backoff;
 }
 
-#define SPINS 200 /* probes (some microseconds) before an idle worker sleeps   \
-                   */
+#define SPINS                                                                  \
+  200 /* probes (some microseconds) before an idle worker sleeps               \
+       */
 #define GRACE       2000000000ULL /* ns the workers have to leave at the end */
 #define WATCH_EVERY 50000000ULL /* ns between looks at the workers' pids */
 
@@ -466,6 +467,16 @@ static void kill_stragglers(void) {
   pthread_mutex_unlock(&G.m);
 }
 
+/* Open MPI yields the CPU (sched_yield) in every probe that finds nothing
+ * when it sees more ranks than cores, and mpiexec --oversubscribe says so:
+ * a system call and a trip through the scheduler for each look. The naps
+ * of this file do that job, so its probes should not yield (unless the
+ * user chose otherwise). Called before MPI_Init, before any thread of
+ * ours reads the environment. */
+static void no_yield(void) {
+  setenv("OMPI_MCA_mpi_yield_when_idle", "0", 0);
+}
+
 static void *comm_main(void *arg) {
   (void)arg;
   int provided = 0;
@@ -561,6 +572,7 @@ static const char *start_thread(void) {
     tulua__queue_init(&G.sends);
     if (gethostname(G.host, sizeof G.host - 1) != 0)
       snprintf(G.host, sizeof G.host, "localhost");
+    no_yield();
     if (pthread_create(&G.thread, NULL, comm_main, NULL) != 0) {
       pthread_mutex_unlock(&G.m);
       return "cannot start the MPI thread";
@@ -1025,6 +1037,7 @@ static int mpi_worker_open(lua_State *L) {
   int provided = 0;
   int inited = 0;
   MPI_Initialized(&inited);
+  if (!inited) no_yield();
   if (!inited && MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) !=
                      MPI_SUCCESS)
     return luaL_error(L, "MPI_Init failed");
