@@ -566,6 +566,10 @@ static void *comm_main(void *arg) {
  * thread. Returns NULL or the reason MPI cannot start. */
 static const char *start_thread(void) {
   pthread_mutex_lock(&G.m);
+  if (G.stop) { /* MPI_Init may not run twice in a process */
+    pthread_mutex_unlock(&G.m);
+    return "MPI has ended in this process (a runtime that used it closed)";
+  }
   if (!G.started) {
     tulua__queue_init(&G.cmds);
     tulua__queue_init(&G.hubs);
