@@ -153,6 +153,7 @@ static struct {
   pthread_cond_t cv, init_cv;
   pthread_t thread;
   int started; /* the thread runs */
+  int joined; /* end_mpi has run */
   int init_state; /* 0 pending, 1 done, -1 failed */
   char init_error[300];
   int stop;
@@ -477,6 +478,41 @@ static void no_yield(void) {
   setenv("OMPI_MCA_mpi_yield_when_idle", "0", 0);
 }
 
+/* At the end, the pools still held (the program ended with os.exit, and
+ * nothing collected them) tell their workers to stop, as a pool's __gc
+ * would. Thread. */
+static void stop_unreleased(void) {
+  char h[HDR];
+  put_header(h, 0, 'S', 0, 0);
+  tulua__queue *q;
+  tulua__queue_foreach(q, &G.hubs) {
+    hub *hb = tulua__container_of(q, hub, node);
+    if (hb->released || hb->comm == MPI_COMM_NULL) continue;
+    hb->released = 1;
+    for (int i = 0; i < hb->n; i++) {
+      pthread_mutex_lock(&G.m);
+      int gone = hb->links[i].s_bye || hb->links[i].s_exited;
+      pthread_mutex_unlock(&G.m);
+      pending *p = gone ? NULL : malloc(sizeof *p);
+      char *buf = p == NULL ? NULL : malloc(HDR);
+      if (buf == NULL) {
+        free(p);
+        continue;
+      }
+      memcpy(buf, h, HDR);
+      int rank = hb->spawned ? i : i + 1;
+      if (MPI_Isend(buf, HDR, MPI_BYTE, rank, TAG, hb->comm, &p->req) !=
+          MPI_SUCCESS) {
+        free(buf);
+        free(p);
+        continue;
+      }
+      p->buf = buf;
+      tulua__queue_insert_tail(&G.sends, &p->node);
+    }
+  }
+}
+
 static void *comm_main(void *arg) {
   (void)arg;
   int provided = 0;
@@ -523,7 +559,10 @@ static void *comm_main(void *arg) {
     }
     if (stop) {
       uint64_t t = uv_hrtime();
-      if (stopped == 0) stopped = t;
+      if (stopped == 0) {
+        stopped = t;
+        stop_unreleased();
+      }
       if (!sending && tulua__queue_empty(&G.hubs)) break;
       if (!killed && t - stopped > GRACE) {
         kill_stragglers();
@@ -564,6 +603,8 @@ static void *comm_main(void *arg) {
 
 /* Starts the thread (and MPI_Init in it) once; waits for MPI_Init. Loop
  * thread. Returns NULL or the reason MPI cannot start. */
+static void end_mpi(void);
+
 static const char *start_thread(void) {
   pthread_mutex_lock(&G.m);
   if (G.stop) { /* MPI_Init may not run twice in a process */
@@ -577,6 +618,7 @@ static const char *start_thread(void) {
     if (gethostname(G.host, sizeof G.host - 1) != 0)
       snprintf(G.host, sizeof G.host, "localhost");
     no_yield();
+    atexit(end_mpi);
     if (pthread_create(&G.thread, NULL, comm_main, NULL) != 0) {
       pthread_mutex_unlock(&G.m);
       return "cannot start the MPI thread";
@@ -596,16 +638,24 @@ static void post_cmd(cmd *c) {
   pthread_mutex_unlock(&G.m);
 }
 
-/* The end of the process's MPI (at lua_close): the thread sends what is
- * left, stops the unused static ranks, calls MPI_Finalize and ends. */
-static int state_gc(lua_State *L) {
-  (void)L;
+/* The end of the process's MPI: the thread sends what is left, stops the
+ * workers and the unused static ranks, calls MPI_Finalize and ends. */
+static void end_mpi(void) {
   pthread_mutex_lock(&G.m);
-  int started = G.started;
+  int join = G.started && !G.joined;
   G.stop = 1;
+  G.joined = 1;
   pthread_cond_signal(&G.cv);
   pthread_mutex_unlock(&G.m);
-  if (started) pthread_join(G.thread, NULL);
+  if (join) pthread_join(G.thread, NULL);
+}
+
+/* At lua_close; or, for a program that ends with os.exit (no lua_close),
+ * at exit: under mpiexec, a rank that exits without MPI_Finalize makes
+ * the whole job fail. */
+static int state_gc(lua_State *L) {
+  (void)L;
+  end_mpi();
   return 0;
 }
 
