@@ -722,6 +722,9 @@ static void flush_cb(uv_prepare_t *p) {
     c->buf = l->out.base; /* the thread frees it */
     c->len = l->out.len;
     memset(&l->out, 0, sizeof l->out);
+    /* the next turn's frames likely take as much: one malloc, not a
+     * chain of reallocs from empty (failure here is retried as they come) */
+    (void)tulua__bytes_reserve(&l->out, c->len < KEEP_MAX ? c->len : KEEP_MAX);
     post_cmd(c);
   }
 }
