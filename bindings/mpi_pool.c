@@ -159,7 +159,7 @@ static struct {
   int stop;
   tulua__queue cmds; /* for the thread */
   int world_rank, world_size;
-  int world_taken; /* the static ranks were given to a pool */
+  int world_taken; /* static ranks 1..world_taken were given to a pool */
   char host[256];
   /* the thread's own */
   tulua__queue hubs;
@@ -591,10 +591,10 @@ static void *comm_main(void *arg) {
   while ((q = tulua__queue_head(&G.hubs)) != NULL)
     drop_hub(tulua__container_of(q, hub, node));
   /* the ranks of a static start that no pool took are told to stop */
-  if (G.world_rank == 0 && G.world_size > 1 && !G.world_taken) {
+  if (G.world_rank == 0 && G.world_size > 1) {
     char h[HDR];
     put_header(h, 0, 'S', 0, 0);
-    for (int r = 1; r < G.world_size; r++)
+    for (int r = G.world_taken + 1; r < G.world_size; r++)
       MPI_Send(h, HDR, MPI_BYTE, r, TAG, MPI_COMM_WORLD);
   }
   MPI_Finalize();
@@ -759,16 +759,21 @@ static int mpi_hub(lua_State *L) {
   if (!spawning) {
     pthread_mutex_lock(&G.m);
     int taken = G.world_taken, size = G.world_size;
-    if (!taken && n <= size - 1) G.world_taken = 1;
+    if (!taken && n <= size - 1) G.world_taken = (int)n;
     pthread_mutex_unlock(&G.m);
-    if (taken)
-      return luaL_error(L, "the worker ranks of this mpiexec serve one pool, "
-                           "and it was made already");
-    if (n > size - 1)
-      return luaL_error(L,
-                        "%d workers asked, but mpiexec started %d ranks "
-                        "besides this one",
-                        (int)n, size - 1);
+    /* no position: these reach the caller of MPIPoolExecutor as they are */
+    if (taken) {
+      lua_pushliteral(L, "the worker ranks of this mpiexec serve one pool, "
+                         "and it was made already");
+      return lua_error(L);
+    }
+    if (n > size - 1) {
+      lua_pushfstring(L,
+                      "%d workers asked, but mpiexec started %d ranks "
+                      "besides this one",
+                      (int)n, size - 1);
+      return lua_error(L);
+    }
   }
   lua_settop(L, 3);
   cmd *c = calloc(1, sizeof *c);

@@ -212,6 +212,17 @@ describe("MPIPoolExecutor", function()
     assert.matches("\n1 job 1  2 job 2  3 job 3  4 job 4  5 job 5  6 job 6\n$", out)
   end)
 
+  it("under mpiexec, makes one pool, ends the ranks it did not take, refuses hosts", function()
+    local status, out, err = run(static(3, "mpi_static.lua"))
+    assert.are.equal(0, status, err)
+    assert.are.equal(table.concat({
+      "second\tfalse\tthe worker ranks of this mpiexec serve one pool, and it was made already",
+      "hosts\tfalse\tbad argument #2 to 'MPIPoolExecutor' (hosts and hostfile are for spawned workers, " ..
+        "not the ranks of mpiexec)",
+      "result\t3",
+    }, "\n") .. "\n", out)
+  end)
+
   it("gives the workers env, wdir, path and the initializer", function()
     local dir = temp_dir()
     support.write_file(dir .. "/mpi_fixture_mod.lua", "return {name = 'from path'}\n")
