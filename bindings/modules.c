@@ -32,6 +32,7 @@ static const luaL_Reg modules[] = {
     {"tulua._process_pool", luaopen_tulua_process_pool},
     {"tulua._http", luaopen_tulua_http_core},
     {"tulua._wslay", luaopen_tulua_wslay},
+    {"tulua._mpi", luaopen_tulua_mpi_loader},
     {NULL, NULL}};
 
 void tulua__preload_bindings(lua_State *L) {

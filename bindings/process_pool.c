@@ -413,13 +413,17 @@ static int protocol_error(wlink *l) {
 static int link_recv(lua_State *L) {
   wlink *l = check_link(L);
   if (l == NULL) return 0;
-  tulua__bytes *in = &l->in;
+  int n = tulua__pool_recv(L, &l->in);
+  return n < 0 ? protocol_error(l) : n;
+}
+
+int tulua__pool_recv(lua_State *L, tulua__bytes *in) {
   size_t avail = in->len - in->pos;
   if (avail == 0) bytes_trim(in);
   if (avail < 4) return 0;
   uint32_t size;
   memcpy(&size, in->base + in->pos, 4);
-  if (size < HDR - 4) return protocol_error(l);
+  if (size < HDR - 4) return -1;
   if (avail - 4 < size) return 0;
   const char *f = in->base + in->pos + 4;
   const char *body = f + HDR - 4;
@@ -444,8 +448,7 @@ static int link_recv(lua_State *L) {
     lua_pushlstring(L, body, len);
     return 5;
   }
-  if (kind != 'R' || len < TIMES || status > TULUA_JOB_CANCELLED)
-    return protocol_error(l);
+  if (kind != 'R' || len < TIMES || status > TULUA_JOB_CANCELLED) return -1;
   uint64_t t0, t1;
   memcpy(&t0, body, 8);
   memcpy(&t1, body + 8, 8);

@@ -4,15 +4,20 @@
  *
  * Frames, both ways, in the machine's byte order (both ends are this
  * binary): u32 size of what follows, u8 kind, u8 status, u32 job, body.
- *   parent -> worker: 'P' the package path and cpath (transfer), 'I' the
+ *   parent -> worker: 'P' the package path and cpath (transfer; another
+ *     transport adds a table of its options), 'I' the
  *     initializer and its arguments (transfer; empty: none), 'J' a job (fn
- *     and its arguments, transfer), 'C' cancel that job (no body).
+ *     and its arguments, transfer), 'C' cancel that job (no body); and,
+ *     where the channel is no socket (MPI, bindings/mpi_pool.c): 'V' first,
+ *     the owner's version (TULUA_VERSION "/" the transfer format), and 'S'
+ *     stop, what closing the socket says.
  *   worker -> parent: 'H' ready: the worker has run its initializer and
  *     handles the signal that interrupts a job (before, that signal would
  *     kill it); 'R' the outcome of a job, status TULUA_JOB_OK (0), _ERROR
  *     (1) or _CANCELLED (2); body: u64 start and stop (uv_hrtime), then
  *     the results, or the error and its traceback (transfer; nothing for a
- *     cancelled job); 'B' the initializer failed, body: the message.
+ *     cancelled job); 'B' the initializer failed (or the versions differ),
+ *     body: the message; 'W' (MPI) first, the worker's "pid host".
  * Job numbers are the parent's counter per worker, 1 to 2^31 - 1 (they
  * travel as the value of the signal that interrupts a running job), and a
  * worker answers its jobs in the order it got them. */
@@ -22,6 +27,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <sys/uio.h>
 
 #include <lua.h>
 #include <uv.h>
@@ -48,6 +55,31 @@ static inline void put_header(char *h, size_t body, int kind, int status,
   h[5] = (char)status;
   memcpy(h + 6, &job, 4);
 }
+
+/* Pops the next complete frame of in and pushes what link:recv returns
+ * for it (see process_pool.c), above index 1; returns how many values, 0
+ * when no frame is complete, or -1 when in does not hold frames of this
+ * protocol. Raises only on memory errors. [-0, +n, m] */
+int tulua__pool_recv(lua_State *L, tulua__bytes *in);
+
+/* A worker's channel other than a descriptor (MPI's): drain appends to in
+ * what has come, without waiting, and returns 0 or -1 once the channel is
+ * gone; write sends the n iovecs as one message, returning 0 or -1; block
+ * waits until drain would find something. */
+typedef struct tulua__port_io {
+  int (*drain)(void *ud, tulua__bytes *in);
+  int (*write)(void *ud, struct iovec *iov, int n);
+  void (*block)(void *ud);
+} tulua__port_io;
+
+/* Pushes a worker's port (the one of process_pool.port_open, with the same
+ * port functions) over io and waits, as port_open does, for its start, or
+ * pushes nil if told to stop before it (a worker the pool never used). An
+ * owner whose 'V' differs from version is told so (the message begins with
+ * who: "worker rank 2 on host h"), and this raises that message.
+ * [-0, +1, v] */
+int tulua__port_open_io(lua_State *L, const tulua__port_io *io, void *ud,
+                        const char *version, const char *who);
 
 /* Adds the worker's end, port_open and the port functions, to the module
  * table on top of the stack (tulua._process_pool). [-0, +0, m] */

@@ -37,7 +37,11 @@ typedef struct cjob {
 } cjob;
 
 typedef struct {
-  int fd; /* the channel; -1 until open */
+  int fd; /* the channel; -1 until open (an io port: 0 once open) */
+  const tulua__port_io *io; /* another transport's channel (MPI), or NULL */
+  void *io_ud;
+  const char *version; /* an io port's own version, which 'V' must match */
+  char *mismatch; /* the 'V' that did not match */
   int eof; /* the parent closed it (or it failed): stop */
   tulua__bytes in;
   tulua__queue jobs; /* read, not taken yet */
@@ -114,6 +118,21 @@ static void port_parse(port *p) {
         p->paths_len = len;
         p->have_paths = p->paths != NULL;
         break;
+      case 'V': /* the owner's version: a port that knows its own checks it */
+        if (p->version != NULL && p->mismatch == NULL &&
+            (strlen(p->version) != len || memcmp(p->version, body, len) != 0)) {
+          p->mismatch = malloc(len + 1);
+          if (p->mismatch != NULL) {
+            memcpy(p->mismatch, body, len);
+            p->mismatch[len] = '\0';
+          }
+          p->eof = 1;
+          return;
+        }
+        break;
+      case 'S': /* stop: what closing the channel says on a socket */
+        p->eof = 1;
+        return;
       case 'I':
         free(p->init);
         p->init = copy_body(body, len);
@@ -129,7 +148,9 @@ static void port_parse(port *p) {
 
 /* Reads whatever the channel holds, without waiting, and parses it. */
 static void port_drain(port *p) {
-  while (!p->eof) {
+  if (p->io != NULL && !p->eof && p->io->drain(p->io_ud, &p->in) < 0)
+    p->eof = 1;
+  while (p->io == NULL && !p->eof) {
     if (tulua__bytes_reserve(&p->in, READ_CHUNK) < 0) {
       p->eof = 1;
       break;
@@ -150,6 +171,11 @@ static void port_drain(port *p) {
 /* Writes the iovecs whole, blocking while the channel is full. Returns 0,
  * or -1 once the parent is gone (eof is then set). */
 static int port_write(port *p, struct iovec *iov, int n) {
+  if (p->io != NULL) {
+    if (p->io->write(p->io_ud, iov, n) == 0) return 0;
+    p->eof = 1;
+    return -1;
+  }
   while (n > 0) {
     ssize_t w = writev(p->fd, iov, n);
     if (w < 0) {
@@ -187,6 +213,53 @@ static void send_reply(port *p, uint32_t id, int status, uint64_t t0,
   port_write(p, iov, len > 0 ? 2 : 1);
 }
 
+/* Makes the port at the top of the stack read its start: waits (blocking)
+ * for the package paths and the initializer the owner sends first. An io
+ * port whose owner runs another version says so ('B', the message naming
+ * who) and raises. */
+static int port_start(lua_State *L, port *p, const char *who) {
+  for (;;) {
+    port_drain(p);
+    if ((p->have_paths && p->have_init) || p->eof) break;
+    if (p->io != NULL) {
+      p->io->block(p->io_ud);
+    } else {
+      struct pollfd pf = {.fd = p->fd, .events = POLLIN};
+      poll(&pf, 1, -1);
+    }
+  }
+  if (p->mismatch != NULL) {
+    lua_pushfstring(L, "%s runs %s, the script %s", who, p->version,
+                    p->mismatch);
+    size_t len;
+    const char *msg = lua_tolstring(L, -1, &len);
+    char h[HDR];
+    put_header(h, len, 'B', 0, 0);
+    struct iovec iov[2] = {{h, sizeof h}, {(void *)msg, len}};
+    p->eof = 0;
+    port_write(p, iov, 2);
+    return lua_error(L);
+  }
+  if (!p->have_paths || !p->have_init) {
+    if (p->io != NULL) { /* stopped before it had work: nothing */
+      lua_pushnil(L);
+      return 1;
+    }
+    return luaL_error(L, "the parent closed the channel before the start");
+  }
+  p->ctx = tulua__worker_control(L);
+  return 1;
+}
+
+static port *new_port(lua_State *L) {
+  port *p = lua_newuserdatauv(L, sizeof *p, 0);
+  memset(p, 0, sizeof *p);
+  tulua__queue_init(&p->jobs);
+  p->fd = -1;
+  luaL_setmetatable(L, PORT_MT);
+  return p;
+}
+
 /* process_pool.port_open(fd) -> port: the worker's end of the channel on
  * descriptor fd. Waits (blocking) for the package paths and the
  * initializer the parent sends first. On Linux the worker is also killed
@@ -198,11 +271,7 @@ static int pp_port_open(lua_State *L) {
 #ifdef __linux__
   prctl(PR_SET_PDEATHSIG, SIGKILL);
 #endif
-  port *p = lua_newuserdatauv(L, sizeof *p, 0);
-  memset(p, 0, sizeof *p);
-  tulua__queue_init(&p->jobs);
-  p->fd = -1;
-  luaL_setmetatable(L, PORT_MT);
+  port *p = new_port(L);
   int fl = fcntl(fd, F_GETFL);
   if (fl < 0)
     return luaL_error(L, "no channel to a parent on descriptor %d", fd);
@@ -210,16 +279,17 @@ static int pp_port_open(lua_State *L) {
   fcntl(fd, F_SETFL, fl | O_NONBLOCK);
   p->fd = fd;
   tulua__ignore_sigpipe();
-  for (;;) {
-    port_drain(p);
-    if ((p->have_paths && p->have_init) || p->eof) break;
-    struct pollfd pf = {.fd = fd, .events = POLLIN};
-    poll(&pf, 1, -1);
-  }
-  if (!p->have_paths || !p->have_init)
-    return luaL_error(L, "the parent closed the channel before the start");
-  p->ctx = tulua__worker_control(L);
-  return 1;
+  return port_start(L, p, "the worker");
+}
+
+int tulua__port_open_io(lua_State *L, const tulua__port_io *io, void *ud,
+                        const char *version, const char *who) {
+  port *p = new_port(L);
+  p->io = io;
+  p->io_ud = ud;
+  p->version = version;
+  p->fd = 0;
+  return port_start(L, p, who);
 }
 
 /* port.paths(p) -> package.path, package.cpath: the parent's. */
@@ -308,6 +378,10 @@ static int port_wait(lua_State *L) {
   port *p = check_port(L);
   tulua__check_wait(L, "port.wait");
   if (p->eof || !tulua__queue_empty(&p->jobs)) return 0;
+  if (p->io != NULL) { /* no descriptor to poll: the worker blocks */
+    p->io->block(p->io_ud);
+    return 0;
+  }
   if (p->poll == NULL) {
     uv_poll_t *h = malloc(sizeof *h);
     if (h == NULL || uv_poll_init(tulua__loop(L), h, p->fd) < 0) {
@@ -416,8 +490,9 @@ static int port_gc(lua_State *L) {
   free(p->in.base);
   free(p->paths);
   free(p->init);
+  free(p->mismatch);
   memset(&p->in, 0, sizeof p->in);
-  p->paths = p->init = NULL;
+  p->paths = p->init = p->mismatch = NULL;
   if (p->poll != NULL) {
     uv_close((uv_handle_t *)p->poll, poll_close_cb);
     p->poll = NULL;

@@ -74,7 +74,7 @@
 
 #define MAGIC     "\x1bTLX"
 #define MAGIC_LEN 4
-#define VERSION   2
+#define VERSION   TULUA_TRANSFER_FORMAT
 #define F_REFS    1 /* the flag of messages that hold a T_REF */
 
 enum {

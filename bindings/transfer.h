@@ -8,6 +8,10 @@
 
 #include <lua.h>
 
+/* The version of the format (the byte after its magic): an MPI worker
+ * checks that its owner speaks the same. */
+#define TULUA_TRANSFER_FORMAT 2
+
 /* Nesting of tables and functions beyond which encode and decode fail. */
 #define TULUA_TRANSFER_MAX_DEPTH 200
 

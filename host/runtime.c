@@ -44,14 +44,23 @@ int tulua_uncaught_errors(tulua_runtime *rt) {
   return rt->uncaught;
 }
 
+static int loaded_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)L;
+  (void)status;
+  (void)ctx;
+  return 1;
+}
+
 /* package.preload's loader of an embedded Lua module (upvalue: its entry
- * in tulua__lua_modules). */
+ * in tulua__lua_modules). Its main chunk may wait, as a file's may under
+ * tulua's require (host/coro.c): concurrent.futures.mpi serves jobs
+ * there on a worker rank. */
 static int load_lua_module(lua_State *L) {
   const tulua__lua_module *m = lua_touserdata(L, lua_upvalueindex(1));
   if (luaL_loadbufferx(L, m->source, m->len, m->chunkname, "t") != LUA_OK)
     return lua_error(L);
   lua_pushstring(L, m->name);
-  lua_call(L, 1, 1);
+  lua_callk(L, 1, 1, 0, loaded_k);
   return 1;
 }
 

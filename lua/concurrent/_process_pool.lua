@@ -30,6 +30,19 @@
 -- the initializer fails, or when workers cannot be started (or keep dying
 -- before they are ready).
 --
+-- Transports. The dispatch above is the same for every kind of worker
+-- process; what starts a worker, moves the frames and stops a job is a
+-- transport's: this file's own (local processes over socket pairs) or
+-- MPI's (lua/concurrent/_mpi_pool.lua, ranks over Open MPI), given to
+-- M.new as a table:
+--   tr.start(pool, slot, on_event) -> link, pid | nil, err: a worker for
+--     the slot, whose link has the methods of process_pool.c's Link
+--   tr.interrupt(pool, w, wid): stops job wid, which w runs
+--   tr.died(pool, w, how) -> nil | message: a worker that died; a message
+--     breaks the pool (MPI cannot start a rank again)
+--   tr.failed(w, err, tb) -> err, tb: a failed job's error, as delivered
+--   tr.extra: a value sent to each worker with its package paths
+--
 -- Lifetime. While jobs are outstanding the pool is anchored (the table
 -- busy) and the workers that have jobs keep the loop alive; an idle pool
 -- keeps nothing alive, and when collected (or at the end of the program)
@@ -174,9 +187,9 @@ end
 local on_event
 
 local function start_worker(pool, slot)
-  local link, pid = C.spawn(pool.file, pool.argv, on_event)
+  local link, pid = pool.tr.start(pool, slot, on_event)
   if not link then return nil, pid end
-  link:send("P", 0, encode(package.path, package.cpath))
+  link:send("P", 0, encode(package.path, package.cpath, pool.tr.extra))
   link:send("I", 0, pool.init)
   local w = {
     pool = pool, link = link, pid = pid, index = slot,
@@ -302,7 +315,11 @@ local function on_reply(pool, w, wid, status, t0, t1, ...)
   end
   if w.retiring and w.n == 0 then retire(pool, w) end
   add_outstanding(pool, -1)
-  deliver(pool, id, status, w.index, t0, t1, ...)
+  if status == "error" and pool.tr.failed then
+    deliver(pool, id, status, w.index, t0, t1, pool.tr.failed(w, ...))
+  else
+    deliver(pool, id, status, w.index, t0, t1, ...)
+  end
 end
 
 -- The initializer failed in w: the pool is broken, and so are the jobs w
@@ -326,6 +343,8 @@ end
 local function on_exit(pool, w)
   leave(pool, w)
   local _, sig, how = w.link:status()
+  local fatal = pool.tr.died and pool.tr.died(pool, w, how)
+  if fatal then break_pool(pool, fatal) end
   if not w.ready and sig ~= 9 then -- SIGKILL comes from outside (OOM, a user)
     pool.start_failures = pool.start_failures + 1
     if pool.start_failures >= START_FAILURES then
@@ -358,8 +377,12 @@ local function on_exit(pool, w)
   end
   if id then
     add_outstanding(pool, -1)
-    deliver(pool, id, "crashed", w.index, t, t,
-      ("worker process %d died (%s) while running this job"):format(w.pid, how))
+    if fatal then
+      deliver(pool, id, "broken", w.index, t, t, fatal)
+    else
+      deliver(pool, id, "crashed", w.index, t, t,
+        ("worker process %d died (%s) while running this job"):format(w.pid, how))
+    end
   end
   for i = 1, #cancelled do
     add_outstanding(pool, -1)
@@ -374,7 +397,7 @@ local function on_frame(pool, w, wid, status, ...)
     w.ready = true
     pool.start_failures = 0
     local id = w.fid[w.fh]
-    if id and pool.cancels[id] then cancel_process(w.pid, w.fwid[w.fh]) end
+    if id and pool.cancels[id] then pool.tr.interrupt(pool, w, w.fwid[w.fh]) end
   elseif status == "broken" then
     on_broken(pool, w, (...), select(3, ...))
   else
@@ -430,7 +453,7 @@ local function resend(pool)
   if pool.closed then return end
   for id in pairs(pool.cancels) do
     local w = pool.where[id]
-    if w and w.fid[w.fh] == id and signalable(w) then cancel_process(w.pid, w.fwid[w.fh]) end
+    if w and w.fid[w.fh] == id then pool.tr.interrupt(pool, w, w.fwid[w.fh]) end
   end
 end
 
@@ -456,7 +479,7 @@ function Pool:cancel(id)
   -- last look at the channel: so it is sent again, while the job is the
   -- one its worker runs, until the job ends.
   w.link:send("C", wid)
-  if k == w.fh and signalable(w) then cancel_process(w.pid, wid) end
+  if k == w.fh then self.tr.interrupt(self, w, wid) end
   self.cancels[id] = true
   if not self.resender then
     self.resender = require("tulua.timer").every(RESEND, resend, self)
@@ -497,7 +520,7 @@ function Pool:close()
   for k = 1, self.high do
     local w = self.slots[k]
     if w then
-      if w.n > 0 and signalable(w) then cancel_process(w.pid, w.fwid[w.fh]) end
+      if w.n > 0 then self.tr.interrupt(self, w, w.fwid[w.fh]) end
       w.link:close()
       links[#links + 1] = w.link
       self.slots[k] = nil
@@ -510,25 +533,34 @@ end
 
 Pool.__gc = Pool.close
 
+-- The transport of local worker processes.
+local processes = {
+  start = function(pool, _, handler) return C.spawn(pool.file, pool.argv, handler) end,
+  interrupt = function(_, w, wid)
+    if signalable(w) then cancel_process(w.pid, wid) end
+  end,
+}
+
 --- Creates the backend of a ProcessPoolExecutor(max_workers, opts) that
 -- delivers each job to the executor's core: core:deliver(id, status,
 -- worker, started, finished, ...) (see futures.lua). opts: initializer, initargs, max_tasks_per_child,
 -- executable (the tulua binary workers run; default: this one). Raises if
--- the initializer or its arguments cannot cross.
-function M.new(max_workers, opts, core)
+-- the initializer or its arguments cannot cross. tr: another transport
+-- (see the top of this file), which ignores executable.
+function M.new(max_workers, opts, core, tr)
   local init = ""
   if opts.initializer ~= nil then
     local args = opts.initargs or {}
     init = encode(opts.initializer, table.unpack(args, 1, args.n or #args))
   end
   local file, name = opts.executable, opts.executable
-  if file == nil then
+  if file == nil and tr == nil then
     file, name = C.executable()
     if not file then error(name, 2) end
   end
   return setmetatable({
     max = max_workers, core = core, init = init, mtpc = opts.max_tasks_per_child,
-    file = file, argv = {name, "-E", "-e", WORKER_CODE},
+    file = file, argv = {name, "-E", "-e", WORKER_CODE}, tr = tr or processes,
     slots = {}, nslots = 0, exiting = {},
     high = 0, -- the highest slot ever taken: loops over slots stop there
     -- the queue: payloads and ids from qh to qt (id false: cancelled),
@@ -540,6 +572,10 @@ function M.new(max_workers, opts, core)
     fast = FAST, -- a field, so that a spec can make "quick" independent of the machine's load
   }, Pool)
 end
+
+--- The handler of a transport's links: frames came from link's worker, or
+-- it is gone.
+M.on_event = function(link) return on_event(link) end
 
 -- ---- the worker process ----
 

@@ -21,8 +21,8 @@ local tulua = require "tulua"
 local thread_pool = require "tulua._thread_pool"
 
 local now = tulua.now
-local type, select, error, pcall, setmetatable, getmetatable, tostring =
-  type, select, error, pcall, setmetatable, getmetatable, tostring
+local type, select, error, pcall, setmetatable, getmetatable, tostring, pairs =
+  type, select, error, pcall, setmetatable, getmetatable, tostring, pairs
 
 local M = {}
 
@@ -435,6 +435,8 @@ end
 local POOL_OPTIONS = {
   ThreadPoolExecutor = {initializer = true, initargs = true, thread_name_prefix = true},
   ProcessPoolExecutor = {initializer = true, initargs = true, max_tasks_per_child = true, executable = true},
+  MPIPoolExecutor = {initializer = true, initargs = true, env = true, wdir = true, path = true,
+    hosts = true, hostfile = true},
 }
 
 local function check_opts(opts, fname)
@@ -474,6 +476,62 @@ function M.ProcessPoolExecutor(max_workers, opts)
   end
   local backend = require("concurrent._process_pool").new
   local ok, ex = pcall(new_executor, "ProcessPoolExecutor", max_workers, backend, opts)
+  if not ok then error(ex, 2) end
+  return ex
+end
+
+-- A string, or a table of strings (MPIPoolExecutor's path and hosts).
+local function is_strings(v)
+  if type(v) == "string" then return true end
+  if type(v) ~= "table" then return false end
+  for i = 1, #v do
+    if type(v[i]) ~= "string" then return false end
+  end
+  return true
+end
+
+local function check_mpi_opts(opts, static)
+  local fname = "MPIPoolExecutor"
+  if opts.env ~= nil then
+    if type(opts.env) ~= "table" then arg_error(2, fname, "env must be a table", 3) end
+    for k, v in pairs(opts.env) do
+      if type(k) ~= "string" or type(v) ~= "string" then
+        arg_error(2, fname, "env must map strings to strings", 3)
+      end
+    end
+  end
+  if opts.wdir ~= nil and type(opts.wdir) ~= "string" then
+    arg_error(2, fname, "wdir must be a string", 3)
+  end
+  if opts.path ~= nil and not is_strings(opts.path) then
+    arg_error(2, fname, "path must be a string or a table of strings", 3)
+  end
+  if opts.hosts ~= nil and not is_strings(opts.hosts) then
+    arg_error(2, fname, "hosts must be a string or a table of strings", 3)
+  end
+  if opts.hostfile ~= nil and type(opts.hostfile) ~= "string" then
+    arg_error(2, fname, "hostfile must be a string", 3)
+  end
+  if static and (opts.hosts ~= nil or opts.hostfile ~= nil) then
+    arg_error(2, fname, "hosts and hostfile are for spawned workers, not the ranks of mpiexec", 3)
+  end
+end
+
+--- Creates a pool of max_workers MPI ranks (documented in
+-- lua/concurrent/futures.md): spawned with MPI_Comm_spawn, or the ranks
+-- 1..N-1 of `mpiexec -n N tulua -l concurrent.futures.mpi script.lua`
+-- (default: those, else the CPUs this process may use). opts:
+-- initializer, initargs, env, wdir, path, hosts, hostfile. MPI is loaded
+-- here, at the first call, never by requiring this module.
+function M.MPIPoolExecutor(max_workers, opts)
+  opts = check_opts(opts, "MPIPoolExecutor")
+  local ok, mpi_pool = pcall(require, "concurrent._mpi_pool")
+  if not ok then error(mpi_pool, 2) end
+  check_mpi_opts(opts, mpi_pool.is_static())
+  max_workers = check_workers(max_workers, "MPIPoolExecutor",
+    mpi_pool.default_workers(M.process_cpu_count()))
+  local ex
+  ok, ex = pcall(new_executor, "MPIPoolExecutor", max_workers, mpi_pool.new, opts)
   if not ok then error(ex, 2) end
   return ex
 end

@@ -41,11 +41,11 @@ local function is_time(x)
   return type(x) == "number" and x >= 0 and x < math.huge
 end
 
-local OPTIONS = {width = true, workers = true, now = true}
+local OPTIONS = {width = true, workers = true, now = true, row = true}
 
--- Checks opts and returns width, workers, now.
+-- Checks opts and returns width, workers, now, row.
 local function check_opts(opts)
-  if opts == nil then return DEFAULT_WIDTH, 0, nil end
+  if opts == nil then return DEFAULT_WIDTH, 0, nil, "worker" end
   if type(opts) ~= "table" then bad_arg(2, "table expected, got " .. type(opts)) end
   args.check_options(opts, OPTIONS, 2, "render", 3)
   local width, workers, now = opts.width or DEFAULT_WIDTH, opts.workers or 0, opts.now
@@ -60,7 +60,11 @@ local function check_opts(opts)
     bad_arg(2, format("field 'workers' must be 0 to %d", MAX_WORKERS))
   end
   if now ~= nil and not is_time(now) then bad_arg(2, "field 'now' must be a non-negative number") end
-  return width, workers, now
+  local row = opts.row or "worker"
+  if type(row) ~= "string" or not row:match("^[%w ]+$") then
+    bad_arg(2, "field 'row' must be a word")
+  end
+  return width, workers, now, row
 end
 
 -- Checks the records and returns jobs: {mark=, label=, worker=, start=,
@@ -149,11 +153,12 @@ end
 --   name (a string)
 -- @param opts optional table: width (60 columns for the time), workers (rows
 --   to draw at least, so that idle workers show too; default the highest
---   worker in the records), now (the time that running jobs reach)
+--   worker in the records), now (the time that running jobs reach), row (the
+--   word before each row's number, default "worker")
 -- @return string of lines without a final newline, for print
 -- @raise for records or opts of the wrong shape, naming the record and field
 function M.render(records, opts)
-  local width, workers, now = check_opts(opts)
+  local width, workers, now, row = check_opts(opts)
   local jobs, latest = check_records(records)
   now = now or latest
   latest = max(latest, now)
@@ -167,7 +172,7 @@ function M.render(records, opts)
 
   local step, steps, decimals = choose_axis(latest, width)
   local scale = width / (step * steps) -- columns per second
-  local label_format = "worker %" .. #tostring(max(workers, 1)) .. "d |"
+  local label_format = row .. " %" .. #tostring(max(workers, 1)) .. "d |"
   local indent = #format(label_format, 1)
   local lines = {}
   for w = 1, workers do

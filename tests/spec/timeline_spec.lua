@@ -82,6 +82,13 @@ describe("concurrent.timeline", function()
       }, rows)
     end)
 
+    it("names the rows with opts.row (an MPI pool's ranks)", function()
+      local rows = lines_of(timeline.render({job(1, 2, 0, 1)}, {workers = 2, width = 10, row = "rank"}))
+      assert.are.same({"rank 1 |          |", "rank 2 |1111111111|"}, {rows[1], rows[2]})
+      assert.has_error(function() timeline.render({}, {row = "a|b"}) end,
+        "bad argument #2 to 'render' (field 'row' must be a word)")
+    end)
+
     it("draws a running job up to the latest time in the records by default", function()
       local rows = rows_of(timeline.render({job(1, 1, 0, nil), job(2, 2, 0, 1)}, {width = 10}))
       assert.are.same({"worker 1 |1111111111|", "worker 2 |2222222222|"}, rows)
