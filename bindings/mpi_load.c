@@ -9,12 +9,17 @@
 #include <string.h>
 
 #include "common.h"
+#include "mpi_host.h"
 
 #ifdef TULUA_MPI
 /* Where tulua_mpi.so is looked for: beside the executable, then in the
  * library directory of an installed tree. */
 static const char *const places[] = {"/tulua_mpi.so",
                                      "/../lib/tulua/tulua_mpi.so"};
+
+static const tulua__mpi_host host = {
+    TULUA_MPI_HOST_VERSION, tulua__runtime,   tulua__loop,        tulua__post,
+    tulua__unpost,          tulua__pool_recv, tulua__port_open_io};
 
 int luaopen_tulua_mpi_loader(lua_State *L) {
   char exe[4096], path[4200];
@@ -34,7 +39,12 @@ int luaopen_tulua_mpi_loader(lua_State *L) {
     }
     lua_CFunction open =
         (lua_CFunction)(uintptr_t)dlsym(lib, "luaopen_tulua_mpi");
-    if (open == NULL) return luaL_error(L, "%s: no luaopen_tulua_mpi", path);
+    tulua__mpi_bind_fn bind =
+        (tulua__mpi_bind_fn)(uintptr_t)dlsym(lib, "tulua_mpi_bind");
+    if (open == NULL || bind == NULL)
+      return luaL_error(L, "%s: not a tulua MPI transport", path);
+    if (bind(&host) != 0)
+      return luaL_error(L, "%s: built for another tulua", path);
     return open(L);
   }
   return luaL_error(L, "cannot load the MPI transport (tulua_mpi.so): %s", err);

@@ -49,8 +49,19 @@
 
 #include "queue.h"
 #include "common.h"
+#include "mpi_host.h"
 #include "process_pool.h"
 #include "transfer.h"
+
+/* The runtime's functions, through the table the opener hands over
+ * (mpi_host.h says why not by name). */
+static const tulua__mpi_host *rt_host;
+#define tulua__runtime      (rt_host->runtime)
+#define tulua__loop         (rt_host->loop)
+#define tulua__post         (rt_host->post)
+#define tulua__unpost       (rt_host->unpost)
+#define tulua__pool_recv    (rt_host->pool_recv)
+#define tulua__port_open_io (rt_host->port_open_io)
 
 #define HUB_MT      "tulua.mpi_hub"
 #define LINK_MT     "tulua.mpi_link"
@@ -1211,7 +1222,14 @@ static int mpi_version(lua_State *L) {
   return 1;
 }
 
+int tulua_mpi_bind(const tulua__mpi_host *h);
 int luaopen_tulua_mpi(lua_State *L);
+
+int tulua_mpi_bind(const tulua__mpi_host *h) {
+  if (h->version != TULUA_MPI_HOST_VERSION) return -1;
+  rt_host = h;
+  return 0;
+}
 
 int luaopen_tulua_mpi(lua_State *L) {
   static const luaL_Reg link_methods[] = {

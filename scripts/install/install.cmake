@@ -44,6 +44,11 @@ write_basic_package_version_file(${CMAKE_BINARY_DIR}/tulua-config-version.cmake
   COMPATIBILITY SameMinorVersion)
 
 install(TARGETS tulua RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+# the MPI transport, opened on first use from <bin>/../lib/tulua
+# (bindings/mpi_load.c)
+if(TARGET tulua_mpi)
+  install(TARGETS tulua_mpi LIBRARY DESTINATION lib/tulua)
+endif()
 install(TARGETS libtulua libtulua_shared
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} NAMELINK_COMPONENT Unspecified)
