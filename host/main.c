@@ -349,6 +349,21 @@ static void fill_std_fds(void) {
       if (open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) < 0) return;
 }
 
+/* TULUA_DEBUG's value: 1 (or any word, as before thresholds) is debug mode
+ * with the default threshold; another number is the threshold in seconds.
+ * Returns 0 for a number out of range (negative, NaN, above a day). */
+static int debug_threshold(const char *s, double *slow) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  *slow = 0;
+  if (end == s || *end != '\0') return 1; /* a word: on, the default */
+  if (strcmp(s, "1") == 0) return 1;
+  if (!(v > 0 && v <= 86400.0)) return 0;
+  *slow = v;
+  return 1;
+}
+
 int main(int argc, char **argv) {
   tulua_config cfg;
   tulua_runtime *rt;
@@ -359,10 +374,30 @@ int main(int argc, char **argv) {
   cfg.on_error = on_error;
   const char *dbg = getenv("TULUA_DEBUG"); /* asyncio's PYTHONASYNCIODEBUG */
   cfg.debug = dbg != NULL && dbg[0] != '\0' && strcmp(dbg, "0") != 0;
-  if (tulua_open(&rt, &cfg) < 0) {
-    l_message(argv[0], "cannot create state: not enough memory");
+  if (cfg.debug && !debug_threshold(dbg, &cfg.debug_slow)) {
+    l_message(progname, "TULUA_DEBUG must be 1 or a number of seconds above 0 "
+                        "and at most 86400");
     return EXIT_FAILURE;
   }
+  /* the trace is this process's: a worker process or any tulua it runs
+   * must not write the same file */
+  char *trace = getenv("TULUA_TRACE");
+  trace = trace != NULL && trace[0] != '\0' ? strdup(trace) : NULL;
+  unsetenv("TULUA_TRACE");
+  cfg.trace = trace;
+  int rc = tulua_open(&rt, &cfg);
+  if (rc < 0) {
+    char msg[512];
+    if (rc == UV_ENOMEM || trace == NULL)
+      snprintf(msg, sizeof msg, "cannot create state: %s", uv_strerror(rc));
+    else
+      snprintf(msg, sizeof msg, "TULUA_TRACE: cannot write %.400s: %s", trace,
+               uv_strerror(rc));
+    l_message(argv[0], msg);
+    free(trace);
+    return EXIT_FAILURE;
+  }
+  free(trace);
   lua_State *L = tulua_state(rt);
   lua_pushcfunction(L, pmain);
   lua_pushinteger(L, argc);

@@ -69,6 +69,8 @@ struct tulua_runtime {
   int methods_ref; /* registry: the Task methods (tulua.Task) */
   lua_Integer name_seq; /* the last default name given, Task-<n> */
   int debug; /* report task steps that block the loop (asyncio debug) */
+  uint64_t slow_ns; /* ... for this long at least */
+  int traced; /* this runtime started the trace: it records its tasks */
   int ntasks; /* unfinished tasks */
   int uncaught; /* uncaught task errors so far */
   int in_drain; /* the scheduler is resuming tasks: no nested runs */
@@ -80,6 +82,16 @@ struct tulua_runtime {
   volatile sig_atomic_t cancel_pending; /* cancel call_co at next poll */
   volatile lua_State *running; /* thread running Lua now */
 };
+
+/* trace.c: opens the module tulua._trace (lua/tulua/trace.lua's C half). */
+int tulua__open_trace(lua_State *L);
+
+/* Debug mode's threshold: 0.1 s unless set; at most a day, so that its
+ * nanoseconds fit. */
+#define TULUA__SLOW_MAX 86400.0
+static inline uint64_t tulua__slow_ns(double seconds) {
+  return seconds > 0 ? (uint64_t)(seconds * 1e9) : 100 * 1000 * 1000;
+}
 
 /* The state of an unfinished task (sched.c). */
 enum {

@@ -27,6 +27,7 @@
 #include <lualib.h>
 
 #include "runtime.h"
+#include "trace.h"
 
 #define ERROR_MT "tulua.error"
 
@@ -552,6 +553,55 @@ enum { TRAMP_NONE, TRAMP_CALL, TRAMP_PROTECTED };
 
 /* Starts the function below nargs arguments on top of L as a task (under
  * the given trampoline) and leaves its thread (the Task) in their place. */
+/* Whether rt records its tasks in the trace: it started the trace, which
+ * is still on. */
+static int traced(const tulua_runtime *rt) {
+  return rt->traced && tulua__trace_on();
+}
+
+/* Copies the name of task thread co (given one as Python does, Task-<n>,
+ * if it has none) into a record's name. */
+static void trace_name(lua_State *L, tulua_runtime *rt, lua_State *co,
+                       tulua__trace_rec *r) {
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  tulua__push_task_name(L, rt, -1);
+  tulua__trace_str(r->name, sizeof r->name, lua_tostring(L, -1));
+  lua_pop(L, 2);
+}
+
+/* Records a task's spawn, its thread on top of L. */
+static void trace_spawn(lua_State *L, tulua_runtime *rt, lua_State *co) {
+  tulua__trace_rec r;
+  memset(&r, 0, sizeof r);
+  r.kind = TULUA_TR_SPAWN;
+  r.ts = uv_hrtime();
+  r.id = (uintptr_t)co;
+  r.n1 = rt->current ? (int64_t)(uintptr_t)rt->current->co : 0;
+  trace_name(L, rt, co, &r);
+  tulua__trace_add(&r);
+}
+
+/* Records the end of a task's life (how: X_FAILED, X_CANCELLED or 0) and,
+ * when nobody will see its error, the error's text at index 2 of co. */
+static void trace_finish(lua_State *co, uintptr_t how, int unobserved) {
+  tulua__trace_rec r;
+  memset(&r, 0, sizeof r);
+  r.kind = TULUA_TR_FINISH;
+  r.ts = uv_hrtime();
+  r.id = (uintptr_t)co;
+  tulua__trace_str(r.detail, sizeof r.detail,
+                   how & X_FAILED      ? "failed"
+                   : how & X_CANCELLED ? "cancelled"
+                                       : "returned");
+  tulua__trace_add(&r);
+  if (unobserved) {
+    r.kind = TULUA_TR_ERROR;
+    tulua__trace_str(r.detail, sizeof r.detail, lua_tostring(co, 2));
+    tulua__trace_add(&r);
+  }
+}
+
 static tulua__task *new_task(lua_State *L, int nargs, int tramp) {
   tulua_runtime *rt = tulua__runtime(L);
   int fidx = lua_gettop(L) - nargs;
@@ -573,6 +623,7 @@ static tulua__task *new_task(lua_State *L, int nargs, int tramp) {
   *tulua__xspace(co) = (uintptr_t)t | X_TASK;
   rt->ntasks++;
   make_ready(rt, t, T_NEW);
+  if (traced(rt)) trace_spawn(L, rt, co);
   return t;
 }
 
@@ -768,6 +819,7 @@ static void finish(lua_State *L, tulua_runtime *rt, tulua__task *t, int status,
   rt->ntasks--;
   *tulua__xspace(co) = (uintptr_t)rt | how;
   tulua__heap_put(&rt->lua_heap, t, sizeof *t);
+  if (traced(rt)) trace_finish(co, how, unobserved);
   if (unobserved) report(L, rt, co);
   tulua__push_live(L, rt);
   lua_rawgeti(L, -1, ref);
@@ -777,11 +829,11 @@ static void finish(lua_State *L, tulua_runtime *rt, tulua__task *t, int status,
 }
 
 /* Debug mode: warns when a task's step (the thread on top of L, popped)
- * kept the loop busy for longer than 100 ms, naming the task and showing
- * where it stopped. [-1, +0, m] */
+ * kept the loop busy for longer than rt->slow_ns (100 ms unless set),
+ * naming the task and showing where it stopped. [-1, +0, m] */
 static void report_slow(lua_State *L, tulua_runtime *rt, uint64_t ns,
                         int yielded) {
-  if (ns >= 100 * 1000 * 1000) {
+  if (ns >= rt->slow_ns) {
     lua_State *co = lua_tothread(L, -1);
     char secs[32];
     snprintf(secs, sizeof secs, "%.3f", ns / 1e9);
@@ -812,6 +864,16 @@ static void run_task(lua_State *L, tulua_runtime *rt, tulua__task *t) {
   }
   int nargs = t->state == T_NEW ? lua_gettop(co) - 1 : 0;
   uint64_t t0 = 0;
+  tulua__trace_rec *tr = NULL, rec;
+  if (traced(rt)) { /* named before it runs: it may end */
+    tr = &rec;
+    memset(tr, 0, sizeof *tr);
+    tr->kind = TULUA_TR_STEP;
+    tr->id = (uintptr_t)co;
+    tr->flags = t->state == T_NEW ? 0 : TULUA_TR_RESUMED;
+    trace_name(L, rt, co, tr);
+    tr->ts = uv_hrtime();
+  }
   if (rt->debug) {
     tulua__push_thread(L, rt, t); /* for the report: t may finish */
     t0 = uv_hrtime();
@@ -830,6 +892,15 @@ static void run_task(lua_State *L, tulua_runtime *rt, tulua__task *t) {
      * task instead (the hook left behind clears itself) */
     rt->cancel_pending = 1;
     uv_async_send(&rt->async);
+  }
+  if (tr != NULL) {
+    tr->dur = uv_hrtime() - tr->ts;
+    if (status == LUA_YIELD && rt->wait_mark) {
+      tr->flags |= TULUA_TR_WAITS;
+      tulua__trace_str(tr->kind_name, sizeof tr->kind_name, "wait");
+      tr->detail[0] = '\0';
+    }
+    tulua__trace_add(tr);
   }
   if (t0 != 0) report_slow(L, rt, uv_hrtime() - t0, status == LUA_YIELD);
   if (status == LUA_YIELD) {

@@ -349,15 +349,48 @@ static int l_new_error(lua_State *L) {
   return 1;
 }
 
+/* tulua.set_debug(on) or tulua.set_debug{slow = seconds}: the table turns
+ * debug mode on and sets its threshold (asyncio's slow_callback_duration) */
 static int l_set_debug(lua_State *L) {
   tulua_runtime *rt = tulua__runtime(L);
-  rt->debug = lua_toboolean(L, 1);
+  if (lua_istable(L, 1)) {
+    lua_pushnil(L);
+    while (lua_next(L, 1) != 0) { /* one key only: no option table helper */
+      lua_pop(L, 1);
+      if (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "slow"))
+        return luaL_argerror(L, 1,
+                             lua_pushfstring(L, "unknown option '%s'",
+                                             luaL_tolstring(L, -1, NULL)));
+    }
+    lua_getfield(L, 1, "slow");
+    int isnum;
+    lua_Number s = lua_tonumberx(L, -1, &isnum);
+    if (!isnum || !(s > 0 && s <= TULUA__SLOW_MAX))
+      return luaL_argerror(L, 1,
+                           "field 'slow' must be a number of seconds "
+                           "above 0 and at most 86400");
+    rt->slow_ns = tulua__slow_ns(s);
+    rt->debug = 1;
+  } else {
+    if (!lua_isboolean(L, 1) && !lua_isnoneornil(L, 1))
+      return luaL_typeerror(L, 1, "boolean or table");
+    rt->debug = lua_toboolean(L, 1);
+  }
   if (rt->debug) lua_warning(L, "@on", 0); /* the reports are warnings */
   return 0;
 }
 
+/* tulua.get_debug() -> on; tulua.get_debug("slow") -> the threshold in
+ * seconds (a second result would spill into table constructors) */
 static int l_get_debug(lua_State *L) {
-  lua_pushboolean(L, tulua__runtime(L)->debug);
+  tulua_runtime *rt = tulua__runtime(L);
+  if (lua_isnoneornil(L, 1)) {
+    lua_pushboolean(L, rt->debug);
+    return 1;
+  }
+  static const char *const what[] = {"slow", NULL};
+  luaL_checkoption(L, 1, NULL, what);
+  lua_pushnumber(L, (lua_Number)rt->slow_ns / 1e9);
   return 1;
 }
 

@@ -69,7 +69,12 @@ typedef struct tulua_config {
                        tulua's print and io functions in place of some
                        (host/cli.md: differences from lua5.4) */
   int debug; /* 1: warn (lua_warning) about task steps that keep the loop
-              * busy for more than 100 ms, as asyncio's debug mode */
+              * busy for longer than debug_slow, as asyncio's debug mode */
+  double debug_slow; /* debug mode's threshold in seconds (asyncio's
+                      * slow_callback_duration); 0: the default, 0.1 */
+  const char *trace; /* a file to write a trace to from the start (Chrome
+                      * trace event format, host/trace.md), or NULL; as
+                      * tulua.trace.start(trace): one trace per process */
 } tulua_config;
 
 /* Fills cfg with the defaults: own loop, no error callback, stdlibs open. */

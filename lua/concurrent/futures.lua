@@ -408,9 +408,21 @@ Executor.__close = function(self) self:shutdown(true) end
 --- Returns the jobs that ended (the most recent 4096), in submission
 -- order: {index=, worker=, start=, finish=, status=} with times in seconds
 -- since the executor was created, status "done", "failed" or "cancelled".
-function Executor:timeline()
+-- With opts, draws them instead: opts.format "svg" returns
+-- concurrent.timeline.svg's picture, "text" render's, and the other keys
+-- of opts go to that function (width, workers, now, title).
+function Executor:timeline(opts)
   check_self(self, "concurrent.futures.Executor", "timeline")
-  return self._core:timeline()
+  local records = self._core:timeline()
+  if opts == nil then return records end
+  if type(opts) ~= "table" then type_error(2, "timeline", "table", opts) end
+  local draw_opts, fmt = {}, opts.format
+  for k, v in pairs(opts) do if k ~= "format" then draw_opts[k] = v end end
+  if draw_opts.workers == nil then draw_opts.workers = self._max_workers end
+  local timeline = require("concurrent.timeline")
+  if fmt == "svg" then return timeline.svg(records, draw_opts) end
+  if fmt == "text" then return timeline.render(records, draw_opts) end
+  arg_error(2, "timeline", "field 'format' must be \"svg\" or \"text\"")
 end
 
 --- The number of workers.
