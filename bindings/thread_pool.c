@@ -473,8 +473,6 @@ typedef struct owner {
   int trace_no; /* the pool's number in traces (host/trace.h), from 1 */
 } owner;
 
-static atomic_int last_trace_no;
-
 /* A job's status as the trace names it (TULUA_JOB_*). */
 static const char *trace_status(int status) {
   static const char *const names[] = {"ok", "error", "cancelled", "broken",
@@ -690,7 +688,7 @@ static int tp_new(lua_State *L) {
   }
   owner *o = lua_newuserdatauv(L, sizeof *o, OWNER_NUV);
   memset(o, 0, sizeof *o);
-  o->trace_no = atomic_fetch_add(&last_trace_no, 1) + 1;
+  o->trace_no = tulua__trace_pool_no();
   tulua__queue_init(&o->list);
   o->anchor_ref = LUA_NOREF;
   luaL_setmetatable(L, POOL_MT);

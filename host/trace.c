@@ -403,6 +403,11 @@ void tulua__trace_job(const char *kind, int pool, int worker, int pid,
   tulua__trace_add(&r);
 }
 
+int tulua__trace_pool_no(void) {
+  static atomic_int last;
+  return atomic_fetch_add(&last, 1) + 1;
+}
+
 void tulua__trace_submit(int pool, uint64_t job, int64_t bytes_out) {
   if (!tulua__trace_on()) return;
   tulua__trace_rec r;
@@ -478,6 +483,12 @@ static int l_job(lua_State *L) {
   return 0;
 }
 
+/* pool_no() -> a new pool's number in the trace */
+static int l_pool_no(lua_State *L) {
+  lua_pushinteger(L, tulua__trace_pool_no());
+  return 1;
+}
+
 /* submit(pool, job, out) */
 static int l_submit(lua_State *L) {
   tulua__trace_submit((int)luaL_checkinteger(L, 1),
@@ -489,7 +500,8 @@ static int l_submit(lua_State *L) {
 int tulua__open_trace(lua_State *L) {
   static const luaL_Reg fns[] = {{"start", l_start},   {"stop", l_stop},
                                  {"on", l_on},         {"job", l_job},
-                                 {"submit", l_submit}, {NULL, NULL}};
+                                 {"submit", l_submit}, {"pool_no", l_pool_no},
+                                 {NULL, NULL}};
   luaL_newlib(L, fns);
   return 1;
 }

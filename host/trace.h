@@ -84,6 +84,9 @@ void tulua__trace_job(const char *kind, int pool, int worker, int pid,
                       uint64_t job, const char *status, double started,
                       double finished, int64_t bytes_out, int64_t bytes_in);
 
+/* Returns a new pool's number, from 1: its jobs' "pool" in the trace. */
+int tulua__trace_pool_no(void);
+
 /* Records a job's submission on the loop's track. */
 void tulua__trace_submit(int pool, uint64_t job, int64_t bytes_out);
 
