@@ -363,9 +363,8 @@ static int l_set_debug(lua_State *L) {
                                              luaL_tolstring(L, -1, NULL)));
     }
     lua_getfield(L, 1, "slow");
-    int isnum;
-    lua_Number s = lua_tonumberx(L, -1, &isnum);
-    if (!isnum || !(s > 0 && s <= TULUA__SLOW_MAX))
+    lua_Number s = lua_tonumber(L, -1);
+    if (lua_type(L, -1) != LUA_TNUMBER || !(s > 0 && s <= TULUA__SLOW_MAX))
       return luaL_argerror(L, 1,
                            "field 'slow' must be a number of seconds "
                            "above 0 and at most 86400");
