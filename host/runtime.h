@@ -71,6 +71,7 @@ struct tulua_runtime {
   int debug; /* report task steps that block the loop (asyncio debug) */
   uint64_t slow_ns; /* ... for this long at least */
   int traced; /* this runtime started the trace: it records its tasks */
+  uint64_t trace_mark; /* when the last traced step of this drain ended */
   int ntasks; /* unfinished tasks */
   int uncaught; /* uncaught task errors so far */
   int in_drain; /* the scheduler is resuming tasks: no nested runs */
@@ -89,6 +90,7 @@ int tulua__open_trace(lua_State *L);
 /* Debug mode's threshold: 0.1 s unless set; at most a day, so that its
  * nanoseconds fit. */
 #define TULUA__SLOW_MAX 86400.0
+
 static inline uint64_t tulua__slow_ns(double seconds) {
   return seconds > 0 ? (uint64_t)(seconds * 1e9) : 100 * 1000 * 1000;
 }

@@ -19,6 +19,7 @@
  * callback itself when that is all (gather and TaskGroup add one callback
  * to each child), else a table {callbacks..., msg=, count=}. */
 #include <assert.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -559,26 +560,20 @@ static int traced(const tulua_runtime *rt) {
   return rt->traced && tulua__trace_on();
 }
 
-/* Copies the name of task thread co (given one as Python does, Task-<n>,
- * if it has none) into a record's name. */
-static void trace_name(lua_State *L, tulua_runtime *rt, lua_State *co,
-                       tulua__trace_rec *r) {
-  lua_pushthread(co);
-  lua_xmove(co, L, 1);
-  tulua__push_task_name(L, rt, -1);
-  tulua__trace_str(r->name, sizeof r->name, lua_tostring(L, -1));
-  lua_pop(L, 2);
-}
-
-/* Records a task's spawn, its thread on top of L. */
+/* Records a task's spawn, naming it (Task-<n>, as Python names a task
+ * when it is made) for the whole trace: its steps record no name. */
 static void trace_spawn(lua_State *L, tulua_runtime *rt, lua_State *co) {
   tulua__trace_rec r;
-  memset(&r, 0, sizeof r);
+  memset(&r, 0, offsetof(tulua__trace_rec, text));
   r.kind = TULUA_TR_SPAWN;
   r.ts = uv_hrtime();
   r.id = (uintptr_t)co;
   r.n1 = rt->current ? (int64_t)(uintptr_t)rt->current->co : 0;
-  trace_name(L, rt, co, &r);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  tulua__push_task_name(L, rt, -1);
+  tulua__trace_text(&r, lua_tostring(L, -1), NULL, NULL);
+  lua_pop(L, 2);
   tulua__trace_add(&r);
 }
 
@@ -586,18 +581,18 @@ static void trace_spawn(lua_State *L, tulua_runtime *rt, lua_State *co) {
  * when nobody will see its error, the error's text at index 2 of co. */
 static void trace_finish(lua_State *co, uintptr_t how, int unobserved) {
   tulua__trace_rec r;
-  memset(&r, 0, sizeof r);
+  memset(&r, 0, offsetof(tulua__trace_rec, text));
   r.kind = TULUA_TR_FINISH;
   r.ts = uv_hrtime();
   r.id = (uintptr_t)co;
-  tulua__trace_str(r.detail, sizeof r.detail,
-                   how & X_FAILED      ? "failed"
-                   : how & X_CANCELLED ? "cancelled"
-                                       : "returned");
+  tulua__trace_text(&r, NULL, NULL,
+                    how & X_FAILED      ? "failed"
+                    : how & X_CANCELLED ? "cancelled"
+                                        : "returned");
   tulua__trace_add(&r);
   if (unobserved) {
     r.kind = TULUA_TR_ERROR;
-    tulua__trace_str(r.detail, sizeof r.detail, lua_tostring(co, 2));
+    tulua__trace_text(&r, NULL, NULL, lua_tostring(co, 2));
     tulua__trace_add(&r);
   }
 }
@@ -865,14 +860,16 @@ static void run_task(lua_State *L, tulua_runtime *rt, tulua__task *t) {
   int nargs = t->state == T_NEW ? lua_gettop(co) - 1 : 0;
   uint64_t t0 = 0;
   tulua__trace_rec *tr = NULL, rec;
-  if (traced(rt)) { /* named before it runs: it may end */
+  if (traced(rt)) {
     tr = &rec;
-    memset(tr, 0, sizeof *tr);
     tr->kind = TULUA_TR_STEP;
     tr->id = (uintptr_t)co;
     tr->flags = t->state == T_NEW ? 0 : TULUA_TR_RESUMED;
-    trace_name(L, rt, co, tr);
-    tr->ts = uv_hrtime();
+    tr->pid = tr->tid = 0;
+    tr->n1 = tr->n2 = 0;
+    /* the end of the previous step of this drain: one clock read a step
+     * (the scheduler's few instructions between count in this one) */
+    tr->ts = rt->trace_mark ? rt->trace_mark : uv_hrtime();
   }
   if (rt->debug) {
     tulua__push_thread(L, rt, t); /* for the report: t may finish */
@@ -894,12 +891,11 @@ static void run_task(lua_State *L, tulua_runtime *rt, tulua__task *t) {
     uv_async_send(&rt->async);
   }
   if (tr != NULL) {
-    tr->dur = uv_hrtime() - tr->ts;
-    if (status == LUA_YIELD && rt->wait_mark) {
-      tr->flags |= TULUA_TR_WAITS;
-      tulua__trace_str(tr->kind_name, sizeof tr->kind_name, "wait");
-      tr->detail[0] = '\0';
-    }
+    rt->trace_mark = uv_hrtime();
+    tr->dur = rt->trace_mark - tr->ts;
+    if (status == LUA_YIELD && rt->wait_mark) tr->flags |= TULUA_TR_WAITS;
+    tulua__trace_text(tr, NULL, tr->flags & TULUA_TR_WAITS ? "wait" : NULL,
+                      NULL);
     tulua__trace_add(tr);
   }
   if (t0 != 0) report_slow(L, rt, uv_hrtime() - t0, status == LUA_YIELD);
@@ -928,6 +924,7 @@ static int drain(lua_State *L) {
     j->posted = 0;
     j->run(L, j);
   }
+  rt->trace_mark = 0; /* the loop polled: the next step's start is read */
   /* take the list: what becomes ready meanwhile waits for the next drain */
   tulua__task *next = rt->ready_head;
   rt->ready_head = rt->ready_tail = NULL;

@@ -7,6 +7,7 @@
  * __index finds the Task methods for task threads (tostring shows
  * "thread: 0x...", as for any thread; status() tells the state). Names
  * live in a weak-keyed table, since a finished task keeps its name. */
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include <lauxlib.h>
 
 #include "runtime.h"
+#include "trace.h"
 
 /* Returns the thread at idx if it is a Task (finished or not), else
  * raises "Task expected". */
@@ -239,6 +241,17 @@ static int task_get_name(lua_State *L) {
   return 1;
 }
 
+/* Records the new name of the task at idx for the trace. */
+static void trace_name(lua_State *L, int idx, const char *name) {
+  tulua__trace_rec r;
+  memset(&r, 0, offsetof(tulua__trace_rec, text));
+  r.kind = TULUA_TR_NAME;
+  r.ts = uv_hrtime();
+  r.id = (uintptr_t)lua_tothread(L, idx);
+  tulua__trace_text(&r, name, NULL, NULL);
+  tulua__trace_add(&r);
+}
+
 static int task_set_name(lua_State *L) {
   check_task(L, 1);
   luaL_checkany(L, 2);
@@ -246,6 +259,7 @@ static int task_set_name(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->names_ref);
   lua_pushvalue(L, 1);
   luaL_tolstring(L, 2, NULL);
+  if (rt->traced && tulua__trace_on()) trace_name(L, 1, lua_tostring(L, -1));
   lua_rawset(L, -3);
   return 0;
 }

@@ -1,14 +1,20 @@
-/* trace.c: the trace recorder: a bounded ring of fixed-size records that
- * any thread adds to under a mutex, and a writer thread that turns them
- * into Chrome trace event JSON (host/trace.md) in the background.
+/* trace.c: the trace recorder: a bounded ring of records that any thread
+ * adds to under a mutex, a writer thread that moves them to a file in the
+ * background, and, when the trace stops, their conversion into Chrome
+ * trace event JSON (host/trace.md).
  *
- * Why a ring of fixed records and a writer thread: a step of a task costs
- * well under a microsecond, so a record must be a copy of a few fields,
- * never formatting or I/O on the loop's thread; and a trace of a long run
- * must not grow without bound: when the writer falls behind, new records
- * are dropped and counted (the file says how many), the loop never waits
- * for the disk. */
+ * Why records first and JSON at the end: a task's step costs well under a
+ * microsecond (W2: millions of steps a second), and formatting its three
+ * JSON events costs more: on the loop's core (the ruler pins a process to
+ * one) a writer that formatted as it went made the loop 5x slower. A
+ * record is a copy of a few fields (a step does not even name its task:
+ * the name is in the task's spawn or rename record), the writer appends it
+ * as it is to an unlinked temporary file, and stop turns that file into
+ * JSON, joining the names back. Memory stays bounded: when the writer falls
+ * behind, new records are dropped and counted (the file says how many);
+ * the loop never waits for the disk. */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +27,11 @@
 #include "trace.h"
 
 #define DEFAULT_MAX 65536
-#define BATCH       256
+#define BATCH       4096
 #define MAX_TRACKS  1024
+#define HEAD        offsetof(tulua__trace_rec, text)
+#define NAME_LEN    48
+#define KIND_LEN    24
 
 atomic_int tulua__tracing;
 
@@ -31,32 +40,55 @@ typedef struct {
   int32_t pid, tid;
 } track;
 
+/* What the conversion knows of a task: its name, and whether a wait of
+ * its is open in the file (a trace started while it waited has none). */
+typedef struct {
+  uint64_t id; /* 0: a free slot */
+  char name[NAME_LEN];
+  int waiting;
+} task_info;
+
 static struct {
   uv_once_t once;
-  uv_mutex_t mu; /* everything below; held briefly by producers */
+  uv_mutex_t mu; /* on, stopping, the ring and the counts */
   uv_cond_t cond; /* the writer sleeps on it */
   int on, stopping;
   tulua__trace_rec *ring;
-  size_t cap, head, count;
+  size_t cap, head, count, wake_at;
   uint64_t written, dropped;
   uv_thread_t writer;
-  FILE *f;
-  int write_error; /* errno of the first failed write */
+  FILE *raw; /* the writer's: the records as they are; unlinked */
+  FILE *f; /* the JSON, opened at start so that its errors show then */
   int32_t pid; /* this process */
-  track tracks[MAX_TRACKS]; /* the writer's alone */
-  int32_t pids[MAX_TRACKS]; /* processes named; the writer's alone */
+  /* the conversion's */
+  track tracks[MAX_TRACKS];
+  int32_t pids[MAX_TRACKS];
   int ntracks, npids, first; /* first: no event written yet */
+  task_info *tasks; /* open addressing on the id */
+  size_t ntasks, tasks_cap;
 } tr = {.once = UV_ONCE_INIT};
 
 static void init_once(void) {
   if (uv_mutex_init(&tr.mu) != 0 || uv_cond_init(&tr.cond) != 0) abort();
 }
 
-void tulua__trace_str(char *dst, size_t n, const char *s) {
-  size_t len = s ? strlen(s) : 0;
-  if (len >= n) len = n - 1;
-  if (len > 0) memcpy(dst, s, len);
-  dst[len] = '\0';
+/* Appends s, cut to max - 1 bytes and to the room left, and its NUL. */
+static void add_text(tulua__trace_rec *r, const char *s, size_t max) {
+  if (s == NULL) s = "";
+  size_t len = strlen(s), room = TULUA_TR_TEXT - r->len;
+  if (len >= max) len = max - 1;
+  if (len >= room) len = room - 1;
+  if (len > 0) memcpy(r->text + r->len, s, len);
+  r->text[r->len + len] = '\0';
+  r->len = (uint16_t)(r->len + len + 1);
+}
+
+void tulua__trace_text(tulua__trace_rec *r, const char *name, const char *kind,
+                       const char *detail) {
+  r->len = 0;
+  add_text(r, name, NAME_LEN);
+  add_text(r, kind, KIND_LEN);
+  add_text(r, detail, TULUA_TR_TEXT);
 }
 
 void tulua__trace_add(const tulua__trace_rec *r) {
@@ -68,19 +100,120 @@ void tulua__trace_add(const tulua__trace_rec *r) {
   if (tr.count == tr.cap) {
     tr.dropped++;
   } else {
-    tr.ring[(tr.head + tr.count) % tr.cap] = *r;
+    memcpy(&tr.ring[(tr.head + tr.count) % tr.cap], r, HEAD + r->len);
     /* the writer is woken when a batch is there, not for every record */
-    if (++tr.count == BATCH) uv_cond_signal(&tr.cond);
+    if (++tr.count == tr.wake_at) uv_cond_signal(&tr.cond);
   }
   uv_mutex_unlock(&tr.mu);
 }
 
-/* ---- the writer's JSON ---- */
+/* ---- the raw file: records packed as varints ---- */
 
-/* Writes s as the inside of a JSON string: escapes quotes, backslashes
- * and control bytes, keeps whole UTF-8 sequences and turns any other byte
- * (a sequence cut by a record's size, Latin-1 text) into U+FFFD, so that
- * every trace is valid JSON. */
+/* A record in the raw file: kind, flags, then as varints ts (the change
+ * from the previous record's, zigzag: a job's start may be earlier), dur,
+ * id, n1 and n2 (zigzag), pid, tid, the text's length, and the text. A
+ * step is about 16 bytes there instead of 60: the writer's share of the
+ * loop's core is mostly the bytes it hands to write(). */
+#define PACKED_MAX (2 + 8 * 10 + TULUA_TR_TEXT)
+
+static char *put_varint(char *p, uint64_t v) {
+  while (v >= 0x80) {
+    *p++ = (char)(v | 0x80);
+    v >>= 7;
+  }
+  *p++ = (char)v;
+  return p;
+}
+
+static uint64_t zigzag(int64_t v) {
+  return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+}
+
+static char *pack(char *p, const tulua__trace_rec *r, uint64_t *last_ts) {
+  *p++ = (char)r->kind;
+  *p++ = (char)r->flags;
+  p = put_varint(p, zigzag((int64_t)(r->ts - *last_ts)));
+  *last_ts = r->ts;
+  p = put_varint(p, r->dur);
+  p = put_varint(p, r->id);
+  p = put_varint(p, zigzag(r->n1));
+  p = put_varint(p, zigzag(r->n2));
+  p = put_varint(p, (uint32_t)r->pid);
+  p = put_varint(p, (uint32_t)r->tid);
+  p = put_varint(p, r->len);
+  memcpy(p, r->text, r->len);
+  return p + r->len;
+}
+
+static int get_varint(FILE *f, uint64_t *v) {
+  *v = 0;
+  for (int shift = 0; shift < 64; shift += 7) {
+    int c = getc_unlocked(f);
+    if (c == EOF) return 0;
+    *v |= (uint64_t)(c & 0x7f) << shift;
+    if (!(c & 0x80)) return 1;
+  }
+  return 0;
+}
+
+/* Reads the next record of the raw file into r; 0 at its end. */
+static int unpack(FILE *f, tulua__trace_rec *r, uint64_t *last_ts) {
+  int kind = getc_unlocked(f), flags = getc_unlocked(f);
+  uint64_t v[8];
+  if (kind == EOF || flags == EOF) return 0;
+  for (int i = 0; i < 8; i++)
+    if (!get_varint(f, &v[i])) return 0;
+  r->kind = (uint8_t)kind;
+  r->flags = (uint8_t)flags;
+  *last_ts += (uint64_t)((int64_t)(v[0] >> 1) ^ -(int64_t)(v[0] & 1));
+  r->ts = *last_ts;
+  r->dur = v[1];
+  r->id = v[2];
+  r->n1 = (int64_t)(v[3] >> 1) ^ -(int64_t)(v[3] & 1);
+  r->n2 = (int64_t)(v[4] >> 1) ^ -(int64_t)(v[4] & 1);
+  r->pid = (int32_t)v[5];
+  r->tid = (int32_t)v[6];
+  if (v[7] > TULUA_TR_TEXT) return 0;
+  r->len = (uint16_t)v[7];
+  return fread(r->text, 1, r->len, f) == r->len;
+}
+
+/* Writes the ring's records out in batches. The lock is held only to
+ * read and move the head: the records between head and head + count are
+ * the writer's until it moves the head past them (producers write after
+ * them), so that the loop's thread never waits while a batch is packed. */
+static void writer_main(void *arg) {
+  (void)arg;
+  char *buf = malloc(BATCH * (size_t)PACKED_MAX);
+  uint64_t last_ts = 0;
+  uv_mutex_lock(&tr.mu);
+  for (;;) {
+    while (tr.count == 0 && !tr.stopping)
+      (void)uv_cond_timedwait(&tr.cond, &tr.mu, 50 * 1000 * 1000);
+    if (tr.count == 0) break; /* stopping, and all written */
+    size_t h = tr.head, n = tr.count < BATCH ? tr.count : BATCH;
+    if (n > tr.cap - h) n = tr.cap - h; /* up to the end of the ring */
+    uv_mutex_unlock(&tr.mu);
+    if (buf != NULL) {
+      char *p = buf;
+      for (size_t i = 0; i < n; i++)
+        p = pack(p, &tr.ring[h + i], &last_ts);
+      fwrite(buf, 1, (size_t)(p - buf), tr.raw);
+    }
+    uv_mutex_lock(&tr.mu);
+    tr.head = (h + n) % tr.cap;
+    tr.count -= n;
+    if (buf != NULL)
+      tr.written += n;
+    else /* no memory for the packing: what was there is lost */
+      tr.dropped += n;
+  }
+  uv_mutex_unlock(&tr.mu);
+  free(buf);
+}
+
+/* ---- the conversion to JSON ---- */
+
 static void put_str(FILE *f, const char *s) {
   const unsigned char *p = (const unsigned char *)s;
   while (*p) {
@@ -146,7 +279,7 @@ static void meta(FILE *f, const char *what, int32_t pid, int32_t tid,
 
 /* Names the track of r the first time it shows: the loop, or a worker. */
 static void name_track(FILE *f, const tulua__trace_rec *r, int32_t pid,
-                       int32_t tid) {
+                       int32_t tid, const char *where) {
   int i;
   for (i = 0; i < tr.npids && tr.pids[i] != pid; i++) {
   }
@@ -161,8 +294,7 @@ static void name_track(FILE *f, const tulua__trace_rec *r, int32_t pid,
     if (tr.tracks[i].pid == pid && tr.tracks[i].tid == tid) return;
   if (tr.ntracks == MAX_TRACKS) return;
   tr.tracks[tr.ntracks++] = (track){pid, tid};
-  meta(f, "thread_name", pid, tid,
-       r->kind == TULUA_TR_JOB ? r->detail : "loop");
+  meta(f, "thread_name", pid, tid, r->kind == TULUA_TR_JOB ? where : "loop");
 }
 
 /* Writes "key":"<s escaped>", after a comma unless first. */
@@ -185,42 +317,93 @@ static void put_id_args(FILE *f, uint64_t id) {
   fprintf(f, ",\"id\":\"0x%llx\",\"args\":{", (unsigned long long)id);
 }
 
+/* The conversion's entry for task id, made (nameless) if it has none;
+ * NULL only without memory. */
+static task_info *task_of(uint64_t id) {
+  if (2 * (tr.ntasks + 1) > tr.tasks_cap) { /* grow: load at most a half */
+    size_t cap = tr.tasks_cap ? 2 * tr.tasks_cap : 1024;
+    task_info *t = calloc(cap, sizeof *t);
+    if (t == NULL) return NULL;
+    for (size_t i = 0; i < tr.tasks_cap; i++) {
+      if (tr.tasks[i].id == 0) continue;
+      size_t j = (size_t)(tr.tasks[i].id >> 4) & (cap - 1);
+      while (t[j].id != 0)
+        j = (j + 1) & (cap - 1);
+      t[j] = tr.tasks[i];
+    }
+    free(tr.tasks);
+    tr.tasks = t;
+    tr.tasks_cap = cap;
+  }
+  size_t j = (size_t)(id >> 4) & (tr.tasks_cap - 1);
+  while (tr.tasks[j].id != 0 && tr.tasks[j].id != id)
+    j = (j + 1) & (tr.tasks_cap - 1);
+  if (tr.tasks[j].id == 0) {
+    tr.tasks[j].id = id;
+    snprintf(tr.tasks[j].name, NAME_LEN, "task 0x%llx", (unsigned long long)id);
+    tr.ntasks++;
+  }
+  return &tr.tasks[j];
+}
+
+static void set_name(task_info *t, const char *name) {
+  size_t len = strlen(name); /* a record's names are cut to fit already */
+  if (len >= NAME_LEN) len = NAME_LEN - 1;
+  memcpy(t->name, name, len);
+  t->name[len] = '\0';
+}
+
 static void write_rec(FILE *f, const tulua__trace_rec *r) {
   int32_t pid = r->pid ? r->pid : tr.pid, tid = r->tid ? r->tid : 1;
+  const char *name = r->text, *kind = name + strlen(name) + 1;
+  const char *detail = kind + strlen(kind) + 1;
   char id[32];
-  name_track(f, r, pid, tid);
+  static task_info none; /* for a task when memory ran out */
+  task_info *t = &none;
+  if (r->kind <= TULUA_TR_ERROR) {
+    t = task_of(r->id);
+    if (t == NULL) t = &none;
+  }
+  name_track(f, r, pid, tid, detail);
   switch (r->kind) {
     case TULUA_TR_SPAWN:
-      head(f, "b", "task", r->name, pid, tid, r->ts);
+      set_name(t, name);
+      t->waiting = 0;
+      head(f, "b", "task", name, pid, tid, r->ts);
       put_id_args(f, r->id);
       fprintf(f, "\"parent\":\"0x%llx\"}}", (unsigned long long)r->n1);
       break;
+    case TULUA_TR_NAME:
+      set_name(t, name);
+      break;
     case TULUA_TR_FINISH:
-      head(f, "e", "task", r->name, pid, tid, r->ts);
+      head(f, "e", "task", t->name, pid, tid, r->ts);
       put_id_args(f, r->id);
-      put_field(f, "outcome", r->detail, 1);
+      put_field(f, "outcome", detail, 1);
       fputs("}}", f);
       break;
     case TULUA_TR_STEP:
-      if (r->flags & TULUA_TR_RESUMED) { /* the wait ends as the step begins */
+      if ((r->flags & TULUA_TR_RESUMED) && t->waiting) { /* the wait ends */
         head(f, "e", "task", "wait", pid, tid, r->ts);
         put_id_args(f, r->id);
         fputs("}}", f);
       }
-      head(f, "X", "step", r->name, pid, tid, r->ts);
+      t->waiting = 0;
+      head(f, "X", "step", t->name, pid, tid, r->ts);
       put_us(f, "dur", r->dur);
       fprintf(f, ",\"args\":{\"task\":\"0x%llx\"}}", (unsigned long long)r->id);
       if (r->flags & TULUA_TR_WAITS) {
+        t->waiting = 1;
         head(f, "b", "task", "wait", pid, tid, r->ts + r->dur);
         put_id_args(f, r->id);
-        put_last(f, "kind", r->kind_name, 1, "detail", r->detail);
+        put_last(f, "kind", kind, 1, "detail", detail);
       }
       break;
     case TULUA_TR_ERROR:
       head(f, "i", "error", "uncaught error", pid, tid, r->ts);
       snprintf(id, sizeof id, "0x%llx", (unsigned long long)r->id);
       fputs(",\"s\":\"t\",\"args\":{", f);
-      put_last(f, "task", id, 1, "message", r->detail);
+      put_last(f, "task", id, 1, "message", detail);
       break;
     case TULUA_TR_SUBMIT:
       head(f, "i", "job", "submit", pid, tid, r->ts);
@@ -230,50 +413,34 @@ static void write_rec(FILE *f, const tulua__trace_rec *r) {
               (long long)r->n2, (unsigned long long)r->id, (long long)r->n1);
       break;
     case TULUA_TR_JOB:
-      head(f, "X", "job", r->name, pid, tid, r->ts);
+      head(f, "X", "job", name, pid, tid, r->ts);
       put_us(f, "dur", r->dur);
       fprintf(f,
               ",\"args\":{\"job\":%llu,\"bytes_out\":%lld,"
               "\"bytes_in\":%lld",
               (unsigned long long)r->id, (long long)r->n1, (long long)r->n2);
-      put_last(f, "status", r->kind_name, 0, "worker", r->detail);
+      put_last(f, "status", kind, 0, "worker", detail);
       break;
     case TULUA_TR_GC:
-      head(f, "X", "gc", "gc step", pid, tid, r->ts);
-      put_us(f, "dur", r->dur);
-      fprintf(f, ",\"args\":{\"kib_after\":%lld}}", (long long)r->n1);
+      head(f, "i", "gc", "gc cycle", pid, tid, r->ts);
+      fprintf(f, ",\"s\":\"t\",\"args\":{\"kib\":%lld}}", (long long)r->n1);
       break;
   }
 }
 
-static void writer_main(void *arg) {
-  (void)arg;
-  tulua__trace_rec *batch = malloc(BATCH * sizeof *batch);
-  uv_mutex_lock(&tr.mu);
-  for (;;) {
-    while (tr.count == 0 && !tr.stopping)
-      (void)uv_cond_timedwait(&tr.cond, &tr.mu, 50 * 1000 * 1000);
-    if (tr.count == 0) break; /* stopping, and all written */
-    size_t n = 0;
-    if (batch == NULL) { /* no memory for a batch: drop what is there */
-      tr.dropped += tr.count;
-      tr.head = (tr.head + tr.count) % tr.cap;
-      tr.count = 0;
-      continue;
-    }
-    while (n < BATCH && tr.count > 0) {
-      batch[n++] = tr.ring[tr.head];
-      tr.head = (tr.head + 1) % tr.cap;
-      tr.count--;
-    }
-    uv_mutex_unlock(&tr.mu);
-    for (size_t i = 0; i < n; i++)
-      write_rec(tr.f, &batch[i]);
-    uv_mutex_lock(&tr.mu);
-    tr.written += n;
+/* Reads the records back from the raw file and writes them as JSON. */
+static void convert(FILE *f) {
+  tulua__trace_rec r;
+  uint64_t last_ts = 0;
+  rewind(tr.raw);
+  while (unpack(tr.raw, &r, &last_ts)) {
+    while (r.len < 3)
+      r.text[r.len++] = '\0'; /* three strings at least */
+    write_rec(f, &r);
   }
-  uv_mutex_unlock(&tr.mu);
-  free(batch);
+  free(tr.tasks);
+  tr.tasks = NULL;
+  tr.ntasks = tr.tasks_cap = 0;
 }
 
 int tulua__trace_start(const char *path, size_t max_events, char *errbuf,
@@ -292,35 +459,34 @@ int tulua__trace_start(const char *path, size_t max_events, char *errbuf,
     snprintf(errbuf, errlen, "not enough memory for %zu events", cap);
     return UV_ENOMEM;
   }
-  FILE *f = fopen(path, "we");
-  if (f == NULL) {
+  FILE *f = fopen(path, "we"), *raw = NULL;
+  if (f != NULL) raw = tmpfile(); /* unlinked: nothing is left behind */
+  if (raw == NULL) {
     int e = -errno;
-    snprintf(errbuf, errlen, "%s: %s", path, uv_strerror(e));
+    snprintf(errbuf, errlen, "%s: %s", f ? "a temporary file" : path,
+             uv_strerror(e));
+    if (f) fclose(f);
     free(ring);
     return e;
   }
+  setvbuf(raw, NULL, _IOFBF, 1 << 20);
   setvbuf(f, NULL, _IOFBF, 1 << 16);
-  fputs("{\"displayTimeUnit\":\"ms\",\"traceEvents\":[", f);
   uv_mutex_lock(&tr.mu);
   tr.ring = ring;
   tr.cap = cap;
+  tr.wake_at = cap / 2 < BATCH ? (cap + 1) / 2 : BATCH;
   tr.head = tr.count = 0;
   tr.written = tr.dropped = 0;
   tr.f = f;
+  tr.raw = raw;
   tr.pid = (int32_t)getpid();
-  tr.ntracks = tr.npids = 0;
-  tr.first = 1;
   tr.on = 1;
-  tr.stopping = 0;
   int rc = uv_thread_create(&tr.writer, writer_main, NULL);
-  if (rc != 0) {
-    tr.on = 0;
-    tr.ring = NULL;
-    tr.f = NULL;
-  }
+  if (rc != 0) tr.on = 0;
   uv_mutex_unlock(&tr.mu);
   if (rc != 0) {
     snprintf(errbuf, errlen, "cannot start the writer: %s", uv_strerror(rc));
+    fclose(raw);
     fclose(f);
     free(ring);
     return rc;
@@ -342,7 +508,15 @@ int tulua__trace_stop(void) {
   uv_cond_signal(&tr.cond);
   uv_mutex_unlock(&tr.mu);
   uv_thread_join(&tr.writer);
+  free(tr.ring);
+  tr.ring = NULL;
   FILE *f = tr.f;
+  int rc = fflush(tr.raw) != 0 || ferror(tr.raw) ? UV_EIO : 0;
+  fputs("{\"displayTimeUnit\":\"ms\",\"traceEvents\":[", f);
+  tr.ntracks = tr.npids = 0;
+  tr.first = 1;
+  convert(f);
+  fclose(tr.raw);
   begin_event(f);
   fprintf(f,
           "{\"ph\":\"M\",\"name\":\"trace_stats\",\"pid\":%ld,\"tid\":0,"
@@ -353,12 +527,10 @@ int tulua__trace_stop(void) {
           "\n],\"otherData\":{\"producer\":\"tulua\",\"dropped_events\":%llu,"
           "\"max_events\":%zu}}\n",
           (unsigned long long)tr.dropped, tr.cap);
-  int rc = ferror(f) ? UV_EIO : 0;
+  if (ferror(f) && rc == 0) rc = UV_EIO;
   if (fclose(f) != 0 && rc == 0) rc = -errno;
   uv_mutex_lock(&tr.mu);
-  tr.f = NULL;
-  free(tr.ring);
-  tr.ring = NULL;
+  tr.f = tr.raw = NULL;
   tr.stopping = 0;
   uv_mutex_unlock(&tr.mu);
   return rc;
@@ -377,29 +549,30 @@ void tulua__trace_job(const char *kind, int pool, int worker, int pid,
                       double finished, int64_t bytes_out, int64_t bytes_in) {
   if (!tulua__trace_on()) return;
   tulua__trace_rec r;
-  memset(&r, 0, sizeof r);
   r.kind = TULUA_TR_JOB;
+  r.flags = 0;
   r.ts = (uint64_t)(started * 1e9);
   r.dur = finished > started ? (uint64_t)((finished - started) * 1e9) : 0;
   r.id = job;
   r.n1 = bytes_out;
   r.n2 = bytes_in;
-  char *where = r.detail;
+  r.pid = r.tid = 0;
+  char where[64], name[32];
   if (strcmp(kind, "process") == 0) {
     r.pid = r.tid = pid;
-    snprintf(where, sizeof r.detail, "process %d", pid);
+    snprintf(where, sizeof where, "process %d", pid);
   } else {
     /* the threads of a pool: tracks of their own beside the loop's */
     r.tid = 1000 * (pool > 0 ? pool : 1) + worker;
     if (strcmp(kind, "thread") == 0 && pool <= 1)
-      snprintf(where, sizeof r.detail, "thread worker %d", worker);
+      snprintf(where, sizeof where, "thread worker %d", worker);
     else if (strcmp(kind, "thread") == 0)
-      snprintf(where, sizeof r.detail, "pool %d worker %d", pool, worker);
+      snprintf(where, sizeof where, "pool %d worker %d", pool, worker);
     else
-      snprintf(where, sizeof r.detail, "%.40s %d", kind, worker);
+      snprintf(where, sizeof where, "%.40s %d", kind, worker);
   }
-  snprintf(r.name, sizeof r.name, "job %llu", (unsigned long long)job);
-  tulua__trace_str(r.kind_name, sizeof r.kind_name, status);
+  snprintf(name, sizeof name, "job %llu", (unsigned long long)job);
+  tulua__trace_text(&r, name, status, where);
   tulua__trace_add(&r);
 }
 
@@ -411,12 +584,13 @@ int tulua__trace_pool_no(void) {
 void tulua__trace_submit(int pool, uint64_t job, int64_t bytes_out) {
   if (!tulua__trace_on()) return;
   tulua__trace_rec r;
-  memset(&r, 0, sizeof r);
+  memset(&r, 0, HEAD);
   r.kind = TULUA_TR_SUBMIT;
   r.ts = uv_hrtime();
   r.id = job;
   r.n1 = bytes_out;
   r.n2 = pool;
+  tulua__trace_text(&r, NULL, NULL, NULL);
   tulua__trace_add(&r);
 }
 

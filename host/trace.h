@@ -23,33 +23,38 @@ static inline int tulua__trace_on(void) {
 
 /* What a record is (the writer turns each into one or a few JSON events). */
 enum {
-  TULUA_TR_SPAWN, /* a task's life begins: id, name, parent */
-  TULUA_TR_STEP, /* a run step: ts, dur, id, name; flags, wait kind/detail */
-  TULUA_TR_FINISH, /* a task's life ends: id, name, detail the outcome */
+  TULUA_TR_SPAWN, /* a task's life begins: id, name, n1 the parent */
+  TULUA_TR_NAME, /* a task's name changes: id, name */
+  TULUA_TR_STEP, /* a run step: ts, dur, id; flags; the wait's kind/detail */
+  TULUA_TR_FINISH, /* a task's life ends: id, detail the outcome */
   TULUA_TR_ERROR, /* an uncaught error: id, detail the message */
   TULUA_TR_SUBMIT, /* a pool job submitted: id the job, n1 bytes out */
   TULUA_TR_JOB, /* a pool job ran: ts, dur, track, n1 out, n2 back */
-  TULUA_TR_GC /* a long garbage-collection step: ts, dur, n1 KiB after */
+  TULUA_TR_GC /* a garbage-collection cycle ended: n1 KiB in use */
 };
 
 /* Step flags. */
 #define TULUA_TR_RESUMED 1 /* the step ended a wait (not the task's first) */
 #define TULUA_TR_WAITS   2 /* the step ended in a wait (not the task's end) */
 
-#define TULUA_TR_NAME   48
-#define TULUA_TR_DETAIL 128
+#define TULUA_TR_TEXT 184
 
-/* One record of the ring: fixed size, strings cut to fit. */
+/* One record: its strings packed in text, so that the ring and the
+ * writer copy only the bytes used (a step's are a few). */
 typedef struct tulua__trace_rec {
   uint64_t ts, dur; /* uv_hrtime() ns */
   uint64_t id; /* task or job */
   int64_t n1, n2;
   int32_t pid, tid; /* the track: 0 for the loop's of this process */
   uint8_t kind, flags;
-  char name[TULUA_TR_NAME];
-  char kind_name[16]; /* a wait's kind; a job's status */
-  char detail[TULUA_TR_DETAIL];
+  uint16_t len; /* bytes of text used */
+  char text[TULUA_TR_TEXT]; /* name, kind and detail, each ended by NUL */
 } tulua__trace_rec;
+
+/* Sets the strings of r (NULL for ""), cut to fit: name to 47 bytes, kind
+ * to 23, detail to the rest. */
+void tulua__trace_text(tulua__trace_rec *r, const char *name, const char *kind,
+                       const char *detail);
 
 /* Starts the trace into path, keeping at most max_events records in
  * memory (0: the default, 65536); events that find the ring full are
@@ -68,11 +73,9 @@ int tulua__trace_stop(void);
 /* The counts of the trace on, or of the last one: events written, dropped. */
 void tulua__trace_counts(uint64_t *written, uint64_t *dropped);
 
-/* Adds a record (copied) when a trace is on; drops it if the ring is full. */
+/* Adds a record (its used bytes copied) when a trace is on; drops it if
+ * the ring is full. */
 void tulua__trace_add(const tulua__trace_rec *r);
-
-/* Copies s into a record's field of n bytes, cut to fit. */
-void tulua__trace_str(char *dst, size_t n, const char *s);
 
 /* Records a pool job that ran on a worker: kind "thread" (the track
  * "thread worker <worker>", of pool number pool when above 1), "process"
