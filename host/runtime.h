@@ -66,6 +66,8 @@ struct tulua_runtime {
   int live_ref; /* registry: table of unfinished Task objects (anchors) */
   int extras_ref; /* registry: what a few unfinished tasks need (sched.c) */
   int names_ref; /* registry: task names, weak keys */
+  int origins_ref; /* registry: weak keys, an error object a task failed
+                      with -> that task's report (where it was raised) */
   int methods_ref; /* registry: the Task methods (tulua.Task) */
   lua_Integer name_seq; /* the last default name given, Task-<n> */
   uint32_t task_seq; /* the last task id given */

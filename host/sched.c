@@ -644,28 +644,15 @@ static void wake_joiners(tulua__task *t) {
   }
 }
 
-/* Formats the error on top of L for a report: a string gets a traceback of
- * co; an object with __tostring gives that string; anything else becomes
- * "(error object is a X value)" with a traceback from level on, as lua.c
- * does. Replaces the error with the text. [-1, +1, m] */
+/* Formats the error on top of L for a report: its text (tulua_error_text:
+ * an error object says where it was raised) and a traceback of co from
+ * level on, as lua.c does for a string. Replaces the error with the text.
+ * [-1, +1, m] */
 static void format_error(lua_State *L, lua_State *co, int level) {
-  const char *msg = lua_tostring(L, -1); /* numbers too, as in lua.c */
-  if (msg == NULL) {
-    /* protected: a __tostring that raises must not abort the drain */
-    if (luaL_getmetafield(L, -1, "__tostring") != LUA_TNIL) {
-      lua_pushvalue(L, -2);
-      if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING) {
-        lua_remove(L, -2);
-        return;
-      }
-      lua_pop(L, 1); /* its error, or a result that is not a string */
-    }
-    msg = lua_pushfstring(L, "(error object is a %s value)",
-                          luaL_typename(L, -1));
-    lua_remove(L, -2);
-  }
+  const char *msg = tulua_error_text(L, co, level);
   luaL_traceback(L, co, msg, level);
-  lua_remove(L, -2);
+  lua_replace(L, -3);
+  lua_pop(L, 1);
 }
 
 /* Counts an uncaught error and hands its text to the host. */
@@ -756,6 +743,19 @@ static void push_report(lua_State *L, tulua__task *t) {
   format_error(L, t->co, 0);
 }
 
+/* Keeps the report text on top of L as where the error object at index 1
+ * of co came from: a task that joins co and raises the object again
+ * reports it with this text (tulua_error_text), as a string error carries
+ * its task's traceback along. [-0, +0, m] */
+static void remember_origin(lua_State *L, tulua_runtime *rt, lua_State *co) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->origins_ref);
+  lua_pushvalue(co, 1);
+  lua_xmove(co, L, 1);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
 /* Finishes t after lua_resume returned status with nres results: leaves
  * the outcome on its thread (the results; or the error object and, for a
  * failure, its text with the traceback), wakes its joiners, unanchors the
@@ -796,6 +796,8 @@ static void finish(lua_State *L, tulua_runtime *rt, tulua__task *t, int status,
       if (t->by_interrupt) lua_pushliteral(co, "interrupted!"); /* report */
     } else {
       how |= X_FAILED;
+      if (lua_type(co, 1) == LUA_TTABLE || lua_type(co, 1) == LUA_TUSERDATA)
+        remember_origin(L, rt, co);
       lua_xmove(L, co, 1); /* co: err text */
     }
   }
@@ -1077,6 +1079,12 @@ static int sched_open(lua_State *L) {
   rt->live_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_newtable(L);
   rt->extras_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  rt->origins_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
 
