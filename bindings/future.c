@@ -339,6 +339,16 @@ static int opt_timeout(lua_State *L, const char *name, lua_Number *t) {
   return 1;
 }
 
+/* The detail of a wait on a future (tulua --ps): its job's number in its
+ * executor and the job's state. */
+static int describe_future(char *buf, size_t size, const void *ud) {
+  const future *f = ((const wait_op *)ud)->f;
+  if (f->seq == 0)
+    return snprintf(buf, size, "future %s", state_names[f->state]);
+  return snprintf(buf, size, "future #%lld %s", (long long)f->seq,
+                  state_names[f->state]);
+}
+
 /* Waits in the current task until the future f at 1 is done, or the
  * timeout at 2 (seconds, nil: none) passes; then ends as end_wait. A
  * cancelled future ends result() and exception() at once, whatever the
@@ -374,6 +384,7 @@ static int wait_on(lua_State *L, future *f, int kind, const char *name) {
     uv_timer_start(&op->timer, op_timer_cb, ms, 0);
   }
   park(f, op);
+  tulua__wait_detail(L, describe_future);
   return tulua__wait(L, &op->w, wait_deliver, op_cancel, op);
 }
 

@@ -66,8 +66,15 @@ struct tulua_runtime {
   int live_ref; /* registry: table of unfinished Task objects (anchors) */
   int extras_ref; /* registry: what a few unfinished tasks need (sched.c) */
   int names_ref; /* registry: task names, weak keys */
+  int origins_ref; /* registry: weak keys, an error object a task failed
+                      with -> that task's report (where it was raised) */
   int methods_ref; /* registry: the Task methods (tulua.Task) */
   lua_Integer name_seq; /* the last default name given, Task-<n> */
+  uint32_t task_seq; /* the last task id given */
+  tulua__describe_fn describe_next; /* tulua__wait_detail's, for the wait
+                                       about to begin */
+  tulua__wait_hook_fn wait_hook; /* tulua__set_wait_hook's, or NULL */
+  void *wait_hook_ud;
   int debug; /* report task steps that block the loop (asyncio debug) */
   uint64_t slow_ns; /* ... for this long at least */
   int traced; /* this runtime started the trace: it records its tasks */
@@ -108,7 +115,12 @@ enum {
 struct tulua__task {
   lua_State *co;
   tulua__waiter *w; /* the wait in progress (or to deliver), or NULL */
-  tulua__task *next_ready; /* in the ready list */
+
+  union {
+    tulua__task *next_ready; /* ready or new: in the ready list */
+    uint64_t since; /* waiting or running: the loop time (ms) it began */
+  } u;
+
   tulua__waiter *joiners; /* join ops waiting for this task */
   /* sleeping: the loop time (ms) to wake up at, shifted left by SEQ_BITS,
    * with a sequence number below it so that equal deadlines wake FIFO */
@@ -124,6 +136,12 @@ struct tulua__task {
   unsigned by_interrupt : 1; /* ... during tulua_run: reported if unjoined */
   unsigned has_extra : 1; /* an entry in the extras table (sched.c) */
   unsigned hidden : 1; /* left out of all_tasks: a REPL line's (task.c) */
+  /* What the task waits for (tulua --ps, traces), read only while it
+   * waits: the op named to tulua__check_wait, "sleep", or park's what; the
+   * detail's describer is in the waiter (tulua__wait_detail). */
+  const char *wait_op;
+  uint32_t id; /* 1, 2, ... in spawn order (per runtime) */
+  uint32_t parent; /* id of the task that spawned it; 0: none */
 };
 
 /* The extra space of a thread (lua_getextraspace), a pointer with tags in

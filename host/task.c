@@ -9,6 +9,7 @@
  * live in a weak-keyed table, since a finished task keeps its name. */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,6 +76,12 @@ static void join_cancel(void *ud) {
   tulua__heap_put(&op->rt->lua_heap, op, sizeof *op);
 }
 
+/* The detail of a join: the id of the task joined. */
+static int describe_join(char *buf, size_t size, const void *ud) {
+  const join_op *op = ud;
+  return snprintf(buf, size, "task #%u", (unsigned)op->target->id);
+}
+
 static int task_join(lua_State *L) {
   lua_State *co = check_task(L, 1);
   if (tulua__task_finished(co)) return tulua__task_push_outcome(L, co);
@@ -90,6 +97,7 @@ static int task_join(lua_State *L) {
   t->observed = 1;
   op->w.next = t->joiners;
   t->joiners = &op->w;
+  tulua__wait_detail(L, describe_join);
   lua_settop(L, 1); /* the target stays referenced while we wait */
   return tulua__wait(L, &op->w, join_deliver, join_cancel, op);
 }
@@ -430,27 +438,64 @@ static int l_hide_current(lua_State *L) {
   return 0;
 }
 
+/* tulua._task_info(task) -> {id=, parent=, state=, seconds=, wait=,
+ * left=, on=} | nil (finished): what tulua --ps shows of an unfinished
+ * task. wait is the description of its wait ("sleep 2.500 s left"), on
+ * the object a park() named (the children of a gather, a TaskGroup's
+ * tasks). Internal (the underscore): for lua/tulua/_ps.lua. */
+static int l_task_info(lua_State *L) {
+  lua_State *co = check_task(L, 1);
+  tulua__task_state st;
+  char buf[512];
+  if (!tulua__task_state_of(co, &st)) return 0;
+  lua_createtable(L, 0, 7);
+  lua_pushinteger(L, st.id);
+  lua_setfield(L, -2, "id");
+  lua_pushinteger(L, st.parent);
+  lua_setfield(L, -2, "parent");
+  lua_pushstring(L, st.state);
+  lua_setfield(L, -2, "state");
+  lua_pushnumber(L, st.seconds);
+  lua_setfield(L, -2, "seconds");
+  if (st.op != NULL) {
+    tulua__describe_wait(co, buf, sizeof buf);
+    lua_pushstring(L, buf);
+    lua_setfield(L, -2, "wait");
+    lua_pushstring(L, st.op);
+    lua_setfield(L, -2, "op");
+  }
+  if (st.left >= 0) {
+    lua_pushnumber(L, st.left);
+    lua_setfield(L, -2, "left");
+  }
+  /* a park(what, on) frame keeps its arguments on the task's stack */
+  lua_Debug ar;
+  if (st.op != NULL && lua_getstack(co, 0, &ar) && lua_getinfo(co, "f", &ar)) {
+    int parked = lua_tocfunction(co, -1) == tulua__park;
+    lua_pop(co, 1);
+    if (parked && lua_getlocal(co, &ar, 2) != NULL) {
+      lua_xmove(co, L, 1);
+      lua_setfield(L, -2, "on");
+    }
+  }
+  return 1;
+}
+
 static int l_now(lua_State *L) {
   lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
   return 1;
 }
 
 int tulua__open_core(lua_State *L) {
-  static const luaL_Reg funcs[] = {{"spawn", l_spawn},
-                                   {"spawn_protected", l_spawn_protected},
-                                   {"sleep", tulua__sleep},
-                                   {"now", l_now},
-                                   {"current", l_current},
-                                   {"all_tasks", l_all_tasks},
-                                   {"park", tulua__park},
-                                   {"can_wait", l_can_wait},
-                                   {"unpark", tulua__unpark},
-                                   {"new_error", l_new_error},
-                                   {"set_debug", l_set_debug},
-                                   {"get_debug", l_get_debug},
-                                   {"_report", l_report},
-                                   {"_hide_current", l_hide_current},
-                                   {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+      {"spawn", l_spawn},          {"spawn_protected", l_spawn_protected},
+      {"sleep", tulua__sleep},     {"now", l_now},
+      {"current", l_current},      {"all_tasks", l_all_tasks},
+      {"park", tulua__park},       {"can_wait", l_can_wait},
+      {"unpark", tulua__unpark},   {"new_error", l_new_error},
+      {"set_debug", l_set_debug},  {"get_debug", l_get_debug},
+      {"_report", l_report},       {"_hide_current", l_hide_current},
+      {"_task_info", l_task_info}, {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_rawgeti(L, LUA_REGISTRYINDEX, tulua__runtime(L)->methods_ref);
   lua_setfield(L, -2, "Task");

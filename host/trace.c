@@ -45,6 +45,7 @@ typedef struct {
 typedef struct {
   uint64_t id; /* 0: a free slot */
   char name[NAME_LEN];
+  char wait[KIND_LEN]; /* the open wait's kind: its end's name */
   int waiting;
 } task_info;
 
@@ -384,7 +385,7 @@ static void write_rec(FILE *f, const tulua__trace_rec *r) {
       break;
     case TULUA_TR_STEP:
       if ((r->flags & TULUA_TR_RESUMED) && t->waiting) { /* the wait ends */
-        head(f, "e", "task", "wait", pid, tid, r->ts);
+        head(f, "e", "task", t->wait, pid, tid, r->ts);
         put_id_args(f, r->id);
         fputs("}}", f);
       }
@@ -394,8 +395,14 @@ static void write_rec(FILE *f, const tulua__trace_rec *r) {
       fprintf(f, ",\"args\":{\"task\":\"0x%llx\"}}", (unsigned long long)r->id);
       if (r->flags & TULUA_TR_WAITS) {
         t->waiting = 1;
-        head(f, "b", "task", "wait", pid, tid, r->ts + r->dur);
+        memcpy(t->wait, kind, strlen(kind) + 1); /* cut to KIND_LEN */
+        head(f, "b", "task", kind, pid, tid, r->ts + r->dur);
         put_id_args(f, r->id);
+        char left[64];
+        if (r->flags & TULUA_TR_SLEEP) {
+          snprintf(left, sizeof left, "sleep %.3f s", (double)r->n1 / 1e3);
+          detail = left;
+        }
         put_last(f, "kind", kind, 1, "detail", detail);
       }
       break;

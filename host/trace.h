@@ -36,6 +36,7 @@ enum {
 /* Step flags. */
 #define TULUA_TR_RESUMED 1 /* the step ended a wait (not the task's first) */
 #define TULUA_TR_WAITS   2 /* the step ended in a wait (not the task's end) */
+#define TULUA_TR_SLEEP   4 /* ... in a sleep of n1 milliseconds */
 
 #define TULUA_TR_TEXT 184
 

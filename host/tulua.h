@@ -167,6 +167,21 @@ int tulua_wakeup(tulua_runtime *rt);
  * handler. */
 int tulua_interrupt(tulua_runtime *rt);
 
+/* Pushes the text an uncaught error value on top of L prints as, without a
+ * traceback, and returns it (the value stays under it). A string or a
+ * number is itself, as in lua.c. An error object a task failed with (and
+ * that a join raised again) is the report of that task: where it was
+ * raised and the task's traceback. Any other value is preceded by the place
+ * where it was raised ("script.lua:12: "): the first frame of the thread
+ * `from`, at `level` or deeper, that runs Lua code outside tulua's own
+ * modules (asyncio, concurrent.futures...), so that a library's error
+ * names the caller's line. Then an object whose __tostring gives a string
+ * is that string; a table with fields is "(error object is a table value:
+ * {code = "X", message = "..."})" (the array part, then name keys in byte
+ * order, at most 8); anything else is "(error object is a T value)", with
+ * no place, as lua.c prints it. [-0, +1, m] */
+const char *tulua_error_text(lua_State *L, lua_State *from, int level);
+
 /* Returns how many task errors went uncaught (reported through on_error)
  * since the runtime was created; the other reports on_error receives are
  * not counted. */

@@ -389,7 +389,7 @@ function Executor:shutdown(wait, cancel_futures)
     self:_close_backend()
   elseif wait then
     local me = need_task("shutdown")
-    local park_me, wake = new_waker()
+    local park_me, wake = new_waker("shutdown")
     self._wake_closer = wake
     while core:inflight() > 0 do
       local ok, err = park_me(me)

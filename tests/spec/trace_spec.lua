@@ -66,7 +66,7 @@ local function script(name, text)
 end
 
 describe("TULUA_TRACE", function()
-  local t, pid
+  local t, pid, port
   setup(function()
     local path = script("life.lua", [[
       local tulua = require "tulua"
@@ -78,12 +78,21 @@ describe("TULUA_TRACE", function()
       local t = tulua.spawn(function() tulua.sleep(0.02); error("boom") end)
       t:set_name("boomer")
       tulua.sleep(0.1)
-      print("pid", io.open("/proc/self/stat"):read("n"))
+      local net = require "tulua.net"
+      local srv = assert(net.serve("127.0.0.1", 0, function(conn) tulua.sleep(0.05); conn:write("hi\n") end))
+      local _, port = srv:address()
+      local c = assert(net.connect("127.0.0.1", port))
+      assert(c:read_line() == "hi")
+      c:close()
+      srv:close()
+      assert(require("tulua.fs").read_file("/etc/hostname"))
+      print("pid", io.open("/proc/self/stat"):read("n"), "port", port)
     ]])
     local status, out, err = sh(("TULUA_TRACE=%s %s %s"):format(q(dir .. "/life.json"), q(support.TULUA), q(path)))
     assert.are.equal(1, status) -- the uncaught error
     assert.matches("boom", err)
     pid = tonumber(out:match("pid\t(%d+)"))
+    port = tonumber(out:match("port\t(%d+)"))
     t = read_trace(dir .. "/life.json")
   end)
 
@@ -112,13 +121,30 @@ describe("TULUA_TRACE", function()
   it("records each wait, from the end of a step to the start of the next", function()
     local id = find(t, {ph = "b", cat = "task", name = "Task-2"})[1].id
     local steps = find(t, {ph = "X", cat = "step", name = "boomer"})
-    local b = find(t, {ph = "b", cat = "task", name = "wait", id = id})
-    local e = find(t, {ph = "e", cat = "task", name = "wait", id = id})
+    local b = find(t, {ph = "b", cat = "task", name = "sleep", id = id})
+    local e = find(t, {ph = "e", cat = "task", name = "sleep", id = id})
     assert.are.equal(1, #b)
     assert.are.equal(1, #e)
-    assert.is_string(b[1].args.kind)
+    assert.are.equal("sleep", b[1].args.kind)
+    assert.matches("^sleep 0%.0[12]%d s$", b[1].args.detail)
     assert.is_true(math.abs(b[1].ts - (steps[1].ts + steps[1].dur)) < 0.01)
     assert.are.equal(steps[2].ts, e[1].ts)
+  end)
+
+  it("says what each wait waits for: sleep, future, connect, socket read, file", function()
+    local main = find(t, {ph = "b", cat = "task", name = "Task-1"})[1].id
+    local function wait_of(kind)
+      local b = find(t, {ph = "b", cat = "task", name = kind, id = main})
+      assert.is_true(#b >= 1, kind)
+      assert.are.equal(kind, b[1].args.kind)
+      assert.are.equal(#b, #find(t, {ph = "e", cat = "task", name = kind, id = main}))
+      return b[1].args.detail
+    end
+    assert.matches("^sleep 0%.%d%d%d s$", wait_of("sleep"))
+    assert.matches("^result future #%d+", wait_of("result"))
+    assert.are.equal("net.connect 127.0.0.1:" .. port, wait_of("net.connect"))
+    assert.are.equal("read_line tcp 127.0.0.1:" .. port, wait_of("read_line"))
+    assert.matches("^fs.read_file", wait_of("fs.read_file"))
   end)
 
   it("records an uncaught error with its message", function()
