@@ -71,10 +71,12 @@ typedef struct tulua_config {
   int debug; /* 1: warn (lua_warning) about task steps that keep the loop
               * busy for longer than debug_slow, as asyncio's debug mode */
   double debug_slow; /* debug mode's threshold in seconds (asyncio's
-                      * slow_callback_duration); 0: the default, 0.1 */
+                      * slow_callback_duration); 0: the default, 0.1; a
+                      * negative or NaN one: tulua_open gives UV_EINVAL */
   const char *trace; /* a file to write a trace to from the start (Chrome
                       * trace event format, host/trace.md), or NULL; as
-                      * tulua.trace.start(trace): one trace per process */
+                      * tulua.trace.start(trace): one trace per process
+                      * (UV_EBUSY), tulua_close ends it; not kept */
 } tulua_config;
 
 /* Fills cfg with the defaults: own loop, no error callback, stdlibs open. */

@@ -343,4 +343,19 @@ function M.svg(records, opts)
   return concat(out)
 end
 
+--- Writes svg(records, opts) into the file at path (replaced): the talk
+-- scripts' --svg FILE. The title defaults to the file's name.
+-- @return true, or nil, message, code (io.open's or the write's)
+function M.write_svg(path, records, opts)
+  if type(path) ~= "string" then bad_arg(1, "string expected, got " .. type(path), nil, "write_svg") end
+  local picture = M.svg(records, opts)
+  local f, err, code = io.open(path, "w")
+  if not f then return nil, err, code end
+  local ok
+  ok, err, code = f:write(picture)
+  f:close()
+  if not ok then return nil, err, code end
+  return true
+end
+
 return M
