@@ -221,17 +221,9 @@ function M.svg(trace_path, svg_path, opts)
   if not ok then return nil, trace_path .. ": not JSON: " .. trace, "EINVAL" end
   local records, lanes, ecode = M.jobs(trace)
   if not records then return nil, trace_path .. ": " .. lanes, ecode end
-  local picture = require("concurrent.timeline").svg(records, {
+  return require("concurrent.timeline").write_svg(svg_path, records, {
     lanes = lanes, width = opts and opts.width, title = opts and opts.title or trace_path,
   })
-  local out
-  out, err, code = io.open(svg_path, "w")
-  if not out then return nil, err, code end
-  local written
-  written, err, code = out:write(picture)
-  out:close()
-  if not written then return nil, err, code end
-  return true
 end
 
 return M
