@@ -928,12 +928,13 @@ static void run_task(lua_State *L, tulua_runtime *rt, tulua__task *t) {
     tr = &rec;
     tr->kind = TULUA_TR_STEP;
     tr->id = (uintptr_t)co;
-    tr->flags = t->state == T_NEW ? 0 : TULUA_TR_RESUMED;
+    tr->flags = (t->state == T_NEW ? 0 : TULUA_TR_RESUMED) |
+                (tulua__trace_tsc ? TULUA_TR_TICKS : 0);
     tr->pid = tr->tid = 0;
     tr->n1 = tr->n2 = 0;
     /* the end of the previous step of this drain: one clock read a step
      * (the scheduler's few instructions between count in this one) */
-    tr->ts = rt->trace_mark ? rt->trace_mark : uv_hrtime();
+    tr->ts = rt->trace_mark ? rt->trace_mark : tulua__trace_ticks();
   }
   if (rt->debug) {
     tulua__push_thread(L, rt, t); /* for the report: t may finish */
@@ -956,7 +957,7 @@ static void run_task(lua_State *L, tulua_runtime *rt, tulua__task *t) {
     uv_async_send(&rt->async);
   }
   if (tr != NULL) {
-    rt->trace_mark = uv_hrtime();
+    rt->trace_mark = tulua__trace_ticks();
     tr->dur = rt->trace_mark - tr->ts;
     if (status == LUA_YIELD && rt->wait_mark)
       trace_wait(rt, t, tr);

@@ -28,12 +28,14 @@
 
 #define DEFAULT_MAX 65536
 #define BATCH       4096
+#define SHARED_MAX  4096
 #define MAX_TRACKS  1024
 #define HEAD        offsetof(tulua__trace_rec, text)
 #define NAME_LEN    48
 #define KIND_LEN    24
 
 atomic_int tulua__tracing;
+int tulua__trace_tsc;
 
 /* A track the file has named already (thread_name metadata). */
 typedef struct {
@@ -54,10 +56,19 @@ static struct {
   uv_mutex_t mu; /* on, stopping, the ring and the counts */
   uv_cond_t cond; /* the writer sleeps on it */
   int on, stopping;
-  tulua__trace_rec *ring;
-  size_t cap, head, count, wake_at;
+  tulua__trace_rec *ring; /* other threads' records: SHARED_MAX slots */
+  size_t head, count;
+  size_t cap; /* the owner's ring's slots: max_events */
   uint64_t written, dropped;
   uv_thread_t writer;
+  /* The owner's ring: the thread that started the trace (its runtime's
+   * tasks, its pools' jobs: nearly every record) adds to it without a
+   * lock, the writer takes from it; head and tail count records ever
+   * taken and added. own is set and cleared by the owner alone. */
+  uv_thread_t owner;
+  tulua__trace_rec *own;
+  atomic_size_t own_head, own_tail;
+  uint64_t own_dropped; /* the owner's */
   FILE *raw; /* the writer's: the records as they are; unlinked */
   FILE *f; /* the JSON, opened at start so that its errors show then */
   int32_t pid; /* this process */
@@ -65,6 +76,7 @@ static struct {
   track tracks[MAX_TRACKS];
   int32_t pids[MAX_TRACKS];
   int ntracks, npids, first; /* first: no event written yet */
+  uint64_t hr0, tick0, hr1, tick1; /* the ticks' calibration */
   task_info *tasks; /* open addressing on the id */
   size_t ntasks, tasks_cap;
 } tr = {.once = UV_ONCE_INIT};
@@ -93,17 +105,29 @@ void tulua__trace_text(tulua__trace_rec *r, const char *name, const char *kind,
 }
 
 void tulua__trace_add(const tulua__trace_rec *r) {
+  uv_thread_t self = uv_thread_self();
+  if (uv_thread_equal(&self, &tr.owner)) { /* the owner: no lock */
+    if (tr.own == NULL) return; /* stopped during the step being recorded */
+    size_t tail = atomic_load_explicit(&tr.own_tail, memory_order_relaxed);
+    size_t head = atomic_load_explicit(&tr.own_head, memory_order_acquire);
+    if (tail - head == tr.cap) {
+      tr.own_dropped++;
+      return;
+    }
+    memcpy(&tr.own[tail % tr.cap], r, HEAD + r->len);
+    atomic_store_explicit(&tr.own_tail, tail + 1, memory_order_release);
+    return;
+  }
   uv_mutex_lock(&tr.mu);
   if (!tr.on) {
     uv_mutex_unlock(&tr.mu);
     return;
   }
-  if (tr.count == tr.cap) {
+  if (tr.count == SHARED_MAX) {
     tr.dropped++;
   } else {
-    memcpy(&tr.ring[(tr.head + tr.count) % tr.cap], r, HEAD + r->len);
-    /* the writer is woken when a batch is there, not for every record */
-    if (++tr.count == tr.wake_at) uv_cond_signal(&tr.cond);
+    memcpy(&tr.ring[(tr.head + tr.count) % SHARED_MAX], r, HEAD + r->len);
+    tr.count++;
   }
   uv_mutex_unlock(&tr.mu);
 }
@@ -179,37 +203,52 @@ static int unpack(FILE *f, tulua__trace_rec *r, uint64_t *last_ts) {
   return fread(r->text, 1, r->len, f) == r->len;
 }
 
-/* Writes the ring's records out in batches. The lock is held only to
- * read and move the head: the records between head and head + count are
- * the writer's until it moves the head past them (producers write after
- * them), so that the loop's thread never waits while a batch is packed. */
+/* Packs n records from ring[h] into buf and writes them out. */
+static void put_batch(char *buf, const tulua__trace_rec *ring, size_t h,
+                      size_t n, uint64_t *last_ts) {
+  char *p = buf;
+  for (size_t i = 0; i < n; i++)
+    p = pack(p, &ring[h + i], last_ts);
+  fwrite(buf, 1, (size_t)(p - buf), tr.raw);
+}
+
+/* Writes the records out in batches, polling the owner's ring every few
+ * milliseconds (its producer never signals: that would cost a lock) and
+ * taking the other threads' under the lock, which it holds only to read
+ * and move their head. */
 static void writer_main(void *arg) {
   (void)arg;
   char *buf = malloc(BATCH * (size_t)PACKED_MAX);
   uint64_t last_ts = 0;
-  uv_mutex_lock(&tr.mu);
   for (;;) {
-    while (tr.count == 0 && !tr.stopping)
-      (void)uv_cond_timedwait(&tr.cond, &tr.mu, 50 * 1000 * 1000);
-    if (tr.count == 0) break; /* stopping, and all written */
-    size_t h = tr.head, n = tr.count < BATCH ? tr.count : BATCH;
+    size_t head = atomic_load_explicit(&tr.own_head, memory_order_relaxed);
+    size_t tail = atomic_load_explicit(&tr.own_tail, memory_order_acquire);
+    size_t n = tail - head, h = head % tr.cap;
+    if (n > BATCH) n = BATCH;
     if (n > tr.cap - h) n = tr.cap - h; /* up to the end of the ring */
-    uv_mutex_unlock(&tr.mu);
-    if (buf != NULL) {
-      char *p = buf;
-      for (size_t i = 0; i < n; i++)
-        p = pack(p, &tr.ring[h + i], &last_ts);
-      fwrite(buf, 1, (size_t)(p - buf), tr.raw);
-    }
+    if (n > 0 && buf != NULL) put_batch(buf, tr.own, h, n, &last_ts);
+    atomic_store_explicit(&tr.own_head, head + n, memory_order_release);
     uv_mutex_lock(&tr.mu);
-    tr.head = (h + n) % tr.cap;
-    tr.count -= n;
+    size_t sh = tr.head, sn = tr.count < BATCH ? tr.count : BATCH;
+    if (sn > SHARED_MAX - sh) sn = SHARED_MAX - sh;
+    uv_mutex_unlock(&tr.mu);
+    if (sn > 0 && buf != NULL) put_batch(buf, tr.ring, sh, sn, &last_ts);
+    uv_mutex_lock(&tr.mu);
+    tr.head = (sh + sn) % SHARED_MAX;
+    tr.count -= sn;
     if (buf != NULL)
-      tr.written += n;
+      tr.written += n + sn;
     else /* no memory for the packing: what was there is lost */
-      tr.dropped += n;
+      tr.dropped += n + sn;
+    if (n + sn == 0) {
+      if (tr.stopping) { /* and all written */
+        uv_mutex_unlock(&tr.mu);
+        break;
+      }
+      (void)uv_cond_timedwait(&tr.cond, &tr.mu, 5 * 1000 * 1000);
+    }
+    uv_mutex_unlock(&tr.mu);
   }
-  uv_mutex_unlock(&tr.mu);
   free(buf);
 }
 
@@ -440,14 +479,38 @@ static void convert(FILE *f) {
   tulua__trace_rec r;
   uint64_t last_ts = 0;
   rewind(tr.raw);
+  double scale = tr.tick1 > tr.tick0
+                     ? (double)(tr.hr1 - tr.hr0) / (double)(tr.tick1 - tr.tick0)
+                     : 1;
   while (unpack(tr.raw, &r, &last_ts)) {
     while (r.len < 3)
       r.text[r.len++] = '\0'; /* three strings at least */
+    if (r.flags & TULUA_TR_TICKS) {
+      r.ts = tr.hr0 + (uint64_t)((double)(int64_t)(r.ts - tr.tick0) * scale);
+      r.dur = (uint64_t)((double)r.dur * scale);
+    }
     write_rec(f, &r);
   }
   free(tr.tasks);
   tr.tasks = NULL;
   tr.ntasks = tr.tasks_cap = 0;
+}
+
+/* Whether the TSC ticks at one rate on every core, in every power state
+ * (constant_tsc and nonstop_tsc in /proc/cpuinfo): then it times steps. */
+static int tsc_usable(void) {
+#if defined(__x86_64__)
+  FILE *f = fopen("/proc/cpuinfo", "re");
+  char line[4096];
+  int ok = 0;
+  while (f != NULL && !ok && fgets(line, sizeof line, f) != NULL)
+    ok = strncmp(line, "flags", 5) == 0 && strstr(line, " constant_tsc") &&
+         strstr(line, " nonstop_tsc");
+  if (f != NULL) fclose(f);
+  return ok;
+#else
+  return 0;
+#endif
 }
 
 int tulua__trace_start(const char *path, size_t max_events, char *errbuf,
@@ -461,8 +524,11 @@ int tulua__trace_start(const char *path, size_t max_events, char *errbuf,
     snprintf(errbuf, errlen, "a trace is on already");
     return UV_EBUSY;
   }
-  tulua__trace_rec *ring = malloc(cap * sizeof *ring);
-  if (ring == NULL) {
+  tulua__trace_rec *ring = malloc(SHARED_MAX * sizeof *ring);
+  tulua__trace_rec *own = malloc(cap * sizeof *own);
+  if (ring == NULL || own == NULL) {
+    free(ring);
+    free(own);
     snprintf(errbuf, errlen, "not enough memory for %zu events", cap);
     return UV_ENOMEM;
   }
@@ -474,6 +540,7 @@ int tulua__trace_start(const char *path, size_t max_events, char *errbuf,
              uv_strerror(e));
     if (f) fclose(f);
     free(ring);
+    free(own);
     return e;
   }
   setvbuf(raw, NULL, _IOFBF, 1 << 20);
@@ -481,21 +548,30 @@ int tulua__trace_start(const char *path, size_t max_events, char *errbuf,
   uv_mutex_lock(&tr.mu);
   tr.ring = ring;
   tr.cap = cap;
-  tr.wake_at = cap / 2 < BATCH ? (cap + 1) / 2 : BATCH;
   tr.head = tr.count = 0;
   tr.written = tr.dropped = 0;
+  tr.owner = uv_thread_self();
+  tr.own = own;
+  atomic_store(&tr.own_head, 0);
+  atomic_store(&tr.own_tail, 0);
+  tr.own_dropped = 0;
   tr.f = f;
   tr.raw = raw;
   tr.pid = (int32_t)getpid();
+  tulua__trace_tsc = tsc_usable();
+  tr.hr0 = uv_hrtime();
+  tr.tick0 = tulua__trace_ticks();
   tr.on = 1;
   int rc = uv_thread_create(&tr.writer, writer_main, NULL);
   if (rc != 0) tr.on = 0;
   uv_mutex_unlock(&tr.mu);
   if (rc != 0) {
     snprintf(errbuf, errlen, "cannot start the writer: %s", uv_strerror(rc));
+    tr.own = NULL;
     fclose(raw);
     fclose(f);
     free(ring);
+    free(own);
     return rc;
   }
   atomic_store(&tulua__tracing, 1);
@@ -515,8 +591,13 @@ int tulua__trace_stop(void) {
   uv_cond_signal(&tr.cond);
   uv_mutex_unlock(&tr.mu);
   uv_thread_join(&tr.writer);
+  tr.hr1 = uv_hrtime();
+  tr.tick1 = tulua__trace_ticks();
   free(tr.ring);
   tr.ring = NULL;
+  free(tr.own); /* the owner stops it: it adds nothing meanwhile */
+  tr.own = NULL;
+  tr.dropped += tr.own_dropped;
   FILE *f = tr.f;
   int rc = fflush(tr.raw) != 0 || ferror(tr.raw) ? UV_EIO : 0;
   fputs("{\"displayTimeUnit\":\"ms\",\"traceEvents\":[", f);
@@ -546,7 +627,7 @@ int tulua__trace_stop(void) {
 void tulua__trace_counts(uint64_t *written, uint64_t *dropped) {
   uv_once(&tr.once, init_once);
   uv_mutex_lock(&tr.mu);
-  *written = tr.written + tr.count;
+  *written = tr.written;
   *dropped = tr.dropped;
   uv_mutex_unlock(&tr.mu);
 }
