@@ -745,6 +745,20 @@ static int l_job(lua_State *L) {
   return 0;
 }
 
+/* name(task, name): records the name of a task that was spawned before
+ * the trace started (start names them all) */
+static int l_name(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTHREAD);
+  tulua__trace_rec r;
+  memset(&r, 0, HEAD);
+  r.kind = TULUA_TR_NAME;
+  r.ts = uv_hrtime();
+  r.id = (uintptr_t)lua_tothread(L, 1);
+  tulua__trace_text(&r, luaL_checkstring(L, 2), NULL, NULL);
+  if (tulua__trace_on()) tulua__trace_add(&r);
+  return 0;
+}
+
 /* pool_no() -> a new pool's number in the trace */
 static int l_pool_no(lua_State *L) {
   lua_pushinteger(L, tulua__trace_pool_no());
@@ -763,7 +777,7 @@ int tulua__open_trace(lua_State *L) {
   static const luaL_Reg fns[] = {{"start", l_start},   {"stop", l_stop},
                                  {"on", l_on},         {"job", l_job},
                                  {"submit", l_submit}, {"pool_no", l_pool_no},
-                                 {NULL, NULL}};
+                                 {"name", l_name},     {NULL, NULL}};
   luaL_newlib(L, fns);
   return 1;
 }

@@ -39,7 +39,11 @@ function M.start(path, opts)
       end
     end
   end
-  return C.start(path, max)
+  local ok, err, code = C.start(path, max)
+  if not ok then return nil, err, code end
+  -- the tasks already there: their steps carry their names too
+  for _, task in ipairs(require("tulua").all_tasks()) do C.name(task, task:get_name()) end
+  return true
 end
 
 --- Stops the trace this runtime started and writes the rest of the file.

@@ -201,12 +201,15 @@ describe("tulua.trace", function()
     local child = tulua.spawn(function() tulua.sleep(0.01) end)
     child:set_name("in between")
     child:join()
+    tulua.sleep(0) -- a step of this task that ends before stop: recorded
     local written, dropped = trace.stop()
     assert.is_false(trace.active())
     assert.is_true(written >= 3)
     assert.are.equal(0, dropped)
     local t = read_trace(path)
     assert.is_true(#find(t, {ph = "X", cat = "step", name = "in between"}) >= 2)
+    -- a task spawned before start is named by start
+    assert.is_true(#find(t, {ph = "X", cat = "step", name = tulua.current():get_name()}) >= 1)
   end)
 
   it("drops what a small ring cannot hold, and says how many", function()
