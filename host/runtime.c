@@ -12,6 +12,7 @@
 void tulua_config_init(tulua_config *cfg) {
   memset(cfg, 0, sizeof *cfg);
   cfg->open_stdlibs = 1;
+  cfg->ps = 1;
 }
 
 static void set_errmsg(tulua_runtime *rt, const char *msg) {
@@ -150,6 +151,7 @@ int tulua_open(tulua_runtime **out, const tulua_config *cfg) {
     tulua_close(rt);
     return UV_ENOMEM;
   }
+  tulua__ps_open(rt);
   *out = rt;
   return 0;
 }
@@ -166,6 +168,7 @@ static void close_stray_cb(uv_handle_t *h, void *arg) {
 
 void tulua_close(tulua_runtime *rt) {
   if (rt == NULL) return;
+  tulua__ps_close(rt);
   if (rt->L) {
     tulua__sched_shutdown(rt);
     lua_close(rt->L); /* __gc closes the handles Lua objects own */

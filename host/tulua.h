@@ -70,9 +70,15 @@ typedef struct tulua_config {
                        (host/cli.md: differences from lua5.4) */
   int debug; /* 1: warn (lua_warning) about task steps that keep the loop
               * busy for more than 100 ms, as asyncio's debug mode */
+  int ps; /* 1 (default): answer `tulua --ps PID` (host/ps.md): on SIGURG
+           * the runtime writes its task list into /tmp/tulua-<uid>/, a
+           * directory only its user may enter. The first runtime opened
+           * in the process decides, for the process; 0 turns it off (and
+           * leaves SIGURG alone). */
 } tulua_config;
 
-/* Fills cfg with the defaults: own loop, no error callback, stdlibs open. */
+/* Fills cfg with the defaults: own loop, no error callback, stdlibs open,
+ * answering tulua --ps. */
 void tulua_config_init(tulua_config *cfg);
 
 /* Creates a runtime: a Lua state with the tulua modules preloaded, on cfg's
