@@ -83,13 +83,18 @@ static void write_file(const char *text, size_t len) {
     unlink(tmp);
 }
 
+/* Calls tulua._ps[name](flag) with nres results. [-0, +nres, e] */
+static void call_ps(lua_State *L, const char *name, int flag, int nres) {
+  push_ps_module(L);
+  lua_getfield(L, -1, name);
+  lua_remove(L, -2);
+  lua_pushboolean(L, flag);
+  lua_call(L, 1, nres);
+}
+
 /* report(busy): tulua._ps.report's text. [-0, +1, e] */
 static int make_report(lua_State *L) {
-  int busy = lua_toboolean(L, 1);
-  push_ps_module(L);
-  lua_getfield(L, -1, "report");
-  lua_pushboolean(L, busy);
-  lua_call(L, 1, 1);
+  call_ps(L, "report", lua_toboolean(L, 1), 1);
   return 1;
 }
 
@@ -187,10 +192,6 @@ int tulua__ps_lua_dir(lua_State *L) {
 /* tulua.ps([tree]) -> prints the runtime's task list (tree: the tree of
  * tasks with tracebacks, as tulua --pstree), as tulua --ps shows it. */
 int tulua__ps(lua_State *L) {
-  int tree = lua_toboolean(L, 1);
-  push_ps_module(L);
-  lua_getfield(L, -1, "print");
-  lua_pushboolean(L, tree);
-  lua_call(L, 1, 0);
+  call_ps(L, "print", lua_toboolean(L, 1), 0);
   return 0;
 }
