@@ -237,22 +237,82 @@ end):set_name("spinner")
   end))
 end)
 
+-- Returns what tulua.ps(tree) prints.
+local function capture_ps(tree)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  local old = io.output()
+  io.output(f)
+  local ok, err = pcall(tulua.ps, tree)
+  io.output(old)
+  f:close()
+  local out = support.read_file(path)
+  os.remove(path)
+  assert(ok, err)
+  return out
+end
+
 describe("tulua.ps()", function()
+  it("names the other waits: join, udp, process.run, a full queue, events, conditions, semaphores",
+    bounded(function()
+      local asyncio = require("asyncio")
+      local udp = require("tulua.udp")
+      local tasks = {}
+      local function named(name, fn)
+        local t = tulua.spawn(fn)
+        t:set_name(name)
+        tasks[#tasks + 1] = t
+        return t
+      end
+      local target = named("target", function() tulua.sleep(60) end)
+      named("joiner", function() target:join() end)
+      local sock = assert(udp.bind("127.0.0.1", 0))
+      local _, uport = sock:local_address()
+      named("receiver", function() sock:recv_from() end)
+      named("runner", function() process.run({"sleep", "30"}) end)
+      local q = asyncio.Queue(1)
+      q:put_nowait(1)
+      named("putter", function() q:put(2) end)
+      local ev = asyncio.Event()
+      named("event", function() ev:wait() end)
+      local cond = asyncio.Condition()
+      named("cond", function() cond:acquire(); cond:wait() end)
+      local sem = asyncio.Semaphore(0)
+      named("sem", function() sem:acquire() end)
+      tulua.sleep(0.05)
+      local out = capture_ps()
+      for _, t in ipairs(tasks) do t:cancel() end
+      for _, t in ipairs(tasks) do pcall(t.join, t) end
+      sock:close()
+      local function has(name, waits)
+        local line = line_of(out, name)
+        assert.is_truthy(line, name .. " missing in:\n" .. out)
+        assert.matches("^%s*%d+%s+" .. name .. "%s+waiting%s+%d+%.%d s%s+" .. waits .. "$", line)
+      end
+      has("joiner", "join task #" .. id_of(out, "target"))
+      has("receiver", "udp%.recv_from 127%.0%.0%.1:" .. uport)
+      has("runner", "process%.run pid %d+ sleep")
+      has("putter", "queue put")
+      has("event", "event")
+      has("cond", "condition")
+      has("sem", "semaphore")
+    end))
+
   it("prints this runtime's tasks", bounded(function()
     local t = tulua.spawn(function() tulua.sleep(60) end)
     t:set_name("napper")
     tulua.sleep(0.01)
-    local path = os.tmpname()
-    local f = assert(io.open(path, "w"))
-    local old = io.output()
-    io.output(f)
-    tulua.ps()
-    io.output(old)
-    f:close()
-    local out = support.read_file(path)
-    os.remove(path)
+    local out = capture_ps()
+    local tree = capture_ps(true)
     t:cancel()
     assert.matches("\n%s*%d+%s+napper%s+waiting%s+%d+%.%d s%s+sleep [%d.]+ s left\n", out)
+    -- the tree: the napper under the spec's task that spawned it, which
+    -- made the list (its frames that made it left out)
+    assert.matches("\n    `%-%- #%d+ napper %(waiting [%d.]+ s%): sleep [%d.]+ s left\n"
+      .. "              %[C%]: in function '[%w._]+'\n", tree)
+    assert.matches("#%d+ Task%-%d+ %(running [%d.]+ s%): running: it made this list\n"
+      .. "    |     %[C%]: in function 'pcall'\n"
+      .. "    |     tests/spec/ps_spec%.lua:%d+: in upvalue 'capture_ps'\n", tree)
   end))
 
   it("lists the REPL's background tasks at the prompt", function()
