@@ -61,6 +61,7 @@ local function start(dir, script, ...)
   end
   local words = {}
   for w in line:gmatch("%S+") do words[#words + 1] = w end
+  tulua.sleep(0.3) -- for the main chunk, which printed the line, to end
   return p, words
 end
 
