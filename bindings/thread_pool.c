@@ -1009,6 +1009,20 @@ static int tp_close(lua_State *L) {
   return 0;
 }
 
+/* pool:worker_of(id) -> "thread worker N" running job id, or nil (for
+ * tulua --ps). */
+static int tp_worker_of(lua_State *L) {
+  owner *o = check_open(L);
+  long long id = (long long)luaL_checkinteger(L, 2);
+  uv_mutex_lock(&o->p->mu);
+  worker *w = running_on(o->p, id);
+  int n = w != NULL ? (int)(w - o->p->workers) + 1 : 0;
+  uv_mutex_unlock(&o->p->mu);
+  if (n == 0) return 0;
+  lua_pushfstring(L, "thread worker %d", n);
+  return 1;
+}
+
 /* pool:threads() -> how many worker threads were started. */
 static int tp_threads(lua_State *L) {
   owner *o = check_open(L);
@@ -1022,7 +1036,8 @@ static int tp_threads(lua_State *L) {
 int luaopen_tulua_thread_pool(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"state", tp_state}, {"cancel", tp_cancel},   {"shutdown", tp_shutdown},
-      {"close", tp_close}, {"threads", tp_threads}, {NULL, NULL}};
+      {"close", tp_close}, {"threads", tp_threads}, {"worker_of", tp_worker_of},
+      {NULL, NULL}};
   static const luaL_Reg meta[] = {{"__gc", tp_close}, {NULL, NULL}};
   static const luaL_Reg port[] = {{"take", port_take},
                                   {"wait", port_wait},

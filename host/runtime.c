@@ -13,6 +13,7 @@
 void tulua_config_init(tulua_config *cfg) {
   memset(cfg, 0, sizeof *cfg);
   cfg->open_stdlibs = 1;
+  cfg->ps = 1;
 }
 
 static void set_errmsg(tulua_runtime *rt, const char *msg) {
@@ -166,6 +167,7 @@ int tulua_open(tulua_runtime **out, const tulua_config *cfg) {
     }
     rt->traced = 1;
   }
+  tulua__ps_open(rt);
   *out = rt;
   return 0;
 }
@@ -182,6 +184,7 @@ static void close_stray_cb(uv_handle_t *h, void *arg) {
 
 void tulua_close(tulua_runtime *rt) {
   if (rt == NULL) return;
+  tulua__ps_close(rt);
   if (rt->L) {
     tulua__sched_shutdown(rt);
     lua_close(rt->L); /* __gc closes the handles Lua objects own */

@@ -89,6 +89,8 @@ struct tulua_runtime {
   volatile sig_atomic_t interrupt_pending; /* tulua_interrupt not yet seen */
   volatile sig_atomic_t cancel_pending; /* cancel call_co at next poll */
   volatile lua_State *running; /* thread running Lua now */
+  volatile sig_atomic_t ps_pending; /* tulua --ps asked: write the report */
+  tulua__job ps_job; /* writes it in the drain (ps.c) */
 };
 
 /* trace.c: opens the module tulua._trace (lua/tulua/trace.lua's C half). */
@@ -231,6 +233,24 @@ int tulua__task_push_outcome(lua_State *L, lua_State *co);
 /* task.c, for runtime.c: os.exit, whose close closes the main chunk's
  * task as lua_close closes lua.c's main thread. After luaL_openlibs. */
 void tulua__open_exit(lua_State *L);
+
+/* ps.c, for runtime.c: tulua --ps. The first runtime opened in the process
+ * decides whether it answers (cfg.ps), and that one installs the SIGURG
+ * handler; close gives the handler back. */
+void tulua__ps_open(tulua_runtime *rt);
+void tulua__ps_close(tulua_runtime *rt);
+
+/* ps.c, for task.c: tulua.ps([tree]) prints the task list. */
+int tulua__ps(lua_State *L);
+
+/* ps.c: makes or checks /tmp/tulua-<uid>, the reports' directory,
+ * writing its path in dir. Returns 0, or -1 with errno set (EPERM: not a
+ * 0700 directory of this user). */
+int tulua__ps_dir(char *dir, size_t size);
+
+/* ps.c, for task.c: tulua._ps_dir() -> that directory | nil, message, for
+ * the asking side (lua/tulua/_ps.lua). */
+int tulua__ps_lua_dir(lua_State *L);
 
 /* io.c, for runtime.c: tulua's print and io functions in place of Lua's
  * (close-on-exec files, SIGPIPE as lua5.4 has it). After luaL_openlibs. */

@@ -1056,6 +1056,7 @@ int tulua__task_state_of(lua_State *co, tulua__task_state *out) {
   tulua__task *t = tulua__task_of(co);
   if (t == NULL) return 0;
   tulua_runtime *rt = tulua__task_rt(t);
+  uv_update_time(rt->loop); /* the loop may be busy: its time is stale */
   uint64_t now = uv_now(rt->loop);
   out->state = names[t->state];
   out->op = t->state == T_WAITING ? t->wait_op : NULL;
@@ -1102,6 +1103,7 @@ int tulua__cancel_wait(lua_State *co) {
 
 static void async_cb(uv_async_t *h) {
   tulua_runtime *rt = h->data;
+  if (rt->ps_pending) tulua__post(rt, &rt->ps_job); /* tulua --ps (ps.c) */
   if (rt->cancel_pending) {
     rt->cancel_pending = 0;
     rt->interrupt_pending = 0;

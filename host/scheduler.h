@@ -90,7 +90,9 @@ typedef struct tulua__task_state {
 } tulua__task_state;
 
 /* Fills *out for the task whose thread is co and returns 1; returns 0 for
- * any other thread (a finished task's too). Calls no Lua API. */
+ * any other thread (a finished task's too). Calls no Lua API; call it on
+ * the runtime's thread (it brings the loop's time up to date, which a busy
+ * step leaves stale). */
 int tulua__task_state_of(lua_State *co, tulua__task_state *out);
 
 /* Writes what the waiting task co waits for into buf, e.g. "sleep 2.500 s

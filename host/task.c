@@ -468,14 +468,19 @@ static int l_task_info(lua_State *L) {
     lua_pushnumber(L, st.left);
     lua_setfield(L, -2, "left");
   }
-  /* a park(what, on) frame keeps its arguments on the task's stack */
+  /* a waiting C function keeps its arguments on the task's stack: on is
+   * park(what, on)'s on, or the object a method waits in (a Future) */
   lua_Debug ar;
   if (st.op != NULL && lua_getstack(co, 0, &ar) && lua_getinfo(co, "f", &ar)) {
     int parked = lua_tocfunction(co, -1) == tulua__park;
     lua_pop(co, 1);
-    if (parked && lua_getlocal(co, &ar, 2) != NULL) {
-      lua_xmove(co, L, 1);
-      lua_setfield(L, -2, "on");
+    if (lua_getlocal(co, &ar, parked ? 2 : 1) != NULL) {
+      if (parked || lua_type(co, -1) == LUA_TUSERDATA) {
+        lua_xmove(co, L, 1);
+        lua_setfield(L, -2, "on");
+      } else {
+        lua_pop(co, 1);
+      }
     }
   }
   return 1;
@@ -487,15 +492,24 @@ static int l_now(lua_State *L) {
 }
 
 int tulua__open_core(lua_State *L) {
-  static const luaL_Reg funcs[] = {
-      {"spawn", l_spawn},          {"spawn_protected", l_spawn_protected},
-      {"sleep", tulua__sleep},     {"now", l_now},
-      {"current", l_current},      {"all_tasks", l_all_tasks},
-      {"park", tulua__park},       {"can_wait", l_can_wait},
-      {"unpark", tulua__unpark},   {"new_error", l_new_error},
-      {"set_debug", l_set_debug},  {"get_debug", l_get_debug},
-      {"_report", l_report},       {"_hide_current", l_hide_current},
-      {"_task_info", l_task_info}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"spawn", l_spawn},
+                                   {"spawn_protected", l_spawn_protected},
+                                   {"sleep", tulua__sleep},
+                                   {"now", l_now},
+                                   {"current", l_current},
+                                   {"all_tasks", l_all_tasks},
+                                   {"park", tulua__park},
+                                   {"can_wait", l_can_wait},
+                                   {"unpark", tulua__unpark},
+                                   {"new_error", l_new_error},
+                                   {"set_debug", l_set_debug},
+                                   {"get_debug", l_get_debug},
+                                   {"_report", l_report},
+                                   {"_hide_current", l_hide_current},
+                                   {"_task_info", l_task_info},
+                                   {"ps", tulua__ps},
+                                   {"_ps_dir", tulua__ps_lua_dir},
+                                   {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_rawgeti(L, LUA_REGISTRYINDEX, tulua__runtime(L)->methods_ref);
   lua_setfield(L, -2, "Task");

@@ -77,9 +77,15 @@ typedef struct tulua_config {
                       * trace event format, host/trace.md), or NULL; as
                       * tulua.trace.start(trace): one trace per process
                       * (UV_EBUSY), tulua_close ends it; not kept */
+  int ps; /* 1 (default): answer `tulua --ps PID` (host/ps.md): on SIGURG
+           * the runtime writes its task list into /tmp/tulua-<uid>/, a
+           * directory only its user may enter. The first runtime opened
+           * in the process decides, for the process; 0 turns it off (and
+           * leaves SIGURG alone). */
 } tulua_config;
 
-/* Fills cfg with the defaults: own loop, no error callback, stdlibs open. */
+/* Fills cfg with the defaults: own loop, no error callback, stdlibs open,
+ * answering tulua --ps. */
 void tulua_config_init(tulua_config *cfg);
 
 /* Creates a runtime: a Lua state with the tulua modules preloaded, on cfg's

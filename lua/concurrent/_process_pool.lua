@@ -424,6 +424,14 @@ function Pool:submit(id, fn, ...)
   if self.nqueued == 1 then dispatch(self) end
 end
 
+--- Returns "process <pid>" of the worker running job id, or nil (for
+-- `tulua --ps`).
+function Pool:worker_of(id)
+  local w = self.where[id]
+  if w and w.fid[w.fh] == id then return "process " .. w.pid end
+  return nil
+end
+
 --- Returns "pending", "running" or "finished".
 function Pool:state(id)
   if self.qpos[id] then return "pending" end

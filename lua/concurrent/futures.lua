@@ -166,6 +166,19 @@ Executor.__name = "concurrent.futures.Executor"
 -- check_self's mark of the class (an executor's own _kind names its pool)
 Executor._kind = "concurrent.futures.Executor"
 
+-- The live executors, for `tulua --ps` (weak: the list keeps none alive).
+local executors = setmetatable({}, {__mode = "k"})
+local executor_seq = 0
+
+--- Returns the executors not yet collected, oldest first (internal: for
+-- tulua._ps).
+function M._executors()
+  local list = {}
+  for ex in pairs(executors) do list[#list + 1] = ex end
+  table.sort(list, function(a, b) return executors[a] < executors[b] end)
+  return list
+end
+
 local function new_executor(kind, max_workers, backend_new, opts)
   local core = future.core()
   -- submit in the instance: each call then skips the lookup through the
@@ -177,7 +190,23 @@ local function new_executor(kind, max_workers, backend_new, opts)
   local backend = backend_new(max_workers, opts, core)
   core:set_backend(backend)
   ex._backend = backend
+  executor_seq = executor_seq + 1
+  executors[ex] = executor_seq
   return ex
+end
+
+--- Returns the jobs in flight: {seq=, state=, worker=} (worker: "thread
+-- worker 2", "process 4123", while one runs the job), for tulua --ps.
+function Executor:_jobs()
+  local jobs = self._core:jobs()
+  local b = self._backend
+  for _, j in ipairs(jobs) do
+    if b and b.worker_of then
+      j.worker = b:worker_of(j.id)
+      if j.worker then j.state = "running" end
+    end
+  end
+  return jobs
 end
 
 function Executor:__tostring()

@@ -18,7 +18,7 @@ local function read(path)
   return s
 end
 
-local FILE_EXT = {c = true, h = true, lua = true, md = true, cmake = true, sh = true, py = true, js = true}
+local FILE_EXT = {c = true, h = true, lua = true, md = true, cmake = true, sh = true, py = true, js = true, svg = true}
 
 -- The paths in the first column of the README's table rows: a name with a
 -- file's extension, or a folder's (ending in "/"); module names such as
