@@ -4,7 +4,10 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <lauxlib.h>
@@ -146,6 +149,21 @@ static inline void tulua__ignore_sigpipe(void) {
   sa.sa_flags = SA_RESTART;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGPIPE, &sa, NULL);
+}
+
+/* Writes an IP socket address as "127.0.0.1:5000" or "[::1]:5000" (for
+ * the wait details of tulua --ps); "" for any other family. Returns the
+ * length, as snprintf. */
+static inline int tulua__format_sockaddr(char *buf, size_t size,
+                                         const struct sockaddr *sa) {
+  char ip[64];
+  buf[0] = '\0';
+  if (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) return 0;
+  if (uv_ip_name(sa, ip, sizeof ip) != 0) return 0;
+  int v6 = sa->sa_family == AF_INET6;
+  unsigned port = ntohs(v6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
+                           : ((const struct sockaddr_in *)sa)->sin_port);
+  return snprintf(buf, size, v6 ? "[%s]:%u" : "%s:%u", ip, port);
 }
 
 #endif

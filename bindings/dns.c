@@ -28,7 +28,14 @@ typedef struct {
   tulua__waiter w; /* links the op to its task; cleared on cancel */
   int status;
   struct addrinfo *res; /* libuv's list, ours once the callback ran */
+  const char *name; /* the host (or service) asked for: on the waiting
+                       frame's stack */
 } addrinfo_op;
+
+/* The detail of a lookup's wait (tulua --ps): the name looked up. */
+static int describe_addrinfo(char *buf, size_t size, const void *ud) {
+  return snprintf(buf, size, "%s", ((const addrinfo_op *)ud)->name);
+}
 
 static const char *socktype_name(int socktype) {
   switch (socktype) {
@@ -213,6 +220,8 @@ static int dns_getaddrinfo(lua_State *L) {
     free(op);
     return push_fail(L, addrinfo_subject(L), rc);
   }
+  op->name = host ? host : service;
+  tulua__wait_detail(L, describe_addrinfo);
   return tulua__wait(L, &op->w, addrinfo_deliver, addrinfo_cancel, op);
 }
 
@@ -224,7 +233,12 @@ typedef struct {
   int status;
   char host[NI_MAXHOST]; /* copied by the callback */
   char service[NI_MAXSERV];
+  const char *addr; /* the address asked for: on the waiting frame's stack */
 } nameinfo_op;
+
+static int describe_nameinfo(char *buf, size_t size, const void *ud) {
+  return snprintf(buf, size, "%s", ((const nameinfo_op *)ud)->addr);
+}
 
 static int nameinfo_deliver(lua_State *L, void *ud) { /* in the task */
   nameinfo_op *op = ud;
@@ -281,6 +295,8 @@ static int dns_getnameinfo(lua_State *L) {
     free(op);
     return push_fail(L, addr, rc);
   }
+  op->addr = addr;
+  tulua__wait_detail(L, describe_nameinfo);
   return tulua__wait(L, &op->w, nameinfo_deliver, nameinfo_cancel, op);
 }
 

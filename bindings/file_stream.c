@@ -171,6 +171,11 @@ static void f_read_cancel(void *ud) {
   if (f->reading) uv_cancel((uv_req_t *)&f->rreq);
 }
 
+/* The detail of a wait in a read (tulua --ps): the stream's name. */
+static int describe_fstream(char *buf, size_t size, const void *ud) {
+  return snprintf(buf, size, "%s", ((const fstream *)ud)->name);
+}
+
 /* Serves the read at once if it can, else waits (a tail call). */
 static int f_start(lua_State *L, fstream *f, int mode, const char *op) {
   if (f->busy) return luaL_error(L, "another task is reading this stream");
@@ -182,6 +187,7 @@ static int f_start(lua_State *L, fstream *f, int mode, const char *op) {
     if (rc < 0) return push_fail(L, f->name, rc);
   }
   f->busy = 1; /* the stream stays referenced on the stack while we wait */
+  tulua__wait_detail(L, describe_fstream);
   return tulua__wait(L, &f->rw, f_read_deliver, f_read_cancel, f);
 }
 

@@ -303,6 +303,19 @@ static void op_cancel(void *ud) { /* the callback still comes later */
   uv_cancel(&((fs_op *)ud)->u.req); /* fails once running: fine */
 }
 
+/* The detail of a wait on op (tulua --ps): the path it works on. */
+static int describe_op(char *buf, size_t size, const void *ud) {
+  const fs_op *op = ud;
+  const char *path = NULL;
+  if (op->file != NULL)
+    path = op->file->path;
+  else if (op->is_work)
+    path = op->pathlen > 0 ? op->data : NULL;
+  else
+    path = op->u.fs.path;
+  return snprintf(buf, size, "%s", path != NULL ? path : "");
+}
+
 /* Steps 4 and 5 for every request: rc is what starting it returned. If
  * libuv will not call back, undoes the op and fails; else waits. */
 static int wait_op(lua_State *L, fs_op *op, int rc, tulua__deliver_fn deliver) {
@@ -312,6 +325,7 @@ static int wait_op(lua_State *L, fs_op *op, int rc, tulua__deliver_fn deliver) {
     op_free(op);
     return push_op_fail(L, subject, rc);
   }
+  tulua__wait_detail(L, describe_op);
   return tulua__wait(L, &op->w, deliver, op_cancel, op);
 }
 
@@ -1173,6 +1187,11 @@ static int close_deliver(lua_State *L, void *ud) {
   return 1;
 }
 
+/* The detail of a wait in close (tulua --ps): the file's path. */
+static int describe_close(char *buf, size_t size, const void *ud) {
+  return snprintf(buf, size, "%s", ((const file_box *)ud)->path);
+}
+
 /* file:close() -> true | nil, message, code: closes the file. Requests of
  * other tasks still in flight end with nil, "file closed", "ECANCELED"
  * (queued ones are cancelled; running ones finish first, and close waits
@@ -1188,6 +1207,7 @@ static int file_close(lua_State *L) {
   tulua__check_wait(L, "fs.close");
   file_release(b);
   /* nothing to cancel: the close happens anyway, and frees itself */
+  if (b->path != NULL) tulua__wait_detail(L, describe_close);
   return tulua__wait(L, &b->close_w, close_deliver, NULL, b);
 }
 
@@ -1281,6 +1301,7 @@ static int lines_fill(lua_State *L) {
     return raise_fail(L, b->path, rc);
   }
   b->lines_busy = 1;
+  tulua__wait_detail(L, describe_op);
   return tulua__wait(L, &op->w, lines_deliver, op_cancel, op);
 }
 

@@ -339,6 +339,14 @@ static int opt_timeout(lua_State *L, const char *name, lua_Number *t) {
   return 1;
 }
 
+/* The detail of a wait on a future (tulua --ps): its job's number in its
+ * executor (tulua --ps adds the worker running it). */
+static int describe_future(char *buf, size_t size, const void *ud) {
+  const future *f = ((const wait_op *)ud)->f;
+  if (f->seq == 0) return snprintf(buf, size, "future");
+  return snprintf(buf, size, "future #%lld", (long long)f->seq);
+}
+
 /* Waits in the current task until the future f at 1 is done, or the
  * timeout at 2 (seconds, nil: none) passes; then ends as end_wait. A
  * cancelled future ends result() and exception() at once, whatever the
@@ -374,6 +382,7 @@ static int wait_on(lua_State *L, future *f, int kind, const char *name) {
     uv_timer_start(&op->timer, op_timer_cb, ms, 0);
   }
   park(f, op);
+  tulua__wait_detail(L, describe_future);
   return tulua__wait(L, &op->w, wait_deliver, op_cancel, op);
 }
 
@@ -878,6 +887,34 @@ static int core_inflight(lua_State *L) {
   return 1;
 }
 
+/* core:jobs() -> the jobs in flight, by job number: {id=, seq=, state=}
+ * (state: the Future's, "pending" or "running"), for tulua --ps. */
+static int core_jobs(lua_State *L) {
+  core *c = check_core(L, 1);
+  lua_Integer n = 0;
+  lua_settop(L, 1);
+  lua_newtable(L);
+  lua_getiuservalue(L, 1, CUV_PENDING);
+  for (lua_Integer id = 1; id <= c->max_id; id++) {
+    if (lua_rawgeti(L, 3, id) != LUA_TUSERDATA) {
+      lua_pop(L, 1);
+      continue;
+    }
+    const future *f = lua_touserdata(L, -1);
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, id);
+    lua_setfield(L, -2, "id");
+    lua_pushinteger(L, f->seq);
+    lua_setfield(L, -2, "seq");
+    lua_pushstring(L, state_names[f->state]);
+    lua_setfield(L, -2, "state");
+    lua_rawseti(L, 2, ++n);
+    lua_pop(L, 1);
+  }
+  lua_settop(L, 2);
+  return 1;
+}
+
 static int by_id(const void *a, const void *b) {
   lua_Integer x = ((const record *)a)->id, y = ((const record *)b)->id;
   return (x > y) - (x < y);
@@ -1095,13 +1132,11 @@ int luaopen_tulua_future(lua_State *L) {
       {NULL, NULL}};
   static const luaL_Reg metamethods[] = {{"__tostring", f_tostring},
                                          {NULL, NULL}};
-  static const luaL_Reg core_methods[] = {{"set_backend", core_set_backend},
-                                          {"deliver", core_deliver},
-                                          {"forget", core_forget},
-                                          {"shutdown", core_shutdown},
-                                          {"inflight", core_inflight},
-                                          {"timeline", core_timeline},
-                                          {NULL, NULL}};
+  static const luaL_Reg core_methods[] = {
+      {"set_backend", core_set_backend}, {"deliver", core_deliver},
+      {"forget", core_forget},           {"shutdown", core_shutdown},
+      {"inflight", core_inflight},       {"jobs", core_jobs},
+      {"timeline", core_timeline},       {NULL, NULL}};
   static const luaL_Reg funcs[] = {{"new", future_new},
                                    {"is_future", future_is_future},
                                    {"state", future_state},

@@ -97,7 +97,13 @@ typedef struct {
   tulua__stream *box; /* owned until delivered */
   int status;
   unsigned char done, gone;
+  const char *path; /* on the waiting frame's stack */
 } pipe_connect_op;
+
+/* The detail of a wait in connect_unix (tulua --ps): the path. */
+static int describe_connect(char *buf, size_t size, const void *ud) {
+  return snprintf(buf, size, "%s", ((const pipe_connect_op *)ud)->path);
+}
 
 static void pipe_connect_cb(uv_connect_t *req, int status) {
   pipe_connect_op *op = req->data; /* no Lua API here */
@@ -162,6 +168,8 @@ static int net_connect_unix(lua_State *L) {
   op->req.data = op;
   uv_pipe_connect(&op->req, pipe, path, pipe_connect_cb);
   lua_settop(L, 1); /* the path, for messages */
+  op->path = path;
+  tulua__wait_detail(L, describe_connect);
   return tulua__wait(L, &op->w, pipe_connect_deliver, pipe_connect_cancel, op);
 }
 

@@ -173,6 +173,12 @@ static void wait_cancel(void *ud) {
   free(op);
 }
 
+/* The detail of a wait for a child (tulua --ps): its pid and program. */
+static int describe_wait(char *buf, size_t size, const void *ud) {
+  const proc_box *b = ((const wait_op *)ud)->b;
+  return snprintf(buf, size, "pid %d %s", b->pid, b->name);
+}
+
 /* Waits in the task until b's child exits. */
 static int wait_start(lua_State *L, proc_box *b, int kill_on_cancel) {
   wait_op *op = calloc(1, sizeof *op);
@@ -182,6 +188,7 @@ static int wait_start(lua_State *L, proc_box *b, int kill_on_cancel) {
   if (b->detached && tulua__queue_empty(&b->waiters))
     uv_ref((uv_handle_t *)&b->h); /* the first waiter: see the top */
   tulua__queue_insert_tail(&b->waiters, &op->link);
+  tulua__wait_detail(L, describe_wait);
   return tulua__wait(L, &op->w, wait_deliver, wait_cancel, op);
 }
 
@@ -695,6 +702,11 @@ static int run_deliver(lua_State *L, void *ud) {
   return lua_gettop(L) - top;
 }
 
+static int describe_run(char *buf, size_t size, const void *ud) {
+  const run_op *op = ud;
+  return snprintf(buf, size, "pid %d %s", op->pid, op->name);
+}
+
 /* process.run(argv [, options]) -> status, stdout, stderr | nil, message,
  * code [, stdout, stderr]: runs a program to its end, feeding it
  * options.input, capturing its output, within options.timeout (see
@@ -799,6 +811,7 @@ static int process_run(lua_State *L) {
     uv_timer_start(&op->timer, run_timer_cb,
                    ms > 9.0e15 ? (uint64_t)9.0e15 : (uint64_t)ms, 0);
   }
+  tulua__wait_detail(L, describe_run);
   return tulua__wait(L, &op->w, run_deliver, run_cancel, op);
 }
 

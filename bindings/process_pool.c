@@ -83,6 +83,7 @@ typedef struct wlink {
   tulua__bytes out; /* frames queued since the last write */
   tulua__bytes wbuf; /* the frames being written */
   tulua__bytes in; /* read, not yet taken by recv */
+  size_t received; /* the bytes of the last reply recv took */
 } wlink;
 
 static void free_link(wlink *l) {
@@ -410,6 +411,14 @@ static int protocol_error(wlink *l) {
  * "broken", the times and the message. The worker's start: job 0,
  * "ready". A reply that cannot be decoded here is an error. Raises only on
  * memory errors. */
+/* link:received() -> the bytes of the last reply recv took (for the
+ * trace) */
+static int link_received(lua_State *L) {
+  wlink *l = check_link(L);
+  lua_pushinteger(L, l ? (lua_Integer)l->received : 0);
+  return 1;
+}
+
 static int link_recv(lua_State *L) {
   wlink *l = check_link(L);
   if (l == NULL) return 0;
@@ -455,6 +464,7 @@ int tulua__pool_recv(lua_State *L, tulua__bytes *in) {
   body += TIMES;
   len -= TIMES;
   in->pos += 4 + (size_t)size;
+  l->received = len;
   lua_settop(L, 1);
   lua_pushinteger(L, (lua_Integer)job);
   lua_pushstring(L, status_names[status]);
@@ -588,9 +598,9 @@ static int pp_cancel_process(lua_State *L) {
 
 int luaopen_tulua_process_pool(lua_State *L) {
   static const luaL_Reg link_methods[] = {
-      {"send", link_send},     {"recv", link_recv},   {"ref", link_ref},
-      {"status", link_status}, {"close", link_close}, {"reap", link_reap},
-      {"alive", link_alive},   {NULL, NULL}};
+      {"send", link_send},     {"recv", link_recv},         {"ref", link_ref},
+      {"status", link_status}, {"close", link_close},       {"reap", link_reap},
+      {"alive", link_alive},   {"received", link_received}, {NULL, NULL}};
   static const luaL_Reg funcs[] = {{"spawn", pp_spawn},
                                    {"executable", pp_executable},
                                    {"cancel_process", pp_cancel_process},

@@ -406,11 +406,38 @@ static void read_cancel(void *ud) {
   idle_reading(s);
 }
 
+/* The detail of a wait on the stream h (tulua --ps): its kind and its
+ * peer, "tcp 127.0.0.1:5000", "pipe /run/x.sock". */
+static int describe_stream(char *buf, size_t size, const uv_stream_t *h) {
+  const tulua__stream *s = tulua__container_of(h, tulua__stream, u.s);
+  const char *kind = KIND_NAME[s->kind];
+  struct sockaddr_storage ss;
+  char where[256] = "";
+  if (s->kind == TULUA_TCP) {
+    int len = sizeof ss;
+    if (uv_tcp_getpeername(&s->u.tcp, (struct sockaddr *)&ss, &len) == 0)
+      tulua__format_sockaddr(where, sizeof where, (struct sockaddr *)&ss);
+  } else if (s->kind == TULUA_PIPE) {
+    size_t len = sizeof where;
+    if (uv_pipe_getpeername(&s->u.pipe, where, &len) != 0 || len == 0) {
+      len = sizeof where;
+      if (uv_pipe_getsockname(&s->u.pipe, where, &len) != 0) len = 0;
+    }
+    where[len < sizeof where ? len : sizeof where - 1] = '\0';
+  }
+  return snprintf(buf, size, where[0] ? "%s %s" : "%s", kind, where);
+}
+
+static int describe_reader(char *buf, size_t size, const void *ud) {
+  return describe_stream(buf, size, &((const tulua__stream *)ud)->u.s);
+}
+
 /* Serves the read requested in s->rb at once if it can, else waits (a
  * tail call). */
 static int start_read(lua_State *L, tulua__stream *s, const char *op) {
   if (satisfied(s)) return push_read(L, s);
   tulua__check_wait(L, op);
+  tulua__wait_detail(L, describe_reader);
   if (s->tls != NULL) tulua__tls_flush(s->tls); /* the reader waits */
   s->busy = 1; /* before resume_reading: limit() counts the reader */
   int rc = resume_reading(s);
@@ -495,6 +522,10 @@ static void write_cb(uv_write_t *req, int status) {
   result_done(req->data, status);
 }
 
+static int describe_writer(char *buf, size_t size, const void *ud) {
+  return describe_stream(buf, size, ((const write_op *)ud)->req.handle);
+}
+
 /* write(data): true once the kernel has it all; waits while it does not
  * (the backpressure); nil, message, code on failure. */
 static int stream_write(lua_State *L) {
@@ -525,6 +556,7 @@ static int stream_write(lua_State *L) {
     free(op);
     return push_fail(L, "write", rc);
   }
+  tulua__wait_detail(L, describe_writer);
   return tulua__wait(L, &op->r.w, result_deliver, NULL, op);
 }
 
@@ -535,6 +567,10 @@ typedef struct {
 
 static void shutdown_cb(uv_shutdown_t *req, int status) {
   result_done(req->data, status);
+}
+
+static int describe_shutdown(char *buf, size_t size, const void *ud) {
+  return describe_stream(buf, size, ((const shutdown_op *)ud)->req.handle);
 }
 
 /* shutdown(): ends the writing half once queued writes are done. */
@@ -552,6 +588,7 @@ static int stream_shutdown(lua_State *L) {
     free(op);
     return push_fail(L, "shutdown", rc);
   }
+  tulua__wait_detail(L, describe_shutdown);
   return tulua__wait(L, &op->r.w, result_deliver, NULL, op);
 }
 

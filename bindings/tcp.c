@@ -186,6 +186,11 @@ static void connect_cancel(void *ud) {
   finish(op, UV_ECANCELED);
 }
 
+/* The detail of a wait in connect (tulua --ps): "host:port". */
+static int describe_connect(char *buf, size_t size, const void *ud) {
+  return snprintf(buf, size, "%s", ((const connect_op *)ud)->subject);
+}
+
 /* Connects to host and port (checked) within timeout (0: none): the wait
  * of net.connect. */
 static int start_connect(lua_State *L, const char *host, int port,
@@ -218,6 +223,7 @@ static int start_connect(lua_State *L, const char *host, int port,
     op->timer_on = 1;
     op->pending++; /* its close callback */
   }
+  tulua__wait_detail(L, describe_connect);
   return tulua__wait(L, &op->w, connect_deliver, connect_cancel, op);
 }
 

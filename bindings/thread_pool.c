@@ -33,6 +33,7 @@
 
 #include "queue.h"
 #include "common.h"
+#include "trace.h"
 #include "cpu.h"
 #include "future.h"
 #include "transfer.h"
@@ -83,6 +84,7 @@ typedef struct job {
   uint32_t cap; /* bytes at inl */
   short worker; /* 1-based */
   unsigned char status; /* TULUA_JOB_* */
+  uint32_t req_len; /* the request's bytes, for the trace (cut at 4 GiB) */
   uint64_t t_start, t_stop; /* uv_hrtime */
   char inl[];
 } job;
@@ -90,8 +92,9 @@ typedef struct job {
 /* Room for a small reply in every job. A job with it is 120 bytes at
  * most, a 128-byte chunk of glibc's malloc, the largest that its fastbins
  * keep: one byte more, and freeing each job costs the owner 70
- * instructions more (callgrind, W4). */
-#define REPLY_ROOM 48
+ * instructions more (callgrind, W4). 40 since req_len: a number or a short
+ * string reply still fits. */
+#define REPLY_ROOM 40
 _Static_assert(sizeof(job) + REPLY_ROOM <= 120, "a job outgrows fastbins");
 
 static void drop_buf(job *j) {
@@ -467,7 +470,15 @@ typedef struct owner {
   blob *last; /* the blob of the last function submitted (OUV_LAST) */
   int anchor_ref; /* registry: the box itself, while work is outstanding */
   long long outstanding; /* submitted and not yet delivered */
+  int trace_no; /* the pool's number in traces (host/trace.h), from 1 */
 } owner;
+
+/* A job's status as the trace names it (TULUA_JOB_*). */
+static const char *trace_status(int status) {
+  static const char *const names[] = {"ok", "error", "cancelled", "broken",
+                                      "crashed"};
+  return status >= 0 && status <= TULUA_JOB_CRASHED ? names[status] : "?";
+}
 
 /* The box's user values: the executor core (bindings/future.c) that the
  * jobs are delivered to, the functions shared with the workers (function
@@ -520,6 +531,10 @@ static int deliver_main(lua_State *L) {
     long long id = j->id;
     int status = j->status, by = j->worker, n = 0;
     double t0 = (double)j->t_start / 1e9, t1 = (double)j->t_stop / 1e9;
+    if (tulua__trace_on())
+      tulua__trace_job("thread", o->trace_no, by, 0, (uint64_t)id,
+                       trace_status(status), t0, t1, j->req_len,
+                       j->buf ? (int64_t)j->len : 0);
     if (status == TULUA_JOB_BROKEN) {
       const char *why = o->p ? o->broken : NULL;
       lua_pushstring(L, why ? why : "a worker thread failed");
@@ -673,6 +688,7 @@ static int tp_new(lua_State *L) {
   }
   owner *o = lua_newuserdatauv(L, sizeof *o, OWNER_NUV);
   memset(o, 0, sizeof *o);
+  o->trace_no = tulua__trace_pool_no();
   tulua__queue_init(&o->list);
   o->anchor_ref = LUA_NOREF;
   luaL_setmetatable(L, POOL_MT);
@@ -751,6 +767,7 @@ static int tp_submit(lua_State *L, int bidx, lua_Integer id, int first, int n) {
     memset(j, 0, sizeof *j);
     j->id = id;
     j->cap = (uint32_t)cap;
+    j->req_len = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len;
   }
   if (j == NULL || set_buf(j, req, len) != 0) {
     free(j);
@@ -774,6 +791,7 @@ static int tp_submit(lua_State *L, int bidx, lua_Integer id, int first, int n) {
     return TULUA_SUBMIT_BROKEN;
   }
   tulua__queue_insert_tail(&p->queue, &j->node);
+  if (tulua__trace_on()) tulua__trace_submit(o->trace_no, (uint64_t)id, len);
   int woke = 0;
   for (int i = 0; i < p->nstarted && !woke; i++) {
     worker *w = &p->workers[i];
@@ -991,6 +1009,20 @@ static int tp_close(lua_State *L) {
   return 0;
 }
 
+/* pool:worker_of(id) -> "thread worker N" running job id, or nil (for
+ * tulua --ps). */
+static int tp_worker_of(lua_State *L) {
+  owner *o = check_open(L);
+  long long id = (long long)luaL_checkinteger(L, 2);
+  uv_mutex_lock(&o->p->mu);
+  worker *w = running_on(o->p, id);
+  int n = w != NULL ? (int)(w - o->p->workers) + 1 : 0;
+  uv_mutex_unlock(&o->p->mu);
+  if (n == 0) return 0;
+  lua_pushfstring(L, "thread worker %d", n);
+  return 1;
+}
+
 /* pool:threads() -> how many worker threads were started. */
 static int tp_threads(lua_State *L) {
   owner *o = check_open(L);
@@ -1004,7 +1036,8 @@ static int tp_threads(lua_State *L) {
 int luaopen_tulua_thread_pool(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"state", tp_state}, {"cancel", tp_cancel},   {"shutdown", tp_shutdown},
-      {"close", tp_close}, {"threads", tp_threads}, {NULL, NULL}};
+      {"close", tp_close}, {"threads", tp_threads}, {"worker_of", tp_worker_of},
+      {NULL, NULL}};
   static const luaL_Reg meta[] = {{"__gc", tp_close}, {NULL, NULL}};
   static const luaL_Reg port[] = {{"take", port_take},
                                   {"wait", port_wait},

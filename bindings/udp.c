@@ -332,6 +332,11 @@ static void send_cb(uv_udp_send_t *req, int status) { /* no Lua API here */
   if (!tulua__wake(&op->w)) free(op); /* task gone: we are the owner */
 }
 
+/* The detail of a wait in send_to (tulua --ps): the destination. */
+static int describe_send(char *buf, size_t size, const void *ud) {
+  return snprintf(buf, size, "%s", ((const send_op *)ud)->subject);
+}
+
 /* sock:send_to(data, host, port) -> true | nil, message, code: sends data
  * as one datagram to a numeric address and port, waiting until the kernel
  * has taken it (at once, unless its buffer is full). A socket without an
@@ -378,6 +383,7 @@ static int udp_send_to(lua_State *L) {
   b->nsend++;
   /* no cancel hook: a queued datagram cannot be taken back; send_cb comes
    * and frees the op */
+  tulua__wait_detail(L, describe_send);
   return tulua__wait(L, &op->w, send_deliver, NULL, op);
 }
 
@@ -469,6 +475,17 @@ static void recv_cancel(void *ud) {
   free(op);
 }
 
+/* The detail of a wait in recv_from (tulua --ps): the local address. */
+static int describe_recv(char *buf, size_t size, const void *ud) {
+  const recv_op *op = ud;
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  buf[0] = '\0';
+  if (uv_udp_getsockname(&op->box->h, (struct sockaddr *)&ss, &len) != 0)
+    return 0;
+  return tulua__format_sockaddr(buf, size, (struct sockaddr *)&ss);
+}
+
 /* sock:recv_from([max]) -> data, host, port | nil, message, code: waits
  * for the next datagram (binary-safe, possibly empty) and returns it with
  * the sender's numeric address and port. A datagram longer than max
@@ -503,6 +520,7 @@ static int udp_recv_from(lua_State *L) {
   }
   op->box = b;
   tulua__queue_insert_tail(&b->receivers, &op->link);
+  tulua__wait_detail(L, describe_recv);
   return tulua__wait(L, &op->w, recv_deliver, recv_cancel, op);
 }
 

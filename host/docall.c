@@ -144,18 +144,30 @@ static void push_traceback(lua_State *L, const char *msg) {
   lua_concat(L, lua_gettop(L) - top);
 }
 
-/* lua.c's message handler: a string (or a number) gets a traceback; an
- * object whose __tostring gives a string is that string; anything else is
- * named by its type, with a traceback. */
+/* Returns 1 if the error at idx is the cancellation of a Ctrl-C (code
+ * ECANCELED, message "interrupted!"), which prints as lua.c's interrupt
+ * does when the main task waits: "interrupted!" alone. */
+static int is_interrupt(lua_State *L, int idx) {
+  int yes = lua_type(L, idx) == LUA_TTABLE &&
+            lua_getfield(L, idx, "code") == LUA_TSTRING &&
+            strcmp(lua_tostring(L, -1), "ECANCELED") == 0 &&
+            lua_getfield(L, idx, "message") == LUA_TSTRING &&
+            strcmp(lua_tostring(L, -1), "interrupted!") == 0;
+  lua_settop(L, idx);
+  return yes;
+}
+
+/* lua.c's message handler, where a string (or a number) gets a
+ * traceback, and then any other error value too, after the text
+ * tulua_error_text gives it: where it was raised, its __tostring or its
+ * fields. */
 static int msghandler(lua_State *L) {
-  const char *msg = lua_tostring(L, 1);
-  if (msg == NULL) {
-    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-      return 1;
-    msg =
-        lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  lua_settop(L, 1);
+  if (is_interrupt(L, 1)) {
+    luaL_tolstring(L, 1, NULL);
+    return 1;
   }
-  push_traceback(L, msg);
+  push_traceback(L, tulua_error_text(L, L, 1));
   return 1;
 }
 

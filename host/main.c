@@ -323,6 +323,35 @@ static void run_loop(tulua_runtime *rt) {
   tulua__sigint_stop();
 }
 
+/* Returns 1 if argv asks for tulua --ps PID or --pstree PID: only as the
+ * first argument, a long option that lua5.4 rejects, so that no command
+ * line lua5.4 runs changes its meaning. */
+static int is_ps(char **argv) {
+  return argv[0] != NULL && argv[1] != NULL &&
+         (strcmp(argv[1], "--ps") == 0 || strcmp(argv[1], "--pstree") == 0);
+}
+
+/* tulua --ps PID, --pstree PID: asks the process for its task list
+ * (lua/tulua/_ps.lua, host/ps.md). Returns 0 when it failed, after saying
+ * why. */
+static int run_ps(tulua_runtime *rt, char **argv) {
+  static const char chunk[] = "return require('tulua._ps').client(...)";
+  lua_State *L = tulua_state(rt);
+  if (argv[2] == NULL || argv[3] != NULL) {
+    fprintf(stderr, "usage: %s %s PID\n", progname, argv[1]);
+    return 0;
+  }
+  if (tulua_load_string(rt, chunk, strlen(chunk), "=" PROGNAME) < 0)
+    return report(L, push_load_error(rt)) == LUA_OK;
+  lua_pushstring(L, argv[1]);
+  lua_pushstring(L, argv[2]);
+  if (report(L, tulua__docall(rt, 2, 1, TULUA__CALL_MAIN)) != LUA_OK) return 0;
+  const char *msg = lua_tostring(L, -1);
+  if (msg != NULL) l_message(progname, msg);
+  lua_pop(L, 1);
+  return msg == NULL;
+}
+
 /* Does everything lua.c's pmain does, in protected mode. Returns true
  * when nothing failed (a failing stdin chunk without '-' excepted, as in
  * lua.c). */
@@ -331,6 +360,10 @@ static int pmain(lua_State *L) {
   char **argv = lua_touserdata(L, 2);
   tulua_runtime *rt = lua_touserdata(L, 3);
   int script = argc;
+  if (is_ps(argv)) {
+    lua_pushboolean(L, run_ps(rt, argv));
+    return 1;
+  }
   int args = collectargs(argv, &script);
   if (args == has_error) {
     print_usage(argv[script]);
@@ -382,6 +415,21 @@ static void fill_std_fds(void) {
       if (open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) < 0) return;
 }
 
+/* TULUA_DEBUG's value: 1 (or any word, as before thresholds) is debug mode
+ * with the default threshold; another number is the threshold in seconds.
+ * Returns 0 for a number out of range (negative, NaN, above a day). */
+static int debug_threshold(const char *s, double *slow) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  *slow = 0;
+  if (end == s || *end != '\0') return 1; /* a word: on, the default */
+  if (strcmp(s, "1") == 0) return 1;
+  if (!(v > 0 && v <= 86400.0)) return 0;
+  *slow = v;
+  return 1;
+}
+
 int main(int argc, char **argv) {
   tulua_config cfg;
   tulua_runtime *rt;
@@ -392,10 +440,31 @@ int main(int argc, char **argv) {
   cfg.on_error = on_error;
   const char *dbg = getenv("TULUA_DEBUG"); /* asyncio's PYTHONASYNCIODEBUG */
   cfg.debug = dbg != NULL && dbg[0] != '\0' && strcmp(dbg, "0") != 0;
-  if (tulua_open(&rt, &cfg) < 0) {
-    l_message(argv[0], "cannot create state: not enough memory");
+  cfg.ps = !is_ps(argv); /* the asking side answers no --ps itself */
+  if (cfg.debug && !debug_threshold(dbg, &cfg.debug_slow)) {
+    l_message(progname, "TULUA_DEBUG must be 1 or a number of seconds above 0 "
+                        "and at most 86400");
     return EXIT_FAILURE;
   }
+  /* the trace is this process's: a worker process or any tulua it runs
+   * must not write the same file */
+  char *trace = getenv("TULUA_TRACE");
+  trace = trace != NULL && trace[0] != '\0' ? strdup(trace) : NULL;
+  unsetenv("TULUA_TRACE");
+  cfg.trace = trace;
+  int rc = tulua_open(&rt, &cfg);
+  if (rc < 0) {
+    char msg[512];
+    if (rc == UV_ENOMEM || trace == NULL)
+      snprintf(msg, sizeof msg, "cannot create state: %s", uv_strerror(rc));
+    else
+      snprintf(msg, sizeof msg, "TULUA_TRACE: cannot write %.400s: %s", trace,
+               uv_strerror(rc));
+    l_message(argv[0], msg);
+    free(trace);
+    return EXIT_FAILURE;
+  }
+  free(trace);
   lua_State *L = tulua_state(rt);
   lua_pushcfunction(L, pmain);
   lua_pushinteger(L, argc);

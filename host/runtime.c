@@ -8,10 +8,12 @@
 
 #include "lua_modules.h"
 #include "runtime.h"
+#include "trace.h"
 
 void tulua_config_init(tulua_config *cfg) {
   memset(cfg, 0, sizeof *cfg);
   cfg->open_stdlibs = 1;
+  cfg->ps = 1;
 }
 
 static void set_errmsg(tulua_runtime *rt, const char *msg) {
@@ -74,6 +76,8 @@ static int open_libs(lua_State *L) {
   tulua__open_coro(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   tulua__preload_bindings(L);
+  lua_pushcfunction(L, tulua__open_trace);
+  lua_setfield(L, -2, "tulua._trace");
   for (const tulua__lua_module *m = tulua__lua_modules; m->name; m++) {
     lua_pushlightuserdata(L, (void *)m);
     lua_pushcclosure(L, load_lua_module, 1);
@@ -123,6 +127,8 @@ int tulua_open(tulua_runtime **out, const tulua_config *cfg) {
   *out = NULL;
   /* 16-byte aligned: threads' extra space tags its low bits (runtime.h) */
   size_t size = (sizeof(tulua_runtime) + 15) / 16 * 16;
+  double slow = cfg ? cfg->debug_slow : 0;
+  if (!(slow >= 0 && slow <= TULUA__SLOW_MAX)) return UV_EINVAL; /* NaN too */
   tulua_runtime *rt = aligned_alloc(16, size);
   if (rt == NULL) return UV_ENOMEM;
   memset(rt, 0, size);
@@ -147,6 +153,7 @@ int tulua_open(tulua_runtime **out, const tulua_config *cfg) {
     lua_setwarnf(rt->L, warn, rt);
   }
   rt->debug = rt->cfg.debug;
+  rt->slow_ns = tulua__slow_ns(slow);
   if (rt->debug) rt->warn = 1; /* its reports are warnings */
   if (rt->L == NULL || (rc = tulua__sched_init(rt)) < 0) {
     rc = rt->L == NULL ? UV_ENOMEM : rc;
@@ -159,6 +166,17 @@ int tulua_open(tulua_runtime **out, const tulua_config *cfg) {
     tulua_close(rt);
     return UV_ENOMEM;
   }
+  if (rt->cfg.trace != NULL) {
+    char err[256];
+    rc = tulua__trace_start(rt->cfg.trace, 0, err, sizeof err);
+    rt->cfg.trace = NULL; /* the host's string: not kept */
+    if (rc < 0) {
+      tulua_close(rt);
+      return rc;
+    }
+    rt->traced = 1;
+  }
+  tulua__ps_open(rt);
   *out = rt;
   return 0;
 }
@@ -175,11 +193,16 @@ static void close_stray_cb(uv_handle_t *h, void *arg) {
 
 void tulua_close(tulua_runtime *rt) {
   if (rt == NULL) return;
+  tulua__ps_close(rt);
   if (rt->L) {
     tulua__sched_shutdown(rt);
     lua_close(rt->L); /* __gc closes the handles Lua objects own */
     rt->L = NULL;
     tulua__heap_free(&rt->lua_heap);
+  }
+  if (rt->traced) { /* after lua_close: pools shut down record their jobs */
+    rt->traced = 0;
+    tulua__trace_stop();
   }
   /* the scheduler's own handles are embedded in rt: wait for their close
    * callbacks before freeing it */

@@ -66,9 +66,19 @@ struct tulua_runtime {
   int live_ref; /* registry: table of unfinished Task objects (anchors) */
   int extras_ref; /* registry: what a few unfinished tasks need (sched.c) */
   int names_ref; /* registry: task names, weak keys */
+  int origins_ref; /* registry: weak keys, an error object a task failed
+                      with -> that task's report (where it was raised) */
   int methods_ref; /* registry: the Task methods (tulua.Task) */
   lua_Integer name_seq; /* the last default name given, Task-<n> */
+  uint32_t task_seq; /* the last task id given */
+  tulua__describe_fn describe_next; /* tulua__wait_detail's, for the wait
+                                       about to begin */
+  tulua__wait_hook_fn wait_hook; /* tulua__set_wait_hook's, or NULL */
+  void *wait_hook_ud;
   int debug; /* report task steps that block the loop (asyncio debug) */
+  uint64_t slow_ns; /* ... for this long at least */
+  int traced; /* this runtime started the trace: it records its tasks */
+  uint64_t trace_mark; /* when the last traced step of this drain ended */
   int ntasks; /* unfinished tasks */
   int uncaught; /* uncaught task errors so far */
   int in_drain; /* the scheduler is resuming tasks: no nested runs */
@@ -79,7 +89,20 @@ struct tulua_runtime {
   volatile sig_atomic_t interrupt_pending; /* tulua_interrupt not yet seen */
   volatile sig_atomic_t cancel_pending; /* cancel call_co at next poll */
   volatile lua_State *running; /* thread running Lua now */
+  volatile sig_atomic_t ps_pending; /* tulua --ps asked: write the report */
+  tulua__job ps_job; /* writes it in the drain (ps.c) */
 };
+
+/* trace.c: opens the module tulua._trace (lua/tulua/trace.lua's C half). */
+int tulua__open_trace(lua_State *L);
+
+/* Debug mode's threshold: 0.1 s unless set; at most a day, so that its
+ * nanoseconds fit. */
+#define TULUA__SLOW_MAX 86400.0
+
+static inline uint64_t tulua__slow_ns(double seconds) {
+  return seconds > 0 ? (uint64_t)(seconds * 1e9) : 100 * 1000 * 1000;
+}
 
 /* The state of an unfinished task (sched.c). */
 enum {
@@ -94,7 +117,12 @@ enum {
 struct tulua__task {
   lua_State *co;
   tulua__waiter *w; /* the wait in progress (or to deliver), or NULL */
-  tulua__task *next_ready; /* in the ready list */
+
+  union {
+    tulua__task *next_ready; /* ready or new: in the ready list */
+    uint64_t since; /* waiting or running: the loop time (ms) it began */
+  } u;
+
   tulua__waiter *joiners; /* join ops waiting for this task */
   /* sleeping: the loop time (ms) to wake up at, shifted left by SEQ_BITS,
    * with a sequence number below it so that equal deadlines wake FIFO */
@@ -110,6 +138,12 @@ struct tulua__task {
   unsigned by_interrupt : 1; /* ... during tulua_run: reported if unjoined */
   unsigned has_extra : 1; /* an entry in the extras table (sched.c) */
   unsigned hidden : 1; /* left out of all_tasks: a REPL line's (task.c) */
+  /* What the task waits for (tulua --ps, traces), read only while it
+   * waits: the op named to tulua__check_wait, "sleep", or park's what; the
+   * detail's describer is in the waiter (tulua__wait_detail). */
+  const char *wait_op;
+  uint32_t id; /* 1, 2, ... in spawn order (per runtime) */
+  uint32_t parent; /* id of the task that spawned it; 0: none */
 };
 
 /* The extra space of a thread (lua_getextraspace), a pointer with tags in
@@ -199,6 +233,24 @@ int tulua__task_push_outcome(lua_State *L, lua_State *co);
 /* task.c, for runtime.c: os.exit, whose close closes the main chunk's
  * task as lua_close closes lua.c's main thread. After luaL_openlibs. */
 void tulua__open_exit(lua_State *L);
+
+/* ps.c, for runtime.c: tulua --ps. The first runtime opened in the process
+ * decides whether it answers (cfg.ps), and that one installs the SIGURG
+ * handler; close gives the handler back. */
+void tulua__ps_open(tulua_runtime *rt);
+void tulua__ps_close(tulua_runtime *rt);
+
+/* ps.c, for task.c: tulua.ps([tree]) prints the task list. */
+int tulua__ps(lua_State *L);
+
+/* ps.c: makes or checks /tmp/tulua-<uid>, the reports' directory,
+ * writing its path in dir. Returns 0, or -1 with errno set (EPERM: not a
+ * 0700 directory of this user). */
+int tulua__ps_dir(char *dir, size_t size);
+
+/* ps.c, for task.c: tulua._ps_dir() -> that directory | nil, message, for
+ * the asking side (lua/tulua/_ps.lua). */
+int tulua__ps_lua_dir(lua_State *L);
 
 /* io.c, for runtime.c: tulua's print and io functions in place of Lua's
  * (close-on-exec files, SIGPIPE as lua5.4 has it). After luaL_openlibs. */

@@ -3,14 +3,14 @@
  * posted jobs and the drain that runs them. The Task class and the module
  * 'tulua' over it are task.c's.
  *
- * An unfinished task has a 48-byte tulua__task, taken from the runtime's
+ * An unfinished task has a 64-byte tulua__task, taken from the runtime's
  * small-block heap (no allocation header) and pointed at by the thread's
  * extra space; the live table anchors the thread meanwhile. When the task
  * finishes, its outcome stays on the thread's stack, the extra space
  * records how it ended, and the struct goes back to the heap: from then on
  * Lua references alone keep the thread. The ready list, the sleep heap and
  * waiters hold plain struct pointers, valid because only unfinished tasks
- * are ever in them. A sleeping task thus costs its coroutine plus about 80
+ * are ever in them. A sleeping task thus costs its coroutine plus about 100
  * bytes.
  *
  * What few tasks need lives in the extras table, keyed by the thread, only
@@ -19,6 +19,7 @@
  * callback itself when that is all (gather and TaskGroup add one callback
  * to each child), else a table {callbacks..., msg=, count=}. */
 #include <assert.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,10 +28,14 @@
 #include <lualib.h>
 
 #include "runtime.h"
+#include "trace.h"
 
 #define ERROR_MT "tulua.error"
 
 #define MAX_SLEEPERS ((size_t)1 << 22)
+
+/* W3 counts the bytes of a sleeping task: keep the struct in its class. */
+_Static_assert(sizeof(tulua__task) <= 64, "a task is a 64-byte block");
 
 tulua__task *tulua__task_of(lua_State *co) {
   uintptr_t p = *tulua__xspace(co);
@@ -109,9 +114,9 @@ static void idle_cb(uv_idle_t *h) { /* only keeps the poll from blocking */
 /* Queues t to run at the next drain. Calls no Lua API, never fails: the
  * list is intrusive. */
 static void make_ready(tulua_runtime *rt, tulua__task *t, unsigned state) {
-  t->next_ready = NULL;
+  t->u.next_ready = NULL;
   if (rt->ready_tail)
-    rt->ready_tail->next_ready = t;
+    rt->ready_tail->u.next_ready = t;
   else
     rt->ready_head = t;
   rt->ready_tail = t;
@@ -301,14 +306,43 @@ void tulua__check_wait(lua_State *L, const char *op) {
     t->cancelling = 0;
     raise_cancelled(L, t);
   }
+  t->wait_op = op;
+  rt->describe_next = NULL;
+}
+
+void tulua__wait_detail(lua_State *L, tulua__describe_fn fn) {
+  tulua__runtime(L)->describe_next = fn;
+}
+
+void tulua__set_wait_hook(tulua_runtime *rt, tulua__wait_hook_fn fn, void *ud) {
+  rt->wait_hook = fn;
+  rt->wait_hook_ud = ud;
+}
+
+/* Marks the start of t's wait (its op and detail are recorded). */
+static void begin_wait(tulua_runtime *rt, tulua__task *t) {
+  t->state = T_WAITING;
+  t->u.since = uv_now(rt->loop);
+  rt->wait_mark = 1;
+  if (rt->wait_hook) rt->wait_hook(t->co, 1, rt->wait_hook_ud);
+}
+
+/* Marks the end of t's wait as it resumes (not for a yield to the loop,
+ * which has no op). */
+static void end_wait(tulua_runtime *rt, tulua__task *t) {
+  if (t->wait_op != NULL && rt->wait_hook)
+    rt->wait_hook(t->co, 0, rt->wait_hook_ud);
+  t->wait_op = NULL;
 }
 
 /* The continuation of every wait: the task was resumed by the drain. */
 static int wait_k(lua_State *L, int status, lua_KContext ctx) {
   tulua__waiter *w = (tulua__waiter *)ctx;
-  tulua__task *t = tulua__runtime(L)->current;
+  tulua_runtime *rt = tulua__runtime(L);
+  tulua__task *t = rt->current;
   (void)status;
   t->w = NULL;
+  end_wait(rt, t);
   if (t->woken_by_cancel) { /* the op is not ours any more */
     t->woken_by_cancel = 0;
     t->cancelling = 0;
@@ -331,10 +365,11 @@ int tulua__wait(lua_State *L, tulua__waiter *w, tulua__deliver_fn deliver,
   w->task = t;
   w->deliver = deliver;
   w->cancel = cancel;
+  w->describe = rt->describe_next;
+  rt->describe_next = NULL;
   w->ud = ud;
   t->w = w;
-  t->state = T_WAITING;
-  rt->wait_mark = 1;
+  begin_wait(rt, t);
   return lua_yieldk(L, 0, (lua_KContext)w, wait_k);
 }
 
@@ -359,13 +394,13 @@ static int sleep_deliver(lua_State *L, void *ud) {
   return 0;
 }
 
-static const tulua__waiter sleep_waiter = {NULL, sleep_deliver, NULL, NULL,
-                                           NULL};
+static const tulua__waiter sleep_waiter = {NULL, sleep_deliver, NULL,
+                                           NULL, NULL,          NULL};
 #define SLEEP_W ((tulua__waiter *)&sleep_waiter)
 
 /* ... and of every park(): unpark() checks that a task waits on it. */
-static const tulua__waiter park_waiter = {NULL, sleep_deliver, NULL, NULL,
-                                          NULL};
+static const tulua__waiter park_waiter = {NULL, sleep_deliver, NULL,
+                                          NULL, NULL,          NULL};
 #define PARK_W ((tulua__waiter *)&park_waiter)
 
 /* Returns 1 for the shared waiters, which no op owns. */
@@ -405,6 +440,7 @@ int tulua__sleep(lua_State *L) {
   tulua__task *t = rt->current;
   if (s == 0) { /* yield to the loop: run again after the next poll */
     make_ready(rt, t, T_READY); /* cancel() sees a ready task, not a wait */
+    t->wait_op = NULL;
     rt->wait_mark = 1;
     return lua_yieldk(L, 0, (lua_KContext)SLEEP_W, sleep_k);
   }
@@ -431,18 +467,20 @@ int tulua__sleep(lua_State *L) {
   heap_up(rt, rt->heap_len++);
   if (rt->heap[0] == t) arm_timer(rt);
   t->w = SLEEP_W;
-  t->state = T_WAITING;
-  rt->wait_mark = 1;
+  t->wait_op = "sleep";
+  begin_wait(rt, t);
   return lua_yieldk(L, 0, (lua_KContext)SLEEP_W, sleep_k);
 }
 
 /* ---- park/unpark: the building block of asyncio's primitives ---- */
 
 static int park_k(lua_State *L, int status, lua_KContext ctx) {
-  tulua__task *t = tulua__runtime(L)->current;
+  tulua_runtime *rt = tulua__runtime(L);
+  tulua__task *t = rt->current;
   (void)status;
   (void)ctx;
   t->w = NULL;
+  end_wait(rt, t);
   if (t->woken_by_cancel || t->cancelling) {
     t->woken_by_cancel = 0;
     t->cancelling = 0;
@@ -454,10 +492,14 @@ static int park_k(lua_State *L, int status, lua_KContext ctx) {
   return 1;
 }
 
-/* tulua.park() -> true | false, err: suspends the current task until
- * tulua.unpark(task). A cancellation is returned, not raised, so that the
- * caller can first undo its bookkeeping (then it must raise err). */
+/* tulua.park([what [, on]]) -> true | false, err: suspends the current
+ * task until tulua.unpark(task). A cancellation is returned, not raised, so
+ * that the caller can first undo its bookkeeping (then it must raise err).
+ * what (a string, "lock", "queue get") is the wait's op for tulua --ps and
+ * traces, on the object waited on; both stay on the parked frame's stack,
+ * which anchors them. */
 int tulua__park(lua_State *L) {
+  const char *what = luaL_optstring(L, 1, "park");
   tulua_runtime *rt = tulua__runtime(L);
   tulua__task *t = rt->current;
   if (t != NULL && t->cancelling && rt->depth > 0 &&
@@ -469,8 +511,8 @@ int tulua__park(lua_State *L) {
   }
   tulua__check_wait(L, "tulua.park");
   t->w = PARK_W;
-  t->state = T_WAITING;
-  rt->wait_mark = 1;
+  t->wait_op = what;
+  begin_wait(rt, t);
   return lua_yieldk(L, 0, 0, park_k);
 }
 
@@ -552,6 +594,49 @@ enum { TRAMP_NONE, TRAMP_CALL, TRAMP_PROTECTED };
 
 /* Starts the function below nargs arguments on top of L as a task (under
  * the given trampoline) and leaves its thread (the Task) in their place. */
+/* Whether rt records its tasks in the trace: it started the trace, which
+ * is still on. */
+static int traced(const tulua_runtime *rt) {
+  return rt->traced && tulua__trace_on();
+}
+
+/* Records a task's spawn, naming it (Task-<n>, as Python names a task
+ * when it is made) for the whole trace: its steps record no name. */
+static void trace_spawn(lua_State *L, tulua_runtime *rt, lua_State *co) {
+  tulua__trace_rec r;
+  memset(&r, 0, offsetof(tulua__trace_rec, text));
+  r.kind = TULUA_TR_SPAWN;
+  r.ts = uv_hrtime();
+  r.id = (uintptr_t)co;
+  r.n1 = rt->current ? (int64_t)(uintptr_t)rt->current->co : 0;
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  tulua__push_task_name(L, rt, -1);
+  tulua__trace_text(&r, lua_tostring(L, -1), NULL, NULL);
+  lua_pop(L, 2);
+  tulua__trace_add(&r);
+}
+
+/* Records the end of a task's life (how: X_FAILED, X_CANCELLED or 0) and,
+ * when nobody will see its error, the error's text at index 2 of co. */
+static void trace_finish(lua_State *co, uintptr_t how, int unobserved) {
+  tulua__trace_rec r;
+  memset(&r, 0, offsetof(tulua__trace_rec, text));
+  r.kind = TULUA_TR_FINISH;
+  r.ts = uv_hrtime();
+  r.id = (uintptr_t)co;
+  tulua__trace_text(&r, NULL, NULL,
+                    how & X_FAILED      ? "failed"
+                    : how & X_CANCELLED ? "cancelled"
+                                        : "returned");
+  tulua__trace_add(&r);
+  if (unobserved) {
+    r.kind = TULUA_TR_ERROR;
+    tulua__trace_text(&r, NULL, NULL, lua_tostring(co, 2));
+    tulua__trace_add(&r);
+  }
+}
+
 static tulua__task *new_task(lua_State *L, int nargs, int tramp) {
   tulua_runtime *rt = tulua__runtime(L);
   int fidx = lua_gettop(L) - nargs;
@@ -561,6 +646,8 @@ static tulua__task *new_task(lua_State *L, int nargs, int tramp) {
   memset(t, 0, sizeof *t);
   t->co = co;
   t->ref = LUA_NOREF;
+  t->id = ++rt->task_seq;
+  if (rt->current != NULL) t->parent = rt->current->id;
   lua_insert(L, fidx); /* co fn args... */
   if (tramp != TRAMP_NONE)
     lua_pushcfunction(co,
@@ -573,6 +660,7 @@ static tulua__task *new_task(lua_State *L, int nargs, int tramp) {
   *tulua__xspace(co) = (uintptr_t)t | X_TASK;
   rt->ntasks++;
   make_ready(rt, t, T_NEW);
+  if (traced(rt)) trace_spawn(L, rt, co);
   return t;
 }
 
@@ -602,28 +690,15 @@ static void wake_joiners(tulua__task *t) {
   }
 }
 
-/* Formats the error on top of L for a report: a string gets a traceback of
- * co; an object with __tostring gives that string; anything else becomes
- * "(error object is a X value)" with a traceback from level on, as lua.c
- * does. Replaces the error with the text. [-1, +1, m] */
+/* Formats the error on top of L for a report: its text (tulua_error_text:
+ * an error object says where it was raised) and a traceback of co from
+ * level on, as lua.c does for a string. Replaces the error with the text.
+ * [-1, +1, m] */
 static void format_error(lua_State *L, lua_State *co, int level) {
-  const char *msg = lua_tostring(L, -1); /* numbers too, as in lua.c */
-  if (msg == NULL) {
-    /* protected: a __tostring that raises must not abort the drain */
-    if (luaL_getmetafield(L, -1, "__tostring") != LUA_TNIL) {
-      lua_pushvalue(L, -2);
-      if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING) {
-        lua_remove(L, -2);
-        return;
-      }
-      lua_pop(L, 1); /* its error, or a result that is not a string */
-    }
-    msg = lua_pushfstring(L, "(error object is a %s value)",
-                          luaL_typename(L, -1));
-    lua_remove(L, -2);
-  }
+  const char *msg = tulua_error_text(L, co, level);
   luaL_traceback(L, co, msg, level);
-  lua_remove(L, -2);
+  lua_replace(L, -3);
+  lua_pop(L, 1);
 }
 
 /* Counts an uncaught error and hands its text to the host. */
@@ -714,6 +789,19 @@ static void push_report(lua_State *L, tulua__task *t) {
   format_error(L, t->co, 0);
 }
 
+/* Keeps the report text on top of L as where the error object at index 1
+ * of co came from: a task that joins co and raises the object again
+ * reports it with this text (tulua_error_text), as a string error carries
+ * its task's traceback along. [-0, +0, m] */
+static void remember_origin(lua_State *L, tulua_runtime *rt, lua_State *co) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->origins_ref);
+  lua_pushvalue(co, 1);
+  lua_xmove(co, L, 1);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
 /* Finishes t after lua_resume returned status with nres results: leaves
  * the outcome on its thread (the results; or the error object and, for a
  * failure, its text with the traceback), wakes its joiners, unanchors the
@@ -754,6 +842,8 @@ static void finish(lua_State *L, tulua_runtime *rt, tulua__task *t, int status,
       if (t->by_interrupt) lua_pushliteral(co, "interrupted!"); /* report */
     } else {
       how |= X_FAILED;
+      if (lua_type(co, 1) == LUA_TTABLE || lua_type(co, 1) == LUA_TUSERDATA)
+        remember_origin(L, rt, co);
       lua_xmove(L, co, 1); /* co: err text */
     }
   }
@@ -768,6 +858,7 @@ static void finish(lua_State *L, tulua_runtime *rt, tulua__task *t, int status,
   rt->ntasks--;
   *tulua__xspace(co) = (uintptr_t)rt | how;
   tulua__heap_put(&rt->lua_heap, t, sizeof *t);
+  if (traced(rt)) trace_finish(co, how, unobserved);
   if (unobserved) report(L, rt, co);
   tulua__push_live(L, rt);
   lua_rawgeti(L, -1, ref);
@@ -777,11 +868,11 @@ static void finish(lua_State *L, tulua_runtime *rt, tulua__task *t, int status,
 }
 
 /* Debug mode: warns when a task's step (the thread on top of L, popped)
- * kept the loop busy for longer than 100 ms, naming the task and showing
- * where it stopped. [-1, +0, m] */
+ * kept the loop busy for longer than rt->slow_ns (100 ms unless set),
+ * naming the task and showing where it stopped. [-1, +0, m] */
 static void report_slow(lua_State *L, tulua_runtime *rt, uint64_t ns,
                         int yielded) {
-  if (ns >= 100 * 1000 * 1000) {
+  if (ns >= rt->slow_ns) {
     lua_State *co = lua_tothread(L, -1);
     char secs[32];
     snprintf(secs, sizeof secs, "%.3f", ns / 1e9);
@@ -798,6 +889,26 @@ static void report_slow(lua_State *L, tulua_runtime *rt, uint64_t ns,
   lua_pop(L, 1);
 }
 
+/* Completes the step record tr of t, which ended in a wait: its kind (the
+ * op, "yield" for sleep(0)) and detail (a sleep's milliseconds in n1, as
+ * formatting them costs a yield's time; the describer's text for another
+ * wait that has one, e.g. "read tcp 127.0.0.1:5000"). */
+static void trace_wait(tulua_runtime *rt, tulua__task *t,
+                       tulua__trace_rec *tr) {
+  char buf[TULUA_TR_TEXT];
+  const char *op = t->wait_op ? t->wait_op : "yield", *detail = NULL;
+  tr->flags |= TULUA_TR_WAITS;
+  if (t->w == SLEEP_W && t->state == T_WAITING) {
+    uint64_t due = deadline_of(t), now = uv_now(rt->loop);
+    tr->flags |= TULUA_TR_SLEEP;
+    tr->n1 = due > now ? (int64_t)(due - now) : 0;
+  } else if (t->w != NULL && !is_static_waiter(t->w) && t->w->describe) {
+    tulua__describe_wait(t->co, buf, sizeof buf);
+    detail = buf;
+  }
+  tulua__trace_text(tr, NULL, op, detail);
+}
+
 /* Resumes t once. Runs on the main state inside the drain's protected
  * call. */
 static void run_task(lua_State *L, tulua_runtime *rt, tulua__task *t) {
@@ -812,11 +923,25 @@ static void run_task(lua_State *L, tulua_runtime *rt, tulua__task *t) {
   }
   int nargs = t->state == T_NEW ? lua_gettop(co) - 1 : 0;
   uint64_t t0 = 0;
+  tulua__trace_rec *tr = NULL, rec;
+  if (traced(rt)) {
+    tr = &rec;
+    tr->kind = TULUA_TR_STEP;
+    tr->id = (uintptr_t)co;
+    tr->flags = (t->state == T_NEW ? 0 : TULUA_TR_RESUMED) |
+                (tulua__trace_tsc ? TULUA_TR_TICKS : 0);
+    tr->pid = tr->tid = 0;
+    tr->n1 = tr->n2 = 0;
+    /* the end of the previous step of this drain: one clock read a step
+     * (the scheduler's few instructions between count in this one) */
+    tr->ts = rt->trace_mark ? rt->trace_mark : tulua__trace_ticks();
+  }
   if (rt->debug) {
     tulua__push_thread(L, rt, t); /* for the report: t may finish */
     t0 = uv_hrtime();
   }
   t->state = T_RUNNING;
+  t->u.since = uv_now(rt->loop);
   rt->current = t;
   rt->chain[0] = co;
   rt->depth = 1;
@@ -830,6 +955,15 @@ static void run_task(lua_State *L, tulua_runtime *rt, tulua__task *t) {
      * task instead (the hook left behind clears itself) */
     rt->cancel_pending = 1;
     uv_async_send(&rt->async);
+  }
+  if (tr != NULL) {
+    rt->trace_mark = tulua__trace_ticks();
+    tr->dur = rt->trace_mark - tr->ts;
+    if (status == LUA_YIELD && rt->wait_mark)
+      trace_wait(rt, t, tr);
+    else
+      tulua__trace_text(tr, NULL, NULL, NULL);
+    tulua__trace_add(tr);
   }
   if (t0 != 0) report_slow(L, rt, uv_hrtime() - t0, status == LUA_YIELD);
   if (status == LUA_YIELD) {
@@ -857,6 +991,7 @@ static int drain(lua_State *L) {
     j->posted = 0;
     j->run(L, j);
   }
+  rt->trace_mark = 0; /* the loop polled: the next step's start is read */
   /* take the list: what becomes ready meanwhile waits for the next drain */
   tulua__task *next = rt->ready_head;
   rt->ready_head = rt->ready_tail = NULL;
@@ -865,18 +1000,18 @@ static int drain(lua_State *L) {
       rt->budget > 0 ? uv_hrtime() + (uint64_t)(rt->budget * 1e9) : UINT64_MAX;
   while (next != NULL) {
     tulua__task *t = next;
-    next = t->next_ready;
+    next = t->u.next_ready;
     run_task(L, rt, t);
     lua_settop(L, 1);
     if (next != NULL && stop != UINT64_MAX && uv_hrtime() >= stop) {
       /* out of budget: the rest goes first at the next drain */
       tulua__task *last = next;
       size_t n = 1;
-      while (last->next_ready != NULL) {
-        last = last->next_ready;
+      while (last->u.next_ready != NULL) {
+        last = last->u.next_ready;
         n++;
       }
-      last->next_ready = rt->ready_head;
+      last->u.next_ready = rt->ready_head;
       if (rt->ready_head == NULL) rt->ready_tail = last;
       rt->ready_head = next;
       rt->ready_len += n;
@@ -916,6 +1051,45 @@ void tulua__cancel_task(tulua_runtime *rt, tulua__task *t) {
     t->cancelling = 1;
 }
 
+int tulua__task_state_of(lua_State *co, tulua__task_state *out) {
+  static const char *const names[] = {"ready", "new", "running", "waiting"};
+  tulua__task *t = tulua__task_of(co);
+  if (t == NULL) return 0;
+  tulua_runtime *rt = tulua__task_rt(t);
+  uv_update_time(rt->loop); /* the loop may be busy: its time is stale */
+  uint64_t now = uv_now(rt->loop);
+  out->state = names[t->state];
+  out->op = t->state == T_WAITING ? t->wait_op : NULL;
+  out->seconds = -1; /* a ready task's time is not kept */
+  if (t->state == T_WAITING || t->state == T_RUNNING)
+    out->seconds = now > t->u.since ? (double)(now - t->u.since) / 1e3 : 0;
+  out->left = -1;
+  if (t->state == T_WAITING && t->w == SLEEP_W) {
+    uint64_t due = deadline_of(t);
+    out->left = due > now ? (double)(due - now) / 1e3 : 0;
+  }
+  out->id = t->id;
+  out->parent = t->parent;
+  return 1;
+}
+
+int tulua__describe_wait(lua_State *co, char *buf, size_t size) {
+  tulua__task_state st;
+  buf[0] = '\0';
+  if (!tulua__task_state_of(co, &st) || st.op == NULL) return 0;
+  if (st.left >= 0) return snprintf(buf, size, "sleep %.3f s left", st.left);
+  tulua__task *t = tulua__task_of(co);
+  int n = snprintf(buf, size, "%s", st.op);
+  tulua__waiter *w = t->w;
+  if (w == NULL || is_static_waiter(w) || w->describe == NULL || n < 0 ||
+      (size_t)n + 1 >= size)
+    return n;
+  buf[n] = ' ';
+  int m = w->describe(buf + n + 1, size - (size_t)n - 1, w->ud);
+  if (m <= 0) buf[n] = '\0';
+  return m <= 0 ? n : n + 1 + m;
+}
+
 lua_State *tulua__running(tulua_runtime *rt) {
   return (lua_State *)rt->running;
 }
@@ -929,6 +1103,7 @@ int tulua__cancel_wait(lua_State *co) {
 
 static void async_cb(uv_async_t *h) {
   tulua_runtime *rt = h->data;
+  if (rt->ps_pending) tulua__post(rt, &rt->ps_job); /* tulua --ps (ps.c) */
   if (rt->cancel_pending) {
     rt->cancel_pending = 0;
     rt->interrupt_pending = 0;
@@ -996,6 +1171,12 @@ static int sched_open(lua_State *L) {
   rt->live_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_newtable(L);
   rt->extras_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  rt->origins_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
 
@@ -1046,7 +1227,7 @@ static int deliver_and_drop(lua_State *L) {
  * frees the op. */
 void tulua__sched_shutdown(tulua_runtime *rt) {
   lua_State *L = rt->L;
-  for (tulua__task *t = rt->ready_head; t != NULL; t = t->next_ready) {
+  for (tulua__task *t = rt->ready_head; t != NULL; t = t->u.next_ready) {
     if (t->w == NULL || t->woken_by_cancel) continue;
     lua_pushcfunction(L, deliver_and_drop);
     lua_pushlightuserdata(L, t->w);

@@ -21,11 +21,18 @@ typedef int (*tulua__deliver_fn)(lua_State *L, void *ud);
  * Frees nothing: the operation's callback still comes and frees it. */
 typedef void (*tulua__cancel_fn)(void *ud);
 
+/* Writes the detail of a wait into buf (size > 0 bytes, NUL-terminated,
+ * truncated as snprintf) from ud, the op, which lives while the task
+ * waits. Calls no Lua API. Returns the length snprintf would have written
+ * (tulua --ps, traces: see tulua__wait_detail). */
+typedef int (*tulua__describe_fn)(char *buf, size_t size, const void *ud);
+
 /* Links an operation to the task that waits on it. Embedded in the op. */
 typedef struct tulua__waiter {
   tulua__task *task; /* NULL once the task stopped waiting (cancelled) */
   tulua__deliver_fn deliver;
   tulua__cancel_fn cancel;
+  tulua__describe_fn describe; /* the wait's detail, or NULL */
   void *ud;
   struct tulua__waiter *next; /* in a list of waiters, e.g. a task's joiners */
 } tulua__waiter;
@@ -57,6 +64,49 @@ uv_loop_t *tulua__loop(lua_State *L);
  * cancelled (the cancellation error). Call it after checking arguments and
  * before allocating anything. */
 void tulua__check_wait(lua_State *L, const char *op);
+
+/* ---- what a task waits for (tulua --ps, traces) ----
+ *
+ * tulua__check_wait records its op on the task; a binding that can say
+ * more (a path, an address, a pid) attaches a describer right after it
+ * with tulua__wait_detail. The hot path only stores pointers: the text is
+ * made when someone asks (tulua__describe_wait). */
+
+/* Attaches to the current task's coming wait a describer of its detail
+ * (e.g. the path of a file operation), called with the ud given to
+ * tulua__wait. Call after tulua__check_wait (which clears it) and before
+ * tulua__wait; cheap: one store. */
+void tulua__wait_detail(lua_State *L, tulua__describe_fn fn);
+
+/* What tulua__task_state tells of an unfinished task. */
+typedef struct tulua__task_state {
+  const char *state; /* "new", "ready", "running" or "waiting" */
+  const char *op; /* waiting: the op (check_wait's, or park's what) */
+  double seconds; /* how long it has been waiting or running; -1 when
+                     new or ready (not kept) */
+  double left; /* waiting in a sleep: seconds to its deadline, else -1 */
+  uint32_t id; /* 1, 2, ... in spawn order in its runtime */
+  uint32_t parent; /* id of the task that spawned it, 0: none */
+} tulua__task_state;
+
+/* Fills *out for the task whose thread is co and returns 1; returns 0 for
+ * any other thread (a finished task's too). Calls no Lua API; call it on
+ * the runtime's thread (it brings the loop's time up to date, which a busy
+ * step leaves stale). */
+int tulua__task_state_of(lua_State *co, tulua__task_state *out);
+
+/* Writes what the waiting task co waits for into buf, e.g. "sleep 2.500 s
+ * left", "read tcp 127.0.0.1:5000", "fs.open /tmp/x"; an empty string if
+ * co is not waiting. Returns the length (as snprintf). No Lua API. */
+int tulua__describe_wait(lua_State *co, char *buf, size_t size);
+
+/* Called as a task of rt begins a wait (begins = 1, its description
+ * complete) and as it resumes from it (begins = 0, before the results are
+ * delivered). co is the task's thread; no Lua API may be called on it. */
+typedef void (*tulua__wait_hook_fn)(lua_State *co, int begins, void *ud);
+
+/* Sets rt's wait hook (NULL: none). One per runtime. */
+void tulua__set_wait_hook(tulua_runtime *rt, tulua__wait_hook_fn fn, void *ud);
 
 /* Suspends the current task until tulua__wake(w); then deliver(L, ud) runs
  * in the task and its results are the results of the waiting function. If

@@ -7,13 +7,16 @@
  * __index finds the Task methods for task threads (tostring shows
  * "thread: 0x...", as for any thread; status() tells the state). Names
  * live in a weak-keyed table, since a finished task keeps its name. */
+#include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <lauxlib.h>
 
 #include "runtime.h"
+#include "trace.h"
 
 /* Returns the thread at idx if it is a Task (finished or not), else
  * raises "Task expected". */
@@ -73,6 +76,12 @@ static void join_cancel(void *ud) {
   tulua__heap_put(&op->rt->lua_heap, op, sizeof *op);
 }
 
+/* The detail of a join: the id of the task joined. */
+static int describe_join(char *buf, size_t size, const void *ud) {
+  const join_op *op = ud;
+  return snprintf(buf, size, "task #%u", (unsigned)op->target->id);
+}
+
 static int task_join(lua_State *L) {
   lua_State *co = check_task(L, 1);
   if (tulua__task_finished(co)) return tulua__task_push_outcome(L, co);
@@ -88,6 +97,7 @@ static int task_join(lua_State *L) {
   t->observed = 1;
   op->w.next = t->joiners;
   t->joiners = &op->w;
+  tulua__wait_detail(L, describe_join);
   lua_settop(L, 1); /* the target stays referenced while we wait */
   return tulua__wait(L, &op->w, join_deliver, join_cancel, op);
 }
@@ -239,6 +249,17 @@ static int task_get_name(lua_State *L) {
   return 1;
 }
 
+/* Records the new name of the task at idx for the trace. */
+static void trace_name(lua_State *L, int idx, const char *name) {
+  tulua__trace_rec r;
+  memset(&r, 0, offsetof(tulua__trace_rec, text));
+  r.kind = TULUA_TR_NAME;
+  r.ts = uv_hrtime();
+  r.id = (uintptr_t)lua_tothread(L, idx);
+  tulua__trace_text(&r, name, NULL, NULL);
+  tulua__trace_add(&r);
+}
+
 static int task_set_name(lua_State *L) {
   check_task(L, 1);
   luaL_checkany(L, 2);
@@ -246,6 +267,7 @@ static int task_set_name(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->names_ref);
   lua_pushvalue(L, 1);
   luaL_tolstring(L, 2, NULL);
+  if (rt->traced && tulua__trace_on()) trace_name(L, 1, lua_tostring(L, -1));
   lua_rawset(L, -3);
   return 0;
 }
@@ -349,15 +371,47 @@ static int l_new_error(lua_State *L) {
   return 1;
 }
 
+/* tulua.set_debug(on) or tulua.set_debug{slow = seconds}: the table turns
+ * debug mode on and sets its threshold (asyncio's slow_callback_duration) */
 static int l_set_debug(lua_State *L) {
   tulua_runtime *rt = tulua__runtime(L);
-  rt->debug = lua_toboolean(L, 1);
+  if (lua_istable(L, 1)) {
+    lua_pushnil(L);
+    while (lua_next(L, 1) != 0) { /* one key only: no option table helper */
+      lua_pop(L, 1);
+      if (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "slow"))
+        return luaL_argerror(L, 1,
+                             lua_pushfstring(L, "unknown option '%s'",
+                                             luaL_tolstring(L, -1, NULL)));
+    }
+    lua_getfield(L, 1, "slow");
+    lua_Number s = lua_tonumber(L, -1);
+    if (lua_type(L, -1) != LUA_TNUMBER || !(s > 0 && s <= TULUA__SLOW_MAX))
+      return luaL_argerror(L, 1,
+                           "field 'slow' must be a number of seconds "
+                           "above 0 and at most 86400");
+    rt->slow_ns = tulua__slow_ns(s);
+    rt->debug = 1;
+  } else {
+    if (!lua_isboolean(L, 1) && !lua_isnoneornil(L, 1))
+      return luaL_typeerror(L, 1, "boolean or table");
+    rt->debug = lua_toboolean(L, 1);
+  }
   if (rt->debug) lua_warning(L, "@on", 0); /* the reports are warnings */
   return 0;
 }
 
+/* tulua.get_debug() -> on; tulua.get_debug("slow") -> the threshold in
+ * seconds (a second result would spill into table constructors) */
 static int l_get_debug(lua_State *L) {
-  lua_pushboolean(L, tulua__runtime(L)->debug);
+  tulua_runtime *rt = tulua__runtime(L);
+  if (lua_isnoneornil(L, 1)) {
+    lua_pushboolean(L, rt->debug);
+    return 1;
+  }
+  static const char *const what[] = {"slow", NULL};
+  luaL_checkoption(L, 1, NULL, what);
+  lua_pushnumber(L, (lua_Number)rt->slow_ns / 1e9);
   return 1;
 }
 
@@ -384,6 +438,54 @@ static int l_hide_current(lua_State *L) {
   return 0;
 }
 
+/* tulua._task_info(task) -> {id=, parent=, state=, seconds=, wait=,
+ * left=, on=} | nil (finished): what tulua --ps shows of an unfinished
+ * task. wait is the description of its wait ("sleep 2.500 s left"), on
+ * the object a park() named (the children of a gather, a TaskGroup's
+ * tasks). Internal (the underscore): for lua/tulua/_ps.lua. */
+static int l_task_info(lua_State *L) {
+  lua_State *co = check_task(L, 1);
+  tulua__task_state st;
+  char buf[512];
+  if (!tulua__task_state_of(co, &st)) return 0;
+  lua_createtable(L, 0, 7);
+  lua_pushinteger(L, st.id);
+  lua_setfield(L, -2, "id");
+  lua_pushinteger(L, st.parent);
+  lua_setfield(L, -2, "parent");
+  lua_pushstring(L, st.state);
+  lua_setfield(L, -2, "state");
+  lua_pushnumber(L, st.seconds);
+  lua_setfield(L, -2, "seconds");
+  if (st.op != NULL) {
+    tulua__describe_wait(co, buf, sizeof buf);
+    lua_pushstring(L, buf);
+    lua_setfield(L, -2, "wait");
+    lua_pushstring(L, st.op);
+    lua_setfield(L, -2, "op");
+  }
+  if (st.left >= 0) {
+    lua_pushnumber(L, st.left);
+    lua_setfield(L, -2, "left");
+  }
+  /* a waiting C function keeps its arguments on the task's stack: on is
+   * park(what, on)'s on, or the object a method waits in (a Future) */
+  lua_Debug ar;
+  if (st.op != NULL && lua_getstack(co, 0, &ar) && lua_getinfo(co, "f", &ar)) {
+    int parked = lua_tocfunction(co, -1) == tulua__park;
+    lua_pop(co, 1);
+    if (lua_getlocal(co, &ar, parked ? 2 : 1) != NULL) {
+      if (parked || lua_type(co, -1) == LUA_TUSERDATA) {
+        lua_xmove(co, L, 1);
+        lua_setfield(L, -2, "on");
+      } else {
+        lua_pop(co, 1);
+      }
+    }
+  }
+  return 1;
+}
+
 static int l_now(lua_State *L) {
   lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
   return 1;
@@ -404,6 +506,9 @@ int tulua__open_core(lua_State *L) {
                                    {"get_debug", l_get_debug},
                                    {"_report", l_report},
                                    {"_hide_current", l_hide_current},
+                                   {"_task_info", l_task_info},
+                                   {"ps", tulua__ps},
+                                   {"_ps_dir", tulua__ps_lua_dir},
                                    {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_rawgeti(L, LUA_REGISTRYINDEX, tulua__runtime(L)->methods_ref);

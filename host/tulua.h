@@ -77,10 +77,23 @@ typedef struct tulua_config {
                        tulua's print and io functions in place of some
                        (host/cli.md: differences from lua5.4) */
   int debug; /* 1: warn (lua_warning) about task steps that keep the loop
-              * busy for more than 100 ms, as asyncio's debug mode */
+              * busy for longer than debug_slow, as asyncio's debug mode */
+  double debug_slow; /* debug mode's threshold in seconds (asyncio's
+                      * slow_callback_duration); 0: the default, 0.1; a
+                      * negative or NaN one: tulua_open gives UV_EINVAL */
+  const char *trace; /* a file to write a trace to from the start (Chrome
+                      * trace event format, host/trace.md), or NULL; as
+                      * tulua.trace.start(trace): one trace per process
+                      * (UV_EBUSY), tulua_close ends it; not kept */
+  int ps; /* 1 (default): answer `tulua --ps PID` (host/ps.md): on SIGURG
+           * the runtime writes its task list into /tmp/tulua-<uid>/, a
+           * directory only its user may enter. The first runtime opened
+           * in the process decides, for the process; 0 turns it off (and
+           * leaves SIGURG alone). */
 } tulua_config;
 
-/* Fills cfg with the defaults: own loop, no error callback, stdlibs open. */
+/* Fills cfg with the defaults: own loop, no error callback, stdlibs open,
+ * answering tulua --ps. */
 TULUA_API void tulua_config_init(tulua_config *cfg);
 
 /* Creates a runtime: a Lua state with the tulua modules preloaded, on cfg's
@@ -170,6 +183,21 @@ TULUA_API int tulua_wakeup(tulua_runtime *rt);
  * a second Ctrl-C), else 0. Async-signal-safe: call it from a SIGINT
  * handler. */
 TULUA_API int tulua_interrupt(tulua_runtime *rt);
+
+/* Pushes the text an uncaught error value on top of L prints as, without a
+ * traceback, and returns it (the value stays under it). A string or a
+ * number is itself, as in lua.c. An error object a task failed with (and
+ * that a join raised again) is the report of that task: where it was
+ * raised and the task's traceback. Any other value is preceded by the place
+ * where it was raised ("script.lua:12: "): the first frame of the thread
+ * `from`, at `level` or deeper, that runs Lua code outside tulua's own
+ * modules (asyncio, concurrent.futures...), so that a library's error
+ * names the caller's line. Then an object whose __tostring gives a string
+ * is that string; a table with fields is "(error object is a table value:
+ * {code = "X", message = "..."})" (the array part, then name keys in byte
+ * order, at most 8); anything else is "(error object is a T value)", with
+ * no place, as lua.c prints it. [-0, +1, m] */
+TULUA_API const char *tulua_error_text(lua_State *L, lua_State *from, int level);
 
 /* Returns how many task errors went uncaught (reported through on_error)
  * since the runtime was created; the other reports on_error receives are

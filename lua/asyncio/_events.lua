@@ -91,7 +91,7 @@ function Loop:run_forever()
   check_open(self)
   local me = need_task("run_forever")
   self._running = self._running + 1
-  self._forever = self._forever or wq_new()
+  self._forever = self._forever or wq_new("run_forever")
   local ok, err = true, nil
   while not self._stopping and ok do
     ok, err = pcall(wq_wait, self._forever, me)

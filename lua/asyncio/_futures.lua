@@ -27,7 +27,7 @@ Future._kind = "asyncio.Future"
 
 --- Creates a pending Future.
 function M.Future()
-  return setmetatable({_state = "pending", _waiters = wq_new()}, Future)
+  return setmetatable({_state = "pending", _waiters = wq_new("future")}, Future)
 end
 
 local function is_future(x)

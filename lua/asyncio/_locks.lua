@@ -22,7 +22,7 @@ Lock.__index = Lock
 
 --- A mutual-exclusion lock for tasks (FIFO).
 function M.Lock()
-  return setmetatable({_locked = false, _waiters = wq_new()}, Lock)
+  return setmetatable({_locked = false, _waiters = wq_new("lock")}, Lock)
 end
 
 -- Hands the lock to the next waiter, or unlocks it.
@@ -59,7 +59,7 @@ Event.__index = Event
 
 --- An event flag tasks can wait for.
 function M.Event()
-  return setmetatable({_set = false, _waiters = wq_new()}, Event)
+  return setmetatable({_set = false, _waiters = wq_new("event")}, Event)
 end
 
 --- Sets the flag and wakes every waiter.
@@ -95,7 +95,7 @@ local function new_semaphore(value, bound, fname)
     arg_error(1, fname, "non-negative integer expected", 3)
   end
   return setmetatable({_value = value, _bound = bound and value,
-    _waiters = wq_new()}, Semaphore)
+    _waiters = wq_new("semaphore")}, Semaphore)
 end
 
 --- A semaphore with `value` permits (default 1).
@@ -153,7 +153,7 @@ function M.Condition(lock)
   if lock ~= nil and getmetatable(lock) ~= Lock then
     type_error(1, "Condition", "asyncio.Lock", lock)
   end
-  return setmetatable({_lock = lock or M.Lock(), _waiters = wq_new()}, Condition)
+  return setmetatable({_lock = lock or M.Lock(), _waiters = wq_new("condition")}, Condition)
 end
 
 --- Takes the condition's lock; returns the condition.

@@ -25,7 +25,7 @@ local function new_queue(mt, maxsize, fname)
     type_error(1, fname, "integer", maxsize, 3)
   end
   local q = setmetatable({maxsize = maxsize, _unfinished = 0,
-    _getters = wq_new(), _putters = wq_new(), _finished = new_event()}, mt)
+    _getters = wq_new("queue get"), _putters = wq_new("queue put"), _finished = new_event()}, mt)
   q._finished:set()
   q:_init()
   return q

@@ -33,7 +33,7 @@ function M.TaskGroup()
     _errors = {}, _aborting = false, _exiting = false,
     _parent_cancel_requested = false, _closed = false}, TaskGroup)
   -- __close waits, in the parent, for the last task to end
-  self._wait, self._wake = new_waker()
+  self._wait, self._wake = new_waker("TaskGroup", self._tasks)
   self._on_done = function(t)
     self._tasks[t] = nil
     self._n = self._n - 1

@@ -137,7 +137,7 @@ function M.gather(...)
   for i = 1, n do children[i] = to_future(list[i], i, "gather") end
   local me = need_task("gather")
   local remaining, bad = 0, nil
-  local wait, wake = new_waker()
+  local wait, wake = new_waker("gather", children)
   local raised = false
   local function on_done(f)
     -- after gather raised, the callback stays so that a later failure

@@ -10,8 +10,9 @@ local error = error
 
 local M = {}
 
---- Returns an empty waiter queue.
-function M.new() return {head = 1, tail = 0} end
+--- Returns an empty waiter queue; what ("lock", "queue get") names its
+-- waits for `tulua --ps` and traces.
+function M.new(what) return {head = 1, tail = 0, what = what} end
 
 local function push(q, rec)
   local t = q.tail + 1
@@ -58,7 +59,7 @@ end
 function M.wait(q, me, on_cancel, arg)
   local rec = {task = me}
   push(q, rec)
-  local ok, err = park()
+  local ok, err = park(q.what)
   if ok then return true end
   rec.dead = true
   if on_cancel then on_cancel(arg, rec.woken) end

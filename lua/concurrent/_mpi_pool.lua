@@ -34,6 +34,8 @@ local function who(w)
 end
 
 local transport = {}
+-- a job's track in a trace: "rank N" (host/trace.c)
+transport.trace_kind = "rank"
 
 function transport.start(pool, slot, handler)
   local hub = pool.hub

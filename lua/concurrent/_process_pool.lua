@@ -51,11 +51,13 @@
 -- processes (SIGKILL after GRACE seconds), leaving no zombie.
 local tulua = require "tulua"
 local C = require "tulua._process_pool"
+local trace = require "tulua._trace"
 local transfer = require "tulua.transfer"
 
 local encode = transfer.encode
 local cancel_process = C.cancel_process
 local now = tulua.now
+local trace_on = trace.on
 local pcall, error, setmetatable, pairs, next, select, tostring =
   pcall, error, setmetatable, pairs, next, select, tostring
 
@@ -306,7 +308,11 @@ local function on_reply(pool, w, wid, status, t0, t1, ...)
     w.link:reap(0)
     return
   end
-  local id = pop_window(pool, w)
+  local id, payload = pop_window(pool, w)
+  if trace_on() then
+    -- the worker's clock is the loop's (CLOCK_MONOTONIC): its own track
+    trace.job(pool.tr.trace_kind or "process", pool.trace_no, w.index, w.pid, id, status, t0, t1, #payload, w.link:received())
+  end
   w.heard = now()
   if t1 - t0 < pool.fast then
     if w.win < WINDOW_MAX then w.win = w.win * 2 end
@@ -436,8 +442,17 @@ function Pool:submit(id, fn, ...)
   self.qpos[id] = t
   self.nqueued = self.nqueued + 1
   add_outstanding(self, 1)
+  if trace_on() then trace.submit(self.trace_no, id, #payload) end
   -- jobs queued before this one wait for a worker already
   if self.nqueued == 1 then dispatch(self) end
+end
+
+--- Returns "process <pid>" of the worker running job id, or nil (for
+-- `tulua --ps`).
+function Pool:worker_of(id)
+  local w = self.where[id]
+  if w and w.fid[w.fh] == id then return "process " .. w.pid end
+  return nil
 end
 
 --- Returns "pending", "running" or "finished".
@@ -561,6 +576,7 @@ function M.new(max_workers, opts, core, tr)
   return setmetatable({
     max = max_workers, core = core, init = init, mtpc = opts.max_tasks_per_child,
     file = file, argv = {name, "-E", "-e", WORKER_CODE}, tr = tr or processes,
+    trace_no = trace.pool_no(),
     slots = {}, nslots = 0, exiting = {},
     high = 0, -- the highest slot ever taken: loops over slots stop there
     -- the queue: payloads and ids from qh to qt (id false: cancelled),

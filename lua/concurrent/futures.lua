@@ -166,6 +166,19 @@ Executor.__name = "concurrent.futures.Executor"
 -- check_self's mark of the class (an executor's own _kind names its pool)
 Executor._kind = "concurrent.futures.Executor"
 
+-- The live executors, for `tulua --ps` (weak: the list keeps none alive).
+local executors = setmetatable({}, {__mode = "k"})
+local executor_seq = 0
+
+--- Returns the executors not yet collected, oldest first (internal: for
+-- tulua._ps).
+function M._executors()
+  local list = {}
+  for ex in pairs(executors) do list[#list + 1] = ex end
+  table.sort(list, function(a, b) return executors[a] < executors[b] end)
+  return list
+end
+
 local function new_executor(kind, max_workers, backend_new, opts)
   local core = future.core()
   -- submit in the instance: each call then skips the lookup through the
@@ -177,7 +190,23 @@ local function new_executor(kind, max_workers, backend_new, opts)
   local backend = backend_new(max_workers, opts, core)
   core:set_backend(backend)
   ex._backend = backend
+  executor_seq = executor_seq + 1
+  executors[ex] = executor_seq
   return ex
+end
+
+--- Returns the jobs in flight: {seq=, state=, worker=} (worker: "thread
+-- worker 2", "process 4123", while one runs the job), for tulua --ps.
+function Executor:_jobs()
+  local jobs = self._core:jobs()
+  local b = self._backend
+  for _, j in ipairs(jobs) do
+    if b and b.worker_of then
+      j.worker = b:worker_of(j.id)
+      if j.worker then j.state = "running" end
+    end
+  end
+  return jobs
 end
 
 function Executor:__tostring()
@@ -389,7 +418,7 @@ function Executor:shutdown(wait, cancel_futures)
     self:_close_backend()
   elseif wait then
     local me = need_task("shutdown")
-    local park_me, wake = new_waker()
+    local park_me, wake = new_waker("shutdown")
     self._wake_closer = wake
     while core:inflight() > 0 do
       local ok, err = park_me(me)
@@ -408,9 +437,21 @@ Executor.__close = function(self) self:shutdown(true) end
 --- Returns the jobs that ended (the most recent 4096), in submission
 -- order: {index=, worker=, start=, finish=, status=} with times in seconds
 -- since the executor was created, status "done", "failed" or "cancelled".
-function Executor:timeline()
+-- With opts, draws them instead: opts.format "svg" returns
+-- concurrent.timeline.svg's picture, "text" render's, and the other keys
+-- of opts go to that function (width, workers, now, title).
+function Executor:timeline(opts)
   check_self(self, "concurrent.futures.Executor", "timeline")
-  return self._core:timeline()
+  local records = self._core:timeline()
+  if opts == nil then return records end
+  if type(opts) ~= "table" then type_error(2, "timeline", "table", opts) end
+  local draw_opts, fmt = {}, opts.format
+  for k, v in pairs(opts) do if k ~= "format" then draw_opts[k] = v end end
+  if draw_opts.workers == nil then draw_opts.workers = self._max_workers end
+  local timeline = require("concurrent.timeline")
+  if fmt == "svg" then return timeline.svg(records, draw_opts) end
+  if fmt == "text" then return timeline.render(records, draw_opts) end
+  arg_error(2, "timeline", "field 'format' must be \"svg\" or \"text\"")
 end
 
 --- The number of workers.

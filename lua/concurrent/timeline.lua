@@ -33,8 +33,8 @@ end
 
 -- Called from render's checkers, so it blames render's caller: level 4
 -- (bad_arg, the checker, render, its caller), one more from a closure.
-local function bad_arg(n, msg, level)
-  arg_error(n, "render", msg, level or 4)
+local function bad_arg(n, msg, level, fname)
+  arg_error(n, fname or "render", msg, level or 4)
 end
 
 local function is_time(x)
@@ -69,14 +69,14 @@ end
 
 -- Checks the records and returns jobs: {mark=, label=, worker=, start=,
 -- finish=} with finish nil while running, plus the latest time they know.
-local function check_records(records)
-  if type(records) ~= "table" then bad_arg(1, "table expected, got " .. type(records)) end
+local function check_records(records, fname)
+  if type(records) ~= "table" then bad_arg(1, "table expected, got " .. type(records), nil, fname) end
   local jobs, latest = {}, 0
   for i, r in ipairs(records) do
     local function bad_field(name, what)
-      bad_arg(1, format("record %d: field '%s' must be %s", i, name, what), 5)
+      bad_arg(1, format("record %d: field '%s' must be %s", i, name, what), 5, fname)
     end
-    if type(r) ~= "table" then bad_arg(1, format("record %d: table expected, got %s", i, type(r))) end
+    if type(r) ~= "table" then bad_arg(1, format("record %d: table expected, got %s", i, type(r)), nil, fname) end
     local index = r.index == nil and i or r.index
     if math_type(index) ~= "integer" or index < 1 then bad_field("index", "a positive integer") end
     if math_type(r.worker) ~= "integer" or r.worker < 1 then bad_field("worker", "a positive integer") end
@@ -91,7 +91,8 @@ local function check_records(records)
     local mark = STATUS_MARKS[status] or sub(MARKS, (index - 1) % #MARKS + 1, (index - 1) % #MARKS + 1)
     local label = mark .. " " .. (r.name or ("job " .. index))
     if status ~= "done" then label = label .. " (" .. status .. ")" end
-    jobs[i] = {mark = mark, label = label, index = index, worker = r.worker, start = r.start, finish = r.finish}
+    jobs[i] = {mark = mark, label = label, index = index, worker = r.worker, start = r.start, finish = r.finish,
+      status = status, name = r.name or ("job " .. index)}
     latest = max(latest, r.start, r.finish or 0)
   end
   return jobs, latest
@@ -220,6 +221,146 @@ function M.render(records, opts)
     lines[#lines + 1] = line
   end
   return concat(lines, "\n")
+end
+
+-- ---- the picture as SVG ----
+
+local SVG_OPTIONS = {width = true, workers = true, now = true, title = true, lanes = true}
+local DEFAULT_PIXELS, MIN_PIXELS = 800, 200
+local CHAR = 7 -- pixels of a character of the 12 px font, about
+local LANE, BAR = 26, 18 -- a lane's height and its bars'
+-- Bars take the colour of their submission number; a failed job is red,
+-- a cancelled one grey, as the text marks them with X and -.
+local COLOURS = {"#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#ff9da7"}
+local STATUS_COLOURS = {failed = "#d62728", cancelled = "#9d9d9d"}
+
+local function xml(s)
+  return (tostring(s):gsub("[&<>\"]", {["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;"}))
+end
+
+-- Numbers in the picture: a few decimals, no exponent.
+local function px(x)
+  return format("%.2f", x)
+end
+
+local function check_svg_opts(opts)
+  if opts == nil then return DEFAULT_PIXELS, 0, nil, nil, nil end
+  if type(opts) ~= "table" then bad_arg(2, "table expected, got " .. type(opts), nil, "svg") end
+  args.check_options(opts, SVG_OPTIONS, 2, "svg", 3)
+  local width, workers, now = opts.width or DEFAULT_PIXELS, opts.workers or 0, opts.now
+  if math_type(width) ~= "integer" or width < MIN_PIXELS or width > MAX_WIDTH then
+    bad_arg(2, format("field 'width' must be an integer from %d to %d", MIN_PIXELS, MAX_WIDTH), nil, "svg")
+  end
+  if math_type(workers) ~= "integer" or workers < 0 or workers > MAX_WORKERS then
+    bad_arg(2, format("field 'workers' must be an integer from 0 to %d", MAX_WORKERS), nil, "svg")
+  end
+  if now ~= nil and not is_time(now) then bad_arg(2, "field 'now' must be a non-negative number", nil, "svg") end
+  if opts.title ~= nil and type(opts.title) ~= "string" then
+    bad_arg(2, "field 'title' must be a string", nil, "svg")
+  end
+  local lanes = opts.lanes
+  if lanes ~= nil then
+    if type(lanes) ~= "table" then bad_arg(2, "field 'lanes' must be a list of strings", nil, "svg") end
+    for i, name in ipairs(lanes) do
+      if type(name) ~= "string" then
+        bad_arg(2, format("field 'lanes': item %d must be a string", i), nil, "svg")
+      end
+    end
+  end
+  return width, workers, now, opts.title, lanes
+end
+
+--- Draws the same picture as render as an SVG image, for a browser or a
+-- report: one lane per worker (named `worker N`, or by opts.lanes), a bar
+-- per job (coloured by submission number; failed red, cancelled grey),
+-- labelled with the job's name where it fits and in its tooltip always, and
+-- a time axis in seconds. The root element carries the scale
+-- (data-x0: the pixel of time 0, data-px-per-s) and each bar its job
+-- (class "job", data-index, data-worker, data-start, data-finish), so that
+-- a program can check the picture.
+-- @param records as render's
+-- @param opts optional table: width (pixels, 200 to 10000, default 800),
+--   workers and now (as render's), title (a string above the lanes), lanes
+--   (a list: the name of lane i; default `worker i`)
+-- @return string, a whole SVG document
+-- @raise for records or opts of the wrong shape
+function M.svg(records, opts)
+  local width, workers, now, title, lanes = check_svg_opts(opts)
+  local jobs, latest = check_records(records, "svg")
+  now = now or latest
+  latest = max(latest, now)
+  for _, job in ipairs(jobs) do workers = max(workers, job.worker) end
+  if lanes then workers = max(workers, #lanes) end
+  local names, longest = {}, 0
+  for w = 1, workers do
+    names[w] = lanes and lanes[w] or ("worker " .. w)
+    longest = max(longest, #names[w])
+  end
+  local x0 = 16 + CHAR * longest
+  local plot = width - x0 - 48 -- room on the right for the last tick's label
+  local step, steps, decimals = choose_axis(latest, max(1, floor(plot / CHAR)))
+  local scale = plot / (step * steps) -- pixels per second
+  local top = title and 34 or 10
+  local height = top + workers * LANE + 44
+  local out = {}
+  local function add(...) out[#out + 1] = format(...) end
+  add('<?xml version="1.0" encoding="UTF-8"?>\n')
+  add('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d"'
+    .. ' font-family="sans-serif" font-size="12" data-x0="%s" data-px-per-s="%s">\n',
+    width, height, width, height, px(x0), px(scale))
+  add('<rect class="background" x="0" y="0" width="%d" height="%d" fill="#ffffff"/>\n', width, height)
+  if title then
+    add('<text class="title" x="%s" y="22" font-size="15" font-weight="bold">%s</text>\n', px(x0), xml(title))
+  end
+  for w = 1, workers do
+    local y = top + (w - 1) * LANE
+    add('<g class="lane" data-worker="%d">', w)
+    add('<rect x="%s" y="%d" width="%s" height="%d" fill="%s"/>', px(x0), y, px(plot), LANE,
+      w % 2 == 1 and "#f3f3f3" or "#e8e8e8")
+    add('<text x="%s" y="%d" text-anchor="end">%s</text></g>\n', px(x0 - 8), y + LANE // 2 + 4,
+      xml(names[w]))
+  end
+  for _, job in ipairs(jobs) do
+    local finish = job.finish or now
+    local x, y = x0 + job.start * scale, top + (job.worker - 1) * LANE + (LANE - BAR) // 2
+    local w = max(1, (finish - job.start) * scale)
+    local colour = STATUS_COLOURS[job.status] or COLOURS[(job.index - 1) % #COLOURS + 1]
+    local tip = format("%s: %s to %s s", job.label, seconds(job.start, 3), seconds(finish, 3))
+    add('<g class="job" data-index="%d" data-worker="%d" data-start="%s" data-finish="%s">',
+      job.index, job.worker, format("%.6f", job.start), format("%.6f", finish))
+    add('<rect x="%s" y="%d" width="%s" height="%d" rx="2" fill="%s" stroke="#333333" stroke-width="0.5"%s>'
+      .. '<title>%s</title></rect>', px(x), y, px(w), BAR, colour,
+      job.finish == nil and ' fill-opacity="0.5"' or "", xml(tip))
+    if #job.name * CHAR + 6 <= w then
+      add('<text x="%s" y="%d" fill="#ffffff">%s</text>', px(x + 3), y + BAR // 2 + 4, xml(job.name))
+    end
+    add('</g>\n')
+  end
+  local axis_y = top + workers * LANE + 6
+  add('<g class="axis"><line x1="%s" y1="%d" x2="%s" y2="%d" stroke="#333333"/>', px(x0), axis_y, px(x0 + plot), axis_y)
+  for k = 0, steps do
+    local x = x0 + k * step * scale
+    add('<line x1="%s" y1="%d" x2="%s" y2="%d" stroke="#333333"/>', px(x), axis_y, px(x), axis_y + 5)
+    add('<text x="%s" y="%d" text-anchor="middle">%s</text>', px(x), axis_y + 18,
+      seconds(k * step, decimals) .. (k == steps and " s" or ""))
+  end
+  add('</g>\n</svg>\n')
+  return concat(out)
+end
+
+--- Writes svg(records, opts) into the file at path (replaced): the talk
+-- scripts' --svg FILE. The title defaults to the file's name.
+-- @return true, or nil, message, code (io.open's or the write's)
+function M.write_svg(path, records, opts)
+  if type(path) ~= "string" then bad_arg(1, "string expected, got " .. type(path), nil, "write_svg") end
+  local picture = M.svg(records, opts)
+  local f, err, code = io.open(path, "w")
+  if not f then return nil, err, code end
+  local ok
+  ok, err, code = f:write(picture)
+  f:close()
+  if not ok then return nil, err, code end
+  return true
 end
 
 return M

@@ -60,7 +60,8 @@ end
 -- `true` or `false, err`; wake() makes the task parked in that wait ready,
 -- and does nothing when none is: a callback or timer that comes late
 -- cannot wake the task from a wait elsewhere, as a bare unpark(me) could.
-function M.new_waker()
+-- what and on name the wait for `tulua --ps` (tulua.park).
+function M.new_waker(what, on)
   local parked = nil
   local function wake()
     local t = parked
@@ -68,7 +69,7 @@ function M.new_waker()
   end
   local function wait(me)
     parked = me
-    local ok, err = park()
+    local ok, err = park(what, on)
     parked = nil
     return ok, err
   end
@@ -122,7 +123,7 @@ function M.wait(items, ops, timeout, when, name)
   end
   if left > 0 and not satisfied and (timeout == nil or timeout > 0) then
     local me = M.need_task(name, 3)
-    local wait, wake = new_waker()
+    local wait, wake = new_waker(name, items)
     local function on_done(x)
       left = left - 1
       if left == 0 or first or (on_failure and failed(x)) then satisfied = true; wake() end
@@ -161,7 +162,7 @@ function M.as_completed(items, ops, timeout, name, timeout_error)
   local deadline = timeout and now() + timeout
   local ready, head, tail, left = {}, 1, 0, 0
   local seen, listening = {}, {}
-  local wait, wake = new_waker()
+  local wait, wake = new_waker(name, items)
   local function on_done(x)
     tail = tail + 1
     ready[tail] = x

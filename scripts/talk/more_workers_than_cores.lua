@@ -14,8 +14,10 @@
 -- the script takes about a second.
 --
 -- Run it with: tulua scripts/talk/more_workers_than_cores.lua
+-- (--svg FILE also writes the timeline as an SVG picture)
 local futures = require "concurrent.futures"
 local timeline = require "concurrent.timeline"
+local svg_path = arg and arg[1] == "--svg" and (arg[2] or error("--svg needs a file name"))
 local now = require("tulua").now
 
 local CORES = futures.cpu_count()
@@ -63,3 +65,6 @@ end
 print(("all %d tasks in %.2f s: %s run no more than %d at once"):format(TASK_NUM, total, cores, CORES))
 print()
 print(timeline.render(records, {workers = WORKER_NUM}))
+if svg_path then
+  assert(timeline.write_svg(svg_path, records, {workers = WORKER_NUM, title = "more workers than cores"}))
+end

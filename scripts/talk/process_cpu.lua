@@ -32,8 +32,10 @@
 -- each runs slower than alone (more_workers_than_cores.lua shows that).
 --
 -- Run it with: tulua scripts/talk/process_cpu.lua
+-- (--svg FILE also writes the timeline as an SVG picture)
 local futures = require "concurrent.futures"
 local timeline = require "concurrent.timeline"
+local svg_path = arg and arg[1] == "--svg" and (arg[2] or error("--svg needs a file name"))
 
 local WORKER_NUM = 3
 local TASK_NUM = 6
@@ -65,3 +67,6 @@ local records = executor:timeline()
 for _, r in ipairs(records) do r.name = ("process%d"):format(r.index - 1) end
 print()
 print(timeline.render(records, {workers = WORKER_NUM}))
+if svg_path then
+  assert(timeline.write_svg(svg_path, records, {workers = WORKER_NUM, title = "ProcessPoolExecutor(3): busy_cpu"}))
+end

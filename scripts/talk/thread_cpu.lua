@@ -33,8 +33,10 @@
 -- a Release build, so the whole script takes about 3 s on 2 cores.
 --
 -- Run it with: tulua scripts/talk/thread_cpu.lua
+-- (--svg FILE also writes the timeline as an SVG picture)
 local futures = require "concurrent.futures"
 local timeline = require "concurrent.timeline"
+local svg_path = arg and arg[1] == "--svg" and (arg[2] or error("--svg needs a file name"))
 local now = require("tulua").now
 
 local WORKER_NUM = 3
@@ -80,3 +82,6 @@ local records = executor:timeline()
 for _, r in ipairs(records) do r.name = ("thread%d"):format(r.index - 1) end
 print()
 print(timeline.render(records, {workers = WORKER_NUM}))
+if svg_path then
+  assert(timeline.write_svg(svg_path, records, {workers = WORKER_NUM, title = "ThreadPoolExecutor(3): busy_cpu"}))
+end

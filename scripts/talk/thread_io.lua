@@ -32,8 +32,10 @@
 -- run, then the pool's timeline: which worker read which file, and when.
 --
 -- Run it with: tulua scripts/talk/thread_io.lua
+-- (--svg FILE also writes the timeline as an SVG picture)
 local futures = require "concurrent.futures"
 local timeline = require "concurrent.timeline"
+local svg_path = arg and arg[1] == "--svg" and (arg[2] or error("--svg needs a file name"))
 local fs = require "tulua.fs"
 
 local WORKER_NUM = 3
@@ -78,3 +80,6 @@ local records = executor:timeline()
 for _, r in ipairs(records) do r.name = ("thread%d"):format(r.index - 1) end
 print()
 print(timeline.render(records, {workers = WORKER_NUM}))
+if svg_path then
+  assert(timeline.write_svg(svg_path, records, {workers = WORKER_NUM, title = "ThreadPoolExecutor(3): busy_io"}))
+end

@@ -1151,6 +1151,51 @@ static int test_frame_loop_two_runtimes(void) {
   return 0;
 }
 
+/* The debugging fields of tulua_config: a bad threshold is refused, a
+ * trace is written from tulua_open to tulua_close (one per process). */
+static int test_trace_and_debug_config(void) {
+  tulua_runtime *rt = NULL, *other = NULL;
+  tulua_config cfg;
+  tulua_config_init(&cfg);
+  cfg.debug_slow = -1;
+  CHECK_EQ(UV_EINVAL, tulua_open(&rt, &cfg));
+  CHECK(rt == NULL);
+  cfg.debug_slow = 0.0 / 0.0;
+  CHECK_EQ(UV_EINVAL, tulua_open(&rt, &cfg));
+  cfg.debug_slow = 0.05;
+  cfg.debug = 1;
+  CHECK_EQ(0, tulua_open(&rt, &cfg));
+  CHECK_EQ(LUA_OK,
+           call_lua(rt, "return require('tulua').get_debug('slow')", 1));
+  CHECK(lua_tonumber(tulua_state(rt), -1) == 0.05);
+  tulua_close(rt);
+
+  tulua_config_init(&cfg);
+  cfg.trace = "/nonexistent-dir/trace.json";
+  CHECK_EQ(UV_ENOENT, tulua_open(&rt, &cfg));
+  char path[] = "/tmp/test_embed_trace_XXXXXX";
+  int fd = mkstemp(path);
+  CHECK(fd >= 0);
+  close(fd);
+  cfg.trace = path;
+  CHECK_EQ(0, tulua_open(&rt, &cfg));
+  CHECK_EQ(UV_EBUSY, tulua_open(&other, &cfg)); /* one trace a process */
+  CHECK_EQ(LUA_OK, call_lua(rt, "require('tulua').sleep(0.001) return 1", 1));
+  tulua_close(rt);
+  FILE *f = fopen(path, "r");
+  CHECK(f != NULL);
+  char text[65536];
+  size_t n = fread(text, 1, sizeof text - 1, f);
+  fclose(f);
+  unlink(path);
+  text[n] = '\0';
+  CHECK(strstr(text, "\"traceEvents\":[") != NULL);
+  CHECK(strstr(text, "\"cat\":\"step\"") != NULL);
+  CHECK(strstr(text, "\"name\":\"sleep\"") != NULL);
+  CHECK(strstr(text, "\"dropped_events\":0") != NULL);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   static const check_case cases[] = {
       {"config_init_defaults", test_config_init_defaults},
@@ -1178,6 +1223,7 @@ int main(int argc, char **argv) {
       {"two_runtimes", test_two_runtimes},
       {"two_runtimes_share_a_loop", test_two_runtimes_share_a_loop},
       {"frame_loop_two_runtimes", test_frame_loop_two_runtimes},
+      {"trace_and_debug_config", test_trace_and_debug_config},
       {NULL, NULL}};
   return check_run(cases, argc > 1 ? argv[1] : NULL);
 }

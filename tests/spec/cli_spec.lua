@@ -301,13 +301,52 @@ show(type(it), a, b, io.type(c), it(), it(), it(), it(), it(), io.type(c))
         .. "\terr.lua:2: in local 'f'\n\terr.lua:4: in main chunk\n\t[C]: in ?\n"}, {r.status, r.stderr})
     end)
 
-    it("reports non-string error objects as lua5.4 does", function()
+    it("reports non-string error objects without fields or __tostring as lua5.4 does", function()
       local objects = {"{}", "nil", "", "42", "true", "'x', 0", "coroutine.create(print)",
-        "setmetatable({}, {__tostring = function() return 'custom' end})",
         "setmetatable({}, {__tostring = function() return 1 end})"}
       for _, obj in ipairs(objects) do
         same({"-e", "error(" .. obj .. ")"})
       end
+    end)
+
+    -- where lua5.4 prints only "custom" or "(error object is a table value)"
+    local TB = "stack traceback:\n\t[C]: in function 'error'\n"
+
+    it("reports an error object with __tostring where it was raised, with a traceback", function()
+      write("obj.lua", "local E = setmetatable({}, {__tostring = function() return 'custom' end})\n"
+        .. "local function f() error(E) end\nf()\n")
+      local r = run("tulua", {"obj.lua"})
+      assert.are.same({1, "lua: obj.lua:2: custom\n" .. TB .. "\tobj.lua:2: in local 'f'\n"
+        .. "\tobj.lua:3: in main chunk\n\t[C]: in ?\n"}, {r.status, r.stderr})
+    end)
+
+    it("reports a table error object's fields, array part first, names sorted", function()
+      write("tbl.lua", "error({code = 'X', message = 'a \"b\"\\n', 7, n = 1.5, ok = true, [{}] = 1,"
+        .. " t = {}})\n")
+      local r = run("tulua", {"tbl.lua"})
+      assert.are.same({1, "lua: tbl.lua:1: (error object is a table value: {7, code = \"X\", "
+        .. "message = \"a \\\"b\\\"\\n\", n = 1.5, ok = true, t = table, ...})\n"
+        .. TB .. "\ttbl.lua:1: in main chunk\n\t[C]: in ?\n"}, {r.status, r.stderr})
+    end)
+
+    it("reports an uncaught TimeoutError where the task raised it, then where it was raised again", function()
+      write("to.lua", "local asyncio = require 'asyncio'\nasyncio.run(function()\n"
+        .. "  asyncio.wait_for(function() asyncio.sleep(5) end, 0.01)\nend)\n")
+      local r = run("tulua", {"to.lua"})
+      assert.are.same(1, r.status)
+      assert.are.equal("lua: to.lua:3: timed out\n" .. TB, r.stderr:sub(1, #("lua: to.lua:3: timed out\n" .. TB)))
+      assert.matches("\n\tto.lua:3: in function <to.lua:2>\n\t%[C%]: in %?\n" .. TB:gsub("[%[%]%%]", "%%%0")
+        .. "\tlua/asyncio/_runners.lua:%d+: in function 'asyncio.run'\n\tto.lua:2: in main chunk\n\t%[C%]: in %?\n$",
+        r.stderr)
+    end)
+
+    it("reports a library's error object at the caller's line: a task's 'queue is empty'", function()
+      write("q.lua", "local tulua, asyncio = require 'tulua', require 'asyncio'\n"
+        .. "tulua.spawn(function()\n  asyncio.Queue():get_nowait()\nend)\n")
+      local r = run("tulua", {"q.lua"})
+      assert.are.same(1, r.status)
+      assert.matches("^lua: q.lua:3: queue is empty\nstack traceback:\n\t%[C%]: in function 'error'\n"
+        .. "\tlua/asyncio/_queues.lua:%d+: in method 'get_nowait'\n\tq.lua:3: in function <q.lua:2>\n$", r.stderr)
     end)
 
     it("reports a syntax error in the script", function()
@@ -431,8 +470,15 @@ show(type(it), a, b, io.type(c), it(), it(), it(), it(), it(), io.type(c))
     end)
 
     it("reports errors and error objects without the program name", function()
-      same_repl("error({})\nerror()\nerror(setmetatable({}, {__tostring = function() return 'E' end}))\n"
+      same_repl("error({})\nerror()\n"
         .. "x = = 2\nlocal function f(n) return 1 + f(n + 1) end f(1)\n")
+    end)
+
+    it("reports an error object with __tostring at the prompt where it was raised", function()
+      local r = run("tulua", {"-i"}, {stdin = "error(setmetatable({}, {__tostring = function() return 'E' end}))\n",
+        env = READLINE_ENV})
+      assert.are.equal("stdin:1: E\nstack traceback:\n\t[C]: in function 'error'\n\tstdin:1: in main chunk\n"
+        .. "\t[C]: in ?\n", r.stderr)
     end)
 
     it("reports an error of print", function()

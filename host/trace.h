@@ -1,0 +1,120 @@
+/* trace.h: the process's trace recorder (host/trace.c), for host/ and the
+ * bindings that record pool jobs. One trace per process at a time: it
+ * takes events from every thread (the runtime that started it records its
+ * tasks, the pools record their jobs) into a bounded ring that a writer
+ * thread empties into a file in the Chrome trace event format
+ * (host/trace.md). Times are uv_hrtime() nanoseconds: CLOCK_MONOTONIC,
+ * one clock for every thread and process of the machine, so that the
+ * tracks of process workers line up with the loop's. */
+#ifndef TULUA_TRACE_H
+#define TULUA_TRACE_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+#if defined(__x86_64__)
+#include <x86intrin.h>
+#endif
+
+/* Nonzero while a trace is being recorded: the one thing a hot path reads
+ * when tracing is off. */
+extern atomic_int tulua__tracing;
+
+static inline int tulua__trace_on(void) {
+  return atomic_load_explicit(&tulua__tracing, memory_order_relaxed);
+}
+
+/* 1 while the trace times steps with the CPU's time-stamp counter: on
+ * x86-64 with an invariant TSC, where it costs a tenth of a clock_gettime
+ * under a hypervisor's clock (a step is timed at every step: W2 felt it).
+ * The conversion turns ticks into uv_hrtime() nanoseconds, calibrated at
+ * start and stop. */
+extern int tulua__trace_tsc;
+
+/* The time of a step: TSC ticks (records flagged TULUA_TR_TICKS) or
+ * uv_hrtime() nanoseconds. */
+static inline uint64_t tulua__trace_ticks(void) {
+#if defined(__x86_64__)
+  if (tulua__trace_tsc) return __rdtsc();
+#endif
+  return uv_hrtime();
+}
+
+/* What a record is (the writer turns each into one or a few JSON events). */
+enum {
+  TULUA_TR_SPAWN, /* a task's life begins: id, name, n1 the parent */
+  TULUA_TR_NAME, /* a task's name changes: id, name */
+  TULUA_TR_STEP, /* a run step: ts, dur, id; flags; the wait's kind/detail */
+  TULUA_TR_FINISH, /* a task's life ends: id, detail the outcome */
+  TULUA_TR_ERROR, /* an uncaught error: id, detail the message */
+  TULUA_TR_SUBMIT, /* a pool job submitted: id the job, n1 bytes out */
+  TULUA_TR_JOB, /* a pool job ran: ts, dur, track, n1 out, n2 back */
+  TULUA_TR_GC /* a garbage-collection cycle ended: n1 KiB in use */
+};
+
+/* Step flags. */
+#define TULUA_TR_RESUMED 1 /* the step ended a wait (not the task's first) */
+#define TULUA_TR_WAITS   2 /* the step ended in a wait (not the task's end) */
+#define TULUA_TR_SLEEP   4 /* ... in a sleep of n1 milliseconds */
+#define TULUA_TR_TICKS   8 /* ts and dur are tulua__trace_ticks() */
+
+#define TULUA_TR_TEXT 184
+
+/* One record: its strings packed in text, so that the ring and the
+ * writer copy only the bytes used (a step's are a few). */
+typedef struct tulua__trace_rec {
+  uint64_t ts, dur; /* uv_hrtime() ns */
+  uint64_t id; /* task or job */
+  int64_t n1, n2;
+  int32_t pid, tid; /* the track: 0 for the loop's of this process */
+  uint8_t kind, flags;
+  uint16_t len; /* bytes of text used */
+  char text[TULUA_TR_TEXT]; /* name, kind and detail, each ended by NUL */
+} tulua__trace_rec;
+
+/* Sets the strings of r (NULL for ""), cut to fit: name to 47 bytes, kind
+ * to 23, detail to the rest. */
+void tulua__trace_text(tulua__trace_rec *r, const char *name, const char *kind,
+                       const char *detail);
+
+/* Starts the trace into path, keeping at most max_events records in
+ * memory (0: the default, 65536); events that find the ring full are
+ * dropped and counted. Returns 0, UV_EBUSY if a trace is on already, or
+ * the error of opening the file or starting the writer; errbuf gets a
+ * message. */
+int tulua__trace_start(const char *path, size_t max_events, char *errbuf,
+                       size_t errlen);
+
+/* Ends the trace: the writer writes what is left, the records become the
+ * JSON with the track names and the count of dropped events, and the file
+ * is closed. Returns 0, or UV_EINVAL if no trace is on, or a write error's
+ * code. Only the thread that started the trace may stop it (its records
+ * go into a ring without a lock). */
+int tulua__trace_stop(void);
+
+/* The counts of the last trace, once stopped: records written, dropped. */
+void tulua__trace_counts(uint64_t *written, uint64_t *dropped);
+
+/* Adds a record (its used bytes copied) when a trace is on; drops it if
+ * the ring is full. */
+void tulua__trace_add(const tulua__trace_rec *r);
+
+/* Records a pool job that ran on a worker: kind "thread" (the track
+ * "thread worker <worker>", of pool number pool when above 1), "process"
+ * (the track "process <pid>" in a process of its own), or any other word
+ * (a track "<kind> <worker>"; the hook MPI ranks are meant to use: "rank").
+ * started/finished are uv_hrtime() seconds; bytes_out what was sent to the
+ * worker, bytes_in what came back (-1: unknown). */
+void tulua__trace_job(const char *kind, int pool, int worker, int pid,
+                      uint64_t job, const char *status, double started,
+                      double finished, int64_t bytes_out, int64_t bytes_in);
+
+/* Returns a new pool's number, from 1: its jobs' "pool" in the trace. */
+int tulua__trace_pool_no(void);
+
+/* Records a job's submission on the loop's track. */
+void tulua__trace_submit(int pool, uint64_t job, int64_t bytes_out);
+
+#endif
