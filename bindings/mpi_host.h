@@ -17,7 +17,7 @@ typedef struct tulua__mpi_host {
   uv_loop_t *(*loop)(lua_State *L);
   void (*post)(tulua_runtime *rt, tulua__job *job);
   void (*unpost)(tulua_runtime *rt, tulua__job *job);
-  int (*pool_recv)(lua_State *L, tulua__bytes *in);
+  int (*pool_recv)(lua_State *L, tulua__bytes *in, size_t *received);
   int (*port_open_io)(lua_State *L, const tulua__port_io *io, void *ud,
                       const char *version, const char *who);
 } tulua__mpi_host;

@@ -99,6 +99,7 @@ typedef struct mlink mlink;
 typedef struct hub hub;
 
 struct mlink {
+  size_t received; /* the bytes of the last reply recv took (the trace) */
   hub *h;
   int rank; /* in the hub's communicator (its remote group if spawned) */
   int index; /* the worker's number: rank + 1 if spawned, else rank */
@@ -957,7 +958,7 @@ static int link_send(lua_State *L) {
 static int link_recv(lua_State *L) {
   mlink *l = check_link(L);
   if (l == NULL) return 0;
-  int n = tulua__pool_recv(L, &l->in);
+  int n = tulua__pool_recv(L, &l->in, &l->received);
   if (n < 0) { /* not our protocol: the worker is given up */
     l->in.pos = l->in.len = 0;
     l->exited = 1;
@@ -973,6 +974,13 @@ static int link_recv(lua_State *L) {
     lua_replace(L, 5);
   }
   return n;
+}
+
+/* link:received() -> the bytes of the last reply recv took (the trace) */
+static int link_received(lua_State *L) {
+  mlink *l = check_link(L);
+  lua_pushinteger(L, l ? (lua_Integer)l->received : 0);
+  return 1;
 }
 
 /* link:ref(on): while a worker has jobs, the pool keeps the loop alive. */
@@ -1233,9 +1241,11 @@ int tulua_mpi_bind(const tulua__mpi_host *h) {
 
 int luaopen_tulua_mpi(lua_State *L) {
   static const luaL_Reg link_methods[] = {
-      {"send", link_send},     {"recv", link_recv},   {"ref", link_ref},
-      {"status", link_status}, {"close", link_close}, {"reap", link_reap},
-      {"alive", link_alive},   {"info", link_info},   {NULL, NULL}};
+      {"send", link_send},         {"recv", link_recv},
+      {"ref", link_ref},           {"status", link_status},
+      {"close", link_close},       {"reap", link_reap},
+      {"alive", link_alive},       {"info", link_info},
+      {"received", link_received}, {NULL, NULL}};
   static const luaL_Reg hub_methods[] = {
       {"links", hub_links}, {"close", hub_gc}, {NULL, NULL}};
   static const luaL_Reg hub_meta[] = {{"__gc", hub_gc}, {NULL, NULL}};

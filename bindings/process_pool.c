@@ -422,11 +422,11 @@ static int link_received(lua_State *L) {
 static int link_recv(lua_State *L) {
   wlink *l = check_link(L);
   if (l == NULL) return 0;
-  int n = tulua__pool_recv(L, &l->in);
+  int n = tulua__pool_recv(L, &l->in, &l->received);
   return n < 0 ? protocol_error(l) : n;
 }
 
-int tulua__pool_recv(lua_State *L, tulua__bytes *in) {
+int tulua__pool_recv(lua_State *L, tulua__bytes *in, size_t *received) {
   size_t avail = in->len - in->pos;
   if (avail == 0) bytes_trim(in);
   if (avail < 4) return 0;
@@ -464,7 +464,7 @@ int tulua__pool_recv(lua_State *L, tulua__bytes *in) {
   body += TIMES;
   len -= TIMES;
   in->pos += 4 + (size_t)size;
-  l->received = len;
+  *received = len;
   lua_settop(L, 1);
   lua_pushinteger(L, (lua_Integer)job);
   lua_pushstring(L, status_names[status]);

@@ -59,8 +59,9 @@ static inline void put_header(char *h, size_t body, int kind, int status,
 /* Pops the next complete frame of in and pushes what link:recv returns
  * for it (see process_pool.c), above index 1; returns how many values, 0
  * when no frame is complete, or -1 when in does not hold frames of this
- * protocol. Raises only on memory errors. [-0, +n, m] */
-int tulua__pool_recv(lua_State *L, tulua__bytes *in);
+ * protocol; a reply's size (for the trace) goes into *received. Raises only
+ * on memory errors. [-0, +n, m] */
+int tulua__pool_recv(lua_State *L, tulua__bytes *in, size_t *received);
 
 /* A worker's channel other than a descriptor (MPI's): drain appends to in
  * what has come, without waiting, and returns 0 or -1 once the channel is
