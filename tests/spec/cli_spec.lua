@@ -340,6 +340,19 @@ show(type(it), a, b, io.type(c), it(), it(), it(), it(), it(), io.type(c))
         r.stderr)
     end)
 
+    it("reports a cancellation and an EINVALIDSTATE error where they were raised", function()
+      write("cancel.lua", "local tulua = require 'tulua'\nlocal t = tulua.spawn(function() tulua.sleep(1) end)\n"
+        .. "t:cancel()\nt:join()\n")
+      local r = run("tulua", {"cancel.lua"})
+      assert.are.same({1, "lua: cancel.lua:4: task cancelled\nstack traceback:\n\t[C]: in method 'join'\n"
+        .. "\tcancel.lua:4: in main chunk\n\t[C]: in ?\n"}, {r.status, r.stderr})
+      write("state.lua", "local futures = require 'concurrent.futures'\nlocal f = futures.Future()\n"
+        .. "f:set_result(1)\nf:set_result(2)\n")
+      r = run("tulua", {"state.lua"})
+      assert.are.same({1, "lua: state.lua:4: the future is done\nstack traceback:\n\t[C]: in method 'set_result'\n"
+        .. "\tstate.lua:4: in main chunk\n\t[C]: in ?\n"}, {r.status, r.stderr})
+    end)
+
     it("reports a library's error object at the caller's line: a task's 'queue is empty'", function()
       write("q.lua", "local tulua, asyncio = require 'tulua', require 'asyncio'\n"
         .. "tulua.spawn(function()\n  asyncio.Queue():get_nowait()\nend)\n")
