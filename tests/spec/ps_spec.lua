@@ -211,6 +211,21 @@ end):set_name("spinner")
     assert.are.same({1, "", "usage: " .. TULUA .. " --pstree PID\n"}, {run("--pstree", "1", "2")})
   end))
 
+  it("gives up after 5 s on a stopped tulua process, saying why", bounded(function()
+    local p, w = start(dir, "print('ready', require('tulua.process').getpid())\nio.stdout:flush()\n"
+      .. "require('tulua').sleep(30)\n")
+    p:kill("SIGSTOP")
+    local t0 = tulua.now()
+    local status, out, err = run("--ps", w[2])
+    local took = tulua.now() - t0
+    p:kill("SIGCONT")
+    stop(p)
+    assert.are.same({1, "", TULUA .. ": --ps: no answer from process " .. w[2] .. " within 5 s: it is not a tulua"
+      .. " process (it catches SIGURG), or its runtime is blocked outside Lua code (a C call, or the process"
+      .. " is stopped)\n"}, {status, out, err})
+    assert.is_true(took >= 5)
+  end, 20))
+
   it("refuses another user's process", bounded(function()
     local p, pid, owner
     if uid() == "0" then -- root: a process of nobody's
