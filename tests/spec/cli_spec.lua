@@ -336,7 +336,8 @@ show(type(it), a, b, io.type(c), it(), it(), it(), it(), it(), io.type(c))
       assert.are.same(1, r.status)
       assert.are.equal("lua: to.lua:3: timed out\n" .. TB, r.stderr:sub(1, #("lua: to.lua:3: timed out\n" .. TB)))
       assert.matches("\n\tto.lua:3: in function <to.lua:2>\n\t%[C%]: in %?\n" .. TB:gsub("[%[%]%%]", "%%%0")
-        .. "\tlua/asyncio/_runners.lua:%d+: in function 'asyncio[%w._]*%.run'\n\tto.lua:2: in main chunk\n\t%[C%]: in %?\n$",
+        .. "\tlua/asyncio/_runners.lua:%d+: in function 'asyncio[%w._]*%.run'\n"
+        .. "\tto.lua:2: in main chunk\n\t%[C%]: in %?\n$",
         r.stderr)
     end)
 
