@@ -155,7 +155,7 @@ describe("tulua --ps", function()
       assert.matches("\n#%d+ sleeper %(waiting %d+%.%d s%): sleep [%d.]+ s left\n"
         .. "      %[C%]: in function '[%w._]+'\n      script%.lua:9: in function <script%.lua:9>\n", out)
       assert.matches("\n#%d+ gatherer %(waiting [%d.]+ s%): gather: awaits #%d+ #%d+\n"
-        .. "|     %[C%]: in function 'tulua%.park'\n.-|     script%.lua:27: in function <script%.lua:24>\n"
+        .. "|     %[C%]: in function '[%w._]+'\n.-|     script%.lua:27: in function <script%.lua:24>\n"
         .. "|%-%- #%d+ child%-a %(waiting [%d.]+ s%): sleep [%d.]+ s left\n"
         .. "|         %[C%]: in function '[%w._]+'\n|         script%.lua:25: in function <script%.lua:25>\n"
         .. "`%-%- #%d+ child%-b ", out)
