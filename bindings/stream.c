@@ -406,26 +406,40 @@ static void read_cancel(void *ud) {
   idle_reading(s);
 }
 
+/* Writes the address of the tcp or pipe handle h into where (size bytes):
+ * its peer's (peer = 1; a pipe without one gives its own path) or its
+ * own; "" for none, or for a tty. */
+static void handle_address(char *where, size_t size, int kind,
+                           const uv_handle_t *h, int peer) {
+  struct sockaddr_storage ss;
+  struct sockaddr *sa = (struct sockaddr *)&ss;
+  where[0] = '\0';
+  if (kind == TULUA_TCP) {
+    const uv_tcp_t *tcp = (const uv_tcp_t *)h;
+    int len = sizeof ss;
+    int rc = peer ? uv_tcp_getpeername(tcp, sa, &len)
+                  : uv_tcp_getsockname(tcp, sa, &len);
+    if (rc == 0) tulua__format_sockaddr(where, size, sa);
+  } else if (kind == TULUA_PIPE) {
+    const uv_pipe_t *pipe = (const uv_pipe_t *)h;
+    size_t len = size;
+    int rc = peer ? uv_pipe_getpeername(pipe, where, &len) : UV_ENOTCONN;
+    if (rc != 0 || len == 0) {
+      len = size;
+      if (uv_pipe_getsockname(pipe, where, &len) != 0) len = 0;
+    }
+    where[len < size ? len : size - 1] = '\0';
+  }
+}
+
 /* The detail of a wait on the stream h (tulua --ps): its kind and its
  * peer, "tcp 127.0.0.1:5000", "pipe /run/x.sock". */
 static int describe_stream(char *buf, size_t size, const uv_stream_t *h) {
   const tulua__stream *s = tulua__container_of(h, tulua__stream, u.s);
-  const char *kind = KIND_NAME[s->kind];
-  struct sockaddr_storage ss;
-  char where[256] = "";
-  if (s->kind == TULUA_TCP) {
-    int len = sizeof ss;
-    if (uv_tcp_getpeername(&s->u.tcp, (struct sockaddr *)&ss, &len) == 0)
-      tulua__format_sockaddr(where, sizeof where, (struct sockaddr *)&ss);
-  } else if (s->kind == TULUA_PIPE) {
-    size_t len = sizeof where;
-    if (uv_pipe_getpeername(&s->u.pipe, where, &len) != 0 || len == 0) {
-      len = sizeof where;
-      if (uv_pipe_getsockname(&s->u.pipe, where, &len) != 0) len = 0;
-    }
-    where[len < sizeof where ? len : sizeof where - 1] = '\0';
-  }
-  return snprintf(buf, size, where[0] ? "%s %s" : "%s", kind, where);
+  char where[256];
+  handle_address(where, sizeof where, s->kind, &s->u.h, 1);
+  return snprintf(buf, size, where[0] ? "%s %s" : "%s", KIND_NAME[s->kind],
+                  where);
 }
 
 static int describe_reader(char *buf, size_t size, const void *ud) {
@@ -1015,6 +1029,15 @@ static void closed_cancel(void *ud) {
   (void)ud; /* the waiter is embedded: nothing to stop */
 }
 
+/* The detail of a wait in wait_closed (tulua --ps): the server's address
+ * and its open connections. */
+static int describe_server(char *buf, size_t size, const void *ud) {
+  const tulua__server *srv = ud;
+  char where[256];
+  handle_address(where, sizeof where, srv->kind, &srv->u.h, 0);
+  return snprintf(buf, size, "server %s, %d connections", where, srv->conns);
+}
+
 /* wait_closed(): waits until the server is closed and every connection it
  * accepted has closed. */
 static int server_wait_closed(lua_State *L) {
@@ -1027,6 +1050,7 @@ static int server_wait_closed(lua_State *L) {
   if (srv->cw.task != NULL)
     return luaL_error(L, "another task waits for this server");
   tulua__check_wait(L, "wait_closed");
+  tulua__wait_detail(L, describe_server);
   lua_settop(L, 1);
   return tulua__wait(L, &srv->cw, closed_deliver, closed_cancel, srv);
 }

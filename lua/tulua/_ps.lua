@@ -252,8 +252,9 @@ function M.client(mode, arg)
       return format("%s: process %d ended before it answered", mode, pid)
     end
     if not text and now() > deadline then
-      return format("%s: no answer from process %d within %g s: its runtime is blocked outside"
-        .. " Lua code (a C call, or the process is stopped)", mode, pid, M.TIMEOUT)
+      return format("%s: no answer from process %d within %g s: it is not a tulua process (it"
+        .. " catches SIGURG), or its runtime is blocked outside Lua code (a C call, or the process is"
+        .. " stopped)", mode, pid, M.TIMEOUT)
     end
   until text
   os.remove(path)

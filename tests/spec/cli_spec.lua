@@ -336,8 +336,22 @@ show(type(it), a, b, io.type(c), it(), it(), it(), it(), it(), io.type(c))
       assert.are.same(1, r.status)
       assert.are.equal("lua: to.lua:3: timed out\n" .. TB, r.stderr:sub(1, #("lua: to.lua:3: timed out\n" .. TB)))
       assert.matches("\n\tto.lua:3: in function <to.lua:2>\n\t%[C%]: in %?\n" .. TB:gsub("[%[%]%%]", "%%%0")
-        .. "\tlua/asyncio/_runners.lua:%d+: in function 'asyncio.run'\n\tto.lua:2: in main chunk\n\t%[C%]: in %?\n$",
+        .. "\tlua/asyncio/_runners.lua:%d+: in function 'asyncio[%w._]*%.run'\n"
+        .. "\tto.lua:2: in main chunk\n\t%[C%]: in %?\n$",
         r.stderr)
+    end)
+
+    it("reports a cancellation and an EINVALIDSTATE error where they were raised", function()
+      write("cancel.lua", "local tulua = require 'tulua'\nlocal t = tulua.spawn(function() tulua.sleep(1) end)\n"
+        .. "t:cancel()\nt:join()\n")
+      local r = run("tulua", {"cancel.lua"})
+      assert.are.same({1, "lua: cancel.lua:4: task cancelled\nstack traceback:\n\t[C]: in method 'join'\n"
+        .. "\tcancel.lua:4: in main chunk\n\t[C]: in ?\n"}, {r.status, r.stderr})
+      write("state.lua", "local futures = require 'concurrent.futures'\nlocal f = futures.Future()\n"
+        .. "f:set_result(1)\nf:set_result(2)\n")
+      r = run("tulua", {"state.lua"})
+      assert.are.same({1, "lua: state.lua:4: the future is done\nstack traceback:\n\t[C]: in method 'set_result'\n"
+        .. "\tstate.lua:4: in main chunk\n\t[C]: in ?\n"}, {r.status, r.stderr})
     end)
 
     it("reports a library's error object at the caller's line: a task's 'queue is empty'", function()
