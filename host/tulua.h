@@ -197,7 +197,8 @@ TULUA_API int tulua_interrupt(tulua_runtime *rt);
  * {code = "X", message = "..."})" (the array part, then name keys in byte
  * order, at most 8); anything else is "(error object is a T value)", with
  * no place, as lua.c prints it. [-0, +1, m] */
-TULUA_API const char *tulua_error_text(lua_State *L, lua_State *from, int level);
+TULUA_API const char *tulua_error_text(lua_State *L, lua_State *from,
+                                       int level);
 
 /* Returns how many task errors went uncaught (reported through on_error)
  * since the runtime was created; the other reports on_error receives are
