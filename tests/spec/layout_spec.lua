@@ -18,7 +18,8 @@ local function read(path)
   return s
 end
 
-local FILE_EXT = {c = true, h = true, lua = true, md = true, cmake = true, sh = true, py = true, js = true, supp = true, svg = true}
+local FILE_EXT = {c = true, h = true, lua = true, md = true, cmake = true, sh = true, py = true, js = true,
+  supp = true, svg = true}
 -- templates (.in), the man page (.1), data (.txt) and names without an extension
 FILE_EXT["in"], FILE_EXT["1"], FILE_EXT.txt = true, true, true
 local FILE_NAMES = {Makefile = true, postinst = true, prerm = true}
