@@ -175,6 +175,7 @@ int tulua_open(tulua_runtime **out, const tulua_config *cfg) {
       return rc;
     }
     rt->traced = 1;
+    tulua__trace_gc_arm(rt->L);
   }
   tulua__ps_open(rt);
   *out = rt;

@@ -79,6 +79,9 @@ struct tulua_runtime {
   uint64_t slow_ns; /* ... for this long at least */
   int traced; /* this runtime started the trace: it records its tasks */
   uint64_t trace_mark; /* when the last traced step of this drain ended */
+  tulua__job trace_gc; /* records a collection cycle's end (trace.c) */
+  uint64_t trace_gc_ts; /* ... which came then */
+  int trace_gc_cycles; /* ... and how many cycles ended since the last */
   int ntasks; /* unfinished tasks */
   int uncaught; /* uncaught task errors so far */
   int in_drain; /* the scheduler is resuming tasks: no nested runs */

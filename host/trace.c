@@ -469,7 +469,8 @@ static void write_rec(FILE *f, const tulua__trace_rec *r) {
       break;
     case TULUA_TR_GC:
       head(f, "i", "gc", "gc cycle", pid, tid, r->ts);
-      fprintf(f, ",\"s\":\"t\",\"args\":{\"kib\":%lld}}", (long long)r->n1);
+      fprintf(f, ",\"s\":\"t\",\"args\":{\"kib\":%lld,\"cycles\":%lld}}",
+              (long long)r->n1, (long long)r->n2);
       break;
   }
 }
@@ -682,6 +683,50 @@ void tulua__trace_submit(int pool, uint64_t job, int64_t bytes_out) {
   tulua__trace_add(&r);
 }
 
+/* Lua 5.4 has no hook around the collector: its incremental steps run
+ * inside allocations, unseen. What a script can see is a cycle's end, when
+ * the finalizer of an object made for the purpose runs. The finalizer
+ * makes the next such object while the trace is on (a finalizer may; once
+ * lua_close has begun they get no finalizer, so the chain ends with the
+ * state), and posts the record: the heap cannot be read in a finalizer
+ * (lua_gc answers -1 while the collector runs one). */
+static void gc_record(lua_State *L, tulua__job *job) {
+  tulua_runtime *rt = tulua__container_of(job, tulua_runtime, trace_gc);
+  if (!rt->traced || !tulua__trace_on()) return;
+  tulua__trace_rec r;
+  memset(&r, 0, HEAD);
+  r.kind = TULUA_TR_GC;
+  r.ts = rt->trace_gc_ts;
+  r.n1 = lua_gc(L, LUA_GCCOUNT, 0);
+  r.n2 = rt->trace_gc_cycles;
+  rt->trace_gc_cycles = 0;
+  tulua__trace_text(&r, NULL, NULL, NULL);
+  tulua__trace_add(&r);
+}
+
+static int gc_sentinel(lua_State *L) {
+  tulua_runtime *rt = tulua__runtime(L);
+  if (!rt->traced || !tulua__trace_on()) return 0;
+  rt->trace_gc_cycles++;
+  if (!rt->trace_gc.posted) {
+    rt->trace_gc_ts = uv_hrtime();
+    rt->trace_gc.run = gc_record;
+    tulua__post(rt, &rt->trace_gc);
+  }
+  tulua__trace_gc_arm(L);
+  return 0;
+}
+
+void tulua__trace_gc_arm(lua_State *L) {
+  lua_newuserdatauv(L, 1, 0);
+  if (luaL_newmetatable(L, "tulua.trace_gc")) {
+    lua_pushcfunction(L, gc_sentinel);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1); /* unreferenced: the next cycle finds it */
+}
+
 /* ---- the module tulua._trace, under lua/tulua/trace.lua ---- */
 
 /* start(path, max_events) -> true | nil, message, code */
@@ -698,6 +743,7 @@ static int l_start(lua_State *L) {
     return 3;
   }
   tulua__runtime(L)->traced = 1;
+  tulua__trace_gc_arm(L);
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <lua.h>
 #include <uv.h>
 #if defined(__x86_64__)
 #include <x86intrin.h>
@@ -51,7 +52,7 @@ enum {
   TULUA_TR_ERROR, /* an uncaught error: id, detail the message */
   TULUA_TR_SUBMIT, /* a pool job submitted: id the job, n1 bytes out */
   TULUA_TR_JOB, /* a pool job ran: ts, dur, track, n1 out, n2 back */
-  TULUA_TR_GC /* a garbage-collection cycle ended: n1 KiB in use */
+  TULUA_TR_GC /* collection cycles ended: n1 KiB in use, n2 cycles */
 };
 
 /* Step flags. */
@@ -116,5 +117,10 @@ int tulua__trace_pool_no(void);
 
 /* Records a job's submission on the loop's track. */
 void tulua__trace_submit(int pool, uint64_t job, int64_t bytes_out);
+
+/* Marks the end of L's next garbage-collection cycle, and each one after
+ * it while its runtime records the trace (a TULUA_TR_GC record with the
+ * heap in KiB). Call it where a runtime starts recording. [-0, +0, m] */
+void tulua__trace_gc_arm(lua_State *L);
 
 #endif

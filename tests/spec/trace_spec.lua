@@ -212,6 +212,30 @@ describe("tulua.trace", function()
     assert.is_true(#find(t, {ph = "X", cat = "step", name = tulua.current():get_name()}) >= 1)
   end)
 
+  it("records the end of each collection cycle with the heap, and no more after stop", function()
+    local path = dir .. "/gc.json"
+    assert.is_true(trace.start(path))
+    local junk = {}
+    for i = 1, 3 do
+      for j = 1, 20000 do junk[j] = {i, j} end
+      collectgarbage("collect")
+    end
+    local kib = collectgarbage("count")
+    assert.are.equal(20000, #junk)
+    tulua.sleep(0) -- the cycles' records are posted: a turn of the loop
+    trace.stop()
+    collectgarbage("collect") -- after stop: not in the file
+    local t = read_trace(path)
+    local cycles, n = find(t, {ph = "i", cat = "gc", name = "gc cycle"}), 0
+    assert.is_true(#cycles >= 1)
+    for _, e in ipairs(cycles) do
+      assert.is_true(e.args.kib > 0 and e.args.kib < kib * 4, e.args.kib)
+      n = n + e.args.cycles
+    end
+    assert.is_true(n >= 3, n)
+    for k = 2, #cycles do assert.is_true(cycles[k].ts >= cycles[k - 1].ts) end
+  end)
+
   it("drops what a small ring cannot hold, and says how many", function()
     local path = dir .. "/small.json"
     assert.is_true(trace.start(path, {max_events = 16}))
