@@ -29,6 +29,7 @@ static const luaL_Reg modules[] = {
     {"tulua._future", luaopen_tulua_future},
     {"tulua._thread_pool", luaopen_tulua_thread_pool},
     {"tulua._process_pool", luaopen_tulua_process_pool},
+    {"luv", luaopen_tulua_luv}, /* the loader itself: see luv.c */
     {NULL, NULL}};
 
 void tulua__preload_bindings(lua_State *L) {

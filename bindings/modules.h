@@ -20,6 +20,7 @@ int luaopen_tulua_transfer(lua_State *L);
 int luaopen_tulua_thread_pool(lua_State *L);
 int luaopen_tulua_future(lua_State *L);
 int luaopen_tulua_process_pool(lua_State *L);
+int luaopen_tulua_luv(lua_State *L);
 
 /* Adds fs.watch (fs_event.c) to the tulua.fs module table on top of the
  * stack. [-0, +0, m] */
