@@ -33,6 +33,7 @@ static const luaL_Reg modules[] = {
     {"tulua._http", luaopen_tulua_http_core},
     {"tulua._wslay", luaopen_tulua_wslay},
     {"tulua._mpi", luaopen_tulua_mpi_loader},
+    {"luv", luaopen_tulua_luv}, /* the loader itself: see luv.c */
     {NULL, NULL}};
 
 void tulua__preload_bindings(lua_State *L) {

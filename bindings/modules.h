@@ -24,6 +24,7 @@ int luaopen_tulua_process_pool(lua_State *L);
 int luaopen_tulua_http_core(lua_State *L);
 int luaopen_tulua_wslay(lua_State *L);
 int luaopen_tulua_mpi_loader(lua_State *L);
+int luaopen_tulua_luv(lua_State *L);
 
 /* Adds fs.watch (fs_event.c) to the tulua.fs module table on top of the
  * stack. [-0, +0, m] */

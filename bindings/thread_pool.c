@@ -31,6 +31,8 @@
 #include <sys/prctl.h>
 #include <time.h>
 
+#include <lualib.h>
+
 #include "queue.h"
 #include "common.h"
 #include "trace.h"
@@ -130,6 +132,11 @@ typedef struct worker {
   tulua__waiter w;
   int waiting;
   int nshared; /* functions in its cache (push_shared) */
+  /* the owner's package paths, taken under p->mu with a job when they
+   * changed (paths_gen), set in the worker's state when it runs it */
+  unsigned paths_gen;
+  char *paths; /* path then cpath, or NULL: nothing new to set */
+  size_t path_len, cpath_len;
 } worker;
 
 struct pool {
@@ -141,6 +148,11 @@ struct pool {
   char *init; /* the initializer and its arguments, encoded, or NULL */
   size_t init_len;
   int broken; /* the pool takes no more work (an initializer failed) */
+  /* the owner's package.path and package.cpath when it last submitted,
+   * one after the other; paths_gen counts their changes */
+  char *paths;
+  size_t path_len, cpath_len;
+  unsigned paths_gen;
   char *broken_msg; /* why, or NULL (out of memory) */
   char name_prefix[16];
   uv_async_t *owner_async; /* NULL once the owner closed */
@@ -190,6 +202,18 @@ static int take_locked(worker *w) {
     job *j = tulua__container_of(q, job, node);
     j->worker = w->index;
     w->current = j;
+    if (w->paths_gen != p->paths_gen) { /* on a memory error, next time */
+      size_t len = p->path_len + p->cpath_len;
+      char *copy = malloc(len ? len : 1);
+      if (copy != NULL) {
+        memcpy(copy, p->paths, len);
+        free(w->paths);
+        w->paths = copy;
+        w->path_len = p->path_len;
+        w->cpath_len = p->cpath_len;
+        w->paths_gen = p->paths_gen;
+      }
+    }
   }
   return (q == NULL && p->stopping) || p->broken;
 }
@@ -347,6 +371,18 @@ static int port_run(lua_State *L) {
   job *j = w->current;
   luaL_argcheck(L, j != NULL, 1, "no job taken");
   lua_settop(L, 1);
+  if (w->paths != NULL) { /* before decoding: it may require modules */
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    if (lua_getfield(L, -1, LUA_LOADLIBNAME) == LUA_TTABLE) {
+      lua_pushlstring(L, w->paths, w->path_len);
+      lua_setfield(L, -2, "path");
+      lua_pushlstring(L, w->paths + w->path_len, w->cpath_len);
+      lua_setfield(L, -2, "cpath");
+    }
+    lua_settop(L, 1);
+    free(w->paths);
+    w->paths = NULL;
+  }
   j->t_start = uv_hrtime();
   int n = tulua__transfer_decode(L, j->buf, j->len);
   drop_buf(j);
@@ -453,6 +489,8 @@ static void worker_main(void *arg) {
     j->status = TULUA_JOB_BROKEN;
     push_done(p, j);
   }
+  free(w->paths);
+  w->paths = NULL;
   wake_owner(p);
   uv_mutex_unlock(&p->mu);
 }
@@ -483,7 +521,14 @@ static const char *trace_status(int status) {
 /* The box's user values: the executor core (bindings/future.c) that the
  * jobs are delivered to, the functions shared with the workers (function
  * -> handle of its blob, weak keys), and the last of them submitted. */
-enum { OUV_CORE = 1, OUV_FNS, OUV_LAST, OWNER_NUV = OUV_LAST };
+enum {
+  OUV_CORE = 1,
+  OUV_FNS,
+  OUV_LAST,
+  OUV_PATH,
+  OUV_CPATH,
+  OWNER_NUV = OUV_CPATH
+};
 
 static owner *check_owner(lua_State *L) {
   return luaL_checkudata(L, 1, POOL_MT);
@@ -652,6 +697,47 @@ static blob *shared_blob(lua_State *L, int bidx, int idx) {
 
 static int tp_submit(lua_State *L, int bidx, lua_Integer id, int first, int n);
 
+/* Hands the owner's package.path and package.cpath to the pool when they
+ * changed since the last submit (the first one always): a worker sets them
+ * before the next job it takes, so that a job finds the modules its script
+ * can find when it submits. Unchanged, a submit costs two raw compares. */
+static void share_paths(lua_State *L, int bidx, pool *p) {
+  int top = lua_gettop(L);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, LUA_LOADLIBNAME) != LUA_TTABLE) {
+    lua_settop(L, top);
+    return;
+  }
+  lua_getfield(L, -1, "path");
+  lua_getfield(L, -2, "cpath");
+  lua_getiuservalue(L, bidx, OUV_PATH);
+  lua_getiuservalue(L, bidx, OUV_CPATH);
+  int same = lua_rawequal(L, -4, -2) && lua_rawequal(L, -3, -1);
+  lua_pop(L, 2);
+  if (same || lua_type(L, -2) != LUA_TSTRING ||
+      lua_type(L, -1) != LUA_TSTRING) {
+    lua_settop(L, top);
+    return;
+  }
+  size_t plen, clen;
+  const char *path = lua_tolstring(L, -2, &plen);
+  const char *cpath = lua_tolstring(L, -1, &clen);
+  char *both = malloc(plen + clen + 1);
+  if (both == NULL) luaL_error(L, "not enough memory");
+  memcpy(both, path, plen);
+  memcpy(both + plen, cpath, clen);
+  uv_mutex_lock(&p->mu);
+  free(p->paths);
+  p->paths = both;
+  p->path_len = plen;
+  p->cpath_len = clen;
+  p->paths_gen++;
+  uv_mutex_unlock(&p->mu);
+  lua_setiuservalue(L, bidx, OUV_CPATH);
+  lua_setiuservalue(L, bidx, OUV_PATH);
+  lua_settop(L, top);
+}
+
 /* thread_pool.new(max_workers, opts, core) -> ThreadPool. opts:
  * initializer, initargs (a sequence), thread_name_prefix. Jobs come from
  * the executor core (its submit calls this pool's C submit) and go back to
@@ -751,6 +837,7 @@ static int tp_submit(lua_State *L, int bidx, lua_Integer id, int first, int n) {
     lua_pushliteral(L, "cannot schedule new futures after shutdown");
     return TULUA_SUBMIT_REFUSED;
   }
+  share_paths(L, bidx, p);
   blob *fn = shared_blob(L, bidx, first);
   if (fn != NULL) { /* the request holds nil for it: the arguments keep */
     lua_pushnil(L); /* their numbers in encode's messages */
@@ -985,6 +1072,7 @@ static void close_pool(lua_State *L, owner *o) {
   free_jobs(&o->list); /* closed from a callback while they were delivered */
   uv_mutex_destroy(&p->mu);
   free(p->init);
+  free(p->paths);
   free(p->broken_msg);
   free(p);
   o->p = NULL;

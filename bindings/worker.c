@@ -294,3 +294,9 @@ int tulua__worker_reply(lua_State *L, int first, int status,
   lua_pop(L, 1);
   return TULUA_JOB_ERROR;
 }
+
+int tulua__worker_holds_loop(void) {
+  const uv_handle_t *h =
+      (const uv_handle_t *)(current_ctx ? current_ctx->wake : NULL);
+  return h != NULL && uv_is_active(h) && uv_has_ref(h);
+}

@@ -53,6 +53,12 @@ void tulua__worker_accept_signal(void);
  * signal's handler and tulua__worker_handler use. */
 void tulua__worker_set_current(tulua__worker_ctx *c);
 
+/* Returns 1 if the calling thread runs a worker whose wake-up handle keeps
+ * its loop alive (a thread pool's: a job's cancel must reach a job that
+ * waits on nothing else), else 0; luv's uv.run (luv.c) does not wait for
+ * it. */
+int tulua__worker_holds_loop(void);
+
 /* Makes the runtime of L a process worker whose jobs the signal stops,
  * with a context anchored in the registry until lua_close; returns it.
  * Returns the same context when called again. Raises in a thread pool's

@@ -38,16 +38,26 @@ M.TULUA = M.absolute(os.getenv("TULUA") or "build/tulua")
 M.FIXTURES = SPEC_DIR .. "/fixtures"
 
 --- Runs `tulua name` in the fixtures directory; returns the exit status,
--- stdout and stderr.
-function M.run_fixture(name)
+-- stdout and stderr. opts (optional): program (another binary, such as
+-- lua5.4, instead of tulua), env ("env ..." words put before it).
+function M.run_fixture(name, opts)
+  opts = opts or {}
   local out, err = os.tmpname(), os.tmpname()
-  local _, _, status = os.execute(string.format("cd %s && %s %s > %s 2> %s",
-    M.shell_quote(M.FIXTURES), M.shell_quote(M.TULUA), M.shell_quote(name),
-    M.shell_quote(out), M.shell_quote(err)))
+  local _, _, status = os.execute(string.format("cd %s && %s %s %s > %s 2> %s",
+    M.shell_quote(M.FIXTURES), opts.env or "", M.shell_quote(opts.program or M.TULUA),
+    M.shell_quote(name), M.shell_quote(out), M.shell_quote(err)))
   local stdout, stderr = M.read_file(out), M.read_file(err)
   os.remove(out)
   os.remove(err)
   return status, stdout, stderr
+end
+
+--- Returns the output of the shell command cmd, without its last newline.
+function M.capture(cmd)
+  local p = assert(io.popen(cmd))
+  local s = p:read("a")
+  p:close()
+  return (s:gsub("\n$", ""))
 end
 
 --- Returns a function error_of(fn): fn must raise a string that starts
