@@ -14,7 +14,8 @@
 -- run a long job) or whose window holds WINDOW_BYTES of encoded jobs. So
 -- many small jobs stream to the workers without a round trip each, while
 -- long ones do not queue behind each other on one worker when another is
--- free (only those sent in the same burst can). The
+-- free (only those sent in the same burst can, and no more than a worker's
+-- share of the jobs outstanding). The
 -- frames queued during a loop turn leave in one write per worker.
 --
 -- A worker's jobs are numbered per worker (1 to 2^31 - 1, the value of
@@ -229,6 +230,10 @@ end
 local function pick(pool)
   local best, free_slot, t
   local slots, high = pool.slots, pool.high
+  -- no worker holds more than its share of the jobs outstanding: a burst of
+  -- a few long jobs, sent to a worker whose window small jobs had widened,
+  -- would queue there behind each other while another worker idles
+  local share = (pool.outstanding + pool.max - 1) // pool.max
   if high < pool.max then free_slot = high + 1 end
   for k = 1, high do
     local w = slots[k]
@@ -237,7 +242,7 @@ local function pick(pool)
     elseif not w.retiring then
       local n = w.n
       if n == 0 then return w end
-      if n < w.win and w.bytes < WINDOW_BYTES and (best == nil or n < best.n) then
+      if n < w.win and n < share and w.bytes < WINDOW_BYTES and (best == nil or n < best.n) then
         -- a worker silent for FAST may have started a long job: none ahead
         t = t or now()
         if t - w.heard < pool.fast then best = w end
