@@ -316,7 +316,7 @@ local function on_reply(pool, w, wid, status, t0, t1, ...)
   local id, payload = pop_window(pool, w)
   if trace_on() then
     -- the worker's clock is the loop's (CLOCK_MONOTONIC): its own track
-    trace.job(pool.tr.trace_kind or "process", pool.trace_no, w.index, w.pid, id, status, t0, t1,
+    trace.job(pool.tr.trace_kind or "process", pool.trace_no, w.index, w.pid or 0, id, status, t0, t1,
       #payload, w.link:received())
   end
   w.heard = now()

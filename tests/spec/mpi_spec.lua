@@ -147,6 +147,27 @@ describe("MPIPoolExecutor", function()
     support.remove_tree(dir)
   end)
 
+  it("puts its jobs on a track per rank in a trace (TULUA_TRACE)", function()
+    local dir = temp_dir()
+    local trace = dir .. "/trace.json"
+    local status, out, err = run(dynamic("mpi_trace.lua"), "TULUA_TRACE=" .. q(trace))
+    assert.are.equal(0, status, err)
+    assert.are.equal("done\t21\n", out)
+    local t = require("tulua.trace")._decode_json(support.read_file(trace))
+    local workers, n = {}, 0
+    for _, e in ipairs(t.traceEvents) do
+      if e.ph == "X" and e.cat == "job" then
+        n = n + 1
+        workers[e.args.worker] = true
+        assert.are.equal("ok", e.args.status)
+        assert.is_true(e.args.bytes_in > 0 and e.args.bytes_out > 0)
+      end
+    end
+    assert.are.equal(6, n)
+    for w in pairs(workers) do assert.is_truthy(w:match("^rank %d$"), w) end
+    support.remove_tree(dir)
+  end)
+
   it("fails the futures of a pool whose rank is killed, naming it", function()
     local dir = temp_dir()
     local status, out, err, took = run(dynamic("mpi_kill.lua", dir .. "/pid"))
