@@ -331,8 +331,9 @@ int tulua_call(tulua_runtime *rt, int nargs, int nresults) {
       break;
   }
   rt->call_co = outer;
-  rt->interrupt_pending = 0;
-  rt->cancel_pending = 0;
+  /* An interrupt still pending here came as the task ended, and nothing
+   * took it: it stays, for the loop or the call that runs next (as lua.c's
+   * hook stays on the state), rather than being lost. */
   if (!tulua__task_finished(co)) {
     luaL_traceback(L, co,
                    "deadlock: the task waits for something that will never "
