@@ -1112,7 +1112,15 @@ static void async_cb(uv_async_t *h) {
       return;
     }
     tulua__task *t = tulua__task_of(rt->call_co);
-    if (t != NULL) {
+    if (t != NULL && t->state == T_READY) {
+      /* between two steps (the signal came as it stopped running; a new
+       * task is cancelled before it runs, below): it
+       * runs Lua code next, which may never wait again, so that code is
+       * interrupted as running code is, by the hook */
+      rt->interrupt_pending = 1;
+      lua_sethook(rt->call_co, tulua__interrupt_hook,
+                  LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT, 1);
+    } else if (t != NULL) {
       t->interrupted = 1;
       tulua__cancel_task(rt, t);
     }
