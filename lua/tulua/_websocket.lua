@@ -128,8 +128,10 @@ local function process(self)
   if got_close then
     local msg = self._closing and "websocket closed" or "websocket closed by peer"
     finish(self, reason ~= "" and msg .. ": " .. reason or msg, code_received)
-  else
-    finish(self, FAILED[code_sent] or "websocket: protocol error", code_sent)
+  elseif FAILED[code_sent] then
+    finish(self, FAILED[code_sent], code_sent)
+  else -- wslay closes without a code for some breaches (a long ping)
+    finish(self, FAILED[1002], 1002)
   end
 end
 

@@ -86,6 +86,8 @@ async def raw_server(reader, writer):
         writer.write(b"\x81\x82abcd" + bytes([ord("h") ^ ord("a"), ord("i") ^ ord("b")]))
     elif path == b"/badutf8":
         writer.write(b"\x81\x02\xff\xfe")
+    elif path == b"/longping":
+        writer.write(b"\x89\x7e\x00\x80" + b"p" * 128)  # control frames hold 125 bytes
     await writer.drain()
     try:
         op, masked, code = await read_close(reader, True)
@@ -359,23 +361,21 @@ end)
 describe("websocket client against a raw server", function()
   before_each(python_server)
 
-  it("fails a garbage frame with close 1002", bounded(function()
-    local ws = assert(connect(raw_port, "/garbage"))
-    assert.are.same({nil, "websocket: protocol error", 1002}, {ws:receive()})
-    assert.are.equal("raw close 136 128 1002", py_line()) -- 0x88, masked
-  end))
-
-  it("fails a masked server frame with close 1002", bounded(function()
-    local ws = assert(connect(raw_port, "/masked"))
-    assert.are.same({nil, "websocket: protocol error", 1002}, {ws:receive()})
-    assert.are.equal("raw close 136 128 1002", py_line())
-  end))
-
-  it("fails a text message that is not UTF-8 with close 1007", bounded(function()
-    local ws = assert(connect(raw_port, "/badutf8"))
-    assert.are.same({nil, "websocket: invalid UTF-8 in a text message", 1007}, {ws:receive()})
-    assert.are.equal("raw close 136 128 1007", py_line())
-  end))
+  -- path of the raw server, what receive returns, the close frame it got
+  local BREACHES = {
+    {"/garbage", "a reserved opcode", "websocket: protocol error", 1002, "raw close 136 128 1002"},
+    {"/masked", "a masked server frame", "websocket: protocol error", 1002, "raw close 136 128 1002"},
+    {"/longping", "a ping of 128 bytes", "websocket: protocol error", 1002, "raw close 136 128 None"},
+    {"/badutf8", "text that is not UTF-8", "websocket: invalid UTF-8 in a text message", 1007,
+      "raw close 136 128 1007"},
+  }
+  for _, b in ipairs(BREACHES) do
+    it("fails " .. b[2] .. " with a close frame", bounded(function()
+      local ws = assert(connect(raw_port, b[1]))
+      assert.are.same({nil, b[3], b[4]}, {ws:receive()})
+      assert.are.equal(b[5], py_line()) -- 0x88, masked
+    end))
+  end
 
   it("waits close_timeout at most for a peer that never answers the close", bounded(function()
     local ws = assert(connect(raw_port, "/silent", {close_timeout = 0.3}))
