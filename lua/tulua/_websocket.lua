@@ -85,13 +85,15 @@ end
 
 -- Writes every frame the framer holds. With wait, a task that finds
 -- another's flush under way parks until it ends (its frames go with that
--- flush); without, it leaves them to it. Returns true or nil, message,
--- code (the connection is over then).
+-- flush; if that flush was cancelled, it writes what is left itself);
+-- without, it leaves them to it. Returns true or nil, message, code (the
+-- connection is over then).
 local function flush(self, wait)
   if self._writing then
     if not wait then return true end
-    wait_on(self._writers)
-  else
+    repeat wait_on(self._writers) until not self._writing
+  end
+  if not self._done then
     self._writing = true
     local framer, stream = self._framer, self._stream
     while not self._done do

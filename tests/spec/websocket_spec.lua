@@ -136,6 +136,9 @@ async def raw_client(port, mode):
                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
     head = await reader.readuntil(b"\r\n\r\n")
     out(head.split(b"\r\n")[0].decode())
+    if mode == "hangup":
+        writer.close()
+        return
     if mode == "unmasked":
         writer.write(b"\x81\x02hi")
     elif mode == "badutf8":
@@ -434,7 +437,7 @@ describe("websocket server against python websockets", function()
     assert.are.same({nil, "websocket: message longer than max_message bytes", 1009}, ended)
   end, 30))
 
-  it("refuses an unmasked client frame with close 1002, invalid UTF-8 with 1007", bounded(function()
+  it("refuses an unmasked client frame with close 1002, invalid UTF-8 with 1007; sees a hang-up", bounded(function()
     local ended
     local port = serve(function(ws) ended = {ws:receive()} end)
     local lines = py_client("raw", port, "unmasked")
@@ -443,7 +446,36 @@ describe("websocket server against python websockets", function()
     lines = py_client("raw", port, "badutf8")
     assert.are.same({"HTTP/1.1 101 Switching Protocols", "raw close 136 0 1007"}, lines)
     assert.are.same({nil, "websocket: invalid UTF-8 in a text message", 1007}, ended)
+    lines = py_client("raw", port, "hangup")
+    assert.are.same({"HTTP/1.1 101 Switching Protocols"}, lines)
+    assert.is_true(support.eventually(function() return ended[3] == "EOF" end))
+    assert.are.same({nil, "websocket: connection closed without a close frame", "EOF"}, ended)
   end, 30))
+end)
+
+describe("websocket between two tulua ends", function()
+  it("a sender cancelled in a blocked write leaves the others' messages to go out in order", bounded(function()
+    local big = string.rep("B", 8 * 1024 * 1024)
+    local blocked, results = {}, {}
+    local port = serve(function(ws)
+      blocked.a = tulua.spawn(function() return ws:send(big, "binary") end)
+      tulua.sleep(0.1) -- the client reads nothing yet: this send waits on the stream
+      blocked.b = tulua.spawn(function() results.b = {ws:send("after")} end)
+      tulua.sleep(0)
+      blocked.a:cancel()
+      tulua.park()
+    end)
+    local ws = assert(connect(port, "/", {max_message = 16 * 1024 * 1024}))
+    assert(support.eventually(function() return blocked.a and blocked.a:done() end))
+    assert.is_false((pcall(blocked.a.join, blocked.a)))
+    assert.is_nil(results.b) -- still waits: the big frame is not out yet
+    local data, kind = ws:receive()
+    assert.are.equal("binary", kind)
+    assert.is_true(data == big)
+    assert.are.same({"after", "text"}, {ws:receive()})
+    blocked.b:join()
+    assert.are.same({true}, results.b)
+  end, 20))
 end)
 
 describe("websocket handshakes and misuse", function()
