@@ -166,10 +166,14 @@ local function step(self)
   end
 end
 
--- Steps once, or waits for the step of another task.
+-- Steps once, or waits for the step of another task; or ends the
+-- connection that a close frame or a failure stopped reading (if the task
+-- that found it was cancelled before it could).
 local function progress(self)
   if self._reading then
     wait_on(self._readers)
+  elseif not self._framer:state() then
+    process(self)
   else
     step(self)
   end
