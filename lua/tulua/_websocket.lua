@@ -85,13 +85,15 @@ end
 
 -- Writes every frame the framer holds. With wait, a task that finds
 -- another's flush under way parks until it ends (its frames go with that
--- flush); without, it leaves them to it. Returns true or nil, message,
--- code (the connection is over then).
+-- flush; if that flush was cancelled, it writes what is left itself);
+-- without, it leaves them to it. Returns true or nil, message, code (the
+-- connection is over then).
 local function flush(self, wait)
   if self._writing then
     if not wait then return true end
-    wait_on(self._writers)
-  else
+    repeat wait_on(self._writers) until not self._writing
+  end
+  if not self._done then
     self._writing = true
     local framer, stream = self._framer, self._stream
     while not self._done do
@@ -128,8 +130,10 @@ local function process(self)
   if got_close then
     local msg = self._closing and "websocket closed" or "websocket closed by peer"
     finish(self, reason ~= "" and msg .. ": " .. reason or msg, code_received)
-  else
-    finish(self, FAILED[code_sent] or "websocket: protocol error", code_sent)
+  elseif FAILED[code_sent] then
+    finish(self, FAILED[code_sent], code_sent)
+  else -- wslay closes without a code for some breaches (a long ping)
+    finish(self, FAILED[1002], 1002)
   end
 end
 
@@ -162,10 +166,14 @@ local function step(self)
   end
 end
 
--- Steps once, or waits for the step of another task.
+-- Steps once, or waits for the step of another task; or ends the
+-- connection that a close frame or a failure stopped reading (if the task
+-- that found it was cancelled before it could).
 local function progress(self)
   if self._reading then
     wait_on(self._readers)
+  elseif not self._framer:state() then
+    process(self)
   else
     step(self)
   end

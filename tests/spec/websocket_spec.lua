@@ -86,6 +86,8 @@ async def raw_server(reader, writer):
         writer.write(b"\x81\x82abcd" + bytes([ord("h") ^ ord("a"), ord("i") ^ ord("b")]))
     elif path == b"/badutf8":
         writer.write(b"\x81\x02\xff\xfe")
+    elif path == b"/longping":
+        writer.write(b"\x89\x7e\x00\x80" + b"p" * 128)  # control frames hold 125 bytes
     await writer.drain()
     try:
         op, masked, code = await read_close(reader, True)
@@ -134,6 +136,9 @@ async def raw_client(port, mode):
                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
     head = await reader.readuntil(b"\r\n\r\n")
     out(head.split(b"\r\n")[0].decode())
+    if mode == "hangup":
+        writer.close()
+        return
     if mode == "unmasked":
         writer.write(b"\x81\x02hi")
     elif mode == "badutf8":
@@ -359,23 +364,21 @@ end)
 describe("websocket client against a raw server", function()
   before_each(python_server)
 
-  it("fails a garbage frame with close 1002", bounded(function()
-    local ws = assert(connect(raw_port, "/garbage"))
-    assert.are.same({nil, "websocket: protocol error", 1002}, {ws:receive()})
-    assert.are.equal("raw close 136 128 1002", py_line()) -- 0x88, masked
-  end))
-
-  it("fails a masked server frame with close 1002", bounded(function()
-    local ws = assert(connect(raw_port, "/masked"))
-    assert.are.same({nil, "websocket: protocol error", 1002}, {ws:receive()})
-    assert.are.equal("raw close 136 128 1002", py_line())
-  end))
-
-  it("fails a text message that is not UTF-8 with close 1007", bounded(function()
-    local ws = assert(connect(raw_port, "/badutf8"))
-    assert.are.same({nil, "websocket: invalid UTF-8 in a text message", 1007}, {ws:receive()})
-    assert.are.equal("raw close 136 128 1007", py_line())
-  end))
+  -- path of the raw server, what receive returns, the close frame it got
+  local BREACHES = {
+    {"/garbage", "a reserved opcode", "websocket: protocol error", 1002, "raw close 136 128 1002"},
+    {"/masked", "a masked server frame", "websocket: protocol error", 1002, "raw close 136 128 1002"},
+    {"/longping", "a ping of 128 bytes", "websocket: protocol error", 1002, "raw close 136 128 None"},
+    {"/badutf8", "text that is not UTF-8", "websocket: invalid UTF-8 in a text message", 1007,
+      "raw close 136 128 1007"},
+  }
+  for _, b in ipairs(BREACHES) do
+    it("fails " .. b[2] .. " with a close frame", bounded(function()
+      local ws = assert(connect(raw_port, b[1]))
+      assert.are.same({nil, b[3], b[4]}, {ws:receive()})
+      assert.are.equal(b[5], py_line()) -- 0x88, masked
+    end))
+  end
 
   it("waits close_timeout at most for a peer that never answers the close", bounded(function()
     local ws = assert(connect(raw_port, "/silent", {close_timeout = 0.3}))
@@ -434,7 +437,7 @@ describe("websocket server against python websockets", function()
     assert.are.same({nil, "websocket: message longer than max_message bytes", 1009}, ended)
   end, 30))
 
-  it("refuses an unmasked client frame with close 1002, invalid UTF-8 with 1007", bounded(function()
+  it("refuses an unmasked client frame with close 1002, invalid UTF-8 with 1007; sees a hang-up", bounded(function()
     local ended
     local port = serve(function(ws) ended = {ws:receive()} end)
     local lines = py_client("raw", port, "unmasked")
@@ -443,7 +446,56 @@ describe("websocket server against python websockets", function()
     lines = py_client("raw", port, "badutf8")
     assert.are.same({"HTTP/1.1 101 Switching Protocols", "raw close 136 0 1007"}, lines)
     assert.are.same({nil, "websocket: invalid UTF-8 in a text message", 1007}, ended)
+    lines = py_client("raw", port, "hangup")
+    assert.are.same({"HTTP/1.1 101 Switching Protocols"}, lines)
+    assert.is_true(support.eventually(function() return ended[3] == "EOF" end))
+    assert.are.same({nil, "websocket: connection closed without a close frame", "EOF"}, ended)
   end, 30))
+end)
+
+describe("websocket between two tulua ends", function()
+  it("runs over a unix socket as over tcp", bounded(function()
+    local path = support.temp_path("ws.sock")
+    local srv = assert(net.serve_unix(path, function(conn)
+      local _, h = read_head(conn)
+      local ws = assert(W.accept_stream(conn, h))
+      local data, kind = ws:receive()
+      ws:send(data:reverse(), kind)
+      ws:receive()
+    end))
+    defer(function()
+      srv:close()
+      os.remove(path)
+    end)
+    local ws = assert(W.connect_stream(assert(net.connect_unix(path)), {host = "localhost"}))
+    assert(ws:send("\1\2\3", "binary"))
+    assert.are.same({"\3\2\1", "binary"}, {ws:receive()})
+    assert.are.equal(true, ws:close())
+    assert.are.same({nil, "websocket closed", 1000}, {ws:receive()})
+  end))
+
+  it("a sender cancelled in a blocked write leaves the others' messages to go out in order", bounded(function()
+    local big = string.rep("B", 8 * 1024 * 1024)
+    local blocked, results = {}, {}
+    local port = serve(function(ws)
+      blocked.a = tulua.spawn(function() return ws:send(big, "binary") end)
+      tulua.sleep(0.1) -- the client reads nothing yet: this send waits on the stream
+      blocked.b = tulua.spawn(function() results.b = {ws:send("after")} end)
+      tulua.sleep(0)
+      blocked.a:cancel()
+      tulua.park()
+    end)
+    local ws = assert(connect(port, "/", {max_message = 16 * 1024 * 1024}))
+    assert(support.eventually(function() return blocked.a and blocked.a:done() end))
+    assert.is_false((pcall(blocked.a.join, blocked.a)))
+    assert.is_nil(results.b) -- still waits: the big frame is not out yet
+    local data, kind = ws:receive()
+    assert.are.equal("binary", kind)
+    assert.is_true(data == big)
+    assert.are.same({"after", "text"}, {ws:receive()})
+    blocked.b:join()
+    assert.are.same({true}, results.b)
+  end, 20))
 end)
 
 describe("websocket handshakes and misuse", function()
