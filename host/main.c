@@ -95,12 +95,16 @@ static void print_help(void) {
       "%s"
       "  --version show tulua's, libuv's and Lua's versions\n"
       "  -h, --help  show this help\n"
+      "  --ps PID, --pstree PID  list the tasks of the running tulua PID\n"
+      "            and what each waits for (first argument only)\n"
       "Environment variables:\n"
       "  LUA_INIT_5_4, LUA_INIT  code (or @file) run first\n"
       "  LUA_PATH_5_4, LUA_PATH, LUA_CPATH_5_4, LUA_CPATH  require's paths\n"
-      "  TULUA_DEBUG  not empty or 0: report task steps that block the loop\n"
-      "               for more than 100 ms\n"
-      "  TULUA_TRACE  record a trace of the runtime's tasks into a file\n"
+      "  TULUA_DEBUG  1: report task steps that block the loop for more\n"
+      "               than 100 ms; a number: for more than that many seconds\n"
+      "  TULUA_TRACE  FILE: write a Chrome trace of tasks, waits and pool\n"
+      "               jobs into FILE (host/trace.md)\n"
+
       "Documentation: man tulua; host/cli.md and README.md of the source\n"
       "tree (installed in /usr/share/doc/tulua with the package).\n",
       progname, LUA_OPTIONS);
