@@ -3,11 +3,23 @@
  * net.serve, s:start_tls, s:tls_info and server:set_tls.
  *
  * OpenSSL never touches the socket: what the stream reads (ciphertext)
- * goes into the SSL's read BIO, SSL_read decrypts straight into the
- * stream's read buffer, and what SSL writes into its write BIO is sent
- * with stream.c's tulua__stream_send (the kernel takes it at once, or a
- * copy of the rest is queued). So the handshake is a wait like a read
- * (cancellable, bounded by asyncio.wait_for) and never blocks the loop.
+ * goes into the SSL's read BIO (a memory BIO), SSL_read decrypts straight
+ * into the stream's read buffer, and what SSL writes goes through a BIO of
+ * our own (the sink) into a buffer that is sent with stream.c's
+ * tulua__stream_send (the kernel takes it at once, or a copy of the rest
+ * is queued). So the handshake is a wait like a read (cancellable, bounded
+ * by asyncio.wait_for) and never blocks the loop. Why a sink rather than a
+ * memory BIO: emptying a memory BIO (BIO_reset) clears its whole
+ * allocation, a memset at every flush that callgrind put at a tenth of the
+ * C reference's echo round trip (tests/bench/README.md).
+ *
+ * Buffers. SSL_MODE_RELEASE_BUFFERS would free SSL's 34 KiB of record
+ * buffers after every record and allocate them again for the next: a
+ * malloc and a free of 17 KiB each way per round trip. Instead each
+ * runtime has one sweeper (a timer that runs while TLS streams exist,
+ * without keeping the loop alive) that gives back the buffers of
+ * connections idle for IDLE_MS, and ours with them: a busy connection
+ * keeps them, ten thousand idle ones hold a few hundred bytes each.
  *
  * A context (the Lua object tulua.tls.context) holds one SSL_CTX, made
  * once and shared by every connection that uses it (certificates loaded
@@ -25,6 +37,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <pthread.h>
+
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -37,6 +51,17 @@
 #define READ_MIN    2048 /* less room than this: make READ_ROOM */
 #define DEFAULT_KEY "tulua.tls.default" /* registry: tls = true's context */
 #define CACHE_KEY   "tulua.tls.cache" /* registry: options table -> context */
+#define SWEEPER_KEY "tulua.tls.sweeper" /* registry: the runtime's sweeper */
+#define IDLE_MS     1000 /* a connection this long without I/O: buffers go */
+#define OUT_KEEP    (32 * 1024) /* a bigger output buffer goes once sent */
+
+/* OpenSSL's error queue is per thread and must be empty before an SSL
+ * call whose failure SSL_get_error explains. Looking costs far less than
+ * ERR_clear_error, which walks all 16 slots (~800 instructions, twice per
+ * echo round trip); our own failures clear it after themselves. */
+static inline void clear_errors(void) {
+  if (ERR_peek_error() != 0) ERR_clear_error();
+}
 
 /* ---- contexts ---- */
 
@@ -204,10 +229,6 @@ static int new_context(lua_State *L, int idx, int server) {
   c->ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
   if (c->ctx == NULL) luaL_error(L, "not enough memory");
   SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
-  /* an idle connection keeps no 34 KiB of record buffers (as a plain
-   * stream keeps no read buffer); callgrind puts its cost at ~6% of an
-   * echo's user-space instructions, a few percent of its CPU */
-  SSL_CTX_set_mode(c->ctx, SSL_MODE_RELEASE_BUFFERS);
   if (cert != NULL && SSL_CTX_use_certificate_chain_file(c->ctx, cert) != 1)
     return push_load_fail(L, "certificate", cert);
   if (key != NULL &&
@@ -329,11 +350,18 @@ typedef struct wop {
   char data[];
 } wop;
 
+typedef struct sweeper sweeper;
+
 struct tulua__tls {
   SSL *ssl;
-  BIO *rbio, *wbio; /* memory BIOs: ciphertext in, ciphertext out */
+  BIO *rbio; /* a memory BIO: ciphertext in */
+  tulua__bytes out; /* ciphertext out: what the sink BIO took, to send */
   tls_ctx *ctx;
   tulua__stream *s;
+  sweeper *sw; /* the runtime's sweeper, or NULL once it is gone */
+  tulua__queue node; /* in sw->conns */
+  uint64_t last; /* the loop time (ms) of the last input or write */
+  unsigned char idle; /* the sweeper gave the buffers back */
   int state;
   unsigned char got_close, sent_close;
   unsigned char truncated; /* the peer's end came without close_notify */
@@ -349,23 +377,72 @@ int tulua__tls_state(const tulua__tls *t) {
   return t->state;
 }
 
+/* ---- the sink: SSL's output BIO ---- */
+
+static int sink_write(BIO *b, const char *p, size_t n, size_t *done) {
+  tulua__tls *t = BIO_get_data(b);
+  BIO_clear_retry_flags(b);
+  if (tulua__bytes_append(&t->out, p, n) < 0) return 0;
+  *done = n;
+  return 1;
+}
+
+static long sink_ctrl(BIO *b, int cmd, long num, void *ptr) {
+  (void)num;
+  (void)ptr;
+  tulua__tls *t = BIO_get_data(b);
+  switch (cmd) {
+    case BIO_CTRL_FLUSH: /* SSL flushes after each flight: flush() sends */
+      return 1;
+    case BIO_CTRL_WPENDING:
+      return (long)tulua__bytes_avail(&t->out);
+    default: /* a sink has no position, no EOF, nothing pending to read */
+      return 0;
+  }
+}
+
+static int sink_create(BIO *b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+static BIO_METHOD *sink_method; /* made once per process, never freed */
+static pthread_once_t sink_once = PTHREAD_ONCE_INIT;
+
+static void sink_init(void) {
+  BIO_METHOD *m =
+      BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tulua sink");
+  if (m == NULL) return;
+  if (!BIO_meth_set_write_ex(m, sink_write) ||
+      !BIO_meth_set_ctrl(m, sink_ctrl) ||
+      !BIO_meth_set_create(m, sink_create)) {
+    BIO_meth_free(m);
+    return;
+  }
+  sink_method = m;
+}
+
 /* Makes the layer for a connection of context c; NULL when out of memory. */
 static tulua__tls *tls_new(tls_ctx *c, const char *name) {
+  pthread_once(&sink_once, sink_init);
+  if (sink_method == NULL) return NULL;
   tulua__tls *t = calloc(1, sizeof *t);
   if (t == NULL) return NULL;
+  tulua__queue_init(&t->node);
   t->ssl = SSL_new(c->ctx);
   t->rbio = BIO_new(BIO_s_mem());
-  t->wbio = BIO_new(BIO_s_mem());
-  if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
+  BIO *wbio = BIO_new(sink_method);
+  if (t->ssl == NULL || t->rbio == NULL || wbio == NULL) {
     SSL_free(t->ssl);
     BIO_free(t->rbio);
-    BIO_free(t->wbio);
+    BIO_free(wbio);
     free(t);
     return NULL;
   }
+  BIO_set_data(wbio, t);
   /* an empty read BIO means "wait for more", not the end */
   BIO_set_mem_eof_return(t->rbio, -1);
-  SSL_set_bio(t->ssl, t->rbio, t->wbio);
+  SSL_set_bio(t->ssl, t->rbio, wbio);
   c->refs++;
   t->ctx = c;
   if (c->server) {
@@ -390,11 +467,95 @@ static tulua__tls *tls_new(tls_ctx *c, const char *name) {
   return t;
 }
 
+/* ---- the sweeper: idle connections give their buffers back ---- */
+
+struct sweeper {
+  uv_timer_t timer; /* runs while conns is not empty; unref'd */
+  tulua__queue conns; /* the runtime's TLS layers (tulua__tls.node) */
+};
+
+/* The loop time, for a layer's last I/O. */
+static void touch(tulua__tls *t) {
+  t->last = uv_now(tulua__stream_handle(t->s)->loop);
+  t->idle = 0;
+}
+
+static void sweep(uv_timer_t *timer) {
+  sweeper *sw = timer->data;
+  uint64_t now = uv_now(timer->loop);
+  tulua__queue *q;
+  tulua__queue_foreach(q, &sw->conns) {
+    tulua__tls *t = tulua__container_of(q, tulua__tls, node);
+    /* SSL_has_pending: a record half received stays in SSL's buffer */
+    if (t->idle || t->s == NULL || now - t->last < IDLE_MS || t->head != NULL ||
+        t->sends > 0 || SSL_has_pending(t->ssl))
+      continue;
+    if (SSL_free_buffers(t->ssl) != 1) continue;
+    t->idle = 1;
+    if (tulua__bytes_avail(&t->out) == 0) tulua__bytes_free(&t->out);
+    tulua__rbuf *rb = tulua__stream_rbuf(t->s);
+    if (tulua__bytes_avail(&rb->b) == 0) tulua__bytes_free(&rb->b);
+  }
+  if (tulua__queue_empty(&sw->conns)) uv_timer_stop(timer);
+}
+
+static void sweeper_closed(uv_handle_t *h) {
+  free(h->data);
+}
+
+/* The registry's sweeper goes with its runtime (lua_close): the layers
+ * left forget it. */
+static int sweeper_gc(lua_State *L) {
+  sweeper **p = lua_touserdata(L, 1);
+  sweeper *sw = *p;
+  if (sw == NULL) return 0;
+  *p = NULL;
+  tulua__queue *q;
+  while ((q = tulua__queue_pop(&sw->conns)) != NULL)
+    tulua__container_of(q, tulua__tls, node)->sw = NULL;
+  uv_close((uv_handle_t *)&sw->timer, sweeper_closed);
+  return 0;
+}
+
+/* The runtime's sweeper, made on first use. Raises when out of memory. */
+static sweeper *get_sweeper(lua_State *L) {
+  sweeper *sw = NULL;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, SWEEPER_KEY) == LUA_TUSERDATA)
+    sw = *(sweeper **)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (sw == NULL) {
+    sweeper **p = lua_newuserdatauv(L, sizeof *p, 0);
+    *p = NULL;
+    lua_newtable(L);
+    lua_pushcfunction(L, sweeper_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    if ((sw = calloc(1, sizeof *sw)) == NULL)
+      luaL_error(L, "not enough memory");
+    uv_timer_init(tulua__loop(L), &sw->timer);
+    uv_unref((uv_handle_t *)&sw->timer);
+    sw->timer.data = sw;
+    tulua__queue_init(&sw->conns);
+    *p = sw;
+    lua_setfield(L, LUA_REGISTRYINDEX, SWEEPER_KEY);
+  }
+  return sw;
+}
+
+static void sweep_later(sweeper *sw, tulua__tls *t) {
+  if (tulua__queue_empty(&sw->conns))
+    uv_timer_start(&sw->timer, sweep, IDLE_MS / 2, IDLE_MS / 2);
+  tulua__queue_insert_tail(&sw->conns, &t->node);
+  t->sw = sw;
+}
+
 static void fail_all(tulua__tls *t, int status);
 
 void tulua__tls_free(tulua__tls *t) {
   fail_all(t, UV_ECANCELED); /* none left: their sends' callbacks came */
+  tulua__queue_remove(&t->node); /* from its sweeper's list */
   SSL_free(t->ssl); /* and its BIOs */
+  tulua__bytes_free(&t->out);
   ctx_unref(t->ctx);
   free(t);
 }
@@ -406,11 +567,13 @@ static void sent_cb(void *ud, int status);
  * records (handshake, alerts, tickets) just go in order. Returns as
  * tulua__stream_send. */
 static int flush(tulua__tls *t, int track) {
-  char *p;
-  long n = BIO_get_mem_data(t->wbio, &p);
-  if (n <= 0) return 0;
-  int rc = tulua__stream_send(t->s, p, (size_t)n, track ? sent_cb : NULL, t);
-  (void)BIO_reset(t->wbio); /* sent or copied: the BIO's bytes can go */
+  size_t n = tulua__bytes_avail(&t->out);
+  if (n == 0) return 0;
+  int rc = tulua__stream_send(t->s, t->out.base + t->out.pos, n,
+                              track ? sent_cb : NULL, t);
+  /* sent or copied: the bytes can go, and a big write's buffer with them */
+  t->out.pos = t->out.len = 0;
+  if (t->out.cap > OUT_KEEP) tulua__bytes_free(&t->out);
   if (rc == 1 && track) t->sends++;
   return rc;
 }
@@ -454,7 +617,7 @@ static void step(tulua__tls *t) {
   tulua__rbuf *rb = tulua__stream_rbuf(t->s);
   int was_open = t->state == TULUA__TLS_OPEN || t->ctx->server;
   size_t before = rb->b.len - rb->b.pos;
-  ERR_clear_error();
+  clear_errors();
   if (t->state == TULUA__TLS_HANDSHAKE) {
     int r = SSL_do_handshake(t->ssl);
     if (r == 1) {
@@ -511,6 +674,7 @@ void tulua__tls_flush(tulua__tls *t) {
 
 void tulua__tls_begin(tulua__tls *t, tulua__stream *s) {
   t->s = s;
+  touch(t);
   tulua__rbuf *rb = tulua__stream_rbuf(s);
   size_t n = tulua__bytes_avail(&rb->b);
   if (n > 0) BIO_write(t->rbio, rb->b.base + rb->b.pos, (int)n);
@@ -525,6 +689,7 @@ void tulua__tls_begin(tulua__tls *t, tulua__stream *s) {
 
 void tulua__tls_input(tulua__tls *t, const char *p, size_t n) {
   if (t->state == TULUA__TLS_FAILED) return;
+  touch(t);
   if (BIO_write(t->rbio, p, (int)n) != (int)n) {
     tulua__stream_rbuf(t->s)->err = UV_ENOMEM;
     return;
@@ -580,9 +745,10 @@ static void fail_all(tulua__tls *t, int status) {
  * kernel takes no more. Returns 0 (all sent), 1 (records queued: sent_cb
  * follows) or a negative libuv code. */
 static int pump(tulua__tls *t, const char *p, size_t n, size_t *off) {
+  touch(t);
   while (*off < n) {
     size_t chunk = n - *off < CHUNK ? n - *off : CHUNK, w = 0;
-    ERR_clear_error();
+    clear_errors();
     if (SSL_write_ex(t->ssl, p + *off, chunk, &w) != 1) {
       ERR_clear_error();
       return UV_EPROTO;
@@ -742,12 +908,11 @@ void tulua__tls_close(tulua__tls *t) {
   ERR_clear_error();
   SSL_shutdown(t->ssl);
   ERR_clear_error();
-  char *p;
-  long n = BIO_get_mem_data(t->wbio, &p);
+  size_t n = tulua__bytes_avail(&t->out);
   uv_stream_t *h = tulua__stream_handle(t->s);
   if (n > 0 && uv_stream_get_write_queue_size(h) == 0)
-    (void)uv_try_write(h, &(uv_buf_t){p, (size_t)n}, 1);
-  (void)BIO_reset(t->wbio);
+    (void)uv_try_write(h, &(uv_buf_t){t->out.base + t->out.pos, n}, 1);
+  t->out.pos = t->out.len = 0;
 }
 
 /* ---- Lua side ---- */
@@ -765,8 +930,10 @@ static int start(lua_State *L, tulua__stream *s, const char *name) {
   if (!c->server && c->verify && c->server_name == NULL && name == NULL)
     luaL_argerror(L, 2, "a checked client needs 'server_name'");
   tulua__check_wait(L, "start_tls");
+  sweeper *sw = get_sweeper(L); /* may raise: before t exists */
   tulua__tls *t = tls_new(c, name);
   if (t == NULL) return push_fail(L, "start_tls", UV_ENOMEM);
+  sweep_later(sw, t);
   return tulua__stream_start_tls(L, s, t);
 }
 

@@ -485,6 +485,57 @@ describe("tulua.tls", function()
       assert.are.same({n = 1}, table.pack(c:read())) -- then the server's close_notify
     end, 20))
 
+    -- tls.c's sweeper gives back the buffers of a connection idle for 1 s
+    -- (it looks every 0.5 s): one idle past it works on both ways, and one
+    -- whose record is cut in two across the sweep (half of it in SSL's
+    -- buffer) loses nothing.
+    it("work on after an idle spell gave their buffers back", bounded(function()
+      local split = false -- the relay cuts the client's next record in two
+      local srv <close> = assert(net.serve("127.0.0.1", 0, function(s)
+        while true do
+          local d = s:read_line()
+          if not d then break end
+          assert(s:write(d:upper() .. string.rep(d, 4000) .. "\n"))
+        end
+      end, {tls = server_opts("server")}))
+      local relay <close> = assert(net.serve("127.0.0.1", 0, function(client)
+        local up <close> = assert(net.connect("127.0.0.1", port_of(srv)))
+        local back = tulua.spawn(function()
+          while true do
+            local d = up:read()
+            if not d then break end
+            client:write(d)
+          end
+        end)
+        while true do
+          local d = client:read()
+          if not d then break end
+          if split then
+            split = false
+            up:write(d:sub(1, 9))
+            tulua.sleep(1.6)
+            up:write(d:sub(10))
+          else
+            up:write(d)
+          end
+        end
+        back:cancel()
+      end))
+      local c <close> = assert(net.connect("127.0.0.1", port_of(relay), {tls = {ca = path("ca.pem")}}))
+      local function exchange(word)
+        assert(c:write(word .. "\n"))
+        local answer = assert(c:read_line())
+        assert.are.equal(word:upper() .. string.rep(word, 4000), answer) -- > 32 KiB out
+      end
+      exchange("one")
+      tulua.sleep(1.6) -- both ends idle past the sweep
+      exchange("two")
+      split = true
+      exchange("three")
+      tulua.sleep(1.6)
+      exchange("four")
+    end, 30))
+
     it("have tls_info only with TLS; tls = false is plain", bounded(function()
       local srv <close> = assert(net.serve("127.0.0.1", 0, function(s) s:read() end, {tls = false}))
       local c <close> = assert(net.connect("127.0.0.1", port_of(srv), {tls = false}))
