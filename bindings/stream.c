@@ -58,7 +58,8 @@ struct tulua__server {
 
   tulua__job accept_job; /* accepts pending connections, in the drain */
   tulua__waiter cw; /* a task in wait_closed() */
-  int pending; /* connections libuv announced, not yet accepted */
+  int *fds; /* connections accepted in connection_cb, for the drain */
+  int head, nfds, capfds; /* fds[head..nfds) wait */
   int conns; /* open connections (they hold the box) */
   int wakes; /* a woken wait_closed not yet delivered (it reads cw) */
   int ref; /* registry: the userdata while listening */
@@ -108,8 +109,10 @@ struct tulua__stream {
 /* The box goes once its handle is closed, its userdata collected (which
  * reads it until then), its connections closed and its woken waiter gone. */
 static void maybe_free_server(tulua__server *srv) {
-  if (srv->close_done && srv->collected && srv->conns == 0 && srv->wakes == 0)
+  if (srv->close_done && srv->collected && srv->conns == 0 && srv->wakes == 0) {
+    free(srv->fds);
     free(srv);
+  }
 }
 
 /* Wakes the task in wait_closed once the server and its connections are
@@ -789,6 +792,8 @@ static void server_stop(lua_State *L, tulua__server *srv) {
   if (srv->closed) return;
   srv->closed = 1;
   tulua__unpost(srv->rt, &srv->accept_job);
+  while (srv->head < srv->nfds)
+    close(srv->fds[srv->head++]); /* unserved */
   luaL_unref(L, LUA_REGISTRYINDEX, srv->ref);
   luaL_unref(L, LUA_REGISTRYINDEX, srv->handler_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, srv->conn_main_ref);
@@ -847,22 +852,24 @@ static void warn_refused(lua_State *L, tulua__server *srv) {
 static void accept_all(lua_State *L, tulua__job *job) {
   tulua__server *srv = tulua__container_of(job, tulua__server, accept_job);
   if (srv->refused > srv->warned) warn_refused(L, srv);
-  while (srv->pending > 0 && !srv->closed) {
-    srv->pending--;
+  while (srv->head < srv->nfds && !srv->closed) {
     int top = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->conn_main_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->handler_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->context_ref); /* nil if none */
     tulua__stream *s = tulua__stream_new(L, (tulua__stream_kind)srv->kind);
+    int fd = srv->fds[srv->head++]; /* taken once nothing above can raise */
     int rc = srv->kind == TULUA_TCP
                  ? uv_tcp_init(tulua__loop(L), &s->u.tcp)
                  : uv_pipe_init(tulua__loop(L), &s->u.pipe, 0);
     if (rc == 0) {
       tulua__stream_ready(s);
-      rc = uv_accept(&srv->u.s, &s->u.s);
+      rc = srv->kind == TULUA_TCP ? uv_tcp_open(&s->u.tcp, fd)
+                                  : uv_pipe_open(&s->u.pipe, fd);
     }
-    if (rc < 0) { /* the peer is gone already: nothing to serve */
+    if (rc < 0) { /* nothing to serve */
+      close(fd);
       release(lua_touserdata(L, -1));
       lua_settop(L, top);
       continue;
@@ -937,7 +944,28 @@ static void connection_cb(uv_stream_t *h, int status) {
     return;
   }
   if (status < 0) return; /* the next one may work */
-  srv->pending++;
+  /* The descriptor libuv accepted is taken here (accepted_fd, a field of
+   * libuv 1.44's unix streams, as emfile_fd above) and handed to a task in
+   * the drain. Left to a uv_accept there, libuv would stop polling the
+   * listening socket until then: two epoll_ctl calls and a loop turn per
+   * connection, one connection per turn. Taken, libuv goes on accepting
+   * until the backlog is empty. */
+  int fd = h->accepted_fd;
+  h->accepted_fd = -1;
+  if (srv->head > 0 && srv->head == srv->nfds) srv->head = srv->nfds = 0;
+  if (srv->nfds == srv->capfds) {
+    int cap = srv->capfds ? srv->capfds * 2 : 16;
+    int *fds = cap > srv->capfds ? realloc(srv->fds, cap * sizeof *fds) : NULL;
+    if (fds == NULL) { /* out of memory: refused, as at the limit */
+      close(fd);
+      srv->refused++;
+      tulua__post(srv->rt, &srv->accept_job); /* to warn in debug mode */
+      return;
+    }
+    srv->fds = fds;
+    srv->capfds = cap;
+  }
+  srv->fds[srv->nfds++] = fd;
   tulua__post(srv->rt, &srv->accept_job);
 }
 
