@@ -1228,6 +1228,30 @@ describe("tulua.net", function()
       assert.are_not.equal(tulua.current(), handlers[1])
     end))
 
+    -- The loop is blocked while Python opens 200 connections: they wait in
+    -- the backlog, libuv accepts them all in one turn, and each is served.
+    it("serve every connection of a burst that waited in the backlog", bounded(function()
+      local srv <close> = assert(net.serve("127.0.0.1", 0, function(s)
+        local line = s:read_line()
+        if line then s:write("got " .. line .. "\n") end
+      end, {backlog = 512}))
+      local _, port = srv:address()
+      local client = assert(process.spawn({"/usr/bin/python3", "-c", [[
+import socket, sys
+port = int(sys.argv[1])
+socks = [socket.create_connection(("127.0.0.1", port)) for i in range(200)]
+print("connected", flush=True)
+for i, s in enumerate(socks): s.sendall(b"%d\n" % i)
+ok = sum(1 for i, s in enumerate(socks) if s.makefile().readline() == "got %d\n" % i)
+print(ok, flush=True)
+]], tostring(port)}, {stdin = "null", stdout = "pipe", stderr = "pipe"}))
+      local blocked = os.clock()
+      while os.clock() - blocked < 0.5 do end -- the loop turns no more meanwhile
+      assert.are.equal("connected", client.stdout:read_line())
+      assert.are.equal("200", client.stdout:read_line())
+      assert.are.equal(0, client:wait())
+    end, 30))
+
     it("close the stream when the handler returns, even if it is kept elsewhere", bounded(function()
       local kept
       local srv, connect = listen(TRANSPORTS[1], function(s)
