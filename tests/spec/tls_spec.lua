@@ -625,6 +625,13 @@ describe("tulua.tls", function()
         key = "b", verify_client = true}))
       assert.matches("'alpn' must be a list", msg(tls.context, {alpn = "h2"}))
       assert.matches("'ca' must be a string", msg(tls.context, {ca = 1}))
+      for _, v in ipairs({0, -1, 0 / 0, "5", false}) do
+        assert.matches("'handshake_timeout' must be a positive number", msg(tls.context, {handshake_timeout = v}))
+      end
+      assert.matches("'handshake_timeout' must be a positive number", msg(net.serve, "127.0.0.1", 0,
+        function() end, {tls = {cert = "a", key = "b", handshake_timeout = -1}}))
+      assert.matches("unknown option 'handshake_timout'", msg(tls.context, {server = true, cert = "a", key = "b",
+        handshake_timout = 1}))
       assert.matches("#4 to '[%w.]*serve' %(unknown option 'bogus'%)", msg(net.serve, "127.0.0.1", 0, function() end,
         {tls = {cert = "a", key = "b", bogus = 1}}))
       assert.matches("'tls' needs a server context", msg(net.serve, "127.0.0.1", 0, function() end,
