@@ -7,7 +7,10 @@
  * stream's read buffer, and what SSL writes into its write BIO is sent
  * with stream.c's tulua__stream_send (the kernel takes it at once, or a
  * copy of the rest is queued). So the handshake is a wait like a read
- * (cancellable, bounded by asyncio.wait_for) and never blocks the loop.
+ * (cancellable, bounded by asyncio.wait_for) and never blocks the loop; a
+ * timer of its own (handshake_timeout, net.connect's timeout) fails it
+ * when it takes too long, so a peer that never finishes it cannot hold a
+ * connection (and a server's descriptor) forever.
  *
  * A context (the Lua object tulua.tls.context) holds one SSL_CTX, made
  * once and shared by every connection that uses it (certificates loaded

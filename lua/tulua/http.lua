@@ -11,7 +11,8 @@ local args = require "tulua._args"
 
 local type, tostring, tonumber, pcall, xpcall, error, setmetatable, next =
   type, tostring, tonumber, pcall, xpcall, error, setmetatable, next
-local math_type, concat, traceback, now = math.type, table.concat, debug.traceback, tulua.now
+local math_type, concat, traceback, now, current = math.type, table.concat, debug.traceback, tulua.now,
+  tulua.current
 local arg_error, type_error, check_options = args.arg_error, args.type_error, args.check_options
 
 local M = {}
@@ -82,7 +83,8 @@ local REQ_MT = {
 -- and that cancel, withdrawn here, becomes an ETIMEDOUT failure (the
 -- stream stays usable for the 408). Other cancels go on.
 local function read_body_bytes(st)
-  local task = st.task
+  local task = current()                 -- the handler's, or a task it reads in
+  st.reader = task
   local before = task:cancelling()
   st.deadline = now() + st.cfg.body_timeout
   st.body_wait = true
@@ -287,7 +289,7 @@ local function sweep(cfg)
     if d and t > d then
       st.deadline = nil
       st.timed_out = true
-      if st.body_wait then st.task:cancel() else st.conn:close() end
+      if st.body_wait then st.reader:cancel() else st.conn:close() end
     end
   end
 end
@@ -373,7 +375,7 @@ end
 -- wait in st.buf).
 local function serve_connection(conn, handler, cfg)
   local st = {conn = conn, p = C.parser("request", cfg.max_header, REQ_MT), buf = "", pos = 1,
-    max_body = cfg.max_body, cfg = cfg, task = tulua.current()}
+    max_body = cfg.max_body, cfg = cfg}
   enter(cfg, st)
   local ok, err = pcall(function()
     local wait = cfg.header_timeout
@@ -579,8 +581,10 @@ end
 
 -- A new connection for u (through its proxy, if any): the client state c.
 -- Plain http goes to a proxy as absolute URLs; https, and any u when
--- tunnel is set (WebSocket), through a CONNECT tunnel.
-local function connect(u, opts, tunnel)
+-- tunnel is set (WebSocket), through a CONNECT tunnel. state.conn, if
+-- state is given, is the connection as soon as there is one (for a
+-- timeout that cuts the tunnel's setup to close).
+local function connect(u, opts, tunnel, state)
   local proxy = proxy_for(u, opts.proxy)
   local key = pool_key(u, proxy, opts)
   local tls = u.tls and (opts.tls or true) or nil
@@ -599,6 +603,7 @@ local function connect(u, opts, tunnel)
   local conn, err, code = net.connect(pu.host, pu.port, copts)
   if not conn then return nil, err, code end
   c.conn = conn
+  if state then state.conn = conn end
   if not u.tls and not tunnel then
     c.absolute = true                        -- the target is the whole URL
     c.key = key
@@ -938,7 +943,7 @@ local WS_OPTIONS = {headers = true, protocols = true, max_message = true, tls = 
 -- if any), then the handshake. state.conn is the connection, for the
 -- timeout to close.
 local function open_websocket(ws, u, opts, state)
-  local c, err, code = connect(u, opts, true)
+  local c, err, code = connect(u, opts, true, state)
   if not c then return nil, err, code end
   state.conn = c.conn
   local r, werr, wcode = ws.connect_stream(c.conn, {host = u.hostport, target = u.target,

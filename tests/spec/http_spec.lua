@@ -851,6 +851,27 @@ asyncio.run(main())
     assert.matches("^proxy: CONNECT answered 501", msg)
   end, 60))
 
+  it("bounds the whole opening by timeout: a server that never answers the upgrade, directly and tunnelled",
+    bounded(function()
+      local held = {}
+      local mute = assert(net.serve("127.0.0.1", 0, function(c)
+        held[#held + 1] = c
+        c:read_all()
+      end))
+      defer(function() mute:close() end)
+      local port = select(2, mute:address())
+      local proxy = python(PY_PROXY)
+      local fds = support.fd_count()
+      for _, case in ipairs({{"ws://127.0.0.1:" .. port .. "/", false}, {"ws://tunnel.invalid:" .. port .. "/", proxy}}) do
+        local t0 = tulua.now()
+        local r = table.pack(http.websocket(case[1], {proxy = case[2], timeout = 0.5}))
+        assert.are.same({n = 3, nil, "http: websocket " .. case[1] .. ": timed out after 0.5 s", "ETIMEDOUT"}, r)
+        assert.is_true(tulua.now() - t0 >= 0.45)
+      end
+      assert.are.equal(2, #held)
+      assert(support.eventually(function() return support.fd_count() <= fds end))
+    end, 30))
+
   it("takes the proxy from HTTP_PROXY (ws://) and HTTPS_PROXY (wss://), unless NO_PROXY names the host",
     bounded(function()
       local cert, key = make_cert("server")
