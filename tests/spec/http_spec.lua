@@ -862,7 +862,8 @@ asyncio.run(main())
       local port = select(2, mute:address())
       local proxy = python(PY_PROXY)
       local fds = support.fd_count()
-      for _, case in ipairs({{"ws://127.0.0.1:" .. port .. "/", false}, {"ws://tunnel.invalid:" .. port .. "/", proxy}}) do
+      local cases = {{"ws://127.0.0.1:" .. port .. "/", false}, {"ws://tunnel.invalid:" .. port .. "/", proxy}}
+      for _, case in ipairs(cases) do
         local t0 = tulua.now()
         local r = table.pack(http.websocket(case[1], {proxy = case[2], timeout = 0.5}))
         assert.are.same({n = 3, nil, "http: websocket " .. case[1] .. ": timed out after 0.5 s", "ETIMEDOUT"}, r)
