@@ -694,6 +694,14 @@ int tulua__stream_start_tls(lua_State *L, tulua__stream *s, tulua__tls *t) {
   return start_read(L, s, "start_tls");
 }
 
+void tulua__stream_tls_failed(tulua__stream *s) {
+  stop_reading(s);
+  if (s->rw.task != NULL && satisfied(s)) {
+    s->wakes++;
+    tulua__wake(&s->rw);
+  }
+}
+
 void tulua__server_set_context(lua_State *L, tulua__server *srv, int idx) {
   lua_pushvalue(L, idx);
   luaL_unref(L, LUA_REGISTRYINDEX, srv->context_ref);

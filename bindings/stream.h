@@ -136,6 +136,11 @@ int tulua__stream_send_shutdown(tulua__stream *s, tulua__send_fn done,
  * checked the stream (no reader, no TLS yet) and tulua__check_wait. */
 int tulua__stream_start_tls(lua_State *L, tulua__stream *s, tulua__tls *t);
 
+/* The TLS layer failed outside a read (its handshake timer set the read
+ * buffer's error): reading stops and the waiting reader, if any, is woken
+ * to see it. No Lua API. */
+void tulua__stream_tls_failed(tulua__stream *s);
+
 /* The extra value a server passes to each connection's task, after the
  * stream: handler(stream) runs only once the task's code has used it
  * (tls.c's server context, for the handshake). Sets it to the value at idx

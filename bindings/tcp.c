@@ -260,6 +260,8 @@ static int handshake_k(lua_State *L, int status, lua_KContext ctx) {
   return 3; /* nil, message, code */
 }
 
+/* ctx: the deadline of the whole connect in the loop's milliseconds, 0
+ * for none; the handshake gets what is left of it. */
 static int connected_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   if (lua_isnil(L, TLS_STREAM)) return 3; /* nil, message, code */
@@ -267,11 +269,19 @@ static int connected_k(lua_State *L, int status, lua_KContext ctx) {
   lua_pushvalue(L, TLS_STREAM);
   lua_pushvalue(L, TLS_CTX);
   lua_pushvalue(L, 1); /* the server's name, unless the context names one */
-  return handshake_k(L, lua_pcallk(L, 3, 3, 0, ctx, handshake_k), ctx);
+  if (ctx == 0) {
+    lua_pushnil(L);
+  } else {
+    uint64_t now = uv_now(tulua__loop(L));
+    uint64_t left = (uint64_t)ctx > now ? (uint64_t)ctx - now : 1;
+    lua_pushnumber(L, (lua_Number)left / 1000);
+  }
+  return handshake_k(L, lua_pcallk(L, 4, 3, 0, ctx, handshake_k), ctx);
 }
 
 /* net.connect(host, port [, {timeout=, tls=}]) -> tcp stream | nil, msg,
- * code. With tls, the plain connect then the handshake (tls.c). */
+ * code. With tls, the plain connect then the handshake (tls.c), the
+ * timeout bounding both. */
 static int net_connect(lua_State *L) {
   const char *host = luaL_checkstring(L, 1);
   int port = check_port(L, 2);
@@ -296,12 +306,16 @@ static int net_connect(lua_State *L) {
   int n = tulua__tls_client_context(L, 3);
   if (n != 1) return n; /* stack: host, port, tls option, context */
   tulua__check_wait(L, "net.connect");
+  lua_KContext deadline = 0;
+  if (timeout > 0)
+    deadline = (lua_KContext)(uv_now(tulua__loop(L)) +
+                              (uint64_t)(timeout * 1000 + 0.5));
   lua_pushcfunction(L, connect_plain);
   lua_pushvalue(L, 1);
   lua_pushvalue(L, 2);
   lua_pushnumber(L, timeout);
-  lua_callk(L, 3, 3, 0, connected_k);
-  return connected_k(L, LUA_OK, 0);
+  lua_callk(L, 3, 3, deadline, connected_k);
+  return connected_k(L, LUA_OK, deadline);
 }
 
 /* ---- serve ---- */

@@ -8,10 +8,13 @@
  * our own (the sink) into a buffer that is sent with stream.c's
  * tulua__stream_send (the kernel takes it at once, or a copy of the rest
  * is queued). So the handshake is a wait like a read (cancellable, bounded
- * by asyncio.wait_for) and never blocks the loop. Why a sink rather than a
- * memory BIO: emptying a memory BIO (BIO_reset) clears its whole
- * allocation, a memset at every flush that callgrind put at a tenth of the
- * C reference's echo round trip (tests/bench/README.md).
+ * by asyncio.wait_for) and never blocks the loop; a timer of its own
+ * (handshake_timeout, net.connect's timeout) fails it when it takes too
+ * long, so a peer that never finishes it cannot hold a connection (and a
+ * server's descriptor) forever. Why a sink rather than a memory BIO:
+ * emptying a memory BIO (BIO_reset) clears its whole allocation, a memset
+ * at every flush that callgrind put at a tenth of the C reference's echo
+ * round trip (tests/bench/README.md).
  *
  * Buffers. SSL_MODE_RELEASE_BUFFERS would free SSL's 34 KiB of record
  * buffers after every record and allocate them again for the next: a
@@ -63,6 +66,10 @@ static inline void clear_errors(void) {
   if (ERR_peek_error() != 0) ERR_clear_error();
 }
 
+/* seconds a handshake may take unless handshake_timeout says otherwise:
+ * asyncio's ssl_handshake_timeout and nginx's ssl_handshake_timeout */
+#define HANDSHAKE_TIMEOUT 60.0
+
 /* ---- contexts ---- */
 
 typedef struct tls_ctx {
@@ -71,6 +78,7 @@ typedef struct tls_ctx {
   unsigned char *alpn; /* the protocols, in the wire format */
   unsigned alpn_len;
   char *server_name; /* a client's name to send and check, or NULL */
+  double handshake_timeout; /* seconds, 0 for none */
   unsigned char server, verify;
 } tls_ctx;
 
@@ -191,9 +199,22 @@ static void opt_alpn(lua_State *L, int idx, tls_ctx *c) {
 
 /* The options of each role; start_tls and tls.context take 'server' too. */
 static const char *const CLIENT_KEYS[] = {
-    "ca", "server_name", "verify", "alpn", "cert", "key", "server", NULL};
+    "ca",     "server_name",       "verify", "alpn", "cert", "key",
+    "server", "handshake_timeout", NULL};
 static const char *const SERVER_KEYS[] = {
-    "cert", "key", "ca", "verify_client", "alpn", "server", NULL};
+    "cert",   "key", "ca", "verify_client", "alpn", "handshake_timeout",
+    "server", NULL};
+
+/* Reads handshake_timeout: a positive number of seconds (math.huge: none);
+ * the default when nil. */
+static double opt_handshake_timeout(lua_State *L, int idx) {
+  int t = lua_getfield(L, idx, "handshake_timeout");
+  double v = t == LUA_TNIL ? HANDSHAKE_TIMEOUT : lua_tonumber(L, -1);
+  if (t != LUA_TNIL && (t != LUA_TNUMBER || !(v > 0)))
+    luaL_argerror(L, idx, "'handshake_timeout' must be a positive number");
+  lua_pop(L, 1);
+  return v > 1e9 ? 0 : v; /* past 30 years: never */
+}
 
 /* Makes a context from the options table at idx and pushes it; returns 1,
  * or pushes nil, message, code (a file that does not load) and returns 3.
@@ -213,6 +234,7 @@ static int new_context(lua_State *L, int idx, int server) {
     luaL_argerror(L, idx, "'cert' and 'key' go together");
   if (server && verify && ca == NULL)
     luaL_argerror(L, idx, "'verify_client' needs 'ca'");
+  double handshake_timeout = opt_handshake_timeout(L, idx);
   tls_ctx **p = lua_newuserdatauv(L, sizeof *p, 0);
   *p = NULL;
   luaL_setmetatable(L, CONTEXT_MT);
@@ -222,6 +244,7 @@ static int new_context(lua_State *L, int idx, int server) {
   *p = c; /* from here the object's __gc frees it */
   c->server = (unsigned char)server;
   c->verify = (unsigned char)verify;
+  c->handshake_timeout = handshake_timeout;
   opt_alpn(L, idx, c);
   if (name != NULL && (c->server_name = strdup(name)) == NULL)
     luaL_error(L, "not enough memory");
@@ -369,6 +392,11 @@ struct tulua__tls {
   wop *head, *tail; /* writes and shutdowns, in order */
   int sends; /* a write's records queued in the stream, not yet sent */
   int werr; /* the failure that ended writing, sticky */
+  uv_timer_t *timer; /* bounds the handshake, or NULL (its own block: it
+                      * closes on its own time, t may go first) */
+  double limit; /* the handshake's bound in seconds, 0 for none */
+  unsigned char caller_limit; /* limit is the caller's (net.connect's
+                               * timeout), which it knows: no number */
   const char *code;
   char msg[256];
 };
@@ -551,7 +579,19 @@ static void sweep_later(sweeper *sw, tulua__tls *t) {
 
 static void fail_all(tulua__tls *t, int status);
 
+static void free_timer(uv_handle_t *h) {
+  free(h);
+}
+
+/* The handshake ended (or t goes): its timer is no longer needed. */
+static void stop_timer(tulua__tls *t) {
+  if (t->timer == NULL) return;
+  uv_close((uv_handle_t *)t->timer, free_timer);
+  t->timer = NULL;
+}
+
 void tulua__tls_free(tulua__tls *t) {
+  stop_timer(t);
   fail_all(t, UV_ECANCELED); /* none left: their sends' callbacks came */
   tulua__queue_remove(&t->node); /* from its sweeper's list */
   SSL_free(t->ssl); /* and its BIOs */
@@ -584,6 +624,7 @@ static void fail(tulua__tls *t, const char *code, const char *prefix,
                  const char *text) {
   tulua__rbuf *rb = tulua__stream_rbuf(t->s);
   if (t->state == TULUA__TLS_HANDSHAKE) t->state = TULUA__TLS_FAILED;
+  stop_timer(t);
   if (rb->err) return; /* the first failure says it */
   snprintf(t->msg, sizeof t->msg, "%s%s", prefix, text);
   t->code = code;
@@ -622,6 +663,7 @@ static void step(tulua__tls *t) {
     int r = SSL_do_handshake(t->ssl);
     if (r == 1) {
       t->state = TULUA__TLS_OPEN;
+      stop_timer(t);
     } else {
       int err = SSL_get_error(t->ssl, r);
       if (err != SSL_ERROR_WANT_READ) fail_ssl(t, err);
@@ -672,6 +714,28 @@ void tulua__tls_flush(tulua__tls *t) {
   (void)flush(t, 0); /* a failure shows at the next write */
 }
 
+/* The handshake took too long: it fails as a failed handshake does. */
+static void timer_cb(uv_timer_t *h) {
+  tulua__tls *t = h->data;
+  char text[64];
+  snprintf(text, sizeof text,
+           t->caller_limit ? "timed out" : "timed out after %g s", t->limit);
+  fail(t, "ETIMEDOUT", "tls handshake: ", text); /* closes the timer */
+  tulua__stream_tls_failed(t->s);
+}
+
+/* Bounds the handshake under way by t->limit seconds. The timer keeps no
+ * loop alive: the task waiting for the handshake does. */
+static void start_timer(tulua__tls *t) {
+  if (t->limit <= 0 || t->state != TULUA__TLS_HANDSHAKE) return;
+  t->timer = malloc(sizeof *t->timer);
+  if (t->timer == NULL) return; /* unbounded, as without the option */
+  uv_timer_init(tulua__stream_handle(t->s)->loop, t->timer);
+  t->timer->data = t;
+  uv_timer_start(t->timer, timer_cb, (uint64_t)(t->limit * 1000 + 0.5), 0);
+  uv_unref((uv_handle_t *)t->timer);
+}
+
 void tulua__tls_begin(tulua__tls *t, tulua__stream *s) {
   t->s = s;
   touch(t);
@@ -685,6 +749,7 @@ void tulua__tls_begin(tulua__tls *t, tulua__stream *s) {
     rb->eof = 0;
     tulua__tls_eof(t);
   }
+  start_timer(t);
 }
 
 void tulua__tls_input(tulua__tls *t, const char *p, size_t n) {
@@ -924,8 +989,11 @@ static tulua__stream *check_plain(lua_State *L) {
   return s;
 }
 
-/* The handshake on stream 1 with context 2 and name: waits. */
-static int start(lua_State *L, tulua__stream *s, const char *name) {
+/* The handshake on stream 1 with context 2 and name, within limit seconds
+ * if that is sooner than the context's handshake_timeout (0: the
+ * context's): waits. */
+static int start(lua_State *L, tulua__stream *s, const char *name,
+                 double limit) {
   tls_ctx *c = *to_context(L, 2);
   if (!c->server && c->verify && c->server_name == NULL && name == NULL)
     luaL_argerror(L, 2, "a checked client needs 'server_name'");
@@ -934,13 +1002,18 @@ static int start(lua_State *L, tulua__stream *s, const char *name) {
   tulua__tls *t = tls_new(c, name);
   if (t == NULL) return push_fail(L, "start_tls", UV_ENOMEM);
   sweep_later(sw, t);
+  t->limit = c->handshake_timeout;
+  if (limit > 0 && (t->limit <= 0 || limit < t->limit)) {
+    t->limit = limit;
+    t->caller_limit = 1;
+  }
   return tulua__stream_start_tls(L, s, t);
 }
 
 int tulua__tls_start(lua_State *L) {
   tulua__stream *s = check_plain(L);
   const char *name = lua_tostring(L, 3);
-  return start(L, s, name);
+  return start(L, s, name, lua_tonumber(L, 4));
 }
 
 /* s:start_tls([options | context]) -> true | nil, message, code: the
@@ -953,7 +1026,7 @@ static int stream_start_tls(lua_State *L) {
   tls_ctx **p = to_context(L, 2);
   if (p != NULL) {
     luaL_argcheck(L, *p != NULL, 2, "context expected");
-    return start(L, s, NULL);
+    return start(L, s, NULL, 0);
   }
   if (lua_isnil(L, 2)) {
     lua_pushboolean(L, 1);
@@ -967,7 +1040,7 @@ static int stream_start_tls(lua_State *L) {
   int n = option_context(L, 2, server);
   if (n != 1) return n;
   lua_replace(L, 2);
-  return start(L, s, NULL);
+  return start(L, s, NULL, 0);
 }
 
 /* Pushes a certificate time as Unix seconds. */

@@ -11,7 +11,8 @@ local args = require "tulua._args"
 
 local type, tostring, tonumber, pcall, xpcall, error, setmetatable, next =
   type, tostring, tonumber, pcall, xpcall, error, setmetatable, next
-local math_type, concat, traceback, now = math.type, table.concat, debug.traceback, tulua.now
+local math_type, concat, traceback, now, current = math.type, table.concat, debug.traceback, tulua.now,
+  tulua.current
 local arg_error, type_error, check_options = args.arg_error, args.type_error, args.check_options
 
 local M = {}
@@ -77,6 +78,27 @@ local REQ_MT = {
   end,
 }
 
+-- Reads the next bytes of the request body on st's connection within the
+-- server's body_timeout: the sweep cancels a read that has waited longer,
+-- and that cancel, withdrawn here, becomes an ETIMEDOUT failure (the
+-- stream stays usable for the 408). Other cancels go on.
+local function read_body_bytes(st)
+  local task = current()                 -- the handler's, or a task it reads in
+  st.reader = task
+  local before = task:cancelling()
+  st.deadline = now() + st.cfg.body_timeout
+  st.body_wait = true
+  local ok, data, err, code = pcall(st.conn.read, st.conn)
+  st.deadline, st.body_wait = nil, false
+  if ok then return data, err, code end
+  if st.timed_out and type(data) == "table" and data.code == "ECANCELED" and task:uncancel() <= before then
+    st.timed_out = false
+    st.body_timed_out = true
+    return nil, "http: no request body bytes for " .. st.cfg.body_timeout .. " s", "ETIMEDOUT"
+  end
+  error(data, 0)
+end
+
 -- The next piece of the request body of connection state st: a string, nil
 -- at its end, or nil, message, code. The first piece may have come with the
 -- head.
@@ -94,7 +116,7 @@ local function next_body(st)
   end
   while true do
     if st.pos > #st.buf then
-      local data, err, code = st.conn:read()
+      local data, err, code = read_body_bytes(st)
       if not data then
         st.broken = true
         return nil, err or "http: the client closed before the end of the body", code or "EOF"
@@ -257,7 +279,9 @@ local function run_handler(handler, req, keep, head_only)
   return out
 end
 
--- Connections of a server that wait for a head, swept for the timeouts.
+-- Connections of a server that wait for a head or a body, swept for the
+-- timeouts: one waiting for a head is closed, one waiting for a body has
+-- its read cancelled (read_body_bytes), so that it can still answer 408.
 local function sweep(cfg)
   local t = now()
   for st in next, cfg.live do
@@ -265,7 +289,7 @@ local function sweep(cfg)
     if d and t > d then
       st.deadline = nil
       st.timed_out = true
-      st.conn:close()
+      if st.body_wait then st.reader:cancel() else st.conn:close() end
     end
   end
 end
@@ -296,7 +320,7 @@ local function serve_request(st, req, body, complete, handler)
     return false
   end
   st.chunk, st.complete, st.body_bytes = body or false, complete, body and #body or 0
-  st.writer, st.upgraded, st.broken = false, false, false
+  st.writer, st.upgraded, st.broken, st.body_timed_out = false, false, false, false
   local expect = headers.expect
   st.expect = expect ~= nil and not complete and expect:lower() == "100-continue"
   req._st = st
@@ -308,6 +332,12 @@ local function serve_request(st, req, body, complete, handler)
   if st.upgraded then return false end
   if not ok then
     if type(out) == "table" and out.code == "ECANCELED" then error(out, 0) end
+    -- a handler that gave up on a body that stopped coming (assert on
+    -- read_body): the client's fault, answered 408 and not reported
+    if st.body_timed_out then
+      if not st.writer then answer_error(conn, 408, "request body timed out") end
+      return false
+    end
     if not st.writer then answer_error(conn, 500, "internal server error") end
     error(out, 0)                    -- reported as the task's uncaught error
   end
@@ -345,7 +375,7 @@ end
 -- wait in st.buf).
 local function serve_connection(conn, handler, cfg)
   local st = {conn = conn, p = C.parser("request", cfg.max_header, REQ_MT), buf = "", pos = 1,
-    max_body = cfg.max_body}
+    max_body = cfg.max_body, cfg = cfg}
   enter(cfg, st)
   local ok, err = pcall(function()
     local wait = cfg.header_timeout
@@ -412,7 +442,7 @@ function server_methods.close(s)
 end
 
 local SERVE_OPTIONS = {tls = true, max_header_bytes = true, max_body = true, header_timeout = true,
-  keepalive_timeout = true, backlog = true}
+  keepalive_timeout = true, body_timeout = true, backlog = true}
 
 --- http.serve(host, port, handler [, opts]): serves HTTP/1.1; handler(req)
 -- returns status, body [, headers]. Returns the Server of net.serve, or
@@ -428,14 +458,17 @@ function M.serve(host, port, handler, opts)
   check_integer(opts.max_body, "max_body", 4, "serve")
   check_positive(opts.header_timeout, "header_timeout", 4, "serve")
   check_positive(opts.keepalive_timeout, "keepalive_timeout", 4, "serve")
+  check_positive(opts.body_timeout, "body_timeout", 4, "serve")
   local cfg = {
     max_header = opts.max_header_bytes or DEFAULT_MAX_HEADER,
     max_body = opts.max_body or DEFAULT_MAX_BODY,
     header_timeout = opts.header_timeout or 30,
     keepalive_timeout = opts.keepalive_timeout or 60,
+    body_timeout = opts.body_timeout or 60,      -- nginx's client_body_timeout
     live = {}, count = 0,
   }
-  cfg.sweep_every = math.max(0.05, math.min(1, cfg.header_timeout / 4, cfg.keepalive_timeout / 4))
+  cfg.sweep_every = math.max(0.05, math.min(1, cfg.header_timeout / 4, cfg.keepalive_timeout / 4,
+    cfg.body_timeout / 4))
   local net_opts = {backlog = opts.backlog, tls = opts.tls}
   local srv, err, code = net.serve(host, port, function(conn) serve_connection(conn, handler, cfg) end, net_opts)
   if not srv then return nil, err, code end
@@ -547,11 +580,15 @@ local function pool_key(u, proxy, opts)
 end
 
 -- A new connection for u (through its proxy, if any): the client state c.
-local function connect(u, opts, remaining)
+-- Plain http goes to a proxy as absolute URLs; https, and any u when
+-- tunnel is set (WebSocket), through a CONNECT tunnel. state.conn, if
+-- state is given, is the connection as soon as there is one (for a
+-- timeout that cuts the tunnel's setup to close).
+local function connect(u, opts, tunnel, state)
   local proxy = proxy_for(u, opts.proxy)
   local key = pool_key(u, proxy, opts)
   local tls = u.tls and (opts.tls or true) or nil
-  local copts = {timeout = remaining}
+  local copts = {}
   local c = {buf = "", pos = 1, p = C.parser("response", DEFAULT_MAX_HEADER * 4)}
   if not proxy then
     copts.tls = tls
@@ -566,12 +603,13 @@ local function connect(u, opts, remaining)
   local conn, err, code = net.connect(pu.host, pu.port, copts)
   if not conn then return nil, err, code end
   c.conn = conn
-  if not u.tls then
+  if state then state.conn = conn end
+  if not u.tls and not tunnel then
     c.absolute = true                        -- the target is the whole URL
     c.key = key
     return c
   end
-  -- https through the proxy: a CONNECT tunnel, then TLS inside it
+  -- through the proxy: a CONNECT tunnel, then TLS inside it for https
   local authority = (u.host:find(":", 1, true) and "[" .. u.host .. "]" or u.host) .. ":" .. u.port
   local ok
   ok, err, code = conn:write(C.request("CONNECT", authority, nil, authority))
@@ -584,8 +622,10 @@ local function connect(u, opts, remaining)
     ok = head ~= nil
   end
   if ok and c.pos <= #c.buf then ok, err, code = nil, "proxy: bytes after the CONNECT answer", "EPROTO" end
-  if ok and not conn.start_tls then ok, err, code = nil, "https through a proxy needs TLS streams", "ENOSYS" end
-  if ok then
+  if ok and u.tls and not conn.start_tls then
+    ok, err, code = nil, "https through a proxy needs TLS streams", "ENOSYS"
+  end
+  if ok and u.tls then
     local topts = type(tls) == "table" and tls or {}
     if not topts.server_name then
       local t = {}
@@ -896,28 +936,50 @@ function M.get(url, opts)
   return M.request("GET", url, opts)
 end
 
-local WS_OPTIONS = {headers = true, protocols = true, max_message = true, tls = true, timeout = true}
+local WS_OPTIONS = {headers = true, protocols = true, max_message = true, tls = true, timeout = true,
+  proxy = true}
 
---- http.websocket(url [, opts]): connects to a ws:// or wss:// URL and
--- performs the WebSocket handshake; the ws object, or nil, message, code.
+-- The opening of http.websocket: the connection (through a proxy's tunnel
+-- if any), then the handshake. state.conn is the connection, for the
+-- timeout to close.
+local function open_websocket(ws, u, opts, state)
+  local c, err, code = connect(u, opts, true, state)
+  if not c then return nil, err, code end
+  state.conn = c.conn
+  local r, werr, wcode = ws.connect_stream(c.conn, {host = u.hostport, target = u.target,
+    headers = opts.headers, protocols = opts.protocols, max_message = opts.max_message})
+  if not r then c.conn:close() end
+  return r, werr, wcode
+end
+
+--- http.websocket(url [, opts]): connects to a ws:// or wss:// URL (through
+-- a proxy's CONNECT tunnel if opts.proxy or the environment names one) and
+-- performs the WebSocket handshake, all within opts.timeout; the ws object,
+-- or nil, message, code.
 function M.websocket(url, opts)
   if type(url) ~= "string" then type_error(1, "websocket", "string", url) end
   if opts ~= nil and type(opts) ~= "table" then type_error(2, "websocket", "table", opts) end
   opts = opts or {}
   check_options(opts, WS_OPTIONS, 2, "websocket")
   check_positive(opts.timeout, "timeout", 2, "websocket")
+  if opts.proxy ~= nil and opts.proxy ~= false and type(opts.proxy) ~= "string" then
+    arg_error(2, "websocket", "'proxy' must be a URL or false")
+  end
   local ws = ws_module()
   local u, err = parse_url(url)
   if not u or (u.scheme ~= "ws" and u.scheme ~= "wss") then
     return nil, err or ("not a ws:// or wss:// URL: " .. url), "EINVAL"
   end
-  local conn, cerr, code = net.connect(u.host, u.port,
-    {timeout = opts.timeout, tls = u.tls and (opts.tls or true) or nil})
-  if not conn then return nil, cerr, code end
-  local r, werr, wcode = ws.connect_stream(conn, {host = u.hostport, target = u.target,
-    headers = opts.headers, protocols = opts.protocols, max_message = opts.max_message})
-  if not r then conn:close() end
-  return r, werr, wcode
+  local state = {}
+  if not opts.timeout then return open_websocket(ws, u, opts, state) end
+  local asyncio = require "asyncio"
+  local ok, r, werr, wcode = pcall(asyncio.wait_for, open_websocket, opts.timeout, ws, u, opts, state)
+  if ok then return r, werr, wcode end
+  if state.conn then state.conn:close() end
+  if type(r) == "table" and r.code == "ETIMEDOUT" then
+    return nil, ("http: websocket %s: timed out after %g s"):format(url, opts.timeout), "ETIMEDOUT"
+  end
+  error(r, 0)
 end
 
 return M

@@ -126,6 +126,10 @@ local FUNCTIONS = {
   {"asyncio", "LifoQueue", {"int?"}},
   {"asyncio", "wrap_future", {"aw"}},
   {"asyncio", "to_thread", {"fn"}},
+  -- the options of the bounds on slow peers: wrong types, bad numbers, unknown keys
+  {"tulua.tls", "context", {"tlsopts"}},
+  {"tulua.http", "serve", {"host", "port", "fn", "serveopts?"}},
+  {"tulua.http", "websocket", {"str", "wsopts?"}},
 }
 
 -- Kinds that need a live object or a place.
@@ -145,6 +149,18 @@ KINDS.future = {
   valid = function() return require("concurrent.futures").Future() end, types = {"table", "userdata"}, also = {},
 }
 KINDS.lock = {valid = function() return require("asyncio").Lock() end, types = {"table"}, also = {{}}}
+KINDS.tlsopts = {valid = function() return {verify = false} end, types = {"table"}, also = {
+  {handshake_timeout = "1"}, {handshake_timeout = 0}, {handshake_timeout = -1}, {handshake_timeout = NAN},
+  {handshake_timeout = false}, {handshake_timeout = HUGE}, {handshake_timout = 1},
+  {server = true, cert = "a", key = "b", handshake_timeout = {}},
+}}
+KINDS.serveopts = {valid = function() return {} end, types = {"table"}, also = {
+  {body_timeout = "1"}, {body_timeout = 0}, {body_timeout = -HUGE}, {body_timeout = NAN}, {bodytimeout = 1},
+  {tls = {cert = "a", key = "b", handshake_timeout = -1}},
+}}
+KINDS.wsopts = {valid = function() return {} end, types = {"table"}, also = {
+  {proxy = 1}, {proxy = true}, {proxy = "http://127.0.0.1:1"}, {timeout = 0}, {timeout = NAN}, {proxi = "x"},
+}}
 local names = {}
 for name in pairs(KINDS) do names[#names + 1] = name end
 for _, name in ipairs(names) do

@@ -286,6 +286,103 @@ describe("http.serve handler errors", function()
   end, 30))
 end)
 
+-- A raw Python client of a request body: "stall" sends the head and 3 of
+-- 10 bytes, "chunked" half a chunk, "steady" its 10 bytes one every 0.1 s;
+-- prints the seconds until the server closed, then what it answered.
+local PY_BODY_CLIENT = [==[
+import socket, sys, time
+port, mode, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+s = socket.create_connection(("127.0.0.1", port))
+head = "POST %s HTTP/1.1\r\nHost: x\r\n" % path
+if mode == "chunked":
+    s.sendall((head + "Transfer-Encoding: chunked\r\n\r\n5\r\nab").encode())
+elif mode == "stall":
+    s.sendall((head + "Content-Length: 10\r\n\r\nabc").encode())
+else:
+    s.sendall((head + "Content-Length: 10\r\nConnection: close\r\n\r\n").encode())
+    for i in range(10):
+        time.sleep(0.1); s.sendall(b"x")
+t0 = time.monotonic()
+s.settimeout(10)
+data = b""
+while True:
+    d = s.recv(4096)
+    if not d: break
+    data += d
+sys.stdout.write("%.3f\n%s" % (time.monotonic() - t0, data.decode()))
+]==]
+
+describe("http.serve body_timeout", function()
+  it("answers 408 and closes when a body stalls; steady and fast clients are served", bounded(function()
+    local script = dir .. "/server.lua"
+    support.write_file(script, [[
+      local http = require "tulua.http"
+      local srv
+      srv = assert(http.serve("127.0.0.1", 0, function(req)
+        if req.path == "/quit" then srv:close(); return 200, "bye" end
+        if req.path == "/read" then return 200, "got " .. #assert(req:read_body()) end
+        if req.path == "/own" then
+          local body, err, code = req:read_body()
+          if not body then return 400, code .. " " .. err end
+          return 200, body
+        end
+        local n = 0
+        for piece in req:body_chunks() do n = n + #piece end
+        return 200, "chunks " .. n
+      end, {body_timeout = 0.5}))
+      print(select(2, srv:address()))
+      io.stdout:flush()
+    ]])
+    local p = assert(process.spawn({TULUA, script}, {stdout = "pipe", stderr = "pipe"}))
+    defer(function() p:kill("SIGKILL"); p:wait() end)
+    local port = assert(p.stdout:read_line())
+    local url = "http://127.0.0.1:" .. port
+    local function client(mode, path)
+      local status, out = run({"/usr/bin/python3", "-c", PY_BODY_CLIENT, port, mode, path})
+      assert.are.equal(0, status)
+      local secs, answer = out:match("^([%d.]+)\n(.*)$")
+      return tonumber(secs), answer
+    end
+    -- the stalled ones, at once: one does not hold up the others
+    local results = {}
+    local tasks = {}
+    for i, case in ipairs({{"stall", "/read"}, {"chunked", "/chunks"}, {"stall", "/own"}}) do
+      tasks[i] = tulua.spawn(function() results[i] = table.pack(client(case[1], case[2])) end)
+    end
+    -- a fast client meanwhile
+    local body = string.rep("0123456789", 10000)
+    assert.are.same({0, "got 100000", ""}, {run({"curl", "-sS", "--data-binary", "@-", url .. "/read"}, body)})
+    for _, t in ipairs(tasks) do t:join() end
+    for i = 1, 2 do
+      assert.is_true(results[i][1] >= 0.45, results[i][1])          -- lower bound only
+      assert.matches("^HTTP/1.1 408 Request Timeout\r\n.*Connection: close\r\n", results[i][2])
+      assert.matches("request body timed out\n$", results[i][2])
+    end
+    -- a handler that answers the failure itself
+    assert.matches("^HTTP/1.1 400 Bad Request\r\n.*\r\n\r\nETIMEDOUT http: no request body bytes for 0.5 s$",
+      results[3][2])
+    -- a slow body whose bytes keep coming within the bound
+    local secs, answer = client("steady", "/read")
+    assert.is_true(secs >= 0)
+    assert.matches("^HTTP/1.1 200 OK\r\n.*\r\n\r\ngot 10$", answer)
+    assert.are.same({0, "bye", ""}, {run({"curl", "-sS", url .. "/quit"})})
+    -- the stalled clients are no handler errors: nothing reported
+    local err = p.stderr:read_all()
+    assert.are.same({0, ""}, {p:wait(), err})
+  end, 30))
+
+  it("raises for a bad body_timeout", function()
+    assert.has_error(function() http.serve("127.0.0.1", 0, hello, {body_timeout = 0}) end,
+      "bad argument #4 to 'serve' ('body_timeout' must be a positive number)")
+    assert.has_error(function() http.serve("127.0.0.1", 0, hello, {body_timeout = "1"}) end,
+      "bad argument #4 to 'serve' ('body_timeout' must be a positive number)")
+    assert.has_error(function() http.websocket("ws://127.0.0.1/", {proxy = 1}) end,
+      "bad argument #2 to 'websocket' ('proxy' must be a URL or false)")
+    assert.has_error(function() http.websocket("ws://127.0.0.1/", {proxi = "x"}) end,
+      "bad argument #2 to 'websocket' (unknown option 'proxi')")
+  end)
+end)
+
 -- A Python HTTP/1.1 server for the client specs: keep-alive, the client's
 -- port in a header, chunked and gzip'd answers, redirects, a slow answer,
 -- 100-continue (http.server's own), and a garbage answer.
@@ -600,6 +697,33 @@ describe("https", function()
     assert.matches("certificate verify failed", msg)
   end, 60))
 
+  it("drops a client stuck in its handshake (tls handshake_timeout) and serves curl meanwhile",
+    bounded(function()
+      local cert, key = make_cert("server")
+      local ran = 0
+      local srv = assert(http.serve("127.0.0.1", 0, function(req) ran = ran + 1; return 200, "ok " .. req.path end,
+        {tls = {cert = cert, key = key, handshake_timeout = 1}}))
+      defer(function() srv:close() end)
+      local port = select(2, srv:address())
+      local silent <close> = assert(net.connect("127.0.0.1", port))
+      local half <close> = assert(net.connect("127.0.0.1", port))
+      assert(half:write("\22\3\1\2\0\1\0\1\252\3\3"))        -- half a ClientHello
+      local t0 = tulua.now()
+      local ends = {}
+      local readers = {}
+      for i, c in ipairs({silent, half}) do
+        readers[i] = tulua.spawn(function() ends[i] = table.pack(c:read()); ends[i].at = tulua.now() - t0 end)
+      end
+      assert.are.same({0, "ok /meanwhile", ""}, {run({"curl", "-sS", "--http1.1", "--cacert", cert,
+        "https://127.0.0.1:" .. port .. "/meanwhile"})})
+      for _, r in ipairs(readers) do r:join() end
+      for i = 1, 2 do
+        assert.are.same({1, nil}, {ends[i].n, ends[i][1]})  -- the end of the stream, no error
+        assert.is_true(ends[i].at >= 0.9, ends[i].at)
+      end
+      assert.are.equal(1, ran)
+    end, 30))
+
   it("gets from Python's ssl server, directly and through a CONNECT proxy", bounded(function()
     local cert, key = make_cert("py")
     local port = python(PY_SERVER, cert, key):match("%d+$")
@@ -668,4 +792,120 @@ asyncio.run(main())
     assert.are.same({"py from tulua", "text"}, {ws:receive()})
     ws:close()
   end, 30))
+
+  -- Python's websockets echo server, with TLS when given a certificate.
+  local PY_WS_SERVER = [[
+import asyncio, sys, websockets
+async def echo(ws, path=None):
+    async for m in ws: await ws.send("py " + m)
+async def main():
+    ctx = None
+    if len(sys.argv) > 1:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+    async with websockets.serve(echo, "127.0.0.1", 0, ssl=ctx) as s:
+        print(s.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+asyncio.run(main())
+]]
+
+  -- One exchange on a WebSocket to url; returns the answer.
+  local function exchange(url, opts)
+    local ws = assert(http.websocket(url, opts))
+    assert(ws:send("via proxy"))
+    local answer = ws:receive()
+    ws:close()
+    return answer
+  end
+
+  it("goes through a CONNECT proxy: ws:// and wss://, to our server and Python's", bounded(function()
+    local cert, key = make_cert("server")
+    local proxy = python(PY_PROXY)
+    -- tunnel.invalid does not resolve: only the proxy's tunnel reaches 127.0.0.1
+    local ours = port_of(echo_server())
+    assert.are.equal("echo via proxy", exchange("ws://tunnel.invalid:" .. ours .. "/", {proxy = proxy}))
+    local secure = assert(http.serve("127.0.0.1", 0, function(req)
+      local ws = assert(req:websocket())
+      local msg = ws:receive()
+      if msg then ws:send("secure " .. msg) end
+      ws:close()
+    end, {tls = {cert = cert, key = key}}))
+    defer(function() secure:close() end)
+    local tls = {ca = cert, server_name = "localhost"}
+    assert.are.equal("secure via proxy", exchange("wss://tunnel.invalid:" .. select(2, secure:address()) .. "/",
+      {proxy = proxy, tls = tls}))
+    local py = port_of(python(PY_WS_SERVER))
+    assert.are.equal("py via proxy", exchange("ws://tunnel.invalid:" .. py .. "/", {proxy = proxy}))
+    local pys = port_of(python(PY_WS_SERVER, cert, key))
+    assert.are.equal("py via proxy", exchange("wss://tunnel.invalid:" .. pys .. "/", {proxy = proxy, tls = tls,
+      timeout = 10}))
+    -- without the proxy the name does not resolve
+    local r, _, code = http.websocket("ws://tunnel.invalid:" .. py .. "/", {proxy = false})
+    assert.is_nil(r)
+    assert.is_string(code)
+    -- a proxy that refuses the tunnel
+    local refusing = python(PY_SERVER)
+    local r2, msg, code2 = http.websocket("ws://tunnel.invalid:" .. py .. "/", {proxy = refusing})
+    assert.are.same({nil, "EPROTO"}, {r2, code2})
+    assert.matches("^proxy: CONNECT answered 501", msg)
+  end, 60))
+
+  it("bounds the whole opening by timeout: a server that never answers the upgrade, directly and tunnelled",
+    bounded(function()
+      local held = {}
+      local mute = assert(net.serve("127.0.0.1", 0, function(c)
+        held[#held + 1] = c
+        c:read_all()
+      end))
+      defer(function() mute:close() end)
+      local port = select(2, mute:address())
+      local proxy = python(PY_PROXY)
+      local fds = support.fd_count()
+      local cases = {{"ws://127.0.0.1:" .. port .. "/", false}, {"ws://tunnel.invalid:" .. port .. "/", proxy}}
+      for _, case in ipairs(cases) do
+        local t0 = tulua.now()
+        local r = table.pack(http.websocket(case[1], {proxy = case[2], timeout = 0.5}))
+        assert.are.same({n = 3, nil, "http: websocket " .. case[1] .. ": timed out after 0.5 s", "ETIMEDOUT"}, r)
+        assert.is_true(tulua.now() - t0 >= 0.45)
+      end
+      assert.are.equal(2, #held)
+      assert(support.eventually(function() return support.fd_count() <= fds end))
+    end, 30))
+
+  it("takes the proxy from HTTP_PROXY (ws://) and HTTPS_PROXY (wss://), unless NO_PROXY names the host",
+    bounded(function()
+      local cert, key = make_cert("server")
+      local proxy = python(PY_PROXY)
+      local py = port_of(python(PY_WS_SERVER))
+      local pys = port_of(python(PY_WS_SERVER, cert, key))
+      local script = dir .. "/ws_client.lua"
+      support.write_file(script, [[
+        local http = require "tulua.http"
+        for _, url in ipairs(arg) do
+          local ws, err, code = http.websocket(url, {tls = {ca = os.getenv("CA"), server_name = "localhost"},
+            timeout = 10})
+          if ws then
+            ws:send("env")
+            io.write(ws:receive(), ";")
+            ws:close()
+          else
+            io.write(code, ";")
+          end
+        end
+      ]])
+      local urls = {script, "ws://tunnel.invalid:" .. py .. "/", "wss://tunnel.invalid:" .. pys .. "/"}
+      local env = {PATH = os.getenv("PATH"), CA = cert, HTTP_PROXY = proxy, HTTPS_PROXY = proxy}
+      local function client()
+        local argv = {TULUA}
+        for i, u in ipairs(urls) do argv[i + 1] = u end
+        local status, out = process.run(argv, {env = env, timeout = 30})
+        return status, out
+      end
+      assert.are.same({0, "py env;py env;"}, {client()})
+      env.NO_PROXY = "example.org,.invalid"                -- a domain suffix
+      local status, out = client()
+      assert.are.equal(0, status)
+      assert.is_nil(out:find("py env", 1, true))
+    end, 60))
 end)

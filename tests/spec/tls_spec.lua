@@ -118,6 +118,44 @@ else:
     c.close()
 ]]
 
+-- Python sockets that never finish a handshake. "server": accepts, reads
+-- and never answers (prints its port, then "accepted" per connection).
+-- "clients PORT": two clients of our server, one silent, one that sends
+-- half a ClientHello; prints for each how many seconds passed until the
+-- server closed the connection ("open" if it had not after 10 s).
+local PY_STUCK = [[
+import socket, sys, threading, time
+if sys.argv[1] == "server":
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(8)
+    print(ls.getsockname()[1], flush=True)
+    held = []
+    while True:
+        c, _ = ls.accept()
+        held.append(c)
+        print("accepted", flush=True)
+else:
+    port = int(sys.argv[2])
+    # a ClientHello record announcing 512 bytes, of which 9 come
+    half = bytes([22, 3, 1, 2, 0, 1, 0, 1, 252, 3, 3, 0, 0, 0])
+    results = {}
+    def client(name, first):
+        s = socket.create_connection(("127.0.0.1", port))
+        t0 = time.monotonic()
+        if first: s.sendall(first)
+        s.settimeout(10)
+        try:
+            while s.recv(4096): pass
+            results[name] = "%.3f" % (time.monotonic() - t0)
+        except socket.timeout:
+            results[name] = "open"
+    ts = [threading.Thread(target=client, args=a) for a in (("silent", b""), ("half", half))]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    print(results["silent"], results["half"], flush=True)
+]]
+
 local function py_server(mode, alpn)
   local p = assert(process.spawn({"python3", "-c", PY_SERVER, path("server.pem"), path("server.key"),
     mode, alpn or ""}, {stdin = "null", stdout = "pipe", stderr = "pipe"}))
@@ -270,7 +308,87 @@ describe("tulua.tls", function()
     end, 20))
   end)
 
+  describe("handshake bounds of our client", function()
+    local function stuck_server()
+      local p = assert(process.spawn({"/usr/bin/python3", "-c", PY_STUCK, "server"},
+        {stdin = "null", stdout = "pipe"}))
+      return p, math.tointeger(tonumber(p.stdout:read_line()))
+    end
+
+    it("net.connect's timeout covers the handshake: a server that never answers the ClientHello",
+      bounded(function()
+        local p, port = stuck_server()
+        local fds = support.fd_count()
+        local t0 = tulua.now()
+        local r = table.pack(net.connect("127.0.0.1", port, {timeout = 0.5, tls = {ca = path("ca.pem")}}))
+        local took = tulua.now() - t0
+        assert.are.same({n = 3, nil, "tls handshake: timed out", "ETIMEDOUT"}, r)
+        assert.is_true(took >= 0.45 and took < 5, took)
+        assert.are.equal("accepted", p.stdout:read_line())
+        -- handshake_timeout bounds it without a timeout, and start_tls too
+        r = table.pack(net.connect("127.0.0.1", port, {tls = {ca = path("ca.pem"), handshake_timeout = 0.3}}))
+        assert.are.same({n = 3, nil, "tls handshake: timed out after 0.3 s", "ETIMEDOUT"}, r)
+        local s <close> = assert(net.connect("127.0.0.1", port))
+        t0 = tulua.now()
+        r = table.pack(s:start_tls({server_name = "localhost", ca = path("ca.pem"), handshake_timeout = 0.3}))
+        assert.are.same({n = 3, nil, "tls handshake: timed out after 0.3 s", "ETIMEDOUT"}, r)
+        assert.is_true(tulua.now() - t0 >= 0.25)
+        s:close()
+        -- the shorter of the two bounds wins
+        t0 = tulua.now()
+        r = table.pack(net.connect("127.0.0.1", port, {timeout = 30, tls = {ca = path("ca.pem"),
+          handshake_timeout = 0.2}}))
+        assert.are.same({n = 3, nil, "tls handshake: timed out after 0.2 s", "ETIMEDOUT"}, r)
+        assert.is_true(tulua.now() - t0 < 5)
+        assert(eventually(function() return support.fd_count() <= fds end))
+        stop(p)
+      end, 30))
+
+    it("start_tls bounded by asyncio.wait_for: the cancelled handshake leaves nothing behind", bounded(function()
+      local p, port = stuck_server()
+      local fds = support.fd_count()
+      for _ = 1, 3 do
+        local s = assert(net.connect("127.0.0.1", port))
+        local ok, err = pcall(asyncio.wait_for, function()
+          return s:start_tls({server_name = "localhost", ca = path("ca.pem")})
+        end, 0.2)
+        assert.is_false(ok)
+        assert.is_true(asyncio.is_timeout(err), tostring(err))
+        s:close()
+      end
+      collectgarbage()
+      assert(eventually(function() return support.fd_count() <= fds end))
+      stop(p)
+    end, 30))
+  end)
+
   describe("our server", function()
+    it("drops clients that never finish the handshake after handshake_timeout, serving others meanwhile",
+      bounded(function()
+        local ran = 0
+        local srv <close> = assert(net.serve("127.0.0.1", 0, function(s)
+          ran = ran + 1
+          local line = s:read_line()
+          if line then s:write(line:upper() .. "\n") end
+        end, {tls = server_opts("server", {handshake_timeout = 2})}))
+        local stuck = assert(process.spawn({"/usr/bin/python3", "-c", PY_STUCK, "clients", tostring(port_of(srv))},
+          {stdin = "null", stdout = "pipe"}))
+        assert(eventually(function() return srv:connections() == 2 end))
+        local t0 = tulua.now()
+        -- served while the two wait in their handshakes
+        local status, out = process.run({"openssl", "s_client", "-connect", "127.0.0.1:" .. port_of(srv),
+          "-CAfile", path("ca.pem"), "-verify_return_error", "-quiet"}, {input = "meanwhile\n", timeout = 15})
+        assert.are.same({0, "MEANWHILE\n"}, {status, out})
+        if tulua.now() - t0 < 1.5 then assert.are.equal(2, srv:connections()) end -- still stuck
+        local silent, half = stuck.stdout:read_line():match("^(%S+) (%S+)$")
+        -- timing as lower bounds (the loop's clock may lag a few ms)
+        assert.is_true(tonumber(silent) >= 1.9 and tonumber(silent) < 10, silent)
+        assert.is_true(tonumber(half) >= 1.9 and tonumber(half) < 10, half)
+        assert.are.equal(0, stuck:wait())
+        assert.are.equal(1, ran) -- only s_client reached the handler
+        assert(eventually(function() return srv:connections() == 0 end))
+      end, 30))
+
     it("answers openssl s_client, ALPN chosen by the server", bounded(function()
       local srv <close> = upper_server(server_opts("server", {alpn = {"h2", "http/1.1"}}))
       local status, out = process.run({"openssl", "s_client", "-connect", "127.0.0.1:" .. port_of(srv),
@@ -558,6 +676,13 @@ describe("tulua.tls", function()
         key = "b", verify_client = true}))
       assert.matches("'alpn' must be a list", msg(tls.context, {alpn = "h2"}))
       assert.matches("'ca' must be a string", msg(tls.context, {ca = 1}))
+      for _, v in ipairs({0, -1, 0 / 0, "5", false}) do
+        assert.matches("'handshake_timeout' must be a positive number", msg(tls.context, {handshake_timeout = v}))
+      end
+      assert.matches("'handshake_timeout' must be a positive number", msg(net.serve, "127.0.0.1", 0,
+        function() end, {tls = {cert = "a", key = "b", handshake_timeout = -1}}))
+      assert.matches("unknown option 'handshake_timout'", msg(tls.context, {server = true, cert = "a", key = "b",
+        handshake_timout = 1}))
       assert.matches("#4 to '[%w.]*serve' %(unknown option 'bogus'%)", msg(net.serve, "127.0.0.1", 0, function() end,
         {tls = {cert = "a", key = "b", bogus = 1}}))
       assert.matches("'tls' needs a server context", msg(net.serve, "127.0.0.1", 0, function() end,
