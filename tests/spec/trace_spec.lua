@@ -445,7 +445,11 @@ describe("the SVG pictures", function()
     local records, lanes = trace.jobs(decode(support.read_file(json)))
     assert.are.equal(6, #records)
     assert.is_true(#lanes >= 1 and #lanes <= 2)
-    for i, name in ipairs(lanes) do assert.are.equal("thread worker " .. i, name) end
+    -- a loaded machine may leave one worker without a job: lanes are the
+    -- tracks that ran some, in order
+    local names = table.concat(lanes, ",")
+    assert.is_true(names == "thread worker 1,thread worker 2" or names == "thread worker 1"
+      or names == "thread worker 2", names)
     check_picture(svg, records, lanes)
     check_renders(svg)
   end)
