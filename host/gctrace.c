@@ -33,7 +33,7 @@
 /* The margin: at least 1 MiB, or the heap's size (a big string made in
  * one C call must not start Lua's own step unseen). */
 #define MARGIN_MIN_KB 1024
-/* A check every this many bytes at least, or a 128th of the heap. */
+/* A check every this many bytes at least, or a 1024th of the heap. */
 #define EVERY_MIN (16 * 1024)
 
 static void gc_hook(lua_State *L, lua_Debug *ar);
@@ -61,7 +61,7 @@ static void push(lua_State *L, tulua__gctrace *g) {
   int kb = lua_gc(L, LUA_GCCOUNT, 0);
   if (kb < 0) return; /* in a finalizer: lua_gc does nothing there */
   int margin = kb > MARGIN_MIN_KB ? kb : MARGIN_MIN_KB;
-  size_t every = (size_t)kb * 1024 / 1024;
+  size_t every = (size_t)kb; /* KiB of heap: its 1024th in bytes */
   g->every = every > EVERY_MIN ? (int64_t)every : EVERY_MIN;
   if (lua_gc(L, LUA_GCISRUNNING, 0) != 1) { /* stopped: nothing to pace */
     g->pushed_kb = 0;
@@ -113,11 +113,17 @@ static void request(tulua__gctrace *g, lua_State *co) {
   }
   /* a line hook (a debugger's, coverage) would see its line again after
    * a step that ran a finalizer (a return into the function marks its
-   * line as left): such a thread's steps are Lua's own, past the margin */
-  if (lua_gethookmask(co) & LUA_MASKLINE) return;
+   * line as left): such a thread's steps are Lua's own, past the margin.
+   * A hook of the next instruction (Ctrl-C's, a job's cancel, --ps's) is
+   * not displaced: coro.c passes it on to a coroutine resumed before it
+   * fires, and it clears itself; the next allocation asks again. */
+  int mask = lua_gethookmask(co);
+  if ((mask & LUA_MASKLINE) ||
+      ((mask & LUA_MASKCOUNT) && lua_gethookcount(co) == 1))
+    return;
   unhook(g);
   g->prev = h;
-  g->prev_mask = lua_gethookmask(co);
+  g->prev_mask = mask;
   g->prev_count = lua_gethookcount(co);
   g->hooked = co;
   lua_sethook(co, gc_hook, g->prev_mask | LUA_MASKCOUNT, 1);
@@ -127,19 +133,15 @@ static void gc_hook(lua_State *L, lua_Debug *ar) {
   tulua_runtime *rt = tulua__runtime(L);
   tulua__gctrace *g = &rt->gc;
   lua_Hook prev = g->prev;
-  int mask = g->prev_mask, count = g->prev_count;
-  lua_sethook(L, prev, mask, count);
+  int mask = g->prev_mask;
+  lua_sethook(L, prev, mask, g->prev_count);
   if (L == g->hooked) g->hooked = NULL;
   if (g->on && g->bytes >= g->every) check(L, g);
   if (prev == NULL) return;
-  /* the event the hook there asked for: a count event only for a hook of
-   * every instruction (its count starts again otherwise) */
-  int wanted =
-      ar->event == LUA_HOOKCOUNT
-          ? (mask & LUA_MASKCOUNT) && count <= 1
-          : (mask & (1 << (ar->event == LUA_HOOKTAILCALL ? LUA_HOOKCALL
-                                                         : ar->event))) != 0;
-  if (wanted) prev(L, ar);
+  /* the call and return events the hook there asked for; not a count
+   * event (its count starts again, put back above) */
+  int event = ar->event == LUA_HOOKTAILCALL ? LUA_HOOKCALL : ar->event;
+  if (event != LUA_HOOKCOUNT && (mask & (1 << event))) prev(L, ar);
 }
 
 static void *paced_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
