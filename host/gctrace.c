@@ -38,11 +38,12 @@
 
 static void gc_hook(lua_State *L, lua_Debug *ar);
 
-/* Records collector work that took slow_ns or longer, on the runtime's
+/* Records collector work that took gc_slow or longer, on the runtime's
  * track, with the heap in KiB before and after. */
 static void record(lua_State *L, tulua__gctrace *g, const char *name,
                    uint64_t t0, uint64_t t1, int kb0) {
-  if (t1 - t0 < g->slow_ns || !tulua__trace_on()) return;
+  /* read each time: a trace started again may have another gc_slow */
+  if (t1 - t0 < tulua__trace_gc_slow_ns() || !tulua__trace_on()) return;
   tulua__trace_rec r;
   memset(&r, 0, offsetof(tulua__trace_rec, text));
   r.kind = TULUA_TR_GCSTEP;
@@ -166,7 +167,6 @@ void tulua__gctrace_start(lua_State *L, int pid, int tid, const char *track) {
   g->on = 1;
   g->pid = pid;
   g->tid = tid;
-  g->slow_ns = tulua__trace_gc_slow_ns();
   snprintf(g->track, sizeof g->track, "%s", track ? track : "");
   lua_setallocf(L, paced_alloc, &rt->lua_heap);
   push(L, g);

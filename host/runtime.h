@@ -38,7 +38,6 @@ typedef struct tulua__gctrace {
   lua_State *hooked; /* the thread asked for a check */
   lua_Hook prev; /* ... and the hook it had, put back by the check */
   int prev_mask, prev_count;
-  uint64_t slow_ns; /* steps this long or longer are recorded */
   int32_t pid, tid; /* the runtime's track: 0 the loop's, or a worker's */
   char track[64]; /* ... its name, for a worker's */
 } tulua__gctrace;
