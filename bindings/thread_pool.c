@@ -155,6 +155,7 @@ struct pool {
   unsigned paths_gen;
   char *broken_msg; /* why, or NULL (out of memory) */
   char name_prefix[16];
+  int trace_no; /* the owner's, for the workers' records */
   uv_async_t *owner_async; /* NULL once the owner closed */
   worker workers[];
 };
@@ -221,9 +222,11 @@ static int take_locked(worker *w) {
 /* Pushes what the runner does next: "job" (one was taken), "stop" or
  * "idle". */
 static int push_next(lua_State *L, worker *w, int stop) {
-  if (w->current != NULL)
+  if (w->current != NULL) {
+    /* its slow collector steps on its track while a trace is on */
+    tulua__trace_gc_sync(L, "thread", w->p->trace_no, w->index, 0);
     lua_pushliteral(L, "job");
-  else if (stop)
+  } else if (stop)
     lua_pushliteral(L, "stop");
   else
     lua_pushliteral(L, "idle");
@@ -801,6 +804,7 @@ static int tp_new(lua_State *L) {
   p->init = init;
   p->init_len = init_len;
   snprintf(p->name_prefix, sizeof p->name_prefix, "%s", prefix);
+  p->trace_no = o->trace_no;
   p->owner_async = a;
   for (int i = 0; i < p->nworkers; i++) {
     p->workers[i].p = p;

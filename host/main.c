@@ -93,6 +93,7 @@ static void print_help(void) {
       "usage: %s [options] [script [args]]\n"
       "Runs Lua 5.4 code as tasks on an event loop (a drop-in for lua5.4).\n"
       "%s"
+      "  -l a.b    also sets a.b, making a table a if a is nil (tulua only)\n"
       "  --version show tulua's, libuv's and Lua's versions\n"
       "  -h, --help  show this help\n"
       "  --ps PID, --pstree PID  list the tasks of the running tulua PID\n"
@@ -142,7 +143,45 @@ static int dostring(tulua_runtime *rt, const char *s, const char *name) {
   return dochunk(rt, tulua_load_string(rt, s, strlen(s), name));
 }
 
-/* -l mod or -l g=mod: g = require(mod). */
+/* For a dotted global name a.b.c: puts the value on top of L at a.b.c too,
+ * making a and a.b tables where they are nil, and leaving a field that is
+ * set as it is (the global named "a.b.c" is lua5.4's and set besides):
+ * tulua -l tulua.trace -e 'tulua.trace.svg(...)' works. Stops at a part
+ * that is neither nil nor a table, or an empty part ("a..b", ".a"). */
+static void set_nested(lua_State *L, const char *name) {
+  const char *dot = strchr(name, '.');
+  if (dot == NULL) return;
+  int top = lua_gettop(L);
+  lua_pushglobaltable(L);
+  for (const char *part = name; dot != NULL; part = dot + 1) {
+    dot = strchr(part, '.');
+    size_t len = dot ? (size_t)(dot - part) : strlen(part);
+    if (len == 0) break;
+    lua_pushlstring(L, part, len);
+    int type = lua_rawget(L, -2);
+    if (dot == NULL) { /* the last part: set it if nothing is there */
+      if (type == LUA_TNIL) {
+        lua_pushlstring(L, part, len);
+        lua_pushvalue(L, top);
+        lua_rawset(L, -4);
+      }
+      break;
+    }
+    if (type == LUA_TNIL) {
+      lua_pop(L, 1);
+      lua_newtable(L);
+      lua_pushlstring(L, part, len);
+      lua_pushvalue(L, -2);
+      lua_rawset(L, -4);
+    } else if (type != LUA_TTABLE) {
+      break;
+    }
+    lua_remove(L, -2); /* descend */
+  }
+  lua_settop(L, top);
+}
+
+/* -l mod or -l g=mod: g = require(mod), and a dotted g nested too. */
 static int dolibrary(tulua_runtime *rt, const char *spec) {
   lua_State *L = tulua_state(rt);
   const char *eq = strchr(spec, '=');
@@ -152,6 +191,7 @@ static int dolibrary(tulua_runtime *rt, const char *spec) {
   lua_pushstring(L, modname);
   int status = tulua__docall(rt, 1, 1, TULUA__CALL_MAIN);
   if (status == LUA_OK) {
+    set_nested(L, lua_tostring(L, -2));
     lua_setglobal(L, lua_tostring(L, -2));
     lua_pop(L, 1); /* the global's name */
     return LUA_OK;

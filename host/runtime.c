@@ -70,6 +70,7 @@ static int open_libs(lua_State *L) {
   tulua_runtime *rt = lua_touserdata(L, 1);
   if (rt->cfg.open_stdlibs) {
     luaL_openlibs(L);
+    tulua__gctrace_open(L);
     tulua__open_io(L);
     tulua__open_exit(L);
   }
@@ -176,6 +177,7 @@ int tulua_open(tulua_runtime **out, const tulua_config *cfg) {
     }
     rt->traced = 1;
     tulua__trace_gc_arm(rt->L);
+    tulua__gctrace_start(rt->L, 0, 0, NULL);
   }
   tulua__ps_open(rt);
   *out = rt;
@@ -196,6 +198,7 @@ void tulua_close(tulua_runtime *rt) {
   if (rt == NULL) return;
   tulua__ps_close(rt);
   if (rt->L) {
+    tulua__gctrace_stop(rt->L); /* its allocator: Lua's own again */
     tulua__sched_shutdown(rt);
     lua_close(rt->L); /* __gc closes the handles Lua objects own */
     rt->L = NULL;

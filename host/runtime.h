@@ -28,6 +28,27 @@ void tulua__heap_put(tulua__heap *h, void *p, size_t n);
 /* Returns the heap a small block came from. */
 tulua__heap *tulua__heap_of(const void *block);
 
+/* gctrace.c: the collector's pacing while a trace is on (one a runtime). */
+typedef struct tulua__gctrace {
+  int on; /* paced: the allocator is gctrace.c's */
+  int busy; /* checking: no request from the allocator meanwhile */
+  int64_t bytes; /* allocated (net) since the last check */
+  int64_t every; /* ... asks for a check past this */
+  int pushed_kb; /* the credit given to Lua's own debt, to give back */
+  lua_State *hooked; /* the thread asked for a check */
+  lua_Hook prev; /* ... and the hook it had, put back by the check */
+  int prev_mask, prev_count;
+  int32_t pid, tid; /* the runtime's track: 0 the loop's, or a worker's */
+  char track[64]; /* ... its name, for a worker's */
+} tulua__gctrace;
+
+/* Starts and stops the pacing of L's runtime (the runtime that records the
+ * trace; workers through tulua__trace_gc_sync). */
+void tulua__gctrace_start(lua_State *L, int pid, int tid, const char *track);
+void tulua__gctrace_stop(lua_State *L);
+/* Wraps the global collectgarbage (at open, after the base library). */
+void tulua__gctrace_open(lua_State *L);
+
 struct tulua_runtime {
   uv_loop_t *loop;
   uv_loop_t own_loop;
@@ -82,6 +103,7 @@ struct tulua_runtime {
   tulua__job trace_gc; /* records a collection cycle's end (trace.c) */
   uint64_t trace_gc_ts; /* ... which came then */
   int trace_gc_cycles; /* ... and how many cycles ended since the last */
+  tulua__gctrace gc; /* slow collector steps in the trace (gctrace.c) */
   int ntasks; /* unfinished tasks */
   int uncaught; /* uncaught task errors so far */
   int in_drain; /* the scheduler is resuming tasks: no nested runs */

@@ -36,6 +36,12 @@
 
 atomic_int tulua__tracing;
 int tulua__trace_tsc;
+/* trace.start's gc_slow, in nanoseconds; read by every runtime it paces */
+static _Atomic uint64_t gc_slow_ns = 1000 * 1000;
+
+uint64_t tulua__trace_gc_slow_ns(void) {
+  return atomic_load(&gc_slow_ns);
+}
 
 /* A track the file has named already (thread_name metadata). */
 typedef struct {
@@ -334,7 +340,9 @@ static void name_track(FILE *f, const tulua__trace_rec *r, int32_t pid,
     if (tr.tracks[i].pid == pid && tr.tracks[i].tid == tid) return;
   if (tr.ntracks == MAX_TRACKS) return;
   tr.tracks[tr.ntracks++] = (track){pid, tid};
-  meta(f, "thread_name", pid, tid, r->kind == TULUA_TR_JOB ? where : "loop");
+  int worker =
+      r->kind == TULUA_TR_JOB || (r->kind == TULUA_TR_GCSTEP && *where);
+  meta(f, "thread_name", pid, tid, worker ? where : "loop");
 }
 
 /* Writes "key":"<s escaped>", after a comma unless first. */
@@ -467,6 +475,12 @@ static void write_rec(FILE *f, const tulua__trace_rec *r) {
               (unsigned long long)r->id, (long long)r->n1, (long long)r->n2);
       put_last(f, "status", kind, 0, "worker", detail);
       break;
+    case TULUA_TR_GCSTEP:
+      head(f, "X", "gc", name, pid, tid, r->ts);
+      put_us(f, "dur", r->dur);
+      fprintf(f, ",\"args\":{\"kib_before\":%lld,\"kib_after\":%lld}}",
+              (long long)r->n1, (long long)r->n2);
+      break;
     case TULUA_TR_GC:
       head(f, "i", "gc", "gc cycle", pid, tid, r->ts);
       fprintf(f, ",\"s\":\"t\",\"args\":{\"kib\":%lld,\"cycles\":%lld}}",
@@ -559,6 +573,7 @@ int tulua__trace_start(const char *path, size_t max_events, char *errbuf,
   tr.f = f;
   tr.raw = raw;
   tr.pid = (int32_t)getpid();
+  atomic_store(&gc_slow_ns, 1000 * 1000); /* trace.start may set it next */
   tulua__trace_tsc = tsc_usable();
   tr.hr0 = uv_hrtime();
   tr.tick0 = tulua__trace_ticks();
@@ -633,6 +648,25 @@ void tulua__trace_counts(uint64_t *written, uint64_t *dropped) {
   uv_mutex_unlock(&tr.mu);
 }
 
+void tulua__trace_track(const char *kind, int pool, int worker, int pid,
+                        int32_t *rpid, int32_t *rtid, char *where,
+                        size_t size) {
+  *rpid = *rtid = 0;
+  if (strcmp(kind, "process") == 0) {
+    *rpid = *rtid = pid;
+    snprintf(where, size, "process %d", pid);
+  } else {
+    /* the threads of a pool: tracks of their own beside the loop's */
+    *rtid = 1000 * (pool > 0 ? pool : 1) + worker;
+    if (strcmp(kind, "thread") == 0 && pool <= 1)
+      snprintf(where, size, "thread worker %d", worker);
+    else if (strcmp(kind, "thread") == 0)
+      snprintf(where, size, "pool %d worker %d", pool, worker);
+    else
+      snprintf(where, size, "%.40s %d", kind, worker);
+  }
+}
+
 void tulua__trace_job(const char *kind, int pool, int worker, int pid,
                       uint64_t job, const char *status, double started,
                       double finished, int64_t bytes_out, int64_t bytes_in) {
@@ -645,21 +679,9 @@ void tulua__trace_job(const char *kind, int pool, int worker, int pid,
   r.id = job;
   r.n1 = bytes_out;
   r.n2 = bytes_in;
-  r.pid = r.tid = 0;
   char where[64], name[32];
-  if (strcmp(kind, "process") == 0) {
-    r.pid = r.tid = pid;
-    snprintf(where, sizeof where, "process %d", pid);
-  } else {
-    /* the threads of a pool: tracks of their own beside the loop's */
-    r.tid = 1000 * (pool > 0 ? pool : 1) + worker;
-    if (strcmp(kind, "thread") == 0 && pool <= 1)
-      snprintf(where, sizeof where, "thread worker %d", worker);
-    else if (strcmp(kind, "thread") == 0)
-      snprintf(where, sizeof where, "pool %d worker %d", pool, worker);
-    else
-      snprintf(where, sizeof where, "%.40s %d", kind, worker);
-  }
+  tulua__trace_track(kind, pool, worker, pid, &r.pid, &r.tid, where,
+                     sizeof where);
   snprintf(name, sizeof name, "job %llu", (unsigned long long)job);
   tulua__trace_text(&r, name, status, where);
   tulua__trace_add(&r);
@@ -729,11 +751,13 @@ void tulua__trace_gc_arm(lua_State *L) {
 
 /* ---- the module tulua._trace, under lua/tulua/trace.lua ---- */
 
-/* start(path, max_events) -> true | nil, message, code */
+/* start(path, max_events [, gc_slow]) -> true | nil, message, code */
 static int l_start(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   lua_Integer max = luaL_checkinteger(L, 2);
   luaL_argcheck(L, max >= 0, 2, "must not be negative");
+  lua_Number slow = luaL_optnumber(L, 3, 0.001);
+  luaL_argcheck(L, slow >= 0 && slow <= TULUA__SLOW_MAX, 3, "out of range");
   char err[512];
   int rc = tulua__trace_start(path, (size_t)max, err, sizeof err);
   if (rc < 0) {
@@ -742,8 +766,10 @@ static int l_start(lua_State *L) {
     lua_pushstring(L, uv_err_name(rc));
     return 3;
   }
+  atomic_store(&gc_slow_ns, (uint64_t)(slow * 1e9));
   tulua__runtime(L)->traced = 1;
   tulua__trace_gc_arm(L);
+  tulua__gctrace_start(L, 0, 0, NULL);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -759,6 +785,7 @@ static int l_stop(lua_State *L) {
     return 3;
   }
   rt->traced = 0;
+  tulua__gctrace_stop(L);
   int rc = tulua__trace_stop();
   uint64_t written, dropped;
   tulua__trace_counts(&written, &dropped);

@@ -52,7 +52,9 @@ enum {
   TULUA_TR_ERROR, /* an uncaught error: id, detail the message */
   TULUA_TR_SUBMIT, /* a pool job submitted: id the job, n1 bytes out */
   TULUA_TR_JOB, /* a pool job ran: ts, dur, track, n1 out, n2 back */
-  TULUA_TR_GC /* collection cycles ended: n1 KiB in use, n2 cycles */
+  TULUA_TR_GC, /* collection cycles ended: n1 KiB in use, n2 cycles */
+  TULUA_TR_GCSTEP /* a slow collector step: ts, dur, n1/n2 KiB before/after,
+                     name what ran it, detail a worker's track name */
 };
 
 /* Step flags. */
@@ -112,6 +114,11 @@ void tulua__trace_job(const char *kind, int pool, int worker, int pid,
                       uint64_t job, const char *status, double started,
                       double finished, int64_t bytes_out, int64_t bytes_in);
 
+/* The track of a worker as tulua__trace_job names it: pid and tid of its
+ * records, and its name in where. */
+void tulua__trace_track(const char *kind, int pool, int worker, int pid,
+                        int32_t *rpid, int32_t *rtid, char *where, size_t size);
+
 /* Returns a new pool's number, from 1: its jobs' "pool" in the trace. */
 int tulua__trace_pool_no(void);
 
@@ -122,5 +129,16 @@ void tulua__trace_submit(int pool, uint64_t job, int64_t bytes_out);
  * it while its runtime records the trace (a TULUA_TR_GC record with the
  * heap in KiB). Call it where a runtime starts recording. [-0, +0, m] */
 void tulua__trace_gc_arm(lua_State *L);
+
+/* Steps slower than this many nanoseconds are recorded (trace.start's
+ * gc_slow; 1 ms unless set). */
+uint64_t tulua__trace_gc_slow_ns(void);
+
+/* For a runtime that did not start the trace (a pool worker's): paces its
+ * collector while a trace is on, so that its slow steps go on the
+ * worker's track (as tulua__trace_track names it), and stops when the
+ * trace is off. Call it where the worker takes a job. host/gctrace.c. */
+void tulua__trace_gc_sync(lua_State *L, const char *kind, int pool, int worker,
+                          int pid);
 
 #endif

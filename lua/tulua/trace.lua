@@ -15,19 +15,23 @@ local M = {}
 -- The ring holds at least this many events (fewer could not hold one
 -- step's), and at most as many as fit in a few GB.
 local MIN_EVENTS, MAX_EVENTS = 16, 1 << 24
-local START_OPTIONS = {max_events = true}
+local START_OPTIONS = {max_events = true, gc_slow = true}
+-- gc_slow at most a day, as tulua.set_debug's slow
+local MAX_SLOW = 86400
 
 --- Starts recording into the file at path (replaced), for the whole process:
 -- this runtime's tasks and every pool's jobs. One trace at a time.
 -- @param path string
 -- @param opts optional table: max_events (integer, 16 to 2^24, default
 --   65536): the events held in memory until the writer thread writes them;
---   more are dropped and counted in the file
+--   more are dropped and counted in the file; gc_slow (seconds, 0 to 86400,
+--   default 0.001): collector steps that take this long or longer are
+--   recorded
 -- @return true, or nil, message, code (EBUSY: a trace is on; the file's
 --   error)
 function M.start(path, opts)
   if type(path) ~= "string" then type_error(1, "start", "string", path) end
-  local max = 0
+  local max, slow = 0, nil
   if opts ~= nil then
     if type(opts) ~= "table" then type_error(2, "start", "table", opts) end
     args.check_options(opts, START_OPTIONS, 2, "start")
@@ -38,8 +42,12 @@ function M.start(path, opts)
           :format(MIN_EVENTS, MAX_EVENTS))
       end
     end
+    slow = opts.gc_slow
+    if slow ~= nil and (type(slow) ~= "number" or not (slow >= 0 and slow <= MAX_SLOW)) then
+      arg_error(2, "start", ("field 'gc_slow' must be a number from 0 to %d"):format(MAX_SLOW))
+    end
   end
-  local ok, err, code = C.start(path, max)
+  local ok, err, code = C.start(path, max, slow)
   if not ok then return nil, err, code end
   -- the tasks already there: their steps carry their names too
   for _, task in ipairs(require("tulua").all_tasks()) do C.name(task, task:get_name()) end

@@ -121,6 +121,42 @@ Available options are:
       same({"-l", "a-b", "-e", "print(rawget(_G, 'a'), rawget(_G, 'a-b').x)"})
     end)
 
+    it("makes a dotted -l reachable as nested globals too, keeping lua5.4's global", function()
+      assert(os.execute("mkdir -p " .. shell_quote(dir .. "/sub")))
+      write("sub/mod.lua", "return {x = 7}\n")
+      local show = "print(rawget(_G, 'sub.mod').x, type(rawget(_G, 'sub')), sub and sub.mod == rawget(_G, 'sub.mod'))"
+      local want = run("ref", {"-l", "sub.mod", "-e", show})
+      assert.are.same({0, "7\tnil\tnil\n", ""}, {want.status, want.stdout, want.stderr})
+      local got = run("tulua", {"-l", "sub.mod", "-e", show})
+      assert.are.same({0, "7\ttable\ttrue\n", ""}, {got.status, got.stdout, got.stderr})
+      -- g=mod with a dotted g: the same
+      got = run("tulua", {"-l", "a.b.c=sub.mod", "-e", "print(a.b.c.x, rawget(_G, 'a.b.c').x)"})
+      assert.are.same({0, "7\t7\n", ""}, {got.status, got.stdout, got.stderr})
+      -- a table already there gains the field; a field already set, and a
+      -- global that is no table, are left as they are (as lua5.4 has them)
+      got = run("tulua", {"-e", "sub = {y = 1}", "-l", "sub.mod", "-e", "print(sub.y, sub.mod.x)"})
+      assert.are.same("1\t7\n", got.stdout)
+      local keep = {"-e", "sub = {mod = 'mine'}", "-l", "sub.mod", "-e", "print(sub.mod, rawget(_G, 'sub.mod').x)"}
+      local kept = same(keep)
+      assert.are.same({0, "mine\t7\n", ""}, {kept.status, kept.stdout, kept.stderr})
+      same({"-e", "sub = 'a string'", "-l", "sub.mod", "-e", "print(sub, rawget(_G, 'sub.mod').x)"})
+    end)
+
+    it("runs the issue's command: tulua -l tulua.trace -e 'tulua.trace.svg(...)'", function()
+      write("jobs.lua", [[
+        local ex <close> = require("concurrent.futures").ThreadPoolExecutor(2)
+        local fs = {}
+        for i = 1, 4 do fs[i] = ex:submit(function() return i end) end
+        for _, f in ipairs(fs) do f:result() end
+      ]])
+      local r = run("tulua", {"jobs.lua"}, {env = "TULUA_TRACE=out.json"})
+      assert.are.equal(0, r.status, r.stderr)
+      r = run("tulua", {"-l", "tulua.trace", "-e", "assert(tulua.trace.svg('out.json', 'out.svg'))"})
+      assert.are.same({0, "", ""}, {r.status, r.stdout, r.stderr})
+      assert.matches("^<%?xml", read_file(dir .. "/out.svg"))
+      assert.are.equal(4, select(2, read_file(dir .. "/out.svg"):gsub('<g class="job"', "")))
+    end)
+
     it("shows the usage for an unknown option", function()
       for _, opt in ipairs({"-hx", "--helpx", "-x", "-ix", "-vx", "-Ex", "-Wx", "--x"}) do
         local r = same({opt, "-e", "print(1)"})
@@ -592,7 +628,7 @@ show(type(it), a, b, io.type(c), it(), it(), it(), it(), it(), io.type(c))
         assert.are.same({0, ""}, {r.status, r.stderr})
         assert.is_truthy(r.stdout:find("^usage: lua %[options%] %[script %[args%]%]\n"))
         assert.is_nil(r.stdout:find("ran", 1, true))
-        for _, word in ipairs({"-e stat", "-l g=mod", "-W ", "--version", "-h, --help",
+        for _, word in ipairs({"-e stat", "-l g=mod", "-l a.b    also sets a.b", "-W ", "--version", "-h, --help",
                                "LUA_INIT", "LUA_CPATH", "TULUA_DEBUG", "TULUA_TRACE", "man tulua", "host/cli.md"}) do
           assert.is_truthy(r.stdout:find(word, 1, true), word)
         end

@@ -396,6 +396,201 @@ local function check_renders(path)
   assert.is_true(#data > 1000)
 end
 
+describe("slow collector steps", function()
+  -- The events of cat "gc" and phase "X" of trace t.
+  local function gc_slices(t) return find(t, {ph = "X", cat = "gc"}) end
+
+  -- Runs the script at path under lua5.4, then under tulua with a trace
+  -- on: both must succeed and print the same; returns what they print.
+  local function as_lua54(path)
+    local status, want, err = sh(("lua5.4 %s"):format(q(path)))
+    assert.are.equal(0, status, err)
+    local got
+    status, got, err = sh(("TULUA_TRACE=%s %s %s"):format(q(path .. ".json"), q(support.TULUA), q(path)))
+    assert.are.equal(0, status, err)
+    assert.are.equal(want, got)
+    return got
+  end
+
+  it("are slices on the loop's track with the heap before and after, at least gc_slow long", function()
+    -- a big heap built, dropped, and allocation going on: the collection
+    -- that frees it takes milliseconds
+    local path = script("big.lua", [[
+      local t = {}
+      for i = 1, 300000 do t[i] = {i} end
+      t = nil
+      for i = 1, 600000 do local x = {i} end
+      print("pid", io.open("/proc/self/stat"):read("n"))
+    ]])
+    local status, out, err = sh(("TULUA_TRACE=%s %s %s"):format(q(dir .. "/big.json"), q(support.TULUA), q(path)))
+    assert.are.equal(0, status, err)
+    local pid = tonumber(out:match("pid\t(%d+)"))
+    local t = read_trace(dir .. "/big.json")
+    local slices, freed = gc_slices(t), nil
+    assert.is_true(#slices >= 1)
+    for _, e in ipairs(slices) do
+      assert.are.equal("gc step", e.name)
+      assert.are.equal(pid, e.pid)
+      assert.are.equal(1, e.tid)
+      assert.is_true(e.dur >= 1000, e.dur) -- the default threshold: 1 ms
+      assert.is_true(e.args.kib_before > 0 and e.args.kib_after > 0)
+      if e.args.kib_before > 20000 and e.args.kib_after < 1000 then freed = e end
+    end
+    assert.is_not_nil(freed, "the step that freed the dropped heap")
+    -- it ran inside the main task's step, where the allocation was
+    local inside = false
+    for _, step in ipairs(find(t, {ph = "X", cat = "step", tid = 1})) do
+      inside = inside or (step.ts <= freed.ts and freed.ts + freed.dur <= step.ts + step.dur + 1)
+    end
+    assert.is_true(inside)
+  end)
+
+  it("records steps as short as gc_slow says, and explicit collections", function()
+    local path = dir .. "/slow0.json"
+    assert.is_true(trace.start(path, {gc_slow = 0}))
+    do
+      local junk = {}
+      for j = 1, 50000 do junk[j] = {j} end
+      assert.are.equal(50000, #junk)
+    end -- dropped
+    collectgarbage("collect")
+    collectgarbage("step", 100)
+    trace.stop()
+    collectgarbage("collect")
+    local t = read_trace(path)
+    local steps, named = 0, {}
+    for _, e in ipairs(gc_slices(t)) do
+      named[e.name] = true
+      if e.name == "gc step" then steps = steps + 1 end
+      assert.is_true(e.dur >= 0)
+    end
+    assert.is_true(steps >= 3, steps) -- the loop's: a check every 16 KiB at most
+    assert.is_true(named["collectgarbage collect"])
+    assert.is_true(named["collectgarbage step"])
+  end)
+
+  it("leave collectgarbage as lua5.4 has it: isrunning, stop, restart, count, step, modes, errors", function()
+    local path = script("gcapi.lua", [[
+      local function kib() return collectgarbage("count") end
+      print(collectgarbage("isrunning"))
+      print(collectgarbage("stop"), collectgarbage("isrunning"))
+      local k0 = kib()
+      local keep = {}
+      for i = 1, 100000 do keep[i % 10] = {i} end -- garbage, not collected
+      print("grew while stopped", kib() - k0 > 3000)
+      print(math.type(collectgarbage("count")), collectgarbage("restart"), collectgarbage("isrunning"))
+      print(type(collectgarbage("step")), type(collectgarbage("step", 10)))
+      print(collectgarbage("incremental"), collectgarbage("generational"), collectgarbage("generational"))
+      print(collectgarbage("incremental", 200, 100, 13), collectgarbage("incremental"))
+      print(collectgarbage(), collectgarbage("collect"))
+      local max = 0
+      for i = 1, 300000 do keep[i % 10] = {i}; if i % 1000 == 0 and kib() > max then max = kib() end end
+      print("bounded", max < 2048)
+      print(pcall(collectgarbage, "bogus"))
+      print(pcall(collectgarbage, "step", "x"))
+      print(pcall(collectgarbage, "incremental", 1, {}))
+      print(pcall(collectgarbage, {}))
+    ]])
+    assert.matches("grew while stopped\ttrue", as_lua54(path))
+  end)
+
+  it("go on a thread worker's track when its job's collection is slow", function()
+    local path = dir .. "/workers.json"
+    assert.is_true(trace.start(path, {gc_slow = 0.0005}))
+    do
+      local ex <close> = futures.ThreadPoolExecutor(1)
+      assert.are.equal(200000, ex:submit(function(n)
+        do
+          local t = {}
+          for i = 1, n do t[i] = {i} end
+          assert(#t == n)
+        end -- dropped
+        local x
+        for i = 1, 2 * n do x = {i} end
+        return x[1] // 2
+      end, 200000):result())
+    end
+    assert(trace.stop())
+    local t = read_trace(path)
+    local on_worker = 0
+    for _, e in ipairs(gc_slices(t)) do
+      -- "thread worker 1", or "pool <n> worker 1" after other pools
+      if (track_name(t, e.pid, e.tid) or ""):match(" worker 1$") then
+        on_worker = on_worker + 1
+        assert.is_true(e.dur >= 500, e.dur)
+      end
+    end
+    assert.is_true(on_worker >= 1)
+  end)
+
+  it("leave a user's line and call hooks their events, as lua5.4 gives them", function()
+    local path = script("hooks.lua", [[
+      local seen = {}
+      local function f(n)
+        local t = {}
+        for i = 1, n do
+          t[i] = {i}
+        end
+        return #t
+      end
+      debug.sethook(function(ev, line) seen[#seen + 1] = ev .. (line or "") end, "lcr")
+      f(100000)
+      local h, mask = debug.gethook()
+      debug.sethook()
+      print(#seen, type(h), mask, table.concat(seen, " ", 1, 20), table.concat(seen, " ", #seen - 40))
+      -- the same event list whole: its hash
+      local sum = 0
+      for i, e in ipairs(seen) do sum = (sum * 31 + #e + i) % 1000000007 end
+      print(sum)
+    ]])
+    as_lua54(path)
+  end)
+
+  it("refuses a gc_slow that is no number of seconds from 0 to a day", function()
+    for _, bad in ipairs({-1, 86401, 0 / 0, "0.1", true}) do
+      assert.has_error(function() trace.start("x", {gc_slow = bad}) end,
+        "bad argument #2 to 'start' (field 'gc_slow' must be a number from 0 to 86400)")
+    end
+  end)
+
+  it("keep memory bounded in a loop that never yields, and in a C call that makes many objects", function()
+    local path = script("bounded.lua", [[
+      local max = 0
+      for i = 1, 2000000 do
+        local x = {i}
+        if i % 1000 == 0 then max = math.max(max, collectgarbage("count")) end
+      end
+      print("loop", max)
+      -- one call of string.gsub makes 10^6 strings without a Lua
+      -- instruction between: Lua's own step comes past the margin
+      local text = {}
+      for i = 1, 1000000 do text[i] = i end
+      text = table.concat(text, " ")
+      collectgarbage()
+      local before = collectgarbage("count")
+      text:gsub("%d+", {})
+      print("call", collectgarbage("count") - before, before)
+      collectgarbage("stop") -- what it makes with no collection at all
+      text:gsub("%d+", {})
+      print("stopped", collectgarbage("count") - before)
+    ]])
+    local plain = {}
+    local status, out, err = sh(("%s %s"):format(q(support.TULUA), q(path)))
+    assert.are.equal(0, status, err)
+    plain.loop, plain.call = tonumber(out:match("loop\t(%S+)")), tonumber(out:match("call\t(%S+)"))
+    status, out, err = sh(("TULUA_TRACE=%s %s %s"):format(q(dir .. "/bounded.json"), q(support.TULUA), q(path)))
+    assert.are.equal(0, status, err)
+    local loop, call = tonumber(out:match("loop\t(%S+)")), tonumber(out:match("call\t(%S+)"))
+    local before, stopped = tonumber(out:match("call\t%S+\t(%S+)")), tonumber(out:match("stopped\t(%S+)"))
+    -- the loop's heap stays as small as without a trace (a check every
+    -- 16 KiB); the call's garbage stays under the margin (1 MiB or the
+    -- heap, here 7 MiB), far from what it makes uncollected (38 MiB)
+    assert.is_true(loop < plain.loop + 1024, ("%s vs %s"):format(loop, plain.loop))
+    assert.is_true(stopped > 4 * before, stopped)
+    assert.is_true(call < before + 2048, ("%s, heap %s"):format(call, before))
+  end)
+end)
+
 describe("the SVG pictures", function()
   it("timeline.svg draws a lane per worker and a bar per job where its times say", function()
     local records = {
