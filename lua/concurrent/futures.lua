@@ -477,7 +477,7 @@ local POOL_OPTIONS = {
   ThreadPoolExecutor = {initializer = true, initargs = true, thread_name_prefix = true},
   ProcessPoolExecutor = {initializer = true, initargs = true, max_tasks_per_child = true, executable = true},
   MPIPoolExecutor = {initializer = true, initargs = true, env = true, wdir = true, path = true,
-    hosts = true, hostfile = true},
+    hosts = true, hostfile = true, heartbeat = true},
 }
 
 local function check_opts(opts, fname)
@@ -553,6 +553,10 @@ local function check_mpi_opts(opts, static)
   if opts.hostfile ~= nil and type(opts.hostfile) ~= "string" then
     arg_error(2, fname, "hostfile must be a string", 3)
   end
+  local hb = opts.heartbeat
+  if hb ~= nil and (type(hb) ~= "number" or not (hb > 0 and hb < math.huge)) then
+    arg_error(2, fname, "heartbeat must be a positive number of seconds", 3)
+  end
   if static and (opts.hosts ~= nil or opts.hostfile ~= nil) then
     arg_error(2, fname, "hosts and hostfile are for spawned workers, not the ranks of mpiexec", 3)
   end
@@ -562,7 +566,7 @@ end
 -- lua/concurrent/futures.md): spawned with MPI_Comm_spawn, or the ranks
 -- 1..N-1 of `mpiexec -n N tulua -l concurrent.futures.mpi script.lua`
 -- (default: those, else the CPUs this process may use). opts:
--- initializer, initargs, env, wdir, path, hosts, hostfile. MPI is loaded
+-- initializer, initargs, env, wdir, path, hosts, hostfile, heartbeat. MPI is loaded
 -- here, at the first call, never by requiring this module.
 function M.MPIPoolExecutor(max_workers, opts)
   opts = check_opts(opts, "MPIPoolExecutor")
