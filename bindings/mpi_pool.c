@@ -71,6 +71,7 @@ static const tulua__mpi_host *rt_host;
 #define BACKOFF_MAX 1000000L /* ns: the longest */
 #define BACKOFF_HOT 50000L /* ns: the longest while messages stream */
 #define HOT         5000000ULL /* ns since the last message: still streaming */
+#define FLUSH_AT    65536 /* bytes queued for a worker that leave at once */
 
 /* The next wait of an idle prober: doubling from BACKOFF_MIN, up to
  * BACKOFF_HOT within HOT of the last message, else BACKOFF_MAX. So a
@@ -763,26 +764,29 @@ static void async_cb(uv_async_t *a) {
 }
 
 /* Before the loop polls: each link's queued frames go as one message. */
+/* Hands the frames queued for l to the thread, as one message. */
+static void flush_link(hub *h, mlink *l) {
+  if (l->out.len == l->out.pos) return;
+  cmd *c = calloc(1, sizeof *c);
+  if (c == NULL) return; /* the frames wait for the next turn */
+  c->kind = CMD_SEND;
+  c->h = h;
+  c->rank = l->rank;
+  c->buf = l->out.base; /* the thread frees it */
+  c->len = l->out.len;
+  memset(&l->out, 0, sizeof l->out);
+  /* the next turn's frames likely take as much: one malloc, not a
+   * chain of reallocs from empty (failure here is retried as they come) */
+  (void)tulua__bytes_reserve(&l->out, c->len < KEEP_MAX ? c->len : KEEP_MAX);
+  post_cmd(c);
+}
+
 static void flush_cb(uv_prepare_t *p) {
   hub *h = p->data;
   uv_prepare_stop(p);
   h->flushing = 0;
-  for (int i = 0; i < h->n; i++) {
-    mlink *l = &h->links[i];
-    if (l->out.len == l->out.pos) continue;
-    cmd *c = calloc(1, sizeof *c);
-    if (c == NULL) continue; /* the frames wait for the next turn */
-    c->kind = CMD_SEND;
-    c->h = h;
-    c->rank = l->rank;
-    c->buf = l->out.base; /* the thread frees it */
-    c->len = l->out.len;
-    memset(&l->out, 0, sizeof l->out);
-    /* the next turn's frames likely take as much: one malloc, not a
-     * chain of reallocs from empty (failure here is retried as they come) */
-    (void)tulua__bytes_reserve(&l->out, c->len < KEEP_MAX ? c->len : KEEP_MAX);
-    post_cmd(c);
-  }
+  for (int i = 0; i < h->n; i++)
+    flush_link(h, &h->links[i]);
 }
 
 static void link_job_run(lua_State *L, tulua__job *job) {
@@ -994,6 +998,8 @@ static int link_send(lua_State *L) {
   hub *h = l->h;
   if (lua_toboolean(L, 5)) {
     flush_cb(&h->flush);
+  } else if (l->out.len - l->out.pos >= FLUSH_AT) {
+    flush_link(h, l); /* the worker starts while this turn queues more */
   } else if (!h->flushing) {
     h->flushing = 1;
     uv_prepare_start(&h->flush, flush_cb);
