@@ -64,23 +64,32 @@ static const tulua__mpi_host *rt_host;
 #define tulua__pool_recv    (rt_host->pool_recv)
 #define tulua__port_open_io (rt_host->port_open_io)
 
-#define HUB_MT      "tulua.mpi_hub"
-#define LINK_MT     "tulua.mpi_link"
-#define TAG         0x7475 /* "tu" */
-#define BACKOFF_MIN 10000L /* ns: the first wait of an idle thread */
-#define BACKOFF_MAX 1000000L /* ns: the longest */
-#define BACKOFF_HOT 50000L /* ns: the longest while messages stream */
-#define HOT         5000000ULL /* ns since the last message: still streaming */
-#define FLUSH_AT    65536 /* bytes queued for a worker that leave at once */
+#define HUB_MT       "tulua.mpi_hub"
+#define LINK_MT      "tulua.mpi_link"
+#define TAG          0x7475 /* "tu" */
+#define BACKOFF_MIN  10000L /* ns: the first wait of an idle thread */
+#define BACKOFF_HOT  50000L /* ns: the longest while messages stream */
+#define BACKOFF_WARM 1000000L /* ns: the longest soon after */
+#define BACKOFF_COLD 10000000L /* ns: the longest after a long silence */
+#define HOT          5000000ULL /* ns since the last message: streaming */
+#define WARM         200000000ULL /* ns since the last message: soon after */
+#define FLUSH_AT     65536 /* bytes queued for a worker that leave at once */
 
 /* The next wait of an idle prober: doubling from BACKOFF_MIN, up to
- * BACKOFF_HOT within HOT of the last message, else BACKOFF_MAX. So a
- * stream of small jobs sees tens of microseconds of latency, and a
- * thread that waits for long jobs wakes a thousand times a second, which
- * costs next to nothing. */
+ * BACKOFF_HOT within HOT of the last message, BACKOFF_WARM within WARM,
+ * else BACKOFF_COLD. So a stream of small jobs sees tens of microseconds
+ * of latency, a reply soon after a job about a millisecond, and a thread
+ * that waits for long jobs (or an idle pool) wakes a hundred times a
+ * second: each wake-up costs tens of microseconds of a core (a timed
+ * futex wait, a timer, a switch), and a thousand a second took 3 to 4 %
+ * of the core that a worker computes on (the W9 CPU benchmark runs two
+ * workers on two cores). */
 static long next_backoff(long backoff, uint64_t last) {
   backoff = backoff == 0 ? BACKOFF_MIN : backoff * 2;
-  long cap = uv_hrtime() - last < HOT ? BACKOFF_HOT : BACKOFF_MAX;
+  uint64_t since = uv_hrtime() - last;
+  long cap = since < HOT    ? BACKOFF_HOT
+             : since < WARM ? BACKOFF_WARM
+                            : BACKOFF_COLD;
   return backoff > cap ? cap : backoff;
 }
 
@@ -101,7 +110,7 @@ static void nap(pthread_mutex_t *m, pthread_cond_t *cv, long ns,
 }
 
 #define GRACE       2000000000ULL /* ns the workers have to leave at the end */
-#define WATCH_EVERY 50000000ULL /* ns between looks at the workers' pids */
+#define WATCH_EVERY 100000000ULL /* ns between looks at the workers' pids */
 
 /* What the owner and its workers must agree on. */
 #define OWN_VERSION(buf)                                                       \
@@ -1135,6 +1144,7 @@ static struct {
   tulua__queue outbox; /* pending, for the thread to send */
   int gone; /* MPI failed: the channel is gone */
   int stop; /* worker_close: send what is queued, 'E', leave */
+  int waiting; /* the main thread waits for work (w_block) */
   /* the thread's own */
   MPI_Comm comm;
   tulua__queue sending; /* the messages being sent */
@@ -1303,7 +1313,7 @@ static void *wk_main(void *arg) {
     tulua__queue out;
     tulua__queue_init(&out);
     tulua__queue_move(&WK.outbox, &out);
-    int stop = WK.stop, gone = WK.gone;
+    int stop = WK.stop, gone = WK.gone, waiting = WK.waiting;
     pthread_mutex_unlock(&WK.m);
     int busy = !tulua__queue_empty(&out);
     tulua__queue *q;
@@ -1335,7 +1345,11 @@ static void *wk_main(void *arg) {
       backoff = 0;
       continue;
     }
-    backoff = sending ? BACKOFF_MIN : next_backoff(backoff, last);
+    /* while a job runs, what comes can wait: its end (a reply to send)
+     * or the main thread's wait for work signals tcv */
+    backoff = sending   ? BACKOFF_MIN
+              : waiting ? next_backoff(backoff, last)
+                        : BACKOFF_COLD;
     nap(&WK.m, &WK.tcv, backoff, &WK.outbox, &WK.stop);
   }
   int gone = 0;
@@ -1410,8 +1424,13 @@ static int w_write(void *ud, struct iovec *iov, int n) {
 static void w_block(void *ud) {
   (void)ud;
   pthread_mutex_lock(&WK.m);
-  while (WK.inbox.len == WK.inbox.pos && !WK.gone)
-    pthread_cond_wait(&WK.cv, &WK.m);
+  if (WK.inbox.len == WK.inbox.pos && !WK.gone) {
+    WK.waiting = 1;
+    pthread_cond_signal(&WK.tcv); /* the thread probes often again */
+    while (WK.inbox.len == WK.inbox.pos && !WK.gone)
+      pthread_cond_wait(&WK.cv, &WK.m);
+    WK.waiting = 0;
+  }
   pthread_mutex_unlock(&WK.m);
 }
 
