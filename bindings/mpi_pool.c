@@ -298,10 +298,12 @@ static void post_send(hub *h, int idx, const char *frames, size_t len) {
 }
 
 /* Tells worker idx of h to send a heartbeat every quarter of the bound
- * (thread): a lone 'A' frame, its body the seconds. */
+ * (thread): a lone 'A' frame, its body the microseconds. */
 static void tell_heartbeat(hub *h, int idx) {
   char buf[HDR + 32];
-  int blen = snprintf(buf + HDR, 32, "%.6f", h->bound / 4);
+  /* microseconds, an integer: a job may change the worker's locale */
+  int blen = snprintf(buf + HDR, 32, "%llu",
+                      (unsigned long long)(h->bound / 4 * 1e6) + 1);
   put_header(buf, (size_t)blen, 'A', 0, 0);
   post_send(h, idx, buf, HDR + (size_t)blen);
 }
@@ -1207,7 +1209,7 @@ static void wk_came(char *buf, size_t len) {
     size_t blen = len - HDR < sizeof body - 1 ? len - HDR : sizeof body - 1;
     memcpy(body, buf + HDR, blen);
     body[blen] = '\0';
-    WK.heartbeat = (uint64_t)(strtod(body, NULL) * 1e9);
+    WK.heartbeat = (uint64_t)strtoull(body, NULL, 10) * 1000;
     return;
   }
   for (size_t pos = 0; len - pos >= HDR;) {

@@ -11,7 +11,7 @@
  *     where the channel is no socket (MPI, bindings/mpi_pool.c): 'V' first,
  *     the owner's version (TULUA_VERSION "/" the transfer format), 'S'
  *     stop, what closing the socket says, and 'A' alone in a message, the
- *     seconds between heartbeats (taken by the worker's MPI thread).
+ *     microseconds between heartbeats (taken by the worker's MPI thread).
  *   worker -> parent: 'H' ready: the worker has run its initializer and
  *     handles the signal that interrupts a job (before, that signal would
  *     kill it); 'R' the outcome of a job, status TULUA_JOB_OK (0), _ERROR

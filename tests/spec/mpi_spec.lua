@@ -188,7 +188,7 @@ describe("MPIPoolExecutor", function()
     local status, out, err, took = run(dynamic("mpi_kill.lua", dir .. "/pid", "STOP"))
     assert.are.equal(0, status, err)
     local t = lines(out)
-    assert.are.equal("long\ttrue", t.long) -- a 3 s job outlives a 1 s bound: heartbeats
+    assert.are.equal("long\ttrue", t.long) -- a 5 s job outlives a 2 s bound: heartbeats
     local prefix = "false\ttrue\tworker rank 1 on host " .. hostname() .. " died (no word from it for "
     assert.are.equal(prefix, t.running:sub(1, #prefix))
     assert.matches("^[%d.]+ s: it stopped, or its host or the network did%)$", t.running:sub(#prefix + 1))
