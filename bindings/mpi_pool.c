@@ -1309,6 +1309,7 @@ static void *wk_main(void *arg) {
   pthread_mutex_unlock(&WK.m);
   if (failed) return NULL;
   long backoff = 0;
+  int was_waiting = 0;
   uint64_t last = uv_hrtime(), stopped = 0;
   for (;;) {
     pthread_mutex_lock(&WK.m);
@@ -1318,6 +1319,11 @@ static void *wk_main(void *arg) {
     int stop = WK.stop, gone = WK.gone, waiting = WK.waiting;
     pthread_mutex_unlock(&WK.m);
     int busy = !tulua__queue_empty(&out);
+    /* the main thread has just run out of work: the next job is likely
+     * near (the owner answers the reply just sent), so probe as if
+     * messages streamed */
+    if (waiting && !was_waiting) busy = 1;
+    was_waiting = waiting;
     tulua__queue *q;
     while ((q = tulua__queue_pop(&out)) != NULL) {
       pending *m = tulua__container_of(q, pending, node);
