@@ -288,12 +288,16 @@ describe("MPIPoolExecutor", function()
       print(select(2, pcall(futures.MPIPoolExecutor, 1, {nope = 1})))
       print(select(2, pcall(futures.MPIPoolExecutor, 1, {env = {A = 1}})))
       print(select(2, pcall(futures.MPIPoolExecutor, 1, {hosts = 5})))
+      print(select(2, pcall(futures.MPIPoolExecutor, 1, {heartbeat = 0})))
+      print(select(2, pcall(futures.MPIPoolExecutor, 1, {heartbeat = "5"})))
       print(select(2, pcall(futures.MPIPoolExecutor, 0)))]]))
     assert.are.equal(0, status, err)
     assert.are.equal(table.concat({
       "bad argument #2 to 'MPIPoolExecutor' (unknown option 'nope')",
       "bad argument #2 to 'MPIPoolExecutor' (env must map strings to strings)",
       "bad argument #2 to 'MPIPoolExecutor' (hosts must be a string or a table of strings)",
+      "bad argument #2 to 'MPIPoolExecutor' (heartbeat must be a positive number of seconds)",
+      "bad argument #2 to 'MPIPoolExecutor' (heartbeat must be a positive number of seconds)",
       "bad argument #1 to 'MPIPoolExecutor' (max_workers must be a positive integer)",
     }, "\n") .. "\n", (out:gsub("%(command line%):%d+: ", "")))
   end)
