@@ -332,6 +332,11 @@ function Executor:map(fn, ...)
   local fs, head, tail = {}, 1, 0 -- jobs in flight, in order
   local exhausted = false
   local chunk_out, chunk_i = nil, 0
+  -- the executors' own submit encodes the job before it returns, so one
+  -- table can carry every slice: a chunk then leaves no table of its own
+  -- to the collector (a first map grew the heap by megabytes of them)
+  local reuse = array ~= nil and chunksize > 1 and self.submit == Executor.submit
+  local slice, slice_n = reuse and {} or nil, 0
   local function fill()
     while not exhausted and tail - head + 1 < window do
       if chunksize == 1 then
@@ -344,7 +349,14 @@ function Executor:map(fn, ...)
         if array then -- a slice, without a call per item
           -- #array - pos: pos + chunksize could pass maxinteger
           local last = #array - pos < chunksize and #array or pos + chunksize - 1
-          items = table.move(array, pos, last, 1, {})
+          if reuse then
+            items = slice
+            table.move(array, pos, last, 1, items)
+            for i = last - pos + 2, slice_n do items[i] = nil end
+            slice_n = last - pos + 1
+          else
+            items = table.move(array, pos, last, 1, {})
+          end
           pos = last + 1
           if pos > #array then exhausted = true end
         else
