@@ -19,9 +19,9 @@
  * thread hands it commands (spawn, send, release) under a mutex and
  * signals a condition variable; it hands the loop what came through a
  * uv_async_t per pool. When nothing happens, the thread does not spin:
- * it waits on the condition variable for 10 us, doubling up to 1 ms (the
- * ruler's W9 runs two CPU-bound workers on two cores beside it), and any
- * command wakes it at once.
+ * it waits on the condition variable for 10 us, doubling up to 10 ms the
+ * longer nothing comes (next_backoff: the ruler's W9 runs two CPU-bound
+ * workers on two cores beside it), and any command wakes it at once.
  *
  * Failures. Open MPI 4.1 has no fault tolerance (ULFM came with 5.0):
  * nothing in MPI says that a rank died, and under mpiexec the runtime
