@@ -9,7 +9,7 @@
 #include "scheduler.h"
 
 /* Bump when a field changes: the opener refuses a module of another. */
-#define TULUA_MPI_HOST_VERSION 1
+#define TULUA_MPI_HOST_VERSION 2
 
 typedef struct tulua__mpi_host {
   int version;
@@ -20,6 +20,7 @@ typedef struct tulua__mpi_host {
   int (*pool_recv)(lua_State *L, tulua__bytes *in, size_t *received);
   int (*port_open_io)(lua_State *L, const tulua__port_io *io, void *ud,
                       const char *version, const char *who);
+  int (*worker_signal)(void); /* the signal that stops a job (worker.h) */
 } tulua__mpi_host;
 
 /* Defined by tulua_mpi.so: takes the table (which outlives it) before its

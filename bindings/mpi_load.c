@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "mpi_host.h"
+#include "worker.h"
 
 #ifdef TULUA_MPI
 /* Where tulua_mpi.so is looked for: beside the executable, then in the
@@ -17,9 +18,14 @@
 static const char *const places[] = {"/tulua_mpi.so",
                                      "/../lib/tulua/tulua_mpi.so"};
 
-static const tulua__mpi_host host = {
-    TULUA_MPI_HOST_VERSION, tulua__runtime,   tulua__loop,        tulua__post,
-    tulua__unpost,          tulua__pool_recv, tulua__port_open_io};
+static const tulua__mpi_host host = {TULUA_MPI_HOST_VERSION,
+                                     tulua__runtime,
+                                     tulua__loop,
+                                     tulua__post,
+                                     tulua__unpost,
+                                     tulua__pool_recv,
+                                     tulua__port_open_io,
+                                     tulua__worker_signal};
 
 int luaopen_tulua_mpi_loader(lua_State *L) {
   char exe[4096], path[4200];

@@ -19,20 +19,21 @@
  * thread hands it commands (spawn, send, release) under a mutex and
  * signals a condition variable; it hands the loop what came through a
  * uv_async_t per pool. When nothing happens, the thread does not spin:
- * it waits on the condition variable for 10 us, doubling up to 1 ms (the
- * ruler's W9 runs two CPU-bound workers on two cores beside it), and any
- * command wakes it at once.
+ * it waits on the condition variable for 10 us, doubling up to 10 ms the
+ * longer nothing comes (next_backoff: the ruler's W9 runs two CPU-bound
+ * workers on two cores beside it), and any command wakes it at once.
  *
  * Failures. Open MPI 4.1 has no fault tolerance (ULFM came with 5.0):
  * nothing in MPI says that a rank died, and under mpiexec the runtime
  * usually aborts the whole job when one does. The thread therefore
  * watches the process of each worker on its own host (its pid, told in
- * the worker's first frame 'W'): one that is gone makes its Link exited.
- * Errors of MPI calls return (MPI_ERRORS_RETURN) and fail the pool.
+ * the worker's first frame 'W'): one that is gone makes its Link exited;
+ * and, on any host, a worker not heard of for the pool's bound (its
+ * heartbeats 'A' included) is exited too. Errors of MPI calls return
+ * (MPI_ERRORS_RETURN) and fail the pool.
  *
- * The worker's side (worker_open) runs on the worker's main thread, which
- * has nothing else to do between jobs: it probes with the same backoff
- * and replies with blocking sends, as the port of
+ * The worker's side (worker_open) has a communication thread of its own
+ * (see there): the main thread runs the jobs, as the port of
  * bindings/process_worker.c over a tulua__port_io. */
 #include <dlfcn.h>
 #include <errno.h>
@@ -63,30 +64,53 @@ static const tulua__mpi_host *rt_host;
 #define tulua__pool_recv    (rt_host->pool_recv)
 #define tulua__port_open_io (rt_host->port_open_io)
 
-#define HUB_MT      "tulua.mpi_hub"
-#define LINK_MT     "tulua.mpi_link"
-#define TAG         0x7475 /* "tu" */
-#define BACKOFF_MIN 10000L /* ns: the first wait of an idle thread */
-#define BACKOFF_MAX 1000000L /* ns: the longest */
-#define BACKOFF_HOT 50000L /* ns: the longest while messages stream */
-#define HOT         5000000ULL /* ns since the last message: still streaming */
+#define HUB_MT       "tulua.mpi_hub"
+#define LINK_MT      "tulua.mpi_link"
+#define TAG          0x7475 /* "tu" */
+#define BACKOFF_MIN  10000L /* ns: the first wait of an idle thread */
+#define BACKOFF_HOT  50000L /* ns: the longest while messages stream */
+#define BACKOFF_WARM 1000000L /* ns: the longest soon after */
+#define BACKOFF_COLD 10000000L /* ns: the longest after a long silence */
+#define HOT          5000000ULL /* ns since the last message: streaming */
+#define WARM         200000000ULL /* ns since the last message: soon after */
+#define FLUSH_AT     65536 /* bytes queued for a worker that leave at once */
 
 /* The next wait of an idle prober: doubling from BACKOFF_MIN, up to
- * BACKOFF_HOT within HOT of the last message, else BACKOFF_MAX. So a
- * stream of small jobs sees tens of microseconds of latency, and a
- * thread that waits for long jobs wakes a thousand times a second, which
- * costs next to nothing. */
+ * BACKOFF_HOT within HOT of the last message, BACKOFF_WARM within WARM,
+ * else BACKOFF_COLD. So a stream of small jobs sees tens of microseconds
+ * of latency, a reply soon after a job about a millisecond, and a thread
+ * that waits for long jobs (or an idle pool) wakes a hundred times a
+ * second: each wake-up costs tens of microseconds of a core (a timed
+ * futex wait, a timer, a switch), and a thousand a second took 3 to 4 %
+ * of the core that a worker computes on (the W9 CPU benchmark runs two
+ * workers on two cores). */
 static long next_backoff(long backoff, uint64_t last) {
   backoff = backoff == 0 ? BACKOFF_MIN : backoff * 2;
-  long cap = uv_hrtime() - last < HOT ? BACKOFF_HOT : BACKOFF_MAX;
+  uint64_t since = uv_hrtime() - last;
+  long cap = since < HOT    ? BACKOFF_HOT
+             : since < WARM ? BACKOFF_WARM
+                            : BACKOFF_COLD;
   return backoff > cap ? cap : backoff;
 }
 
-#define SPINS                                                                  \
-  200 /* probes (some microseconds) before an idle worker sleeps               \
-       */
+/* A communication thread's idle wait: ns on cv, unless work is queued or
+ * stop set meanwhile (both under m), which the signal of cv cuts short. */
+static void nap(pthread_mutex_t *m, pthread_cond_t *cv, long ns,
+                tulua__queue *work, const int *stop) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_nsec += ns;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(m);
+  if (tulua__queue_empty(work) && !*stop) pthread_cond_timedwait(cv, m, &ts);
+  pthread_mutex_unlock(m);
+}
+
 #define GRACE       2000000000ULL /* ns the workers have to leave at the end */
-#define WATCH_EVERY 50000000ULL /* ns between looks at the workers' pids */
+#define WATCH_EVERY 100000000ULL /* ns between looks at the workers' pids */
 
 /* What the owner and its workers must agree on. */
 #define OWN_VERSION(buf)                                                       \
@@ -115,6 +139,7 @@ struct mlink {
   int s_news, s_exited, s_pid;
   int s_bye; /* the worker said 'E': it leaves MPI */
   double s_offset; /* seconds to add to the worker's clock */
+  uint64_t s_heard; /* when a message of the worker last came (thread) */
   char s_host[256];
   char s_why[320];
 };
@@ -140,6 +165,7 @@ struct hub {
   int released; /* the thread's: the owner let go; it goes once its
                    workers have left (said 'E' or are gone) */
   uint64_t watched; /* when the thread last looked at the pids */
+  double bound; /* seconds of silence after which a worker is dead, or 0 */
 };
 
 enum { CMD_SPAWN, CMD_WORLD, CMD_SEND, CMD_RELEASE };
@@ -154,10 +180,12 @@ typedef struct cmd {
   char *hosts, *hostfile; /* a spawn's info */
 } cmd;
 
+/* A message being sent (the owner's, a worker's). */
 typedef struct pending {
   tulua__queue node;
   MPI_Request req;
   char *buf;
+  size_t len;
 } pending;
 
 static struct {
@@ -247,6 +275,39 @@ static size_t take_hello(mlink *l, const char *buf, size_t len) {
   return (size_t)size + 4;
 }
 
+/* Starts sending a copy of the len bytes at frames to worker idx of h
+ * (thread); a send that cannot start is dropped. */
+static void post_send(hub *h, int idx, const char *frames, size_t len) {
+  pending *p = malloc(sizeof *p);
+  char *buf = malloc(len);
+  if (p == NULL || buf == NULL) {
+    free(p);
+    free(buf);
+    return;
+  }
+  memcpy(buf, frames, len);
+  int rank = h->spawned ? idx : idx + 1;
+  if (MPI_Isend(buf, (int)len, MPI_BYTE, rank, TAG, h->comm, &p->req) !=
+      MPI_SUCCESS) {
+    free(buf);
+    free(p);
+    return;
+  }
+  p->buf = buf;
+  tulua__queue_insert_tail(&G.sends, &p->node);
+}
+
+/* Tells worker idx of h to send a heartbeat every quarter of the bound
+ * (thread): a lone 'A' frame, its body the microseconds. */
+static void tell_heartbeat(hub *h, int idx) {
+  char buf[HDR + 32];
+  /* microseconds, an integer: a job may change the worker's locale */
+  int blen = snprintf(buf + HDR, 32, "%llu",
+                      (unsigned long long)(h->bound / 4 * 1e6) + 1);
+  put_header(buf, (size_t)blen, 'A', 0, 0);
+  post_send(h, idx, buf, HDR + (size_t)blen);
+}
+
 /* Takes every message that has come for h. Thread. Returns whether any. */
 static int receive(hub *h) {
   int any = 0;
@@ -281,8 +342,15 @@ static int receive(hub *h) {
       continue;
     }
     mlink *l = &h->links[idx];
+    if (count == HDR && buf[4] == 'A') { /* a heartbeat */
+      l->s_heard = uv_hrtime();
+      free(buf);
+      continue;
+    }
     pthread_mutex_lock(&G.m);
     if (count >= HDR && buf[4] == 'E') l->s_bye = 1;
+    int hello = l->s_heard == 0;
+    l->s_heard = uv_hrtime();
     size_t skip = take_hello(l, buf, (size_t)count);
     if (l->s_bye) skip = (size_t)count;
     size_t rest = (size_t)count - skip;
@@ -294,6 +362,7 @@ static int receive(hub *h) {
     wake_loop(h);
     pthread_mutex_unlock(&G.m);
     free(buf);
+    if (hello && skip > 0 && h->bound > 0) tell_heartbeat(h, idx);
   }
 }
 
@@ -319,6 +388,17 @@ static void watch(hub *h) {
   pthread_mutex_lock(&G.m);
   for (int i = 0; i < h->n; i++) {
     mlink *l = &h->links[i];
+    if (h->bound > 0 && !l->s_exited && !l->s_bye && l->s_heard > 0 &&
+        (double)(t - l->s_heard) / 1e9 > h->bound) {
+      l->s_exited = 1;
+      snprintf(l->s_why, sizeof l->s_why,
+               "no word from it for %.3g s: it stopped, or its host or the "
+               "network did",
+               (double)(t - l->s_heard) / 1e9);
+      l->s_news = 1;
+      wake_loop(h);
+      continue;
+    }
     if (l->s_exited || l->s_pid <= 0 || strcmp(l->s_host, G.host) != 0)
       continue;
     int pid = l->s_pid;
@@ -424,21 +504,22 @@ static void run_cmd(cmd *c) {
   free(c);
 }
 
-/* Completes the sends that are done; returns whether any is left. */
-static int test_sends(void) {
+/* Completes the sends of the queue that are done (a communication
+ * thread's); returns whether any is left. */
+static int test_sends(tulua__queue *sends) {
   tulua__queue *q, *next;
-  for (q = tulua__queue_head(&G.sends); q != NULL; q = next) {
-    next = q->next == &G.sends ? NULL : q->next;
+  for (q = tulua__queue_head(sends); q != NULL; q = next) {
+    next = q->next == sends ? NULL : q->next;
     pending *s = tulua__container_of(q, pending, node);
     int done = 0;
-    MPI_Test(&s->req, &done, MPI_STATUS_IGNORE);
+    if (MPI_Test(&s->req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) done = 1;
     if (done) {
       tulua__queue_remove(q);
       free(s->buf);
       free(s);
     }
   }
-  return !tulua__queue_empty(&G.sends);
+  return !tulua__queue_empty(sends);
 }
 
 /* How many workers of h have not left (thread). */
@@ -505,22 +586,7 @@ static void stop_unreleased(void) {
       pthread_mutex_lock(&G.m);
       int gone = hb->links[i].s_bye || hb->links[i].s_exited;
       pthread_mutex_unlock(&G.m);
-      pending *p = gone ? NULL : malloc(sizeof *p);
-      char *buf = p == NULL ? NULL : malloc(HDR);
-      if (buf == NULL) {
-        free(p);
-        continue;
-      }
-      memcpy(buf, h, HDR);
-      int rank = hb->spawned ? i : i + 1;
-      if (MPI_Isend(buf, HDR, MPI_BYTE, rank, TAG, hb->comm, &p->req) !=
-          MPI_SUCCESS) {
-        free(buf);
-        free(p);
-        continue;
-      }
-      p->buf = buf;
-      tulua__queue_insert_tail(&G.sends, &p->node);
+      if (!gone) post_send(hb, i, h, HDR);
     }
   }
 }
@@ -557,7 +623,7 @@ static void *comm_main(void *arg) {
     int busy = !tulua__queue_empty(&cmds);
     while ((q = tulua__queue_pop(&cmds)) != NULL)
       run_cmd(tulua__container_of(q, cmd, node));
-    int sending = test_sends();
+    int sending = test_sends(&G.sends);
     tulua__queue *next;
     for (q = tulua__queue_head(&G.hubs); q != NULL; q = next) {
       next = q->next == &G.hubs ? NULL : q->next;
@@ -588,17 +654,7 @@ static void *comm_main(void *arg) {
       continue;
     }
     backoff = sending ? BACKOFF_MIN : next_backoff(backoff, last);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += backoff;
-    if (ts.tv_nsec >= 1000000000L) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&G.m);
-    if (tulua__queue_empty(&G.cmds) && !G.stop)
-      pthread_cond_timedwait(&G.cv, &G.m, &ts);
-    pthread_mutex_unlock(&G.m);
+    nap(&G.m, &G.cv, backoff, &G.cmds, &G.stop);
   }
   while ((q = tulua__queue_head(&G.hubs)) != NULL)
     drop_hub(tulua__container_of(q, hub, node));
@@ -719,26 +775,29 @@ static void async_cb(uv_async_t *a) {
 }
 
 /* Before the loop polls: each link's queued frames go as one message. */
+/* Hands the frames queued for l to the thread, as one message. */
+static void flush_link(hub *h, mlink *l) {
+  if (l->out.len == l->out.pos) return;
+  cmd *c = calloc(1, sizeof *c);
+  if (c == NULL) return; /* the frames wait for the next turn */
+  c->kind = CMD_SEND;
+  c->h = h;
+  c->rank = l->rank;
+  c->buf = l->out.base; /* the thread frees it */
+  c->len = l->out.len;
+  memset(&l->out, 0, sizeof l->out);
+  /* the next turn's frames likely take as much: one malloc, not a
+   * chain of reallocs from empty (failure here is retried as they come) */
+  (void)tulua__bytes_reserve(&l->out, c->len < KEEP_MAX ? c->len : KEEP_MAX);
+  post_cmd(c);
+}
+
 static void flush_cb(uv_prepare_t *p) {
   hub *h = p->data;
   uv_prepare_stop(p);
   h->flushing = 0;
-  for (int i = 0; i < h->n; i++) {
-    mlink *l = &h->links[i];
-    if (l->out.len == l->out.pos) continue;
-    cmd *c = calloc(1, sizeof *c);
-    if (c == NULL) continue; /* the frames wait for the next turn */
-    c->kind = CMD_SEND;
-    c->h = h;
-    c->rank = l->rank;
-    c->buf = l->out.base; /* the thread frees it */
-    c->len = l->out.len;
-    memset(&l->out, 0, sizeof l->out);
-    /* the next turn's frames likely take as much: one malloc, not a
-     * chain of reallocs from empty (failure here is retried as they come) */
-    (void)tulua__bytes_reserve(&l->out, c->len < KEEP_MAX ? c->len : KEEP_MAX);
-    post_cmd(c);
-  }
+  for (int i = 0; i < h->n; i++)
+    flush_link(h, &h->links[i]);
 }
 
 static void link_job_run(lua_State *L, tulua__job *job) {
@@ -755,10 +814,12 @@ static void link_job_run(lua_State *L, tulua__job *job) {
   lua_settop(L, top);
 }
 
-/* mpi.hub(n, handler [, spawn]) -> Hub: a pool of n workers, spawned with
- * spawn = {file, args..., hosts =, hostfile =} or, without, the ranks
- * 1..n of a static start (MPI_COMM_WORLD). handler(link) runs, outside any
- * task, when frames come from a worker or it is gone. Raises if MPI cannot
+/* mpi.hub(n, handler [, spawn [, bound]]) -> Hub: a pool of n workers,
+ * spawned with spawn = {file, args..., hosts =, hostfile =} or, without,
+ * the ranks 1..n of a static start (MPI_COMM_WORLD). handler(link) runs,
+ * outside any task, when frames come from a worker or it is gone: a
+ * worker not heard of for bound seconds (> 0) is gone; it sends a
+ * heartbeat every quarter of that. Raises if MPI cannot
  * start or (static) the ranks were taken. */
 static int mpi_hub(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
@@ -766,6 +827,8 @@ static int mpi_hub(lua_State *L) {
   luaL_argcheck(L, n >= 1 && n <= 1024, 1, "1 to 1024 workers expected");
   int spawning = !lua_isnoneornil(L, 3);
   if (spawning) luaL_checktype(L, 3, LUA_TTABLE);
+  lua_Number bound = luaL_optnumber(L, 4, 0);
+  luaL_argcheck(L, bound >= 0, 4, "a bound of 0 or more seconds expected");
   const char *err = start_thread();
   if (err != NULL) return luaL_error(L, "cannot start MPI: %s", err);
   if (!spawning) {
@@ -807,6 +870,7 @@ static int mpi_hub(lua_State *L) {
   h->links = links;
   h->n = (int)n;
   h->comm = MPI_COMM_NULL;
+  h->bound = (double)bound;
   tulua__queue_init(&h->node);
   uv_async_init(tulua__loop(L), &h->async, async_cb);
   uv_prepare_init(tulua__loop(L), &h->flush);
@@ -945,6 +1009,8 @@ static int link_send(lua_State *L) {
   hub *h = l->h;
   if (lua_toboolean(L, 5)) {
     flush_cb(&h->flush);
+  } else if (l->out.len - l->out.pos >= FLUSH_AT) {
+    flush_link(h, l); /* the worker starts while this turn queues more */
   } else if (!h->flushing) {
     h->flushing = 1;
     uv_prepare_start(&h->flush, flush_cb);
@@ -1050,93 +1116,356 @@ static int link_info(lua_State *L) {
   return 4;
 }
 
-/* ---- the worker's side ---- */
+/* ---- the worker's side ----
+ *
+ * A worker rank has its own communication thread, which makes every MPI
+ * call of the process (MPI_THREAD_FUNNELED, as the owner's: it called
+ * MPI_Init_thread), while the main thread runs Lua jobs and never calls
+ * MPI. So the rank answers MPI while a job computes: its replies leave
+ * without the job runner waiting for the owner to take them (a reply
+ * larger than Open MPI's eager limit waits for the receiver, and a worker
+ * spinning in MPI_Send took the core the owner's thread needed), its
+ * heartbeats ('A') tell the owner it lives on whatever host it is, and a
+ * cancel ('C') reaches the job that runs, through the signal of job
+ * control (bindings/worker.c) that the thread queues to its own process,
+ * as the owner's cancel_process does on one host. The main thread hands
+ * it replies (w_write: queued, never waiting) and sleeps on a condition
+ * variable while it has no work (w_block); the thread probes with the
+ * owner's backoff. */
 
-typedef struct {
+static struct {
+  pthread_mutex_t m;
+  pthread_cond_t cv; /* the main thread's: something came, or the start */
+  pthread_cond_t tcv; /* the thread's: something to send, or the end */
+  pthread_t thread;
+  int started, init_state; /* 0 pending, 1 done, -1 failed */
+  char init_error[300];
+  int index;
+  char host[256];
+  tulua__bytes inbox; /* what came, for w_drain */
+  tulua__queue outbox; /* pending, for the thread to send */
+  int gone; /* MPI failed: the channel is gone */
+  int stop; /* worker_close: send what is queued, 'E', leave */
+  int waiting; /* the main thread waits for work (w_block) */
+  /* the thread's own */
   MPI_Comm comm;
-  tulua__bytes scratch;
-  uint64_t last; /* when the last message came */
-} wport;
+  tulua__queue sending; /* the messages being sent */
+  uint64_t heartbeat; /* ns between heartbeats (the owner's 'A'), 0: none */
+  uint64_t sent; /* when a message last left */
+} WK = {.m = PTHREAD_MUTEX_INITIALIZER,
+        .cv = PTHREAD_COND_INITIALIZER,
+        .tcv = PTHREAD_COND_INITIALIZER,
+        .comm = MPI_COMM_NULL};
 
-static wport W = {MPI_COMM_NULL, {0}, 0};
+static void wk_gone(void) {
+  pthread_mutex_lock(&WK.m);
+  WK.gone = 1;
+  pthread_cond_broadcast(&WK.cv);
+  pthread_mutex_unlock(&WK.m);
+}
 
-static int w_drain(void *ud, tulua__bytes *in) {
-  wport *w = ud;
+/* Starts sending m (thread); frees it if it cannot. */
+static void wk_isend(pending *m) {
+  if (MPI_Isend(m->buf, (int)m->len, MPI_BYTE, 0, TAG, WK.comm, &m->req) !=
+      MPI_SUCCESS) {
+    free(m->buf);
+    free(m);
+    wk_gone();
+    return;
+  }
+  WK.sent = uv_hrtime();
+  tulua__queue_insert_tail(&WK.sending, &m->node);
+}
+
+static pending *wk_msg(const char *buf, size_t len) {
+  pending *m = malloc(sizeof *m);
+  char *b = malloc(len > 0 ? len : 1);
+  if (m == NULL || b == NULL) {
+    free(m);
+    free(b);
+    return NULL;
+  }
+  memcpy(b, buf, len);
+  m->buf = b;
+  m->len = len;
+  return m;
+}
+
+/* Whether the job control handles sig: before, it would end the process. */
+static int handled(int sig) {
+  struct sigaction sa;
+  return sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL &&
+         sa.sa_handler != SIG_IGN;
+}
+
+/* What came from the owner (thread): a lone 'A' sets the heartbeat; a
+ * cancel is queued as the signal that stops the job it names, if that
+ * job runs (the port skips it if it has not started); the frames go to
+ * the inbox. */
+static void wk_came(char *buf, size_t len) {
+  int sig = rt_host->worker_signal();
+  if (len >= HDR && buf[4] == 'A') {
+    char body[32];
+    size_t blen = len - HDR < sizeof body - 1 ? len - HDR : sizeof body - 1;
+    memcpy(body, buf + HDR, blen);
+    body[blen] = '\0';
+    WK.heartbeat = (uint64_t)strtoull(body, NULL, 10) * 1000;
+    return;
+  }
+  for (size_t pos = 0; len - pos >= HDR;) {
+    uint32_t size, job;
+    memcpy(&size, buf + pos, 4);
+    if (size < HDR - 4 || len - pos - 4 < size) break;
+    memcpy(&job, buf + pos + 6, 4);
+    if (buf[pos + 4] == 'C' && job > 0 && job <= INT32_MAX && handled(sig)) {
+      union sigval v;
+      v.sival_int = (int)job;
+      sigqueue(getpid(), sig, v);
+    }
+    pos += 4 + (size_t)size;
+  }
+  pthread_mutex_lock(&WK.m);
+  if (tulua__bytes_reserve(&WK.inbox, len) == 0) {
+    memcpy(WK.inbox.base + WK.inbox.len, buf, len);
+    WK.inbox.len += len;
+  } else {
+    WK.gone = 1;
+  }
+  pthread_cond_broadcast(&WK.cv);
+  pthread_mutex_unlock(&WK.m);
+}
+
+/* Takes every message that has come (thread); returns whether any. */
+static int wk_receive(void) {
+  int any = 0;
   for (;;) {
     int flag = 0, count = 0;
     MPI_Status st;
-    if (MPI_Iprobe(0, TAG, w->comm, &flag, &st) != MPI_SUCCESS) return -1;
-    if (!flag) return 0;
+    if (MPI_Iprobe(0, TAG, WK.comm, &flag, &st) != MPI_SUCCESS) {
+      wk_gone();
+      return any;
+    }
+    if (!flag) return any;
     MPI_Get_count(&st, MPI_BYTE, &count);
-    if (tulua__bytes_reserve(in, (size_t)count + 1) < 0) return -1;
-    if (MPI_Recv(in->base + in->len, count, MPI_BYTE, 0, TAG, w->comm,
-                 MPI_STATUS_IGNORE) != MPI_SUCCESS)
-      return -1;
-    in->len += (size_t)count;
-    w->last = uv_hrtime();
+    char *buf = malloc(count > 0 ? (size_t)count : 1);
+    if (buf == NULL || MPI_Recv(buf, count, MPI_BYTE, 0, TAG, WK.comm,
+                                MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+      free(buf);
+      wk_gone();
+      return any;
+    }
+    wk_came(buf, (size_t)count);
+    free(buf);
+    any = 1;
   }
+}
+
+/* MPI_Init and the 'W' frame, "pid host clock", to rank 0 of the owner
+ * (thread). Returns NULL or what failed. */
+static const char *wk_start(char *err, size_t size) {
+  int provided = 0;
+  int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided);
+  if (rc != MPI_SUCCESS) {
+    mpi_message(rc, err, size);
+    return err;
+  }
+  MPI_Comm parent = MPI_COMM_NULL;
+  MPI_Comm_get_parent(&parent);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  WK.comm = parent != MPI_COMM_NULL ? parent : MPI_COMM_WORLD;
+  MPI_Comm_set_errhandler(WK.comm, MPI_ERRORS_RETURN);
+  WK.index = parent != MPI_COMM_NULL ? rank + 1 : rank;
+  const char *fake = getenv("TULUA_MPI_TEST_HOST"); /* a "remote" worker */
+  if (fake != NULL)
+    snprintf(WK.host, sizeof WK.host, "%s", fake);
+  else if (gethostname(WK.host, sizeof WK.host - 1) != 0)
+    snprintf(WK.host, sizeof WK.host, "?");
+  WK.host[sizeof WK.host - 1] = '\0';
+  char hello[400];
+  int blen = snprintf(hello + HDR, sizeof hello - HDR, "%d %s %.9f",
+                      (int)getpid(), WK.host, now_s());
+  put_header(hello, (size_t)blen, 'W', 0, 0);
+  rc = MPI_Send(hello, HDR + blen, MPI_BYTE, 0, TAG, WK.comm);
+  if (rc != MPI_SUCCESS) {
+    mpi_message(rc, err, size);
+    return err;
+  }
+  WK.sent = uv_hrtime();
+  return NULL;
+}
+
+static void *wk_main(void *arg) {
+  (void)arg;
+  sigset_t all; /* the job control's signal is for the Lua thread */
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+  char err[300];
+  const char *failed = wk_start(err, sizeof err);
+  pthread_mutex_lock(&WK.m);
+  WK.init_state = failed ? -1 : 1;
+  if (failed) snprintf(WK.init_error, sizeof WK.init_error, "%s", failed);
+  pthread_cond_broadcast(&WK.cv);
+  pthread_mutex_unlock(&WK.m);
+  if (failed) return NULL;
+  long backoff = 0;
+  int was_waiting = 0;
+  uint64_t last = uv_hrtime(), stopped = 0;
+  for (;;) {
+    pthread_mutex_lock(&WK.m);
+    tulua__queue out;
+    tulua__queue_init(&out);
+    tulua__queue_move(&WK.outbox, &out);
+    int stop = WK.stop, gone = WK.gone, waiting = WK.waiting;
+    pthread_mutex_unlock(&WK.m);
+    int busy = !tulua__queue_empty(&out);
+    /* the main thread has just run out of work: the next job is likely
+     * near (the owner answers the reply just sent), so probe as if
+     * messages streamed */
+    if (waiting && !was_waiting) busy = 1;
+    was_waiting = waiting;
+    tulua__queue *q;
+    while ((q = tulua__queue_pop(&out)) != NULL) {
+      pending *m = tulua__container_of(q, pending, node);
+      if (gone) {
+        free(m->buf);
+        free(m);
+      } else {
+        wk_isend(m);
+      }
+    }
+    int sending = gone ? 0 : test_sends(&WK.sending);
+    if (!gone && wk_receive()) busy = 1;
+    uint64_t t = uv_hrtime();
+    if (!gone && WK.heartbeat > 0 && t - WK.sent >= WK.heartbeat) {
+      char h[HDR];
+      put_header(h, 0, 'A', 0, 0);
+      pending *m = wk_msg(h, HDR);
+      if (m != NULL) wk_isend(m);
+    }
+    if (stop) {
+      if (stopped == 0) stopped = t;
+      /* an owner that takes nothing any more is not waited for long */
+      if (!sending || t - stopped > GRACE) break;
+    }
+    if (busy) {
+      last = t;
+      backoff = 0;
+      continue;
+    }
+    /* while a job runs, what comes can wait: its end (a reply to send)
+     * or the main thread's wait for work signals tcv */
+    backoff = sending   ? BACKOFF_MIN
+              : waiting ? next_backoff(backoff, last)
+                        : BACKOFF_COLD;
+    nap(&WK.m, &WK.tcv, backoff, &WK.outbox, &WK.stop);
+  }
+  int gone = 0;
+  pthread_mutex_lock(&WK.m);
+  gone = WK.gone;
+  pthread_mutex_unlock(&WK.m);
+  if (!gone) { /* 'E': the owner need not wait for it */
+    char bye[HDR];
+    put_header(bye, 0, 'E', 0, 0);
+    MPI_Send(bye, HDR, MPI_BYTE, 0, TAG, WK.comm);
+  }
+  MPI_Finalize();
+  return NULL;
+}
+
+static int w_drain(void *ud, tulua__bytes *in) {
+  (void)ud;
+  pthread_mutex_lock(&WK.m);
+  int rc = 0;
+  size_t n = WK.inbox.len - WK.inbox.pos;
+  if (n > 0) {
+    if (tulua__bytes_reserve(in, n) == 0) {
+      memcpy(in->base + in->len, WK.inbox.base + WK.inbox.pos, n);
+      in->len += n;
+      WK.inbox.pos = WK.inbox.len = 0;
+      bytes_trim(&WK.inbox);
+    } else {
+      rc = -1;
+    }
+  } else if (WK.gone) {
+    rc = -1;
+  }
+  pthread_mutex_unlock(&WK.m);
+  return rc;
 }
 
 static int w_write(void *ud, struct iovec *iov, int n) {
-  wport *w = ud;
-  w->scratch.pos = w->scratch.len = 0;
-  for (int i = 0; i < n; i++) {
-    if (tulua__bytes_reserve(&w->scratch, iov[i].iov_len) < 0) return -1;
-    memcpy(w->scratch.base + w->scratch.len, iov[i].iov_base, iov[i].iov_len);
-    w->scratch.len += iov[i].iov_len;
+  (void)ud;
+  size_t len = 0;
+  for (int i = 0; i < n; i++)
+    len += iov[i].iov_len;
+  if (len > INT32_MAX) return -1;
+  pending *m = malloc(sizeof *m);
+  char *b = malloc(len > 0 ? len : 1);
+  if (m == NULL || b == NULL) {
+    free(m);
+    free(b);
+    return -1;
   }
-  if (w->scratch.len > INT32_MAX) return -1;
-  return MPI_Send(w->scratch.base, (int)w->scratch.len, MPI_BYTE, 0, TAG,
-                  w->comm) == MPI_SUCCESS
-             ? 0
-             : -1;
+  size_t at = 0;
+  for (int i = 0; i < n; i++) {
+    memcpy(b + at, iov[i].iov_base, iov[i].iov_len);
+    at += iov[i].iov_len;
+  }
+  m->buf = b;
+  m->len = len;
+  pthread_mutex_lock(&WK.m);
+  int gone = WK.gone;
+  if (!gone) {
+    tulua__queue_insert_tail(&WK.outbox, &m->node);
+    pthread_cond_signal(&WK.tcv);
+  }
+  pthread_mutex_unlock(&WK.m);
+  if (gone) {
+    free(b);
+    free(m);
+    return -1;
+  }
+  return 0;
 }
 
 static void w_block(void *ud) {
-  wport *w = ud;
-  long backoff = 0;
-  for (int spins = 0;; spins++) {
-    int flag = 0;
-    if (MPI_Iprobe(0, TAG, w->comm, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS ||
-        flag)
-      return;
-    if (spins < SPINS) continue; /* the next job of a stream is near */
-    backoff = next_backoff(backoff, w->last);
-    struct timespec ts = {0, backoff};
-    nanosleep(&ts, NULL);
+  (void)ud;
+  pthread_mutex_lock(&WK.m);
+  if (WK.inbox.len == WK.inbox.pos && !WK.gone) {
+    WK.waiting = 1;
+    pthread_cond_signal(&WK.tcv); /* the thread probes often again */
+    while (WK.inbox.len == WK.inbox.pos && !WK.gone)
+      pthread_cond_wait(&WK.cv, &WK.m);
+    WK.waiting = 0;
   }
+  pthread_mutex_unlock(&WK.m);
 }
 
 static const tulua__port_io w_io = {w_drain, w_write, w_block};
 
 /* mpi.worker_open() -> port, index, host | nil (stopped unused): a
- * worker rank's port (the port
- * functions of tulua._process_pool): MPI_Init on this thread, 'W' to rank
- * 0 of the owner, then the start frames (see port_open). A different
- * version of the owner is told to it and raised here. */
+ * worker rank's port (the port functions of tulua._process_pool): starts
+ * the rank's thread (MPI_Init there, 'W' to rank 0 of the owner), then
+ * waits for the start frames (see port_open). A different version of the
+ * owner is told to it and raised here. */
 static int mpi_worker_open(lua_State *L) {
-  int provided = 0;
-  int inited = 0;
-  MPI_Initialized(&inited);
-  if (!inited) no_yield();
-  if (!inited && MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) !=
-                     MPI_SUCCESS)
-    return luaL_error(L, "MPI_Init failed");
-  MPI_Comm parent = MPI_COMM_NULL;
-  MPI_Comm_get_parent(&parent);
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  W.comm = parent != MPI_COMM_NULL ? parent : MPI_COMM_WORLD;
-  MPI_Comm_set_errhandler(W.comm, MPI_ERRORS_RETURN);
-  int index = parent != MPI_COMM_NULL ? rank + 1 : rank;
-  char host[256];
-  if (gethostname(host, sizeof host - 1) != 0) snprintf(host, sizeof host, "?");
-  host[sizeof host - 1] = '\0';
-  char hello[400];
-  int blen = snprintf(hello + HDR, sizeof hello - HDR, "%d %s %.9f",
-                      (int)getpid(), host, now_s());
-  put_header(hello, (size_t)blen, 'W', 0, 0);
-  MPI_Send(hello, HDR + blen, MPI_BYTE, 0, TAG, W.comm);
+  pthread_mutex_lock(&WK.m);
+  if (!WK.started) {
+    tulua__queue_init(&WK.outbox);
+    tulua__queue_init(&WK.sending);
+    no_yield();
+    if (pthread_create(&WK.thread, NULL, wk_main, NULL) != 0) {
+      pthread_mutex_unlock(&WK.m);
+      return luaL_error(L, "cannot start the MPI thread");
+    }
+    WK.started = 1;
+  }
+  while (WK.init_state == 0)
+    pthread_cond_wait(&WK.cv, &WK.m);
+  pthread_mutex_unlock(&WK.m);
+  if (WK.init_state < 0)
+    return luaL_error(L, "MPI_Init failed: %s", WK.init_error);
   char version[200];
   const char *fake = getenv("TULUA_MPI_TEST_VERSION");
   if (fake != NULL)
@@ -1144,11 +1473,11 @@ static int mpi_worker_open(lua_State *L) {
   else
     OWN_VERSION(version);
   const char *who =
-      lua_pushfstring(L, "worker rank %d on host %s", index, host);
-  tulua__port_open_io(L, &w_io, &W, lua_pushstring(L, version), who);
+      lua_pushfstring(L, "worker rank %d on host %s", WK.index, WK.host);
+  tulua__port_open_io(L, &w_io, NULL, lua_pushstring(L, version), who);
   if (lua_isnil(L, -1)) return 1;
-  lua_pushinteger(L, index);
-  lua_pushstring(L, host);
+  lua_pushinteger(L, WK.index);
+  lua_pushstring(L, WK.host);
   return 3;
 }
 
@@ -1158,8 +1487,8 @@ static int mpi_worker_wait_stop(lua_State *L) {
   (void)L;
   tulua__bytes in = {0};
   for (;;) {
-    w_block(&W);
-    if (w_drain(&W, &in) < 0) break;
+    w_block(NULL);
+    if (w_drain(NULL, &in) < 0) break;
     int stop = 0;
     size_t pos = 0;
     while (in.len - pos >= HDR) {
@@ -1175,21 +1504,16 @@ static int mpi_worker_wait_stop(lua_State *L) {
   return 0;
 }
 
-/* mpi.worker_close(): the worker leaves MPI (disconnecting from a spawning
- * owner first). */
+/* mpi.worker_close(): the worker leaves MPI: its thread sends what is
+ * queued and 'E', and calls MPI_Finalize. */
 static int mpi_worker_close(lua_State *L) {
   (void)L;
-  if (W.comm != MPI_COMM_NULL) { /* 'E': the owner need not wait for it */
-    char bye[HDR];
-    put_header(bye, 0, 'E', 0, 0);
-    MPI_Send(bye, HDR, MPI_BYTE, 0, TAG, W.comm);
-  }
-  W.comm = MPI_COMM_NULL;
-  free(W.scratch.base);
-  memset(&W.scratch, 0, sizeof W.scratch);
-  int fin = 0;
-  MPI_Finalized(&fin);
-  if (!fin) MPI_Finalize();
+  pthread_mutex_lock(&WK.m);
+  int join = WK.started && WK.stop == 0;
+  WK.stop = 1;
+  pthread_cond_signal(&WK.tcv);
+  pthread_mutex_unlock(&WK.m);
+  if (join) pthread_join(WK.thread, NULL);
   return 0;
 }
 

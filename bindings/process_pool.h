@@ -9,15 +9,17 @@
  *     initializer and its arguments (transfer; empty: none), 'J' a job (fn
  *     and its arguments, transfer), 'C' cancel that job (no body); and,
  *     where the channel is no socket (MPI, bindings/mpi_pool.c): 'V' first,
- *     the owner's version (TULUA_VERSION "/" the transfer format), and 'S'
- *     stop, what closing the socket says.
+ *     the owner's version (TULUA_VERSION "/" the transfer format), 'S'
+ *     stop, what closing the socket says, and 'A' alone in a message, the
+ *     microseconds between heartbeats (taken by the worker's MPI thread).
  *   worker -> parent: 'H' ready: the worker has run its initializer and
  *     handles the signal that interrupts a job (before, that signal would
  *     kill it); 'R' the outcome of a job, status TULUA_JOB_OK (0), _ERROR
  *     (1) or _CANCELLED (2); body: u64 start and stop (uv_hrtime), then
  *     the results, or the error and its traceback (transfer; nothing for a
  *     cancelled job); 'B' the initializer failed (or the versions differ),
- *     body: the message; 'W' (MPI) first, the worker's "pid host".
+ *     body: the message; 'W' (MPI) first, the worker's "pid host"; 'A'
+ *     (MPI) a heartbeat, alone in a message.
  * Job numbers are the parent's counter per worker, 1 to 2^31 - 1 (they
  * travel as the value of the signal that interrupts a running job), and a
  * worker answers its jobs in the order it got them. */

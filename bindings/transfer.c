@@ -8,9 +8,9 @@
  * the fuzz target (tests/fuzz) builds this file alone, without the
  * runtime.
  *
- * Format, version 2 (all multi-byte integers little-endian; "uvar" is an
+ * Format, version 3 (all multi-byte integers little-endian; "uvar" is an
  * unsigned LEB128 of at most 10 bytes):
- *   header  "\x1bTLX" 0x02, a flags byte, uvar count, then count values,
+ *   header  "\x1bTLX" 0x03, a flags byte, uvar count, then count values,
  *           then nothing. Flags: F_REFS (1) if a T_REF follows, so that a
  *           decoder records the tables and functions met only then; the
  *           other bits are 0.
@@ -19,7 +19,9 @@
  *     T_INT    8 bytes, the lua_Integer
  *     T_FLOAT  8 bytes, the lua_Number's exact bits
  *     T_STR    uvar length, the bytes
- *     T_TABLE  uvar pair count, then key, value for each pair
+ *     T_TABLE  uvar array length n, uvar pair count, then the values of
+ *              the keys 1..n (none nil), then key, value for each other
+ *              pair (version 2 had no array: every key was a pair's)
  *     T_FUNC   8 bytes, a fingerprint of the bytecode (any value decodes:
  *              it is only a hint); uvar length, lua_dump bytecode (not
  *              stripped); one byte with the upvalue count, then each
@@ -76,6 +78,8 @@
 #define MAGIC_LEN 4
 #define VERSION   TULUA_TRANSFER_FORMAT
 #define F_REFS    1 /* the flag of messages that hold a T_REF */
+#define ARRAY_PRESIZE                                                          \
+  4096 /* the most array slots a decoded table gets at once */
 
 enum {
   T_NIL,
@@ -264,7 +268,7 @@ typedef struct {
 #define BOX_KEEP_BYTES ((size_t)64 << 10)
 #define BOX_KEEP_SLOTS ((size_t)4096)
 
-enum { SEG_ARG, SEG_KEY, SEG_UPVAL };
+enum { SEG_ARG, SEG_KEY, SEG_UPVAL, SEG_INDEX };
 
 /* One step of the path of the value being encoded. */
 typedef struct {
@@ -272,6 +276,7 @@ typedef struct {
   int arg; /* SEG_ARG: the argument number */
   int key; /* SEG_KEY: stack index of the key */
   const char *name; /* SEG_UPVAL: the upvalue's name (its function lives) */
+  lua_Integer index; /* SEG_INDEX: the key, an index of the array */
 } seg;
 
 typedef struct {
@@ -405,6 +410,8 @@ static int refuse(encoder *e, const char *what) {
       lua_pushfstring(L, "argument #%d", s->arg);
     } else if (s->kind == SEG_UPVAL) {
       lua_pushfstring(L, ".upvalue '%s'", s->name);
+    } else if (s->kind == SEG_INDEX) {
+      lua_pushfstring(L, "[%I]", (LUAI_UACINT)s->index);
     } else if (lua_type(L, s->key) == LUA_TSTRING) {
       size_t n;
       const char *k = lua_tolstring(L, s->key, &n);
@@ -583,28 +590,48 @@ static void enc_table(encoder *e, int idx) {
   lua_State *L = e->L;
   enter(e);
   put_byte(e, T_TABLE);
-  /* one byte for the pair count, widened after the pairs if they are 128
-   * or more: counting them first would walk the table twice */
+  /* one byte each for the array's length and the pair count, widened
+   * after the values if they are 128 or more: counting them first would
+   * walk the table twice */
   size_t at = e->b->out.len;
-  put_byte(e, 0);
+  put(e, "\0\0", 2);
+  /* the array, t[1] up to the first nil, as values alone: no keys to
+   * write and read, and the decoder sizes the table's array at once */
+  lua_Integer n = 0;
+  while (lua_rawgeti(L, idx, n + 1) != LUA_TNIL) {
+    n++;
+    push_seg(e, (seg){SEG_INDEX, 0, 0, NULL, n});
+    enc_value(e, lua_gettop(L));
+    e->nsegs--;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
   uint64_t count = 0;
   lua_pushnil(L);
   while (lua_next(L, idx)) { /* stack: ..., key, value */
     int top = lua_gettop(L);
-    push_seg(e, (seg){SEG_KEY, 0, top - 1, NULL});
+    if (n > 0 && lua_isinteger(L, top - 1)) {
+      lua_Integer k = lua_tointeger(L, top - 1);
+      if (k >= 1 && k <= n) { /* in the array */
+        lua_pop(L, 1);
+        continue;
+      }
+    }
+    push_seg(e, (seg){SEG_KEY, 0, top - 1, NULL, 0});
     enc_value(e, top - 1);
     enc_value(e, top);
     e->nsegs--;
     lua_pop(L, 1);
     count++;
   }
-  size_t w = uvar_len(count);
-  if (w > 1) {
-    size_t body = e->b->out.len - at - 1;
-    grow(e, w - 1);
-    memmove(e->b->out.base + at + w, e->b->out.base + at + 1, body);
+  size_t wn = uvar_len((uint64_t)n), wc = uvar_len(count);
+  if (wn + wc > 2) {
+    size_t body = e->b->out.len - at - 2;
+    grow(e, wn + wc - 2);
+    memmove(e->b->out.base + at + wn + wc, e->b->out.base + at + 2, body);
   }
-  uvar_write((unsigned char *)e->b->out.base + at, count);
+  uvar_write((unsigned char *)e->b->out.base + at, (uint64_t)n);
+  uvar_write((unsigned char *)e->b->out.base + at + wn, count);
   e->depth--;
 }
 
@@ -715,7 +742,7 @@ static void enc_function(encoder *e, int idx) {
       lua_pop(L, 1);
       continue;
     }
-    push_seg(e, (seg){SEG_UPVAL, 0, 0, name});
+    push_seg(e, (seg){SEG_UPVAL, 0, 0, name, 0});
     enc_value(e, lua_gettop(L));
     e->nsegs--;
     lua_pop(L, 1);
@@ -829,7 +856,7 @@ static xbox *encode_to_box(lua_State *L, int first, int n,
   put_byte(&e, 0); /* flags: F_REFS is set by the first T_REF */
   put_uvar(&e, (uint64_t)(n < 0 ? 0 : n));
   for (int i = 0; i < n; i++) {
-    e.path[0] = (seg){SEG_ARG, i + 1, 0, NULL};
+    e.path[0] = (seg){SEG_ARG, i + 1, 0, NULL, 0};
     e.nsegs = 1;
     enc_value(&e, first + i);
   }
@@ -1288,12 +1315,20 @@ static void dec_enter(lua_State *L, decoder *d) {
 
 static void dec_table(lua_State *L, decoder *d) {
   dec_enter(L, d);
+  uint64_t n = get_uvar(L, d);
   uint64_t count = get_uvar(L, d);
-  if (count > d->n / 2) fail(L, "truncated"); /* a pair takes 2 bytes */
+  /* a value takes a byte, a pair 2 */
+  if (n > d->n || count > (d->n - n) / 2) fail(L, "truncated");
   /* presize a little only: nested tables each claiming the rest of the
    * input would otherwise reserve depth times its size */
-  lua_createtable(L, 0, count < 64 ? (int)count : 64);
+  lua_createtable(L, n < ARRAY_PRESIZE ? (int)n : ARRAY_PRESIZE,
+                  count < 64 ? (int)count : 64);
   add_ref(L, d);
+  for (uint64_t i = 1; i <= n; i++) {
+    dec_value(L, d);
+    if (lua_isnil(L, -1)) fail(L, "nil in an array");
+    lua_rawseti(L, -2, (lua_Integer)i);
+  }
   for (uint64_t i = 0; i < count; i++) {
     dec_value(L, d);
     dec_value(L, d);

@@ -10,7 +10,7 @@
 
 /* The version of the format (the byte after its magic): an MPI worker
  * checks that its owner speaks the same. */
-#define TULUA_TRANSFER_FORMAT 2
+#define TULUA_TRANSFER_FORMAT 3
 
 /* Nesting of tables and functions beyond which encode and decode fail. */
 #define TULUA_TRANSFER_MAX_DEPTH 200

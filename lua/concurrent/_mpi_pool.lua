@@ -8,9 +8,10 @@
 --
 -- What differs from local processes (the transport's functions, see the
 -- top of _process_pool.lua): a rank that dies cannot be started again, so
--- it breaks the pool, naming its rank and host; a running job is stopped
--- by the process pool's signal only on this host (MPI has no signals
--- across hosts: elsewhere it runs to its end); a failed job's traceback
+-- it breaks the pool, naming its rank and host, and so does one that has
+-- sent nothing, not even a heartbeat, for opts.heartbeat seconds; a
+-- running job is stopped by a cancel frame, which the worker's MPI thread
+-- turns into job control's signal, on any host; a failed job's traceback
 -- names the rank and host it ran on.
 local process_pool = require "concurrent._process_pool"
 local mpi = require "tulua._mpi"
@@ -23,6 +24,9 @@ local M = {}
 local WORKER_CODE = "require('concurrent._mpi_pool').worker_main()"
 
 local FAST = 0.01 -- seconds (the process pool's is 0.001)
+-- seconds without word from a worker (whose MPI thread sends a heartbeat
+-- every quarter of it, whatever its job does) after which it is dead
+local HEARTBEAT = 30
 
 -- set by concurrent.futures.mpi under mpiexec: the ranks of the job serve
 local static = false
@@ -40,7 +44,7 @@ transport.trace_kind = "rank"
 function transport.start(pool, slot, handler)
   local hub = pool.hub
   if hub == nil then
-    local ok, h = pcall(mpi.hub, pool.max, handler, pool.spawn)
+    local ok, h = pcall(mpi.hub, pool.max, handler, pool.spawn, pool.heartbeat)
     if not ok then return nil, h end
     hub, pool.hub = h, h
   end
@@ -49,9 +53,11 @@ function transport.start(pool, slot, handler)
   return link, nil
 end
 
+-- The cancel frame, sent at once: the worker's MPI thread, which reads it
+-- while the job runs, stops the job with job control's signal, on any
+-- host (the dispatch sends it again until the job ends).
 function transport.interrupt(_, w, wid)
-  local _, pid, _, here = w.link:info()
-  if here and w.ready and w.link:alive() then P.cancel_process(pid, wid) end
+  w.link:send("C", wid, nil, true)
 end
 
 function transport.died(_, w, how)
@@ -74,7 +80,7 @@ end
 
 --- Creates the backend of an MPIPoolExecutor(max_workers, opts) (see
 -- _process_pool.new); opts checked by futures.lua: initializer, initargs,
--- env, wdir, path, hosts, hostfile.
+-- env, wdir, path, hosts, hostfile, heartbeat.
 function M.new(max_workers, opts, core)
   local tr = setmetatable({extra = {env = opts.env, wdir = opts.wdir, path = strings(opts.path)}},
     {__index = transport})
@@ -83,8 +89,9 @@ function M.new(max_workers, opts, core)
   -- a round trip through MPI and two idle waits takes longer than one
   -- over a socket pair: the windows grow, and jobs go ahead, on that scale
   pool.fast = FAST
+  pool.heartbeat = opts.heartbeat or HEARTBEAT
   if static then
-    pool.hub = mpi.hub(max_workers, process_pool.on_event)
+    pool.hub = mpi.hub(max_workers, process_pool.on_event, nil, pool.heartbeat)
   else
     local file, name = P.executable()
     if not file then error(name, 2) end

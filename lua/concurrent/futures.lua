@@ -332,6 +332,11 @@ function Executor:map(fn, ...)
   local fs, head, tail = {}, 1, 0 -- jobs in flight, in order
   local exhausted = false
   local chunk_out, chunk_i = nil, 0
+  -- the executors' own submit encodes the job before it returns, so one
+  -- table can carry every slice: a chunk then leaves no table of its own
+  -- to the collector (a first map grew the heap by megabytes of them)
+  local reuse = array ~= nil and chunksize > 1 and self.submit == Executor.submit
+  local slice, slice_n = reuse and {} or nil, 0
   local function fill()
     while not exhausted and tail - head + 1 < window do
       if chunksize == 1 then
@@ -344,7 +349,14 @@ function Executor:map(fn, ...)
         if array then -- a slice, without a call per item
           -- #array - pos: pos + chunksize could pass maxinteger
           local last = #array - pos < chunksize and #array or pos + chunksize - 1
-          items = table.move(array, pos, last, 1, {})
+          if reuse then
+            items = slice
+            table.move(array, pos, last, 1, items)
+            for i = last - pos + 2, slice_n do items[i] = nil end
+            slice_n = last - pos + 1
+          else
+            items = table.move(array, pos, last, 1, {})
+          end
           pos = last + 1
           if pos > #array then exhausted = true end
         else
@@ -477,7 +489,7 @@ local POOL_OPTIONS = {
   ThreadPoolExecutor = {initializer = true, initargs = true, thread_name_prefix = true},
   ProcessPoolExecutor = {initializer = true, initargs = true, max_tasks_per_child = true, executable = true},
   MPIPoolExecutor = {initializer = true, initargs = true, env = true, wdir = true, path = true,
-    hosts = true, hostfile = true},
+    hosts = true, hostfile = true, heartbeat = true},
 }
 
 local function check_opts(opts, fname)
@@ -553,6 +565,10 @@ local function check_mpi_opts(opts, static)
   if opts.hostfile ~= nil and type(opts.hostfile) ~= "string" then
     arg_error(2, fname, "hostfile must be a string", 3)
   end
+  local hb = opts.heartbeat
+  if hb ~= nil and (type(hb) ~= "number" or not (hb > 0 and hb < math.huge)) then
+    arg_error(2, fname, "heartbeat must be a positive number of seconds", 3)
+  end
   if static and (opts.hosts ~= nil or opts.hostfile ~= nil) then
     arg_error(2, fname, "hosts and hostfile are for spawned workers, not the ranks of mpiexec", 3)
   end
@@ -562,7 +578,7 @@ end
 -- lua/concurrent/futures.md): spawned with MPI_Comm_spawn, or the ranks
 -- 1..N-1 of `mpiexec -n N tulua -l concurrent.futures.mpi script.lua`
 -- (default: those, else the CPUs this process may use). opts:
--- initializer, initargs, env, wdir, path, hosts, hostfile. MPI is loaded
+-- initializer, initargs, env, wdir, path, hosts, hostfile, heartbeat. MPI is loaded
 -- here, at the first call, never by requiring this module.
 function M.MPIPoolExecutor(max_workers, opts)
   opts = check_opts(opts, "MPIPoolExecutor")

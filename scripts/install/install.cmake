@@ -46,8 +46,8 @@ write_basic_package_version_file(${CMAKE_BINARY_DIR}/tulua-config-version.cmake
 install(TARGETS tulua RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 # the MPI transport, opened on first use from <bin>/../lib/tulua
 # (bindings/mpi_load.c)
-if(TARGET tulua_mpi)
-  install(TARGETS tulua_mpi LIBRARY DESTINATION lib/tulua)
+if(TARGET tulua_mpi) # a package of its own (below): it needs Open MPI
+  install(TARGETS tulua_mpi LIBRARY DESTINATION lib/tulua COMPONENT mpi)
 endif()
 install(TARGETS libtulua libtulua_shared
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
@@ -88,11 +88,22 @@ set(CPACK_DEBIAN_PACKAGE_SECTION interpreters)
 set(CPACK_DEBIAN_PACKAGE_HOMEPAGE "https://github.com/tulua/tulua")
 # the dependencies are what the binaries link, as dpkg-shlibdeps finds them
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
+# Two packages: tulua (everything but MPI's transport) and tulua-mpi
+# (tulua_mpi.so, which MPIPoolExecutor loads on first use), so that
+# installing tulua does not pull Open MPI in.
+set(CPACK_DEB_COMPONENT_INSTALL ON)
+set(CPACK_DEBIAN_UNSPECIFIED_PACKAGE_NAME tulua)
 # the REPL dlopens libedit (host/lineedit.c): shlibdeps cannot see it
-set(CPACK_DEBIAN_PACKAGE_DEPENDS "libedit2")
-set(CPACK_DEBIAN_PACKAGE_SUGGESTS "lua5.4, luarocks")
-set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
+set(CPACK_DEBIAN_UNSPECIFIED_PACKAGE_DEPENDS "libedit2")
+set(CPACK_DEBIAN_UNSPECIFIED_PACKAGE_SUGGESTS "lua5.4, luarocks, tulua-mpi")
+set(CPACK_DEBIAN_UNSPECIFIED_PACKAGE_CONTROL_EXTRA
   ${CMAKE_CURRENT_LIST_DIR}/postinst ${CMAKE_CURRENT_LIST_DIR}/prerm)
+set(CPACK_COMPONENT_UNSPECIFIED_DESCRIPTION
+  "${CPACK_PACKAGE_DESCRIPTION_SUMMARY}")
+set(CPACK_DEBIAN_MPI_PACKAGE_NAME tulua-mpi)
+set(CPACK_DEBIAN_MPI_PACKAGE_DEPENDS "tulua (= ${PROJECT_VERSION})")
+set(CPACK_COMPONENT_MPI_DESCRIPTION
+  "MPIPoolExecutor's transport for tulua, over Open MPI (tulua_mpi.so)")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_STRICT_PERMISSION ON)
 include(CPack)
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# deb_test.sh: `cpack -G DEB` of the build, its control data checked; where dpkg can (root, no tulua installed yet) installed with apt, smoke-tested and removed
+# deb_test.sh: `cpack -G DEB` of the build (tulua, and tulua-mpi with MPI's transport), their control data checked; where dpkg can (root, no tulua installed yet) installed with apt, smoke-tested and removed
 # Run by ctest as install/deb: BUILD is the build folder, SRC the source
 # tree, CFLAGS_SAN the build's sanitizer flags (for the example built
 # against the installed package). The install part
@@ -11,7 +11,7 @@ D=$(mktemp -d /tmp/tulua-deb.XXXXXX)
 INSTALLED=
 cleanup() {
   if [ -n "$INSTALLED" ]; then
-    dpkg --purge tulua >/dev/null 2>&1 || true
+    dpkg --purge tulua-mpi tulua >/dev/null 2>&1 || true
   fi
   rm -rf "$D"
 }
@@ -28,6 +28,20 @@ echo "# Depends: $depends"
 for dep in liblua5.4-0 libuv1 libedit2 libc6; do
   echo "$depends" | grep -q "$dep" || fail "Depends lacks $dep"
 done
+# MPI's transport is a package of its own: tulua does not pull Open MPI in
+! echo "$depends" | grep -q "mpi" || fail "tulua depends on MPI"
+MPIDEB=
+if [ -f "$BUILD/tulua_mpi.so" ]; then
+  MPIDEB=$(ls "$D"/tulua-mpi_*_*.deb)
+  [ -f "$MPIDEB" ] || fail "no tulua-mpi .deb made"
+  mdepends=$(dpkg-deb -f "$MPIDEB" Depends)
+  echo "# tulua-mpi Depends: $mdepends"
+  echo "$mdepends" | grep -q "tulua (= " || fail "tulua-mpi does not depend on its tulua"
+  echo "$mdepends" | grep -q "libopenmpi" || fail "tulua-mpi lacks libopenmpi"
+  [ "$(dpkg-deb -c "$MPIDEB" | grep -c '\.so$')" = 1 ] &&
+    dpkg-deb -c "$MPIDEB" | grep -q " ./usr/lib/tulua/tulua_mpi.so$" || fail "tulua-mpi's files"
+  ! dpkg-deb -c "$DEB" | grep -q "tulua_mpi.so" || fail "tulua holds tulua_mpi.so"
+fi
 dpkg-deb -c "$DEB" > "$D/files"
 for f in ./usr/bin/tulua ./usr/include/tulua.h ./usr/lib/x86_64-linux-gnu/libtulua.a \
     ./usr/lib/x86_64-linux-gnu/libtulua.so.0.1.0 ./usr/lib/x86_64-linux-gnu/pkgconfig/tulua.pc \
@@ -55,6 +69,14 @@ timeout 120 apt-get install -y -q "$DEB" > "$D/apt.log" 2>&1 || { cat "$D/apt.lo
 [ "$(/usr/bin/tulua -e 'print(require("tulua").now() >= 0, _VERSION)')" = "true	Lua 5.4" ] ||
   fail "/usr/bin/tulua"
 [ "$(/usr/bin/tulua -v)" = "$(lua5.4 -v 2>/dev/null || /usr/bin/tulua -v)" ] || fail "tulua -v"
+if [ -n "$MPIDEB" ]; then
+  step "without tulua-mpi, MPI pools say what is missing; with it, they load"
+  /usr/bin/tulua -e 'print(select(2, pcall(require, "concurrent.futures.mpi")))' 2>&1 |
+    grep -q "cannot load the MPI transport (tulua_mpi.so)" || fail "tulua without tulua-mpi"
+  timeout 120 apt-get install -y -q "$MPIDEB" > "$D/apt.log" 2>&1 || { cat "$D/apt.log"; fail "apt-get install tulua-mpi"; }
+  [ "$(/usr/bin/tulua -e 'print(type(require("concurrent.futures.mpi").MPIPoolExecutor))')" = function ] ||
+    fail "tulua-mpi's transport does not load"
+fi
 update-alternatives --query lua-interpreter > "$D/alt"
 grep -q "^Alternative: /usr/bin/tulua" "$D/alt" || fail "no lua-interpreter alternative"
 tp=$(sed -n '/^Alternative: \/usr\/bin\/tulua/,/^$/s/^Priority: //p' "$D/alt")
@@ -71,7 +93,8 @@ ldd "$D/cm/uv_tool" | grep -q "=> /\(usr/\)\{0,1\}lib/.*libtulua.so.0.1" || fail
 timeout 60 "$D/cm/uv_tool" | grep -q "ok$" || fail "uv_tool against the package"
 
 step "apt-get remove"
-timeout 120 apt-get remove -y -q --purge tulua > "$D/apt.log" 2>&1 || { cat "$D/apt.log"; fail "apt-get remove"; }
+timeout 120 apt-get remove -y -q --purge tulua ${MPIDEB:+tulua-mpi} > "$D/apt.log" 2>&1 ||
+  { cat "$D/apt.log"; fail "apt-get remove"; }
 INSTALLED=
 [ ! -e /usr/bin/tulua ] || fail "/usr/bin/tulua left behind"
 if update-alternatives --query lua-interpreter 2>/dev/null | grep -q "^Alternative: /usr/bin/tulua"; then

@@ -2,8 +2,9 @@
 -- bindings/mpi_pool.c) against Open MPI's own mpiexec: both starts
 -- (workers spawned from a plain tulua; ranks of `mpiexec --oversubscribe
 -- -n 3 tulua -l concurrent.futures.mpi`), map, as_completed, cancel,
--- errors, asyncio, a rank killed with SIGKILL, a script that forgets
--- shutdown, the version check. Each case is a fixture run as a program of
+-- errors, asyncio, a rank killed with SIGKILL, a rank stopped with
+-- SIGSTOP (the heartbeat), cancelling a running job on a rank that claims
+-- another host, a script that forgets shutdown, the version check. Each case is a fixture run as a program of
 -- its own (tests/spec/fixtures/mpi_*.lua), so that MPI never starts in the
 -- spec runner. Skipped, but for the message, when tulua was built with
 -- -DTULUA_MPI=OFF.
@@ -182,6 +183,34 @@ describe("MPIPoolExecutor", function()
     support.remove_tree(dir)
   end)
 
+  it("fails the futures of a pool whose rank stops answering, after the heartbeat bound", function()
+    local dir = temp_dir()
+    local status, out, err, took = run(dynamic("mpi_kill.lua", dir .. "/pid", "STOP"))
+    assert.are.equal(0, status, err)
+    local t = lines(out)
+    assert.are.equal("long\ttrue", t.long) -- a 5 s job outlives a 2 s bound: heartbeats
+    local prefix = "false\ttrue\tworker rank 1 on host " .. hostname() .. " died (no word from it for "
+    assert.are.equal(prefix, t.running:sub(1, #prefix))
+    assert.matches("^[%d.]+ s: it stopped, or its host or the network did%)$", t.running:sub(#prefix + 1))
+    assert.are.equal("true", t.took)
+    assert.are.equal("false\ttrue", t.queued)
+    assert.matches("^false\tthe pool is broken: worker rank 1", t.submit)
+    assert.are.equal("", t.done)
+    assert.is_true(took < 30)
+    local pid = tonumber(support.read_file(dir .. "/pid"))
+    assert.is_true(support.eventually(function() return not alive(pid) end))
+    support.remove_tree(dir)
+  end)
+
+  it("cancels a running job on a rank of another host, through its MPI thread", function()
+    local dir = temp_dir()
+    -- the workers claim another host: the owner can send them no signal
+    local status, out, err = run(dynamic("mpi_cancel.lua", dir), "TULUA_MPI_TEST_HOST=elsewhere")
+    assert.are.equal(0, status, err)
+    assert.are.equal("running\ttrue\ncancel\ttrue\nresult\tfalse\ttrue\ttrue\ttrue\nnext\t42\ndone\n", out)
+    support.remove_tree(dir)
+  end)
+
   it("under mpiexec, a killed rank ends the whole job (Open MPI's choice)", function()
     local dir = temp_dir()
     local status, _, err, took = run(static(2, "mpi_kill.lua", dir .. "/pid"))
@@ -259,12 +288,16 @@ describe("MPIPoolExecutor", function()
       print(select(2, pcall(futures.MPIPoolExecutor, 1, {nope = 1})))
       print(select(2, pcall(futures.MPIPoolExecutor, 1, {env = {A = 1}})))
       print(select(2, pcall(futures.MPIPoolExecutor, 1, {hosts = 5})))
+      print(select(2, pcall(futures.MPIPoolExecutor, 1, {heartbeat = 0})))
+      print(select(2, pcall(futures.MPIPoolExecutor, 1, {heartbeat = "5"})))
       print(select(2, pcall(futures.MPIPoolExecutor, 0)))]]))
     assert.are.equal(0, status, err)
     assert.are.equal(table.concat({
       "bad argument #2 to 'MPIPoolExecutor' (unknown option 'nope')",
       "bad argument #2 to 'MPIPoolExecutor' (env must map strings to strings)",
       "bad argument #2 to 'MPIPoolExecutor' (hosts must be a string or a table of strings)",
+      "bad argument #2 to 'MPIPoolExecutor' (heartbeat must be a positive number of seconds)",
+      "bad argument #2 to 'MPIPoolExecutor' (heartbeat must be a positive number of seconds)",
       "bad argument #1 to 'MPIPoolExecutor' (max_workers must be a positive integer)",
     }, "\n") .. "\n", (out:gsub("%(command line%):%d+: ", "")))
   end)

@@ -108,6 +108,13 @@ describe("ProcessPoolExecutor", function()
         sum = sum + r
       end
       assert.are.same({2500, 2500 * 2501}, {n, sum})
+      -- one array: its slices share a table (the last one is shorter)
+      n = 0
+      for r in ex:map(function(x) return -x end, items, {chunksize = 300}) do
+        n = n + 1
+        assert.are.equal(-n, r)
+      end
+      assert.are.equal(2500, n)
     end))
 
     it("streams many small jobs to two workers", bounded(function()

@@ -14,10 +14,10 @@ local function error_of(fn, ...)
   return err
 end
 
--- A valid encoding of the integer 1 (header: magic, version 2, flags 0;
+-- A valid encoding of the integer 1 (header: magic, version 3, flags 0;
 -- count 1, T_INT, 8 bytes).
-local ONE = "\27TLX\2\0\1\3\1\0\0\0\0\0\0\0"
-local HEADER = "\27TLX\2\0"
+local ONE = "\27TLX\3\0\1\3\1\0\0\0\0\0\0\0"
+local HEADER = "\27TLX\3\0"
 
 -- The decoder's cache of loaded functions: a userdata in the registry
 -- whose length is how many it holds.
@@ -197,13 +197,13 @@ describe("tulua.transfer", function()
       assert.are.equal("malformed transfer data (unsupported version 1)", error_of(transfer.decode, "\27TLX\1\0"))
       assert.are.equal("malformed transfer data (truncated)", error_of(transfer.decode, ONE:sub(1, -2)))
       assert.are.equal("malformed transfer data (trailing bytes)", error_of(transfer.decode, ONE .. "\0"))
-      assert.are.equal("malformed transfer data (unknown tag 99)", error_of(transfer.decode, "\27TLX\2\0\1\99"))
-      assert.are.equal("malformed transfer data (bad reference)", error_of(transfer.decode, "\27TLX\2\0\1\8\1"))
-      assert.are.equal("malformed transfer data (bad table key)", error_of(transfer.decode, "\27TLX\2\0\1\6\1\0\0"))
+      assert.are.equal("malformed transfer data (unknown tag 99)", error_of(transfer.decode, "\27TLX\3\0\1\99"))
+      assert.are.equal("malformed transfer data (bad reference)", error_of(transfer.decode, "\27TLX\3\0\1\8\1"))
+      assert.are.equal("malformed transfer data (bad table key)", error_of(transfer.decode, "\27TLX\3\0\1\6\0\1\0\0"))
       assert.are.equal("malformed transfer data (truncated)",
-        error_of(transfer.decode, "\27TLX\2\0\1\5\255\255\255\255\255\255\255\255\255\1"))
+        error_of(transfer.decode, "\27TLX\3\0\1\5\255\255\255\255\255\255\255\255\255\1"))
       assert.are.equal("malformed transfer data (bad integer)",
-        error_of(transfer.decode, "\27TLX\2\0\1\5\255\255\255\255\255\255\255\255\255\2"))
+        error_of(transfer.decode, "\27TLX\3\0\1\5\255\255\255\255\255\255\255\255\255\2"))
     end)
 
     it("rejects every truncation of a valid encoding", function()
@@ -217,18 +217,18 @@ describe("tulua.transfer", function()
 
     it("rejects bad bytecode", function()
       assert.matches("^malformed transfer data %(bad bytecode: ",
-        error_of(transfer.decode, "\27TLX\2\0\1\7" .. ("\0"):rep(8) .. "\3abc\0"))
+        error_of(transfer.decode, "\27TLX\3\0\1\7" .. ("\0"):rep(8) .. "\3abc\0"))
     end)
 
     it("rejects nesting deeper than 200", function()
-      local s = "\27TLX\2\0\1" .. string.rep("\6\1\3\1\0\0\0\0\0\0\0", 201) .. "\0"
+      local s = "\27TLX\3\0\1" .. string.rep("\6\0\1\3\1\0\0\0\0\0\0\0", 201) .. "\0"
       assert.are.equal("malformed transfer data (nesting deeper than 200)", error_of(transfer.decode, s))
     end)
 
     it("fails for a module it cannot find", function()
       assert.are.equal("cannot find 'no.such.module'",
-        error_of(transfer.decode, "\27TLX\2\0\1\10\14no.such.module"))
-      assert.are.equal("cannot find 'string.nope'", error_of(transfer.decode, "\27TLX\2\0\1\11\6string\4nope"))
+        error_of(transfer.decode, "\27TLX\3\0\1\10\14no.such.module"))
+      assert.are.equal("cannot find 'string.nope'", error_of(transfer.decode, "\27TLX\3\0\1\11\6string\4nope"))
     end)
 
     it("raises for a non-string argument", function()
@@ -237,10 +237,10 @@ describe("tulua.transfer", function()
     end)
 
     it("rejects unknown flags, and a reference in a message without them", function()
-      assert.are.equal("malformed transfer data (unsupported flags 2)", error_of(transfer.decode, "\27TLX\2\2\0"))
-      assert.are.equal("malformed transfer data (truncated)", error_of(transfer.decode, "\27TLX\2"))
-      assert.are.equal("malformed transfer data (bad reference)", error_of(transfer.decode, HEADER .. "\2\6\0\8\1"))
-      local t, u = transfer.decode("\27TLX\2\1\2\6\0\8\1")
+      assert.are.equal("malformed transfer data (unsupported flags 2)", error_of(transfer.decode, "\27TLX\3\2\0"))
+      assert.are.equal("malformed transfer data (truncated)", error_of(transfer.decode, "\27TLX\3"))
+      assert.are.equal("malformed transfer data (bad reference)", error_of(transfer.decode, HEADER .. "\2\6\0\0\8\1"))
+      local t, u = transfer.decode("\27TLX\3\1\2\6\0\0\8\1")
       assert.are.equal(t, u)
     end)
   end)
@@ -325,6 +325,30 @@ describe("tulua.transfer", function()
         assert.are.equal(back[1], back.x)
         assert.are.equal(n, back.y.n)
       end
+    end)
+
+    it("send the array up to its first nil as values alone, the rest as pairs", function()
+      -- T_TABLE, array length 2, 1 pair; 7, 8; then the key 4 and "x"
+      local int = function(i) return "\3" .. string.pack("<i8", i) end
+      assert.are.equal(HEADER .. "\1\6\2\1" .. int(7) .. int(8) .. int(4) .. "\5\1x",
+        transfer.encode({7, 8, nil, "x"}))
+      assert.are.equal(HEADER .. "\1\6\0\0", transfer.encode({}))
+      local t = {1, 2, 3, nil, 5, [0] = 0, [-1] = -1, [2 ^ 53] = "big", x = {4, 5}, [1.5] = "half"}
+      t[7] = 7
+      local back = round_trip(t)
+      assert.are.same(t, back)
+      assert.are.equal(7, back[7])
+      assert.is_nil(back[4])
+      assert.are.equal("integer", math.type(back[2]))
+    end)
+
+    it("reject a nil in the array, and an array longer than the input", function()
+      assert.are.equal("malformed transfer data (nil in an array)",
+        error_of(transfer.decode, HEADER .. "\1\6\1\0\0"))
+      assert.are.equal("malformed transfer data (truncated)",
+        error_of(transfer.decode, HEADER .. "\1\6\9\0\0"))
+      assert.are.equal("malformed transfer data (truncated)",
+        error_of(transfer.decode, HEADER .. "\1\6\1\4\0\0"))
     end)
 
     it("keep the sharing of many tables", function()
