@@ -212,6 +212,25 @@ describe("tulua.trace", function()
     assert.is_true(#find(t, {ph = "X", cat = "step", name = tulua.current():get_name()}) >= 1)
   end)
 
+  it("escapes names as JSON wants them, and writes times with their nanoseconds", function()
+    local path = dir .. "/escapes.json"
+    assert.is_true(trace.start(path))
+    -- a quote, a backslash, a control character, UTF-8, and a byte that
+    -- starts no UTF-8 sequence (a name cut inside a character)
+    local name = 'q"b\\s\1\195\169\255x'
+    local child = tulua.spawn(function() tulua.sleep(0) end)
+    child:set_name(name)
+    child:join()
+    assert(trace.stop())
+    local text = support.read_file(path)
+    assert.truthy(text:find('"name":"q\\"b\\\\s\\u0001\195\169\\ufffdx"', 1, true))
+    assert.matches('"ts":%d+%.%d%d%d,"dur":%d+%.%d%d%d,"args":{"task":"0x%x+"}', text)
+    local t = read_trace(path)
+    local steps = find(t, {ph = "X", cat = "step", name = 'q"b\\s\1\195\169\239\191\189x'})
+    assert.are.equal(2, #steps)
+    assert.is_true(steps[2].ts >= steps[1].ts + steps[1].dur)
+  end)
+
   it("records the end of each collection cycle with the heap, and no more after stop", function()
     local path = dir .. "/gc.json"
     assert.is_true(trace.start(path))
