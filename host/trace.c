@@ -43,6 +43,10 @@ uint64_t tulua__trace_gc_slow_ns(void) {
   return atomic_load(&gc_slow_ns);
 }
 
+void tulua__trace_set_gc_slow(uint64_t ns) {
+  atomic_store(&gc_slow_ns, ns);
+}
+
 /* A track the file has named already (thread_name metadata). */
 typedef struct {
   int32_t pid, tid;
@@ -983,7 +987,7 @@ static int l_start(lua_State *L) {
     lua_pushstring(L, uv_err_name(rc));
     return 3;
   }
-  atomic_store(&gc_slow_ns, (uint64_t)(slow * 1e9));
+  tulua__trace_set_gc_slow((uint64_t)(slow * 1e9));
   tulua__runtime(L)->traced = 1;
   tulua__trace_gc_arm(L);
   tulua__gctrace_start(L, 0, 0, NULL);

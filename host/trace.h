@@ -134,6 +134,10 @@ void tulua__trace_gc_arm(lua_State *L);
  * gc_slow; 1 ms unless set). */
 uint64_t tulua__trace_gc_slow_ns(void);
 
+/* Sets that threshold for the trace that is on (a new trace starts with
+ * 1 ms): trace.start's gc_slow, TULUA_TRACE_GC_SLOW. */
+void tulua__trace_set_gc_slow(uint64_t ns);
+
 /* For a runtime that did not start the trace (a pool worker's): paces its
  * collector while a trace is on, so that its slow steps go on the
  * worker's track (as tulua__trace_track names it), and stops when the

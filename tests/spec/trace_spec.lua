@@ -565,6 +565,38 @@ describe("slow collector steps", function()
     as_lua54(path)
   end)
 
+  it("take their threshold from TULUA_TRACE_GC_SLOW, and stop tulua for one that is no number", function()
+    local path = script("slowenv.lua", [[
+      do
+        local junk = {}
+        for j = 1, 50000 do junk[j] = {j} end
+        assert(#junk == 50000)
+      end
+      collectgarbage("collect")
+    ]])
+    local function run(value)
+      local json = dir .. "/slowenv.json"
+      os.remove(json)
+      local status, _, err = sh(("TULUA_TRACE=%s TULUA_TRACE_GC_SLOW=%s %s %s")
+        :format(q(json), q(value), q(support.TULUA), q(path)))
+      return status, err, status == 0 and gc_slices(read_trace(json))
+    end
+    local status, err, all = run("0") -- every step: many, however short
+    assert.are.equal(0, status, err)
+    local steps = 0
+    for _, e in ipairs(all) do if e.name == "gc step" then steps = steps + 1 end end
+    assert.is_true(steps >= 3, steps)
+    local none
+    status, err, none = run("1000") -- nothing takes that long
+    assert.are.equal(0, status, err)
+    assert.are.equal(0, #none)
+    for _, bad in ipairs({"-1", "86401", "nan", "fast", "0.1s"}) do
+      status, err = run(bad)
+      assert.are.equal(1, status)
+      assert.matches("TULUA_TRACE_GC_SLOW must be a number of seconds from 0 to 86400", err, 1, true)
+    end
+  end)
+
   it("refuses a gc_slow that is no number of seconds from 0 to a day", function()
     for _, bad in ipairs({-1, 86401, 0 / 0, "0.1", true}) do
       assert.has_error(function() trace.start("x", {gc_slow = bad}) end,
