@@ -908,6 +908,24 @@ void tulua__trace_job(const char *kind, int pool, int worker, int pid,
   tulua__trace_add(&r);
 }
 
+void tulua__trace_gcstep(const char *kind, int pool, int worker, int pid,
+                         const char *name, uint64_t ts, uint64_t dur,
+                         int64_t kb0, int64_t kb1) {
+  if (!tulua__trace_on()) return;
+  tulua__trace_rec r;
+  memset(&r, 0, HEAD);
+  r.kind = TULUA_TR_GCSTEP;
+  r.ts = ts;
+  r.dur = dur;
+  r.n1 = kb0;
+  r.n2 = kb1;
+  char where[64];
+  tulua__trace_track(kind, pool, worker, pid, &r.pid, &r.tid, where,
+                     sizeof where);
+  tulua__trace_text(&r, name, NULL, where);
+  tulua__trace_add(&r);
+}
+
 int tulua__trace_pool_no(void) {
   static atomic_int last;
   return atomic_fetch_add(&last, 1) + 1;

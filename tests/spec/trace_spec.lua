@@ -513,21 +513,25 @@ describe("slow collector steps", function()
     assert.matches("grew while stopped\ttrue", as_lua54(path))
   end)
 
+  -- A pool job: builds a heap of n tables, drops it and goes on
+  -- allocating (a slow collection), and returns its process's PID and its last table's number.
+  local function churn(n)
+    do
+      local t = {}
+      for i = 1, n do t[i] = {i} end
+      assert(#t == n)
+    end -- dropped
+    local x
+    for i = 1, 2 * n do x = {i} end
+    return io.open("/proc/self/stat"):read("n"), x[1]
+  end
+
   it("go on a thread worker's track when its job's collection is slow", function()
     local path = dir .. "/workers.json"
     assert.is_true(trace.start(path, {gc_slow = 0.0005}))
     do
       local ex <close> = futures.ThreadPoolExecutor(1)
-      assert.are.equal(200000, ex:submit(function(n)
-        do
-          local t = {}
-          for i = 1, n do t[i] = {i} end
-          assert(#t == n)
-        end -- dropped
-        local x
-        for i = 1, 2 * n do x = {i} end
-        return x[1] // 2
-      end, 200000):result())
+      assert.are.equal(400000, select(2, ex:submit(churn, 200000):result()))
     end
     assert(trace.stop())
     local t = read_trace(path)
@@ -540,6 +544,57 @@ describe("slow collector steps", function()
       end
     end
     assert.is_true(on_worker >= 1)
+  end)
+
+  it("go on a process worker's track, inside its job's slice, when its job's collection is slow", function()
+    local path = dir .. "/procgc.json"
+    assert.is_true(trace.start(path, {gc_slow = 0.0005}))
+    local pid
+    do
+      local ex <close> = futures.ProcessPoolExecutor(1)
+      pid = ex:submit(churn, 200000):result()
+    end
+    assert(trace.stop())
+    local t = read_trace(path)
+    local job = find(t, {ph = "X", cat = "job", pid = pid})
+    assert.are.equal(1, #job)
+    job = job[1]
+    local mine, inside, freed = 0, 0, false
+    for _, e in ipairs(gc_slices(t)) do
+      if e.pid == pid then
+        mine = mine + 1
+        assert.are.equal(pid, e.tid)
+        assert.are.equal("process " .. pid, track_name(t, e.pid, e.tid))
+        assert.are.equal("gc step", e.name)
+        assert.is_true(e.dur >= 500, e.dur) -- gc_slow reached the worker
+        assert.is_true(e.args.kib_before > 0 and e.args.kib_after > 0)
+        -- the worker's clock is the loop's: its steps lie in its job
+        if e.ts >= job.ts and e.ts + e.dur <= job.ts + job.dur + 1 then inside = inside + 1 end
+        freed = freed or (e.args.kib_before > 20000 and e.args.kib_after < 2000)
+      end
+    end
+    assert.is_true(mine >= 1)
+    assert.is_true(inside >= 1)
+    assert.is_true(freed, "the step that freed the dropped heap")
+  end)
+
+  it("stay out of a process worker's jobs when no trace is on, and come back with the next trace", function()
+    local ex <close> = futures.ProcessPoolExecutor(1)
+    local pid = ex:submit(churn, 200000):result() -- untraced: no steps kept
+    local path = dir .. "/procgc2.json"
+    assert.is_true(trace.start(path, {gc_slow = 0}))
+    assert.are.equal(pid, ex:submit(churn, 100000):result())
+    assert(trace.stop())
+    local t = read_trace(path)
+    local job = find(t, {ph = "X", cat = "job", pid = pid})[1]
+    local steps = 0
+    for _, e in ipairs(gc_slices(t)) do
+      if e.pid == pid then
+        steps = steps + 1
+        assert.is_true(e.ts >= job.ts, "no step from before the trace")
+      end
+    end
+    assert.is_true(steps >= 3, steps) -- gc_slow 0: every step of the job
   end)
 
   it("leave a user's line and call hooks their events, as lua5.4 gives them", function()
