@@ -40,6 +40,7 @@
 #include "queue.h"
 #include "common.h"
 #include "process_pool.h"
+#include "trace.h"
 #include "transfer.h"
 #include "worker.h"
 
@@ -50,13 +51,22 @@
 /* A reply's status is the job's: TULUA_JOB_OK, _ERROR or _CANCELLED. */
 static const char *const status_names[] = {"ok", "error", "cancelled"};
 
-/* Appends a frame to b. Returns 0 or UV_ENOMEM. */
+/* Appends a frame to b: a job, while a trace is on, with the trace's
+ * gc_slow first (the worker sends its slow collector steps back). Returns
+ * 0 or UV_ENOMEM. */
 static int bytes_frame(tulua__bytes *b, int kind, uint32_t job,
                        const char *body, size_t len) {
-  if (tulua__bytes_reserve(b, HDR + len) < 0) return UV_ENOMEM;
-  put_header(b->base + b->len, len, kind, 0, job);
-  if (len > 0) memcpy(b->base + b->len + HDR, body, len);
-  b->len += HDR + len;
+  int traced = kind == 'J' && tulua__trace_on();
+  size_t pre = traced ? 8 : 0;
+  if (tulua__bytes_reserve(b, HDR + pre + len) < 0) return UV_ENOMEM;
+  char *h = b->base + b->len;
+  put_header(h, pre + len, kind, traced ? TULUA_JOB_TRACED : 0, job);
+  if (traced) {
+    uint64_t slow = tulua__trace_gc_slow_ns();
+    memcpy(h + HDR, &slow, 8);
+  }
+  if (len > 0) memcpy(h + HDR + pre, body, len);
+  b->len += HDR + pre + len;
   return 0;
 }
 
@@ -422,11 +432,46 @@ static int link_received(lua_State *L) {
 static int link_recv(lua_State *L) {
   wlink *l = check_link(L);
   if (l == NULL) return 0;
-  int n = tulua__pool_recv(L, &l->in, &l->received);
-  return n < 0 ? protocol_error(l) : n;
+  const char *gc;
+  size_t gc_len;
+  int n = tulua__pool_recv_gc(L, &l->in, &l->received, &gc, &gc_len);
+  if (n < 0) return protocol_error(l);
+  /* a process worker's track: "process <pid>", on the same clock */
+  if (gc_len > 0) tulua__pool_trace_gc(gc, gc_len, "process", 0, 0, l->pid, 0);
+  return n;
+}
+
+void tulua__pool_trace_gc(const char *gc, size_t len, const char *kind,
+                          int pool, int worker, int pid, double offset) {
+  while (len >= GC_STEP_HEAD) {
+    uint64_t t0, dur;
+    int32_t kb0, kb1;
+    memcpy(&t0, gc, 8);
+    memcpy(&dur, gc + 8, 8);
+    memcpy(&kb0, gc + 16, 4);
+    memcpy(&kb1, gc + 20, 4);
+    size_t nlen = (unsigned char)gc[24];
+    if (len - GC_STEP_HEAD < nlen) return;
+    char name[256];
+    memcpy(name, gc + GC_STEP_HEAD, nlen);
+    name[nlen] = '\0';
+    tulua__trace_gcstep(kind, pool, worker, pid, name,
+                        t0 + (uint64_t)(int64_t)(offset * 1e9), dur, kb0, kb1);
+    gc += GC_STEP_HEAD + nlen;
+    len -= GC_STEP_HEAD + nlen;
+  }
 }
 
 int tulua__pool_recv(lua_State *L, tulua__bytes *in, size_t *received) {
+  const char *gc;
+  size_t gc_len;
+  return tulua__pool_recv_gc(L, in, received, &gc, &gc_len);
+}
+
+int tulua__pool_recv_gc(lua_State *L, tulua__bytes *in, size_t *received,
+                        const char **gc, size_t *gc_len) {
+  *gc = NULL;
+  *gc_len = 0;
   size_t avail = in->len - in->pos;
   if (avail == 0) bytes_trim(in);
   if (avail < 4) return 0;
@@ -457,12 +502,24 @@ int tulua__pool_recv(lua_State *L, tulua__bytes *in, size_t *received) {
     lua_pushlstring(L, body, len);
     return 5;
   }
+  int has_gc = kind == 'R' && (status & TULUA_REPLY_GC);
+  status &= ~TULUA_REPLY_GC;
   if (kind != 'R' || len < TIMES || status > TULUA_JOB_CANCELLED) return -1;
   uint64_t t0, t1;
   memcpy(&t0, body, 8);
   memcpy(&t1, body + 8, 8);
   body += TIMES;
   len -= TIMES;
+  if (has_gc) { /* the worker's slow collector steps (a traced job) */
+    uint32_t glen;
+    if (len < 4) return -1;
+    memcpy(&glen, body, 4);
+    if (len - 4 < glen) return -1;
+    *gc = body + 4;
+    *gc_len = glen;
+    body += 4 + (size_t)glen;
+    len -= 4 + (size_t)glen;
+  }
   in->pos += 4 + (size_t)size;
   *received = len;
   lua_settop(L, 1);

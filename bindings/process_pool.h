@@ -20,6 +20,15 @@
  *     cancelled job); 'B' the initializer failed (or the versions differ),
  *     body: the message; 'W' (MPI) first, the worker's "pid host"; 'A'
  *     (MPI) a heartbeat, alone in a message.
+ * A traced job (the owner records a trace, host/trace.md): 'J' with status
+ * TULUA_JOB_TRACED, and the body starts with a u64, the trace's gc_slow in
+ * nanoseconds: the worker paces its collector (host/gctrace.c) and sends
+ * the steps that took that long back in the status TULUA_REPLY_GC of a
+ * reply: after its times, a u32 size and the steps, each u64 start (the
+ * worker's uv_hrtime), u64 duration (ns), i32 heap KiB before, i32 after,
+ * u8 length and the name ("gc step", "collectgarbage collect"). These are
+ * frames of revision TULUA_POOL_FRAMES: a transport whose ends may be
+ * different builds (MPI) says it in its 'V'.
  * Job numbers are the parent's counter per worker, 1 to 2^31 - 1 (they
  * travel as the value of the signal that interrupts a running job), and a
  * worker answers its jobs in the order it got them. */
@@ -43,6 +52,12 @@
 #define KEEP_MAX   (1u << 20) /* an empty buffer larger than this is freed */
 #define FRAME_MAX  ((size_t)UINT32_MAX - (HDR - 4))
 
+/* The frames' revision: 2 since traced jobs (TULUA_JOB_TRACED). */
+#define TULUA_POOL_FRAMES 2
+#define TULUA_JOB_TRACED  1 /* a 'J' status: gc_slow precedes the job */
+#define TULUA_REPLY_GC    0x80 /* an 'R' status flag: GC steps follow */
+#define GC_STEP_HEAD      25 /* a step's bytes before its name */
+
 /* Frees an empty buffer that a large batch has grown. */
 static inline void bytes_trim(tulua__bytes *b) {
   if (b->pos == b->len && b->cap > KEEP_MAX) tulua__bytes_free(b);
@@ -64,6 +79,19 @@ static inline void put_header(char *h, size_t body, int kind, int status,
  * protocol; a reply's size (for the trace) goes into *received. Raises only
  * on memory errors. [-0, +n, m] */
 int tulua__pool_recv(lua_State *L, tulua__bytes *in, size_t *received);
+
+/* tulua__pool_recv, that also points *gc at the GC steps a reply carries
+ * and sets *gc_len to their size (0: none); they stay readable until the
+ * next read into in. [-0, +n, m] */
+int tulua__pool_recv_gc(lua_State *L, tulua__bytes *in, size_t *received,
+                        const char **gc, size_t *gc_len);
+
+/* Records the GC steps of a reply (as tulua__pool_recv_gc gives them) in
+ * the trace, on the worker's track (tulua__trace_track's kind, pool,
+ * worker, pid), their times moved by offset seconds (a worker on another
+ * host); nothing when no trace is on. */
+void tulua__pool_trace_gc(const char *gc, size_t len, const char *kind,
+                          int pool, int worker, int pid, double offset);
 
 /* A worker's channel other than a descriptor (MPI's): drain appends to in
  * what has come, without waiting, and returns 0 or -1 once the channel is

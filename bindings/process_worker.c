@@ -22,6 +22,7 @@
 
 #include "queue.h"
 #include "common.h"
+#include "runtime.h"
 #include "process_pool.h"
 #include "transfer.h"
 #include "worker.h"
@@ -32,6 +33,8 @@ typedef struct cjob {
   tulua__queue node; /* in the port's jobs */
   uint32_t id;
   int cancelled;
+  int traced; /* the owner traces: pace the collector for it */
+  uint64_t gc_slow; /* ... and send back the steps this long (ns) */
   size_t len;
   char body[];
 } cjob;
@@ -56,7 +59,12 @@ typedef struct {
   uv_poll_t *poll; /* while waiting for work; freed by its close callback */
   tulua__waiter w;
   int waiting;
+  tulua__bytes gc; /* slow collector steps for the next reply */
 } port;
+
+/* The slow steps a reply carries at most: the rest are dropped (a job
+ * that runs for hours with a step a second). */
+#define GC_MAX (256 * 1024)
 
 static port *check_port(lua_State *L) {
   port *p = luaL_checkudata(L, 1, PORT_MT);
@@ -91,6 +99,13 @@ static void port_parse(port *p) {
     p->in.pos += 4 + (size_t)size;
     switch (f[0]) {
       case 'J': {
+        int traced = (f[1] & TULUA_JOB_TRACED) && len >= 8;
+        uint64_t slow = 0;
+        if (traced) {
+          memcpy(&slow, body, 8);
+          body += 8;
+          len -= 8;
+        }
         cjob *j = malloc(sizeof *j + len);
         if (j == NULL) { /* out of memory: stop; the parent sees a crash */
           p->eof = 1;
@@ -98,6 +113,8 @@ static void port_parse(port *p) {
         }
         j->id = id;
         j->cancelled = 0;
+        j->traced = traced;
+        j->gc_slow = slow;
         j->len = len;
         memcpy(j->body, body, len);
         tulua__queue_insert_tail(&p->jobs, &j->node);
@@ -201,16 +218,49 @@ static int port_write(port *p, struct iovec *iov, int n) {
   return 0;
 }
 
-/* Sends the reply to job id. The job's prints come first. */
+/* Sends the reply to job id, with the slow collector steps recorded
+ * since the last reply. The job's prints come first. */
 static void send_reply(port *p, uint32_t id, int status, uint64_t t0,
                        uint64_t t1, const char *body, size_t len) {
-  char h[HDR + TIMES];
-  put_header(h, TIMES + len, 'R', status, id);
+  char h[HDR + TIMES + 4];
+  uint32_t glen = (uint32_t)(p->gc.len - p->gc.pos);
+  size_t head = HDR + TIMES + (glen > 0 ? 4 : 0);
+  put_header(h, head - HDR + glen + len, 'R',
+             status | (glen > 0 ? TULUA_REPLY_GC : 0), id);
   memcpy(h + HDR, &t0, 8);
   memcpy(h + HDR + 8, &t1, 8);
-  struct iovec iov[2] = {{h, sizeof h}, {(void *)body, len}};
+  memcpy(h + HDR + TIMES, &glen, 4);
+  struct iovec iov[3] = {
+      {h, head}, {p->gc.base + p->gc.pos, glen}, {(void *)body, len}};
+  int n = 0;
+  for (int i = 0; i < 3; i++)
+    if (iov[i].iov_len > 0) iov[n++] = iov[i];
   fflush(stdout);
-  port_write(p, iov, len > 0 ? 2 : 1);
+  port_write(p, iov, n);
+  p->gc.pos = p->gc.len = 0;
+  bytes_trim(&p->gc);
+}
+
+/* A slow collector step of this worker (tulua__gc_sink): kept for the
+ * next reply. */
+static void gc_sink(void *ud, const char *name, uint64_t t0, uint64_t t1,
+                    int kb0, int kb1) {
+  port *p = ud;
+  size_t nlen = strlen(name);
+  if (nlen > 255) nlen = 255;
+  if (p->gc.len + GC_STEP_HEAD + nlen > GC_MAX ||
+      tulua__bytes_reserve(&p->gc, GC_STEP_HEAD + nlen) < 0)
+    return; /* dropped */
+  char *r = p->gc.base + p->gc.len;
+  uint64_t dur = t1 - t0;
+  int32_t k0 = kb0, k1 = kb1;
+  memcpy(r, &t0, 8);
+  memcpy(r + 8, &dur, 8);
+  memcpy(r + 16, &k0, 4);
+  memcpy(r + 20, &k1, 4);
+  r[24] = (char)nlen;
+  memcpy(r + GC_STEP_HEAD, name, nlen);
+  p->gc.len += GC_STEP_HEAD + nlen;
 }
 
 /* Makes the port at the top of the stack read its start: waits (blocking)
@@ -410,6 +460,8 @@ static int port_run(lua_State *L) {
   cjob *j = p->current;
   luaL_argcheck(L, j != NULL, 1, "no job taken");
   lua_settop(L, 1);
+  /* paced while the owner traces: its slow steps go back with replies */
+  tulua__gctrace_sink(L, j->gc_slow, j->traced ? gc_sink : NULL, p);
   p->started = uv_hrtime();
   int n = tulua__transfer_decode(L, j->body, j->len);
   if (n < 0) return lua_error(L);
@@ -487,6 +539,10 @@ static int port_gc(lua_State *L) {
     free(tulua__container_of(q, cjob, node));
   free(p->current);
   p->current = NULL;
+  tulua__gctrace *g = &tulua__runtime(L)->gc;
+  if (g->sink_ud == p) tulua__gctrace_sink(L, 0, NULL, NULL);
+  free(p->gc.base);
+  memset(&p->gc, 0, sizeof p->gc);
   free(p->in.base);
   free(p->paths);
   free(p->init);

@@ -42,6 +42,11 @@ static void gc_hook(lua_State *L, lua_Debug *ar);
  * track, with the heap in KiB before and after. */
 static void record(lua_State *L, tulua__gctrace *g, const char *name,
                    uint64_t t0, uint64_t t1, int kb0) {
+  if (g->sink != NULL) { /* a process worker's: its owner traces */
+    if (t1 - t0 >= g->sink_slow)
+      g->sink(g->sink_ud, name, t0, t1, kb0, lua_gc(L, LUA_GCCOUNT, 0));
+    return;
+  }
   /* read each time: a trace started again may have another gc_slow */
   if (t1 - t0 < tulua__trace_gc_slow_ns() || !tulua__trace_on()) return;
   tulua__trace_rec r;
@@ -180,6 +185,22 @@ void tulua__gctrace_stop(lua_State *L) {
   give_back(L, g);
   lua_setallocf(L, tulua__alloc, &rt->lua_heap);
   g->on = 0;
+  g->sink = NULL;
+  g->sink_ud = NULL;
+}
+
+void tulua__gctrace_sink(lua_State *L, uint64_t slow_ns, tulua__gc_sink sink,
+                         void *ud) {
+  tulua__gctrace *g = &tulua__runtime(L)->gc;
+  if (g->on && g->sink == NULL) return; /* a trace of this process paces */
+  if (sink == NULL) {
+    tulua__gctrace_stop(L);
+    return;
+  }
+  tulua__gctrace_start(L, 0, 0, NULL);
+  g->sink = sink;
+  g->sink_ud = ud;
+  g->sink_slow = slow_ns;
 }
 
 void tulua__trace_gc_sync(lua_State *L, const char *kind, int pool, int worker,

@@ -19,6 +19,8 @@
 
 #include "docall.h"
 #include "repl.h"
+#include "runtime.h"
+#include "trace.h"
 #include "tulua.h"
 
 #define PROGNAME "tulua" /* when argv[0] is missing or empty */
@@ -105,6 +107,8 @@ static void print_help(void) {
       "               than 100 ms; a number: for more than that many seconds\n"
       "  TULUA_TRACE  FILE: write a Chrome trace of tasks, waits and pool\n"
       "               jobs into FILE (host/trace.md)\n"
+      "  TULUA_TRACE_GC_SLOW  seconds: the trace's collector steps this\n"
+      "               long or longer are recorded (default 0.001; 0: all)\n"
 
       "Documentation: man tulua; host/cli.md and README.md of the source\n"
       "tree (installed in /usr/share/doc/tulua with the package).\n",
@@ -474,6 +478,16 @@ static int debug_threshold(const char *s, double *slow) {
   return 1;
 }
 
+/* TULUA_TRACE_GC_SLOW's value: trace.start's gc_slow, a number of seconds
+ * from 0 (every step) to a day. Returns 0 for anything else. */
+static int gc_slow_threshold(const char *s, double *slow) {
+  char *end;
+  double v = strtod(s, &end);
+  if (end == s || *end != '\0' || !(v >= 0 && v <= TULUA__SLOW_MAX)) return 0;
+  *slow = v;
+  return 1;
+}
+
 int main(int argc, char **argv) {
   tulua_config cfg;
   tulua_runtime *rt;
@@ -488,6 +502,13 @@ int main(int argc, char **argv) {
   if (cfg.debug && !debug_threshold(dbg, &cfg.debug_slow)) {
     l_message(progname, "TULUA_DEBUG must be 1 or a number of seconds above 0 "
                         "and at most 86400");
+    return EXIT_FAILURE;
+  }
+  double gc_slow = -1; /* TULUA_TRACE_GC_SLOW: trace.start's gc_slow */
+  const char *gcs = getenv("TULUA_TRACE_GC_SLOW");
+  if (gcs != NULL && gcs[0] != '\0' && !gc_slow_threshold(gcs, &gc_slow)) {
+    l_message(progname, "TULUA_TRACE_GC_SLOW must be a number of seconds from "
+                        "0 to 86400");
     return EXIT_FAILURE;
   }
   /* the trace is this process's: a worker process or any tulua it runs
@@ -508,6 +529,8 @@ int main(int argc, char **argv) {
     free(trace);
     return EXIT_FAILURE;
   }
+  if (trace != NULL && gc_slow >= 0)
+    tulua__trace_set_gc_slow((uint64_t)(gc_slow * 1e9));
   free(trace);
   lua_State *L = tulua_state(rt);
   lua_pushcfunction(L, pmain);

@@ -28,6 +28,11 @@ void tulua__heap_put(tulua__heap *h, void *p, size_t n);
 /* Returns the heap a small block came from. */
 tulua__heap *tulua__heap_of(const void *block);
 
+/* Where a runtime's slow steps go instead of the trace: a process
+ * worker's, whose owner traces (times are uv_hrtime(), heap in KiB). */
+typedef void (*tulua__gc_sink)(void *ud, const char *name, uint64_t t0,
+                               uint64_t t1, int kb0, int kb1);
+
 /* gctrace.c: the collector's pacing while a trace is on (one a runtime). */
 typedef struct tulua__gctrace {
   int on; /* paced: the allocator is gctrace.c's */
@@ -40,12 +45,21 @@ typedef struct tulua__gctrace {
   int prev_mask, prev_count;
   int32_t pid, tid; /* the runtime's track: 0 the loop's, or a worker's */
   char track[64]; /* ... its name, for a worker's */
+  tulua__gc_sink sink; /* set: the steps go there, not to the trace */
+  void *sink_ud;
+  uint64_t sink_slow; /* ... those this many ns long or longer */
 } tulua__gctrace;
 
 /* Starts and stops the pacing of L's runtime (the runtime that records the
  * trace; workers through tulua__trace_gc_sync). */
 void tulua__gctrace_start(lua_State *L, int pid, int tid, const char *track);
 void tulua__gctrace_stop(lua_State *L);
+/* Paces L's runtime for an owner that traces in another process: its
+ * steps of slow_ns or longer go to sink (a process worker's port sends
+ * them back with the job's reply); sink NULL stops the pacing that this
+ * started. A runtime paced for a trace of its own process is left so. */
+void tulua__gctrace_sink(lua_State *L, uint64_t slow_ns, tulua__gc_sink sink,
+                         void *ud);
 /* Wraps the global collectgarbage (at open, after the base library). */
 void tulua__gctrace_open(lua_State *L);
 

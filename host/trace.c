@@ -43,6 +43,10 @@ uint64_t tulua__trace_gc_slow_ns(void) {
   return atomic_load(&gc_slow_ns);
 }
 
+void tulua__trace_set_gc_slow(uint64_t ns) {
+  atomic_store(&gc_slow_ns, ns);
+}
+
 /* A track the file has named already (thread_name metadata). */
 typedef struct {
   int32_t pid, tid;
@@ -55,6 +59,8 @@ typedef struct {
   char name[NAME_LEN];
   char wait[KIND_LEN]; /* the open wait's kind: its end's name */
   int waiting;
+  char hex[20]; /* the id as the JSON writes it (0x...), made once */
+  size_t hex_len;
 } task_info;
 
 static struct {
@@ -176,11 +182,28 @@ static char *pack(char *p, const tulua__trace_rec *r, uint64_t *last_ts) {
   return p + r->len;
 }
 
-static int get_varint(FILE *f, uint64_t *v) {
+/* The raw file read back a chunk at a time (a getc per byte was a sixth
+ * of the conversion): refilled while a whole record may not be there. */
+static struct {
+  char *buf;
+  size_t pos, len;
+} in;
+
+#define IN_SIZE (1 << 20)
+
+static void in_fill(FILE *f) {
+  if (in.len - in.pos >= PACKED_MAX) return;
+  memmove(in.buf, in.buf + in.pos, in.len - in.pos);
+  in.len -= in.pos;
+  in.pos = 0;
+  in.len += fread(in.buf + in.len, 1, IN_SIZE - in.len, f);
+}
+
+static int get_varint(uint64_t *v) {
   *v = 0;
   for (int shift = 0; shift < 64; shift += 7) {
-    int c = getc_unlocked(f);
-    if (c == EOF) return 0;
+    if (in.pos == in.len) return 0;
+    unsigned c = (unsigned char)in.buf[in.pos++];
     *v |= (uint64_t)(c & 0x7f) << shift;
     if (!(c & 0x80)) return 1;
   }
@@ -189,11 +212,14 @@ static int get_varint(FILE *f, uint64_t *v) {
 
 /* Reads the next record of the raw file into r; 0 at its end. */
 static int unpack(FILE *f, tulua__trace_rec *r, uint64_t *last_ts) {
-  int kind = getc_unlocked(f), flags = getc_unlocked(f);
+  in_fill(f);
+  if (in.len - in.pos < 2) return 0;
+  int kind = (unsigned char)in.buf[in.pos];
+  int flags = (unsigned char)in.buf[in.pos + 1];
+  in.pos += 2;
   uint64_t v[8];
-  if (kind == EOF || flags == EOF) return 0;
   for (int i = 0; i < 8; i++)
-    if (!get_varint(f, &v[i])) return 0;
+    if (!get_varint(&v[i])) return 0;
   r->kind = (uint8_t)kind;
   r->flags = (uint8_t)flags;
   *last_ts += (uint64_t)((int64_t)(v[0] >> 1) ^ -(int64_t)(v[0] & 1));
@@ -204,9 +230,11 @@ static int unpack(FILE *f, tulua__trace_rec *r, uint64_t *last_ts) {
   r->n2 = (int64_t)(v[4] >> 1) ^ -(int64_t)(v[4] & 1);
   r->pid = (int32_t)v[5];
   r->tid = (int32_t)v[6];
-  if (v[7] > TULUA_TR_TEXT) return 0;
+  if (v[7] > TULUA_TR_TEXT || in.len - in.pos < v[7]) return 0;
   r->len = (uint16_t)v[7];
-  return fread(r->text, 1, r->len, f) == r->len;
+  memcpy(r->text, in.buf + in.pos, r->len);
+  in.pos += r->len;
+  return 1;
 }
 
 /* Packs n records from ring[h] into buf and writes them out. */
@@ -260,19 +288,124 @@ static void writer_main(void *arg) {
 
 /* ---- the conversion to JSON ---- */
 
-static void put_str(FILE *f, const char *s) {
+/* The JSON is made in a buffer of our own and written a buffer at a time:
+ * formatting each field with fprintf and fputc cost ~17,000 instructions
+ * an event (vfprintf parsing its format, stdio's locking per call), which
+ * made the stop of a trace of 200,000 steps take seconds. An event is at
+ * most a few escaped texts of TULUA_TR_TEXT bytes (6 bytes each at worst)
+ * and a few numbers: ROOM bytes are always free when one starts. */
+#define OUT_SIZE (1 << 16)
+#define ROOM     (8 * TULUA_TR_TEXT + 1024)
+
+static struct {
+  FILE *f;
+  char *p; /* the next byte of buf */
+  int32_t pid, tid; /* the last event's track, and its fields as JSON */
+  char track[64];
+  size_t track_len;
+  uint64_t ts; /* the last event's time, and its digits */
+  char ts_digits[32];
+  size_t ts_len;
+  char buf[OUT_SIZE];
+} out;
+
+static void out_flush(void) {
+  if (out.p > out.buf) fwrite(out.buf, 1, (size_t)(out.p - out.buf), out.f);
+  out.p = out.buf;
+}
+
+/* Appends n bytes of s (an event's fixed text; the room was made). */
+static void put_mem(const char *s, size_t n) {
+  memcpy(out.p, s, n);
+  out.p += n;
+}
+
+#define PUT(lit) put_mem(lit, sizeof lit - 1)
+
+/* "00" to "99": two digits a division */
+static const char pairs[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536"
+    "37383940414243444546474849"
+    "50515253545556575859606162636465666768697071727374757677787980818283848586"
+    "87888990919293949596979899";
+
+static void put_u64(uint64_t v) {
+  char d[20], *end = d + sizeof d, *q = end;
+  while (v >= 100) {
+    q -= 2;
+    memcpy(q, pairs + 2 * (v % 100), 2);
+    v /= 100;
+  }
+  if (v >= 10) {
+    q -= 2;
+    memcpy(q, pairs + 2 * v, 2);
+  } else {
+    *--q = (char)('0' + v);
+  }
+  memcpy(out.p, q, (size_t)(end - q));
+  out.p += end - q;
+}
+
+static void put_i64(int64_t v) {
+  if (v < 0) {
+    *out.p++ = '-';
+    put_u64(0 - (uint64_t)v);
+  } else {
+    put_u64((uint64_t)v);
+  }
+}
+
+static const char hexd[] = "0123456789abcdef";
+
+/* Writes 0x and v in lower-case hex (an id) at p (18 bytes at most);
+ * returns its end. */
+static char *hex_at(char *p, uint64_t v) {
+  char d[16];
+  int n = 0;
+  do {
+    d[n++] = hexd[v & 15];
+    v >>= 4;
+  } while (v != 0);
+  *p++ = '0';
+  *p++ = 'x';
+  while (n > 0)
+    *p++ = d[--n];
+  return p;
+}
+
+static void put_hex(uint64_t v) {
+  out.p = hex_at(out.p, v);
+}
+
+/* Writes s as the inside of a JSON string: quotes and backslashes
+ * escaped, control characters as \u00XX, UTF-8 as it is, and a byte that
+ * starts no valid sequence as U+FFFD (a message cut inside a character). */
+static void put_str(const char *s) {
+  static unsigned char plain[256]; /* 1: the byte goes as it is */
+  if (!plain['a']) {
+    for (unsigned c = 0x20; c < 0x80; c++)
+      plain[c] = c != '"' && c != '\\';
+  }
   const unsigned char *p = (const unsigned char *)s;
+  char *o = out.p;
   while (*p) {
+    while (plain[*p])
+      *o++ = (char)*p++;
     unsigned c = *p;
-    if (c == '"' || c == '\\') {
-      fputc('\\', f);
-      fputc((int)c, f);
+    if (c == '\0') {
+      break;
+    } else if (c == '"' || c == '\\') {
+      *o++ = '\\';
+      *o++ = (char)c;
       p++;
     } else if (c < 0x20) {
-      fprintf(f, "\\u%04x", c);
+      memcpy(o, "\\u00", 4);
+      o[4] = hexd[c >> 4];
+      o[5] = hexd[c & 15];
+      o += 6;
       p++;
     } else if (c < 0x80) {
-      fputc((int)c, f);
+      *o++ = (char)c;
       p++;
     } else {
       int n = c >= 0xf0 && c < 0xf5 ? 3 : c >= 0xe0 ? 2 : c >= 0xc2 ? 1 : -1;
@@ -280,52 +413,100 @@ static void put_str(FILE *f, const char *s) {
       for (int i = 1; ok && i <= n; i++)
         ok = (p[i] & 0xc0) == 0x80;
       if (ok) {
-        fwrite(p, 1, (size_t)n + 1, f);
+        memcpy(o, p, (size_t)n + 1);
+        o += n + 1;
         p += n + 1;
       } else {
-        fputs("\\ufffd", f);
+        memcpy(o, "\\ufffd", 6);
+        o += 6;
         p++;
       }
     }
   }
+  out.p = o;
 }
 
-/* Writes ,"key":<ns as microseconds with three decimals>. */
-static void put_us(FILE *f, const char *key, uint64_t ns) {
-  fprintf(f, ",\"%s\":%llu.%03u", key, (unsigned long long)(ns / 1000),
-          (unsigned)(ns % 1000));
+/* Writes <ns as microseconds with three decimals>. */
+static void put_us(uint64_t ns) {
+  unsigned frac = (unsigned)(ns % 1000);
+  put_u64(ns / 1000);
+  out.p[0] = '.';
+  out.p[1] = (char)('0' + frac / 100);
+  out.p[2] = (char)('0' + frac / 10 % 10);
+  out.p[3] = (char)('0' + frac % 10);
+  out.p += 4;
 }
 
-static void begin_event(FILE *f) {
-  fputs(tr.first ? "\n" : ",\n", f);
+/* Writes an event's time as put_us does. A step's end and the next
+ * step's start (its wait's begin, the next task's end of wait and step)
+ * share their time: its digits are kept. */
+static void put_ts(uint64_t ns) {
+  if (ns != out.ts || out.ts_len == 0) {
+    char *p = out.p;
+    put_us(ns);
+    out.ts_len = (size_t)(out.p - p);
+    memcpy(out.ts_digits, p, out.ts_len);
+    out.ts = ns;
+  } else {
+    put_mem(out.ts_digits, out.ts_len);
+  }
+}
+
+static void begin_event(void) {
+  if (out.buf + OUT_SIZE - out.p < ROOM) out_flush();
+  if (tr.first)
+    PUT("\n");
+  else
+    PUT(",\n");
   tr.first = 0;
 }
 
+#define EVENT(ph, cat, ...)                                                    \
+  event_head("{\"ph\":\"" ph "\",\"cat\":\"" cat "\",\"name\":\"",             \
+             sizeof "{\"ph\":\"" ph "\",\"cat\":\"" cat "\",\"name\":\"" - 1,  \
+             __VA_ARGS__)
+
 /* The common fields of an event: phase, name, track, time (microseconds,
- * with the nanoseconds as decimals). */
-static void head(FILE *f, const char *ph, const char *cat, const char *name,
-                 int32_t pid, int32_t tid, uint64_t ts) {
-  begin_event(f);
-  fprintf(f, "{\"ph\":\"%s\",\"cat\":\"%s\",\"name\":\"", ph, cat);
-  put_str(f, name);
-  fprintf(f, "\",\"pid\":%ld,\"tid\":%ld", (long)pid, (long)tid);
-  put_us(f, "ts", ts);
+ * with the nanoseconds as decimals); pre is its opening up to the name's
+ * quote (EVENT makes it from the phase and category). */
+static void event_head(const char *pre, size_t n, const char *name, int32_t pid,
+                       int32_t tid, uint64_t ts) {
+  begin_event();
+  put_mem(pre, n);
+  put_str(name);
+  if (pid != out.pid || tid != out.tid || out.track_len == 0) {
+    char *p = out.p; /* the track's fields, kept for the next events */
+    PUT("\",\"pid\":");
+    put_i64(pid);
+    PUT(",\"tid\":");
+    put_i64(tid);
+    PUT(",\"ts\":");
+    out.track_len = (size_t)(out.p - p);
+    memcpy(out.track, p, out.track_len);
+    out.pid = pid;
+    out.tid = tid;
+  } else {
+    put_mem(out.track, out.track_len);
+  }
+  put_ts(ts);
 }
 
-static void meta(FILE *f, const char *what, int32_t pid, int32_t tid,
-                 const char *name) {
-  begin_event(f);
-  fprintf(f,
-          "{\"ph\":\"M\",\"name\":\"%s\",\"pid\":%ld,\"tid\":%ld,"
-          "\"args\":{\"name\":\"",
-          what, (long)pid, (long)tid);
-  put_str(f, name);
-  fputs("\"}}", f);
+static void meta(const char *what, int32_t pid, int32_t tid, const char *name) {
+  begin_event();
+  PUT("{\"ph\":\"M\",\"name\":\"");
+  put_mem(what, strlen(what));
+  PUT("\",\"pid\":");
+  put_i64(pid);
+  PUT(",\"tid\":");
+  put_i64(tid);
+  PUT(",\"args\":{\"name\":\"");
+  put_str(name);
+  PUT("\"}}");
 }
 
 /* Names the track of r the first time it shows: the loop, or a worker. */
-static void name_track(FILE *f, const tulua__trace_rec *r, int32_t pid,
-                       int32_t tid, const char *where) {
+static void name_track(const tulua__trace_rec *r, int32_t pid, int32_t tid,
+                       const char *where) {
   int i;
   for (i = 0; i < tr.npids && tr.pids[i] != pid; i++) {
   }
@@ -333,7 +514,7 @@ static void name_track(FILE *f, const tulua__trace_rec *r, int32_t pid,
     char buf[64];
     snprintf(buf, sizeof buf, pid == tr.pid ? "tulua %ld" : "process %ld",
              (long)pid);
-    meta(f, "process_name", pid, 0, buf);
+    meta("process_name", pid, 0, buf);
     tr.pids[tr.npids++] = pid;
   }
   for (i = 0; i < tr.ntracks; i++)
@@ -342,27 +523,32 @@ static void name_track(FILE *f, const tulua__trace_rec *r, int32_t pid,
   tr.tracks[tr.ntracks++] = (track){pid, tid};
   int worker =
       r->kind == TULUA_TR_JOB || (r->kind == TULUA_TR_GCSTEP && *where);
-  meta(f, "thread_name", pid, tid, worker ? where : "loop");
+  meta("thread_name", pid, tid, worker ? where : "loop");
 }
 
-/* Writes "key":"<s escaped>", after a comma unless first. */
-static void put_field(FILE *f, const char *key, const char *s, int first) {
-  fprintf(f, "%s\"%s\":\"", first ? "" : ",", key);
-  put_str(f, s);
-  fputc('"', f);
-}
+/* Writes "key":"<s escaped>", after a comma unless first: key is a
+ * literal. */
+#define FIELD(key, s, first)                                                   \
+  do {                                                                         \
+    if (!(first)) *out.p++ = ',';                                              \
+    PUT("\"" key "\":\"");                                                     \
+    put_str(s);                                                                \
+    *out.p++ = '"';                                                            \
+  } while (0)
 
 /* Writes the last two string fields of args, and closes args and event. */
-static void put_last(FILE *f, const char *k1, const char *v1, int first,
-                     const char *k2, const char *v2) {
-  put_field(f, k1, v1, first);
-  put_field(f, k2, v2, 0);
-  fputs("}}", f);
-}
+#define LAST(k1, v1, first, k2, v2)                                            \
+  do {                                                                         \
+    FIELD(k1, v1, first);                                                      \
+    FIELD(k2, v2, 0);                                                          \
+    PUT("}}");                                                                 \
+  } while (0)
 
 /* Writes ,"id":"0x..." (the task's async track) and opens args. */
-static void put_id_args(FILE *f, uint64_t id) {
-  fprintf(f, ",\"id\":\"0x%llx\",\"args\":{", (unsigned long long)id);
+static void put_id_args(const task_info *t) {
+  PUT(",\"id\":\"");
+  put_mem(t->hex, t->hex_len);
+  PUT("\",\"args\":{");
 }
 
 /* The conversion's entry for task id, made (nameless) if it has none;
@@ -388,6 +574,8 @@ static task_info *task_of(uint64_t id) {
     j = (j + 1) & (tr.tasks_cap - 1);
   if (tr.tasks[j].id == 0) {
     tr.tasks[j].id = id;
+    tr.tasks[j].hex_len =
+        (size_t)(hex_at(tr.tasks[j].hex, id) - tr.tasks[j].hex);
     snprintf(tr.tasks[j].name, NAME_LEN, "task 0x%llx", (unsigned long long)id);
     tr.ntasks++;
   }
@@ -401,7 +589,7 @@ static void set_name(task_info *t, const char *name) {
   t->name[len] = '\0';
 }
 
-static void write_rec(FILE *f, const tulua__trace_rec *r) {
+static void write_rec(const tulua__trace_rec *r) {
   int32_t pid = r->pid ? r->pid : tr.pid, tid = r->tid ? r->tid : 1;
   const char *name = r->text, *kind = name + strlen(name) + 1;
   const char *detail = kind + strlen(kind) + 1;
@@ -410,105 +598,134 @@ static void write_rec(FILE *f, const tulua__trace_rec *r) {
   task_info *t = &none;
   if (r->kind <= TULUA_TR_ERROR) {
     t = task_of(r->id);
-    if (t == NULL) t = &none;
+    if (t == NULL) {
+      t = &none;
+      none.hex_len = (size_t)(hex_at(none.hex, r->id) - none.hex);
+    }
   }
-  name_track(f, r, pid, tid, detail);
+  name_track(r, pid, tid, detail);
   switch (r->kind) {
     case TULUA_TR_SPAWN:
       set_name(t, name);
       t->waiting = 0;
-      head(f, "b", "task", name, pid, tid, r->ts);
-      put_id_args(f, r->id);
-      fprintf(f, "\"parent\":\"0x%llx\"}}", (unsigned long long)r->n1);
+      EVENT("b", "task", name, pid, tid, r->ts);
+      put_id_args(t);
+      PUT("\"parent\":\"");
+      put_hex((uint64_t)r->n1);
+      PUT("\"}}");
       break;
     case TULUA_TR_NAME:
       set_name(t, name);
       break;
     case TULUA_TR_FINISH:
-      head(f, "e", "task", t->name, pid, tid, r->ts);
-      put_id_args(f, r->id);
-      put_field(f, "outcome", detail, 1);
-      fputs("}}", f);
+      EVENT("e", "task", t->name, pid, tid, r->ts);
+      put_id_args(t);
+      FIELD("outcome", detail, 1);
+      PUT("}}");
       break;
     case TULUA_TR_STEP:
       if ((r->flags & TULUA_TR_RESUMED) && t->waiting) { /* the wait ends */
-        head(f, "e", "task", t->wait, pid, tid, r->ts);
-        put_id_args(f, r->id);
-        fputs("}}", f);
+        EVENT("e", "task", t->wait, pid, tid, r->ts);
+        put_id_args(t);
+        PUT("}}");
       }
       t->waiting = 0;
-      head(f, "X", "step", t->name, pid, tid, r->ts);
-      put_us(f, "dur", r->dur);
-      fprintf(f, ",\"args\":{\"task\":\"0x%llx\"}}", (unsigned long long)r->id);
+      EVENT("X", "step", t->name, pid, tid, r->ts);
+      PUT(",\"dur\":");
+      put_us(r->dur);
+      PUT(",\"args\":{\"task\":\"");
+      put_mem(t->hex, t->hex_len);
+      PUT("\"}}");
       if (r->flags & TULUA_TR_WAITS) {
         t->waiting = 1;
         memcpy(t->wait, kind, strlen(kind) + 1); /* cut to KIND_LEN */
-        head(f, "b", "task", kind, pid, tid, r->ts + r->dur);
-        put_id_args(f, r->id);
+        EVENT("b", "task", kind, pid, tid, r->ts + r->dur);
+        put_id_args(t);
         char left[64];
         if (r->flags & TULUA_TR_SLEEP) {
           snprintf(left, sizeof left, "sleep %.3f s", (double)r->n1 / 1e3);
           detail = left;
         }
-        put_last(f, "kind", kind, 1, "detail", detail);
+        LAST("kind", kind, 1, "detail", detail);
       }
       break;
     case TULUA_TR_ERROR:
-      head(f, "i", "error", "uncaught error", pid, tid, r->ts);
+      EVENT("i", "error", "uncaught error", pid, tid, r->ts);
       snprintf(id, sizeof id, "0x%llx", (unsigned long long)r->id);
-      fputs(",\"s\":\"t\",\"args\":{", f);
-      put_last(f, "task", id, 1, "message", detail);
+      PUT(",\"s\":\"t\",\"args\":{");
+      LAST("task", id, 1, "message", detail);
       break;
     case TULUA_TR_SUBMIT:
-      head(f, "i", "job", "submit", pid, tid, r->ts);
-      fprintf(f,
-              ",\"s\":\"t\",\"args\":{\"pool\":%lld,\"job\":%llu,"
-              "\"bytes_out\":%lld}}",
-              (long long)r->n2, (unsigned long long)r->id, (long long)r->n1);
+      EVENT("i", "job", "submit", pid, tid, r->ts);
+      PUT(",\"s\":\"t\",\"args\":{\"pool\":");
+      put_i64(r->n2);
+      PUT(",\"job\":");
+      put_u64(r->id);
+      PUT(",\"bytes_out\":");
+      put_i64(r->n1);
+      PUT("}}");
       break;
     case TULUA_TR_JOB:
-      head(f, "X", "job", name, pid, tid, r->ts);
-      put_us(f, "dur", r->dur);
-      fprintf(f,
-              ",\"args\":{\"job\":%llu,\"bytes_out\":%lld,"
-              "\"bytes_in\":%lld",
-              (unsigned long long)r->id, (long long)r->n1, (long long)r->n2);
-      put_last(f, "status", kind, 0, "worker", detail);
+      EVENT("X", "job", name, pid, tid, r->ts);
+      PUT(",\"dur\":");
+      put_us(r->dur);
+      PUT(",\"args\":{\"job\":");
+      put_u64(r->id);
+      PUT(",\"bytes_out\":");
+      put_i64(r->n1);
+      PUT(",\"bytes_in\":");
+      put_i64(r->n2);
+      LAST("status", kind, 0, "worker", detail);
       break;
     case TULUA_TR_GCSTEP:
-      head(f, "X", "gc", name, pid, tid, r->ts);
-      put_us(f, "dur", r->dur);
-      fprintf(f, ",\"args\":{\"kib_before\":%lld,\"kib_after\":%lld}}",
-              (long long)r->n1, (long long)r->n2);
+      EVENT("X", "gc", name, pid, tid, r->ts);
+      PUT(",\"dur\":");
+      put_us(r->dur);
+      PUT(",\"args\":{\"kib_before\":");
+      put_i64(r->n1);
+      PUT(",\"kib_after\":");
+      put_i64(r->n2);
+      PUT("}}");
       break;
     case TULUA_TR_GC:
-      head(f, "i", "gc", "gc cycle", pid, tid, r->ts);
-      fprintf(f, ",\"s\":\"t\",\"args\":{\"kib\":%lld,\"cycles\":%lld}}",
-              (long long)r->n1, (long long)r->n2);
+      EVENT("i", "gc", "gc cycle", pid, tid, r->ts);
+      PUT(",\"s\":\"t\",\"args\":{\"kib\":");
+      put_i64(r->n1);
+      PUT(",\"cycles\":");
+      put_i64(r->n2);
+      PUT("}}");
       break;
   }
 }
 
-/* Reads the records back from the raw file and writes them as JSON. */
-static void convert(FILE *f) {
+/* Reads the records back from the raw file and writes them as JSON.
+ * Returns 0, or UV_ENOMEM when it had no memory to read them. */
+static int convert(void) {
   tulua__trace_rec r;
   uint64_t last_ts = 0;
   rewind(tr.raw);
   double scale = tr.tick1 > tr.tick0
                      ? (double)(tr.hr1 - tr.hr0) / (double)(tr.tick1 - tr.tick0)
                      : 1;
-  while (unpack(tr.raw, &r, &last_ts)) {
+  in.buf = malloc(IN_SIZE);
+  in.pos = in.len = 0;
+  while (in.buf != NULL && unpack(tr.raw, &r, &last_ts)) {
     while (r.len < 3)
       r.text[r.len++] = '\0'; /* three strings at least */
     if (r.flags & TULUA_TR_TICKS) {
       r.ts = tr.hr0 + (uint64_t)((double)(int64_t)(r.ts - tr.tick0) * scale);
       r.dur = (uint64_t)((double)r.dur * scale);
     }
-    write_rec(f, &r);
+    write_rec(&r);
   }
+  out_flush();
+  int rc = in.buf != NULL ? 0 : UV_ENOMEM;
+  free(in.buf);
+  in.buf = NULL;
   free(tr.tasks);
   tr.tasks = NULL;
   tr.ntasks = tr.tasks_cap = 0;
+  return rc;
 }
 
 /* Whether the TSC ticks at one rate on every core, in every power state
@@ -619,9 +836,13 @@ int tulua__trace_stop(void) {
   fputs("{\"displayTimeUnit\":\"ms\",\"traceEvents\":[", f);
   tr.ntracks = tr.npids = 0;
   tr.first = 1;
-  convert(f);
+  out.f = f;
+  out.p = out.buf;
+  out.track_len = out.ts_len = 0;
+  if (convert() < 0 && rc == 0) rc = UV_ENOMEM;
   fclose(tr.raw);
-  begin_event(f);
+  begin_event();
+  out_flush();
   fprintf(f,
           "{\"ph\":\"M\",\"name\":\"trace_stats\",\"pid\":%ld,\"tid\":0,"
           "\"args\":{\"records\":%llu,\"dropped\":%llu,\"max_events\":%zu}}",
@@ -684,6 +905,24 @@ void tulua__trace_job(const char *kind, int pool, int worker, int pid,
                      sizeof where);
   snprintf(name, sizeof name, "job %llu", (unsigned long long)job);
   tulua__trace_text(&r, name, status, where);
+  tulua__trace_add(&r);
+}
+
+void tulua__trace_gcstep(const char *kind, int pool, int worker, int pid,
+                         const char *name, uint64_t ts, uint64_t dur,
+                         int64_t kb0, int64_t kb1) {
+  if (!tulua__trace_on()) return;
+  tulua__trace_rec r;
+  memset(&r, 0, HEAD);
+  r.kind = TULUA_TR_GCSTEP;
+  r.ts = ts;
+  r.dur = dur;
+  r.n1 = kb0;
+  r.n2 = kb1;
+  char where[64];
+  tulua__trace_track(kind, pool, worker, pid, &r.pid, &r.tid, where,
+                     sizeof where);
+  tulua__trace_text(&r, name, NULL, where);
   tulua__trace_add(&r);
 }
 
@@ -766,7 +1005,7 @@ static int l_start(lua_State *L) {
     lua_pushstring(L, uv_err_name(rc));
     return 3;
   }
-  atomic_store(&gc_slow_ns, (uint64_t)(slow * 1e9));
+  tulua__trace_set_gc_slow((uint64_t)(slow * 1e9));
   tulua__runtime(L)->traced = 1;
   tulua__trace_gc_arm(L);
   tulua__gctrace_start(L, 0, 0, NULL);

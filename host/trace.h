@@ -114,6 +114,14 @@ void tulua__trace_job(const char *kind, int pool, int worker, int pid,
                       uint64_t job, const char *status, double started,
                       double finished, int64_t bytes_out, int64_t bytes_in);
 
+/* Records a slow collector step of a worker in another process (its
+ * reply brought it): on the worker's track as tulua__trace_job names it,
+ * ts and dur uv_hrtime() nanoseconds on this process's clock, the heap in
+ * KiB before and after, name what ran it ("gc step"). */
+void tulua__trace_gcstep(const char *kind, int pool, int worker, int pid,
+                         const char *name, uint64_t ts, uint64_t dur,
+                         int64_t kb0, int64_t kb1);
+
 /* The track of a worker as tulua__trace_job names it: pid and tid of its
  * records, and its name in where. */
 void tulua__trace_track(const char *kind, int pool, int worker, int pid,
@@ -133,6 +141,10 @@ void tulua__trace_gc_arm(lua_State *L);
 /* Steps slower than this many nanoseconds are recorded (trace.start's
  * gc_slow; 1 ms unless set). */
 uint64_t tulua__trace_gc_slow_ns(void);
+
+/* Sets that threshold for the trace that is on (a new trace starts with
+ * 1 ms): trace.start's gc_slow, TULUA_TRACE_GC_SLOW. */
+void tulua__trace_set_gc_slow(uint64_t ns);
 
 /* For a runtime that did not start the trace (a pool worker's): paces its
  * collector while a trace is on, so that its slow steps go on the

@@ -629,7 +629,8 @@ show(type(it), a, b, io.type(c), it(), it(), it(), it(), it(), io.type(c))
         assert.is_truthy(r.stdout:find("^usage: lua %[options%] %[script %[args%]%]\n"))
         assert.is_nil(r.stdout:find("ran", 1, true))
         for _, word in ipairs({"-e stat", "-l g=mod", "-l a.b    also sets a.b", "-W ", "--version", "-h, --help",
-                               "LUA_INIT", "LUA_CPATH", "TULUA_DEBUG", "TULUA_TRACE", "man tulua", "host/cli.md"}) do
+                               "LUA_INIT", "LUA_CPATH", "TULUA_DEBUG", "TULUA_TRACE", "TULUA_TRACE_GC_SLOW",
+                               "man tulua", "host/cli.md"}) do
           assert.is_truthy(r.stdout:find(word, 1, true), word)
         end
       end

@@ -212,6 +212,25 @@ describe("tulua.trace", function()
     assert.is_true(#find(t, {ph = "X", cat = "step", name = tulua.current():get_name()}) >= 1)
   end)
 
+  it("escapes names as JSON wants them, and writes times with their nanoseconds", function()
+    local path = dir .. "/escapes.json"
+    assert.is_true(trace.start(path))
+    -- a quote, a backslash, a control character, UTF-8, and a byte that
+    -- starts no UTF-8 sequence (a name cut inside a character)
+    local name = 'q"b\\s\1\195\169\255x'
+    local child = tulua.spawn(function() tulua.sleep(0) end)
+    child:set_name(name)
+    child:join()
+    assert(trace.stop())
+    local text = support.read_file(path)
+    assert.truthy(text:find('"name":"q\\"b\\\\s\\u0001\195\169\\ufffdx"', 1, true))
+    assert.matches('"ts":%d+%.%d%d%d,"dur":%d+%.%d%d%d,"args":{"task":"0x%x+"}', text)
+    local t = read_trace(path)
+    local steps = find(t, {ph = "X", cat = "step", name = 'q"b\\s\1\195\169\239\191\189x'})
+    assert.are.equal(2, #steps)
+    assert.is_true(steps[2].ts >= steps[1].ts + steps[1].dur)
+  end)
+
   it("records the end of each collection cycle with the heap, and no more after stop", function()
     local path = dir .. "/gc.json"
     assert.is_true(trace.start(path))
@@ -494,21 +513,25 @@ describe("slow collector steps", function()
     assert.matches("grew while stopped\ttrue", as_lua54(path))
   end)
 
+  -- A pool job: builds a heap of n tables, drops it and goes on
+  -- allocating (a slow collection), and returns its process's PID and its last table's number.
+  local function churn(n)
+    do
+      local t = {}
+      for i = 1, n do t[i] = {i} end
+      assert(#t == n)
+    end -- dropped
+    local x
+    for i = 1, 2 * n do x = {i} end
+    return io.open("/proc/self/stat"):read("n"), x[1]
+  end
+
   it("go on a thread worker's track when its job's collection is slow", function()
     local path = dir .. "/workers.json"
     assert.is_true(trace.start(path, {gc_slow = 0.0005}))
     do
       local ex <close> = futures.ThreadPoolExecutor(1)
-      assert.are.equal(200000, ex:submit(function(n)
-        do
-          local t = {}
-          for i = 1, n do t[i] = {i} end
-          assert(#t == n)
-        end -- dropped
-        local x
-        for i = 1, 2 * n do x = {i} end
-        return x[1] // 2
-      end, 200000):result())
+      assert.are.equal(400000, select(2, ex:submit(churn, 200000):result()))
     end
     assert(trace.stop())
     local t = read_trace(path)
@@ -521,6 +544,57 @@ describe("slow collector steps", function()
       end
     end
     assert.is_true(on_worker >= 1)
+  end)
+
+  it("go on a process worker's track, inside its job's slice, when its job's collection is slow", function()
+    local path = dir .. "/procgc.json"
+    assert.is_true(trace.start(path, {gc_slow = 0.0005}))
+    local pid
+    do
+      local ex <close> = futures.ProcessPoolExecutor(1)
+      pid = ex:submit(churn, 200000):result()
+    end
+    assert(trace.stop())
+    local t = read_trace(path)
+    local job = find(t, {ph = "X", cat = "job", pid = pid})
+    assert.are.equal(1, #job)
+    job = job[1]
+    local mine, inside, freed = 0, 0, false
+    for _, e in ipairs(gc_slices(t)) do
+      if e.pid == pid then
+        mine = mine + 1
+        assert.are.equal(pid, e.tid)
+        assert.are.equal("process " .. pid, track_name(t, e.pid, e.tid))
+        assert.are.equal("gc step", e.name)
+        assert.is_true(e.dur >= 500, e.dur) -- gc_slow reached the worker
+        assert.is_true(e.args.kib_before > 0 and e.args.kib_after > 0)
+        -- the worker's clock is the loop's: its steps lie in its job
+        if e.ts >= job.ts and e.ts + e.dur <= job.ts + job.dur + 1 then inside = inside + 1 end
+        freed = freed or (e.args.kib_before > 20000 and e.args.kib_after < 2000)
+      end
+    end
+    assert.is_true(mine >= 1)
+    assert.is_true(inside >= 1)
+    assert.is_true(freed, "the step that freed the dropped heap")
+  end)
+
+  it("stay out of a process worker's jobs when no trace is on, and come back with the next trace", function()
+    local ex <close> = futures.ProcessPoolExecutor(1)
+    local pid = ex:submit(churn, 200000):result() -- untraced: no steps kept
+    local path = dir .. "/procgc2.json"
+    assert.is_true(trace.start(path, {gc_slow = 0}))
+    assert.are.equal(pid, ex:submit(churn, 100000):result())
+    assert(trace.stop())
+    local t = read_trace(path)
+    local job = find(t, {ph = "X", cat = "job", pid = pid})[1]
+    local steps = 0
+    for _, e in ipairs(gc_slices(t)) do
+      if e.pid == pid then
+        steps = steps + 1
+        assert.is_true(e.ts >= job.ts, "no step from before the trace")
+      end
+    end
+    assert.is_true(steps >= 3, steps) -- gc_slow 0: every step of the job
   end)
 
   it("leave a user's line and call hooks their events, as lua5.4 gives them", function()
@@ -544,6 +618,38 @@ describe("slow collector steps", function()
       print(sum)
     ]])
     as_lua54(path)
+  end)
+
+  it("take their threshold from TULUA_TRACE_GC_SLOW, and stop tulua for one that is no number", function()
+    local path = script("slowenv.lua", [[
+      do
+        local junk = {}
+        for j = 1, 50000 do junk[j] = {j} end
+        assert(#junk == 50000)
+      end
+      collectgarbage("collect")
+    ]])
+    local function run(value)
+      local json = dir .. "/slowenv.json"
+      os.remove(json)
+      local status, _, err = sh(("TULUA_TRACE=%s TULUA_TRACE_GC_SLOW=%s %s %s")
+        :format(q(json), q(value), q(support.TULUA), q(path)))
+      return status, err, status == 0 and gc_slices(read_trace(json))
+    end
+    local status, err, all = run("0") -- every step: many, however short
+    assert.are.equal(0, status, err)
+    local steps = 0
+    for _, e in ipairs(all) do if e.name == "gc step" then steps = steps + 1 end end
+    assert.is_true(steps >= 3, steps)
+    local none
+    status, err, none = run("1000") -- nothing takes that long
+    assert.are.equal(0, status, err)
+    assert.are.equal(0, #none)
+    for _, bad in ipairs({"-1", "86401", "nan", "fast", "0.1s"}) do
+      status, err = run(bad)
+      assert.are.equal(1, status)
+      assert.matches("TULUA_TRACE_GC_SLOW must be a number of seconds from 0 to 86400", err, 1, true)
+    end
   end)
 
   it("refuses a gc_slow that is no number of seconds from 0 to a day", function()
