@@ -813,7 +813,7 @@ static int pump(tulua__tls *t, const char *p, size_t n, size_t *off) {
   touch(t);
   while (*off < n) {
     size_t chunk = n - *off < CHUNK ? n - *off : CHUNK, w = 0;
-    clear_errors();
+    /* no clear_errors: a failure here asks SSL_get_error nothing */
     if (SSL_write_ex(t->ssl, p + *off, chunk, &w) != 1) {
       ERR_clear_error();
       return UV_EPROTO;
