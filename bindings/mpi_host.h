@@ -9,7 +9,7 @@
 #include "scheduler.h"
 
 /* Bump when a field changes: the opener refuses a module of another. */
-#define TULUA_MPI_HOST_VERSION 2
+#define TULUA_MPI_HOST_VERSION 3
 
 typedef struct tulua__mpi_host {
   int version;
@@ -17,10 +17,17 @@ typedef struct tulua__mpi_host {
   uv_loop_t *(*loop)(lua_State *L);
   void (*post)(tulua_runtime *rt, tulua__job *job);
   void (*unpost)(tulua_runtime *rt, tulua__job *job);
-  int (*pool_recv)(lua_State *L, tulua__bytes *in, size_t *received);
+  int (*pool_recv_gc)(lua_State *L, tulua__bytes *in, size_t *received,
+                      const char **gc, size_t *gc_len);
   int (*port_open_io)(lua_State *L, const tulua__port_io *io, void *ud,
                       const char *version, const char *who);
   int (*worker_signal)(void); /* the signal that stops a job (worker.h) */
+  /* the frames sent, and the GC steps of the replies: a traced job's,
+   * which needs the trace (trace.h), hidden like the rest */
+  int (*pool_frame)(tulua__bytes *b, int kind, uint32_t job, const char *body,
+                    size_t len);
+  void (*pool_trace_gc)(const char *gc, size_t len, const char *kind, int pool,
+                        int worker, int pid, double offset);
 } tulua__mpi_host;
 
 /* Defined by tulua_mpi.so: takes the table (which outlives it) before its

@@ -23,9 +23,11 @@ static const tulua__mpi_host host = {TULUA_MPI_HOST_VERSION,
                                      tulua__loop,
                                      tulua__post,
                                      tulua__unpost,
-                                     tulua__pool_recv,
+                                     tulua__pool_recv_gc,
                                      tulua__port_open_io,
-                                     tulua__worker_signal};
+                                     tulua__worker_signal,
+                                     tulua__pool_frame,
+                                     tulua__pool_trace_gc};
 
 int luaopen_tulua_mpi_loader(lua_State *L) {
   char exe[4096], path[4200];

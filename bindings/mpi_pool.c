@@ -57,12 +57,14 @@
 /* The runtime's functions, through the table the opener hands over
  * (mpi_host.h says why not by name). */
 static const tulua__mpi_host *rt_host;
-#define tulua__runtime      (rt_host->runtime)
-#define tulua__loop         (rt_host->loop)
-#define tulua__post         (rt_host->post)
-#define tulua__unpost       (rt_host->unpost)
-#define tulua__pool_recv    (rt_host->pool_recv)
-#define tulua__port_open_io (rt_host->port_open_io)
+#define tulua__runtime       (rt_host->runtime)
+#define tulua__loop          (rt_host->loop)
+#define tulua__post          (rt_host->post)
+#define tulua__unpost        (rt_host->unpost)
+#define tulua__pool_recv_gc  (rt_host->pool_recv_gc)
+#define tulua__port_open_io  (rt_host->port_open_io)
+#define tulua__pool_frame    (rt_host->pool_frame)
+#define tulua__pool_trace_gc (rt_host->pool_trace_gc)
 
 #define HUB_MT       "tulua.mpi_hub"
 #define LINK_MT      "tulua.mpi_link"
@@ -112,10 +114,11 @@ static void nap(pthread_mutex_t *m, pthread_cond_t *cv, long ns,
 #define GRACE       2000000000ULL /* ns the workers have to leave at the end */
 #define WATCH_EVERY 100000000ULL /* ns between looks at the workers' pids */
 
-/* What the owner and its workers must agree on. */
+/* What the owner and its workers must agree on: a rank built before
+ * traced jobs (TULUA_POOL_FRAMES) would take their gc_slow for the job. */
 #define OWN_VERSION(buf)                                                       \
-  snprintf(buf, sizeof buf, "%s (transfer format %d)", TULUA_VERSION,          \
-           TULUA_TRANSFER_FORMAT)
+  snprintf(buf, sizeof buf, "%s (transfer format %d, frames %d)",              \
+           TULUA_VERSION, TULUA_TRANSFER_FORMAT, TULUA_POOL_FRAMES)
 
 /* ---- the owner: pools (hubs), their links, the communication thread ---- */
 
@@ -153,6 +156,7 @@ struct hub {
   int refs; /* the userdata's, the thread's, the handles': under G.m */
   int nrefd; /* links that keep the loop alive */
   int n;
+  int trace_no; /* the pool's number in a trace: its ranks' tracks */
   mlink *links;
   int flushing;
   /* shared, under G.m */
@@ -814,13 +818,14 @@ static void link_job_run(lua_State *L, tulua__job *job) {
   lua_settop(L, top);
 }
 
-/* mpi.hub(n, handler [, spawn [, bound]]) -> Hub: a pool of n workers,
- * spawned with spawn = {file, args..., hosts =, hostfile =} or, without,
- * the ranks 1..n of a static start (MPI_COMM_WORLD). handler(link) runs,
- * outside any task, when frames come from a worker or it is gone: a
- * worker not heard of for bound seconds (> 0) is gone; it sends a
- * heartbeat every quarter of that. Raises if MPI cannot
- * start or (static) the ranks were taken. */
+/* mpi.hub(n, handler [, spawn [, bound [, trace_no]]]) -> Hub: a pool of
+ * n workers, spawned with spawn = {file, args..., hosts =, hostfile =} or,
+ * without, the ranks 1..n of a static start (MPI_COMM_WORLD).
+ * handler(link) runs, outside any task, when frames come from a worker or
+ * it is gone: a worker not heard of for bound seconds (> 0) is gone; it
+ * sends a heartbeat every quarter of that. trace_no is the pool's number
+ * in a trace (tulua._trace's pool_no), for its ranks' GC steps. Raises if
+ * MPI cannot start or (static) the ranks were taken. */
 static int mpi_hub(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -829,6 +834,9 @@ static int mpi_hub(lua_State *L) {
   if (spawning) luaL_checktype(L, 3, LUA_TTABLE);
   lua_Number bound = luaL_optnumber(L, 4, 0);
   luaL_argcheck(L, bound >= 0, 4, "a bound of 0 or more seconds expected");
+  lua_Integer trace_no = luaL_optinteger(L, 5, 0);
+  luaL_argcheck(L, trace_no >= 0 && trace_no <= INT32_MAX, 5,
+                "a pool number expected");
   const char *err = start_thread();
   if (err != NULL) return luaL_error(L, "cannot start MPI: %s", err);
   if (!spawning) {
@@ -867,6 +875,7 @@ static int mpi_hub(lua_State *L) {
   lua_pushvalue(L, -1);
   lua_setiuservalue(L, 4, 1);
   h->rt = tulua__runtime(L);
+  h->trace_no = (int)trace_no;
   h->links = links;
   h->n = (int)n;
   h->comm = MPI_COMM_NULL;
@@ -1000,11 +1009,8 @@ static int link_send(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  if (tulua__bytes_reserve(&l->out, HDR + len) < 0)
+  if (tulua__pool_frame(&l->out, kind[0], (uint32_t)job, body, len) < 0)
     return luaL_error(L, "not enough memory");
-  put_header(l->out.base + l->out.len, len, kind[0], 0, (uint32_t)job);
-  if (len > 0) memcpy(l->out.base + l->out.len + HDR, body, len);
-  l->out.len += HDR + len;
   if (kind[0] == 'S') l->stopped = 1;
   hub *h = l->h;
   if (lua_toboolean(L, 5)) {
@@ -1020,20 +1026,27 @@ static int link_send(lua_State *L) {
 }
 
 /* link:recv() -> as process_pool.c's: the next frame, with the worker's
- * times on this host's clock. */
+ * times on this host's clock; the GC steps a reply brings go into the
+ * trace, on the rank's track and that clock too. */
 static int link_recv(lua_State *L) {
   mlink *l = check_link(L);
   if (l == NULL) return 0;
-  int n = tulua__pool_recv(L, &l->in, &l->received);
+  const char *gc;
+  size_t gc_len;
+  int n = tulua__pool_recv_gc(L, &l->in, &l->received, &gc, &gc_len);
   if (n < 0) { /* not our protocol: the worker is given up */
     l->in.pos = l->in.len = 0;
     l->exited = 1;
     return 0;
   }
+  if (n == 0) return 0;
+  pthread_mutex_lock(&G.m);
+  double off = l->s_offset;
+  pthread_mutex_unlock(&G.m);
+  if (gc_len > 0)
+    tulua__pool_trace_gc(gc, gc_len, "rank", l->h->trace_no, l->index, l->pid,
+                         off);
   if (n >= 4 && lua_isnumber(L, 4) && lua_isnumber(L, 5)) {
-    pthread_mutex_lock(&G.m);
-    double off = l->s_offset;
-    pthread_mutex_unlock(&G.m);
     lua_pushnumber(L, lua_tonumber(L, 4) + off);
     lua_replace(L, 4);
     lua_pushnumber(L, lua_tonumber(L, 5) + off);

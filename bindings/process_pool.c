@@ -51,11 +51,9 @@
 /* A reply's status is the job's: TULUA_JOB_OK, _ERROR or _CANCELLED. */
 static const char *const status_names[] = {"ok", "error", "cancelled"};
 
-/* Appends a frame to b: a job, while a trace is on, with the trace's
- * gc_slow first (the worker sends its slow collector steps back). Returns
- * 0 or UV_ENOMEM. */
-static int bytes_frame(tulua__bytes *b, int kind, uint32_t job,
-                       const char *body, size_t len) {
+/* The worker sends its slow collector steps back for a traced job. */
+int tulua__pool_frame(tulua__bytes *b, int kind, uint32_t job, const char *body,
+                      size_t len) {
   int traced = kind == 'J' && tulua__trace_on();
   size_t pre = traced ? 8 : 0;
   if (tulua__bytes_reserve(b, HDR + pre + len) < 0) return UV_ENOMEM;
@@ -394,7 +392,7 @@ static int link_send(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  if (bytes_frame(&l->out, kind[0], (uint32_t)job, body, len) < 0)
+  if (tulua__pool_frame(&l->out, kind[0], (uint32_t)job, body, len) < 0)
     return luaL_error(L, "not enough memory");
   if (lua_toboolean(L, 5)) {
     uv_prepare_stop(&l->flush);
@@ -460,12 +458,6 @@ void tulua__pool_trace_gc(const char *gc, size_t len, const char *kind,
     gc += GC_STEP_HEAD + nlen;
     len -= GC_STEP_HEAD + nlen;
   }
-}
-
-int tulua__pool_recv(lua_State *L, tulua__bytes *in, size_t *received) {
-  const char *gc;
-  size_t gc_len;
-  return tulua__pool_recv_gc(L, in, received, &gc, &gc_len);
 }
 
 int tulua__pool_recv_gc(lua_State *L, tulua__bytes *in, size_t *received,

@@ -9,9 +9,10 @@
  *     initializer and its arguments (transfer; empty: none), 'J' a job (fn
  *     and its arguments, transfer), 'C' cancel that job (no body); and,
  *     where the channel is no socket (MPI, bindings/mpi_pool.c): 'V' first,
- *     the owner's version (TULUA_VERSION "/" the transfer format), 'S'
- *     stop, what closing the socket says, and 'A' alone in a message, the
- *     microseconds between heartbeats (taken by the worker's MPI thread).
+ *     the owner's version (TULUA_VERSION, the transfer format and
+ *     TULUA_POOL_FRAMES), 'S' stop, what closing the socket says, and 'A'
+ *     alone in a message, the microseconds between heartbeats (taken by
+ *     the worker's MPI thread).
  *   worker -> parent: 'H' ready: the worker has run its initializer and
  *     handles the signal that interrupts a job (before, that signal would
  *     kill it); 'R' the outcome of a job, status TULUA_JOB_OK (0), _ERROR
@@ -73,16 +74,19 @@ static inline void put_header(char *h, size_t body, int kind, int status,
   memcpy(h + 6, &job, 4);
 }
 
+/* Appends a frame to b (any kind the owner sends): a job, while a trace
+ * is on, as a traced job (TULUA_JOB_TRACED, the trace's gc_slow first).
+ * Returns 0 or UV_ENOMEM. */
+int tulua__pool_frame(tulua__bytes *b, int kind, uint32_t job, const char *body,
+                      size_t len);
+
 /* Pops the next complete frame of in and pushes what link:recv returns
  * for it (see process_pool.c), above index 1; returns how many values, 0
  * when no frame is complete, or -1 when in does not hold frames of this
- * protocol; a reply's size (for the trace) goes into *received. Raises only
- * on memory errors. [-0, +n, m] */
-int tulua__pool_recv(lua_State *L, tulua__bytes *in, size_t *received);
-
-/* tulua__pool_recv, that also points *gc at the GC steps a reply carries
- * and sets *gc_len to their size (0: none); they stay readable until the
- * next read into in. [-0, +n, m] */
+ * protocol; a reply's size (for the trace) goes into *received, and *gc,
+ * *gc_len point at the GC steps it carries (*gc_len 0: none), readable
+ * until the next read into in. Raises only on memory errors.
+ * [-0, +n, m] */
 int tulua__pool_recv_gc(lua_State *L, tulua__bytes *in, size_t *received,
                         const char **gc, size_t *gc_len);
 

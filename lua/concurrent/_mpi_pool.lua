@@ -44,7 +44,7 @@ transport.trace_kind = "rank"
 function transport.start(pool, slot, handler)
   local hub = pool.hub
   if hub == nil then
-    local ok, h = pcall(mpi.hub, pool.max, handler, pool.spawn, pool.heartbeat)
+    local ok, h = pcall(mpi.hub, pool.max, handler, pool.spawn, pool.heartbeat, pool.trace_no)
     if not ok then return nil, h end
     hub, pool.hub = h, h
   end
@@ -91,7 +91,7 @@ function M.new(max_workers, opts, core)
   pool.fast = FAST
   pool.heartbeat = opts.heartbeat or HEARTBEAT
   if static then
-    pool.hub = mpi.hub(max_workers, process_pool.on_event, nil, pool.heartbeat)
+    pool.hub = mpi.hub(max_workers, process_pool.on_event, nil, pool.heartbeat, pool.trace_no)
   else
     local file, name = P.executable()
     if not file then error(name, 2) end

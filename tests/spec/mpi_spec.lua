@@ -4,7 +4,8 @@
 -- -n 3 tulua -l concurrent.futures.mpi`), map, as_completed, cancel,
 -- errors, asyncio, a rank killed with SIGKILL, a rank stopped with
 -- SIGSTOP (the heartbeat), cancelling a running job on a rank that claims
--- another host, a script that forgets shutdown, the version check. Each case is a fixture run as a program of
+-- another host, a script that forgets shutdown, the version check, a trace (jobs and slow GC steps
+-- on a track per rank). Each case is a fixture run as a program of
 -- its own (tests/spec/fixtures/mpi_*.lua), so that MPI never starts in the
 -- spec runner. Skipped, but for the message, when tulua was built with
 -- -DTULUA_MPI=OFF.
@@ -148,24 +149,49 @@ describe("MPIPoolExecutor", function()
     support.remove_tree(dir)
   end)
 
-  it("puts its jobs on a track per rank in a trace (TULUA_TRACE)", function()
+  it("puts its jobs, and its ranks' slow collector steps, on a track per rank in a trace (TULUA_TRACE)", function()
     local dir = temp_dir()
     local trace = dir .. "/trace.json"
-    local status, out, err = run(dynamic("mpi_trace.lua"), "TULUA_TRACE=" .. q(trace))
+    local status, out, err = run(dynamic("mpi_trace.lua"),
+      "TULUA_TRACE=" .. q(trace) .. " TULUA_TRACE_GC_SLOW=0.0005")
     assert.are.equal(0, status, err)
-    assert.are.equal("done\t21\n", out)
+    assert.are.equal("done\t21\nchurn\t400000\n", out)
     local t = require("tulua.trace")._decode_json(support.read_file(trace))
-    local workers, n = {}, 0
+    local workers, jobs, names = {}, {}, {}
     for _, e in ipairs(t.traceEvents) do
       if e.ph == "X" and e.cat == "job" then
-        n = n + 1
+        jobs[#jobs + 1] = e
         workers[e.args.worker] = true
         assert.are.equal("ok", e.args.status)
         assert.is_true(e.args.bytes_in > 0 and e.args.bytes_out > 0)
+      elseif e.ph == "M" and e.name == "thread_name" then
+        names[e.pid .. "/" .. e.tid] = e.args.name
       end
     end
-    assert.are.equal(6, n)
+    assert.are.equal(7, #jobs)
     for w in pairs(workers) do assert.is_truthy(w:match("^rank %d$"), w) end
+    -- the churn's steps: on its rank's track, inside its job's slice (the
+    -- rank's clock moved as its jobs' times are), the dropped heap freed
+    local mine, inside, freed = 0, 0, false
+    for _, e in ipairs(t.traceEvents) do
+      local track = names[e.pid .. "/" .. e.tid] or ""
+      if e.ph == "X" and e.cat == "gc" and track:match("^rank %d$") then
+        mine = mine + 1
+        assert.are.equal("gc step", e.name)
+        assert.is_true(e.dur >= 500, e.dur) -- gc_slow reached the rank
+        assert.is_true(e.args.kib_before > 0 and e.args.kib_after > 0)
+        for _, j in ipairs(jobs) do
+          if j.pid == e.pid and j.tid == e.tid and e.ts >= j.ts and e.ts + e.dur <= j.ts + j.dur + 1 then
+            assert.are.equal(track, j.args.worker)
+            inside = inside + 1
+          end
+        end
+        freed = freed or (e.args.kib_before > 20000 and e.args.kib_after < 4000)
+      end
+    end
+    assert.is_true(mine >= 1)
+    assert.is_true(inside >= 1)
+    assert.is_true(freed, "the step that freed the dropped heap")
     support.remove_tree(dir)
   end)
 
@@ -246,7 +272,7 @@ describe("MPIPoolExecutor", function()
       local status, out, err = run(cmd, "TULUA_MPI_TEST_VERSION=" .. q("tulua 9.9"))
       assert.are.equal(0, status, err)
       assert.matches("^version\tfalse\ttrue\tworker rank 1 on host " .. hostname():gsub("%p", "%%%0") ..
-        " runs tulua 9%.9, the script tulua %d+%.%d+%.%d+ %(transfer format %d+%)\n$", out)
+        " runs tulua 9%.9, the script tulua %d+%.%d+%.%d+ %(transfer format %d+, frames %d+%)\n$", out)
     end)
   end
 
