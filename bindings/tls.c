@@ -1,4 +1,4 @@
-/* tls.c: TLS with OpenSSL 3 over memory BIOs on top of stream.c's streams:
+/* tls.c: TLS with OpenSSL 3 over in-memory BIOs on top of stream.c's streams:
  * the module 'tulua.tls' (contexts), the tls options of net.connect and
  * net.serve, s:start_tls, s:tls_info and server:set_tls.
  *
