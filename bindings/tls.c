@@ -381,8 +381,7 @@ struct tulua__tls {
   tulua__bytes out; /* ciphertext out: what the sink BIO took, to send */
   tls_ctx *ctx;
   tulua__stream *s;
-  sweeper *sw; /* the runtime's sweeper, or NULL once it is gone */
-  tulua__queue node; /* in sw->conns */
+  tulua__queue node; /* in its runtime's sweeper's conns */
   uint64_t last; /* the loop time (ms) of the last input or write */
   unsigned char idle; /* the sweeper gave the buffers back */
   int state;
@@ -532,15 +531,14 @@ static void sweeper_closed(uv_handle_t *h) {
 }
 
 /* The registry's sweeper goes with its runtime (lua_close): the layers
- * left forget it. */
+ * left are unlinked from it (an unlinked node's removal is harmless). */
 static int sweeper_gc(lua_State *L) {
   sweeper **p = lua_touserdata(L, 1);
   sweeper *sw = *p;
   if (sw == NULL) return 0;
   *p = NULL;
-  tulua__queue *q;
-  while ((q = tulua__queue_pop(&sw->conns)) != NULL)
-    tulua__container_of(q, tulua__tls, node)->sw = NULL;
+  while (tulua__queue_pop(&sw->conns) != NULL)
+    continue;
   uv_close((uv_handle_t *)&sw->timer, sweeper_closed);
   return 0;
 }
@@ -574,7 +572,6 @@ static void sweep_later(sweeper *sw, tulua__tls *t) {
   if (tulua__queue_empty(&sw->conns))
     uv_timer_start(&sw->timer, sweep, IDLE_MS / 2, IDLE_MS / 2);
   tulua__queue_insert_tail(&sw->conns, &t->node);
-  t->sw = sw;
 }
 
 static void fail_all(tulua__tls *t, int status);
