@@ -108,8 +108,6 @@ struct tulua_runtime {
   uint32_t task_seq; /* the last task id given */
   tulua__describe_fn describe_next; /* tulua__wait_detail's, for the wait
                                        about to begin */
-  tulua__wait_hook_fn wait_hook; /* tulua__set_wait_hook's, or NULL */
-  void *wait_hook_ud;
   int debug; /* report task steps that block the loop (asyncio debug) */
   uint64_t slow_ns; /* ... for this long at least */
   int traced; /* this runtime started the trace: it records its tasks */

@@ -314,25 +314,11 @@ void tulua__wait_detail(lua_State *L, tulua__describe_fn fn) {
   tulua__runtime(L)->describe_next = fn;
 }
 
-void tulua__set_wait_hook(tulua_runtime *rt, tulua__wait_hook_fn fn, void *ud) {
-  rt->wait_hook = fn;
-  rt->wait_hook_ud = ud;
-}
-
 /* Marks the start of t's wait (its op and detail are recorded). */
 static void begin_wait(tulua_runtime *rt, tulua__task *t) {
   t->state = T_WAITING;
   t->u.since = uv_now(rt->loop);
   rt->wait_mark = 1;
-  if (rt->wait_hook) rt->wait_hook(t->co, 1, rt->wait_hook_ud);
-}
-
-/* Marks the end of t's wait as it resumes (not for a yield to the loop,
- * which has no op). */
-static void end_wait(tulua_runtime *rt, tulua__task *t) {
-  if (t->wait_op != NULL && rt->wait_hook)
-    rt->wait_hook(t->co, 0, rt->wait_hook_ud);
-  t->wait_op = NULL;
 }
 
 /* The continuation of every wait: the task was resumed by the drain. */
@@ -342,7 +328,7 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx) {
   tulua__task *t = rt->current;
   (void)status;
   t->w = NULL;
-  end_wait(rt, t);
+  t->wait_op = NULL; /* the wait ended (a yield had none) */
   if (t->woken_by_cancel) { /* the op is not ours any more */
     t->woken_by_cancel = 0;
     t->cancelling = 0;
@@ -480,7 +466,7 @@ static int park_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
   t->w = NULL;
-  end_wait(rt, t);
+  t->wait_op = NULL; /* the wait ended (a yield had none) */
   if (t->woken_by_cancel || t->cancelling) {
     t->woken_by_cancel = 0;
     t->cancelling = 0;

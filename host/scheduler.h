@@ -100,14 +100,6 @@ int tulua__task_state_of(lua_State *co, tulua__task_state *out);
  * co is not waiting. Returns the length (as snprintf). No Lua API. */
 int tulua__describe_wait(lua_State *co, char *buf, size_t size);
 
-/* Called as a task of rt begins a wait (begins = 1, its description
- * complete) and as it resumes from it (begins = 0, before the results are
- * delivered). co is the task's thread; no Lua API may be called on it. */
-typedef void (*tulua__wait_hook_fn)(lua_State *co, int begins, void *ud);
-
-/* Sets rt's wait hook (NULL: none). One per runtime. */
-void tulua__set_wait_hook(tulua_runtime *rt, tulua__wait_hook_fn fn, void *ud);
-
 /* Suspends the current task until tulua__wake(w); then deliver(L, ud) runs
  * in the task and its results are the results of the waiting function. If
  * the task is cancelled first, cancel(ud) runs, w->task becomes NULL and the
