@@ -193,20 +193,26 @@ local function tree_text(list, by_id, by_task, busy)
   return concat(out, "\n") .. "\n"
 end
 
---- report(busy) -> the text of both views, --ps's then --pstree's after a
--- form feed line; busy: made inside a running task (ps.c's hook).
-function M.report(busy)
+-- The tasks' records, by id and by task.
+local function views(busy)
   local list, by_id = collect(busy)
   local by_task = {}
   for _, r in ipairs(list) do by_task[r.task] = r end
+  return list, by_id, by_task
+end
+
+--- report(busy) -> the text of both views, --ps's then --pstree's after a
+-- form feed line; busy: made inside a running task (ps.c's hook).
+function M.report(busy)
+  local list, by_id, by_task = views(busy)
   return ps_text(list, by_task, busy) .. TREE_MARK .. tree_text(list, by_id, by_task, busy)
 end
 
---- print([tree]): prints the own runtime's list (tulua.ps()).
+--- print([tree]): prints the own runtime's list (tulua.ps()), only the
+-- view asked for (the tree's tracebacks are not made for the list).
 function M.print(tree)
-  local text = M.report(false)
-  local at = text:find(TREE_MARK, 1, true)
-  io.write(tree and text:sub(at + #TREE_MARK) or text:sub(1, at - 1))
+  local list, by_id, by_task = views(false)
+  io.write(tree and tree_text(list, by_id, by_task, false) or ps_text(list, by_task, false))
 end
 
 local function read_all(path)
