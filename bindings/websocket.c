@@ -12,9 +12,11 @@
  * frames (server), control-frame rules, the message size limit (close
  * 1009) and protocol errors (close 1002). No Lua API is called from wslay's
  * callbacks: a Lua error there would longjmp across wslay's state. */
+#include <limits.h>
 #include <stdint.h>
 
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <wslay/wslay.h>
 
 #include "byte_buffer.h"
@@ -69,8 +71,10 @@ static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data,
 static int genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
                       void *ud) {
   (void)ud;
-  /* RFC 6455 10.3: a mask the page's script cannot predict */
-  if (uv_random(NULL, NULL, buf, len, 0, NULL) < 0) {
+  /* RFC 6455 10.3: a mask the page's script cannot predict; OpenSSL's
+   * generator, seeded once, makes it in user space (uv_random was a
+   * getrandom system call for every frame a client sent) */
+  if (len > INT_MAX || RAND_bytes(buf, (int)len) != 1) {
     wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
     return -1;
   }
