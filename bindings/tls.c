@@ -609,7 +609,7 @@ static int flush(tulua__tls *t, int track) {
   int rc = tulua__stream_send(t->s, t->out.base + t->out.pos, n,
                               track ? sent_cb : NULL, t);
   /* sent or copied: the bytes can go, and a big write's buffer with them */
-  t->out.pos = t->out.len = 0;
+  tulua__bytes_consume(&t->out, n);
   if (t->out.cap > OUT_KEEP) tulua__bytes_free(&t->out);
   if (rc == 1 && track) t->sends++;
   return rc;
@@ -974,7 +974,7 @@ void tulua__tls_close(tulua__tls *t) {
   uv_stream_t *h = tulua__stream_handle(t->s);
   if (n > 0 && uv_stream_get_write_queue_size(h) == 0)
     (void)uv_try_write(h, &(uv_buf_t){t->out.base + t->out.pos, n}, 1);
-  t->out.pos = t->out.len = 0;
+  tulua__bytes_consume(&t->out, n);
 }
 
 /* ---- Lua side ---- */
