@@ -9,7 +9,7 @@
 #include "scheduler.h"
 
 /* Bump when a field changes: the opener refuses a module of another. */
-#define TULUA_MPI_HOST_VERSION 3
+#define TULUA_MPI_HOST_VERSION 4
 
 typedef struct tulua__mpi_host {
   int version;
@@ -18,7 +18,7 @@ typedef struct tulua__mpi_host {
   void (*post)(tulua_runtime *rt, tulua__job *job);
   void (*unpost)(tulua_runtime *rt, tulua__job *job);
   int (*pool_recv_gc)(lua_State *L, tulua__bytes *in, size_t *received,
-                      const char **gc, size_t *gc_len);
+                      const char **gc, size_t *gc_len, double offset);
   int (*port_open_io)(lua_State *L, const tulua__port_io *io, void *ud,
                       const char *version, const char *who);
   int (*worker_signal)(void); /* the signal that stops a job (worker.h) */

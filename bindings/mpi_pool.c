@@ -1033,25 +1033,18 @@ static int link_recv(lua_State *L) {
   if (l == NULL) return 0;
   const char *gc;
   size_t gc_len;
-  int n = tulua__pool_recv_gc(L, &l->in, &l->received, &gc, &gc_len);
+  pthread_mutex_lock(&G.m);
+  double off = l->s_offset; /* the worker's clock to ours */
+  pthread_mutex_unlock(&G.m);
+  int n = tulua__pool_recv_gc(L, &l->in, &l->received, &gc, &gc_len, off);
   if (n < 0) { /* not our protocol: the worker is given up */
     l->in.pos = l->in.len = 0;
     l->exited = 1;
     return 0;
   }
-  if (n == 0) return 0;
-  pthread_mutex_lock(&G.m);
-  double off = l->s_offset;
-  pthread_mutex_unlock(&G.m);
   if (gc_len > 0)
     tulua__pool_trace_gc(gc, gc_len, "rank", l->h->trace_no, l->index, l->pid,
                          off);
-  if (n >= 4 && lua_isnumber(L, 4) && lua_isnumber(L, 5)) {
-    lua_pushnumber(L, lua_tonumber(L, 4) + off);
-    lua_replace(L, 4);
-    lua_pushnumber(L, lua_tonumber(L, 5) + off);
-    lua_replace(L, 5);
-  }
   return n;
 }
 

@@ -432,7 +432,7 @@ static int link_recv(lua_State *L) {
   if (l == NULL) return 0;
   const char *gc;
   size_t gc_len;
-  int n = tulua__pool_recv_gc(L, &l->in, &l->received, &gc, &gc_len);
+  int n = tulua__pool_recv_gc(L, &l->in, &l->received, &gc, &gc_len, 0);
   if (n < 0) return protocol_error(l);
   /* a process worker's track: "process <pid>", on the same clock */
   if (gc_len > 0) tulua__pool_trace_gc(gc, gc_len, "process", 0, 0, l->pid, 0);
@@ -461,7 +461,7 @@ void tulua__pool_trace_gc(const char *gc, size_t len, const char *kind,
 }
 
 int tulua__pool_recv_gc(lua_State *L, tulua__bytes *in, size_t *received,
-                        const char **gc, size_t *gc_len) {
+                        const char **gc, size_t *gc_len, double offset) {
   *gc = NULL;
   *gc_len = 0;
   size_t avail = in->len - in->pos;
@@ -517,8 +517,8 @@ int tulua__pool_recv_gc(lua_State *L, tulua__bytes *in, size_t *received,
   lua_settop(L, 1);
   lua_pushinteger(L, (lua_Integer)job);
   lua_pushstring(L, status_names[status]);
-  lua_pushnumber(L, (lua_Number)t0 / 1e9);
-  lua_pushnumber(L, (lua_Number)t1 / 1e9);
+  lua_pushnumber(L, (lua_Number)t0 / 1e9 + offset);
+  lua_pushnumber(L, (lua_Number)t1 / 1e9 + offset);
   if (len == 0) return 4;
   int n = tulua__transfer_decode(L, body, len);
   if (n >= 0) return 4 + n;

@@ -85,10 +85,13 @@ int tulua__pool_frame(tulua__bytes *b, int kind, uint32_t job, const char *body,
  * when no frame is complete, or -1 when in does not hold frames of this
  * protocol; a reply's size (for the trace) goes into *received, and *gc,
  * *gc_len point at the GC steps it carries (*gc_len 0: none), readable
- * until the next read into in. Raises only on memory errors.
+ * until the next read into in. A reply's times (the worker's clock) are
+ * moved by offset seconds (a worker on another host; 0 on this one), a
+ * broken worker's (the owner's clock) are not. Raises only on memory
+ * errors.
  * [-0, +n, m] */
 int tulua__pool_recv_gc(lua_State *L, tulua__bytes *in, size_t *received,
-                        const char **gc, size_t *gc_len);
+                        const char **gc, size_t *gc_len, double offset);
 
 /* Records the GC steps of a reply (as tulua__pool_recv_gc gives them) in
  * the trace, on the worker's track (tulua__trace_track's kind, pool,
