@@ -134,7 +134,7 @@ struct mlink {
   int anchor; /* registry: the Link userdata, while the hub lives */
   tulua__bytes out; /* frames queued this loop turn (loop thread) */
   tulua__bytes in; /* what came, not yet taken by recv (loop thread) */
-  int refd, stopped, exited, collected; /* loop thread */
+  int refd, stopped, exited; /* loop thread */
   int pid; /* the loop thread's copies of s_pid, s_host */
   char host[256];
   /* shared, under G.m */
@@ -152,7 +152,6 @@ struct hub {
   tulua_runtime *rt;
   uv_async_t async;
   uv_prepare_t flush;
-  int nhandles; /* initialized, not yet closed */
   int refs; /* the userdata's, the thread's, the handles': under G.m */
   int nrefd; /* links that keep the loop alive */
   int n;
@@ -161,7 +160,6 @@ struct hub {
   int flushing;
   /* shared, under G.m */
   int dead; /* the userdata is gone: no async_send any more */
-  int ready; /* the communicator is there (spawned) */
   int failed;
   char fail[300];
   MPI_Comm comm; /* the thread's */
@@ -459,12 +457,9 @@ static void spawn(cmd *c) {
   MPI_Comm_set_errhandler(inter, MPI_ERRORS_RETURN);
   h->comm = inter;
   h->spawned = 1;
-  pthread_mutex_lock(&G.m);
-  h->ready = 1;
-  pthread_mutex_unlock(&G.m);
 }
 
-/* Runs one command. Thread. Returns whether h is still of the thread's. */
+/* Runs one command. Thread. */
 static void run_cmd(cmd *c) {
   hub *h = c->h;
   switch (c->kind) {
@@ -475,9 +470,6 @@ static void run_cmd(cmd *c) {
     case CMD_WORLD:
       h->comm = MPI_COMM_WORLD;
       tulua__queue_insert_tail(&G.hubs, &h->node);
-      pthread_mutex_lock(&G.m);
-      h->ready = 1;
-      pthread_mutex_unlock(&G.m);
       break;
     case CMD_SEND: {
       if (h->comm == MPI_COMM_NULL) break; /* a pool that failed */
@@ -886,7 +878,6 @@ static int mpi_hub(lua_State *L) {
   h->async.data = h->flush.data = h;
   uv_unref((uv_handle_t *)&h->async);
   uv_unref((uv_handle_t *)&h->flush);
-  h->nhandles = 2;
   h->refs = 1 + 2 + 1; /* the userdata's, the handles', the thread's */
   *box = h;
   for (int i = 0; i < h->n; i++) {
