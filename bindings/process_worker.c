@@ -22,8 +22,8 @@
 
 #include "queue.h"
 #include "common.h"
-#include "runtime.h"
 #include "process_pool.h"
+#include "trace.h"
 #include "transfer.h"
 #include "worker.h"
 
@@ -539,10 +539,8 @@ static int port_gc(lua_State *L) {
     free(tulua__container_of(q, cjob, node));
   free(p->current);
   p->current = NULL;
-  tulua__gctrace *g = &tulua__runtime(L)->gc;
-  if (g->sink_ud == p) tulua__gctrace_sink(L, 0, NULL, NULL);
-  free(p->gc.base);
-  memset(&p->gc, 0, sizeof p->gc);
+  tulua__gctrace_unsink(L, p);
+  tulua__bytes_free(&p->gc);
   free(p->in.base);
   free(p->paths);
   free(p->init);

@@ -203,6 +203,11 @@ void tulua__gctrace_sink(lua_State *L, uint64_t slow_ns, tulua__gc_sink sink,
   g->sink_slow = slow_ns;
 }
 
+void tulua__gctrace_unsink(lua_State *L, void *ud) {
+  if (tulua__runtime(L)->gc.sink_ud == ud)
+    tulua__gctrace_sink(L, 0, NULL, NULL);
+}
+
 void tulua__trace_gc_sync(lua_State *L, const char *kind, int pool, int worker,
                           int pid) {
   int on = tulua__trace_on();

@@ -8,6 +8,7 @@
 
 #include "queue.h"
 #include "scheduler.h"
+#include "trace.h"
 
 /* Deepest nesting of user coroutines inside one task; Lua's own C-stack
  * limit (LUAI_MAXCCALLS, 200) stops real programs well before this. */
@@ -27,11 +28,6 @@ void *tulua__heap_get(tulua__heap *h, size_t n);
 void tulua__heap_put(tulua__heap *h, void *p, size_t n);
 /* Returns the heap a small block came from. */
 tulua__heap *tulua__heap_of(const void *block);
-
-/* Where a runtime's slow steps go instead of the trace: a process
- * worker's, whose owner traces (times are uv_hrtime(), heap in KiB). */
-typedef void (*tulua__gc_sink)(void *ud, const char *name, uint64_t t0,
-                               uint64_t t1, int kb0, int kb1);
 
 /* gctrace.c: the collector's pacing while a trace is on (one a runtime). */
 typedef struct tulua__gctrace {
@@ -54,12 +50,6 @@ typedef struct tulua__gctrace {
  * trace; workers through tulua__trace_gc_sync). */
 void tulua__gctrace_start(lua_State *L, int pid, int tid, const char *track);
 void tulua__gctrace_stop(lua_State *L);
-/* Paces L's runtime for an owner that traces in another process: its
- * steps of slow_ns or longer go to sink (a process worker's port sends
- * them back with the job's reply); sink NULL stops the pacing that this
- * started. A runtime paced for a trace of its own process is left so. */
-void tulua__gctrace_sink(lua_State *L, uint64_t slow_ns, tulua__gc_sink sink,
-                         void *ud);
 /* Wraps the global collectgarbage (at open, after the base library). */
 void tulua__gctrace_open(lua_State *L);
 

@@ -153,4 +153,19 @@ void tulua__trace_set_gc_slow(uint64_t ns);
 void tulua__trace_gc_sync(lua_State *L, const char *kind, int pool, int worker,
                           int pid);
 
+/* Where a runtime's slow steps go instead of the trace: a process
+ * worker's, whose owner traces (times are uv_hrtime(), heap in KiB). */
+typedef void (*tulua__gc_sink)(void *ud, const char *name, uint64_t t0,
+                               uint64_t t1, int kb0, int kb1);
+
+/* Paces L's runtime for an owner that traces in another process: its
+ * steps of slow_ns or longer go to sink (a process worker's port sends
+ * them back with the job's reply); sink NULL stops the pacing that this
+ * started. A runtime paced for a trace of its own process is left so.
+ * host/gctrace.c. */
+void tulua__gctrace_sink(lua_State *L, uint64_t slow_ns, tulua__gc_sink sink,
+                         void *ud);
+/* Stops that pacing if ud is its sink's (a port that goes away). */
+void tulua__gctrace_unsink(lua_State *L, void *ud);
+
 #endif
