@@ -19,8 +19,6 @@
 
 #include "docall.h"
 #include "repl.h"
-#include "runtime.h"
-#include "trace.h"
 #include "tulua.h"
 
 #define PROGNAME "tulua" /* when argv[0] is missing or empty */
@@ -463,6 +461,8 @@ static void fill_std_fds(void) {
       if (open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) < 0) return;
 }
 
+#define SLOW_MAX 86400.0 /* a day: tulua.h's bound on both thresholds */
+
 /* TULUA_DEBUG's value: 1 (or any word, as before thresholds) is debug mode
  * with the default threshold; another number is the threshold in seconds.
  * Returns 0 for a number out of range (negative, NaN, above a day). */
@@ -473,7 +473,7 @@ static int debug_threshold(const char *s, double *slow) {
   *slow = 0;
   if (end == s || *end != '\0') return 1; /* a word: on, the default */
   if (strcmp(s, "1") == 0) return 1;
-  if (!(v > 0 && v <= 86400.0)) return 0;
+  if (!(v > 0 && v <= SLOW_MAX)) return 0;
   *slow = v;
   return 1;
 }
@@ -483,7 +483,7 @@ static int debug_threshold(const char *s, double *slow) {
 static int gc_slow_threshold(const char *s, double *slow) {
   char *end;
   double v = strtod(s, &end);
-  if (end == s || *end != '\0' || !(v >= 0 && v <= TULUA__SLOW_MAX)) return 0;
+  if (end == s || *end != '\0' || !(v >= 0 && v <= SLOW_MAX)) return 0;
   *slow = v;
   return 1;
 }
@@ -504,9 +504,9 @@ int main(int argc, char **argv) {
                         "and at most 86400");
     return EXIT_FAILURE;
   }
-  double gc_slow = -1; /* TULUA_TRACE_GC_SLOW: trace.start's gc_slow */
-  const char *gcs = getenv("TULUA_TRACE_GC_SLOW");
-  if (gcs != NULL && gcs[0] != '\0' && !gc_slow_threshold(gcs, &gc_slow)) {
+  const char *gcs = getenv("TULUA_TRACE_GC_SLOW"); /* trace.start's gc_slow */
+  if (gcs != NULL && gcs[0] != '\0' &&
+      !gc_slow_threshold(gcs, &cfg.trace_gc_slow)) {
     l_message(progname, "TULUA_TRACE_GC_SLOW must be a number of seconds from "
                         "0 to 86400");
     return EXIT_FAILURE;
@@ -529,8 +529,6 @@ int main(int argc, char **argv) {
     free(trace);
     return EXIT_FAILURE;
   }
-  if (trace != NULL && gc_slow >= 0)
-    tulua__trace_set_gc_slow((uint64_t)(gc_slow * 1e9));
   free(trace);
   lua_State *L = tulua_state(rt);
   lua_pushcfunction(L, pmain);

@@ -14,6 +14,7 @@ void tulua_config_init(tulua_config *cfg) {
   memset(cfg, 0, sizeof *cfg);
   cfg->open_stdlibs = 1;
   cfg->ps = 1;
+  cfg->trace_gc_slow = -1;
 }
 
 static void set_errmsg(tulua_runtime *rt, const char *msg) {
@@ -130,6 +131,8 @@ int tulua_open(tulua_runtime **out, const tulua_config *cfg) {
   size_t size = (sizeof(tulua_runtime) + 15) / 16 * 16;
   double slow = cfg ? cfg->debug_slow : 0;
   if (!(slow >= 0 && slow <= TULUA__SLOW_MAX)) return UV_EINVAL; /* NaN too */
+  double gc_slow = cfg ? cfg->trace_gc_slow : -1;
+  if (gc_slow != gc_slow || gc_slow > TULUA__SLOW_MAX) return UV_EINVAL;
   tulua_runtime *rt = aligned_alloc(16, size);
   if (rt == NULL) return UV_ENOMEM;
   memset(rt, 0, size);
@@ -175,6 +178,7 @@ int tulua_open(tulua_runtime **out, const tulua_config *cfg) {
       tulua_close(rt);
       return rc;
     }
+    if (gc_slow >= 0) tulua__trace_set_gc_slow((uint64_t)(gc_slow * 1e9));
     rt->traced = 1;
     tulua__trace_gc_arm(rt->L);
     tulua__gctrace_start(rt->L, 0, 0, NULL);

@@ -90,6 +90,11 @@ typedef struct tulua_config {
            * directory only its user may enter. The first runtime opened
            * in the process decides, for the process; 0 turns it off (and
            * leaves SIGURG alone). */
+  double trace_gc_slow; /* with trace: the collector steps this many
+                         * seconds long or longer are recorded (0: every
+                         * one, at most 86400); negative (the default): 1
+                         * ms, as trace.start's gc_slow; NaN or more than a
+                         * day: tulua_open gives UV_EINVAL */
 } tulua_config;
 
 /* Fills cfg with the defaults: own loop, no error callback, stdlibs open,

@@ -1171,6 +1171,12 @@ static int test_trace_and_debug_config(void) {
   tulua_close(rt);
 
   tulua_config_init(&cfg);
+  CHECK(cfg.trace_gc_slow < 0); /* the default: trace.start's */
+  cfg.trace_gc_slow = 0.0 / 0.0;
+  CHECK_EQ(UV_EINVAL, tulua_open(&rt, &cfg));
+  cfg.trace_gc_slow = 86401;
+  CHECK_EQ(UV_EINVAL, tulua_open(&rt, &cfg));
+  cfg.trace_gc_slow = 0; /* every collector step: the trace below has some */
   cfg.trace = "/nonexistent-dir/trace.json";
   CHECK_EQ(UV_ENOENT, tulua_open(&rt, &cfg));
   char path[] = "/tmp/test_embed_trace_XXXXXX";
@@ -1180,7 +1186,10 @@ static int test_trace_and_debug_config(void) {
   cfg.trace = path;
   CHECK_EQ(0, tulua_open(&rt, &cfg));
   CHECK_EQ(UV_EBUSY, tulua_open(&other, &cfg)); /* one trace a process */
-  CHECK_EQ(LUA_OK, call_lua(rt, "require('tulua').sleep(0.001) return 1", 1));
+  CHECK_EQ(LUA_OK, call_lua(rt,
+                            "require('tulua').sleep(0.001) collectgarbage() "
+                            "return 1",
+                            1));
   tulua_close(rt);
   FILE *f = fopen(path, "r");
   CHECK(f != NULL);
@@ -1193,6 +1202,7 @@ static int test_trace_and_debug_config(void) {
   CHECK(strstr(text, "\"cat\":\"step\"") != NULL);
   CHECK(strstr(text, "\"name\":\"sleep\"") != NULL);
   CHECK(strstr(text, "\"dropped_events\":0") != NULL);
+  CHECK(strstr(text, "\"name\":\"collectgarbage collect\"") != NULL);
   return 0;
 }
 
