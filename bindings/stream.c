@@ -58,8 +58,8 @@ struct tulua__server {
 
   tulua__job accept_job; /* accepts pending connections, in the drain */
   tulua__waiter cw; /* a task in wait_closed() */
-  int *fds; /* connections accepted in connection_cb, for the drain */
-  int head, nfds, capfds; /* fds[head..nfds) wait */
+  tulua__bytes fds; /* descriptors (ints) accepted in connection_cb, for
+                     * the drain */
   int conns; /* open connections (they hold the box) */
   int wakes; /* a woken wait_closed not yet delivered (it reads cw) */
   int ref; /* registry: the userdata while listening */
@@ -108,9 +108,17 @@ struct tulua__stream {
 
 /* The box goes once its handle is closed, its userdata collected (which
  * reads it until then), its connections closed and its woken waiter gone. */
+/* Takes the first descriptor connection_cb queued; 0 when none waits. */
+static int take_fd(tulua__server *srv, int *fd) {
+  if (tulua__bytes_avail(&srv->fds) < sizeof *fd) return 0;
+  memcpy(fd, srv->fds.base + srv->fds.pos, sizeof *fd);
+  tulua__bytes_consume(&srv->fds, sizeof *fd);
+  return 1;
+}
+
 static void maybe_free_server(tulua__server *srv) {
   if (srv->close_done && srv->collected && srv->conns == 0 && srv->wakes == 0) {
-    free(srv->fds);
+    tulua__bytes_free(&srv->fds);
     free(srv);
   }
 }
@@ -800,8 +808,9 @@ static void server_stop(lua_State *L, tulua__server *srv) {
   if (srv->closed) return;
   srv->closed = 1;
   tulua__unpost(srv->rt, &srv->accept_job);
-  while (srv->head < srv->nfds)
-    close(srv->fds[srv->head++]); /* unserved */
+  int fd;
+  while (take_fd(srv, &fd))
+    close(fd); /* unserved */
   luaL_unref(L, LUA_REGISTRYINDEX, srv->ref);
   luaL_unref(L, LUA_REGISTRYINDEX, srv->handler_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, srv->conn_main_ref);
@@ -860,14 +869,15 @@ static void warn_refused(lua_State *L, tulua__server *srv) {
 static void accept_all(lua_State *L, tulua__job *job) {
   tulua__server *srv = tulua__container_of(job, tulua__server, accept_job);
   if (srv->refused > srv->warned) warn_refused(L, srv);
-  while (srv->head < srv->nfds && !srv->closed) {
+  int fd;
+  while (tulua__bytes_avail(&srv->fds) > 0 && !srv->closed) {
     int top = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->conn_main_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->handler_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->context_ref); /* nil if none */
     tulua__stream *s = tulua__stream_new(L, (tulua__stream_kind)srv->kind);
-    int fd = srv->fds[srv->head++]; /* taken once nothing above can raise */
+    take_fd(srv, &fd); /* taken once nothing above can raise */
     int rc = srv->kind == TULUA_TCP
                  ? uv_tcp_init(tulua__loop(L), &s->u.tcp)
                  : uv_pipe_init(tulua__loop(L), &s->u.pipe, 0);
@@ -960,20 +970,10 @@ static void connection_cb(uv_stream_t *h, int status) {
    * until the backlog is empty. */
   int fd = h->accepted_fd;
   h->accepted_fd = -1;
-  if (srv->head > 0 && srv->head == srv->nfds) srv->head = srv->nfds = 0;
-  if (srv->nfds == srv->capfds) {
-    int cap = srv->capfds ? srv->capfds * 2 : 16;
-    int *fds = cap > srv->capfds ? realloc(srv->fds, cap * sizeof *fds) : NULL;
-    if (fds == NULL) { /* out of memory: refused, as at the limit */
-      close(fd);
-      srv->refused++;
-      tulua__post(srv->rt, &srv->accept_job); /* to warn in debug mode */
-      return;
-    }
-    srv->fds = fds;
-    srv->capfds = cap;
+  if (tulua__bytes_append(&srv->fds, (const char *)&fd, sizeof fd) < 0) {
+    close(fd); /* out of memory: refused, as at the limit (the job warns) */
+    srv->refused++;
   }
-  srv->fds[srv->nfds++] = fd;
   tulua__post(srv->rt, &srv->accept_job);
 }
 
