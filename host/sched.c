@@ -875,6 +875,20 @@ static void report_slow(lua_State *L, tulua_runtime *rt, uint64_t ns,
   lua_pop(L, 1);
 }
 
+/* Writes "op detail" of the waiting task t (its op, its waiter's
+ * describer's text) without reading the clock, as snprintf. */
+static int describe_op(tulua__task *t, char *buf, size_t size) {
+  int n = snprintf(buf, size, "%s", t->wait_op);
+  tulua__waiter *w = t->w;
+  if (w == NULL || is_static_waiter(w) || w->describe == NULL || n < 0 ||
+      (size_t)n + 1 >= size)
+    return n;
+  buf[n] = ' ';
+  int m = w->describe(buf + n + 1, size - (size_t)n - 1, w->ud);
+  if (m <= 0) buf[n] = '\0';
+  return m <= 0 ? n : n + 1 + m;
+}
+
 /* Completes the step record tr of t, which ended in a wait: its kind (the
  * op, "yield" for sleep(0)) and detail (a sleep's milliseconds in n1, as
  * formatting them costs a yield's time; the describer's text for another
@@ -888,8 +902,10 @@ static void trace_wait(tulua_runtime *rt, tulua__task *t,
     uint64_t due = deadline_of(t), now = uv_now(rt->loop);
     tr->flags |= TULUA_TR_SLEEP;
     tr->n1 = due > now ? (int64_t)(due - now) : 0;
-  } else if (t->w != NULL && !is_static_waiter(t->w) && t->w->describe) {
-    tulua__describe_wait(t->co, buf, sizeof buf);
+  } else if (t->state == T_WAITING && t->wait_op != NULL && t->w != NULL &&
+             !is_static_waiter(t->w) && t->w->describe) {
+    /* not tulua__describe_wait, which reads the clock (--ps's ages) */
+    describe_op(t, buf, sizeof buf);
     detail = buf;
   }
   tulua__trace_text(tr, NULL, op, detail);
@@ -1064,16 +1080,7 @@ int tulua__describe_wait(lua_State *co, char *buf, size_t size) {
   buf[0] = '\0';
   if (!tulua__task_state_of(co, &st) || st.op == NULL) return 0;
   if (st.left >= 0) return snprintf(buf, size, "sleep %.3f s left", st.left);
-  tulua__task *t = tulua__task_of(co);
-  int n = snprintf(buf, size, "%s", st.op);
-  tulua__waiter *w = t->w;
-  if (w == NULL || is_static_waiter(w) || w->describe == NULL || n < 0 ||
-      (size_t)n + 1 >= size)
-    return n;
-  buf[n] = ' ';
-  int m = w->describe(buf + n + 1, size - (size_t)n - 1, w->ud);
-  if (m <= 0) buf[n] = '\0';
-  return m <= 0 ? n : n + 1 + m;
+  return describe_op(tulua__task_of(co), buf, size);
 }
 
 lua_State *tulua__running(tulua_runtime *rt) {
