@@ -112,6 +112,8 @@ struct tulua_runtime {
   lua_State *call_co; /* the task tulua_call waits for */
   double budget; /* tulua_step's time budget for one drain, 0: none */
   int stop_requested; /* an interrupt: tulua_run ends when no task is left */
+  int interrupt_told; /* the interrupt_job's interrupt failed a task already:
+                       * its error reports it */
 
   volatile sig_atomic_t interrupt_pending; /* tulua_interrupt not yet seen */
   volatile sig_atomic_t cancel_pending; /* cancel call_co at next poll */

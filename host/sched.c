@@ -1142,7 +1142,8 @@ static void interrupt_all(lua_State *L, tulua__job *job) {
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
-  if (n == 0) report_text(rt, "interrupted!");
+  if (n == 0 && !rt->interrupt_told) report_text(rt, "interrupted!");
+  rt->interrupt_told = 0;
 }
 
 void tulua__post(tulua_runtime *rt, tulua__job *job) {
@@ -1211,6 +1212,13 @@ void tulua__interrupt_hook(lua_State *L, lua_Debug *ar) {
   lua_sethook(L, NULL, 0, 0);
   if (!rt->interrupt_pending || rt->cancel_pending) return; /* stale */
   rt->interrupt_pending = 0;
+  if (rt->call_co == NULL) {
+    /* a task of tulua_run's: the run stops too, as when the interrupt
+     * finds the loop waiting (interrupt_all), or a timer's callbacks, a
+     * server's connections... would go on after it */
+    rt->interrupt_told = 1;
+    tulua__post(rt, &rt->interrupt_job);
+  }
   luaL_error(L, "interrupted!");
 }
 

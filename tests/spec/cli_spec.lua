@@ -717,6 +717,16 @@ wait $pid; rc=$?; kill $dog 2> /dev/null; exit $rc]], shell_quote(dir), shell_qu
       assert.are.same({1, "ready\n", "lua: interrupted!\n"}, {r.status, r.stdout, r.stderr})
     end)
 
+    it("stops the run when it interrupts a task's Lua code while a timer would go on", function()
+      -- the timer keeps the loop alive: the interrupted task's error alone
+      -- would leave it running
+      local r = interrupt("tulua", "local t = require 'tulua'\n"
+        .. "require('tulua.timer').every(0.05, function() end)\n"
+        .. "t.spawn(function() t.sleep(0.01) " .. READY .. "while true do end end)\n", 1)
+      assert.are.same({1, "ready\n", "lua: interrupted!\nstack traceback:\n\tsig.lua:4: in function <sig.lua:3>\n"},
+        {r.status, r.stdout, r.stderr})
+    end)
+
     it("stops a script with only a timer running, reporting the interrupt", function()
       local r = interrupt("tulua", "require('tulua.timer').every(0.05, function() end)\n" .. READY, 1)
       assert.are.same({1, "ready\n", "lua: interrupted!\n"}, {r.status, r.stdout, r.stderr})
