@@ -183,7 +183,8 @@ TULUA_API int tulua_wakeup(tulua_runtime *rt);
  * that is running gets the error "interrupted!" at its next instruction;
  * if no Lua code runs, the task tulua_call waits for is cancelled (during
  * tulua_run: every task), with an error whose message is "interrupted!".
- * Returns
+ * During tulua_run either way ends the run (the other tasks cancelled),
+ * whatever handles are open. Returns
  * 1 if an earlier interrupt is still pending (a host ends the process on
  * a second Ctrl-C), else 0. Async-signal-safe: call it from a SIGINT
  * handler. */
