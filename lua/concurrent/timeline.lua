@@ -349,7 +349,7 @@ function M.svg(records, opts)
 end
 
 --- Writes svg(records, opts) into the file at path (replaced): the talk
--- scripts' --svg FILE. The title defaults to the file's name.
+-- scripts' --svg FILE. With no opts.title the picture has none, as svg's.
 -- @return true, or nil, message, code (io.open's or the write's)
 function M.write_svg(path, records, opts)
   if type(path) ~= "string" then bad_arg(1, "string expected, got " .. type(path), nil, "write_svg") end
