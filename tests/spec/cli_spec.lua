@@ -648,10 +648,15 @@ show(type(it), a, b, io.type(c), it(), it(), it(), it(), it(), io.type(c))
     -- it (a watchdog kills it after 60 s: only a hang, since the scripts'
     -- sleeps end by themselves after 10 s; 10 s was too short when another
     -- spec loaded both cores). Returns {status=, stdout=, stderr=}.
+    -- The old out.txt goes first: the background job truncates it only once
+    -- it runs, and a "ready" left by the test before would send the signal
+    -- before tulua has its handler (a background job starts with SIGINT
+    -- ignored, so the signal would be lost).
     local function interrupt(which, script, signals)
       write("sig.lua", script)
       local cmd = string.format([[
 cd %s && PATH=%s/%s:"$PATH"
+rm -f out.txt err.txt
 lua sig.lua > out.txt 2> err.txt < /dev/null & pid=$!
 (sleep 60; kill -9 $pid) 2> /dev/null & dog=$!
 i=0; while [ $i -lt 600 ] && ! grep -q ready out.txt; do sleep 0.05; i=$((i+1)); done
