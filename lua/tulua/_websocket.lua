@@ -4,8 +4,9 @@
 -- http.websocket and req:websocket are the public doors; reference page
 -- lua/tulua/websocket.md.
 --
--- Only the stream's public methods are used (read, read_line, write,
--- close), so plain tcp, unix and TLS streams all serve. One task at a time
+-- Only the stream's public methods are used (read, write, close), so
+-- plain tcp, unix and TLS streams all serve. The handshakes' HTTP heads
+-- are written and parsed by tulua._http (llhttp), as tulua.http's are. One task at a time
 -- reads the stream (a "step": one read, fed to the framer); other tasks
 -- that want to receive, or a close that waits for the peer's close frame,
 -- park until that step ends and look again. One task at a time writes
@@ -15,6 +16,7 @@
 local tulua = require("tulua")
 local timer = require("tulua.timer")
 local wslay = require("tulua._wslay")
+local C = require("tulua._http")
 local args = require("tulua._args")
 
 local type, error, pcall, tostring, setmetatable, utf8_len, math_type =
@@ -27,8 +29,7 @@ local M = {}
 local KIND = "websocket"
 local DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 local DEFAULT_CLOSE_TIMEOUT = 5
-local MAX_HEAD_LINE = 8192
-local MAX_HEAD_LINES = 100
+local MAX_RESPONSE_HEAD = 64 * 1024 -- as tulua.http's client
 
 -- What receive says when this end failed the connection, by the code of
 -- the close frame it sent.
@@ -280,10 +281,15 @@ local function check_header_table(headers, argn, fname)
   end
 end
 
-local function header_lines(headers)
-  local out = {}
-  for k, v in pairs(headers) do out[#out + 1] = k .. ": " .. v .. "\r\n" end
-  return table.concat(out)
+-- The headers of a handshake: the script's (checked by common_options),
+-- then the handshake's own.
+local function head_headers(extra, own)
+  local h = {}
+  if extra then
+    for k, v in pairs(extra) do h[k] = v end
+  end
+  for k, v in pairs(own) do h[k] = v end
+  return h
 end
 
 -- Whether the comma-separated header value holds token (any case).
@@ -359,42 +365,37 @@ function M.connect_stream(stream, opts)
     arg_error(2, "connect_stream", "target must be a path starting with /")
   end
   local key = wslay.new_key()
-  local req = {"GET ", target, " HTTP/1.1\r\nHost: ", host,
-    "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ", key,
-    "\r\nSec-WebSocket-Version: 13\r\n"}
+  local own = {Upgrade = "websocket", Connection = "Upgrade", ["Sec-WebSocket-Key"] = key,
+    ["Sec-WebSocket-Version"] = "13"}
   local offered = {}
   if opts.protocols and #opts.protocols > 0 then
-    req[#req + 1] = "Sec-WebSocket-Protocol: " .. table.concat(opts.protocols, ", ") .. "\r\n"
+    own["Sec-WebSocket-Protocol"] = table.concat(opts.protocols, ", ")
     for _, p in ipairs(opts.protocols) do offered[p] = true end
   end
-  if opts.headers then req[#req + 1] = header_lines(opts.headers) end
-  req[#req + 1] = "\r\n"
-  local ok, err, code = stream:write(table.concat(req))
+  local ok, err, code = stream:write((C.request("GET", target, head_headers(opts.headers, own), host)))
   if not ok then return handshake_fail(stream, tostring(err), code) end
 
-  local line
-  line, err, code = stream:read_line({sep = "\r\n", max = MAX_HEAD_LINE})
-  if not line then
-    return handshake_fail(stream, err or "connection closed before the response", err and code or "EOF")
-  end
-  local status, text = line:match("^HTTP/1%.%d (%d%d%d) ?(.*)$")
-  if not status then return handshake_fail(stream, "malformed status line") end
-  if status ~= "101" then
-    return handshake_fail(stream, "server answered " .. status .. (text ~= "" and " " .. text or ""))
-  end
-  local headers = {}
-  for _ = 1, MAX_HEAD_LINES + 1 do
-    line, err, code = stream:read_line({sep = "\r\n", max = MAX_HEAD_LINE})
-    if not line then
-      return handshake_fail(stream, err or "connection closed in the response head", err and code or "EOF")
+  -- the response head; what came after it is the server's first frames
+  -- (the parser takes every byte until the head ends: a read's bytes are
+  -- all the parser has not seen)
+  local p = C.parser("response", MAX_RESPONSE_HEAD)
+  local buf, pos, head
+  repeat
+    local started = buf ~= nil
+    buf, err, code = stream:read()
+    if not buf then
+      local why = started and "connection closed in the response head" or "connection closed before the response"
+      return handshake_fail(stream, err or why, err and code or "EOF")
     end
-    if line == "" then break end
-    local name, value = line:match("^([^:%s]+):%s*(.-)%s*$")
-    if not name then return handshake_fail(stream, "malformed header line") end
-    name = name:lower()
-    headers[name] = headers[name] and headers[name] .. ", " .. value or value
+    pos, head, err = p:execute(buf, 1)
+    if not pos then
+      return handshake_fail(stream, err == "431" and "response head too long" or head)
+    end
+  until head
+  if head.status ~= 101 then
+    return handshake_fail(stream, "server answered " .. head.status .. (head.reason ~= "" and " " .. head.reason or ""))
   end
-  if line ~= "" then return handshake_fail(stream, "response head too long") end
+  local headers = head.headers
   if not has_token(headers.upgrade, "websocket") then
     return handshake_fail(stream, "no 'Upgrade: websocket' in the response")
   end
@@ -411,7 +412,12 @@ function M.connect_stream(stream, opts)
   if protocol and not offered[protocol] then
     return handshake_fail(stream, "protocol not offered: " .. protocol)
   end
-  return new_websocket(stream, false, max, close_timeout, protocol)
+  local ws = new_websocket(stream, false, max, close_timeout, protocol)
+  if pos <= #buf then
+    ws._framer:feed(buf:sub(pos))
+    process(ws)
+  end
+  return ws
 end
 
 local SERVER_OPTIONS = {headers = true, protocols = true, max_message = true,
@@ -468,12 +474,10 @@ function M.accept_stream(stream, req_headers, opts, pending)
       end
     end
   end
-  local res = {"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
-    "Sec-WebSocket-Accept: ", wslay.accept_key(key), "\r\n"}
-  if protocol then res[#res + 1] = "Sec-WebSocket-Protocol: " .. protocol .. "\r\n" end
-  if opts.headers then res[#res + 1] = header_lines(opts.headers) end
-  res[#res + 1] = "\r\n"
-  local ok, err, code = stream:write(table.concat(res))
+  local res = C.response(101, head_headers(opts.headers, {Upgrade = "websocket",
+    Connection = "Upgrade", ["Sec-WebSocket-Accept"] = wslay.accept_key(key),
+    ["Sec-WebSocket-Protocol"] = protocol}), nil, true, false)
+  local ok, err, code = stream:write(res)
   if not ok then return nil, "websocket upgrade: " .. tostring(err), code end
   local ws = new_websocket(stream, true, max, close_timeout, protocol)
   if pending and pending ~= "" then

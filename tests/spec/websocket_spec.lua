@@ -535,11 +535,70 @@ describe("websocket handshakes and misuse", function()
       head[#head + 1] = l
     end
     table.sort(head)
+    assert.matches("^Date: %a%a%a, %d%d %a%a%a %d%d%d%d %d%d:%d%d:%d%d GMT$", head[2])
+    table.remove(head, 2)
     assert.are.same({"Connection: Upgrade", "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
       "Upgrade: websocket"}, head)
     assert.are.same({"hi", "text"}, {ws:receive()})
     c:close()
     assert.are.same({nil, "websocket: connection closed without a close frame", "EOF"}, {ws:receive()})
+  end))
+
+  -- Runs connect_stream on c in a task; s reads the request head and
+  -- answers with the bytes answer(accept) returns (accept: the right
+  -- Sec-WebSocket-Accept), then closes if answer also returned true.
+  -- Returns what connect_stream returned, the request head as s read it,
+  -- and s.
+  local function handshake_with(answer, opts)
+    local c, s = pair()
+    local task = tulua.spawn(W.connect_stream, c, opts or {host = "example.org:8080"})
+    local head = assert(s:read_line({sep = "\r\n\r\n"}))
+    local key = head:match("\r\nSec%-WebSocket%-Key: ([^\r]+)")
+    local bytes, close = answer(require("tulua._wslay").accept_key(key))
+    s:write(bytes)
+    if close then s:close() end
+    return {task:join()}, head, s
+  end
+
+  it("connect_stream sends the RFC's request and takes frames that came with the 101", bounded(function()
+    local r, head, s = handshake_with(function(accept)
+      -- the 101, then a server's unmasked "hi", in one write
+      return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        .. "Sec-WebSocket-Accept: " .. accept .. "\r\n\r\n\x81\x02hi"
+    end, {host = "example.org:8080", target = "/chat?x=1", headers = {Origin = "http://example.org"},
+      protocols = {"chat", "superchat"}})
+    local lines = {}
+    for l in head:gmatch("[^\r\n]+") do lines[#lines + 1] = l end
+    assert.are.equal("GET /chat?x=1 HTTP/1.1", table.remove(lines, 1))
+    local key = head:match("\r\nSec%-WebSocket%-Key: ([^\r]+)")
+    assert.are.equal(24, #key)
+    table.sort(lines)
+    assert.are.same({"Connection: Upgrade", "Host: example.org:8080", "Origin: http://example.org",
+      "Sec-WebSocket-Key: " .. key, "Sec-WebSocket-Protocol: chat, superchat", "Sec-WebSocket-Version: 13",
+      "Upgrade: websocket"}, lines)
+    local ws = assert(r[1], r[2])
+    assert.is_nil(ws.protocol)
+    assert.are.same({"hi", "text"}, {ws:receive()})
+    s:close()
+  end))
+
+  it("connect_stream refuses a malformed, cut or oversized response head", bounded(function()
+    local r = handshake_with(function() return "HTTP/1.1 1O1 Switching\r\n\r\n" end)
+    assert.are.equal("EPROTO", r[3])
+    assert.matches("^websocket handshake: http: .*%(HPE_", r[2])
+    r = handshake_with(function() return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n", true end)
+    assert.are.same({nil, "websocket handshake: connection closed in the response head", "EOF"}, r)
+    r = handshake_with(function() return "", true end)
+    assert.are.same({nil, "websocket handshake: connection closed before the response", "EOF"}, r)
+    r = handshake_with(function()
+      return "HTTP/1.1 101 Switching Protocols\r\nX: " .. string.rep("x", 70000) .. "\r\n\r\n"
+    end)
+    assert.are.same({nil, "websocket handshake: response head too long", "EPROTO"}, r)
+    r = handshake_with(function(accept)
+      return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        .. "Sec-WebSocket-Accept: " .. accept .. "\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
+    end)
+    assert.are.same({nil, "websocket handshake: protocol not offered: chat", "EPROTO"}, r)
   end))
 
   it("accept_stream refuses what is no upgrade, writing nothing", bounded(function()
