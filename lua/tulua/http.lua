@@ -175,6 +175,26 @@ function Request.body_chunks(req)
   end
 end
 
+local LAST_CHUNK = C.chunk("")
+
+-- Sends the pieces fn returns (strings, nil at the end) as a chunked body,
+-- then its last chunk: true, or nil, message, code when the peer is gone.
+-- A piece that is no string closes conn (the body is broken) and raises.
+local function send_chunks(conn, fn)
+  while true do
+    local piece = fn()
+    if piece == nil then return conn:write(LAST_CHUNK) end
+    if type(piece) ~= "string" then
+      conn:close()
+      error("http: the body function must return strings, got " .. type(piece), 0)
+    end
+    if piece ~= "" then
+      local ok, err, code = conn:write(C.chunk(piece))
+      if not ok then return nil, err, code end
+    end
+  end
+end
+
 local Writer = {}
 Writer.__index = Writer
 Writer.__name = "http response writer"
@@ -199,7 +219,7 @@ function Writer.close(w)
   if w.closed then return true end
   w.closed = true
   if w.head_only then return true end
-  local ok, err, code = w.conn:write("0\r\n\r\n")
+  local ok, err, code = w.conn:write(LAST_CHUNK)
   if not ok then w.st.broken = true end
   return ok, err, code
 end
@@ -346,17 +366,7 @@ local function serve_request(st, req, body, complete, handler)
     w:close()
   elseif fn then
     if not conn:write(out) then return false end
-    if not head_only then
-      while true do
-        local piece = fn()
-        if piece == nil then break end
-        if type(piece) ~= "string" then
-          error("http: the body function must return strings, got " .. type(piece), 0)
-        end
-        if piece ~= "" and not conn:write(C.chunk(piece)) then return false end
-      end
-      if not conn:write("0\r\n\r\n") then return false end
-    end
+    if not head_only and not send_chunks(conn, fn) then return false end
   elseif not conn:write(out) then
     return false
   end
@@ -579,14 +589,18 @@ local function pool_key(u, proxy, opts)
   return key
 end
 
--- A new connection for u (through its proxy, if any): the client state c.
--- Plain http goes to a proxy as absolute URLs; https, and any u when
--- tunnel is set (WebSocket), through a CONNECT tunnel. state.conn, if
--- state is given, is the connection as soon as there is one (for a
--- timeout that cuts the tunnel's setup to close).
-local function connect(u, opts, tunnel, state)
+-- The proxy for u (or nil) and the pool's key of a connection to u.
+local function route(u, opts)
   local proxy = proxy_for(u, opts.proxy)
-  local key = pool_key(u, proxy, opts)
+  return proxy, pool_key(u, proxy, opts)
+end
+
+-- A new connection for u (through proxy, if any), pooled under key: the
+-- client state c. Plain http goes to a proxy as absolute URLs; https, and
+-- any u when tunnel is set (WebSocket), through a CONNECT tunnel.
+-- state.conn is the connection as soon as there is one (for a timeout
+-- that cuts the setup to close).
+local function connect(u, opts, proxy, key, tunnel, state)
   local tls = u.tls and (opts.tls or true) or nil
   local copts = {}
   local c = {buf = "", pos = 1, p = C.parser("response", DEFAULT_MAX_HEADER * 4)}
@@ -595,6 +609,7 @@ local function connect(u, opts, tunnel, state)
     local conn, err, code = net.connect(u.host, u.port, copts)
     if not conn then return nil, err, code end
     c.conn = conn
+    state.conn = conn
     c.key = key
     return c
   end
@@ -603,7 +618,7 @@ local function connect(u, opts, tunnel, state)
   local conn, err, code = net.connect(pu.host, pu.port, copts)
   if not conn then return nil, err, code end
   c.conn = conn
-  if state then state.conn = conn end
+  state.conn = conn
   if not u.tls and not tunnel then
     c.absolute = true                        -- the target is the whole URL
     c.key = key
@@ -757,11 +772,11 @@ local EXTRA = {["user-agent"] = "tulua"}
 local EXTRA_GZIP = {["user-agent"] = "tulua", ["accept-encoding"] = "gzip, deflate"}
 
 -- One exchange of a request and its response's head on a pooled or new
--- connection: a Response, or nil, message, code. state.c is the connection
--- in use, for M.request to close when its timeout cuts the exchange.
+-- connection: a Response, or nil, message, code. state.conn is the
+-- connection in use, for M.request to close when its timeout cuts the
+-- exchange.
 local function exchange(method, u, opts, body, state)
-  local proxy = proxy_for(u, opts.proxy)
-  local key = pool_key(u, proxy, opts)
+  local proxy, key = route(u, opts)
   local length = nil
   if type(body) == "string" then length = #body elseif body then length = -1 end
   if length == nil and (method == "POST" or method == "PUT" or method == "PATCH") then length = 0 end
@@ -770,10 +785,10 @@ local function exchange(method, u, opts, body, state)
     local reused = c ~= nil
     if not c then
       local err, code
-      c, err, code = connect(u, opts)
+      c, err, code = connect(u, opts, proxy, key, false, state)
       if not c then return nil, err, code end
     end
-    state.c = c
+    state.conn = c.conn
     c.got = false
     local target = c.absolute and (u.scheme .. "://" .. u.hostport .. u.target) or u.target
     local head, _, expect = C.request(method, target, opts.headers, u.hostport, length,
@@ -807,16 +822,7 @@ local function exchange(method, u, opts, body, state)
       if type(body) == "string" then
         ok, err, code = c.conn:write(body)
       else
-        while ok do
-          local piece = body()
-          if piece == nil then break end
-          if type(piece) ~= "string" then
-            c.conn:close()
-            error("http: the body function must return strings, got " .. type(piece), 0)
-          end
-          if piece ~= "" then ok, err, code = c.conn:write(C.chunk(piece)) end
-        end
-        if ok then ok, err, code = c.conn:write("0\r\n\r\n") end
+        ok, err, code = send_chunks(c.conn, body)
       end
     end
     if ok and not rhead then
@@ -868,6 +874,24 @@ local function check_request_options(opts, argn, fname)
   return opts
 end
 
+-- Runs fn(...) within timeout seconds (no bound when nil): its results;
+-- nil, "http: <what>: timed out after <timeout> s", "ETIMEDOUT" when the
+-- time ran out. Cut short, by the timeout or an error, the connection fn
+-- was using (state.conn, which fn keeps up to date) is closed: its state
+-- is unknown.
+local function within(timeout, what, state, fn, ...)
+  if not timeout then return fn(...) end
+  local asyncio = require "asyncio"
+  local r = table.pack(pcall(asyncio.wait_for, fn, timeout, ...))
+  if r[1] then return table.unpack(r, 2, r.n) end
+  if state.conn then state.conn:close() end
+  local e = r[2]
+  if type(e) == "table" and e.code == "ETIMEDOUT" then
+    return nil, ("http: %s: timed out after %g s"):format(what, timeout), "ETIMEDOUT"
+  end
+  error(e, 0)
+end
+
 local function do_request(method, url, opts, state)
   local body = opts.body
   local follow = opts.follow or 5
@@ -916,17 +940,7 @@ function M.request(method, url, opts)
   opts = check_request_options(opts, 3, "request")
   method = method:upper()
   local state = {}
-  if not opts.timeout then return do_request(method, url, opts, state) end
-  local asyncio = require "asyncio"
-  local r = table.pack(pcall(asyncio.wait_for, do_request, opts.timeout, method, url, opts, state))
-  if r[1] then return table.unpack(r, 2, r.n) end
-  local e = r[2]
-  -- cut in the middle of an exchange: its connection is in an unknown state
-  if state.c then state.c.conn:close() end
-  if type(e) == "table" and e.code == "ETIMEDOUT" then
-    return nil, ("http: %s %s: timed out after %g s"):format(method, url, opts.timeout), "ETIMEDOUT"
-  end
-  error(e, 0)
+  return within(opts.timeout, method .. " " .. url, state, do_request, method, url, opts, state)
 end
 
 --- http.get(url [, opts]): http.request("GET", url, opts).
@@ -943,9 +957,9 @@ local WS_OPTIONS = {headers = true, protocols = true, max_message = true, tls = 
 -- if any), then the handshake. state.conn is the connection, for the
 -- timeout to close.
 local function open_websocket(ws, u, opts, state)
-  local c, err, code = connect(u, opts, true, state)
+  local proxy, key = route(u, opts)
+  local c, err, code = connect(u, opts, proxy, key, true, state)
   if not c then return nil, err, code end
-  state.conn = c.conn
   local r, werr, wcode = ws.connect_stream(c.conn, {host = u.hostport, target = u.target,
     headers = opts.headers, protocols = opts.protocols, max_message = opts.max_message})
   if not r then c.conn:close() end
@@ -971,15 +985,7 @@ function M.websocket(url, opts)
     return nil, err or ("not a ws:// or wss:// URL: " .. url), "EINVAL"
   end
   local state = {}
-  if not opts.timeout then return open_websocket(ws, u, opts, state) end
-  local asyncio = require "asyncio"
-  local ok, r, werr, wcode = pcall(asyncio.wait_for, open_websocket, opts.timeout, ws, u, opts, state)
-  if ok then return r, werr, wcode end
-  if state.conn then state.conn:close() end
-  if type(r) == "table" and r.code == "ETIMEDOUT" then
-    return nil, ("http: websocket %s: timed out after %g s"):format(url, opts.timeout), "ETIMEDOUT"
-  end
-  error(r, 0)
+  return within(opts.timeout, "websocket " .. url, state, open_websocket, ws, u, opts, state)
 end
 
 return M

@@ -737,6 +737,27 @@ describe("https", function()
     assert.is_nil(r)
     assert.is_string(code)
   end, 60))
+
+  it("closes the proxy connection of a request whose timeout cut the CONNECT", bounded(function()
+    local held = {}
+    local mute = assert(net.serve("127.0.0.1", 0, function(c)
+      held[#held + 1] = c
+      c:read_all()
+    end))
+    defer(function() mute:close() end)
+    local proxy = "http://127.0.0.1:" .. select(2, mute:address())
+    -- only a close can give the descriptor back, not the collector
+    collectgarbage("stop")
+    defer(function() collectgarbage("restart") end)
+    local fds = support.fd_count()
+    local url = "https://tunnel.invalid:443/"
+    local t0 = tulua.now()
+    local r = table.pack(http.get(url, {proxy = proxy, timeout = 0.3}))
+    assert.are.same({n = 3, nil, "http: GET " .. url .. ": timed out after 0.3 s", "ETIMEDOUT"}, r)
+    assert.is_true(tulua.now() - t0 >= 0.29)
+    assert.are.equal(1, #held)
+    assert(support.eventually(function() return support.fd_count() <= fds end))
+  end))
 end)
 
 describe("WebSocket through tulua.http", function()
