@@ -40,6 +40,18 @@ local function serve(handler, opts)
   return "http://127.0.0.1:" .. select(2, srv:address()), srv
 end
 
+-- A tcp server on 127.0.0.1 that reads and never answers: its port, and
+-- the list of the connections it took.
+local function mute_server()
+  local held = {}
+  local mute = assert(net.serve("127.0.0.1", 0, function(c)
+    held[#held + 1] = c
+    c:read_all()
+  end))
+  defer(function() mute:close() end)
+  return select(2, mute:address()), held
+end
+
 -- Sends raw bytes to port and returns all that comes back until the
 -- server closes (or 5 s pass).
 local function raw(port, bytes, keep_writing)
@@ -739,13 +751,8 @@ describe("https", function()
   end, 60))
 
   it("closes the proxy connection of a request whose timeout cut the CONNECT", bounded(function()
-    local held = {}
-    local mute = assert(net.serve("127.0.0.1", 0, function(c)
-      held[#held + 1] = c
-      c:read_all()
-    end))
-    defer(function() mute:close() end)
-    local proxy = "http://127.0.0.1:" .. select(2, mute:address())
+    local port, held = mute_server()
+    local proxy = "http://127.0.0.1:" .. port
     -- only a close can give the descriptor back, not the collector
     collectgarbage("stop")
     defer(function() collectgarbage("restart") end)
@@ -874,13 +881,7 @@ asyncio.run(main())
 
   it("bounds the whole opening by timeout: a server that never answers the upgrade, directly and tunnelled",
     bounded(function()
-      local held = {}
-      local mute = assert(net.serve("127.0.0.1", 0, function(c)
-        held[#held + 1] = c
-        c:read_all()
-      end))
-      defer(function() mute:close() end)
-      local port = select(2, mute:address())
+      local port, held = mute_server()
       local proxy = python(PY_PROXY)
       local fds = support.fd_count()
       local cases = {{"ws://127.0.0.1:" .. port .. "/", false}, {"ws://tunnel.invalid:" .. port .. "/", proxy}}
