@@ -345,15 +345,19 @@ describe("tulua.fs", function()
 
     describe("and the process", function()
       it("lives while a task waits on a watcher, not for a watcher nobody waits on", function()
-        local out = os.tmpname()
-        -- the fixture must be waiting when x appears, and exit by itself
+        local out, ready = os.tmpname(), os.tmpname()
+        os.remove(ready)
+        -- the fixture must be watching when x appears (it makes ready
+        -- then), and exit by itself
         local _, _, status = os.execute(string.format(
-          "(sleep 0.3; touch %s/x) & timeout 10 %s %s %s > %s; st=$?; wait; exit $st",
-          support.shell_quote(dir), support.shell_quote(support.TULUA),
+          "(i=0; while [ ! -e %s ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; touch %s/x) & "
+            .. "timeout 30 %s %s %s %s > %s; st=$?; wait; exit $st",
+          support.shell_quote(ready), support.shell_quote(dir), support.shell_quote(support.TULUA),
           support.shell_quote(support.FIXTURES .. "/watch_wait.lua"), support.shell_quote(dir),
-          support.shell_quote(out)))
+          support.shell_quote(ready), support.shell_quote(out)))
         local stdout = support.read_file(out)
         os.remove(out)
+        os.remove(ready)
         assert.are.same({0, "x\nwatcher (" .. dir .. ")\n"}, {status, stdout})
       end)
     end)
