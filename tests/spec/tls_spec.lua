@@ -323,7 +323,7 @@ describe("tulua.tls", function()
         local r = table.pack(net.connect("127.0.0.1", port, {timeout = 0.5, tls = {ca = path("ca.pem")}}))
         local took = tulua.now() - t0
         assert.are.same({n = 3, nil, "tls handshake: timed out", "ETIMEDOUT"}, r)
-        assert.is_true(took >= 0.45 and took < 5, took)
+        assert.is_true(took >= 0.45 and took < 20, took)
         assert.are.equal("accepted", p.stdout:read_line())
         -- handshake_timeout bounds it without a timeout, and start_tls too
         r = table.pack(net.connect("127.0.0.1", port, {tls = {ca = path("ca.pem"), handshake_timeout = 0.3}}))
@@ -339,7 +339,7 @@ describe("tulua.tls", function()
         r = table.pack(net.connect("127.0.0.1", port, {timeout = 30, tls = {ca = path("ca.pem"),
           handshake_timeout = 0.2}}))
         assert.are.same({n = 3, nil, "tls handshake: timed out after 0.2 s", "ETIMEDOUT"}, r)
-        assert.is_true(tulua.now() - t0 < 5)
+        assert.is_true(tulua.now() - t0 < 20) -- the other bound is 30 s
         assert(eventually(function() return support.fd_count() <= fds end))
         stop(p)
       end, 30))
