@@ -249,7 +249,8 @@ describe("concurrent.futures", function()
     it("yields futures as they finish, each once", function()
       local done = ex:submit(function() return "done" end)
       done:result()
-      local slow = ex:submit(function() require("tulua").sleep(0.15); return "slow" end)
+      -- a second apart: a loaded machine may delay fast by a lot
+      local slow = ex:submit(function() require("tulua").sleep(1); return "slow" end)
       local fast = ex:submit(function() require("tulua").sleep(0.02); return "fast" end)
       local order = {}
       for f in futures.as_completed({slow, fast, done, done}) do order[#order + 1] = f:result() end
@@ -257,20 +258,25 @@ describe("concurrent.futures", function()
     end)
 
     it("raises TimeoutError once its timeout has passed", function()
-      local slow = ex:submit(tulua.sleep, 0.3)
+      -- quick has the whole second, however loaded the machine
+      local slow = ex:submit(tulua.sleep, 30)
       local quick = ex:submit(function() return 1 end)
       local got = {}
+      local t0 = tulua.now()
       local err = raised(function()
-        for f in futures.as_completed({slow, quick}, 0.1) do got[#got + 1] = f end
+        for f in futures.as_completed({slow, quick}, 1) do got[#got + 1] = f end
       end)
+      assert.is_true(tulua.now() - t0 >= 0.95)
       assert.are.same({quick}, got)
       assert.is_true(futures.is_timeout(err))
       assert.matches("1 %(of 2%) futures unfinished", tostring(err))
+      slow:cancel()
     end)
 
     it("waits for all, the first, or the first error, and returns done and not done", function()
       local a = ex:submit(function() return 1 end)
-      local b = ex:submit(function() require("tulua").sleep(0.2) end)
+      -- b outlasts the other jobs by far, however loaded the machine
+      local b = ex:submit(function() require("tulua").sleep(2) end)
       local done, not_done = futures.wait({a, b}, {return_when = futures.FIRST_COMPLETED})
       assert.is_true(done[a])
       assert.is_true(not_done[b])
@@ -299,7 +305,7 @@ describe("concurrent.futures", function()
     it("with a timeout of 0 or less returns what is done at the call, without letting a task run", function()
       local a = ex:submit(function() return 1 end)
       a:result()
-      local b = ex:submit(tulua.sleep, 0.3)
+      local b = ex:submit(tulua.sleep, 30)
       for _, timeout in ipairs({0, -1}) do
         local ran = false
         local t = tulua.spawn(function() ran = true end)
@@ -559,7 +565,8 @@ describe("concurrent.futures", function()
 
     it("with wait false and cancel_futures returns at once and cancels what is queued", function()
       local one = futures.ThreadPoolExecutor(1)
-      local running = one:submit(tulua.sleep, 0.1)
+      -- long enough to be seen running before it ends, however loaded
+      local running = one:submit(tulua.sleep, 1)
       local queued = {}
       for i = 1, 5 do queued[i] = one:submit(function() return i end) end
       assert.is_true(support.eventually(function() return running:running() end))
@@ -707,7 +714,7 @@ describe("concurrent.futures", function()
     local job_of = require("tulua._future").job
 
     it("are reused once a job is done, while the timeline keeps the submission order", function()
-      local a = ex:submit(tulua.sleep, 0.05)
+      local a = ex:submit(tulua.sleep, 1) -- still in flight when c comes
       local b = ex:submit(tulua.sleep, 0.01)
       local _, ida = job_of(a)
       local _, idb = job_of(b)
