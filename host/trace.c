@@ -50,7 +50,7 @@ static size_t entry_size(const tulua__trace_rec *r) {
 atomic_int tulua__tracing;
 int tulua__trace_tsc;
 /* trace.start's gc_slow, in nanoseconds; read by every runtime it paces */
-static _Atomic uint64_t gc_slow_ns = 1000 * 1000;
+static _Atomic uint64_t gc_slow_ns = TULUA__GC_SLOW_DEFAULT_NS;
 
 uint64_t tulua__trace_gc_slow_ns(void) {
   return atomic_load(&gc_slow_ns);
@@ -828,7 +828,8 @@ int tulua__trace_start(const char *path, size_t max_events, char *errbuf,
   tr.f = f;
   tr.raw = raw;
   tr.pid = (int32_t)getpid();
-  atomic_store(&gc_slow_ns, 1000 * 1000); /* trace.start may set it next */
+  /* trace.start may set it next */
+  atomic_store(&gc_slow_ns, TULUA__GC_SLOW_DEFAULT_NS);
   tulua__trace_tsc = tsc_usable();
   tr.hr0 = uv_hrtime();
   tr.tick0 = tulua__trace_ticks();
@@ -1033,7 +1034,7 @@ static int l_start(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   lua_Integer max = luaL_checkinteger(L, 2);
   luaL_argcheck(L, max >= 0, 2, "must not be negative");
-  lua_Number slow = luaL_optnumber(L, 3, 0.001);
+  lua_Number slow = luaL_optnumber(L, 3, TULUA__GC_SLOW_DEFAULT_NS / 1e9);
   luaL_argcheck(L, slow >= 0 && slow <= TULUA__SLOW_MAX, 3, "out of range");
   char err[512];
   int rc = tulua__trace_start(path, (size_t)max, err, sizeof err);

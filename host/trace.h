@@ -138,12 +138,15 @@ void tulua__trace_submit(int pool, uint64_t job, int64_t bytes_out);
  * heap in KiB). Call it where a runtime starts recording. [-0, +0, m] */
 void tulua__trace_gc_arm(lua_State *L);
 
+/* The threshold a new trace starts with: 1 ms, in nanoseconds. */
+#define TULUA__GC_SLOW_DEFAULT_NS ((uint64_t)1000 * 1000)
+
 /* Steps slower than this many nanoseconds are recorded (trace.start's
- * gc_slow; 1 ms unless set). */
+ * gc_slow; TULUA__GC_SLOW_DEFAULT_NS unless set). */
 uint64_t tulua__trace_gc_slow_ns(void);
 
-/* Sets that threshold for the trace that is on (a new trace starts with
- * 1 ms): trace.start's gc_slow, TULUA_TRACE_GC_SLOW. */
+/* Sets that threshold for the trace that is on: trace.start's gc_slow,
+ * TULUA_TRACE_GC_SLOW. */
 void tulua__trace_set_gc_slow(uint64_t ns);
 
 /* For a runtime that did not start the trace (a pool worker's): paces its
