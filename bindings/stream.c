@@ -842,23 +842,10 @@ static void server_stop(lua_State *L, tulua__server *srv) {
 static void warn_refused(lua_State *L, tulua__server *srv) {
   long long n = srv->refused - srv->warned;
   srv->warned = srv->refused;
-  char where[INET6_ADDRSTRLEN + 8] = "?"; /* or a path, cut short */
-  struct sockaddr_storage ss;
-  int len = sizeof ss;
-  if (srv->kind == TULUA_TCP &&
-      uv_tcp_getsockname(&srv->u.tcp, (struct sockaddr *)&ss, &len) == 0) {
-    char ip[INET6_ADDRSTRLEN] = "";
-    uv_ip_name((struct sockaddr *)&ss, ip, sizeof ip);
-    int port =
-        ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                       : ((struct sockaddr_in *)&ss)->sin_port);
-    snprintf(where, sizeof where,
-             ss.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
-  } else if (srv->kind == TULUA_PIPE) {
-    size_t wn = sizeof where;
-    if (uv_pipe_getsockname(&srv->u.pipe, where, &wn) != 0) strcpy(where, "?");
-  }
-  char msg[160];
+  char where[256];
+  handle_address(where, sizeof where, srv->kind, &srv->u.h, 0);
+  if (where[0] == '\0') strcpy(where, "?");
+  char msg[400];
   snprintf(msg, sizeof msg,
            "server %s closed %lld connection%s at the descriptor "
            "limit (EMFILE)",
