@@ -6,13 +6,14 @@
 --
 -- Only the stream's public methods are used (read, write, close), so
 -- plain tcp, unix and TLS streams all serve. The handshakes' HTTP heads
--- are written and parsed by tulua._http (llhttp), as tulua.http's are. One task at a time
--- reads the stream (a "step": one read, fed to the framer); other tasks
--- that want to receive, or a close that waits for the peer's close frame,
--- park until that step ends and look again. One task at a time writes
--- (a "flush": every frame the framer holds), so frames never interleave;
--- a sender that finds a flush under way parks until it ends, which also
--- covers its frame: the backpressure of the stream's write holds for all.
+-- are written and parsed by tulua._http (llhttp), as tulua.http's are.
+-- One task at a time reads the stream (a "step": one read, fed to the
+-- framer); other tasks that want to receive, or a close that waits for the
+-- peer's close frame, park until that step ends and look again. One task
+-- at a time writes (a "flush": every frame the framer holds), so frames
+-- never interleave; a sender that finds a flush under way parks until it
+-- ends, which also covers its frame: the backpressure of the stream's
+-- write holds for all.
 local tulua = require("tulua")
 local timer = require("tulua.timer")
 local wslay = require("tulua._wslay")
