@@ -282,6 +282,13 @@ static void writer_main(void *arg) {
   char *buf = malloc(BATCH * (size_t)PACKED_MAX);
   uint64_t last_ts = 0;
   for (;;) {
+    /* The stop is read before the rings: the owner stops the trace after
+     * its last record, so a pass that begins with the stop seen takes all
+     * there is. (Read after an empty pass, it lost the records added
+     * between that pass and the stop.) */
+    uv_mutex_lock(&tr.mu);
+    int stopping = tr.stopping;
+    uv_mutex_unlock(&tr.mu);
     size_t head = atomic_load_explicit(&tr.own_head, memory_order_relaxed);
     size_t tail = atomic_load_explicit(&tr.own_tail, memory_order_acquire);
     size_t n = 0;
@@ -309,11 +316,12 @@ static void writer_main(void *arg) {
     else /* no memory for the packing: what was there is lost */
       tr.dropped += n + sn;
     if (n + sn == 0) {
-      if (tr.stopping) { /* and all written */
+      if (stopping) { /* and all written */
         uv_mutex_unlock(&tr.mu);
         break;
       }
-      (void)uv_cond_timedwait(&tr.cond, &tr.mu, 5 * 1000 * 1000);
+      if (!tr.stopping) /* else one more pass, at once */
+        (void)uv_cond_timedwait(&tr.cond, &tr.mu, 5 * 1000 * 1000);
     }
     uv_mutex_unlock(&tr.mu);
   }
