@@ -106,16 +106,22 @@ struct tulua__stream {
 
 /* ---- boxes and release ---- */
 
-/* The box goes once its handle is closed, its userdata collected (which
- * reads it until then), its connections closed and its woken waiter gone. */
-/* Takes the first descriptor connection_cb queued; 0 when none waits. */
-static int take_fd(tulua__server *srv, int *fd) {
-  if (tulua__bytes_avail(&srv->fds) < sizeof *fd) return 0;
-  memcpy(fd, srv->fds.base + srv->fds.pos, sizeof *fd);
-  tulua__bytes_consume(&srv->fds, sizeof *fd);
-  return 1;
+/* Whether connection_cb queued a descriptor that take_fd would take. */
+static int fd_waiting(const tulua__server *srv) {
+  return tulua__bytes_avail(&srv->fds) >= sizeof(int);
 }
 
+/* Takes the first descriptor connection_cb queued; -1 when none waits. */
+static int take_fd(tulua__server *srv) {
+  int fd;
+  if (!fd_waiting(srv)) return -1;
+  memcpy(&fd, srv->fds.base + srv->fds.pos, sizeof fd);
+  tulua__bytes_consume(&srv->fds, sizeof fd);
+  return fd;
+}
+
+/* The box goes once its handle is closed, its userdata collected (which
+ * reads it until then), its connections closed and its woken waiter gone. */
 static void maybe_free_server(tulua__server *srv) {
   if (srv->close_done && srv->collected && srv->conns == 0 && srv->wakes == 0) {
     tulua__bytes_free(&srv->fds);
@@ -809,7 +815,7 @@ static void server_stop(lua_State *L, tulua__server *srv) {
   srv->closed = 1;
   tulua__unpost(srv->rt, &srv->accept_job);
   int fd;
-  while (take_fd(srv, &fd))
+  while ((fd = take_fd(srv)) >= 0)
     close(fd); /* unserved */
   luaL_unref(L, LUA_REGISTRYINDEX, srv->ref);
   luaL_unref(L, LUA_REGISTRYINDEX, srv->handler_ref);
@@ -856,15 +862,14 @@ static void warn_refused(lua_State *L, tulua__server *srv) {
 static void accept_all(lua_State *L, tulua__job *job) {
   tulua__server *srv = tulua__container_of(job, tulua__server, accept_job);
   if (srv->refused > srv->warned) warn_refused(L, srv);
-  int fd;
-  while (tulua__bytes_avail(&srv->fds) > 0 && !srv->closed) {
+  while (fd_waiting(srv) && !srv->closed) {
     int top = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->conn_main_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->handler_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->context_ref); /* nil if none */
     tulua__stream *s = tulua__stream_new(L, (tulua__stream_kind)srv->kind);
-    take_fd(srv, &fd); /* taken once nothing above can raise */
+    int fd = take_fd(srv); /* taken once nothing above can raise */
     int rc = srv->kind == TULUA_TCP
                  ? uv_tcp_init(tulua__loop(L), &s->u.tcp)
                  : uv_pipe_init(tulua__loop(L), &s->u.pipe, 0);
