@@ -23,6 +23,7 @@ local CLIENT_MAX_BODY = 64 * 1024 * 1024       -- a response body read whole
 local POOL_MAX = 8                             -- idle connections kept per origin
 local POOL_IDLE = 30                           -- seconds an idle connection is kept
 local EXPECT_WAIT = 1                          -- seconds to wait for a 100 Continue
+local TUNNEL_WAIT = 60                         -- for a CONNECT's answer: a TLS handshake's default
 
 -- level: as _args counts it, 3 when a public function calls the check.
 local function check_positive(v, what, argn, fname, level)
@@ -629,8 +630,23 @@ local function connect(u, opts, proxy, key, tunnel, state)
   local ok
   ok, err, code = conn:write(C.request("CONNECT", authority, nil, authority))
   if ok then
+    -- bounded as the TLS handshake that follows is: a proxy that never
+    -- answers is no better than a server that never answers the hello
+    -- (tls.handshake_timeout when it is a number: start_tls checks it)
+    local hs = type(tls) == "table" and tls.handshake_timeout
+    local wait = type(hs) == "number" and hs > 0 and hs or TUNNEL_WAIT
     local head
-    head, err, code = M._read_head(c, true)
+    if wait > 1e9 then                       -- as the handshake's: no bound
+      head, err, code = M._read_head(c, true)
+    else
+      local asyncio = require "asyncio"
+      local done
+      done, head, err, code = pcall(asyncio.wait_for, M._read_head, wait, c, true)
+      if not done then
+        if not asyncio.is_timeout(head) then error(head, 0) end
+        head, err, code = nil, ("proxy: no answer to CONNECT within %g s"):format(wait), "ETIMEDOUT"
+      end
+    end
     if head and (head.status < 200 or head.status > 299) then
       head, err, code = nil, "proxy: CONNECT answered " .. head.status, "EPROTO"
     end

@@ -750,6 +750,27 @@ describe("https", function()
     assert.is_string(code)
   end, 60))
 
+  it("bounds a proxy's answer to CONNECT as the TLS handshake is, without a timeout", bounded(function()
+    local port, held = mute_server()
+    local proxy = "http://127.0.0.1:" .. port
+    local fds = support.fd_count()
+    local tls = {handshake_timeout = 0.3}
+    local t0 = tulua.now()
+    local r = table.pack(http.get("https://tunnel.invalid:443/", {proxy = proxy, tls = tls}))
+    assert.are.same({n = 3, nil, "proxy: no answer to CONNECT within 0.3 s", "ETIMEDOUT"}, r)
+    assert.is_true(tulua.now() - t0 >= 0.29)
+    t0 = tulua.now()
+    r = table.pack(http.websocket("wss://tunnel.invalid:443/", {proxy = proxy, tls = tls}))
+    assert.are.same({n = 3, nil, "proxy: no answer to CONNECT within 0.3 s", "ETIMEDOUT"}, r)
+    assert.is_true(tulua.now() - t0 >= 0.29)
+    assert.are.equal(2, #held)
+    assert(support.eventually(function() return support.fd_count() <= fds end))
+    -- a timeout shorter than the bound still wins, with its own message
+    r = table.pack(http.get("https://tunnel.invalid:443/", {proxy = proxy, tls = {handshake_timeout = 30},
+      timeout = 0.2}))
+    assert.are.same({n = 3, nil, "http: GET https://tunnel.invalid:443/: timed out after 0.2 s", "ETIMEDOUT"}, r)
+  end))
+
   it("closes the proxy connection of a request whose timeout cut the CONNECT", bounded(function()
     local port, held = mute_server()
     local proxy = "http://127.0.0.1:" .. port
