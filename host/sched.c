@@ -590,10 +590,7 @@ static int traced(const tulua_runtime *rt) {
  * when it is made) for the whole trace: its steps record no name. */
 static void trace_spawn(lua_State *L, tulua_runtime *rt, lua_State *co) {
   tulua__trace_rec r;
-  memset(&r, 0, offsetof(tulua__trace_rec, text));
-  r.kind = TULUA_TR_SPAWN;
-  r.ts = uv_hrtime();
-  r.id = (uintptr_t)co;
+  tulua__trace_begin(&r, TULUA_TR_SPAWN, (uintptr_t)co);
   r.n1 = rt->current ? (int64_t)(uintptr_t)rt->current->co : 0;
   lua_pushthread(co);
   lua_xmove(co, L, 1);
@@ -607,10 +604,7 @@ static void trace_spawn(lua_State *L, tulua_runtime *rt, lua_State *co) {
  * when nobody will see its error, the error's text at index 2 of co. */
 static void trace_finish(lua_State *co, uintptr_t how, int unobserved) {
   tulua__trace_rec r;
-  memset(&r, 0, offsetof(tulua__trace_rec, text));
-  r.kind = TULUA_TR_FINISH;
-  r.ts = uv_hrtime();
-  r.id = (uintptr_t)co;
+  tulua__trace_begin(&r, TULUA_TR_FINISH, (uintptr_t)co);
   tulua__trace_text(&r, NULL, NULL,
                     how & X_FAILED      ? "failed"
                     : how & X_CANCELLED ? "cancelled"

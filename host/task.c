@@ -249,17 +249,7 @@ static int task_get_name(lua_State *L) {
   return 1;
 }
 
-/* Records the new name of the task at idx for the trace. */
-static void trace_name(lua_State *L, int idx, const char *name) {
-  tulua__trace_rec r;
-  memset(&r, 0, offsetof(tulua__trace_rec, text));
-  r.kind = TULUA_TR_NAME;
-  r.ts = uv_hrtime();
-  r.id = (uintptr_t)lua_tothread(L, idx);
-  tulua__trace_text(&r, name, NULL, NULL);
-  tulua__trace_add(&r);
-}
-
+/* task:set_name(name); a trace records the new name too. */
 static int task_set_name(lua_State *L) {
   check_task(L, 1);
   luaL_checkany(L, 2);
@@ -267,7 +257,8 @@ static int task_set_name(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->names_ref);
   lua_pushvalue(L, 1);
   luaL_tolstring(L, 2, NULL);
-  if (rt->traced && tulua__trace_on()) trace_name(L, 1, lua_tostring(L, -1));
+  if (rt->traced)
+    tulua__trace_name((uintptr_t)lua_tothread(L, 1), lua_tostring(L, -1));
   lua_rawset(L, -3);
   return 0;
 }

@@ -981,13 +981,18 @@ int tulua__trace_pool_no(void) {
 void tulua__trace_submit(int pool, uint64_t job, int64_t bytes_out) {
   if (!tulua__trace_on()) return;
   tulua__trace_rec r;
-  memset(&r, 0, HEAD);
-  r.kind = TULUA_TR_SUBMIT;
-  r.ts = uv_hrtime();
-  r.id = job;
+  tulua__trace_begin(&r, TULUA_TR_SUBMIT, job);
   r.n1 = bytes_out;
   r.n2 = pool;
   tulua__trace_text(&r, NULL, NULL, NULL);
+  tulua__trace_add(&r);
+}
+
+void tulua__trace_name(uintptr_t id, const char *name) {
+  if (!tulua__trace_on()) return;
+  tulua__trace_rec r;
+  tulua__trace_begin(&r, TULUA_TR_NAME, id);
+  tulua__trace_text(&r, name, NULL, NULL);
   tulua__trace_add(&r);
 }
 
@@ -1108,13 +1113,7 @@ static int l_job(lua_State *L) {
  * the trace started (start names them all) */
 static int l_name(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTHREAD);
-  tulua__trace_rec r;
-  memset(&r, 0, HEAD);
-  r.kind = TULUA_TR_NAME;
-  r.ts = uv_hrtime();
-  r.id = (uintptr_t)lua_tothread(L, 1);
-  tulua__trace_text(&r, luaL_checkstring(L, 2), NULL, NULL);
-  if (tulua__trace_on()) tulua__trace_add(&r);
+  tulua__trace_name((uintptr_t)lua_tothread(L, 1), luaL_checkstring(L, 2));
   return 0;
 }
 

@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <lua.h>
 #include <uv.h>
@@ -77,6 +78,16 @@ typedef struct tulua__trace_rec {
   char text[TULUA_TR_TEXT]; /* name, kind and detail, each ended by NUL */
 } tulua__trace_rec;
 
+/* Begins a record of kind about id, made now: the rest of its head zero,
+ * its strings for tulua__trace_text. */
+static inline void tulua__trace_begin(tulua__trace_rec *r, int kind,
+                                      uint64_t id) {
+  memset(r, 0, offsetof(tulua__trace_rec, text));
+  r->kind = (uint8_t)kind;
+  r->ts = uv_hrtime();
+  r->id = id;
+}
+
 /* Sets the strings of r (NULL for ""), cut to fit: name to 47 bytes, kind
  * to 23, detail to the rest. */
 void tulua__trace_text(tulua__trace_rec *r, const char *name, const char *kind,
@@ -132,6 +143,9 @@ int tulua__trace_pool_no(void);
 
 /* Records a job's submission on the loop's track. */
 void tulua__trace_submit(int pool, uint64_t job, int64_t bytes_out);
+
+/* Records that the task (or thread) id is named name from now on. */
+void tulua__trace_name(uintptr_t id, const char *name);
 
 /* Marks the end of L's next garbage-collection cycle, and each one after
  * it while its runtime records the trace (a TULUA_TR_GC record with the
